@@ -1,0 +1,28 @@
+"""diffusers-layerprune: depth pruning and distillation of diffusion transformers (PixArt-Sigma first).
+
+Public names load lazily so that ``layerprune --help`` does not pay for importing torch and diffusers.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "PrunedPixArtTransformer": "modeling",
+    "load_pipeline": "modeling",
+    "prune_pipeline": "modeling",
+    "save_pruned_pipeline": "modeling",
+    "skip_blocks": "blocks",
+    "capture_block_features": "blocks",
+    "get_blocks": "blocks",
+    "resolve_kept_layers": "blocks",
+    "LayerPruneError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

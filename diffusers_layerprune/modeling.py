@@ -1,0 +1,321 @@
+"""``PrunedPixArtTransformer`` and the pipeline-level prune / load / save helpers.
+
+A pruned transformer is a stock ``PixArtTransformer2DModel`` with fewer blocks, renumbered ``0..N-1``, whose config
+also records ``kept_layers`` (the source block each block came from), ``source_num_layers`` and ``source_model``.
+Folders it saves name the stock class, so stock diffusers loads them without this package (the extra config keys
+are kept, with one warning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from diffusers import PixArtTransformer2DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.loaders import PeftAdapterMixin
+
+from .blocks import block_layout, resolve_kept_layers
+from .errors import LayerPruneError
+from .outputs import atomic_output_dir, check_output_dir
+
+STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
+
+
+class PrunedPixArtTransformer(PixArtTransformer2DModel, PeftAdapterMixin):
+    """A depth-pruned PixArt transformer that remembers which source blocks it kept.
+
+    Build one with :meth:`from_transformer`; load one with ``from_pretrained``. Block ``i`` of this model is block
+    ``config.kept_layers[i]`` of the source model. ``PeftAdapterMixin`` adds ``add_adapter`` / ``fuse_lora`` /
+    ``save_lora_adapter``, which diffusers does not give PixArt.
+
+    Extra config args:
+        kept_layers: source block index of each block, strictly increasing, ``len == num_layers``.
+        source_num_layers: depth of the unpruned source model.
+        source_model: hub id or path of the source model, when known.
+    """
+
+    # Every parent __init__ parameter is redeclared: diffusers' config round trip needs explicit parameters.
+    @register_to_config
+    def __init__(
+        self,
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 72,
+        in_channels: int = 4,
+        out_channels: int | None = 8,
+        num_layers: int = 28,
+        dropout: float = 0.0,
+        norm_num_groups: int = 32,
+        cross_attention_dim: int | None = 1152,
+        attention_bias: bool = True,
+        sample_size: int = 128,
+        patch_size: int = 2,
+        activation_fn: str = "gelu-approximate",
+        num_embeds_ada_norm: int | None = 1000,
+        upcast_attention: bool = False,
+        norm_type: str = "ada_norm_single",
+        norm_elementwise_affine: bool = False,
+        norm_eps: float = 1e-6,
+        interpolation_scale: int | None = None,
+        use_additional_conditions: bool | None = None,
+        caption_channels: int | None = None,
+        attention_type: str | None = "default",
+        kept_layers: list[int] | None = None,
+        source_num_layers: int | None = None,
+        source_model: str | None = None,
+    ):
+        super().__init__(
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            num_layers=num_layers,
+            dropout=dropout,
+            norm_num_groups=norm_num_groups,
+            cross_attention_dim=cross_attention_dim,
+            attention_bias=attention_bias,
+            sample_size=sample_size,
+            patch_size=patch_size,
+            activation_fn=activation_fn,
+            num_embeds_ada_norm=num_embeds_ada_norm,
+            upcast_attention=upcast_attention,
+            norm_type=norm_type,
+            norm_elementwise_affine=norm_elementwise_affine,
+            norm_eps=norm_eps,
+            interpolation_scale=interpolation_scale,
+            use_additional_conditions=use_additional_conditions,
+            caption_channels=caption_channels,
+            attention_type=attention_type,
+        )
+        if kept_layers is not None:
+            _check_kept_layers(list(kept_layers), num_layers, source_num_layers)
+
+    @property
+    def pruned_layers(self) -> list[int] | None:
+        """Source block indices that were removed (``None`` when the source depth is unknown)."""
+        kept, total = self.config.kept_layers, self.config.source_num_layers
+        if kept is None or total is None:
+            return None
+        return [i for i in range(total) if i not in set(kept)]
+
+    @classmethod
+    def from_transformer(
+        cls,
+        transformer: PixArtTransformer2DModel,
+        kept_layers: Iterable[int] | None = None,
+        pruned_layers: Iterable[int] | None = None,
+        *,
+        source_model: str | None = None,
+        copy_weights: bool = True,
+    ) -> PrunedPixArtTransformer:
+        """Build a pruned transformer from ``transformer`` keeping (or dropping) the given block indices.
+
+        Args:
+            transformer: a ``PixArtTransformer2DModel`` (a ``PrunedPixArtTransformer`` too: indices then refer to
+                its blocks, and ``kept_layers`` is recorded in the original source's numbering).
+            kept_layers / pruned_layers: exactly one; block indices of ``transformer``.
+            source_model: hub id or path recorded in the config (default: the transformer's ``_name_or_path``).
+            copy_weights: copy tensors (default) so the teacher stays independent; ``False`` shares storage.
+
+        The kept blocks are renumbered ``0..N-1`` with their weights unchanged: each block computes exactly what it
+        computed in the source model.
+        """
+        if not isinstance(transformer, PixArtTransformer2DModel):
+            block_layout(transformer)  # raises the "not a supported transformer" error for other families
+            raise LayerPruneError(f"{type(transformer).__name__} is not a PixArt transformer")
+        depth = transformer.config.num_layers
+        kept = resolve_kept_layers(depth, kept_layers, pruned_layers)
+
+        parent_kept = transformer.config.get("kept_layers")
+        source_num_layers = transformer.config.get("source_num_layers") or depth
+        recorded = [parent_kept[i] for i in kept] if parent_kept is not None else kept
+        if source_model is None:
+            source_model = transformer.config.get("source_model") or transformer.config.get("_name_or_path") or None
+
+        init_keys = cls._get_init_keys(cls) - {"self", "kwargs"}
+        config = {k: v for k, v in transformer.config.items() if k in init_keys}
+        config.update(
+            num_layers=len(kept), kept_layers=recorded, source_num_layers=source_num_layers, source_model=source_model
+        )
+        with torch.device("meta"):
+            student = cls(**config)
+
+        attr = block_layout(transformer).attr
+        position = {source: target for target, source in enumerate(kept)}
+        state = {}
+        for key, value in transformer.state_dict().items():
+            if key.startswith(attr + "."):
+                _, index, rest = key.split(".", 2)
+                if int(index) not in position:
+                    continue
+                key = f"{attr}.{position[int(index)]}.{rest}"
+            state[key] = value.detach().clone() if copy_weights else value.detach()
+        student.load_state_dict(state, strict=True, assign=True)
+
+        # Non-persistent buffers (the sin-cos position table) are not in the state dict: take them over too.
+        source_buffers = dict(transformer.named_buffers())
+        for name, buffer in list(student.named_buffers()):
+            if buffer.is_meta:
+                module_name, _, buffer_name = name.rpartition(".")
+                module = student.get_submodule(module_name) if module_name else student
+                value = source_buffers[_renumber(name, attr, position)]
+                setattr(module, buffer_name, value.clone() if copy_weights else value)
+        leftover = [n for n, t in [*student.named_parameters(), *student.named_buffers()] if t.is_meta]
+        if leftover:  # would mean a parameter the state dict does not cover: never ship uninitialised weights
+            raise RuntimeError(f"pruned model has uninitialised tensors: {leftover[:5]}")
+        if source_model is not None:
+            student.register_to_config(_name_or_path=str(source_model))
+        return student.train(transformer.training)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """``ModelMixin.from_pretrained`` that refuses checkpoints with missing or unexpected keys.
+
+        diffusers otherwise fills missing blocks with random weights and only warns; a pruned checkpoint whose
+        block numbering has gaps would load as a silently broken model.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+        if problems:
+            summary = "; ".join(f"{k}: {sorted(v)[:4]}{' ...' if len(v) > 4 else ''}" for k, v in problems.items())
+            raise LayerPruneError(
+                f"checkpoint {pretrained_model_name_or_path} does not match its config ({summary}); "
+                "its blocks must be numbered 0..num_layers-1"
+            )
+        return (model, info) if want_info else model
+
+    def to_json_string(self) -> str:
+        # Name the stock class so that AutoModel / DiffusionPipeline load our folders without this package.
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = STOCK_CLASS[1]
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _renumber(name: str, attr: str, position: dict[int, int]) -> str:
+    """Map a student tensor name back to the source model's name (inverse of the block renumbering)."""
+    if not name.startswith(attr + "."):
+        return name
+    _, index, rest = name.split(".", 2)
+    source = {target: source for source, target in position.items()}[int(index)]
+    return f"{attr}.{source}.{rest}"
+
+
+def _check_kept_layers(kept: list[int], num_layers: int, source_num_layers: int | None) -> None:
+    if len(kept) != num_layers:
+        raise LayerPruneError(f"kept_layers has {len(kept)} entries but num_layers is {num_layers}")
+    if any(b <= a for a, b in zip(kept, kept[1:])):
+        raise LayerPruneError(f"kept_layers must be strictly increasing, got {kept}")
+    if source_num_layers is not None and kept and not 0 <= kept[0] <= kept[-1] < source_num_layers:
+        raise LayerPruneError(f"kept_layers {kept} out of range for a source of {source_num_layers} blocks")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pipelines
+# ----------------------------------------------------------------------------------------------------------------
+
+# Short model names resolved before hub ids / paths. Values build the pipeline (or return a local folder path).
+MODEL_ALIASES: dict[str, Callable] = {}
+
+
+def _tiny_random_pipeline(**kwargs):
+    from .testing import build_tiny_pixart_pipeline
+
+    return build_tiny_pixart_pipeline(**kwargs)
+
+
+MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
+
+
+def _looks_like_path(name: str) -> bool:
+    # A Hub id is "name" or "owner/name"; anything else that does not exist is a mistyped local path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def load_pipeline(model: str | os.PathLike, *, torch_dtype: torch.dtype | None = None, device: str | None = None):
+    """Load a PixArt pipeline from a short name (``tiny-random``), a local folder, or a Hub id.
+
+    Raises :class:`LayerPruneError` with the fix for a missing path, a folder that is not a pipeline, a Hub id that
+    cannot be fetched, or a pipeline whose transformer is not a PixArt transformer.
+    """
+    from diffusers import DiffusionPipeline
+
+    name = str(model)
+    if name in MODEL_ALIASES:
+        pipe = MODEL_ALIASES[name]()
+        pipe.register_to_config(_name_or_path=name)
+    else:
+        path = Path(name).expanduser()
+        if path.exists():
+            if not (path / "model_index.json").is_file():
+                hint = " (it is a single model folder; pass the pipeline folder above it)" if (path / "config.json").is_file() else ""
+                raise LayerPruneError(f"{name} is not a diffusers pipeline folder: no model_index.json{hint}")
+        elif _looks_like_path(name):
+            raise LayerPruneError(f"model path {name} does not exist")
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else name, torch_dtype=torch_dtype)
+        except LayerPruneError:
+            raise
+        except Exception as error:  # hub / network / format errors: one line with the cause
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise LayerPruneError(f"could not load pipeline {name!r}: {first}") from error
+    transformer = getattr(pipe, "transformer", None)
+    if not isinstance(transformer, PixArtTransformer2DModel):
+        found = type(transformer).__name__ if transformer is not None else f"{type(pipe).__name__} without a transformer"
+        raise LayerPruneError(f"{name} holds a {found}; layerprune supports PixArt transformers (PixArt-Sigma)")
+    if torch_dtype is not None:
+        pipe.to(dtype=torch_dtype)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def prune_pipeline(
+    pipe,
+    kept_layers: Iterable[int] | None = None,
+    pruned_layers: Iterable[int] | None = None,
+    *,
+    copy_weights: bool = True,
+):
+    """Return a new pipeline of the same class whose transformer is pruned; other components are shared."""
+    transformer = getattr(pipe, "transformer", None)
+    if not isinstance(transformer, PixArtTransformer2DModel):
+        raise LayerPruneError(f"{type(pipe).__name__} has no PixArt transformer to prune")
+    source = transformer.config.get("source_model") or pipe.name_or_path
+    student = PrunedPixArtTransformer.from_transformer(
+        transformer, kept_layers, pruned_layers, source_model=source, copy_weights=copy_weights
+    )
+    components = {**pipe.components, "transformer": student}
+    pruned = type(pipe)(**components)
+    if pipe.name_or_path:
+        pruned.register_to_config(_name_or_path=pipe.name_or_path)
+    return pruned
+
+
+def save_pruned_pipeline(pipe, output_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``save_pretrained`` a pipeline so that stock ``DiffusionPipeline.from_pretrained`` loads it.
+
+    The folder is written next to its destination and moved into place only when complete: a failure leaves no
+    half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready.
+    """
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        index_path = tmp / "model_index.json"
+        index = json.loads(index_path.read_text())
+        if "transformer" in index and isinstance(pipe.transformer, PrunedPixArtTransformer):
+            index["transformer"] = list(STOCK_CLASS)
+            index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return Path(output_dir)
+
+
+__all__ = [
+    "PrunedPixArtTransformer",
+    "load_pipeline",
+    "prune_pipeline",
+    "save_pruned_pipeline",
+    "check_output_dir",
+    "MODEL_ALIASES",
+]

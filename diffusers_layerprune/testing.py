@@ -1,0 +1,136 @@
+"""Tiny, randomly initialised PixArt-Sigma pipelines built in code, offline, for tests and benchmarks.
+
+The components have the real classes (``T5EncoderModel``, ``T5Tokenizer``, ``AutoencoderKL``,
+``PixArtTransformer2DModel``, ``PixArtSigmaPipeline``), so everything exercised on them is the code path real
+checkpoints take; only the sizes are small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+DEFAULT_VOCABULARY: tuple[str, ...] = tuple(
+    "a an the of on at in with and small large big tiny red green blue yellow white black orange purple "
+    "circle square triangle cross star top bottom left right center middle background photo painting".split()
+)
+
+
+def build_t5_tokenizer(words: Sequence[str] = DEFAULT_VOCABULARY):
+    """A T5 (Unigram) tokenizer whose pieces are whole words, built locally with ``tokenizers``: no download.
+
+    Ids: 0 ``<pad>``, 1 ``</s>``, 2 ``<unk>``, then one id per word in order. Unknown words map to ``<unk>``.
+    """
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    # Higher scores for earlier words only break ties; every piece is a whole word.
+    vocab += [("\u2581" + w, -1.0 - 0.001 * i) for i, w in enumerate(dict.fromkeys(words))]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def build_tiny_transformer(
+    num_layers: int = 6,
+    *,
+    sample_size: int = 8,
+    num_attention_heads: int = 2,
+    attention_head_dim: int = 8,
+    caption_channels: int = 32,
+    in_channels: int = 4,
+    out_channels: int = 8,
+    seed: int = 0,
+):
+    """A randomly initialised ``PixArtTransformer2DModel`` (PixArt-Sigma layout: 8 output channels)."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    inner = num_attention_heads * attention_head_dim
+    model = PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=num_layers,
+        patch_size=2,
+        num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        cross_attention_dim=inner,
+        caption_channels=caption_channels,
+        norm_num_groups=1,
+    )
+    return model.eval()
+
+
+def build_tiny_pixart_pipeline(
+    num_layers: int = 6,
+    *,
+    sample_size: int = 8,
+    seed: int = 0,
+    words: Sequence[str] = DEFAULT_VOCABULARY,
+):
+    """A complete tiny ``PixArtSigmaPipeline`` with random weights.
+
+    The VAE downsamples by 2, so images are ``2 * sample_size`` pixels square. Generate with
+    ``use_resolution_binning=False`` and ``height = width = 2 * sample_size``.
+    """
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_t5_tokenizer(words)
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+    ).eval()
+    transformer = build_tiny_transformer(
+        num_layers, sample_size=sample_size, caption_channels=text_encoder.config.d_model, seed=seed + 2
+    )
+    scheduler = DPMSolverMultistepScheduler()
+    return PixArtSigmaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+
+
+def save_tiny_pixart_pipeline(path: str | Path, num_layers: int = 6, **kwargs) -> Path:
+    """Build :func:`build_tiny_pixart_pipeline` and ``save_pretrained`` it to ``path`` (safetensors)."""
+    pipe = build_tiny_pixart_pipeline(num_layers, **kwargs)
+    pipe.save_pretrained(path)
+    return Path(path)
+
+
+def tiny_generation_kwargs(pipe, *, steps: int = 2, seed: int = 0) -> dict:
+    """Keyword arguments for a fast, deterministic call of a tiny pipeline on CPU."""
+    size = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    return dict(
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        use_resolution_binning=False,
+        max_sequence_length=16,
+        clean_caption=False,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(seed),
+    )
