@@ -83,7 +83,9 @@ def resolve_kept_layers(
             raise LayerPruneError(f"{what} must hold integers, got {index!r}")
     bad = [i for i in given if not 0 <= i < num_layers]
     if bad:
-        raise LayerPruneError(f"{what} {bad} out of range: the model has {num_layers} blocks, indices 0..{num_layers - 1}")
+        raise LayerPruneError(
+            f"{what} {bad} out of range: the model has {num_layers} blocks, indices 0..{num_layers - 1}"
+        )
     duplicates = sorted({i for i in given if given.count(i) > 1})
     if duplicates:
         raise LayerPruneError(f"{what} lists block(s) {duplicates} more than once")

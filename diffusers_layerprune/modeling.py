@@ -20,7 +20,7 @@ from diffusers.loaders import PeftAdapterMixin
 
 from .blocks import block_layout, resolve_kept_layers
 from .errors import LayerPruneError
-from .outputs import atomic_output_dir, check_output_dir
+from .outputs import atomic_output_dir
 
 STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
 
@@ -207,7 +207,7 @@ def _renumber(name: str, attr: str, position: dict[int, int]) -> str:
 def _check_kept_layers(kept: list[int], num_layers: int, source_num_layers: int | None) -> None:
     if len(kept) != num_layers:
         raise LayerPruneError(f"kept_layers has {len(kept)} entries but num_layers is {num_layers}")
-    if any(b <= a for a, b in zip(kept, kept[1:])):
+    if any(b <= a for a, b in zip(kept[:-1], kept[1:], strict=True)):
         raise LayerPruneError(f"kept_layers must be strictly increasing, got {kept}")
     if source_num_layers is not None and kept and not 0 <= kept[0] <= kept[-1] < source_num_layers:
         raise LayerPruneError(f"kept_layers {kept} out of range for a source of {source_num_layers} blocks")
@@ -235,7 +235,63 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def load_pipeline(model: str | os.PathLike, *, torch_dtype: torch.dtype | None = None, device: str | None = None):
+def _resolve_local(name: str) -> Path | None:
+    """The local pipeline folder ``name`` points to, ``None`` for a Hub id; raises for a broken local path."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            single = (path / "config.json").is_file()
+            hint = " (it is a single model folder; pass the pipeline folder above it)" if single else ""
+            raise LayerPruneError(f"{name} is not a diffusers pipeline folder: no model_index.json{hint}")
+        return path
+    if _looks_like_path(name):
+        raise LayerPruneError(f"model path {name} does not exist")
+    return None
+
+
+def read_transformer_config(model: str | os.PathLike, *, revision: str | None = None) -> dict | None:
+    """The pipeline's ``transformer/config.json`` without loading weights (``None`` for short model names).
+
+    Lets commands check block indices and the model family before spending time on loading.
+    """
+    name = str(model)
+    if name in MODEL_ALIASES:
+        return None
+    path = _resolve_local(name)
+    try:
+        if path is not None:
+            config_file = path / "transformer" / "config.json"
+            if not config_file.is_file():
+                raise LayerPruneError(f"{name} has no transformer/config.json; layerprune supports PixArt pipelines")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            config_file = hf_hub_download(name, "config.json", subfolder="transformer", revision=revision)
+        config = json.loads(Path(config_file).read_text())
+    except LayerPruneError:
+        raise
+    except Exception as error:
+        raise LayerPruneError(f"could not read the transformer config of {name!r}: {_first_line(error)}") from error
+    if "PixArt" not in str(config.get("_class_name", "")):
+        raise LayerPruneError(
+            f"{name} holds a {config.get('_class_name')}; layerprune supports PixArt transformers (PixArt-Sigma)"
+        )
+    return config
+
+
+def _first_line(error: Exception) -> str:
+    # We print no stack trace, so drop the library's pointer to one.
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return first.replace(" Please check out the root cause in the stacktrace above.", "")
+
+
+def load_pipeline(
+    model: str | os.PathLike,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    device: str | None = None,
+    revision: str | None = None,
+):
     """Load a PixArt pipeline from a short name (``tiny-random``), a local folder, or a Hub id.
 
     Raises :class:`LayerPruneError` with the fix for a missing path, a folder that is not a pipeline, a Hub id that
@@ -247,27 +303,20 @@ def load_pipeline(model: str | os.PathLike, *, torch_dtype: torch.dtype | None =
     if name in MODEL_ALIASES:
         pipe = MODEL_ALIASES[name]()
         pipe.register_to_config(_name_or_path=name)
+        if torch_dtype is not None and torch_dtype != pipe.dtype:
+            pipe.to(dtype=torch_dtype)
     else:
-        path = Path(name).expanduser()
-        if path.exists():
-            if not (path / "model_index.json").is_file():
-                hint = " (it is a single model folder; pass the pipeline folder above it)" if (path / "config.json").is_file() else ""
-                raise LayerPruneError(f"{name} is not a diffusers pipeline folder: no model_index.json{hint}")
-        elif _looks_like_path(name):
-            raise LayerPruneError(f"model path {name} does not exist")
+        path = _resolve_local(name)
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else name, torch_dtype=torch_dtype)
-        except LayerPruneError:
-            raise
+            pipe = DiffusionPipeline.from_pretrained(str(path or name), dtype=torch_dtype, revision=revision)
         except Exception as error:  # hub / network / format errors: one line with the cause
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise LayerPruneError(f"could not load pipeline {name!r}: {first}") from error
+            raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, PixArtTransformer2DModel):
-        found = type(transformer).__name__ if transformer is not None else f"{type(pipe).__name__} without a transformer"
+        found = (
+            type(transformer).__name__ if transformer is not None else f"{type(pipe).__name__} without a transformer"
+        )
         raise LayerPruneError(f"{name} holds a {found}; layerprune supports PixArt transformers (PixArt-Sigma)")
-    if torch_dtype is not None:
-        pipe.to(dtype=torch_dtype)
     if device is not None:
         pipe.to(device)
     return pipe
@@ -316,6 +365,6 @@ __all__ = [
     "load_pipeline",
     "prune_pipeline",
     "save_pruned_pipeline",
-    "check_output_dir",
+    "read_transformer_config",
     "MODEL_ALIASES",
 ]

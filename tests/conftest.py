@@ -1,0 +1,37 @@
+import os
+
+# Tests never reach a hub: everything is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A saved tiny PixArt-Sigma pipeline (6 blocks, random weights), shared by the session: treat as read-only."""
+    from diffusers_layerprune.testing import save_tiny_pixart_pipeline
+
+    return save_tiny_pixart_pipeline(tmp_path_factory.mktemp("tiny") / "pipe", num_layers=6)
+
+
+@pytest.fixture
+def tiny_transformer():
+    from diffusers_layerprune.testing import build_tiny_transformer
+
+    return build_tiny_transformer(6)
+
+
+@pytest.fixture
+def transformer_inputs():
+    """Keyword arguments for one forward pass of the tiny transformer (batch 2, 8x8 latents, 5 text tokens)."""
+    g = torch.Generator().manual_seed(0)
+    return dict(
+        hidden_states=torch.randn(2, 4, 8, 8, generator=g),
+        encoder_hidden_states=torch.randn(2, 5, 32, generator=g),
+        timestep=torch.tensor([10, 700]),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from diffusers_layerprune.cli import main
+
+
+def test_prune_writes_a_full_pipeline(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tiny_pipeline_dir), "--drop", "1,3-4", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 -> 3 blocks" in printed and "[0, 2, 5]" in printed
+    assert {p.name for p in out.iterdir()} >= {"model_index.json", "transformer", "vae", "text_encoder", "tokenizer"}
+    config = json.loads((out / "transformer" / "config.json").read_text())
+    assert config["kept_layers"] == [0, 2, 5] and config["source_num_layers"] == 6
+    assert config["source_model"] == str(tiny_pipeline_dir)
+
+    # same folder again: refused without --overwrite, replaced with it
+    assert main(["prune", "--model", str(tiny_pipeline_dir), "--keep", "0,1", "--output", str(out)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["prune", "--model", str(tiny_pipeline_dir), "--keep", "0,1", "--output", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "transformer" / "config.json").read_text())["kept_layers"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--drop", "6"], "out of range: the model has 6 blocks"),
+        (["--keep", "0,0,1"], "more than once"),
+        (["--keep", "0-5"], "nothing to prune"),
+        (["--drop", "0-5"], "no block would be kept"),
+    ],
+)
+def test_prune_bad_indices_write_nothing(tiny_pipeline_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(tiny_pipeline_dir), *args, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_bad_model_writes_nothing(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(tmp_path / "nope"), "--drop", "1", "--output", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["prune", "--model", str(tiny_pipeline_dir / "vae"), "--drop", "1", "--output", str(out)]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_argument_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--keep", "1", "--drop", "2", "--output", "x"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--drop", "one", "--output", "x"])
+    assert exit_info.value.code == 2
+    assert "expected block indices" in capsys.readouterr().err
+
+
+def test_console_script_prints_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffusers_layerprune.cli",
+            "prune",
+            "--model",
+            str(tmp_path / "missing"),
+            "--drop",
+            "1",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"layerprune prune: error: model path {tmp_path / 'missing'} does not exist"
+    ]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["prune", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: layerprune" in text
+    assert ("--keep" in text and "--overwrite" in text) if argv[0] == "prune" else "prune" in text
