@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -133,7 +134,7 @@ class PrunedPixArtTransformer(PixArtTransformer2DModel, PeftAdapterMixin):
         source_num_layers = transformer.config.get("source_num_layers") or depth
         recorded = [parent_kept[i] for i in kept] if parent_kept is not None else kept
         if source_model is None:
-            source_model = transformer.config.get("source_model") or transformer.config.get("_name_or_path") or None
+            source_model = transformer.config.get("source_model") or source_id(transformer.config.get("_name_or_path"))
 
         init_keys = cls._get_init_keys(cls) - {"self", "kwargs"}
         config = {k: v for k, v in transformer.config.items() if k in init_keys}
@@ -193,6 +194,21 @@ class PrunedPixArtTransformer(PixArtTransformer2DModel, PeftAdapterMixin):
         config = json.loads(super().to_json_string())
         config["_class_name"] = STOCK_CLASS[1]
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def source_id(name_or_path: str | None) -> str | None:
+    """The Hub id or folder a model was loaded from, given a ``_name_or_path``.
+
+    Models loaded as part of a pipeline record ``<folder>/transformer``, and from the Hub a cache path
+    ``.../models--org--name/snapshots/<sha>/transformer``: map those back to ``<folder>`` and ``org/name``.
+    """
+    if not name_or_path:
+        return None
+    text = str(name_or_path).rstrip("/")
+    cached = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", text)
+    if cached:
+        return f"{cached[1]}/{cached[2]}"
+    return text.removesuffix("/transformer") or None
 
 
 def _renumber(name: str, attr: str, position: dict[int, int]) -> str:

@@ -126,3 +126,25 @@ def test_lora_adapter_can_be_added(tiny_transformer, transformer_inputs):
     trainable = [n for n, p in student.named_parameters() if "lora" in n]
     assert trainable and len(trainable) == 2 * 2 * 2 * 2  # 2 blocks x (attn1, attn2) x (to_q, to_v) x (A, B)
     assert torch.equal(run(student, transformer_inputs), before)  # LoRA B starts at zero
+
+
+@pytest.mark.parametrize(
+    "name_or_path, expected",
+    [
+        (
+            "/cache/hub/models--PixArt-alpha--PixArt-Sigma-XL-2-1024-MS/snapshots/abc123/transformer",
+            "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+        ),
+        ("/data/my-pipeline/transformer", "/data/my-pipeline"),
+        ("org/name", "org/name"),
+        (None, None),
+    ],
+)
+def test_source_model_defaults_to_where_the_transformer_came_from(tiny_transformer, name_or_path, expected):
+    from diffusers_layerprune.modeling import source_id
+
+    assert source_id(name_or_path) == expected
+    if name_or_path:
+        tiny_transformer.register_to_config(_name_or_path=name_or_path)
+        student = PrunedPixArtTransformer.from_transformer(tiny_transformer, kept_layers=[0])
+        assert student.config.source_model == expected
