@@ -246,6 +246,31 @@ def _tiny_random_pipeline(**kwargs):
 MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
 
 
+# Sampling settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's.
+GENERATION_DEFAULTS: dict[str, dict] = {
+    "tiny-random": dict(max_sequence_length=16, num_inference_steps=4, guidance_scale=1.0, train_prompts="toy:train"),
+}
+PIXART_SIGMA_DEFAULTS = dict(
+    max_sequence_length=300, num_inference_steps=20, guidance_scale=4.5, train_prompts="toy:train"
+)
+
+
+def generation_defaults(model: str | os.PathLike, pipe) -> dict:
+    """``resolution``, ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale`` and ``train_prompts``
+    for ``model``; the resolution is the transformer's native one (``sample_size x VAE scale factor``)."""
+    defaults = dict(GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS))
+    defaults.setdefault("resolution", pipe.transformer.config.sample_size * pipe.vae_scale_factor)
+    return defaults
+
+
+def with_transformer(pipe, transformer):
+    """A pipeline of the same class sharing every component of ``pipe`` except its transformer."""
+    replaced = type(pipe)(**{**pipe.components, "transformer": transformer})
+    if pipe.name_or_path:
+        replaced.register_to_config(_name_or_path=pipe.name_or_path)
+    return replaced
+
+
 def _looks_like_path(name: str) -> bool:
     # A Hub id is "name" or "owner/name"; anything else that does not exist is a mistyped local path.
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
@@ -307,8 +332,11 @@ def load_pipeline(
     torch_dtype: torch.dtype | None = None,
     device: str | None = None,
     revision: str | None = None,
+    **components,
 ):
     """Load a PixArt pipeline from a short name (``tiny-random``), a local folder, or a Hub id.
+
+    ``components`` (e.g. ``transformer=student`` or ``text_encoder=None``) replace the saved ones without loading them.
 
     Raises :class:`LayerPruneError` with the fix for a missing path, a folder that is not a pipeline, a Hub id that
     cannot be fetched, or a pipeline whose transformer is not a PixArt transformer.
@@ -318,13 +346,17 @@ def load_pipeline(
     name = str(model)
     if name in MODEL_ALIASES:
         pipe = MODEL_ALIASES[name]()
+        if components:
+            pipe = type(pipe)(**{**pipe.components, **components})
         pipe.register_to_config(_name_or_path=name)
         if torch_dtype is not None and torch_dtype != pipe.dtype:
             pipe.to(dtype=torch_dtype)
     else:
         path = _resolve_local(name)
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(path or name), dtype=torch_dtype, revision=revision)
+            pipe = DiffusionPipeline.from_pretrained(
+                str(path or name), dtype=torch_dtype, revision=revision, **components
+            )
         except Exception as error:  # hub / network / format errors: one line with the cause
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
     transformer = getattr(pipe, "transformer", None)
@@ -353,11 +385,7 @@ def prune_pipeline(
     student = PrunedPixArtTransformer.from_transformer(
         transformer, kept_layers, pruned_layers, source_model=source, copy_weights=copy_weights
     )
-    components = {**pipe.components, "transformer": student}
-    pruned = type(pipe)(**components)
-    if pipe.name_or_path:
-        pruned.register_to_config(_name_or_path=pipe.name_or_path)
-    return pruned
+    return with_transformer(pipe, student)
 
 
 def save_pruned_pipeline(pipe, output_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
