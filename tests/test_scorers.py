@@ -431,3 +431,13 @@ def test_bad_score_kind_and_folder(clip_folder, tmp_path):
 def test_reference_backend_without_hpsv2_says_how_to_install(checkpoint):
     with pytest.raises(LayerPruneError, match=r"diffusers-layerprune\[hpsv2\]"):
         load_hpsv2("hpsv2.1", checkpoint=checkpoint, backend="reference")
+
+
+def test_half_precision_model_scores_in_float32(clip_folder):
+    images, prompts = _images(2), PROMPTS[:2]
+    full = load_scorer(clip_folder)(images, prompts)
+    half = load_scorer(clip_folder, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    scores = half(images, prompts)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, full, atol=3e-2, rtol=0)

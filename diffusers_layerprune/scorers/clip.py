@@ -51,7 +51,7 @@ def load_clip_pretrained(
     score: str = "cosine",
     preprocess: str = "crop",
     processor: str | os.PathLike | None = None,
-    device="cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 32,
     name: str | None = None,
@@ -82,14 +82,14 @@ def load_clip_pretrained(
     )
 
 
-def load_pickscore(*, device="cpu", dtype: torch.dtype = torch.float32, **kwargs) -> CLIPScorer:
+def load_pickscore(*, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs) -> CLIPScorer:
     """PickScore v1: ``logit_scale.exp() * cos`` (about 20-23 for typical generations)."""
     kwargs.setdefault("model", PICKSCORE_MODEL)
     kwargs.setdefault("processor", PICKSCORE_PROCESSOR)
     return load_clip_pretrained(score="logit", device=device, dtype=dtype, name="pickscore", **kwargs)
 
 
-def load_clip_score(*, device="cpu", dtype: torch.dtype = torch.float32, **kwargs) -> CLIPScorer:
+def load_clip_score(*, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs) -> CLIPScorer:
     """CLIP score: ``100 * max(cos, 0)`` with ``openai/clip-vit-large-patch14`` unless ``model=`` says otherwise."""
     kwargs.setdefault("model", CLIP_SCORE_MODEL)
     return load_clip_pretrained(score="clipscore", device=device, dtype=dtype, name="clip", **kwargs)
@@ -100,7 +100,7 @@ def load_clip_folder(
     *,
     score: str | None = None,
     preprocess: str | None = None,
-    device="cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     **kwargs,
 ) -> CLIPScorer:

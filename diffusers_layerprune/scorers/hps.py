@@ -75,7 +75,9 @@ def converted_checkpoint_dir(checkpoint: str | os.PathLike, clip_config, cache_d
     return folder
 
 
-def load_clip_model(folder: str | os.PathLike, *, device="cpu", dtype: torch.dtype = torch.float32):
+def load_clip_model(
+    folder: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+):
     """``CLIPModel.from_pretrained(folder)`` in eval mode on ``device``; fails loudly on missing or extra weights."""
     from transformers import CLIPModel
 
@@ -112,7 +114,7 @@ class HPSv2Scorer(CLIPScorer):
         *,
         clip_config=None,
         tokenizer=None,
-        device="cpu",
+        device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cache_dir: str | os.PathLike | None = None,
         cache: bool = True,
@@ -175,7 +177,7 @@ def hpsv2_checkpoint_path(version: str, *, cache_dir: str | os.PathLike | None =
 def load_hpsv2(
     version: str = "hpsv2.1",
     *,
-    device="cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     checkpoint: str | os.PathLike | None = None,
     tokenizer=None,

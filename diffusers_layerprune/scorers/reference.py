@@ -21,7 +21,7 @@ _VERSIONS = {"hpsv2": "v2.0", "hpsv2.1": "v2.1"}
 class HPSv2ReferenceScorer:
     """``scorer(images, prompts) -> FloatTensor[B]`` computed by ``hpsv2.score`` (cosine, as that returns it)."""
 
-    def __init__(self, version: str, *, checkpoint: str | os.PathLike, device="cpu") -> None:
+    def __init__(self, version: str, *, checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> None:
         try:
             import hpsv2  # noqa: F401  (import only here: it pulls open_clip and torchvision)
         except Exception as err:
