@@ -441,3 +441,45 @@ def test_half_precision_model_scores_in_float32(clip_folder):
     scores = half(images, prompts)
     assert scores.dtype == torch.float32
     torch.testing.assert_close(scores, full, atol=3e-2, rtol=0)
+
+
+def test_vit_h_14_config_fits_open_clip_layout():
+    # Shapes of open_clip's ViT-H-14 state dict (the HPSv2 checkpoints), on the meta device: no memory, no download.
+    from diffusers_layerprune.scorers import convert_open_clip_state_dict, vit_h_14_config
+
+    def t(*shape):
+        return torch.empty(shape, device="meta")
+
+    def tower(prefix, width, layers):
+        sd = {}
+        for i in range(layers):
+            p = f"{prefix}resblocks.{i}."
+            for name in ("ln_1", "ln_2"):
+                sd |= {p + name + ".weight": t(width), p + name + ".bias": t(width)}
+            sd |= {p + "attn.in_proj_weight": t(3 * width, width), p + "attn.in_proj_bias": t(3 * width)}
+            sd |= {p + "attn.out_proj.weight": t(width, width), p + "attn.out_proj.bias": t(width)}
+            sd |= {p + "mlp.c_fc.weight": t(4 * width, width), p + "mlp.c_fc.bias": t(4 * width)}
+            sd |= {p + "mlp.c_proj.weight": t(width, 4 * width), p + "mlp.c_proj.bias": t(width)}
+        return sd
+
+    sd = {
+        "visual.conv1.weight": t(1280, 3, 14, 14),
+        "visual.class_embedding": t(1280),
+        "visual.positional_embedding": t(257, 1280),
+        "visual.proj": t(1280, 1024),
+        "token_embedding.weight": t(49408, 1024),
+        "positional_embedding": t(77, 1024),
+        "text_projection": t(1024, 1024),
+        "logit_scale": t(),
+    }
+    for name, width in (("visual.ln_pre", 1280), ("visual.ln_post", 1280), ("ln_final", 1024)):
+        sd |= {name + ".weight": t(width), name + ".bias": t(width)}
+    sd |= tower("visual.transformer.", 1280, 32) | tower("transformer.", 1024, 24)
+    config = vit_h_14_config()
+    converted = convert_open_clip_state_dict(sd, config)  # raises on any missing key or shape mismatch
+    assert converted["visual_projection.weight"].shape == (1024, 1280)
+    assert converted["vision_model.encoder.layers.31.self_attn.v_proj.weight"].shape == (1280, 1280)
+    assert config.vision_config.hidden_act == config.text_config.hidden_act == "gelu"
+    del sd["visual.transformer.resblocks.31.mlp.c_fc.bias"]
+    with pytest.raises(LayerPruneError, match="resblocks.31.mlp.c_fc.bias"):
+        convert_open_clip_state_dict(sd, config)
