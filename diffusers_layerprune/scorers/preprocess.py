@@ -78,15 +78,8 @@ def resize_shortest_center_crop(images: torch.Tensor, size: int = 224, crop_size
     images = _resize(images, new_h, new_w)
     if new_h < crop_size or new_w < crop_size:
         # CLIPImageProcessor pads with zeros when the crop is larger than the image; keep that behaviour.
-        images = F.pad(
-            images,
-            (
-                max(crop_size - new_w, 0) // 2,
-                max(crop_size - new_w, 0) - max(crop_size - new_w, 0) // 2,
-                max(crop_size - new_h, 0) // 2,
-                max(crop_size - new_h, 0) - max(crop_size - new_h, 0) // 2,
-            ),
-        )
+        pad_h, pad_w = max(crop_size - new_h, 0), max(crop_size - new_w, 0)
+        images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         new_h, new_w = images.shape[-2:]
     top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
     return images[..., top : top + crop_size, left : left + crop_size]
