@@ -17,6 +17,7 @@ _EXPORTS = {
     "get_blocks": "blocks",
     "resolve_kept_layers": "blocks",
     "LayerPruneError": "errors",
+    "load_scorer": "scorers",
 }
 
 __all__ = ["__version__", *_EXPORTS]
