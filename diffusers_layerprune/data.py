@@ -102,14 +102,41 @@ def _from_file(path: Path, column: str | None) -> list[str]:
             data = data[key]
         return _from_records(data, column, str(path))
     if suffix in (".jsonl", ".csv", ".parquet"):
-        from datasets import load_dataset
-
-        builder = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}[suffix]
-        ds = load_dataset(builder, data_files=str(path), split="train")
+        ds = load_hf_dataset(path)
         return list(ds[_pick_column(ds.column_names, column, str(path))])
     raise LayerPruneError(
         f"{path}: unsupported prompt file type {suffix!r} (use .txt, .json, .jsonl, .csv or .parquet)"
     )
+
+
+DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+def load_hf_dataset(name: str | os.PathLike, config: str | None = None, split: str | None = None):
+    """``datasets.load_dataset`` for a Hub name, a local data file (csv/json/jsonl/parquet/txt) or a local folder.
+
+    Errors (missing file, unknown dataset, no network) become one :class:`LayerPruneError` line.
+    """
+    from datasets import load_dataset
+
+    text = str(name)
+    path = Path(text).expanduser()
+    try:
+        if path.is_file():
+            builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise LayerPruneError(f"{text}: unsupported data file type {path.suffix!r}")
+            return load_dataset(builder, data_files=str(path), split=split or "train")
+        if path.is_dir():
+            return load_dataset(str(path), config, split=split or "train")
+        if text.startswith((".", "/", "~")) or path.suffix.lower() in DATA_FILE_BUILDERS:
+            raise LayerPruneError(f"dataset {text} does not exist")
+        return load_dataset(text, config, split=split or "train")
+    except LayerPruneError:
+        raise
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise LayerPruneError(f"could not load dataset {text!r}: {first}") from error
 
 
 def load_prompts(
@@ -136,13 +163,7 @@ def load_prompts(
         ):
             raise LayerPruneError(f"prompt file {source} does not exist")
         else:
-            from datasets import load_dataset
-
-            try:
-                ds = load_dataset(source, split=split or "train")
-            except Exception as error:
-                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise LayerPruneError(f"could not load dataset {source!r}: {first}") from error
+            ds = load_hf_dataset(source, split=split)
             prompts = list(ds[_pick_column(ds.column_names, column, source)])
         prompt_set = PromptSet([str(p) for p in prompts], source)
     prompt_set = prompt_set.head(limit)
