@@ -248,17 +248,32 @@ MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
 
 # Sampling settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's.
 GENERATION_DEFAULTS: dict[str, dict] = {
-    "tiny-random": dict(max_sequence_length=16, num_inference_steps=4, guidance_scale=1.0, train_prompts="toy:train"),
+    "tiny-random": dict(
+        max_sequence_length=16,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        train_prompts="toy:train",
+        eval_prompts="toy:heldout",
+        scorers=["toy"],
+    ),
 }
 PIXART_SIGMA_DEFAULTS = dict(
-    max_sequence_length=300, num_inference_steps=20, guidance_scale=4.5, train_prompts="toy:train"
+    max_sequence_length=300,
+    num_inference_steps=20,
+    guidance_scale=4.5,
+    train_prompts="toy:train",
+    eval_prompts="hpdv2",
+    scorers=["hpsv2.1", "pickscore", "clip"],
 )
 
 
 def generation_defaults(model: str | os.PathLike, pipe) -> dict:
-    """``resolution``, ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale`` and ``train_prompts``
-    for ``model``; the resolution is the transformer's native one (``sample_size x VAE scale factor``)."""
-    defaults = dict(GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS))
+    """Settings ``model`` is meant to be used with: ``resolution`` (the transformer's native one, ``sample_size x VAE
+    scale factor``), ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale``, ``train_prompts``,
+    ``eval_prompts`` and ``scorers``. A pruned model takes its source model's defaults."""
+    source = pipe.transformer.config.get("source_model")
+    defaults = GENERATION_DEFAULTS.get(str(model)) or GENERATION_DEFAULTS.get(str(source)) or PIXART_SIGMA_DEFAULTS
+    defaults = dict(defaults)
     defaults.setdefault("resolution", pipe.transformer.config.sample_size * pipe.vae_scale_factor)
     return defaults
 
