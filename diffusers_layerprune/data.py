@@ -281,27 +281,25 @@ def teacher_latents_dataset(
     if (path / "dataset_info.json").is_file():
         return load_from_disk(str(path))
 
+    from .modeling import generate_from_embeddings
+
     embeds, masks = encode_prompts(pipe, prompts, max_sequence_length=max_sequence_length)
-    latents = []
-    device = pipe.transformer.device
-    for start in tqdm(range(0, len(prompts), batch_size), desc="teacher latents", disable=not progress):
-        stop = min(start + batch_size, len(prompts))
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
-        out = pipe(
-            prompt_embeds=embeds[start:stop].to(device, pipe.transformer.dtype),
-            prompt_attention_mask=masks[start:stop].to(device),
+    negative = encode_prompts(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
+    with tqdm(total=len(prompts), desc="teacher latents", disable=not progress) as bar:
+        latents = generate_from_embeddings(
+            pipe,
+            embeds,
+            masks,
+            negative,
+            seeds=[seed + i for i in range(len(prompts))],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            height=resolution,
-            width=resolution,
-            generator=generators,
-            output_type="latent",
-            use_resolution_binning=False,
+            resolution=resolution,
             max_sequence_length=max_sequence_length,
-            clean_caption=False,
+            batch_size=batch_size,
+            output_type="latent",
+            progress=bar.update,
         )
-        latents.append(out.images.float().cpu())
-    latents = torch.cat(latents)
     columns = {
         "prompt": prompts,
         "prompt_embeds": embeds.float().numpy(),

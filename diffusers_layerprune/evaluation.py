@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .data import PromptSet, encode_prompts
+from .modeling import generate_from_embeddings as generate
 
 # Extra per-image checks by prompt-set name (the toy world registers its judge here):
 # fn(images [N,3,H,W] in [0,1], prompts) -> {"metric": per-image values in [0, 1]}.
@@ -37,52 +38,6 @@ def pipeline_parameters(pipe, shared=None) -> dict[str, int]:
     counts = {name: count_parameters(c) for name, c in components.items() if isinstance(c, nn.Module)}
     counts["total"] = sum(counts.values())
     return counts
-
-
-def generate(
-    pipe,
-    embeds: torch.Tensor,
-    masks: torch.Tensor,
-    negative: tuple[torch.Tensor, torch.Tensor] | None,
-    *,
-    seeds: Sequence[int],
-    num_inference_steps: int,
-    guidance_scale: float,
-    resolution: int,
-    max_sequence_length: int,
-    batch_size: int = 8,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Images ``[N, 3, R, R]`` in [0, 1] (CPU, float32) from precomputed prompt embeddings; prompt i uses seed i."""
-    device, dtype = pipe.transformer.device, pipe.transformer.dtype
-    out = []
-    for start in range(0, len(embeds), batch_size):
-        stop = min(start + batch_size, len(embeds))
-        kwargs = {}
-        if guidance_scale > 1 and negative is not None:
-            n = stop - start
-            kwargs = dict(
-                negative_prompt_embeds=negative[0].expand(n, -1, -1).to(device, dtype),
-                negative_prompt_attention_mask=negative[1].expand(n, -1).to(device),
-            )
-        images = pipe(
-            prompt_embeds=embeds[start:stop].to(device, dtype),
-            prompt_attention_mask=masks[start:stop].to(device),
-            negative_prompt=None,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=resolution,
-            width=resolution,
-            use_resolution_binning=False,
-            max_sequence_length=max_sequence_length,
-            generator=[torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]],
-            output_type="pt",
-            **kwargs,
-        ).images
-        out.append(images.float().cpu().clamp(0, 1))
-        if progress is not None:
-            progress(stop - start)
-    return torch.cat(out)
 
 
 def transformer_latency(

@@ -286,6 +286,59 @@ def with_transformer(pipe, transformer):
     return replaced
 
 
+def generate_from_embeddings(
+    pipe,
+    embeds: torch.Tensor,
+    masks: torch.Tensor,
+    negative: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    seeds,
+    num_inference_steps: int,
+    guidance_scale: float,
+    resolution: int,
+    max_sequence_length: int,
+    batch_size: int = 8,
+    output_type: str = "pt",
+    progress=None,
+) -> torch.Tensor:
+    """Generate from precomputed prompt embeddings ``[N, L, D]`` / masks ``[N, L]``; prompt ``i`` uses ``seeds[i]``.
+
+    Each image's initial noise depends on its own seed only, so results do not change with ``batch_size``.
+    ``negative`` is the encoded empty prompt ``([1, L, D], [1, L])``, needed when ``guidance_scale > 1``.
+    Returns images ``[N, 3, R, R]`` in [0, 1] (``output_type="pt"``) or latents (``"latent"``), float32 on the CPU.
+    ``progress(n)`` is called after each batch.
+    """
+    device, dtype = pipe.transformer.device, pipe.transformer.dtype
+    out = []
+    for start in range(0, len(embeds), batch_size):
+        stop = min(start + batch_size, len(embeds))
+        kwargs = {}
+        if guidance_scale > 1 and negative is not None:
+            kwargs = dict(
+                negative_prompt_embeds=negative[0].expand(stop - start, -1, -1).to(device, dtype),
+                negative_prompt_attention_mask=negative[1].expand(stop - start, -1).to(device),
+            )
+        result = pipe(
+            prompt_embeds=embeds[start:stop].to(device, dtype),
+            prompt_attention_mask=masks[start:stop].to(device),
+            negative_prompt=None,  # PixArt's default "" clashes with negative_prompt_embeds
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=resolution,
+            width=resolution,
+            use_resolution_binning=False,
+            max_sequence_length=max_sequence_length,
+            generator=[torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]],
+            output_type=output_type,
+            **kwargs,
+        ).images
+        result = result.float().cpu()
+        out.append(result.clamp(0, 1) if output_type == "pt" else result)
+        if progress is not None:
+            progress(stop - start)
+    return torch.cat(out)
+
+
 def _looks_like_path(name: str) -> bool:
     # A Hub id is "name" or "owner/name"; anything else that does not exist is a mistyped local path.
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name

@@ -1,6 +1,5 @@
 """layerprune eval / push and the model card, on a tiny pruned + distilled + evaluated folder (offline)."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import distill_args, run_train_distill
 from huggingface_hub import ModelCard
 
 from diffusers_layerprune.cli import main as cli
@@ -18,50 +18,12 @@ from diffusers_layerprune.hub import files_to_upload, render_model_card
 from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross"]
 SECRET = "hf_NotARealTokenButSecret123"
 
 
-def _train(args):
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    spec = importlib.util.spec_from_file_location("train_distill", ROOT / "training" / "train_distill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main([str(a) for a in args])
-
-
-def distill_args(work, out, *extra):
-    return [
-        "--teacher_model",
-        work / "teacher",
-        "--student_model",
-        work / "pruned",
-        "--output_dir",
-        out,
-        "--prompts",
-        work / "prompts.txt",
-        "--cache_dir",
-        work / "cache",
-        "--train_batch_size",
-        2,
-        "--max_train_steps",
-        2,
-        "--checkpointing_steps",
-        1,
-        "--max_sequence_length",
-        16,
-        "--teacher_inference_steps",
-        2,
-        "--teacher_guidance_scale",
-        1.0,
-        "--report_to",
-        "none",
-        *extra,
-    ]
+def _distill_args(work, out, *extra):
+    return [*distill_args(work, out, student="pruned", steps=2, checkpointing_steps=1), "--report_to", "none", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +34,7 @@ def work(tmp_path_factory):
     save_tiny_clip_folder(root / "clip")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     assert cli(["prune", "--model", str(root / "teacher"), "--drop", "1,4", "--output", str(root / "pruned")]) == 0
-    _train(distill_args(root, root / "distilled"))
+    run_train_distill(_distill_args(root, root / "distilled"))
     eval_args = [
         "eval",
         "--model",
@@ -325,7 +287,7 @@ def test_dry_run_folder_loads_in_fresh_stock_process(work, tmp_path, capsys):
 
 def test_training_script_push_uses_the_same_code(work, fake_hub):
     out = work / "pushed"
-    _train(distill_args(work, out, "--push_to_hub", "--hub_model_id", "me/distilled"))
+    run_train_distill(_distill_args(work, out, "--push_to_hub", "--hub_model_id", "me/distilled"))
     upload = [c for c in fake_hub if c[0] == "upload_folder"][0][1]
     assert upload["repo_id"] == "me/distilled" and Path(upload["folder_path"]) == out
     assert "knowledge-distillation" in (out / "README.md").read_text()

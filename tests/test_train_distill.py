@@ -1,7 +1,6 @@
 """training/train_distill.py end to end on a tiny pipeline: full, LoRA, image-caption data, bad input, and two
 processes that train, checkpoint and resume to the same weights as an uninterrupted run."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,31 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, TRAIN_SCRIPT, distill_args, run_train_distill
 from safetensors.torch import load_file
 
 from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "training" / "train_distill.py"
+SCRIPT = TRAIN_SCRIPT
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross", "a black star"]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_distill", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_script(args):
-    """Run main() in this process; accelerate keeps global state between Accelerators, so reset it first."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    _load_script().main([str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -49,32 +32,7 @@ def work(tmp_path_factory):
 
 
 def base_args(work, out, steps=3):
-    return [
-        "--teacher_model",
-        work / "teacher",
-        "--student_model",
-        work / "student",
-        "--output_dir",
-        out,
-        "--prompts",
-        work / "prompts.txt",
-        "--cache_dir",
-        work / "cache",
-        "--train_batch_size",
-        2,
-        "--max_train_steps",
-        steps,
-        "--checkpointing_steps",
-        2,
-        "--max_sequence_length",
-        16,
-        "--teacher_inference_steps",
-        2,
-        "--teacher_guidance_scale",
-        1.0,
-        "--learning_rate",
-        1e-3,
-    ]
+    return distill_args(work, out, steps=steps)
 
 
 def transformer_weights(folder):
@@ -83,7 +41,7 @@ def transformer_weights(folder):
 
 def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
     out = work / "full"
-    run_script(base_args(work, out) + ["--validation_prompts", "a red circle", "--report_to", "tensorboard"])
+    run_train_distill(base_args(work, out) + ["--validation_prompts", "a red circle", "--report_to", "tensorboard"])
     student = PrunedPixArtTransformer.from_pretrained(out, subfolder="transformer")
     assert student.config.kept_layers == [0, 2, 3, 5] and student.config.source_num_layers == 6
     before, after = transformer_weights(work / "student"), transformer_weights(out)
@@ -106,7 +64,7 @@ def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
 
 def test_lora_distillation_saves_merged_model_and_adapter_with_alpha(work):
     out = work / "lora"
-    run_script(base_args(work, out) + ["--use_lora", "--rank", 4, "--lora_alpha", 8, "--report_to", "none"])
+    run_train_distill(base_args(work, out) + ["--use_lora", "--rank", 4, "--lora_alpha", 8, "--report_to", "none"])
     adapter = out / "lora" / "pytorch_lora_weights.safetensors"
     from safetensors import safe_open
 
@@ -147,7 +105,7 @@ def test_image_caption_dataset(work):
     args = [a for a in base_args(work, out, steps=2)]
     i = args.index("--prompts")
     del args[i : i + 2]
-    run_script(args + ["--train_data_dir", data, "--report_to", "none"])
+    run_train_distill(args + ["--train_data_dir", data, "--report_to", "none"])
     assert PrunedPixArtTransformer.from_pretrained(out, subfolder="transformer").config.kept_layers == [0, 2, 3, 5]
     recipe = json.loads((out / "distill_config.json").read_text())
     assert recipe["train_samples"] == 4 and recipe["data"] == str(data)
@@ -171,13 +129,13 @@ def test_bad_input_fails_before_training(work, tmp_path):
         for flag, value in zip(overrides[::2], overrides[1::2], strict=True):
             args[args.index(flag) + 1] = value
         with pytest.raises(LayerPruneError, match=message):
-            run_script(args)
+            run_train_distill(args)
         assert not (out / "model_index.json").exists()
     args = base_args(work, out)
     i = args.index("--prompts")
     del args[i : i + 2]
     with pytest.raises(LayerPruneError, match="no column 'prompt'"):
-        run_script(args + ["--dataset_name", tmp_path / "table.csv", "--prompt_column", "prompt"])
+        run_train_distill(args + ["--dataset_name", tmp_path / "table.csv", "--prompt_column", "prompt"])
 
 
 def test_script_prints_one_line_for_a_user_error(work, tmp_path):
