@@ -1,6 +1,6 @@
 """Knowledge-distillation losses and student <-> teacher block pairing.
 
-    L = lambda_task * MSE(eps_s, noise) + lambda_out * MSE(eps_s, eps_t)
+    L = lambda_task * MSE(pred_s, target) + lambda_out * MSE(pred_s, pred_t)
         + lambda_var * MSE(var_s, var_t) + lambda_feat * sum_i F(h_s^i, h_t^{kept_layers[i]})
 
 Output and feature KD follow BK-SDM (Kim et al., 2023: plain MSE, feature losses summed over pairs, all weights 1.0);
@@ -8,7 +8,8 @@ the ``normalized`` feature loss follows LAPTOP-Diff (Zhang et al., 2024): each p
 squared value of the teacher feature, so blocks whose activations are large do not dominate.
 
 PixArt-Sigma predicts epsilon and a learned variance (``out_channels = 8``): channels ``[:4]`` are epsilon, ``[4:]``
-the variance interpolation. Epsilon is what sampling uses, so it carries the task and output losses; the variance
+the variance interpolation. The prediction (epsilon, or x0 / v for models trained so) is what sampling uses, so it
+carries the task and output losses; the variance
 channels are distilled with their own weight (``lambda_var``, default 1.0) because schedulers that use the learned
 variance (e.g. DDPM with ``variance_type="learned_range"``) need them, and matching them costs nothing extra.
 """
@@ -106,10 +107,22 @@ class KDWeights:
             raise LayerPruneError("loss weights must be >= 0")
 
 
+def task_target(prediction_type: str, latents: torch.Tensor, noise: torch.Tensor, scheduler, timesteps) -> torch.Tensor:
+    """What the model is trained to predict: the noise (``epsilon``), the clean latents (``sample``) or the
+    velocity (``v_prediction``), following the scheduler's ``prediction_type``."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return latents
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise LayerPruneError(f"unsupported prediction_type {prediction_type!r} (epsilon, sample or v_prediction)")
+
+
 def kd_losses(
     student_out: torch.Tensor,
     teacher_out: torch.Tensor,
-    noise: torch.Tensor,
+    target: torch.Tensor,
     student_features: Mapping[int, torch.Tensor],
     teacher_features: Mapping[int, torch.Tensor],
     pairs: Sequence[tuple[int, int]],
@@ -118,15 +131,16 @@ def kd_losses(
     """All loss terms and their weighted sum ``"loss"``.
 
     Args:
-        student_out / teacher_out: transformer outputs ``[B, C, H, W]``; with ``C == 2 * noise channels`` the second
+        student_out / teacher_out: transformer outputs ``[B, C, H, W]``; with ``C == 2 * target channels`` the second
             half is the learned variance.
-        noise: the epsilon that was added to the clean latents, ``[B, C_eps, H, W]``.
+        target: the task target (:func:`task_target`; the added noise for PixArt's epsilon prediction),
+            ``[B, C_pred, H, W]``.
     """
-    c = noise.shape[1]
-    eps_s, eps_t = student_out[:, :c].float(), teacher_out[:, :c].detach().float()
+    c = target.shape[1]
+    pred_s, pred_t = student_out[:, :c].float(), teacher_out[:, :c].detach().float()
     parts = {
-        "task": F.mse_loss(eps_s, noise.float()),
-        "output": F.mse_loss(eps_s, eps_t),
+        "task": F.mse_loss(pred_s, target.float()),
+        "output": F.mse_loss(pred_s, pred_t),
     }
     if student_out.shape[1] > c:
         parts["variance"] = F.mse_loss(student_out[:, c:].float(), teacher_out[:, c:].detach().float())

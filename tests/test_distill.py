@@ -135,3 +135,21 @@ def test_unused_teacher_width_is_not_silently_accepted():
     student = PrunedPixArtTransformer.from_transformer(build_tiny_transformer(6), kept_layers=[0, 1])
     with pytest.raises(LayerPruneError, match="attention_head_dim"):
         block_pairs(student, teacher)
+
+
+def test_task_target_follows_the_prediction_type():
+    from diffusers import DDPMScheduler
+
+    from diffusers_layerprune.distill import task_target
+
+    scheduler = DDPMScheduler()
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    t = torch.tensor([10, 900])
+    assert task_target("epsilon", latents, noise, scheduler, t) is noise
+    assert task_target("sample", latents, noise, scheduler, t) is latents
+    a = scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    b = (1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    torch.testing.assert_close(task_target("v_prediction", latents, noise, scheduler, t), a * noise - b * latents)
+    with pytest.raises(LayerPruneError, match="unsupported prediction_type"):
+        task_target("flow", latents, noise, scheduler, t)

@@ -51,6 +51,7 @@ from diffusers_layerprune.distill import (
     remove_old_checkpoints,
     step_generator,
     student_config_path,
+    task_target,
 )
 from diffusers_layerprune.modeling import (
     generation_defaults,
@@ -89,8 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--teacher_guidance_scale", type=float, default=None, help="prompt-only mode: teacher guidance")
 
     g = p.add_argument_group("losses")
-    g.add_argument("--lambda_task", type=float, default=1.0, help="weight of MSE(student eps, true noise)")
-    g.add_argument("--lambda_out", type=float, default=1.0, help="weight of MSE(student eps, teacher eps)")
+    g.add_argument("--lambda_task", type=float, default=1.0, help="weight of MSE(student prediction, true target)")
+    g.add_argument(
+        "--lambda_out", type=float, default=1.0, help="weight of MSE(student prediction, teacher prediction)"
+    )
     g.add_argument("--lambda_var", type=float, default=1.0, help="weight of MSE on the learned-variance channels")
     g.add_argument("--lambda_feat", type=float, default=1.0, help="weight of the summed block-feature losses")
     g.add_argument(
@@ -281,6 +284,7 @@ def main(argv=None) -> None:
     params = [p for p in student.parameters() if p.requires_grad]
 
     noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
+    prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
     weights = KDWeights(args.lambda_task, args.lambda_out, args.lambda_var, args.lambda_feat, args.feature_loss)
 
     # 4. Data loader, optimiser, schedule.
@@ -381,7 +385,8 @@ def main(argv=None) -> None:
                 with capture_block_features(unwrapped, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
                     with accelerator.autocast():
                         student_out = student(noisy, **cond).sample
-                parts = kd_losses(student_out, teacher_out, noise, s_feat.outputs, t_feat.outputs, pairs, weights)
+                target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
+                parts = kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
                 finite = accelerator.gather(torch.isfinite(parts["loss"].detach()).reshape(1)).all()
                 if not finite:
                     last = checkpoints(output_dir)
