@@ -230,6 +230,15 @@ def _tiny_random_pipeline(**kwargs):
 MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
 
 
+def _toy_pipeline(**kwargs):
+    from .toy import load_toy_pipeline
+
+    return load_toy_pipeline(**kwargs)
+
+
+MODEL_ALIASES["toy"] = _toy_pipeline
+
+
 def _looks_like_path(name: str) -> bool:
     # A Hub id is "name" or "owner/name"; anything else that does not exist is a mistyped local path.
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
