@@ -57,15 +57,23 @@ def build_text_encoder(seed: int = 0):
     return tokenizer, T5EncoderModel(config).eval()
 
 
-def build_transformer(num_layers: int = 12, width: int = 96, heads: int = 4, caption_channels: int = 64, seed: int = 0):
-    """The teacher's architecture: 8x8x4 latents, patch 2 (16 tokens), ``width``-wide blocks, 8 output channels."""
+def build_transformer(
+    num_layers: int = 12,
+    width: int = 64,
+    heads: int = 4,
+    caption_channels: int = 64,
+    seed: int = 0,
+    sample_size: int = world.IMAGE_SIZE // 2,
+    patch_size: int = 4,
+):
+    """The teacher's architecture: 16x16x4 latents, patch 4 (16 tokens), ``width``-wide blocks, 8 output channels."""
     from diffusers import PixArtTransformer2DModel
 
     torch.manual_seed(seed)
     return PixArtTransformer2DModel(
-        sample_size=world.IMAGE_SIZE // 4,
+        sample_size=sample_size,
         num_layers=num_layers,
-        patch_size=2,
+        patch_size=patch_size,
         num_attention_heads=heads,
         attention_head_dim=width // heads,
         in_channels=4,
@@ -76,12 +84,16 @@ def build_transformer(num_layers: int = 12, width: int = 96, heads: int = 4, cap
     )
 
 
-def build_scheduler():
+def build_scheduler(prediction_type: str = "epsilon"):
     from diffusers import DPMSolverMultistepScheduler
 
     # PixArt's training schedule (linear betas 1e-4..0.02 over 1000 steps); DPM-Solver++ 2M for sampling.
     return DPMSolverMultistepScheduler(
-        num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon"
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type=prediction_type,
     )
 
 
@@ -101,7 +113,7 @@ def encode_captions(pipe, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def encode_renders(vae, attrs: list, seeds: list[int], batch_size: int = 256) -> torch.Tensor:
-    """Scaled VAE latents (posterior mode) of renders: ``[N, 4, 8, 8]``."""
+    """Scaled VAE latents (posterior mode) of renders: ``[N, 4, 16, 16]``."""
     out = []
     for start in range(0, len(attrs), batch_size):
         images = world.render_batch(attrs[start : start + batch_size], seeds[start : start + batch_size])
@@ -130,19 +142,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default=str(assets_dir() / "pipeline"))
     parser.add_argument("--vae", default=str(assets_dir() / "pipeline" / "vae"), help="folder from train_vae.py")
     parser.add_argument("--num_layers", type=int, default=12)
-    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--patch_size", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--max_steps", type=int, default=3000)
+    parser.add_argument("--max_steps", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--ema_decay", type=float, default=0.998)
+    parser.add_argument(
+        "--prediction_type",
+        choices=["epsilon", "sample"],
+        default="epsilon",
+        help="what the first 4 output channels predict (written to the scheduler config)",
+    )
     parser.add_argument("--min_snr_gamma", type=float, default=5.0)
     parser.add_argument("--caption_dropout", type=float, default=0.1)
-    parser.add_argument("--num_renders", type=int, default=24000, help="training images, VAE-encoded once")
+    parser.add_argument("--num_renders", type=int, default=12000, help="training images, VAE-encoded once")
     parser.add_argument("--eval_every", type=int, default=0, help="judge the EMA on 36 held-out captions every N steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--num_threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared 2-core box)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few renders, for tests")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -154,10 +175,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer, text_encoder = build_text_encoder(args.seed)
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    latent_size = world.IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
     transformer = build_transformer(
-        args.num_layers, args.width, args.heads, text_encoder.config.d_model, seed=args.seed + 1
+        args.num_layers,
+        args.width,
+        args.heads,
+        text_encoder.config.d_model,
+        args.seed + 1,
+        latent_size,
+        args.patch_size,
     )
-    scheduler = build_scheduler()
+    scheduler = build_scheduler(args.prediction_type)
     pipe = PixArtSigmaPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )
@@ -174,7 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     alphas_cumprod = scheduler.alphas_cumprod.float()
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    loss_weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
+    # min-SNR-gamma: the same objective for either parametrisation (an x0 error is an epsilon error times sqrt(snr)).
+    loss_weight = torch.clamp(snr, max=args.min_snr_gamma)
+    if args.prediction_type == "epsilon":
+        loss_weight = loss_weight / snr
     num_train_timesteps = len(alphas_cumprod)
 
     transformer.train()
@@ -206,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
         pred = transformer(
             noisy, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, timestep=t, added_cond_kwargs=added
         ).sample[:, :4]
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        target = noise if args.prediction_type == "epsilon" else x0
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weight[t]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
