@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .errors import LayerPruneError
 
-DEFAULT_MODEL = "tiny-random"
+DEFAULT_MODEL = "toy"
 
 
 def _index_list(text: str) -> list[int]:

@@ -71,6 +71,19 @@ def _hpdv2(style: str | None) -> PromptSet:
 PROMPT_SETS["hpdv2"] = _hpdv2
 
 
+def _toy(split: str | None) -> PromptSet:
+    """Captions of the bundled toy world: ``train``, ``heldout`` (default) or ``all``."""
+    from .toy.world import captions
+
+    split = split or "heldout"
+    if split not in ("train", "heldout", "all"):
+        raise LayerPruneError(f"unknown toy split {split!r}; use toy:train, toy:heldout or toy:all")
+    return PromptSet(captions(split), f"toy:{split}")
+
+
+PROMPT_SETS["toy"] = _toy
+
+
 def _pick_column(columns: Sequence[str], column: str | None, source: str) -> str:
     if column is not None:
         if column not in columns:

@@ -26,6 +26,17 @@ from .modeling import generate_from_embeddings as generate
 IMAGE_CHECKS: dict[str, Callable[[torch.Tensor, Sequence[str]], dict[str, torch.Tensor]]] = {}
 
 
+def _toy_judge(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The toy world's judge: per-image correctness of colour, position, shape, size and all four."""
+    from .toy.judge import judge
+
+    report = judge(images, list(prompts))
+    return {f"judge_{name}": torch.tensor(values, dtype=torch.float32) for name, values in report.correct.items()}
+
+
+IMAGE_CHECKS["toy"] = _toy_judge
+
+
 def count_parameters(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 

@@ -246,8 +246,26 @@ def _tiny_random_pipeline(**kwargs):
 MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
 
 
+def _toy_pipeline(**kwargs):
+    from .toy import load_toy_pipeline
+
+    return load_toy_pipeline(**kwargs)
+
+
+MODEL_ALIASES["toy"] = _toy_pipeline
+
+
 # Sampling settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's.
 GENERATION_DEFAULTS: dict[str, dict] = {
+    # The toy world's values are those its numbers are measured with (diffusers_layerprune.toy constants).
+    "toy": dict(
+        max_sequence_length=16,
+        num_inference_steps=20,
+        guidance_scale=4.5,
+        train_prompts="toy:train",
+        eval_prompts="toy:heldout",
+        scorers=["toy"],
+    ),
     "tiny-random": dict(
         max_sequence_length=16,
         num_inference_steps=4,

@@ -28,6 +28,8 @@ SCORERS: dict[str, Callable[..., CLIPScorer]] = {
     "hpsv2.1": partial(load_hpsv2, "hpsv2.1"),
     "pickscore": load_pickscore,
     "clip": load_clip_score,
+    # the bundled toy world's CLIP scorer: cosine of normalised embeddings, like HPS
+    "toy": folder_scorer("diffusers_layerprune.toy", "assets/scorer", score="cosine"),
 }
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth")

@@ -1,0 +1,280 @@
+"""Train the toy teacher: a 12-block ``PixArtTransformer2DModel`` on the world's training captions, by denoising.
+
+The pipeline is the real ``PixArtSigmaPipeline``: a word-level T5 tokenizer over the world's vocabulary, a tiny
+``T5EncoderModel`` kept at its seeded random initialisation (frozen: a random encoder already gives each word its
+own direction, and freezing it lets the caption embeddings be computed once), the VAE from ``train_vae.py``, and a
+``DPMSolverMultistepScheduler``. Training data: renders of the 360 training captions, VAE-encoded once.
+
+Loss: MSE on the epsilon channels (the first 4 of 8; PixArt-Sigma's variance channels are left untrained, since the
+pipeline discards them and DPM-Solver does not use them) with min-SNR-5 weighting, 10% caption dropout to the
+empty-prompt embedding for classifier-free guidance, and an EMA of the weights that is what gets saved.
+
+    python -m diffusers_layerprune.toy.train_teacher                    # writes assets/pipeline
+    python -m diffusers_layerprune.toy.train_teacher --smoke --output_dir /tmp/teacher --vae /tmp/vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import world
+from .paths import assets_dir
+
+MAX_SEQUENCE_LENGTH = 16
+"""Token length every toy caption is padded to (the longest caption has 13 tokens with ``</s>``)."""
+
+
+def build_text_encoder(seed: int = 0):
+    """Word-level T5 tokenizer over the world's vocabulary and a tiny seeded-random ``T5EncoderModel``."""
+    from transformers import T5Config, T5EncoderModel
+
+    from ..testing import build_t5_tokenizer
+
+    tokenizer = build_t5_tokenizer(world.vocabulary())
+    tokenizer.model_max_length = MAX_SEQUENCE_LENGTH
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return tokenizer, T5EncoderModel(config).eval()
+
+
+def build_transformer(
+    num_layers: int = 12,
+    width: int = 64,
+    heads: int = 4,
+    caption_channels: int = 64,
+    seed: int = 0,
+    sample_size: int = world.IMAGE_SIZE // 2,
+    patch_size: int = 4,
+):
+    """The teacher's architecture: 16x16x4 latents, patch 4 (16 tokens), ``width``-wide blocks, 8 output channels."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    return PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=num_layers,
+        patch_size=patch_size,
+        num_attention_heads=heads,
+        attention_head_dim=width // heads,
+        in_channels=4,
+        out_channels=8,
+        cross_attention_dim=width,
+        caption_channels=caption_channels,
+        norm_num_groups=1,
+    )
+
+
+def build_scheduler(prediction_type: str = "epsilon"):
+    from diffusers import DPMSolverMultistepScheduler
+
+    # PixArt's training schedule (linear betas 1e-4..0.02 over 1000 steps); DPM-Solver++ 2M for sampling.
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type=prediction_type,
+    )
+
+
+@torch.no_grad()
+def encode_captions(pipe, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption embeddings exactly as the pipeline computes them: ``([N, 16, 64], mask [N, 16])``."""
+    embeds, mask, _, _ = pipe.encode_prompt(
+        texts,
+        do_classifier_free_guidance=False,
+        num_images_per_prompt=1,
+        device="cpu",
+        clean_caption=False,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    return embeds, mask
+
+
+@torch.no_grad()
+def encode_renders(vae, attrs: list, seeds: list[int], batch_size: int = 256) -> torch.Tensor:
+    """Scaled VAE latents (posterior mode) of renders: ``[N, 4, 16, 16]``."""
+    out = []
+    for start in range(0, len(attrs), batch_size):
+        images = world.render_batch(attrs[start : start + batch_size], seeds[start : start + batch_size])
+        out.append(vae.encode(images * 2 - 1).latent_dist.mode() * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def quick_judge(pipe, transformer) -> dict:
+    """Judge accuracy of ``transformer`` in ``pipe`` on 36 held-out captions (seed 0, default sampling)."""
+    from .evaluate import generate
+    from .judge import judge
+
+    pairs = world.evaluation_set(1)[::6]
+    trained = pipe.transformer
+    pipe.register_modules(transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        images = generate(pipe, pairs)
+    finally:
+        pipe.register_modules(transformer=trained)
+    return {k: round(v, 3) for k, v in judge(images, [a for a, _ in pairs]).accuracy.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=str(assets_dir() / "pipeline"))
+    parser.add_argument("--vae", default=str(assets_dir() / "pipeline" / "vae"), help="folder from train_vae.py")
+    parser.add_argument("--num_layers", type=int, default=12)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--patch_size", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--max_steps", type=int, default=2000)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--ema_decay", type=float, default=0.998)
+    parser.add_argument(
+        "--prediction_type",
+        choices=["epsilon", "sample"],
+        default="epsilon",
+        help="what the first 4 output channels predict (written to the scheduler config)",
+    )
+    parser.add_argument("--min_snr_gamma", type=float, default=5.0)
+    parser.add_argument("--caption_dropout", type=float, default=0.1)
+    parser.add_argument("--num_renders", type=int, default=12000, help="training images, VAE-encoded once")
+    parser.add_argument("--eval_every", type=int, default=0, help="judge the EMA on 36 held-out captions every N steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num_threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared 2-core box)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="a few steps on a few renders, for tests")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.max_steps, args.batch_size, args.num_renders, args.warmup_steps = 2, 4, 8, 1
+    torch.set_num_threads(args.num_threads)
+    start = time.time()
+
+    from diffusers import AutoencoderKL, PixArtSigmaPipeline
+
+    tokenizer, text_encoder = build_text_encoder(args.seed)
+    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    latent_size = world.IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    transformer = build_transformer(
+        args.num_layers,
+        args.width,
+        args.heads,
+        text_encoder.config.d_model,
+        args.seed + 1,
+        latent_size,
+        args.patch_size,
+    )
+    scheduler = build_scheduler(args.prediction_type)
+    pipe = PixArtSigmaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+
+    train_attrs = world.split_attributes("train")
+    embeds, masks = encode_captions(pipe, [a.caption() for a in train_attrs])
+    null_embed, null_mask = encode_captions(pipe, [""])
+    rng = np.random.default_rng(args.seed)
+    picks = rng.integers(0, len(train_attrs), size=args.num_renders)
+    seeds = rng.integers(0, 2**31 - 1, size=args.num_renders)
+    latents = encode_renders(vae, [train_attrs[int(i)] for i in picks], [int(s) for s in seeds])
+    caption_index = torch.from_numpy(picks).long()
+    print(f"encoded {len(latents)} renders in {time.time() - start:.0f}s; latent std {latents.std():.3f}", flush=True)
+
+    alphas_cumprod = scheduler.alphas_cumprod.float()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    # min-SNR-gamma: the same objective for either parametrisation (an x0 error is an epsilon error times sqrt(snr)).
+    loss_weight = torch.clamp(snr, max=args.min_snr_gamma)
+    if args.prediction_type == "epsilon":
+        loss_weight = loss_weight / snr
+    num_train_timesteps = len(alphas_cumprod)
+
+    transformer.train()
+    ema = copy.deepcopy(transformer).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.learning_rate, weight_decay=0.01)
+
+    def lr_lambda(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    generator = torch.Generator().manual_seed(args.seed)
+    added = {"resolution": None, "aspect_ratio": None}
+    losses = []
+    train_start = time.time()
+    for step in range(args.max_steps):
+        index = torch.randint(0, len(latents), (args.batch_size,), generator=generator)
+        x0 = latents[index]
+        cap = caption_index[index]
+        drop = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
+        enc = torch.where(drop[:, None, None], null_embed, embeds[cap])
+        enc_mask = torch.where(drop[:, None], null_mask, masks[cap])
+        t = torch.randint(0, num_train_timesteps, (args.batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = transformer(
+            noisy, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, timestep=t, added_cond_kwargs=added
+        ).sample[:, :4]
+        target = noise if args.prediction_type == "epsilon" else x0
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * loss_weight[t]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), transformer.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == args.max_steps - 1:
+            elapsed = time.time() - train_start
+            print(
+                f"step {step} loss {np.mean(losses[-100:]):.4f} lr {lr_schedule.get_last_lr()[0]:.2e} "
+                f"{elapsed:.0f}s ({(step + 1) / elapsed:.2f} steps/s)",
+                flush=True,
+            )
+        if args.eval_every and (step + 1) % args.eval_every == 0:
+            print(f"step {step + 1} judge {quick_judge(pipe, ema)}", flush=True)
+
+    pipe.register_modules(transformer=ema)
+    out = Path(args.output_dir)
+    pipe.save_pretrained(out, safe_serialization=True)
+    result = {
+        "steps": args.max_steps,
+        "final_loss": float(np.mean(losses[-100:])),
+        "seconds": time.time() - start,
+        "train_seconds": time.time() - train_start,
+        "parameters": sum(p.numel() for p in ema.parameters()),
+        "losses": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
+    }
+    (out / "training_log.json").write_text(json.dumps({**vars(args), **result}, indent=1) + "\n")
+    print({k: v for k, v in result.items() if k != "losses"})
+    return result
+
+
+if __name__ == "__main__":
+    main()
