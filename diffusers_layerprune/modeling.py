@@ -247,20 +247,48 @@ MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
 
 
 # Sampling settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's.
+# ``scorer`` / ``eval_prompts``: the preference scorer and prompt set a model's blocks are scored with by default.
 GENERATION_DEFAULTS: dict[str, dict] = {
-    "tiny-random": dict(max_sequence_length=16, num_inference_steps=4, guidance_scale=1.0, train_prompts="toy:train"),
+    "tiny-random": dict(
+        max_sequence_length=16,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        train_prompts="toy:train",
+        eval_prompts="toy:heldout",
+        scorer="toy",
+    ),
+    "toy": dict(
+        max_sequence_length=16,
+        num_inference_steps=20,
+        guidance_scale=4.5,
+        train_prompts="toy:train",
+        eval_prompts="toy:heldout",
+        scorer="toy",
+    ),
 }
 PIXART_SIGMA_DEFAULTS = dict(
-    max_sequence_length=300, num_inference_steps=20, guidance_scale=4.5, train_prompts="toy:train"
+    max_sequence_length=300,
+    num_inference_steps=20,
+    guidance_scale=4.5,
+    train_prompts="toy:train",
+    eval_prompts="hpdv2",
+    scorer="hpsv2.1",
 )
 
 
 def generation_defaults(model: str | os.PathLike, pipe) -> dict:
-    """``resolution``, ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale`` and ``train_prompts``
-    for ``model``; the resolution is the transformer's native one (``sample_size x VAE scale factor``)."""
+    """``resolution``, ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale``, ``train_prompts``,
+    ``eval_prompts`` and ``scorer`` for ``model``; the resolution is the transformer's native one (``sample_size x VAE scale factor``)."""
     defaults = dict(GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS))
     defaults.setdefault("resolution", pipe.transformer.config.sample_size * pipe.vae_scale_factor)
     return defaults
+
+
+def scoring_defaults(model: str | os.PathLike) -> dict:
+    """``scorer`` and ``eval_prompts`` a model is scored with by default; needs no loaded pipeline, so commands can
+    check them before loading anything."""
+    defaults = GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS)
+    return {"scorer": defaults["scorer"], "eval_prompts": defaults["eval_prompts"]}
 
 
 def with_transformer(pipe, transformer):

@@ -1,4 +1,4 @@
-"""Layer importance: one small module per criterion, registered by name in :data:`CRITERIA`.
+"""Layer importance: one small module per criterion, registered by name (:mod:`.registry`).
 
 Every criterion returns a :class:`LayerImportance`; plans (:data:`PLANS`) turn one into the blocks to remove.
 
@@ -7,58 +7,44 @@ Every criterion returns a :class:`LayerImportance`; plans (:data:`PLANS`) turn o
     importance = compute_importance("preference", scan)
     importance.save("imp.json")            # + imp.png
     importance.least_important(7)          # blocks to drop
+
+Public names load lazily (as in the top-level package) so that the CLI parser stays light.
 """
 
 from __future__ import annotations
 
-from ..errors import LayerPruneError
-from . import angular_distance, block_influence, latent, output_loss, preference, random_order, weight_norm
-from .base import Criterion
-from .plans import PLANS, greedy_order, num_to_remove, plan_blocks
-from .result import LayerImportance, check_importance_matches
-from .runner import ImportanceScan, ScanSettings
+from importlib import import_module
 
-# name -> criterion; the CLI and the experiment scripts look names up here only.
-CRITERIA: dict[str, Criterion] = {
-    c.name: c
-    for c in (
-        preference.CRITERION,
-        block_influence.CRITERION,
-        angular_distance.CRITERION,
-        output_loss.CRITERION,
-        latent.CRITERION,
-        weight_norm.CRITERION,
-        random_order.CRITERION,
-    )
-}
+from .registry import CRITERIA_MODULES, all_criteria, get_criterion
 
 
-def get_criterion(name: str) -> Criterion:
-    """The registered criterion ``name``; raises :class:`LayerPruneError` listing the known ones."""
-    if name not in CRITERIA:
-        raise LayerPruneError(f"unknown criterion {name!r}; known criteria: {', '.join(CRITERIA)}")
-    return CRITERIA[name]
+def compute_importance(name: str, scan, **options):
+    """Run criterion ``name`` on an :class:`ImportanceScan` (``options`` go to the criterion, e.g.
+    ``additivity_k`` for output_loss) and return its :class:`LayerImportance`."""
+    from ..errors import LayerPruneError
 
-
-def compute_importance(name: str, scan: ImportanceScan, **options) -> LayerImportance:
-    """Run criterion ``name`` on ``scan`` (options go to the criterion, e.g. ``additivity_k`` for output_loss)."""
     criterion = get_criterion(name)
     if criterion.needs_scorer and scan.scorer is None:
         raise LayerPruneError(f"the {name} criterion needs a preference scorer; pass one (--scorer)")
     return criterion.compute(scan, **options)
 
 
-__all__ = [
-    "CRITERIA",
-    "PLANS",
-    "Criterion",
-    "ImportanceScan",
-    "LayerImportance",
-    "ScanSettings",
-    "check_importance_matches",
-    "compute_importance",
-    "get_criterion",
-    "greedy_order",
-    "num_to_remove",
-    "plan_blocks",
-]
+_EXPORTS = {
+    "LayerImportance": "result",
+    "check_importance_matches": "result",
+    "ImportanceScan": "runner",
+    "ScanSettings": "runner",
+    "Criterion": "base",
+    "PLANS": "plans",
+    "plan_blocks": "plans",
+    "num_to_remove": "plans",
+    "greedy_order": "plans",
+}
+
+__all__ = ["CRITERIA_MODULES", "all_criteria", "compute_importance", "get_criterion", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ from .runner import ImportanceScan, Variant
 
 @dataclass(frozen=True)
 class Criterion:
-    """A layer-importance criterion, registered by name in :data:`~diffusers_layerprune.importance.CRITERIA`.
+    """A layer-importance criterion, registered by name in :data:`.registry.CRITERIA_MODULES`.
 
     Attributes:
         name: the registry name (``layerprune score --criterion NAME``).

@@ -88,11 +88,11 @@ def plan_blocks(importance: LayerImportance, k: int, plan: str = "one_shot") -> 
 def greedy_order(scan, criterion: str, steps: int) -> list[int]:
     """Greedy removal order: remove the least important block, re-score the remaining blocks with it removed, and
     repeat ``steps`` times. Every re-score reuses the scan's embeddings and finished units (resumable)."""
-    from . import CRITERIA, get_criterion
+    from .registry import all_criteria, get_criterion
 
     spec = get_criterion(criterion)
     if not spec.greedy:
-        greedy_names = ", ".join(n for n, c in CRITERIA.items() if c.greedy)
+        greedy_names = ", ".join(n for n, c in all_criteria().items() if c.greedy)
         raise LayerPruneError(f"greedy re-scoring is not defined for {criterion}; it is for {greedy_names}")
     if not 0 < steps < scan.num_layers:
         raise LayerPruneError(f"greedy steps must be between 1 and {scan.num_layers - 1}, got {steps}")
