@@ -163,7 +163,7 @@ class LayerImportance:
         k = max(1, round(0.25 * n)) if n > 1 else 0
         low = set(self.least_important(k)) if k else set()
         colours = ["#d62728" if i in low else "#1f77b4" for i in range(n)]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * n + 1.5), 3.2), dpi=100)
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 1.5), 3.4), dpi=100)
         ax.bar(range(n), self.values, color=colours, yerr=self.stderr, capsize=2 if self.stderr else 0)
         ax.set_xlabel("block")
         ax.set_xticks(range(n))
@@ -171,7 +171,7 @@ class LayerImportance:
         direction = "higher = more important" if self.higher_is_more_important else "lower = more important"
         ax.set_ylabel(f"{self.criterion} ({direction})", fontsize=8)
         model = self.metadata.get("model") or "model"
-        ax.set_title(f"{self.criterion} importance of {Path(str(model)).name}; red: {k} least important", fontsize=9)
+        ax.set_title(f"{self.criterion}: {Path(str(model)).name}\nred: the {k} least important blocks", fontsize=9)
         fig.tight_layout()
         path = Path(path)
         with atomic_output_file(path) as tmp:
