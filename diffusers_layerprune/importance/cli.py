@@ -114,16 +114,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
 
     import torch
-    from accelerate import PartialState
 
     from ..modeling import generation_defaults, load_pipeline
     from ..scorers import load_scorer
     from . import compute_importance
     from .plans import greedy_order
     from .result import normalise_model_id
-    from .runner import ImportanceScan, ScanSettings
+    from .runner import ImportanceScan, ScanSettings, process_state
 
-    state = PartialState()
+    state = process_state()
     pipe = load_pipeline(args.model, torch_dtype=getattr(torch, args.dtype), revision=args.revision)
     pipe.to(state.device)
     gen = generation_defaults(args.model, pipe)

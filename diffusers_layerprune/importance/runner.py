@@ -80,6 +80,18 @@ class Probe:
     mask: torch.Tensor
 
 
+def process_state():
+    """The ``accelerate.PartialState`` of this process (one process outside ``accelerate launch``).
+
+    ``PartialState`` joins a multi-process CPU run only when told it runs on the CPU (``Accelerator`` reads
+    ``ACCELERATE_USE_CPU`` itself; ``PartialState`` does not), so pass that on, and treat a machine without CUDA as CPU.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
 def encode_floats(array: torch.Tensor | np.ndarray) -> str:
     """Float64 array -> base64 text (exact round trip through JSON)."""
     data = np.ascontiguousarray(np.asarray(array, dtype=np.float64))
@@ -135,9 +147,7 @@ class ImportanceScan:
         if prompts is not None and len(prompts) == 0:
             raise LayerPruneError("the prompt set is empty; give at least one prompt")
         if state is None:
-            from accelerate import PartialState
-
-            state = PartialState()
+            state = process_state()
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.prompts = prompts
