@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,30 +206,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_accelerate_processes_match_one_process(tiny_pipeline_dir, assets, tmp_path):
-    script = tmp_path / "layerprune_main.py"
+@pytest.fixture(scope="module")
+def subprocess_runs(tmp_path_factory, tiny_pipeline_dir, assets):
+    """Run ``layerprune`` in fresh processes; returns ``run(args, accelerate=False, wait=True)``.
+
+    Every run gets the same thread count and ``MKL_CBWR=COMPATIBLE``: MKL otherwise picks kernels by memory
+    alignment, which moves float32 results by an ulp between any two processes, split or not.
+    """
+    root = tmp_path_factory.mktemp("runs")
+    script = root / "layerprune_main.py"
     script.write_text("import sys\nfrom diffusers_layerprune.cli import main\nsys.exit(main())\n")
-    # Both runs in fresh processes with the same settings: MKL otherwise picks kernels by memory alignment, which
-    # moves float32 results by an ulp between any two processes, split or not.
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_CBWR="COMPATIBLE", HF_HUB_OFFLINE="1", PYTHONPATH=str(WORKTREE))
-    single, double = tmp_path / "single.json", tmp_path / "double.json"
-    args = score_args(tiny_pipeline_dir, assets, single, "--criterion", "preference")
-    run = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-
-    config = tmp_path / "accelerate.yaml"
+    config = root / "accelerate.yaml"
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\n")
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--multi_gpu",
-        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(script),
-        *score_args(tiny_pipeline_dir, assets, double, "--criterion", "preference"),
-    ]  # fmt: skip
-    run = subprocess.run(command, env={**env, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("wrote ") == 1  # only the main process writes
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_CBWR="COMPATIBLE", HF_HUB_OFFLINE="1", PYTHONPATH=str(WORKTREE))
 
-    one, two = LayerImportance.load(single), LayerImportance.load(double)
+    def run(args, accelerate=False, wait=True):
+        command = [sys.executable, str(script), *args]
+        if accelerate:
+            command = [
+                sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port()), str(script), *args,
+            ]  # fmt: skip
+        run_env = {**env, "ACCELERATE_USE_CPU": "1"} if accelerate else env
+        if not wait:
+            return subprocess.Popen(command, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    reference = root / "single.json"
+    run(score_args(tiny_pipeline_dir, assets, reference, "--criterion", "preference"))
+    return run, LayerImportance.load(reference)
+
+
+def test_two_accelerate_processes_match_one_process(subprocess_runs, tiny_pipeline_dir, assets, tmp_path):
+    run, one = subprocess_runs
+    double = tmp_path / "double.json"
+    done = run(score_args(tiny_pipeline_dir, assets, double, "--criterion", "preference"), accelerate=True)
+    assert done.stdout.count("wrote ") == 1  # only the main process writes
+    two = LayerImportance.load(double)
     assert two.metadata["num_processes"] == 2 and one.metadata["num_processes"] == 1
     assert two.values == one.values and two.per_prompt == one.per_prompt and two.stderr == one.stderr
-    assert sorted(p.name for p in tmp_path.glob("double*")) == ["double.json", "double.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["double.json", "double.png"]
+
+
+def test_a_killed_scan_restarts_and_ends_with_identical_numbers(subprocess_runs, tiny_pipeline_dir, assets, tmp_path):
+    run, reference = subprocess_runs
+    output = tmp_path / "imp.json"
+    progress = tmp_path / "imp.json.progress.jsonl"
+    args = score_args(tiny_pipeline_dir, assets, output, "--criterion", "preference")
+    process = run(args, wait=False)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if progress.is_file() and len(progress.read_text().splitlines()) >= 3:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=60)
+    process.stdout.close()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL, "the scan finished before it could be killed"
+    finished = len(progress.read_text().splitlines())
+    assert not output.exists() and 3 <= finished < 21
+
+    done = run(args)
+    assert f"{finished} of 21 units already done" in done.stdout
+    resumed = LayerImportance.load(output)
+    assert resumed.values == reference.values and resumed.per_prompt == reference.per_prompt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imp.json", "imp.png"]

@@ -401,6 +401,9 @@ class ImportanceScan:
         self.state.wait_for_everyone()  # every process reads the same progress before any process appends
         todo = [u for u in dict.fromkeys(units) if u not in done]
         mine = todo[self.state.process_index :: self.state.num_processes]
+        resumed = len(set(units)) - len(todo)
+        if resumed and self.state.is_main_process and self.progress_path is not None:
+            print(f"{criterion}: {resumed} of {len(set(units))} units already done (resuming from progress files)")
         total = sum(len(self.batches[b]) for _, b in mine)
         bar = tqdm(
             total=total,
