@@ -397,12 +397,13 @@ class ImportanceScan:
 
         units = [(tuple(sorted(v)), int(b)) for v, b in units]
         key = self.key(criterion)
-        done = {**self._load_progress(key), **self._records.setdefault(key, {})}
+        loaded, memory = self._load_progress(key), self._records.setdefault(key, {})
+        done = {**loaded, **memory}
         self.state.wait_for_everyone()  # every process reads the same progress before any process appends
         todo = [u for u in dict.fromkeys(units) if u not in done]
         mine = todo[self.state.process_index :: self.state.num_processes]
-        resumed = len(set(units)) - len(todo)
-        if resumed and self.state.is_main_process and self.progress_path is not None:
+        resumed = len({u for u in units if u in loaded and u not in memory})
+        if resumed and self.state.is_main_process:
             print(f"{criterion}: {resumed} of {len(set(units))} units already done (resuming from progress files)")
         total = sum(len(self.batches[b]) for _, b in mine)
         bar = tqdm(
