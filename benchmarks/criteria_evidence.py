@@ -38,6 +38,29 @@ from diffusers_layerprune.modeling import generation_defaults, load_pipeline
 from diffusers_layerprune.scorers import SCORERS, load_scorer
 
 
+def spearman_rho(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN values are not expected here."""
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for position in range(i, j + 1):
+                result[order[position]] = (i + j) / 2
+            i = j + 1
+        return result
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else float("nan")
+
+
 def toy_scorer():
     if "toy" in SCORERS:
         return load_scorer("toy")
@@ -150,6 +173,12 @@ def main() -> None:
 
     full = judged([])
     rows = {name: judged(dropped) for name, dropped in plans.items()}
+    # The judge's own view of each single block (measured on the evaluation images, so it is a reference, not a
+    # criterion): how well each criterion's values rank the blocks by this drop.
+    single_drop = [full["accuracy"]["overall"] - judged([b])["accuracy"]["overall"] for b in range(depth)]
+    oracle = sorted(range(depth), key=lambda b: (single_drop[b], b))[:k]
+    rows["reference: k smallest single-block judge drops"] = judged(sorted(oracle))
+    spearman = {name: spearman_rho(imp.values, single_drop) for name, imp in importances.items()}
     draws = [judged(dropped) for dropped in random_plans]
     random_overall = [d["accuracy"]["overall"] for d in draws]
     random_summary = {
@@ -161,6 +190,12 @@ def main() -> None:
         },
         "toy_score_mean": statistics.mean(d["toy_score"] for d in draws),
     }
+
+    print("\nsingle-block judge drop (overall accuracy, full minus block skipped):")
+    print(" ".join(f"{b}:{d:+.3f}" for b, d in enumerate(single_drop)))
+    print("Spearman rho of criterion values with the single-block judge drop:")
+    for name, rho in spearman.items():
+        print(f"  {name:<18} {rho:+.2f}")
 
     print(f"\n{args.model}: {depth} blocks, k = {k} dropped; judge on {len(captions)} held-out captions")
     print("| criterion | dropped blocks | overall | colour | position | shape | size | toy score |")
@@ -192,6 +227,8 @@ def main() -> None:
         "criteria": rows,
         "random": random_summary,
         "importance_values": {name: imp.values for name, imp in importances.items()},
+        "single_block_judge_drop": single_drop,
+        "spearman_with_single_block_judge_drop": spearman,
         "scoring_seconds": timings,
         "total_seconds": time.time() - started,
     }
