@@ -147,9 +147,8 @@ class LayerImportance:
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise LayerPruneError(
-                f"importance file {path} is not valid JSON ({error.msg if hasattr(error, 'msg') else error})"
-            ) from error
+            reason = getattr(error, "msg", None) or str(error)
+            raise LayerPruneError(f"importance file {path} is not valid JSON ({reason})") from error
         return cls.from_dict(data, source=str(path))
 
     def plot(self, path: str | os.PathLike) -> Path:
