@@ -160,6 +160,17 @@ def cmd_score(args: argparse.Namespace) -> int:
         print("block  " + " ".join(f"{i:>8d}" for i in range(importance.num_layers)))
         print("value  " + " ".join(f"{v:>8.4g}" for v in importance.values))
         print(f"least important {k}: {importance.least_important(k)}")
+        if "additivity" in importance.extra:
+            a = importance.extra["additivity"]
+            print(
+                f"additivity: removing {a['blocks']} together costs {a['measured_loss']:.4g}, the single losses sum "
+                f"to {a['sum_of_single_losses']:.4g} (ratio {a['ratio']:.2f})"
+            )
+        if "best_span" in importance.extra:
+            start = importance.extra["best_span"][str(k)]
+            print(f"best span of {k} consecutive blocks (plan span): {list(range(start, start + k))}")
+        if "greedy_order" in importance.extra:
+            print(f"greedy removal order: {importance.extra['greedy_order']}")
         print(f"wrote {output} and {output.with_suffix('.png')}")
     scan.remove_progress()
     return 0
