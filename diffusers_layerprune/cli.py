@@ -80,6 +80,90 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    output = Path(args.output) if args.output else _default_report_path(args.model)
+    if output.is_dir():
+        raise LayerPruneError(f"--output {output} is a folder; give a file name such as {output / 'report.json'}")
+    if output.exists() and not args.overwrite:
+        raise LayerPruneError(f"report {output} already exists; pass --overwrite to replace it")
+
+    import torch
+
+    from .data import load_prompts
+    from .evaluation import evaluate, grid_path, write_report
+    from .modeling import generation_defaults, load_pipeline, read_transformer_config
+    from .scorers import load_scorer
+
+    read_transformer_config(args.model, revision=args.revision)  # a wrong path or model family fails here, cheaply
+    dtype = getattr(torch, args.dtype)
+    pipe = load_pipeline(args.model, torch_dtype=dtype, revision=args.revision, device=args.device)
+    defaults = generation_defaults(args.model, pipe)
+    prompt_set = load_prompts(
+        args.prompts or defaults["eval_prompts"], column=args.prompt_column, limit=args.num_prompts
+    )
+    scorer_names = [s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else defaults["scorers"]
+    scorers = {name: load_scorer(name, device=args.device or "cpu") for name in scorer_names}
+
+    teacher_name = None if args.no_teacher else (args.teacher or pipe.transformer.config.get("source_model"))
+    teacher = None
+    if teacher_name:
+        # The student's text encoder encodes the prompts for both models; the teacher does not load its own.
+        teacher = load_pipeline(teacher_name, torch_dtype=dtype, device=args.device, text_encoder=None, tokenizer=None)
+    report, images = evaluate(
+        pipe,
+        teacher,
+        model_name=str(args.model),
+        teacher_name=teacher_name,
+        prompt_set=prompt_set,
+        scorers=scorers,
+        num_inference_steps=args.steps or defaults["num_inference_steps"],
+        guidance_scale=args.guidance if args.guidance is not None else defaults["guidance_scale"],
+        resolution=args.resolution or defaults["resolution"],
+        max_sequence_length=defaults["max_sequence_length"],
+        seed=args.seed,
+        batch_size=args.batch_size,
+        latency_repeats=args.latency_repeats,
+    )
+    write_report(report, images, output, overwrite=True)
+    print(output.with_suffix(".md").read_text())
+    print(f"wrote {output}, {output.with_suffix('.md')} and {grid_path(output)}")
+    return 0
+
+
+def _default_report_path(model: str):
+    from pathlib import Path
+
+    folder = Path(model).expanduser()
+    return folder / "report.json" if (folder / "model_index.json").is_file() else Path("report.json")
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import check_pipeline_folder, check_repo_id, push_pipeline
+
+    check_pipeline_folder(args.folder)
+    check_repo_id(args.repo_id)
+    result = push_pipeline(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        dry_run=args.dry_run,
+        license=args.license,
+    )
+    total = sum(size for _, size in result["files"])
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"wrote model card {args.folder}/README.md")
+    print(f"{verb} {len(result['files'])} files ({total / 2**20:.1f} MiB) to {args.repo_id}:")
+    for path, size in result["files"]:
+        print(f"  {size:>12,d}  {path}")
+    if result["commit_url"]:
+        print(f"commit: {result['commit_url']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerprune",
@@ -110,6 +194,47 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     prune.set_defaults(func=_cmd_prune)
     add_score_parser(sub)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="preference scores, parameters, latency and speed-up of a (pruned) pipeline vs its teacher",
+        description="Generate with the model and its teacher on the same prompts and seeds; report preference scores "
+        "(mean, spread), CLIP score, parameters, transformer latency and speed-up (same run, warm-up and repeats), "
+        "and on the toy world the judge's accuracies. Writes report.json, report.md and an image grid.",
+    )
+    _add_model_args(evaluate)
+    evaluate.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    evaluate.add_argument("--teacher", default=None, help="teacher pipeline (default: the model's source_model)")
+    evaluate.add_argument("--no-teacher", action="store_true", help="evaluate the model alone")
+    evaluate.add_argument("--prompts", default=None, help="prompt set: toy:heldout, hpdv2[:style], a file or a dataset")
+    evaluate.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
+    evaluate.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
+    evaluate.add_argument("--scorers", default=None, help="comma-separated: hpsv2.1,hpsv2,pickscore,clip,toy or paths")
+    evaluate.add_argument("--steps", type=int, default=None, help="inference steps (default: the model's)")
+    evaluate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    evaluate.add_argument("--resolution", type=int, default=None, help="image side (default: the model's)")
+    evaluate.add_argument("--seed", type=int, default=0, help="prompt i is generated from seed + i")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--latency-repeats", type=int, default=5, help="timed repeats per model (after warm-up)")
+    evaluate.add_argument("--output", default=None, help="report path (default: MODEL/report.json for local folders)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    push = sub.add_parser(
+        "push",
+        help="write a model card and upload a pruned pipeline folder to the Hub",
+        description="Render README.md (model card) into the folder from what it records (kept blocks, importance, "
+        "distillation recipe, evaluation report) and upload the folder in one commit. The token comes from "
+        "`hf auth login` or HF_TOKEN and is never written anywhere. --dry-run touches nothing remote.",
+    )
+    push.add_argument("folder", metavar="DIR", help="pipeline folder (layerprune prune / train_distill.py output)")
+    push.add_argument("--repo-id", required=True, help="user/name or org/name on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    push.add_argument("--commit-message", default=None)
+    push.add_argument("--license", default=None, help="license for the card (default: the base model's, if readable)")
+    push.add_argument("--dry-run", action="store_true", help="write the card and list the files; upload nothing")
+    push.set_defaults(func=_cmd_push)
     return parser
 
 

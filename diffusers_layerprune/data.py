@@ -102,14 +102,41 @@ def _from_file(path: Path, column: str | None) -> list[str]:
             data = data[key]
         return _from_records(data, column, str(path))
     if suffix in (".jsonl", ".csv", ".parquet"):
-        from datasets import load_dataset
-
-        builder = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}[suffix]
-        ds = load_dataset(builder, data_files=str(path), split="train")
+        ds = load_hf_dataset(path)
         return list(ds[_pick_column(ds.column_names, column, str(path))])
     raise LayerPruneError(
         f"{path}: unsupported prompt file type {suffix!r} (use .txt, .json, .jsonl, .csv or .parquet)"
     )
+
+
+DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+def load_hf_dataset(name: str | os.PathLike, config: str | None = None, split: str | None = None):
+    """``datasets.load_dataset`` for a Hub name, a local data file (csv/json/jsonl/parquet/txt) or a local folder.
+
+    Errors (missing file, unknown dataset, no network) become one :class:`LayerPruneError` line.
+    """
+    from datasets import load_dataset
+
+    text = str(name)
+    path = Path(text).expanduser()
+    try:
+        if path.is_file():
+            builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise LayerPruneError(f"{text}: unsupported data file type {path.suffix!r}")
+            return load_dataset(builder, data_files=str(path), split=split or "train")
+        if path.is_dir():
+            return load_dataset(str(path), config, split=split or "train")
+        if text.startswith((".", "/", "~")) or path.suffix.lower() in DATA_FILE_BUILDERS:
+            raise LayerPruneError(f"dataset {text} does not exist")
+        return load_dataset(text, config, split=split or "train")
+    except LayerPruneError:
+        raise
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise LayerPruneError(f"could not load dataset {text!r}: {first}") from error
 
 
 def load_prompts(
@@ -136,13 +163,7 @@ def load_prompts(
         ):
             raise LayerPruneError(f"prompt file {source} does not exist")
         else:
-            from datasets import load_dataset
-
-            try:
-                ds = load_dataset(source, split=split or "train")
-            except Exception as error:
-                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise LayerPruneError(f"could not load dataset {source!r}: {first}") from error
+            ds = load_hf_dataset(source, split=split)
             prompts = list(ds[_pick_column(ds.column_names, column, source)])
         prompt_set = PromptSet([str(p) for p in prompts], source)
     prompt_set = prompt_set.head(limit)
@@ -260,27 +281,25 @@ def teacher_latents_dataset(
     if (path / "dataset_info.json").is_file():
         return load_from_disk(str(path))
 
+    from .modeling import generate_from_embeddings
+
     embeds, masks = encode_prompts(pipe, prompts, max_sequence_length=max_sequence_length)
-    latents = []
-    device = pipe.transformer.device
-    for start in tqdm(range(0, len(prompts), batch_size), desc="teacher latents", disable=not progress):
-        stop = min(start + batch_size, len(prompts))
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
-        out = pipe(
-            prompt_embeds=embeds[start:stop].to(device, pipe.transformer.dtype),
-            prompt_attention_mask=masks[start:stop].to(device),
+    negative = encode_prompts(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
+    with tqdm(total=len(prompts), desc="teacher latents", disable=not progress) as bar:
+        latents = generate_from_embeddings(
+            pipe,
+            embeds,
+            masks,
+            negative,
+            seeds=[seed + i for i in range(len(prompts))],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            height=resolution,
-            width=resolution,
-            generator=generators,
-            output_type="latent",
-            use_resolution_binning=False,
+            resolution=resolution,
             max_sequence_length=max_sequence_length,
-            clean_caption=False,
+            batch_size=batch_size,
+            output_type="latent",
+            progress=bar.update,
         )
-        latents.append(out.images.float().cpu())
-    latents = torch.cat(latents)
     columns = {
         "prompt": prompts,
         "prompt_embeds": embeds.float().numpy(),

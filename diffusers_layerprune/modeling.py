@@ -247,7 +247,6 @@ MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
 
 
 # Sampling settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's.
-# ``scorer`` / ``eval_prompts``: the preference scorer and prompt set a model's blocks are scored with by default.
 GENERATION_DEFAULTS: dict[str, dict] = {
     "tiny-random": dict(
         max_sequence_length=16,
@@ -255,7 +254,7 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         guidance_scale=1.0,
         train_prompts="toy:train",
         eval_prompts="toy:heldout",
-        scorer="toy",
+        scorers=["toy"],
     ),
     "toy": dict(
         max_sequence_length=16,
@@ -263,7 +262,7 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         guidance_scale=4.5,
         train_prompts="toy:train",
         eval_prompts="toy:heldout",
-        scorer="toy",
+        scorers=["toy"],
     ),
 }
 PIXART_SIGMA_DEFAULTS = dict(
@@ -272,23 +271,26 @@ PIXART_SIGMA_DEFAULTS = dict(
     guidance_scale=4.5,
     train_prompts="toy:train",
     eval_prompts="hpdv2",
-    scorer="hpsv2.1",
+    scorers=["hpsv2.1", "pickscore", "clip"],
 )
 
 
 def generation_defaults(model: str | os.PathLike, pipe) -> dict:
-    """``resolution``, ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale``, ``train_prompts``,
-    ``eval_prompts`` and ``scorer`` for ``model``; the resolution is the transformer's native one (``sample_size x VAE scale factor``)."""
-    defaults = dict(GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS))
+    """Settings ``model`` is meant to be used with: ``resolution`` (the transformer's native one, ``sample_size x VAE
+    scale factor``), ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale``, ``train_prompts``,
+    ``eval_prompts`` and ``scorers``. A pruned model takes its source model's defaults."""
+    source = pipe.transformer.config.get("source_model")
+    defaults = GENERATION_DEFAULTS.get(str(model)) or GENERATION_DEFAULTS.get(str(source)) or PIXART_SIGMA_DEFAULTS
+    defaults = dict(defaults)
     defaults.setdefault("resolution", pipe.transformer.config.sample_size * pipe.vae_scale_factor)
     return defaults
 
 
 def scoring_defaults(model: str | os.PathLike) -> dict:
-    """``scorer`` and ``eval_prompts`` a model is scored with by default; needs no loaded pipeline, so commands can
-    check them before loading anything."""
+    """``scorer`` (the first of the model's ``scorers``) and ``eval_prompts`` a model's blocks are scored with by
+    default; needs no loaded pipeline, so commands can check them before loading anything."""
     defaults = GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS)
-    return {"scorer": defaults["scorer"], "eval_prompts": defaults["eval_prompts"]}
+    return {"scorer": defaults["scorers"][0], "eval_prompts": defaults["eval_prompts"]}
 
 
 def with_transformer(pipe, transformer):
@@ -297,6 +299,59 @@ def with_transformer(pipe, transformer):
     if pipe.name_or_path:
         replaced.register_to_config(_name_or_path=pipe.name_or_path)
     return replaced
+
+
+def generate_from_embeddings(
+    pipe,
+    embeds: torch.Tensor,
+    masks: torch.Tensor,
+    negative: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    seeds,
+    num_inference_steps: int,
+    guidance_scale: float,
+    resolution: int,
+    max_sequence_length: int,
+    batch_size: int = 8,
+    output_type: str = "pt",
+    progress=None,
+) -> torch.Tensor:
+    """Generate from precomputed prompt embeddings ``[N, L, D]`` / masks ``[N, L]``; prompt ``i`` uses ``seeds[i]``.
+
+    Each image's initial noise depends on its own seed only, so results do not change with ``batch_size``.
+    ``negative`` is the encoded empty prompt ``([1, L, D], [1, L])``, needed when ``guidance_scale > 1``.
+    Returns images ``[N, 3, R, R]`` in [0, 1] (``output_type="pt"``) or latents (``"latent"``), float32 on the CPU.
+    ``progress(n)`` is called after each batch.
+    """
+    device, dtype = pipe.transformer.device, pipe.transformer.dtype
+    out = []
+    for start in range(0, len(embeds), batch_size):
+        stop = min(start + batch_size, len(embeds))
+        kwargs = {}
+        if guidance_scale > 1 and negative is not None:
+            kwargs = dict(
+                negative_prompt_embeds=negative[0].expand(stop - start, -1, -1).to(device, dtype),
+                negative_prompt_attention_mask=negative[1].expand(stop - start, -1).to(device),
+            )
+        result = pipe(
+            prompt_embeds=embeds[start:stop].to(device, dtype),
+            prompt_attention_mask=masks[start:stop].to(device),
+            negative_prompt=None,  # PixArt's default "" clashes with negative_prompt_embeds
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=resolution,
+            width=resolution,
+            use_resolution_binning=False,
+            max_sequence_length=max_sequence_length,
+            generator=[torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]],
+            output_type=output_type,
+            **kwargs,
+        ).images
+        result = result.float().cpu()
+        out.append(result.clamp(0, 1) if output_type == "pt" else result)
+        if progress is not None:
+            progress(stop - start)
+    return torch.cat(out)
 
 
 def _looks_like_path(name: str) -> bool:

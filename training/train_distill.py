@@ -35,6 +35,7 @@ from diffusers_layerprune.data import (
     default_cache_dir,
     encode_prompts,
     image_latents_dataset,
+    load_hf_dataset,
     load_prompts,
     teacher_latents_dataset,
 )
@@ -163,11 +164,13 @@ def build_dataset(args, pipe, defaults, cache_dir, accelerator):
         progress=accelerator.is_local_main_process,
     )
     if args.dataset_name or args.train_data_dir:
-        from datasets import load_dataset
-
         if args.dataset_name:
-            raw = load_dataset(args.dataset_name, args.dataset_config_name, split="train")
+            raw = load_hf_dataset(args.dataset_name, args.dataset_config_name)
         else:
+            from datasets import load_dataset
+
+            if not Path(args.train_data_dir).is_dir():
+                raise LayerPruneError(f"--train_data_dir {args.train_data_dir} is not a folder")
             raw = load_dataset("imagefolder", data_dir=args.train_data_dir, split="train")
         if args.max_train_samples:
             raw = raw.select(range(min(args.max_train_samples, len(raw))))

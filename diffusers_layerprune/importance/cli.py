@@ -79,39 +79,95 @@ def _check_scorer_name(name: str) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    score_to_file(
+        args.model,
+        args.criterion,
+        args.output,
+        scorer=args.scorer,
+        prompts=args.prompts,
+        prompt_column=args.prompt_column,
+        num_prompts=args.num_prompts,
+        steps=args.steps,
+        guidance=args.guidance,
+        resolution=args.resolution,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_timesteps=args.num_timesteps,
+        greedy_steps=args.greedy_steps,
+        dtype=args.dtype,
+        revision=args.revision,
+        overwrite=args.overwrite,
+        show_progress=not args.no_progress,
+        log=print,
+    )
+    return 0
+
+
+def score_to_file(
+    model: str,
+    criterion: str,
+    output: str | Path,
+    *,
+    scorer: str | None = None,
+    prompts: str | None = None,
+    prompt_column: str | None = None,
+    num_prompts: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    resolution: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    num_timesteps: int = 4,
+    greedy_steps: int = 0,
+    dtype: str = "float32",
+    revision: str | None = None,
+    overwrite: bool = True,
+    show_progress: bool = True,
+    log=None,
+):
+    """What ``layerprune score`` does, as a function: score ``model``'s blocks with ``criterion`` and write
+    ``output`` (JSON) and its PNG. Returns the :class:`LayerImportance` (on every process).
+
+    ``None`` settings take the model's defaults (``generation_defaults`` / ``scoring_defaults``). Everything a user
+    can get wrong is checked before loading the model; a killed run resumes from ``<output>.progress*.jsonl``.
+    Unlike the CLI, an existing ``output`` is replaced unless ``overwrite=False``.
+    """
     from .registry import get_criterion
 
-    criterion = get_criterion(args.criterion)
-    output = Path(args.output).expanduser()
+    spec = get_criterion(criterion)
+    output = Path(output).expanduser()
     if output.is_dir():
         raise LayerPruneError(f"output {output} is a folder; give a .json file path")
-    if output.exists() and not args.overwrite:
+    if output.exists() and not overwrite:
         raise LayerPruneError(f"output file {output} already exists; pass --overwrite to replace it")
-    for name in ("num_prompts", "steps", "resolution", "batch_size", "num_timesteps"):
-        value = getattr(args, name)
+    for name, value in (
+        ("num-prompts", num_prompts),
+        ("steps", steps),
+        ("resolution", resolution),
+        ("batch-size", batch_size),
+        ("num-timesteps", num_timesteps),
+    ):
         if value is not None and value < 1:
-            raise LayerPruneError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            raise LayerPruneError(f"--{name} must be at least 1, got {value}")
 
     from ..modeling import read_transformer_config, scoring_defaults
 
-    config = read_transformer_config(args.model, revision=args.revision)  # a wrong path fails before any loading
-    if config is not None and args.greedy_steps and not 0 < args.greedy_steps < config["num_layers"]:
+    config = read_transformer_config(model, revision=revision)  # a wrong path fails before any loading
+    if config is not None and greedy_steps and not 0 < greedy_steps < config["num_layers"]:
         raise LayerPruneError(f"--greedy-steps must be between 1 and {config['num_layers'] - 1}")
-    defaults = scoring_defaults(args.model)
+    defaults = scoring_defaults(model)
     scorer_name = None
-    if criterion.needs_scorer:
-        scorer_name = args.scorer or defaults["scorer"]
+    if spec.needs_scorer:
+        scorer_name = scorer or defaults["scorer"]
         _check_scorer_name(scorer_name)
-    if args.greedy_steps and not criterion.greedy:
-        raise LayerPruneError(f"--greedy-steps: greedy re-scoring is not defined for the {criterion.name} criterion")
+    if greedy_steps and not spec.greedy:
+        raise LayerPruneError(f"--greedy-steps: greedy re-scoring is not defined for the {spec.name} criterion")
 
-    prompts = None
-    if criterion.needs_prompts:
+    prompt_set = None
+    if spec.needs_prompts:
         from ..data import load_prompts
 
-        prompts = load_prompts(
-            args.prompts or defaults["eval_prompts"], column=args.prompt_column, limit=args.num_prompts
-        )
+        prompt_set = load_prompts(prompts or defaults["eval_prompts"], column=prompt_column, limit=num_prompts)
 
     import torch
 
@@ -123,57 +179,61 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .runner import ImportanceScan, ScanSettings, process_state
 
     state = process_state()
-    pipe = load_pipeline(args.model, torch_dtype=getattr(torch, args.dtype), revision=args.revision)
+    pipe = load_pipeline(model, torch_dtype=getattr(torch, dtype), revision=revision)
     pipe.to(state.device)
-    gen = generation_defaults(args.model, pipe)
+    gen = generation_defaults(model, pipe)
     settings = ScanSettings(
-        num_inference_steps=args.steps or gen["num_inference_steps"],
-        guidance_scale=gen["guidance_scale"] if args.guidance is None else args.guidance,
-        resolution=args.resolution or gen["resolution"],
+        num_inference_steps=steps or gen["num_inference_steps"],
+        guidance_scale=gen["guidance_scale"] if guidance is None else guidance,
+        resolution=resolution or gen["resolution"],
         max_sequence_length=gen["max_sequence_length"],
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_timesteps=args.num_timesteps,
+        seed=seed,
+        batch_size=batch_size,
+        num_timesteps=num_timesteps,
     )
-    scorer = load_scorer(scorer_name, device=state.device) if scorer_name else None
     scan = ImportanceScan(
         pipe,
-        prompts,
+        prompt_set,
         settings,
-        model_id=normalise_model_id(args.model),
-        scorer=scorer,
+        model_id=normalise_model_id(model),
+        scorer=load_scorer(scorer_name, device=state.device) if scorer_name else None,
         scorer_name=scorer_name,
         progress_path=output,
         free_text_encoder=True,
-        show_progress=not args.no_progress,
+        show_progress=show_progress,
         state=state,
     )
-    if args.greedy_steps and not 0 < args.greedy_steps < scan.num_layers:
+    if greedy_steps and not 0 < greedy_steps < scan.num_layers:
         raise LayerPruneError(f"--greedy-steps must be between 1 and {scan.num_layers - 1}")
-    importance = compute_importance(criterion.name, scan)
-    if args.greedy_steps:
-        importance.extra["greedy_order"] = greedy_order(scan, criterion.name, args.greedy_steps)
+    importance = compute_importance(spec.name, scan)
+    if greedy_steps:
+        importance.extra["greedy_order"] = greedy_order(scan, spec.name, greedy_steps)
     if state.is_main_process:
-        importance.save(output, overwrite=args.overwrite)
-        k = max(1, round(0.25 * importance.num_layers))
-        print(f"{criterion.name} importance of {args.model} ({importance.num_layers} blocks)")
-        print("block  " + " ".join(f"{i:>8d}" for i in range(importance.num_layers)))
-        print("value  " + " ".join(f"{v:>8.4g}" for v in importance.values))
-        print(f"least important {k}: {importance.least_important(k)}")
-        if "additivity" in importance.extra:
-            a = importance.extra["additivity"]
-            print(
-                f"additivity: removing {a['blocks']} together costs {a['measured_loss']:.4g}, the single losses sum "
-                f"to {a['sum_of_single_losses']:.4g} (ratio {a['ratio']:.2f})"
-            )
-        if "best_span" in importance.extra:
-            start = importance.extra["best_span"][str(k)]
-            print(f"best span of {k} consecutive blocks (plan span): {list(range(start, start + k))}")
-        if "greedy_order" in importance.extra:
-            print(f"greedy removal order: {importance.extra['greedy_order']}")
-        print(f"wrote {output} and {output.with_suffix('.png')}")
+        importance.save(output, overwrite=True)
+        if log is not None:
+            _summary(importance, model, output, log)
     scan.remove_progress()
-    return 0
+    return importance
+
+
+def _summary(importance, model: str, output: Path, log) -> None:
+    k = max(1, round(0.25 * importance.num_layers))
+    log(f"{importance.criterion} importance of {model} ({importance.num_layers} blocks)")
+    log("block  " + " ".join(f"{i:>8d}" for i in range(importance.num_layers)))
+    log("value  " + " ".join(f"{v:>8.4g}" for v in importance.values))
+    log(f"least important {k}: {importance.least_important(k)}")
+    if "additivity" in importance.extra:
+        a = importance.extra["additivity"]
+        log(
+            f"additivity: removing {a['blocks']} together costs {a['measured_loss']:.4g}, the single losses sum "
+            f"to {a['sum_of_single_losses']:.4g} (ratio {a['ratio']:.2f})"
+        )
+    if "best_span" in importance.extra:
+        start = importance.extra["best_span"][str(k)]
+        log(f"best span of {k} consecutive blocks (plan span): {list(range(start, start + k))}")
+    if "greedy_order" in importance.extra:
+        log(f"greedy removal order: {importance.extra['greedy_order']}")
+    log(f"wrote {output} and {output.with_suffix('.png')}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

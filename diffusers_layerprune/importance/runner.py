@@ -209,34 +209,24 @@ class ImportanceScan:
 
     def generate(self, batch: int, skipped: Variant = ()) -> torch.Tensor:
         """Final latents ``[B, C, h, w]`` (float32, CPU) of prompt batch ``batch`` with blocks ``skipped`` removed."""
+        from ..modeling import generate_from_embeddings
+
         embeds, mask = self.embeddings()
         rows = self.batches[batch]
-        dtype = self.transformer.dtype
-        kwargs = {}
-        if self.do_guidance:
-            neg, neg_mask = self._negative
-            kwargs = dict(
-                negative_prompt=None,
-                negative_prompt_embeds=neg.expand(len(rows), -1, -1).to(self.device, dtype),
-                negative_prompt_attention_mask=neg_mask.expand(len(rows), -1).to(self.device),
-            )
-        generators = [torch.Generator().manual_seed(self.seed_of(i)) for i in rows]
         with torch.inference_mode(), skip_blocks(self.transformer, skipped):
-            out = self.pipe(
-                prompt_embeds=embeds[rows.start : rows.stop].to(self.device, dtype),
-                prompt_attention_mask=mask[rows.start : rows.stop].to(self.device),
+            return generate_from_embeddings(
+                self.pipe,
+                embeds[rows.start : rows.stop],
+                mask[rows.start : rows.stop],
+                self._negative,
+                seeds=[self.seed_of(i) for i in rows],
                 num_inference_steps=self.settings.num_inference_steps,
                 guidance_scale=self.settings.guidance_scale,
-                height=self.settings.resolution,
-                width=self.settings.resolution,
-                generator=generators,
-                output_type="latent",
-                use_resolution_binning=False,
+                resolution=self.settings.resolution,
                 max_sequence_length=self.settings.max_sequence_length,
-                clean_caption=False,
-                **kwargs,
+                batch_size=len(rows),
+                output_type="latent",
             )
-        return out.images.float().cpu()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], as the pipeline decodes them."""

@@ -1,0 +1,219 @@
+"""Cost of distillation: seconds per step of KD versus plain fine-tuning of the same student (same batch, same run),
+and peak training memory of full fine-tuning versus LoRA.
+
+A PixArt-architecture teacher (random weights; cost does not depend on values) is pruned by a third; each step is
+what training/train_distill.py does: teacher forward with feature hooks, student forward/backward, AdamW step.
+"plain" is the student alone on the task loss. Timings are interleaved (kd, plain, kd, ...) and summarised by the
+median. Memory is measured per configuration in its own subprocess: on CUDA the allocator's peak, on CPU the peak
+resident set size sampled every millisecond, minus what the process held before the first step.
+
+    python benchmarks/bench_train.py                 # CPU-sized model
+    python benchmarks/bench_train.py --device cuda --width 1152 --layers 28 --resolution 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(args):
+    from diffusers import PixArtTransformer2DModel
+
+    from diffusers_layerprune import PrunedPixArtTransformer
+
+    torch.manual_seed(0)
+    teacher = PixArtTransformer2DModel(
+        num_layers=args.layers,
+        num_attention_heads=args.width // 64,
+        attention_head_dim=64,
+        cross_attention_dim=args.width,
+        caption_channels=args.caption_channels,
+        sample_size=args.resolution // 8,
+        in_channels=4,
+        out_channels=8,
+    ).to(args.device)
+    keep = args.layers - args.layers // 3
+    kept = sorted({round(i * (args.layers - 1) / (keep - 1)) for i in range(keep)})
+    student = PrunedPixArtTransformer.from_transformer(teacher, kept_layers=kept)
+    teacher.requires_grad_(False).eval()
+    g = torch.Generator().manual_seed(0)
+    latent = args.resolution // 8
+    batch = dict(
+        latents=torch.randn(args.batch_size, 4, latent, latent, generator=g).to(args.device),
+        embeds=torch.randn(args.batch_size, args.text_tokens, args.caption_channels, generator=g).to(args.device),
+        noise=torch.randn(args.batch_size, 4, latent, latent, generator=g).to(args.device),
+        timesteps=torch.randint(0, 1000, (args.batch_size,), generator=g).to(args.device),
+    )
+    return teacher, student, batch
+
+
+def make_step(mode, teacher, student, batch, lora_rank):
+    from diffusers_layerprune.blocks import capture_block_features
+    from diffusers_layerprune.distill import KDWeights, block_pairs, kd_losses
+
+    if mode == "lora":
+        from peft import LoraConfig
+
+        student.requires_grad_(False)
+        student.add_adapter(
+            LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        )
+    student.train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    pairs = block_pairs(student, teacher)
+    cond = dict(
+        encoder_hidden_states=batch["embeds"],
+        timestep=batch["timesteps"],
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )
+    noisy = batch["latents"] + batch["noise"]
+
+    def step():
+        if mode == "plain":
+            out = student(noisy, **cond).sample
+            loss = torch.nn.functional.mse_loss(out[:, :4], batch["noise"])
+        else:
+            with torch.no_grad(), capture_block_features(teacher, [t for _, t in pairs], inputs=False) as tf:
+                t_out = teacher(noisy, **cond).sample
+            with capture_block_features(student, [s for s, _ in pairs], inputs=False, detach=False) as sf:
+                s_out = student(noisy, **cond).sample
+            loss = kd_losses(s_out, t_out, batch["noise"], sf.outputs, tf.outputs, pairs, KDWeights())["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step, sum(p.numel() for p in params)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(args) -> dict:
+    """kd vs plain seconds per step, interleaved, in this process (full fine-tuning)."""
+    teacher, student_kd, batch = build(args)
+    import copy
+
+    student_plain = copy.deepcopy(student_kd)
+    steps = {
+        "kd": make_step("kd", teacher, student_kd, batch, args.lora_rank)[0],
+        "plain": make_step("plain", teacher, student_plain, batch, args.lora_rank)[0],
+    }
+    times = {k: [] for k in steps}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            sync(args.device)
+            start = time.perf_counter()
+            step()
+            sync(args.device)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_memory(args) -> dict:
+    """Run inside a subprocess: peak extra memory (bytes) of a few KD steps in --memory-mode."""
+    import psutil
+
+    teacher, student, batch = build(args)
+    step, trainable = make_step(args.memory_mode, teacher, student, batch, args.lora_rank)
+    process = psutil.Process()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = process.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = None if args.device.startswith("cuda") else threading.Thread(target=sample, daemon=True)
+    if sampler:
+        sampler.start()
+    for _ in range(3):
+        step()
+    sync(args.device)
+    stop.set()
+    if sampler:
+        sampler.join()
+    used = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else peak[0]) - base
+    return {"peak_extra_bytes": used, "trainable_parameters": trainable}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--width", type=int, default=384, help="multiple of 64 (heads of 64)")
+    p.add_argument("--caption-channels", type=int, default=512)
+    p.add_argument("--text-tokens", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=128, help="pixels (latent = resolution / 8)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--output", default="benchmarks/results/bench_train.json")
+    p.add_argument("--memory-mode", choices=["kd", "lora"], default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.memory_mode:  # child process
+        print(json.dumps(peak_memory(args)))
+        return
+
+    seconds = time_steps(args)
+    memory = {}
+    for mode in ("kd", "lora"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--memory-mode", mode]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        memory["full" if mode == "kd" else "lora"] = json.loads(out.strip().splitlines()[-1])
+
+    ratio = seconds["kd"] / seconds["plain"]
+    mem_ratio = memory["lora"]["peak_extra_bytes"] / max(1, memory["full"]["peak_extra_bytes"])
+    print(
+        f"student pruned from {args.layers} blocks (width {args.width}), batch {args.batch_size}, "
+        f"{args.resolution}px, {args.device}, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    print(f"{'step':<28}{'s/step':>10}")
+    print(f"{'plain fine-tuning':<28}{seconds['plain']:>10.3f}")
+    print(f"{'KD (output + feature)':<28}{seconds['kd']:>10.3f}   x{ratio:.2f} of plain")
+    print(f"{'KD peak extra memory':<28}{'MiB':>10}   trainable params")
+    for name in ("full", "lora"):
+        m = memory[name]
+        print(f"{name:<28}{m['peak_extra_bytes'] / 2**20:>10.1f}   {m['trainable_parameters']:,}")
+    print(f"LoRA / full peak memory: {mem_ratio:.2f}")
+    result = dict(
+        benchmark="bench_train",
+        settings={k: v for k, v in vars(args).items() if k != "memory_mode"},
+        seconds_per_step=seconds,
+        kd_over_plain=ratio,
+        memory=memory,
+        lora_over_full_memory=mem_ratio,
+        machine=dict(platform=platform.platform(), threads=torch.get_num_threads(), torch=torch.__version__),
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

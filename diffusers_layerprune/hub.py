@@ -1,0 +1,330 @@
+"""Model cards and Hub upload for pruned (and distilled, evaluated) pipelines.
+
+The card is rendered from what the folder holds: ``transformer/config.json`` (kept blocks, source model),
+``importance.json`` / ``importance.png`` (how blocks were chosen), ``distill_config.json`` / ``loss_curve.png``
+(distillation), ``report.json`` / ``report_grid.png`` (evaluation). What the folder does not record is left out of
+the card, never invented. The token comes from huggingface_hub's usual sources and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .errors import LayerPruneError
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "pruned_pixart.md"
+
+# Files of a run folder that are not part of the published model.
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".*", "**/.*", "logs/**", "validation/**", "*.jsonl", "*.tmp*"]
+
+CITATIONS = {
+    "dit-pruner": "DiT-Pruner: pruning Diffusion Transformers guided by human preference (HPS), with knowledge "
+    "distillation; PixArt-Sigma (ECCV 2024 workshop).",
+    "pixart-sigma": "Chen et al., PixArt-Sigma: Weak-to-Strong Training of Diffusion Transformer for 4K "
+    "Text-to-Image Generation, ECCV 2024.",
+    "hps": "Wu et al., Human Preference Score v2: A Solid Benchmark for Evaluating Human Preferences of "
+    "Text-to-Image Synthesis, 2023.",
+    "pickscore": "Kirstain et al., Pick-a-Pic: An Open Dataset of User Preferences for Text-to-Image Generation, 2023.",
+    "clip": "Hessel et al., CLIPScore: A Reference-free Evaluation Metric for Image Captioning, EMNLP 2021.",
+    "block_influence": "Men et al., ShortGPT: Layers in Large Language Models are More Redundant Than You Expect, 2024.",
+    "angular_distance": "Gromov et al., The Unreasonable Ineffectiveness of the Deeper Layers, 2024.",
+    "output_loss": "Zhang et al., LAPTOP-Diff: Layer Pruning and Normalized Distillation for Compressing Diffusion "
+    "Models, 2024.",
+    "latent": "Castells et al., LD-Pruner: Efficient Pruning of Latent Diffusion Models using Task-Agnostic "
+    "Insights, 2024.",
+    "bk-sdm": "Kim et al., BK-SDM: A Lightweight, Fast, and Cheap Version of Stable Diffusion, 2023.",
+    "lora": "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022.",
+}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_pipeline_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise LayerPruneError(f"{folder} does not exist or is not a folder")
+    if not (folder / "model_index.json").is_file() or not (folder / "transformer" / "config.json").is_file():
+        raise LayerPruneError(f"{folder} is not a pipeline folder (no model_index.json or transformer/config.json)")
+    return folder
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``user/name`` with the Hub's allowed characters, or a :class:`LayerPruneError`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise LayerPruneError(f"invalid repo id {repo_id!r}: {str(error).splitlines()[0]}") from error
+    if repo_id.count("/") != 1:
+        raise LayerPruneError(f"invalid repo id {repo_id!r}: expected user/name or org/name")
+    return repo_id
+
+
+def _millions(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,d}"
+
+
+def _hub_id(source: str | None) -> str | None:
+    """``source`` if it names a Hub repo (owner/name, not a local path), else None."""
+    if source and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
+        return source
+    return None
+
+
+def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
+    """(parameters of this transformer, of one block, of the source transformer), read from the safetensors header."""
+    from safetensors import safe_open
+
+    total = block0 = 0
+    for file in sorted((folder / "transformer").glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            for key in f.keys():
+                n = f.get_slice(key).get_shape()
+                count = 1
+                for d in n:
+                    count *= d
+                total += count
+                if key.startswith("transformer_blocks.0."):
+                    block0 += count
+    config = _read_json(folder / "transformer" / "config.json")
+    removed = (config.get("source_num_layers") or config["num_layers"]) - config["num_layers"]
+    # PixArt blocks all have the same shape, so the source size is exact.
+    return total, block0, total + removed * block0
+
+
+def _base_license(source: str | None) -> str | None:
+    """The base model's license from its card (local folder or Hub), when it can be read; else None."""
+    if not source:
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        local = Path(source) / "README.md"
+        card = ModelCard.load(local if local.is_file() else source)
+        return card.data.license
+    except Exception:
+        return None
+
+
+def _evaluation_table(report: dict) -> tuple[str, str]:
+    models = report["models"]
+    names = list(models)
+    header = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
+    rows = []
+
+    def add(label, get, fmt):
+        cells = []
+        for n in names:
+            try:
+                cells.append(fmt(get(models[n])))
+            except (KeyError, TypeError):
+                cells.append("")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    add("blocks", lambda m: m["num_layers"], str)
+    add("transformer parameters", lambda m: m["parameters"]["transformer"], _millions)
+    add("transformer latency / step", lambda m: m["latency"]["transformer_ms_per_step"], lambda v: f"{v:.1f} ms")
+    add("speed-up (transformer)", lambda m: m["latency"]["speedup"], lambda v: f"{v:.2f}x")
+    for scorer in report["settings"]["scorers"]:
+        add(f"{scorer}", lambda m, s=scorer: m["scores"][s], lambda v: f"{v['mean']:.4f} ± {v['sem']:.4f}")
+    first = next(iter(models.values()))
+    for check in first.get("checks", {}):
+        add(check, lambda m, c=check: m["checks"][c]["mean"], lambda v: f"{100 * v:.1f}%")
+    s = report["settings"]
+    settings = (
+        f"{s['num_prompts']} prompts from `{s['prompts']}`, {s['num_inference_steps']} steps, guidance "
+        f"{s['guidance_scale']}, {s['resolution']} px, fixed seeds (prompt i: seed {s['seed']} + i), {s['device']}, "
+        f"{s['dtype']}; scores are mean ± standard error over prompts; latency is the median of "
+        f"{s['latency_repeats']} interleaved repeats after warm-up."
+    )
+    return settings, "\n".join([header, *rows])
+
+
+def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str | None = None) -> str:
+    """The README.md for ``folder`` (see the module docstring for what it reads)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from . import __version__
+
+    folder = check_pipeline_folder(folder)
+    config = _read_json(folder / "transformer" / "config.json")
+    kept = config.get("kept_layers")
+    source_depth = config.get("source_num_layers") or config["num_layers"]
+    removed = [i for i in range(source_depth) if kept is not None and i not in kept]
+    source = config.get("source_model")
+    importance = _read_json(folder / "importance.json")
+    distill = _read_json(folder / "distill_config.json")
+    report = _read_json(folder / "report.json")
+    params_after, _, params_before = _transformer_parameters(folder)
+
+    cites = ["dit-pruner", "pixart-sigma"]
+    tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image"]
+    if "pixart" in json.dumps(config).lower() or "PixArt" in (source or ""):
+        tags.append("pixart-sigma")
+    importance_lines = []
+    if importance:
+        meta = importance.get("metadata", importance)
+        criterion = meta.get("criterion") or importance.get("criterion")
+        for label, key in (
+            ("criterion", "criterion"),
+            ("scorer", "scorer"),
+            ("prompt set", "prompts"),
+            ("prompt set", "prompt_set"),
+            ("plan", "plan"),
+            ("inference steps", "steps"),
+            ("seed", "seed"),
+        ):
+            if meta.get(key) is not None:
+                importance_lines.append(f"{label}: `{meta[key]}`")
+        if criterion in CITATIONS:
+            cites.append(criterion)
+        if meta.get("scorer", "") and str(meta.get("scorer")).startswith("hps"):
+            cites.append("hps")
+    distill_lines = []
+    if distill:
+        tags.append("knowledge-distillation")
+        w = distill.get("weights", {})
+        distill_lines = [
+            f"teacher: `{distill['teacher_model']}`; student block i distilled from teacher block kept_layers[i]",
+            f"steps: {distill['steps']}, batch size {distill.get('train_batch_size')} x {distill.get('num_processes', 1)}"
+            f" processes, learning rate {distill.get('learning_rate')}",
+            f"loss: {w.get('task')} x task MSE + {w.get('output')} x output KD + {w.get('variance')} x variance KD + "
+            f"{w.get('feature')} x feature KD (`{distill.get('feature_loss')}`)",
+            "training: "
+            + (
+                f"LoRA (rank {distill['rank']}, alpha {distill['lora_alpha']}), merged into the weights"
+                if distill.get("lora")
+                else "all student weights"
+            ),
+            f"data: `{distill.get('data')}` ({distill.get('train_samples')} samples)",
+        ]
+        cites.append("bk-sdm")
+        if distill.get("feature_loss") == "normalized":
+            cites.append("output_loss")
+        if distill.get("lora"):
+            cites.append("lora")
+    evaluation_settings = evaluation = None
+    if report:
+        evaluation_settings, evaluation = _evaluation_table(report)
+        for scorer in report["settings"]["scorers"]:
+            key = "hps" if scorer.startswith("hps") else scorer
+            if key in CITATIONS:
+                cites.append(key)
+
+    license = license or _base_license(source)
+    base = _hub_id(source)
+    data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        base_model=base,
+        base_model_relation="finetune" if base else None,
+        license=license,
+        tags=list(dict.fromkeys(tags)),
+    )
+    name = repo_id.split("/")[-1]
+    summary = (
+        f"A depth-pruned version of `{source or 'its source model'}`: {len(removed)} of {source_depth} transformer "
+        f"blocks removed ({config['num_layers']} kept)"
+        + (", then fine-tuned by knowledge distillation from the full model." if distill else ".")
+    )
+    card = ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        title=f"{name}",
+        summary=summary,
+        source_model=source or "unknown",
+        source_link=f"https://huggingface.co/{base}" if base else None,
+        source_num_layers=source_depth,
+        num_layers=config["num_layers"],
+        kept_layers=kept,
+        removed_layers=removed,
+        params_before=_millions(params_before),
+        params_after=_millions(params_after),
+        pipeline_params_before=_millions(report["models"]["teacher"]["parameters"]["total"])
+        if report and "teacher" in report["models"]
+        else None,
+        pipeline_params_after=_millions(report["models"]["student"]["parameters"]["total"]) if report else None,
+        importance=importance_lines,
+        importance_plot="importance.png" if (folder / "importance.png").is_file() else None,
+        distillation=distill_lines,
+        loss_plot="loss_curve.png" if (folder / "loss_curve.png").is_file() else None,
+        evaluation=evaluation,
+        evaluation_settings=evaluation_settings,
+        grid="report_grid.png" if (folder / "report_grid.png").is_file() else None,
+        repo_id=repo_id,
+        citations=[CITATIONS[c] for c in dict.fromkeys(cites)],
+        version=__version__,
+    )
+    return str(card)
+
+
+def files_to_upload(folder: Path) -> list[tuple[str, int]]:
+    """``(relative path, size in bytes)`` of every file an upload sends, in upload order."""
+    from fnmatch import fnmatch
+
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and not any(fnmatch(rel, pattern) for pattern in UPLOAD_IGNORE):
+            out.append((rel, path.stat().st_size))
+    return out
+
+
+def push_pipeline(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+    license: str | None = None,
+) -> dict:
+    """Render ``README.md`` into ``folder`` and upload the folder to ``repo_id`` in one commit.
+
+    With ``dry_run`` nothing remote is touched: the card is written and the file list returned. Returns
+    ``{"repo_id", "files": [(path, bytes)], "commit_url"}``.
+    """
+    from .outputs import atomic_output_file
+
+    folder = check_pipeline_folder(folder)
+    check_repo_id(repo_id)
+    token = None
+    if not dry_run:
+        from huggingface_hub import get_token
+
+        token = get_token()
+        if not token:
+            raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
+    card = render_model_card(folder, repo_id, license=license)
+    with atomic_output_file(folder / "README.md") as tmp:
+        tmp.write_text(card)
+    files = files_to_upload(folder)
+    result = {"repo_id": repo_id, "files": files, "commit_url": None}
+    if dry_run:
+        return result
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message or "Upload pruned pipeline with diffusers-layerprune",
+        ignore_patterns=UPLOAD_IGNORE,
+    )
+    result["commit_url"] = getattr(info, "commit_url", None) or str(info)
+    return result

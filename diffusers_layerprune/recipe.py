@@ -1,0 +1,325 @@
+"""The whole recipe in one call: score -> prune -> distill -> eval -> model card (-> push).
+
+Each stage writes into the run folder and records its settings in ``run.json``; running again with the same folder
+reuses every finished stage whose settings did not change (a changed setting re-runs that stage and the ones after
+it). A recipe can be given as YAML with the same field names as :class:`Recipe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import LayerPruneError
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "train_distill.py"
+
+
+@dataclass
+class Recipe:
+    """Settings of a full run (YAML keys use the same names)."""
+
+    model: str = "toy"
+    criterion: str = "preference"
+    scorer: str | None = None  # default: the model's (toy on the toy world, hpsv2.1 otherwise)
+    prompts: str | None = None  # importance prompts; default: the model's evaluation prompts
+    num_prompts: int | None = 64
+    scan_steps: int | None = None  # sampling steps while scoring; default: the model's
+    num_layers: int | None = None  # blocks to remove (or ratio)
+    ratio: float | None = 0.25
+    plan: str = "one_shot"
+    distill_steps: int = 300
+    distill_batch_size: int = 16
+    learning_rate: float = 2e-4
+    use_lora: bool = False
+    rank: int = 16
+    eval_prompts: str | None = None
+    eval_num_prompts: int | None = 200
+    seed: int = 0
+    output: str = "runs/toy"
+    repo_id: str | None = None
+    push: bool = False
+    private: bool = False
+    extra_train_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise LayerPruneError(f"recipe file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise LayerPruneError(f"recipe {path} must be a mapping of field: value")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LayerPruneError(f"recipe {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def check(self) -> None:
+        if (self.num_layers is None) == (self.ratio is None):
+            raise LayerPruneError("give exactly one of num_layers (blocks to remove) or ratio (fraction to remove)")
+        if self.distill_steps < 0:
+            raise LayerPruneError("distill_steps must be >= 0 (0 skips distillation)")
+        if self.push and not self.repo_id:
+            raise LayerPruneError("push needs repo_id (user/name)")
+        if self.repo_id:
+            from .hub import check_repo_id
+
+            check_repo_id(self.repo_id)
+
+
+class RunState:
+    """``run.json``: settings and results of finished stages."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "run.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
+
+    def done(self, stage: str, settings: dict) -> bool:
+        entry = self.data["stages"].get(stage)
+        return entry is not None and entry["settings"] == json.loads(json.dumps(settings, default=str))
+
+    def mark(self, stage: str, settings: dict, seconds: float, **results) -> None:
+        self.data["stages"][stage] = {
+            "settings": json.loads(json.dumps(settings, default=str)),
+            "seconds": round(seconds, 1),
+            **results,
+        }
+        # Later stages depend on this one: forget them so they run again.
+        order = ["score", "prune", "distill", "eval_pruned", "eval_distilled", "card"]
+        for later in order[order.index(stage) + 1 :]:
+            self.data["stages"].pop(later, None)
+        from .outputs import atomic_output_file
+
+        with atomic_output_file(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+
+    def get(self, stage: str) -> dict:
+        return self.data["stages"][stage]
+
+
+def run_recipe(recipe: Recipe, *, log=print) -> dict:
+    """Run (or resume) the recipe; returns the summary rows printed at the end."""
+    recipe.check()
+    out = Path(recipe.output)
+    out.mkdir(parents=True, exist_ok=True)
+    state = RunState(out)
+    importance_path = out / "importance.json"
+
+    # 1. Score the blocks.
+    score_settings = {
+        k: getattr(recipe, k) for k in ("model", "criterion", "scorer", "prompts", "num_prompts", "scan_steps", "seed")
+    }
+    if not (state.done("score", score_settings) and importance_path.is_file()):
+        log(f"[1/5] scoring blocks of {recipe.model} with the {recipe.criterion} criterion")
+        start = time.perf_counter()
+        from .importance.cli import score_to_file
+
+        score_to_file(
+            recipe.model,
+            recipe.criterion,
+            importance_path,
+            scorer=recipe.scorer,
+            prompts=recipe.prompts,
+            num_prompts=recipe.num_prompts,
+            steps=recipe.scan_steps,
+            seed=recipe.seed,
+        )
+        state.mark("score", score_settings, time.perf_counter() - start)
+    else:
+        log(f"[1/5] reusing {importance_path}")
+
+    # 2. Prune.
+    from .importance import LayerImportance, num_to_remove, plan_blocks
+
+    importance = LayerImportance.load(importance_path)
+    k = num_to_remove(importance.num_layers, recipe.num_layers, recipe.ratio)
+    drop = sorted(plan_blocks(importance, k, recipe.plan))
+    pruned = out / "pruned"
+    prune_settings = {"model": recipe.model, "drop": drop}
+    if not (state.done("prune", prune_settings) and (pruned / "model_index.json").is_file()):
+        log(f"[2/5] removing blocks {drop} ({k} of {importance.num_layers}, plan {recipe.plan})")
+        start = time.perf_counter()
+        from .modeling import load_pipeline, prune_pipeline, save_pruned_pipeline
+
+        pipe = load_pipeline(recipe.model)
+        save_pruned_pipeline(prune_pipeline(pipe, pruned_layers=drop, copy_weights=False), pruned, overwrite=True)
+        _copy_importance(importance_path, pruned)
+        state.mark("prune", prune_settings, time.perf_counter() - start)
+    else:
+        log(f"[2/5] reusing {pruned}")
+
+    # 3. Distill (a separate process: the training script, as users run it).
+    final = pruned
+    if recipe.distill_steps > 0:
+        final = out / "distilled"
+        distill_settings = {
+            k: getattr(recipe, k)
+            for k in (
+                "distill_steps",
+                "distill_batch_size",
+                "learning_rate",
+                "use_lora",
+                "rank",
+                "seed",
+                "extra_train_args",
+            )
+        }
+        distill_settings["drop"] = drop
+        if not (state.done("distill", distill_settings) and (final / "model_index.json").is_file()):
+            log(f"[3/5] distilling for {recipe.distill_steps} steps" + (" (LoRA)" if recipe.use_lora else ""))
+            start = time.perf_counter()
+            if not TRAIN_SCRIPT.is_file():
+                raise LayerPruneError(f"{TRAIN_SCRIPT} not found: run from a source checkout (pip install -e .)")
+            resume = ["--resume_from_checkpoint", "latest"] if any(final.glob("checkpoint-*")) else []
+            cmd = [
+                sys.executable,
+                str(TRAIN_SCRIPT),
+                "--teacher_model",
+                recipe.model,
+                "--student_model",
+                str(pruned),
+                "--output_dir",
+                str(final),
+                "--max_train_steps",
+                str(recipe.distill_steps),
+                "--train_batch_size",
+                str(recipe.distill_batch_size),
+                "--learning_rate",
+                str(recipe.learning_rate),
+                "--checkpointing_steps",
+                str(max(1, recipe.distill_steps // 4)),
+                "--checkpoints_total_limit",
+                "1",
+                "--lr_scheduler",
+                "cosine",
+                "--lr_warmup_steps",
+                str(max(1, recipe.distill_steps // 20)),
+                "--seed",
+                str(recipe.seed),
+                "--report_to",
+                "none",
+                *resume,
+                *recipe.extra_train_args,
+            ]
+            if recipe.use_lora:
+                cmd += ["--use_lora", "--rank", str(recipe.rank)]
+            if subprocess.run(cmd).returncode != 0:
+                raise LayerPruneError(f"distillation failed (see above); re-run to resume from {final}")
+            _copy_importance(importance_path, final)
+            state.mark("distill", distill_settings, time.perf_counter() - start)
+        else:
+            log(f"[3/5] reusing {final}")
+
+    # 4. Evaluate the pruned model before and (if distilled) after distillation, each against the teacher.
+    reports = {}
+    eval_settings = {"prompts": recipe.eval_prompts, "num_prompts": recipe.eval_num_prompts, "seed": recipe.seed}
+    for stage, folder in (("eval_pruned", pruned), ("eval_distilled", final if final != pruned else None)):
+        if folder is None:
+            continue
+        report = folder / "report.json"
+        if not (state.done(stage, eval_settings) and report.is_file()):
+            log(f"[4/5] evaluating {folder}")
+            start = time.perf_counter()
+            _evaluate(recipe, folder, report)
+            state.mark(stage, eval_settings, time.perf_counter() - start)
+        else:
+            log(f"[4/5] reusing {report}")
+        reports[stage] = json.loads(report.read_text())
+
+    # 5. Model card (and push).
+    from .hub import push_pipeline, render_model_card
+
+    repo_id = recipe.repo_id or f"your-name/{Path(recipe.output).name}"
+    log(f"[5/5] model card {final / 'README.md'}" + (f", pushing to {repo_id}" if recipe.push else ""))
+    if recipe.push:
+        push_pipeline(final, repo_id, private=recipe.private)
+    else:
+        (final / "README.md").write_text(render_model_card(final, repo_id))
+
+    rows = _summary_rows(reports)
+    log(_format_summary(rows))
+    with (out / "summary.json").open("w") as f:
+        json.dump({"final_model": str(final), "rows": rows}, f, indent=2)
+    return rows
+
+
+def _copy_importance(importance_path: Path, folder: Path) -> None:
+    for suffix in (".json", ".png"):
+        source = importance_path.with_suffix(suffix)
+        if source.is_file():
+            shutil.copy(source, folder / f"importance{suffix}")
+
+
+def _evaluate(recipe: Recipe, folder: Path, report: Path) -> None:
+    from .cli import main as cli
+
+    args = [
+        "eval",
+        "--model",
+        str(folder),
+        "--output",
+        str(report),
+        "--overwrite",
+        "--seed",
+        str(recipe.seed),
+        "--latency-repeats",
+        "3",
+    ]
+    if recipe.eval_prompts:
+        args += ["--prompts", recipe.eval_prompts]
+    if recipe.eval_num_prompts:
+        args += ["--num-prompts", str(recipe.eval_num_prompts)]
+    if cli(args) != 0:
+        raise LayerPruneError(f"evaluation of {folder} failed")
+
+
+def _summary_rows(reports: dict) -> list[dict]:
+    rows = []
+    first = next(iter(reports.values()))
+    labelled = [("teacher", first["models"]["teacher"])]
+    labelled += [("pruned", reports["eval_pruned"]["models"]["student"])]
+    if "eval_distilled" in reports:
+        labelled += [("pruned + distilled", reports["eval_distilled"]["models"]["student"])]
+    for label, entry in labelled:
+        row = {
+            "model": label,
+            "blocks": entry["num_layers"],
+            "transformer_params": entry["parameters"]["transformer"],
+            "speedup": entry["latency"]["speedup"],
+        }
+        row.update({f"score:{k}": v["mean"] for k, v in entry["scores"].items()})
+        row.update({f"judge:{k}": v["mean"] for k, v in entry.get("checks", {}).items()})
+        rows.append(row)
+    return rows
+
+
+def _format_summary(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k != "model"]
+    head = f"{'':<20}" + "".join(f"{k.split(':')[-1][:14]:>15}" for k in keys)
+    lines = [head]
+    for row in rows:
+        cells = []
+        for k in keys:
+            v = row.get(k)
+            if k == "transformer_params":
+                cells.append(f"{v / 1e6:>14.2f}M")
+            elif k == "speedup":
+                cells.append(f"{v:>14.2f}x")
+            elif k.startswith("judge:"):
+                cells.append(f"{100 * v:>14.1f}%")
+            elif isinstance(v, float):
+                cells.append(f"{v:>15.4f}")
+            else:
+                cells.append(f"{v!s:>15}")
+        lines.append(f"{row['model']:<20}" + "".join(cells))
+    return "\n".join(lines)

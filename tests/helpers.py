@@ -1,0 +1,30 @@
+"""Helpers shared by test modules (pytest puts tests/ on sys.path)."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
+
+
+def run_train_distill(args) -> None:
+    """Run training/train_distill.py's main() in this process; accelerate keeps global state between
+    Accelerators, so reset it first."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    spec = importlib.util.spec_from_file_location("train_distill", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([str(a) for a in args])
+
+
+def distill_args(work: Path, out: Path, *, student: str = "student", steps: int = 3, checkpointing_steps: int = 2):
+    """Fast train_distill.py arguments on the tiny pipelines of a test workspace (teacher/, student/, prompts.txt)."""
+    return [
+        "--teacher_model", work / "teacher", "--student_model", work / student, "--output_dir", out,
+        "--prompts", work / "prompts.txt", "--cache_dir", work / "cache", "--train_batch_size", 2,
+        "--max_train_steps", steps, "--checkpointing_steps", checkpointing_steps, "--max_sequence_length", 16,
+        "--teacher_inference_steps", 2, "--teacher_guidance_scale", 1.0, "--learning_rate", 1e-3,
+    ]  # fmt: skip

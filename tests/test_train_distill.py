@@ -1,0 +1,229 @@
+"""training/train_distill.py end to end on a tiny pipeline: full, LoRA, image-caption data, bad input, and two
+processes that train, checkpoint and resume to the same weights as an uninterrupted run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, TRAIN_SCRIPT, distill_args, run_train_distill
+from safetensors.torch import load_file
+
+from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
+from diffusers_layerprune.cli import main as cli
+from diffusers_layerprune.testing import save_tiny_pixart_pipeline
+
+SCRIPT = TRAIN_SCRIPT
+PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross", "a black star"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd")
+    save_tiny_pixart_pipeline(root / "teacher", num_layers=6)
+    assert cli(["prune", "--model", str(root / "teacher"), "--drop", "1,4", "--output", str(root / "student")]) == 0
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return root
+
+
+def base_args(work, out, steps=3):
+    return distill_args(work, out, steps=steps)
+
+
+def transformer_weights(folder):
+    return load_file(Path(folder) / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
+    out = work / "full"
+    run_train_distill(base_args(work, out) + ["--validation_prompts", "a red circle", "--report_to", "tensorboard"])
+    student = PrunedPixArtTransformer.from_pretrained(out, subfolder="transformer")
+    assert student.config.kept_layers == [0, 2, 3, 5] and student.config.source_num_layers == 6
+    before, after = transformer_weights(work / "student"), transformer_weights(out)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers", "PixArtTransformer2DModel"]
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all(np.isfinite(r[k]) for r in log for k in ("loss", "task", "output", "variance", "feature"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (out / "loss_curve.png").stat().st_size > 0
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2", "step-3"]
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    recipe = json.loads((out / "distill_config.json").read_text())
+    assert recipe["steps"] == 3 and recipe["kept_layers"] == [0, 2, 3, 5] and recipe["lora"] is False
+    assert list((work / "cache").glob("teacher-latents-*/dataset_info.json"))  # latents cached for later runs
+
+
+def test_lora_distillation_saves_merged_model_and_adapter_with_alpha(work):
+    out = work / "lora"
+    run_train_distill(base_args(work, out) + ["--use_lora", "--rank", 4, "--lora_alpha", 8, "--report_to", "none"])
+    adapter = out / "lora" / "pytorch_lora_weights.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(adapter, "pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert meta["lora_alpha"] == 8 and meta["r"] == 4
+
+    merged = PrunedPixArtTransformer.from_pretrained(out, subfolder="transformer")
+    base = PrunedPixArtTransformer.from_pretrained(work / "student", subfolder="transformer")
+    base.load_lora_adapter(out / "lora", weight_name=adapter.name, use_safetensors=True, prefix=None)
+    assert any("lora" in n for n, _ in base.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(
+        hidden_states=torch.randn(2, 4, 8, 8, generator=g),
+        encoder_hidden_states=torch.randn(2, 16, 32, generator=g),
+        timestep=torch.tensor([50, 900]),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )
+    plain = PrunedPixArtTransformer.from_pretrained(work / "student", subfolder="transformer")
+    with torch.no_grad():
+        a, b, c = merged(**inputs).sample, base(**inputs).sample, plain(**inputs).sample
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # merged == base + adapter
+    assert (a - c).abs().max() > 1e-4  # and the adapter did change the model
+
+
+def test_image_caption_dataset(work):
+    from PIL import Image
+
+    data = work / "images"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, caption in enumerate(PROMPTS[:4]):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(data / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": caption}))
+    (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    out = work / "images-out"
+    args = [a for a in base_args(work, out, steps=2)]
+    i = args.index("--prompts")
+    del args[i : i + 2]
+    run_train_distill(args + ["--train_data_dir", data, "--report_to", "none"])
+    assert PrunedPixArtTransformer.from_pretrained(out, subfolder="transformer").config.kept_layers == [0, 2, 3, 5]
+    recipe = json.loads((out / "distill_config.json").read_text())
+    assert recipe["train_samples"] == 4 and recipe["data"] == str(data)
+
+
+def test_bad_input_fails_before_training(work, tmp_path):
+    save_tiny_pixart_pipeline(tmp_path / "teacher8", num_layers=8)
+    assert cli(["prune", "--model", str(tmp_path / "teacher8"), "--drop", "1", "--output", str(tmp_path / "s8")]) == 0
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "table.csv").write_text("caption,other\na red circle,1\n")
+    out = tmp_path / "out"
+    cases = [
+        (["--student_model", work / "teacher"], "no kept_layers"),
+        (["--student_model", tmp_path / "s8"], "pruned from a 8-block model but the teacher has 6"),
+        (["--student_model", tmp_path / "missing"], "does not exist"),
+        (["--prompts", tmp_path / "empty.txt"], "is empty"),
+        (["--prompts", tmp_path / "nope.txt"], "does not exist"),
+    ]
+    for overrides, message in cases:
+        args = base_args(work, out)
+        for flag, value in zip(overrides[::2], overrides[1::2], strict=True):
+            args[args.index(flag) + 1] = value
+        with pytest.raises(LayerPruneError, match=message):
+            run_train_distill(args)
+        assert not (out / "model_index.json").exists()
+    args = base_args(work, out)
+    i = args.index("--prompts")
+    del args[i : i + 2]
+    with pytest.raises(LayerPruneError, match="no column 'prompt'"):
+        run_train_distill(args + ["--dataset_name", tmp_path / "table.csv", "--prompt_column", "prompt"])
+
+
+def test_script_prints_one_line_for_a_user_error(work, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            *map(str, base_args(work, tmp_path / "o")),
+            "--student_model",
+            str(work / "teacher"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("train_distill: error: the student's config has no kept_layers")
+    )
+    assert "Traceback" not in result.stderr
+
+
+ACCELERATE_CONFIG = """compute_environment: LOCAL_MACHINE
+debug: false
+distributed_type: 'NO'
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 1
+use_cpu: true
+"""
+
+
+def launch_two_processes(work, out, extra=()):
+    config = work / "accelerate.yaml"
+    config.write_text(ACCELERATE_CONFIG)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPT),
+        *map(str, base_args(work, out, steps=4)),
+        "--train_batch_size",
+        "1",
+        "--report_to",
+        "none",
+        "--lr_scheduler",
+        "linear",
+        *map(str, extra),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_checkpoint_and_resume_to_identical_weights(work):
+    out = work / "ddp"
+    launch_two_processes(work, out)  # uninterrupted: 4 steps, checkpoints at 2 and 4
+    assert json.loads((out / "distill_config.json").read_text())["num_processes"] == 2
+    reference = transformer_weights(out)
+
+    # as if killed right after checkpoint-2: drop everything written later, then resume from "latest"
+    shutil.rmtree(out / "checkpoint-4")
+    for name in ("transformer", "model_index.json"):
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    launch_two_processes(work, out, ["--resume_from_checkpoint", "latest"])
+    resumed = transformer_weights(out)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], atol=1e-6, rtol=0)
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
