@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from diffusers_layerprune.cli import main
+from diffusers_layerprune.errors import LayerPruneError
 from diffusers_layerprune.importance import LayerImportance
 from diffusers_layerprune.importance.cli import PLAN_NAMES
 from diffusers_layerprune.importance.plans import PLANS
@@ -275,3 +276,15 @@ def test_a_killed_scan_restarts_and_ends_with_identical_numbers(subprocess_runs,
     resumed = LayerImportance.load(output)
     assert resumed.values == reference.values and resumed.per_prompt == reference.per_prompt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imp.json", "imp.png"]
+
+
+def test_score_to_file_is_the_python_form_of_score(tiny_pipeline_dir, assets, tmp_path):
+    from diffusers_layerprune.importance.cli import score_to_file
+
+    output = tmp_path / "importance.json"
+    output.write_text("stale")  # a half-finished earlier stage: replaced, as the recipe expects
+    result = score_to_file(str(tiny_pipeline_dir), "block_influence", output, prompts=str(assets["prompts"]), steps=2)
+    assert LayerImportance.load(output).values == result.values and result.criterion == "block_influence"
+    assert result.metadata["num_inference_steps"] == 2 and result.metadata["prompts"]["count"] == 5
+    with pytest.raises(LayerPruneError, match="already exists"):
+        score_to_file(str(tiny_pipeline_dir), "random", output, overwrite=False)
