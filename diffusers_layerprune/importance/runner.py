@@ -457,6 +457,7 @@ class ImportanceScan:
             "batch_size": s.batch_size,
             "num_timesteps": s.num_timesteps,
             "dtype": str(self.transformer.dtype).removeprefix("torch."),
+            "prediction_type": self.pipe.scheduler.config.get("prediction_type"),
             "num_processes": self.state.num_processes,
             "package_version": __version__,
             "torch_version": torch.__version__,
