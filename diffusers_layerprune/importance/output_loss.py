@@ -4,6 +4,9 @@
 model's generation of each prompt, noised; see ``ImportanceScan.probe``) and prompts. LAPTOP-Diff ranks blocks by
 ``L_l`` alone, assuming the losses of removed blocks add up; :func:`additivity_check` measures that assumption:
 the sum of the single-block losses of a set versus the loss of removing the whole set at once.
+
+``eps`` is the model's prediction (its first ``in_channels`` outputs): the noise for PixArt-Sigma; for a model trained
+with another ``prediction_type`` (``v_prediction``, ``sample``) the loss compares that prediction instead.
 """
 
 from __future__ import annotations
