@@ -18,6 +18,9 @@ _EXPORTS = {
     "resolve_kept_layers": "blocks",
     "LayerPruneError": "errors",
     "load_scorer": "scorers",
+    "LayerImportance": "importance",
+    "ImportanceScan": "importance",
+    "compute_importance": "importance",
 }
 
 __all__ = ["__version__", *_EXPORTS]

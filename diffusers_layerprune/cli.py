@@ -50,8 +50,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    from .importance.cli import check_prune_importance_args, pruned_layers_from_importance
     from .outputs import check_output_dir
 
+    check_prune_importance_args(args)
     check_output_dir(args.output, overwrite=args.overwrite)
 
     import torch
@@ -61,8 +63,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     config = read_transformer_config(args.model, revision=args.revision)
     if config is not None:  # check the indices before loading any weights
+        if args.importance:
+            args.drop = pruned_layers_from_importance(args, config["num_layers"], args.model)
         resolve_kept_layers(config["num_layers"], args.keep, args.drop)
     pipe = load_pipeline(args.model, torch_dtype=getattr(torch, args.dtype), revision=args.revision)
+    if config is None and args.importance:  # short model names: the depth is known once loaded
+        args.drop = pruned_layers_from_importance(args, pipe.transformer.config.num_layers, args.model)
     depth = pipe.transformer.config.num_layers
     pruned = prune_pipeline(pipe, kept_layers=args.keep, pruned_layers=args.drop, copy_weights=False)
     out = save_pruned_pipeline(pruned, args.output, overwrite=args.overwrite)
@@ -164,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Depth pruning of diffusion transformers (PixArt-Sigma): score blocks, prune, distill, evaluate.",
     )
     from . import __version__
+    from .importance.cli import add_prune_importance_args, add_score_parser
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show diffusers/transformers log messages")
@@ -182,9 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", type=_index_list, metavar="I,J,...", help="source block indices to keep, e.g. 0,1,3 or 0-9,12"
     )
     which.add_argument("--drop", type=_index_list, metavar="I,J,...", help="source block indices to remove, e.g. 2,5")
+    add_prune_importance_args(prune, which)
     prune.add_argument("--output", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
     prune.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     prune.set_defaults(func=_cmd_prune)
+    add_score_parser(sub)
 
     evaluate = sub.add_parser(
         "eval",

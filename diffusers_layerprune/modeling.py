@@ -274,6 +274,14 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         eval_prompts="toy:heldout",
         scorers=["toy"],
     ),
+    "toy": dict(
+        max_sequence_length=16,
+        num_inference_steps=20,
+        guidance_scale=4.5,
+        train_prompts="toy:train",
+        eval_prompts="toy:heldout",
+        scorers=["toy"],
+    ),
 }
 PIXART_SIGMA_DEFAULTS = dict(
     max_sequence_length=300,
@@ -294,6 +302,13 @@ def generation_defaults(model: str | os.PathLike, pipe) -> dict:
     defaults = dict(defaults)
     defaults.setdefault("resolution", pipe.transformer.config.sample_size * pipe.vae_scale_factor)
     return defaults
+
+
+def scoring_defaults(model: str | os.PathLike) -> dict:
+    """``scorer`` (the first of the model's ``scorers``) and ``eval_prompts`` a model's blocks are scored with by
+    default; needs no loaded pipeline, so commands can check them before loading anything."""
+    defaults = GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS)
+    return {"scorer": defaults["scorers"][0], "eval_prompts": defaults["eval_prompts"]}
 
 
 def with_transformer(pipe, transformer):

@@ -1,0 +1,476 @@
+"""The scan runner: the work every criterion shares, done once, resumable, and split across processes.
+
+One :class:`ImportanceScan` holds a pipeline, a prompt set and the sampling settings. It
+
+- encodes every prompt once (``pipe.encode_prompt``) and reuses the embeddings for every variant, so the text
+  encoder can be freed after encoding (the 4.7B T5 of PixArt-Sigma);
+- runs variants of the model with :func:`~diffusers_layerprune.blocks.skip_blocks` (no copies of the model);
+- gives prompt ``i`` the same initial noise in every variant (its own generator seeded ``seed + i``), so a variant's
+  difference to the full model is the effect of the skipped blocks, not of the noise;
+- runs work as *units* ``(variant, prompt batch)``: each finished unit's result is appended to a JSONL progress
+  file next to the output, so a killed scan restarts with the finished units and ends with the same numbers;
+- splits units across the processes of ``accelerate launch`` (unit ``j`` of the remaining list goes to process
+  ``j % num_processes``) and gathers the results on every process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..blocks import capture_block_features, num_blocks, skip_blocks
+from ..data import PromptSet, cache_key, encode_prompts
+from ..errors import LayerPruneError
+
+Variant = tuple[int, ...]
+"""Blocks skipped in one variant of the model (``()`` is the full model), sorted."""
+Unit = tuple[Variant, int]
+"""One piece of work: a variant and the index of a prompt batch."""
+
+_ADDED_COND = {"resolution": None, "aspect_ratio": None}
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """Sampling settings of a scan; every criterion of the scan uses the same ones.
+
+    Attributes:
+        num_inference_steps: sampler steps of each generation.
+        guidance_scale: classifier-free guidance scale (``<= 1`` disables guidance).
+        resolution: image side in pixels (square images).
+        max_sequence_length: text tokens the prompts are padded/truncated to.
+        seed: prompt ``i`` uses seed ``seed + i`` for its initial noise and its probe noise.
+        batch_size: prompts per unit of work; a unit's numbers do not depend on which process runs it.
+        num_timesteps: probe timesteps per prompt for the forward-pass criteria (block influence, angular distance,
+            output loss), stratified over the training timesteps.
+    """
+
+    num_inference_steps: int = 20
+    guidance_scale: float = 4.5
+    resolution: int = 1024
+    max_sequence_length: int = 300
+    seed: int = 0
+    batch_size: int = 8
+    num_timesteps: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("num_inference_steps", "resolution", "max_sequence_length", "batch_size", "num_timesteps"):
+            if getattr(self, name) < 1:
+                raise LayerPruneError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Probe:
+    """Noised latents of one prompt batch for forward-pass criteria.
+
+    ``latents [T, B, C, h, w]`` = ``sqrt(a_t) x0 + sqrt(1 - a_t) eps`` where ``x0`` is the full model's generation of
+    each prompt and ``t [T, B]`` are the sampled training timesteps; ``embeds [B, L, D]``, ``mask [B, L]``.
+    """
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+
+def process_state():
+    """The ``accelerate.PartialState`` of this process (one process outside ``accelerate launch``).
+
+    ``PartialState`` joins a multi-process CPU run only when told it runs on the CPU (``Accelerator`` reads
+    ``ACCELERATE_USE_CPU`` itself; ``PartialState`` does not), so pass that on, and treat a machine without CUDA as CPU.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def encode_floats(array: torch.Tensor | np.ndarray) -> str:
+    """Float64 array -> base64 text (exact round trip through JSON)."""
+    data = np.ascontiguousarray(np.asarray(array, dtype=np.float64))
+    return base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def decode_floats(text: str, shape: Sequence[int] | None = None) -> np.ndarray:
+    array = np.frombuffer(base64.b64decode(text), dtype=np.float64)
+    return array.reshape(shape) if shape is not None else array
+
+
+def progress_files(output: str | os.PathLike) -> list[Path]:
+    """The progress files of a scan writing ``output`` (one per process that took part)."""
+    output = Path(output)
+    return sorted(output.parent.glob(f"{output.name}.progress*.jsonl"))
+
+
+class ImportanceScan:
+    """Shared state of an importance scan of ``pipe`` over ``prompts``.
+
+    Args:
+        pipe: a PixArt pipeline (``PixArtSigmaPipeline``); its transformer is modified only inside
+            :func:`skip_blocks` contexts.
+        prompts: the prompt set (a :class:`~diffusers_layerprune.data.PromptSet` or a list of strings); ``None`` for
+            criteria that run no prompts (``weight_norm``, ``random``).
+        settings: sampling settings.
+        model_id: recorded in the result metadata (and checked by ``layerprune prune``).
+        scorer: ``scorer(images [B, 3, H, W] in [0, 1], prompts) -> [B]`` for the preference criterion.
+        scorer_name: recorded in the metadata.
+        progress_path: the output the scan is for; finished units go to ``<output>.progress.jsonl`` (process 0) and
+            ``<output>.progress.rank<r>.jsonl`` (process ``r``). ``None`` keeps results in memory only.
+        free_text_encoder: drop ``pipe.text_encoder`` after encoding the prompts (only when you own the pipeline).
+        show_progress: a tqdm bar over variants x prompts on the main process.
+        state: an ``accelerate.PartialState`` (default: the current one; a plain run is one process).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        prompts: PromptSet | Sequence[str] | None,
+        settings: ScanSettings | None = None,
+        *,
+        model_id: str | None = None,
+        scorer: Callable | None = None,
+        scorer_name: str | None = None,
+        progress_path: str | os.PathLike | None = None,
+        free_text_encoder: bool = False,
+        show_progress: bool = True,
+        state=None,
+    ) -> None:
+        if prompts is not None and not isinstance(prompts, PromptSet):
+            prompts = PromptSet([str(p) for p in prompts], "list")
+        if prompts is not None and len(prompts) == 0:
+            raise LayerPruneError("the prompt set is empty; give at least one prompt")
+        if state is None:
+            state = process_state()
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.prompts = prompts
+        self.settings = settings or ScanSettings()
+        self.model_id = model_id if model_id is not None else (pipe.name_or_path or None)
+        self.scorer = scorer
+        self.scorer_name = scorer_name if scorer_name is not None else getattr(scorer, "name", None)
+        self.progress_path = Path(progress_path) if progress_path is not None else None
+        self.free_text_encoder = free_text_encoder
+        self.show_progress = show_progress
+        self.state = state
+        self.num_layers = num_blocks(self.transformer)
+        self.units_computed = 0  # units this process computed (not loaded from progress files): for tests/benchmarks
+        self._embeds: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._negative: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._probe_cache: dict[int, Probe] = {}
+        self._eps_cache: dict[int, torch.Tensor] = {}
+        self._records: dict[str, dict[Unit, dict]] = {}  # finished units by scan key, so greedy steps reuse them
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Shared inputs
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def batches(self) -> list[range]:
+        """Prompt index ranges of the units, ``batch_size`` prompts each (the last may be shorter)."""
+        n, size = len(self.prompts), self.settings.batch_size
+        return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+    @property
+    def do_guidance(self) -> bool:
+        return self.settings.guidance_scale > 1.0
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prompt_embeds [N, L, D], prompt_attention_mask [N, L])`` on the CPU, encoded once for the whole scan."""
+        if self._embeds is None:
+            if self.prompts is None:
+                raise LayerPruneError("this criterion needs prompts; give a prompt set")
+            if getattr(self.pipe, "text_encoder", None) is None:
+                raise LayerPruneError("the pipeline has no text encoder to encode the prompts with")
+            length = self.settings.max_sequence_length
+            self._embeds = encode_prompts(self.pipe, self.prompts.prompts, max_sequence_length=length)
+            if self.do_guidance:
+                # The pipeline's own negative prompt for PixArt-Sigma is "", encoded the same way as the prompts.
+                self._negative = encode_prompts(self.pipe, [""], max_sequence_length=length)
+            if self.free_text_encoder:
+                self.pipe.text_encoder = None
+                self.pipe.tokenizer = None
+        return self._embeds
+
+    def seed_of(self, prompt_index: int) -> int:
+        return self.settings.seed + prompt_index
+
+    def generate(self, batch: int, skipped: Variant = ()) -> torch.Tensor:
+        """Final latents ``[B, C, h, w]`` (float32, CPU) of prompt batch ``batch`` with blocks ``skipped`` removed."""
+        from ..modeling import generate_from_embeddings
+
+        embeds, mask = self.embeddings()
+        rows = self.batches[batch]
+        with torch.inference_mode(), skip_blocks(self.transformer, skipped):
+            return generate_from_embeddings(
+                self.pipe,
+                embeds[rows.start : rows.stop],
+                mask[rows.start : rows.stop],
+                self._negative,
+                seeds=[self.seed_of(i) for i in rows],
+                num_inference_steps=self.settings.num_inference_steps,
+                guidance_scale=self.settings.guidance_scale,
+                resolution=self.settings.resolution,
+                max_sequence_length=self.settings.max_sequence_length,
+                batch_size=len(rows),
+                output_type="latent",
+            )
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Final latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], as the pipeline decodes them."""
+        vae = self.pipe.vae
+        with torch.inference_mode():
+            pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            return self.pipe.image_processor.postprocess(pixels, output_type="pt").float()
+
+    def probe(self, batch: int) -> Probe:
+        """The noised latents of prompt batch ``batch`` (cached for the most recent batch)."""
+        if batch not in self._probe_cache:
+            self._probe_cache.clear()
+            self._eps_cache.clear()
+            x0 = self.generate(batch)
+            embeds, mask = self.embeddings()
+            rows = self.batches[batch]
+            steps, count = self.settings.num_timesteps, self._num_train_timesteps()
+            alphas = self.pipe.scheduler.alphas_cumprod.double()
+            latents, timesteps = [], []
+            for row, i in enumerate(rows):
+                # A generator of its own per prompt (offset from the initial-noise seeds): same probe in any batch.
+                g = torch.Generator().manual_seed(10_000_019 + self.seed_of(i))
+                u = torch.rand(steps, generator=g, dtype=torch.float64)
+                t = ((torch.arange(steps, dtype=torch.float64) + u) / steps * count).long().clamp(max=count - 1)
+                eps = torch.randn((steps, *x0.shape[1:]), generator=g)
+                a = alphas[t].view(-1, 1, 1, 1)
+                latents.append((a.sqrt() * x0[row].double() + (1 - a).sqrt() * eps.double()).float())
+                timesteps.append(t)
+            self._probe_cache[batch] = Probe(
+                latents=torch.stack(latents, dim=1),
+                timesteps=torch.stack(timesteps, dim=1),
+                embeds=embeds[rows.start : rows.stop],
+                mask=mask[rows.start : rows.stop],
+            )
+        return self._probe_cache[batch]
+
+    def _num_train_timesteps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    def predict_noise(self, probe: Probe, skipped: Variant = (), on_step: Callable[[int], None] | None = None):
+        """The model's noise prediction ``[T, B, C, h, w]`` (float32, CPU) on the probe, blocks ``skipped`` removed.
+
+        ``on_step(k)`` runs after the forward pass of probe timestep ``k`` (e.g. to read captured features).
+        Learned-variance outputs (PixArt-Sigma: 8 channels) keep their first ``in_channels``: the noise.
+        """
+        dtype, channels = self.transformer.dtype, self.transformer.config.in_channels
+        embeds, mask = probe.embeds.to(self.device, dtype), probe.mask.to(self.device)
+        outputs = []
+        with torch.inference_mode(), skip_blocks(self.transformer, skipped):
+            for k in range(probe.latents.shape[0]):
+                out = self.transformer(
+                    hidden_states=probe.latents[k].to(self.device, dtype),
+                    encoder_hidden_states=embeds,
+                    encoder_attention_mask=mask,
+                    timestep=probe.timesteps[k].to(self.device),
+                    added_cond_kwargs=_ADDED_COND,
+                    return_dict=False,
+                )[0]
+                outputs.append(out[:, :channels].float().cpu())
+                if on_step is not None:
+                    on_step(k)
+        return torch.stack(outputs)
+
+    def full_noise(self, batch: int) -> torch.Tensor:
+        """:meth:`predict_noise` of the full model on :meth:`probe` ``(batch)``, cached with the probe."""
+        probe = self.probe(batch)
+        if batch not in self._eps_cache:
+            self._eps_cache[batch] = self.predict_noise(probe)
+        return self._eps_cache[batch]
+
+    def hidden_states(self, batch: int, skipped: Variant = ()) -> list[tuple[list[int], list[torch.Tensor]]]:
+        """Run the probe of ``batch`` and return per-timestep hidden states at block boundaries.
+
+        Returns a list over probe timesteps of ``(blocks, states)``: ``blocks`` are the executed block indices in
+        order and ``states`` a list of ``len(blocks) + 1`` tensors ``[B, N, D]`` (float32, CPU): the input of each
+        executed block followed by the output of the last one.
+        """
+        probe = self.probe(batch)
+        executed = [i for i in range(self.num_layers) if i not in set(skipped)]
+        collected = []
+        with (
+            capture_block_features(self.transformer, executed, outputs=False) as ins,
+            capture_block_features(self.transformer, executed[-1:], inputs=False) as outs,
+        ):
+
+            def read(_k: int) -> None:
+                states = [ins.inputs[i].float().cpu() for i in executed] + [outs.outputs[executed[-1]].float().cpu()]
+                collected.append((executed, states))
+                ins.clear()
+                outs.clear()
+
+            self.predict_noise(probe, skipped, on_step=read)
+        return collected
+
+    def prompts_of(self, batch: int) -> list[str]:
+        rows = self.batches[batch]
+        return self.prompts.prompts[rows.start : rows.stop]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Units of work: resumable and split across processes
+    # ------------------------------------------------------------------------------------------------------------
+
+    def key(self, criterion: str) -> str:
+        """Identifies a scan's settings in progress files: records of any other scan are ignored."""
+        return cache_key(
+            criterion=criterion,
+            model=self.model_id,
+            prompts=self.prompts.fingerprint() if self.prompts is not None else None,
+            num_prompts=len(self.prompts) if self.prompts is not None else 0,
+            settings=asdict(self.settings),
+            scorer=self.scorer_name,
+            dtype=str(self.transformer.dtype),
+            num_layers=self.num_layers,
+        )
+
+    def _progress_file(self) -> Path | None:
+        if self.progress_path is None:
+            return None
+        rank = self.state.process_index
+        suffix = ".progress.jsonl" if rank == 0 else f".progress.rank{rank}.jsonl"
+        return self.progress_path.with_name(self.progress_path.name + suffix)
+
+    def _load_progress(self, key: str) -> dict[Unit, dict]:
+        done: dict[Unit, dict] = {}
+        if self.progress_path is None:
+            return done
+        for path in progress_files(self.progress_path):
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill: that unit simply runs again
+                if isinstance(entry, dict) and entry.get("key") == key:
+                    done[(tuple(entry["variant"]), int(entry["batch"]))] = entry["record"]
+        return done
+
+    def _append_progress(self, key: str, unit: Unit, record: dict) -> None:
+        path = self._progress_file()
+        if path is None:
+            return
+        line = json.dumps({"key": key, "variant": list(unit[0]), "batch": unit[1], "record": record})
+        with open(path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # the previous run was killed mid-line: start a fresh line
+                    f.write(b"\n")
+            f.write(line.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def run(self, criterion: str, units: Sequence[Unit], compute: Callable[[Unit], dict]) -> dict[Unit, dict]:
+        """Compute ``compute(unit)`` (a JSON-serialisable dict) for every unit not already in the progress files.
+
+        Returns ``{unit: record}`` for all ``units`` on every process.
+        """
+        from tqdm.auto import tqdm
+
+        units = [(tuple(sorted(v)), int(b)) for v, b in units]
+        key = self.key(criterion)
+        loaded, memory = self._load_progress(key), self._records.setdefault(key, {})
+        done = {**loaded, **memory}
+        self.state.wait_for_everyone()  # every process reads the same progress before any process appends
+        todo = [u for u in dict.fromkeys(units) if u not in done]
+        mine = todo[self.state.process_index :: self.state.num_processes]
+        resumed = len({u for u in units if u in loaded and u not in memory})
+        if resumed and self.state.is_main_process:
+            print(f"{criterion}: {resumed} of {len(set(units))} units already done (resuming from progress files)")
+        total = sum(len(self.batches[b]) for _, b in mine)
+        bar = tqdm(
+            total=total,
+            desc=f"{criterion}: variants x prompts",
+            unit="img",
+            disable=not (self.show_progress and self.state.is_main_process),
+        )
+        fresh = []
+        for unit in mine:
+            record = compute(unit)
+            self.units_computed += 1
+            self._append_progress(key, unit, record)
+            fresh.append((unit, record))
+            bar.update(len(self.batches[unit[1]]))
+        bar.close()
+        if self.state.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            fresh = gather_object(fresh)
+        for unit, record in fresh:
+            done[(tuple(unit[0]), int(unit[1]))] = record
+        self._records[key].update(done)
+        missing = [u for u in units if u not in done]
+        if missing:
+            raise RuntimeError(f"scan finished without results for {len(missing)} units, e.g. {missing[0]}")
+        return {u: done[u] for u in units}
+
+    def remove_progress(self) -> None:
+        """Delete the progress files once the result is written (main process, after all processes finished)."""
+        self.state.wait_for_everyone()
+        if self.state.is_main_process and self.progress_path is not None:
+            for path in progress_files(self.progress_path):
+                path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Metadata
+    # ------------------------------------------------------------------------------------------------------------
+
+    def metadata(self, criterion: str, **extra) -> dict:
+        """What a result needs to say how it was measured."""
+        import diffusers
+
+        from .. import __version__
+
+        s = self.settings
+        meta = {
+            "model": self.model_id,
+            "num_layers": self.num_layers,
+            "criterion": criterion,
+            "scorer": self.scorer_name,
+            "prompts": None
+            if self.prompts is None
+            else {"source": self.prompts.source, "fingerprint": self.prompts.fingerprint(), "count": len(self.prompts)},
+            "seed": s.seed,
+            "seeds": f"prompt i uses seed {s.seed} + i",
+            "num_inference_steps": s.num_inference_steps,
+            "guidance_scale": s.guidance_scale,
+            "resolution": s.resolution,
+            "max_sequence_length": s.max_sequence_length,
+            "batch_size": s.batch_size,
+            "num_timesteps": s.num_timesteps,
+            "dtype": str(self.transformer.dtype).removeprefix("torch."),
+            "prediction_type": self.pipe.scheduler.config.get("prediction_type"),
+            "num_processes": self.state.num_processes,
+            "package_version": __version__,
+            "torch_version": torch.__version__,
+            "diffusers_version": diffusers.__version__,
+        }
+        meta.update(extra)
+        return meta
+
+
+def mean_and_stderr(per_prompt: np.ndarray) -> tuple[list[float], list[float]]:
+    """Mean over the last axis and its standard error (``std(ddof=1) / sqrt(n)``; 0 for a single prompt)."""
+    per_prompt = np.asarray(per_prompt, dtype=np.float64)
+    n = per_prompt.shape[-1]
+    mean = per_prompt.mean(axis=-1)
+    stderr = per_prompt.std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
+    return mean.tolist(), stderr.tolist()
