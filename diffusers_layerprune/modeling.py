@@ -274,14 +274,6 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         eval_prompts="toy:heldout",
         scorers=["toy"],
     ),
-    "toy": dict(
-        max_sequence_length=16,
-        num_inference_steps=20,
-        guidance_scale=4.5,
-        train_prompts="toy:train",
-        eval_prompts="toy:heldout",
-        scorers=["toy"],
-    ),
 }
 PIXART_SIGMA_DEFAULTS = dict(
     max_sequence_length=300,
