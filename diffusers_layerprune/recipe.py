@@ -28,7 +28,7 @@ class Recipe:
     model: str = "toy"
     criterion: str = "preference"
     scorer: str | None = None  # default: the model's (toy on the toy world, hpsv2.1 otherwise)
-    prompts: str | None = None  # importance prompts; default: the model's evaluation prompts
+    prompts: str | None = None  # importance prompts; default: the model's training prompts (toy:train)
     num_prompts: int | None = 64
     scan_steps: int | None = None  # sampling steps while scoring; default: the model's
     num_layers: int | None = None  # blocks to remove (or ratio)
@@ -62,7 +62,7 @@ class Recipe:
         unknown = sorted(set(data) - known)
         if unknown:
             raise LayerPruneError(f"recipe {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        return cls(**{**data, **overrides})
 
     def check(self) -> None:
         if (self.num_layers is None) == (self.ratio is None):
@@ -122,18 +122,30 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     if not (state.done("score", score_settings) and importance_path.is_file()):
         log(f"[1/5] scoring blocks of {recipe.model} with the {recipe.criterion} criterion")
         start = time.perf_counter()
-        from .importance.cli import score_to_file
+        from .cli import main as cli
+        from .modeling import GENERATION_DEFAULTS, PIXART_SIGMA_DEFAULTS
 
-        score_to_file(
+        # Score on training prompts: choosing blocks on the evaluation prompts would flatter the evaluation.
+        prompts = recipe.prompts or GENERATION_DEFAULTS.get(recipe.model, PIXART_SIGMA_DEFAULTS)["train_prompts"]
+        args = [
+            "score",
+            "--model",
             recipe.model,
+            "--criterion",
             recipe.criterion,
-            importance_path,
-            scorer=recipe.scorer,
-            prompts=recipe.prompts,
-            num_prompts=recipe.num_prompts,
-            steps=recipe.scan_steps,
-            seed=recipe.seed,
-        )
+            "--prompts",
+            prompts,
+            "--seed",
+            str(recipe.seed),
+            "--output",
+            str(importance_path),
+            "--overwrite",
+        ]
+        args += ["--scorer", recipe.scorer] if recipe.scorer else []
+        args += ["--num-prompts", str(recipe.num_prompts)] if recipe.num_prompts else []
+        args += ["--steps", str(recipe.scan_steps)] if recipe.scan_steps else []
+        if cli(args) != 0:
+            raise LayerPruneError("scoring failed (see above)")
         state.mark("score", score_settings, time.perf_counter() - start)
     else:
         log(f"[1/5] reusing {importance_path}")
