@@ -77,6 +77,16 @@ class Recipe:
             check_repo_id(self.repo_id)
 
 
+# stage -> the stages that use its output, directly or not
+DOWNSTREAM = {
+    "score": ("prune", "distill", "eval_pruned", "eval_distilled"),
+    "prune": ("distill", "eval_pruned", "eval_distilled"),
+    "distill": ("eval_distilled",),
+    "eval_pruned": (),
+    "eval_distilled": (),
+}
+
+
 class RunState:
     """``run.json``: settings and results of finished stages."""
 
@@ -94,9 +104,8 @@ class RunState:
             "seconds": round(seconds, 1),
             **results,
         }
-        # Later stages depend on this one: forget them so they run again.
-        order = ["score", "prune", "distill", "eval_pruned", "eval_distilled", "card"]
-        for later in order[order.index(stage) + 1 :]:
+        # Stages built on this one's output must run again.
+        for later in DOWNSTREAM[stage]:
             self.data["stages"].pop(later, None)
         from .outputs import atomic_output_file
 
@@ -317,7 +326,8 @@ def _summary_rows(reports: dict) -> list[dict]:
 
 def _format_summary(rows: list[dict]) -> str:
     keys = [k for k in rows[0] if k != "model"]
-    head = f"{'':<20}" + "".join(f"{k.split(':')[-1][:14]:>15}" for k in keys)
+    labels = {"transformer_params": "params", "speedup": "speed-up"}
+    head = f"{'':<20}" + "".join(f"{labels.get(k, k.split(':')[-1].removeprefix('judge_'))[-14:]:>15}" for k in keys)
     lines = [head]
     for row in rows:
         cells = []

@@ -1,0 +1,69 @@
+"""layerprune run: the whole recipe on tiny-random, and reuse of finished stages."""
+
+import json
+
+import pytest
+from helpers import ROOT
+
+from diffusers_layerprune import LayerPruneError
+from diffusers_layerprune.recipe import Recipe, run_recipe
+
+
+@pytest.fixture
+def subprocess_sees_this_checkout(monkeypatch):
+    # the distillation stage runs training/train_distill.py in a new process: make it import this checkout
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout):
+    recipe = Recipe(
+        model="tiny-random",
+        num_prompts=2,
+        ratio=0.34,
+        distill_steps=2,
+        distill_batch_size=2,
+        eval_num_prompts=3,
+        output=str(tmp_path / "run"),
+        extra_train_args=["--max_train_samples", "4", "--teacher_inference_steps", "2"],
+    )
+    logs = []
+    rows = run_recipe(recipe, log=logs.append)
+    run = tmp_path / "run"
+    state = json.loads((run / "run.json").read_text())["stages"]
+    assert list(state) == ["score", "prune", "distill", "eval_pruned", "eval_distilled"]
+    drop = state["prune"]["settings"]["drop"]
+    assert len(drop) == 2 and (run / "importance.png").is_file()
+    kept = json.loads((run / "distilled" / "transformer" / "config.json").read_text())["kept_layers"]
+    assert kept == [i for i in range(6) if i not in drop]
+    assert [r["model"] for r in rows] == ["teacher", "pruned", "pruned + distilled"]
+    assert [r["blocks"] for r in rows] == [6, 4, 4]
+    assert {"score:toy", "judge:judge_overall"} <= set(rows[0])
+    card = (run / "distilled" / "README.md").read_text()
+    assert "How the blocks were chosen" in card and "(importance.png)" in card and "## Distillation" in card
+
+    # same settings: every stage is reused
+    logs.clear()
+    run_recipe(recipe, log=logs.append)
+    assert sum("reusing" in line for line in logs) == 5
+    # more distillation steps: distill and the evaluations after it run again, scoring and pruning do not
+    logs.clear()
+    recipe.distill_steps = 3
+    run_recipe(recipe, log=logs.append)
+    assert [line.split()[0] for line in logs if "reusing" in line] == ["[1/5]", "[2/5]", "[4/5]"]
+    assert json.loads((run / "distilled" / "distill_config.json").read_text())["steps"] == 3
+
+
+def test_recipe_yaml_and_errors(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: tiny-random\nnum_layers: 2\nratio: null\ndistill_steps: 0\n")
+    recipe = Recipe.from_yaml(path, seed=3)
+    assert (recipe.model, recipe.num_layers, recipe.ratio, recipe.seed) == ("tiny-random", 2, None, 3)
+    path.write_text("modle: toy\n")
+    with pytest.raises(LayerPruneError, match="unknown field"):
+        Recipe.from_yaml(path)
+    with pytest.raises(LayerPruneError, match="exactly one of num_layers"):
+        run_recipe(Recipe(num_layers=2, ratio=0.5, output=str(tmp_path / "x")))
+    with pytest.raises(LayerPruneError, match="push needs repo_id"):
+        run_recipe(Recipe(push=True, output=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
