@@ -4,7 +4,9 @@
   caption split.
 - :mod:`.judge`: checks an image against its caption's colour, position, shape and size.
 - ``assets/pipeline``: a ``PixArtSigmaPipeline`` (tiny T5, tiny ``AutoencoderKL``, 12-block
-  ``PixArtTransformer2DModel``) trained on the world; ``load_pipeline("toy")`` loads it.
+  ``PixArtTransformer2DModel``) trained on the world; ``load_pipeline("toy")`` loads it. Its transformer predicts
+  the clean latent, not epsilon (``pipe.scheduler.config.prediction_type == "sample"``): code that needs epsilon
+  must convert by that config.
 - ``assets/scorer``: a tiny ``CLIPModel`` preference scorer (score = cosine of normalised embeddings, like HPS).
 - ``train_judge``, ``train_vae``, ``train_teacher``, ``train_scorer``: the scripts that made the assets;
   ``evaluate``: the numbers in ``docs/toy_world.md``.

@@ -55,6 +55,22 @@ def evaluate_judge_on_renders(n_seeds: int = 2) -> dict:
     return judge(images, [a for a, _ in pairs]).to_dict()
 
 
+def markdown_table(result: dict) -> str:
+    """The per-block table of ``docs/toy_world.md`` from an evaluation result (accuracies in %)."""
+    head = "| variant | colour | position | shape | size | overall | toy score |\n|---|---|---|---|---|---|---|"
+    rows = [head]
+
+    def row(name: str, entry: dict) -> str:
+        acc = entry["accuracy"]
+        cells = [f"{100 * acc[k]:.1f}" for k in ("colour", "position", "shape", "size", "overall")]
+        return f"| {name} | " + " | ".join(cells) + f" | {entry['scorer_mean_score']:.4f} |"
+
+    rows.append(row("full teacher", result["teacher"]))
+    for entry in result.get("skip_one_block", []):
+        rows.append(row(f"skip block {entry['block']}", entry))
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="toy", help="pipeline short name or folder (default: the shipped toy)")
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("skip", block, json.dumps(row), f"{time.time() - start:.0f}s", flush=True)
 
     result["seconds"] = time.time() - start
+    print(markdown_table(result))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1) + "\n")
