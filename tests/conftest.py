@@ -3,6 +3,7 @@ import os
 # Tests never reach a hub: everything is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see diffusers_layerprune/__init__.py
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import distill_args, run_train_distill
 from huggingface_hub import ModelCard
 
 from diffusers_layerprune.cli import main as cli
@@ -17,6 +16,8 @@ from diffusers_layerprune.evaluation import hpdv2_summary
 from diffusers_layerprune.hub import files_to_upload, render_model_card
 from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
+
+from helpers import distill_args, run_train_distill
 
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross"]
 SECRET = "hf_NotARealTokenButSecret123"

@@ -3,10 +3,11 @@
 import json
 
 import pytest
-from helpers import ROOT
 
 from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.recipe import Recipe, run_recipe
+
+from helpers import ROOT
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TRAIN_SCRIPT, distill_args, run_train_distill
 from safetensors.torch import load_file
 
 from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
+
+from helpers import ROOT, TRAIN_SCRIPT, distill_args, run_train_distill
 
 SCRIPT = TRAIN_SCRIPT
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross", "a black star"]

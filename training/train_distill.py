@@ -10,12 +10,16 @@ loops and saves. Flag names follow the diffusers example training scripts.
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: spinning threads stall when another process holds a core (diffusers_layerprune/__init__).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import gc
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import tempfile
