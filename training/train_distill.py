@@ -444,7 +444,8 @@ def main(argv=None) -> None:
             final.save_lora_adapter(str(output_dir / "lora"))
             final.fuse_lora()
             final.unload_lora()
-        final.to(torch.float32)
+        if final.dtype != torch.float32:
+            final.to(torch.float32)
         pipe = load_pipeline(args.teacher_model, revision=args.revision, transformer=final)
         with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
             save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
