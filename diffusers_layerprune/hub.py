@@ -173,17 +173,21 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
     if importance:
         meta = importance.get("metadata", importance)
         criterion = meta.get("criterion") or importance.get("criterion")
-        for label, key in (
+        fields = (
             ("criterion", "criterion"),
             ("scorer", "scorer"),
             ("prompt set", "prompts"),
-            ("prompt set", "prompt_set"),
             ("plan", "plan"),
-            ("inference steps", "steps"),
+            ("inference steps", "num_inference_steps"),
+            ("guidance scale", "guidance_scale"),
             ("seed", "seed"),
-        ):
-            if meta.get(key) is not None:
-                importance_lines.append(f"{label}: `{meta[key]}`")
+        )
+        for label, key in fields:
+            value = meta.get(key)
+            if isinstance(value, dict) and "source" in value:  # a prompt-set record
+                value = value["source"] + (f", {value['count']} prompts" if value.get("count") else "")
+            if value is not None:
+                importance_lines.append(f"{label}: `{value}`")
         if criterion in CITATIONS:
             cites.append(criterion)
         if meta.get("scorer", "") and str(meta.get("scorer")).startswith("hps"):

@@ -1,8 +1,10 @@
-"""layerprune run: the whole recipe on tiny-random, and reuse of finished stages."""
+"""layerprune run: the whole recipe on the bundled toy world (tiny settings), stage reuse, and the model card of the
+resulting pruned + distilled + evaluated toy folder."""
 
 import json
 
 import pytest
+from huggingface_hub import ModelCard
 
 from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.recipe import Recipe, run_recipe
@@ -19,9 +21,9 @@ def subprocess_sees_this_checkout(monkeypatch):
 
 def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout):
     recipe = Recipe(
-        model="tiny-random",
+        model="toy",
         num_prompts=2,
-        ratio=0.34,
+        ratio=0.25,
         distill_steps=2,
         distill_batch_size=2,
         eval_num_prompts=3,
@@ -34,14 +36,25 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     state = json.loads((run / "run.json").read_text())["stages"]
     assert list(state) == ["score", "prune", "distill", "eval_pruned", "eval_distilled"]
     drop = state["prune"]["settings"]["drop"]
-    assert len(drop) == 2 and (run / "importance.png").is_file()
+    assert len(drop) == 3 and (run / "importance.png").is_file()
     kept = json.loads((run / "distilled" / "transformer" / "config.json").read_text())["kept_layers"]
-    assert kept == [i for i in range(6) if i not in drop]
+    assert kept == [i for i in range(12) if i not in drop]
     assert [r["model"] for r in rows] == ["teacher", "pruned", "pruned + distilled"]
-    assert [r["blocks"] for r in rows] == [6, 4, 4]
-    assert {"score:toy", "judge:judge_overall"} <= set(rows[0])
-    card = (run / "distilled" / "README.md").read_text()
-    assert "How the blocks were chosen" in card and "(importance.png)" in card and "## Distillation" in card
+    assert [r["blocks"] for r in rows] == [12, 9, 9]
+    assert {"score:toy", "judge:judge_overall", "judge:judge_colour"} <= set(rows[0])
+
+    # the model card of the pruned + distilled + evaluated toy folder
+    card_text = (run / "distilled" / "README.md").read_text()
+    meta = ModelCard(card_text).data.to_dict()
+    assert meta["library_name"] == "diffusers" and meta["pipeline_tag"] == "text-to-image"
+    assert {"pruned", "layer-pruning", "knowledge-distillation"} <= set(meta["tags"])
+    assert "How the blocks were chosen" in card_text and "(importance.png)" in card_text
+    assert "criterion: `preference`" in card_text and "scorer: `toy`" in card_text
+    report = json.loads((run / "distilled" / "report.json").read_text())
+    student = report["models"]["student"]
+    assert f"{100 * student['checks']['judge_overall']['mean']:.1f}%" in card_text
+    assert f"{student['scores']['toy']['mean']:.4f} ± {student['scores']['toy']['sem']:.4f}" in card_text
+    assert f"Removed source blocks (3): `{drop}`" in card_text
 
     # same settings: every stage is reused
     logs.clear()

@@ -228,3 +228,23 @@ def test_two_processes_checkpoint_and_resume_to_identical_weights(work):
         torch.testing.assert_close(resumed[key], reference[key], atol=1e-6, rtol=0)
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(work, monkeypatch):
+    import diffusers_layerprune.distill as distill
+
+    real = distill.kd_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # finite for two steps, then NaN
+        parts = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 2:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(distill, "kd_losses", poisoned)
+    out = work / "nan"
+    with pytest.raises(LayerPruneError, match=r"non-finite loss at step 2 .*Last good checkpoint: .*checkpoint-2"):
+        run_train_distill(base_args(work, out, steps=4) + ["--report_to", "none"])
+    assert (out / "checkpoint-2").is_dir() and not (out / "model_index.json").exists()
