@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from .data import PromptSet, encode_prompts
-from .modeling import generate_from_embeddings as generate
 
 # Extra per-image checks by prompt-set name (the toy world registers its judge here):
 # fn(images [N,3,H,W] in [0,1], prompts) -> {"metric": per-image values in [0, 1]}.
@@ -166,41 +165,59 @@ def image_grid(rows: dict[str, torch.Tensor], prompts: Sequence[str], path: Path
     plt.close(fig)
 
 
+def format_count(n: int | None) -> str:
+    """A parameter count for tables: ``1.23B``, ``667.3M``, or the exact number below a million."""
+    if n is None:
+        return ""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,d}"
+
+
+def settings_sentence(report: dict) -> str:
+    """One sentence saying how ``report`` was measured."""
+    s = report["settings"]
+    return (
+        f"{s['num_prompts']} prompts from `{s['prompts']}`, {s['num_inference_steps']} steps, guidance "
+        f"{s['guidance_scale']}, {s['resolution']} px, fixed seeds (prompt i: seed {s['seed']} + i), {s['device']}, "
+        f"{s['dtype']}; scores are mean ± standard error over prompts; latency is the median of "
+        f"{s['latency_repeats']} interleaved repeats after warm-up."
+    )
+
+
+def metrics_table(report: dict) -> str:
+    """The markdown table of ``report.json``: one column per model, one row per metric (report.md, model cards)."""
+    models = report["models"]
+    lines = ["| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+
+    def row(label, get, fmt):
+        cells = []
+        for entry in models.values():
+            try:
+                cells.append(fmt(get(entry)))
+            except (KeyError, TypeError):
+                cells.append("")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("transformer blocks", lambda m: m["num_layers"], str)
+    row("transformer parameters", lambda m: m["parameters"]["transformer"], format_count)
+    row("pipeline parameters", lambda m: m["parameters"]["total"], format_count)
+    row("transformer ms / step", lambda m: m["latency"]["transformer_ms_per_step"], lambda v: f"{v:.2f}")
+    row("transformer s / image", lambda m: m["latency"]["transformer_s_per_image"], lambda v: f"{v:.3f}")
+    row("pipeline s / image", lambda m: m["latency"]["pipeline_s_per_image"], lambda v: f"{v:.3f}")
+    row("speed-up (transformer)", lambda m: m["latency"]["speedup"], lambda v: f"{v:.2f}x")
+    for scorer in report["settings"]["scorers"]:
+        row(scorer, lambda m, s=scorer: m["scores"][s], lambda v: f"{v['mean']:.4f} ± {v['sem']:.4f}")
+    for check in next(iter(models.values())).get("checks", {}):
+        row(check, lambda m, c=check: m["checks"][c]["mean"], lambda v: f"{100 * v:.1f}%")
+    return "\n".join(lines)
+
+
 def render_report_md(report: dict) -> str:
     """A human-readable summary of ``report.json``."""
-    models = list(report["models"])
-    lines = [f"# Evaluation: {report['model']}", ""]
-    s = report["settings"]
-    lines.append(
-        f"{s['num_prompts']} prompts from `{s['prompts']}`, {s['num_inference_steps']} steps, guidance "
-        f"{s['guidance_scale']}, {s['resolution']} px, seeds {s['seed']}..{s['seed'] + s['num_prompts'] - 1}."
-    )
-    lines += ["", "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-
-    def row(label, fmt, get):
-        values = []
-        for m in models:
-            try:
-                values.append(fmt(get(report["models"][m])))
-            except (KeyError, TypeError):
-                values.append("")
-        lines.append(f"| {label} | " + " | ".join(values) + " |")
-
-    row("transformer blocks", str, lambda r: r["num_layers"])
-    row("transformer parameters (M)", lambda v: f"{v / 1e6:.2f}", lambda r: r["parameters"]["transformer"])
-    row("pipeline parameters (M)", lambda v: f"{v / 1e6:.2f}", lambda r: r["parameters"]["total"])
-    row("transformer ms / step", lambda v: f"{v:.2f}", lambda r: r["latency"]["transformer_ms_per_step"])
-    row("transformer s / image", lambda v: f"{v:.3f}", lambda r: r["latency"]["transformer_s_per_image"])
-    row("pipeline s / image", lambda v: f"{v:.3f}", lambda r: r["latency"]["pipeline_s_per_image"])
-    row("speed-up (transformer)", lambda v: f"{v:.3f}x", lambda r: r["latency"]["speedup"])
-    for scorer in report["settings"]["scorers"]:
-        row(f"{scorer} (mean ± sem)", lambda v: f"{v['mean']:.4f} ± {v['sem']:.4f}", lambda r, s=scorer: r["scores"][s])
-    for metric in next(iter(report["models"].values())).get("checks", {}):
-        row(f"{metric}", lambda v: f"{100 * v['mean']:.1f}%", lambda r, k=metric: r["checks"][k])
+    lines = [f"# Evaluation: {report['model']}", "", settings_sentence(report), "", metrics_table(report)]
     if any("hpdv2" in r for r in report["models"].values()):
         lines += ["", "HPDv2 protocol (x100; mean ± std of chunk means):", ""]
-        for m in models:
-            for scorer, styles in report["models"][m].get("hpdv2", {}).items():
+        for m, entry in report["models"].items():
+            for scorer, styles in entry.get("hpdv2", {}).items():
                 cells = ", ".join(
                     f"{k} {v['mean']:.2f}" + (f" ± {v['std']:.2f}" if "std" in v else "") for k, v in styles.items()
                 )
@@ -232,6 +249,8 @@ def evaluate(
     The teacher, when given, must share ``pipe``'s text encoder or have none: prompts are encoded once.
     """
     from tqdm.auto import tqdm
+
+    from .modeling import generate_from_embeddings as generate
 
     prompts = prompt_set.prompts
     seeds = [seed + i for i in range(len(prompts))]

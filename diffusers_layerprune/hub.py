@@ -66,12 +66,6 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def _millions(n: int | None) -> str:
-    if n is None:
-        return ""
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,d}"
-
-
 def _hub_id(source: str | None) -> str | None:
     """``source`` if it names a Hub repo (owner/name, not a local path), else None."""
     if source and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
@@ -114,45 +108,12 @@ def _base_license(source: str | None) -> str | None:
         return None
 
 
-def _evaluation_table(report: dict) -> tuple[str, str]:
-    models = report["models"]
-    names = list(models)
-    header = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
-    rows = []
-
-    def add(label, get, fmt):
-        cells = []
-        for n in names:
-            try:
-                cells.append(fmt(get(models[n])))
-            except (KeyError, TypeError):
-                cells.append("")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    add("blocks", lambda m: m["num_layers"], str)
-    add("transformer parameters", lambda m: m["parameters"]["transformer"], _millions)
-    add("transformer latency / step", lambda m: m["latency"]["transformer_ms_per_step"], lambda v: f"{v:.1f} ms")
-    add("speed-up (transformer)", lambda m: m["latency"]["speedup"], lambda v: f"{v:.2f}x")
-    for scorer in report["settings"]["scorers"]:
-        add(f"{scorer}", lambda m, s=scorer: m["scores"][s], lambda v: f"{v['mean']:.4f} ± {v['sem']:.4f}")
-    first = next(iter(models.values()))
-    for check in first.get("checks", {}):
-        add(check, lambda m, c=check: m["checks"][c]["mean"], lambda v: f"{100 * v:.1f}%")
-    s = report["settings"]
-    settings = (
-        f"{s['num_prompts']} prompts from `{s['prompts']}`, {s['num_inference_steps']} steps, guidance "
-        f"{s['guidance_scale']}, {s['resolution']} px, fixed seeds (prompt i: seed {s['seed']} + i), {s['device']}, "
-        f"{s['dtype']}; scores are mean ± standard error over prompts; latency is the median of "
-        f"{s['latency_repeats']} interleaved repeats after warm-up."
-    )
-    return settings, "\n".join([header, *rows])
-
-
 def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str | None = None) -> str:
     """The README.md for ``folder`` (see the module docstring for what it reads)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from . import __version__
+    from .evaluation import format_count, metrics_table, settings_sentence
 
     folder = check_pipeline_folder(folder)
     config = _read_json(folder / "transformer" / "config.json")
@@ -217,7 +178,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
             cites.append("lora")
     evaluation_settings = evaluation = None
     if report:
-        evaluation_settings, evaluation = _evaluation_table(report)
+        evaluation_settings, evaluation = settings_sentence(report), metrics_table(report)
         for scorer in report["settings"]["scorers"]:
             key = "hps" if scorer.startswith("hps") else scorer
             if key in CITATIONS:
@@ -250,12 +211,12 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
         num_layers=config["num_layers"],
         kept_layers=kept,
         removed_layers=removed,
-        params_before=_millions(params_before),
-        params_after=_millions(params_after),
-        pipeline_params_before=_millions(report["models"]["teacher"]["parameters"]["total"])
+        params_before=format_count(params_before),
+        params_after=format_count(params_after),
+        pipeline_params_before=format_count(report["models"]["teacher"]["parameters"]["total"])
         if report and "teacher" in report["models"]
         else None,
-        pipeline_params_after=_millions(report["models"]["student"]["parameters"]["total"]) if report else None,
+        pipeline_params_after=format_count(report["models"]["student"]["parameters"]["total"]) if report else None,
         importance=importance_lines,
         importance_plot="importance.png" if (folder / "importance.png").is_file() else None,
         distillation=distill_lines,
