@@ -1,0 +1,145 @@
+"""benchmarks/reproduce_paper.py: the claim checks on known numbers, and a tiny end-to-end run on the toy world."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_paper.py"
+
+
+@pytest.fixture(scope="module")
+def rp():
+    spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cell(overall: float, score: float | None = None) -> dict:
+    attrs = {m: overall for m in ("overall", "colour", "position", "shape", "size")}
+    return {"accuracy": attrs, "toy_score": overall if score is None else score}
+
+
+def _per_seed(pruned: dict, distilled: dict | None = None) -> dict:
+    """``{stage: {ratio: {criterion: [overall per seed]}}}`` -> the script's per-seed layout."""
+    out = {}
+    for stage, table in (("pruned", pruned), ("distilled", distilled or {})):
+        for ratio, by_criterion in table.items():
+            for criterion, values in by_criterion.items():
+                cells = {seed: _cell(v) for seed, v in enumerate(values)}
+                out.setdefault(stage, {}).setdefault(ratio, {})[criterion] = cells
+    return out
+
+
+def test_aggregate_mean_and_sample_std(rp):
+    table = rp.aggregate(_per_seed({"0.25": {"preference": [0.4, 0.5, 0.6]}}))
+    row = table["pruned"]["0.25"]["preference"]["overall"]
+    assert row["mean"] == pytest.approx(0.5)
+    assert row["std"] == pytest.approx(0.1)  # sample std of 0.4, 0.5, 0.6
+    assert (row["min"], row["max"], row["n"]) == (0.4, 0.6, 3)
+
+
+def test_claims_hold_when_preference_wins_everywhere(rp):
+    pruned = {
+        r: {
+            "preference": [0.5, 0.5, 0.4],
+            "block_influence": [0.3, 0.2, 0.3],
+            "latent": [0.4, 0.3, 0.3],
+            "random": [0.1, 0.2, 0.2],
+        }  # noqa: E501
+        for r in ("0.15", "0.25", "0.40")
+    }
+    distilled = {r: {"preference": [0.55, 0.55, 0.5], "random": [0.5, 0.45, 0.5]} for r in pruned}
+    claims = {c["id"]: c for c in rp.check_claims(_per_seed(pruned, distilled), {"overall": 0.6, "toy_score": 0.6})}
+    similarity = claims["preference_beats_similarity"]
+    assert similarity["verdict"] == "holds"
+    assert (similarity["won"], similarity["total"]) == (6, 6)  # 3 ratios x 2 similarity criteria present
+    assert (similarity["seed_won"], similarity["seed_total"]) == (18, 18)
+    assert claims["preference_beats_random"]["verdict"] == "holds"
+    restore = claims["distillation_restores"]
+    assert (restore["won"], restore["total"]) == (6, 6)
+    # preference 0.4667 -> 0.5333 of a 0.6 teacher: half the gap; random 0.1667 -> 0.4833: 73% of the gap
+    assert restore["mean_gap_closed"] == pytest.approx((0.5 + (0.31666 / 0.43333)) / 2, abs=1e-3)
+    assert restore["verdict"] == "holds"
+    assert claims["preference_after_distillation"]["verdict"] == "holds"
+
+
+def test_claims_report_where_they_fail(rp):
+    pruned = {
+        "0.15": {"preference": [0.5, 0.5, 0.5], "latent": [0.4, 0.4, 0.4]},
+        "0.25": {"preference": [0.4, 0.4, 0.4], "latent": [0.3, 0.3, 0.3]},
+        "0.40": {"preference": [0.2, 0.3, 0.2], "latent": [0.3, 0.35, 0.3]},
+    }
+    distilled = {"0.40": {"preference": [0.25, 0.3, 0.25]}}  # better, but far from the 0.6 teacher
+    claims = {c["id"]: c for c in rp.check_claims(_per_seed(pruned, distilled), {"overall": 0.6, "toy_score": 0.6})}
+    similarity = claims["preference_beats_similarity"]
+    assert similarity["verdict"] == "partly"
+    assert [(c["ratio"], c["other"]) for c in similarity["comparisons"] if not c["wins"]] == [("0.40", "latent")]
+    assert (similarity["seed_won"], similarity["seed_total"]) == (6, 9)
+    assert claims["preference_beats_random"]["verdict"] == "not measured"
+    restore = claims["distillation_restores"]
+    assert (restore["won"], restore["total"]) == (1, 1)
+    assert restore["verdict"] == "partly"  # improves every cell but closes < half the gap
+    markdown = "\n".join(rp._claims_markdown({"claims": list(claims.values()), "num_layers": 12}))
+    assert "latent at 40% (5 of 12) (31.7% vs 23.3%)" in markdown
+    assert "**Partly holds**" in markdown
+
+
+def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))  # the training subprocess's teacher latents
+    out = tmp_path / "out"
+    args = [
+        "--seeds", "0,1",
+        "--ratios", "0.2",
+        "--criteria", "preference,block_influence,weight_norm,random",
+        "--distill-criteria", "random",
+        "--score-prompts", "2",
+        "--eval-prompts", "4",
+        "--num-inference-steps", "2",
+        "--distill-steps", "1",
+        "--distill-batch-size", "2",
+        "--distill-samples", "2",
+        "--output", str(out),
+        "--results", str(tmp_path / "results.json"),
+        "--doc", str(tmp_path / "docs" / "results.md"),
+    ]  # fmt: skip
+    rp.main(args)
+    first = capsys.readouterr().out
+    lines = (out / "cells.jsonl").read_text().splitlines()
+    stages = [json.loads(line)["stage"] for line in lines]
+    # per seed: 4 importance timings, the teacher, one cell per distinct pruned set (<= 4), 1 distilled cell
+    assert stages.count("score") == 8 and stages.count("teacher") == 2 and stages.count("distilled") == 2
+    assert 2 <= stages.count("pruned") <= 8
+    assert f"{len(lines)} cells computed" in first
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["seeds"] == [0, 1] and result["num_layers"] == 12 and result["eval_prompts"] == 4
+    assert set(result["table"]["pruned"]["0.20"]) == {"preference", "block_influence", "weight_norm", "random"}
+    assert set(result["table"]["distilled"]["0.20"]) == {"random"}
+    assert result["table"]["pruned"]["0.20"]["random"]["overall"]["n"] == 2
+    assert all(len(result["plans"][c]["0.20"]["0"]) == 2 for c in ("preference", "random"))  # 20% of 12 -> 2
+    assert {c["id"] for c in result["claims"]} >= {"preference_beats_similarity", "distillation_restores"}
+    assert not list(out.glob("seed-*/models/*"))  # distilled models are removed once judged
+    doc = (tmp_path / "docs" / "results.md").read_text()
+    assert "--distill-criteria random" in doc and "## Before distillation" in doc and "| random |" in doc
+    assert (tmp_path / "docs" / "results.png").stat().st_size > 10_000
+
+    rp.main(args)  # everything is reused
+    assert "0 cells computed" in capsys.readouterr().out
+    assert (out / "cells.jsonl").read_text().splitlines() == lines
+
+    (tmp_path / "docs" / "results.md").unlink()
+    rp.main([*args, "--report-only"])
+    assert (tmp_path / "docs" / "results.md").read_text() == doc
+
+
+def test_bad_arguments_exit_2_and_write_nothing(rp, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        rp.main(["--criteria", "preference,nope", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "unknown criterion 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        rp.main(["--distill-criteria", "latent", "--criteria", "preference", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists()
