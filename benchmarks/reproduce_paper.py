@@ -126,8 +126,9 @@ def aggregate(per_seed: dict) -> dict:
     return table
 
 
-def _seed_wins(per_seed: dict, stage: str, ratio: str, a: str, b: str, metric: str) -> tuple[int, int]:
-    """Seeds where ``a`` scores above ``b`` (strictly), out of the seeds both have."""
+def _seed_wins(per_seed: dict, stage: str, ratio: str, a: str, b: str, metric: str) -> tuple[int, int, int]:
+    """``(wins, ties, seeds)``: seeds where ``a`` scores above ``b`` / the same (e.g. both chose the same blocks),
+    out of the seeds both have."""
     cells_a = per_seed.get(stage, {}).get(ratio, {}).get(a, {})
     cells_b = per_seed.get(stage, {}).get(ratio, {}).get(b, {})
     common = sorted(set(cells_a) & set(cells_b))
@@ -135,7 +136,9 @@ def _seed_wins(per_seed: dict, stage: str, ratio: str, a: str, b: str, metric: s
     def value(cell):
         return cell["toy_score"] if metric == "toy_score" else cell["accuracy"][metric]
 
-    return sum(value(cells_a[s]) > value(cells_b[s]) for s in common), len(common)
+    wins = sum(value(cells_a[s]) > value(cells_b[s]) for s in common)
+    ties = sum(value(cells_a[s]) == value(cells_b[s]) for s in common)
+    return wins, ties, len(common)
 
 
 def _value(table: dict, stage: str, ratio: str, criterion: str, metric: str) -> float | None:
@@ -154,12 +157,14 @@ def check_claims(per_seed: dict, teacher: dict, *, reference: str = "preference"
     pruned = table.get("pruned", {})
     ratios = list(pruned)
 
-    def verdict(won: int, total: int) -> str:
+    def verdict(won: int, total: int, lost: int | None = None) -> str:
+        """holds: never worse (ties allowed) and better at least once; partly: more wins than losses."""
+        lost = total - won if lost is None else lost
         if total == 0:
             return "not measured"
-        if won == total:
+        if lost == 0 and won > 0:
             return "holds"
-        return "partly" if won * 2 > total else "does not hold"
+        return "partly" if won > lost else "does not hold"
 
     def beats(others: list[str], stage: str, title: str, claim: str) -> None:
         comparisons = []
@@ -171,7 +176,7 @@ def check_claims(per_seed: dict, teacher: dict, *, reference: str = "preference"
                 val = _value(table, stage, ratio, other, "overall")
                 if val is None:
                     continue
-                wins, seeds = _seed_wins(per_seed, stage, ratio, reference, other, "overall")
+                wins, ties, seeds = _seed_wins(per_seed, stage, ratio, reference, other, "overall")
                 score_ref = _value(table, stage, ratio, reference, "toy_score")
                 score_other = _value(table, stage, ratio, other, "toy_score")
                 comparisons.append(
@@ -181,7 +186,9 @@ def check_claims(per_seed: dict, teacher: dict, *, reference: str = "preference"
                         "reference_overall": ref,
                         "other_overall": val,
                         "wins": ref > val,
+                        "ties": ref == val,
                         "seed_wins": wins,
+                        "seed_ties": ties,
                         "seeds": seeds,
                         "reference_toy_score": score_ref,
                         "other_toy_score": score_other,
@@ -189,14 +196,18 @@ def check_claims(per_seed: dict, teacher: dict, *, reference: str = "preference"
                     }
                 )
         won = sum(c["wins"] for c in comparisons)
+        tied = sum(c["ties"] for c in comparisons)
         claims.append(
             {
                 "id": title,
                 "claim": claim,
-                "verdict": verdict(won, len(comparisons)),
+                "verdict": verdict(won, len(comparisons), len(comparisons) - won - tied),
                 "won": won,
+                "tied": tied,
+                "lost": len(comparisons) - won - tied,
                 "total": len(comparisons),
                 "seed_won": sum(c["seed_wins"] for c in comparisons),
+                "seed_tied": sum(c["seed_ties"] for c in comparisons),
                 "seed_total": sum(c["seeds"] for c in comparisons),
                 "toy_score_won": sum(c["wins_toy_score"] for c in comparisons),
                 "comparisons": comparisons,
@@ -375,22 +386,26 @@ def _claims_markdown(result: dict) -> list[str]:
         if claim["total"] == 0:
             lines.append("  Not measured.")
             continue
-        lost = [c for c in claim["comparisons"] if not c["wins"]]
+        lost = [c for c in claim["comparisons"] if not c["wins"] and not c["ties"]]
+        tied = [c for c in claim["comparisons"] if c["ties"]]
         lines.append(
-            f"  Preference has the higher mean accuracy in {claim['won']} of {claim['total']} (ratio, criterion) "
-            f"comparisons, in {claim['seed_won']} of {claim['seed_total']} seed-by-seed comparisons, and the higher "
-            f"mean toy score in {claim['toy_score_won']} of {claim['total']}."
+            f"  Preference has the higher mean accuracy in {claim['won']} of {claim['total']} (ratio, rival) "
+            f"comparisons, the same in {claim['tied']}, a lower one in {claim['lost']}; seed by seed it is higher "
+            f"in {claim['seed_won']} of {claim['seed_total']} and the same in {claim['seed_tied']}. Mean toy score: "
+            f"higher in {claim['toy_score_won']} of {claim['total']}."
         )
-        if lost:
-            lines.append(
-                "  Where it does not: "
-                + "; ".join(
-                    f"{c['other']} at {_ratio_label(c['ratio'], depth)} ({100 * c['other_overall']:.1f}% vs "
-                    f"{100 * c['reference_overall']:.1f}%)"
-                    for c in lost
-                )
-                + "."
+
+        def where(items):
+            return "; ".join(
+                f"{c['other']} at {_ratio_label(c['ratio'], depth)} ({100 * c['other_overall']:.1f}% vs "
+                f"{100 * c['reference_overall']:.1f}%)"
+                for c in items
             )
+
+        if tied:
+            lines.append(f"  Ties (the same blocks chosen in every seed): {where(tied)}.")
+        if lost:
+            lines.append(f"  Where preference loses: {where(lost)}.")
     return lines
 
 
@@ -521,8 +536,8 @@ def render_results(result: dict) -> str:
         "are not evidence either way.",
         "- One distillation budget, full fine-tuning only (LoRA at this scale: docs/distillation.md).",
         "",
-        "References: DiT-Pruner (layer pruning of diffusion transformers with a human-preference criterion and "
-        "knowledge distillation); Men et al., *ShortGPT* (block influence, 2024); Gromov et al., *The Unreasonable "
+        "References: DiT-Pruner: HPS-guided layer removal and knowledge distillation for PixArt-Sigma (ECCV 2024 "
+        "workshop); Men et al., *ShortGPT* (block influence, 2024); Gromov et al., *The Unreasonable "
         "Ineffectiveness of the Deeper Layers* (angular distance, 2024); Wu et al., *Human Preference Score v2* "
         "(HPSv2, 2023). Criteria details: docs/criteria.md.",
         "",

@@ -83,7 +83,7 @@ def test_claims_report_where_they_fail(rp):
     assert (restore["won"], restore["total"]) == (1, 1)
     assert restore["verdict"] == "partly"  # improves every cell but closes < half the gap
     markdown = "\n".join(rp._claims_markdown({"claims": list(claims.values()), "num_layers": 12}))
-    assert "latent at 40% (5 of 12) (31.7% vs 23.3%)" in markdown
+    assert "Where preference loses: latent at 40% (5 of 12) (31.7% vs 23.3%)." in markdown
     assert "**Partly holds**" in markdown
 
 
@@ -143,3 +143,19 @@ def test_bad_arguments_exit_2_and_write_nothing(rp, tmp_path, capsys):
         rp.main(["--distill-criteria", "latent", "--criteria", "preference", "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_ties_do_not_count_as_losses(rp):
+    # Both criteria choose the same blocks at 15% (identical cells), preference is better at 25%.
+    pruned = {
+        "0.15": {"preference": [0.5, 0.4], "latent": [0.5, 0.4]},
+        "0.25": {"preference": [0.4, 0.4], "latent": [0.3, 0.4]},
+    }  # noqa: E501
+    claims = {c["id"]: c for c in rp.check_claims(_per_seed(pruned), {"overall": 0.6, "toy_score": 0.6})}
+    similarity = claims["preference_beats_similarity"]
+    assert (similarity["won"], similarity["tied"], similarity["lost"]) == (1, 1, 0)
+    assert (similarity["seed_won"], similarity["seed_tied"], similarity["seed_total"]) == (1, 3, 4)
+    assert similarity["verdict"] == "holds"
+    markdown = "\n".join(rp._claims_markdown({"claims": [similarity], "num_layers": 12}))
+    assert "Ties (the same blocks chosen in every seed): latent at 15% (2 of 12) (45.0% vs 45.0%)." in markdown
+    assert "loses" not in markdown
