@@ -470,36 +470,40 @@ def render_results(result: dict) -> str:
     ]
 
     def stage_table(stage: str, metric: str, percent: bool) -> list[str]:
+        """Criteria x ratios, mean ± std; distilled cells read ``before -> after ± std``."""
         rows = table.get(stage, {})
         criteria = [c for c in [*CRITERIA, SPAN] if any(c in rows.get(r, {}) for r in ratios)]
         lines = ["| criterion | " + " | ".join(_ratio_label(r, depth) for r in ratios) + " |"]
         lines.append("|---" * (len(ratios) + 1) + "|")
         for criterion in criteria:
-            cells = [_fmt(rows.get(r, {}).get(criterion), metric, percent) for r in ratios]
+            cells = []
+            for r in ratios:
+                cell = _fmt(rows.get(r, {}).get(criterion), metric, percent)
+                before = table["pruned"].get(r, {}).get(criterion)
+                if stage == "distilled" and cell != "-" and before is not None:
+                    mean = before[metric]["mean"]
+                    cell = (f"{100 * mean:.1f}" if percent else f"{mean:.3f}") + f" → {cell}"
+                cells.append(cell)
             lines.append(f"| {criterion} | " + " | ".join(cells) + " |")
         return lines
 
+    def section(title: str, stage: str) -> list[str]:
+        return [
+            f"## {title}",
+            "",
+            "Judge accuracy, all four attributes right (%):",
+            "",
+            *stage_table(stage, "overall", True),
+            "",
+            "Toy preference score:",
+            "",
+            *stage_table(stage, "toy_score", False),
+            "",
+        ]
+
     out += [
-        "## Before distillation",
-        "",
-        "Judge accuracy, all four attributes right (%):",
-        "",
-        *stage_table("pruned", "overall", True),
-        "",
-        "Toy preference score:",
-        "",
-        *stage_table("pruned", "toy_score", False),
-        "",
-        "## After distillation",
-        "",
-        "Judge accuracy, all four attributes right (%):",
-        "",
-        *stage_table("distilled", "overall", True),
-        "",
-        "Toy preference score:",
-        "",
-        *stage_table("distilled", "toy_score", False),
-        "",
+        *section("Before distillation", "pruned"),
+        *section(f"After distillation ({settings['distill_steps']} steps; before → after ± std)", "distilled"),
         "## Per attribute (before distillation, mean over seeds, %)",
         "",
     ]

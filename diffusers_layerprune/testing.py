@@ -18,6 +18,25 @@ DEFAULT_VOCABULARY: tuple[str, ...] = tuple(
 )
 
 
+def build_tiny_t5_encoder(vocab_size: int, d_model: int = 32):
+    """A 2-layer, 4-head ``T5EncoderModel`` of width ``d_model`` with the current torch seed's random weights."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=2 * d_model,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
 def build_t5_tokenizer(words: Sequence[str] = DEFAULT_VOCABULARY):
     """A T5 (Unigram) tokenizer whose pieces are whole words, built locally with ``tokenizers``: no download.
 
@@ -75,24 +94,10 @@ def build_tiny_pixart_pipeline(
     ``use_resolution_binning=False`` and ``height = width = 2 * sample_size``.
     """
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline
-    from transformers import T5Config, T5EncoderModel
 
     tokenizer = build_t5_tokenizer(words)
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    ).eval()
+    text_encoder = build_tiny_t5_encoder(len(tokenizer), d_model=32)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         in_channels=3,

@@ -80,6 +80,18 @@ def test_load_toy_by_short_name_offline(toy_pipe):
     assert (toy_pipeline_path() / "model_index.json").is_file()
 
 
+def test_bundled_text_encoder_is_the_training_scripts_seeded_build(toy_pipe):
+    # train_teacher.py freezes a seeded random T5: rebuilding it must give the shipped weights and vocabulary.
+    from diffusers_layerprune.toy.train_teacher import build_text_encoder
+
+    tokenizer, text_encoder = build_text_encoder(0)
+    shipped = toy_pipe.text_encoder.state_dict()
+    rebuilt = text_encoder.state_dict()
+    assert shipped.keys() == rebuilt.keys()
+    assert all(torch.equal(shipped[k], rebuilt[k]) for k in shipped)
+    assert tokenizer.get_vocab() == toy_pipe.tokenizer.get_vocab()
+
+
 def test_teacher_generates_images_of_the_world(toy_pipe):
     attrs = world.split_attributes("heldout")[::27]  # 8 held-out captions spread over colours
     out = toy_pipe([a.caption() for a in attrs], **toy_generation_kwargs(list(range(len(attrs))))).images

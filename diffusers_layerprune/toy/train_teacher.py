@@ -39,26 +39,12 @@ MAX_SEQUENCE_LENGTH = 16
 
 def build_text_encoder(seed: int = 0):
     """Word-level T5 tokenizer over the world's vocabulary and a tiny seeded-random ``T5EncoderModel``."""
-    from transformers import T5Config, T5EncoderModel
-
-    from ..testing import build_t5_tokenizer
+    from ..testing import build_t5_tokenizer, build_tiny_t5_encoder
 
     tokenizer = build_t5_tokenizer(world.vocabulary())
     tokenizer.model_max_length = MAX_SEQUENCE_LENGTH
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return tokenizer, T5EncoderModel(config).eval()
+    return tokenizer, build_tiny_t5_encoder(len(tokenizer), d_model=64)
 
 
 def build_transformer(
