@@ -409,6 +409,27 @@ def _claims_markdown(result: dict) -> list[str]:
     return lines
 
 
+def _ranking_lines(result: dict) -> list[str]:
+    """Per ratio, the criteria ranked by mean all-four-right accuracy, before and after distillation."""
+    table, depth = result["table"], result["num_layers"]
+    teacher = 100 * result["teacher"]["overall"]["mean"]
+    lines = []
+    for ratio in sorted(table.get("pruned", {}), key=float):
+        line = f"- {_ratio_label(ratio, depth)} removed (teacher {teacher:.1f}%):"
+        for stage, label in (("pruned", "before distillation"), ("distilled", "after distillation")):
+            rows = table.get(stage, {}).get(ratio, {})
+            ranked = sorted(
+                ((row["overall"]["mean"], name) for name, row in rows.items() if name != SPAN), reverse=True
+            )
+            if ranked:
+                text = f"{ranked[0][1]} {100 * ranked[0][0]:.1f}%"
+                for (previous, _), (mean, name) in zip(ranked, ranked[1:], strict=False):
+                    text += f" {'=' if mean == previous else '>'} {name} {100 * mean:.1f}%"
+                line += f" {label}, {text};"
+        lines.append(line.rstrip(";") + ".")
+    return lines
+
+
 def render_results(result: dict) -> str:
     table, depth, settings = result["table"], result["num_layers"], result["settings"]
     ratios = sorted(table.get("pruned", {}), key=float)
@@ -453,6 +474,13 @@ def render_results(result: dict) -> str:
         f"all four right, toy score {teacher['toy_score']['mean']:.3f} ± {teacher['toy_score']['std']:.3f}.",
         "",
         "Cells are mean ± standard deviation over the seeds.",
+        "",
+        "## The criteria ranked",
+        "",
+        "Mean all-four-right accuracy over the seeds (`>` orders the means, it is not a significant difference; `=` "
+        "is equal means):",
+        "",
+        *_ranking_lines(result),
         "",
         "## Claims of the paper, checked",
         "",
