@@ -177,6 +177,12 @@ def check_claims(per_seed: dict, teacher: dict, *, reference: str = "preference"
                 if val is None:
                     continue
                 wins, ties, seeds = _seed_wins(per_seed, stage, ratio, reference, other, "overall")
+                cells_ref = per_seed[stage][ratio].get(reference, {})
+                cells_other = per_seed[stage][ratio].get(other, {})
+                same_blocks = bool(cells_ref) and all(
+                    "dropped" in cells_ref[s] and cells_ref[s]["dropped"] == cells_other.get(s, {}).get("dropped")
+                    for s in cells_ref
+                )
                 score_ref = _value(table, stage, ratio, reference, "toy_score")
                 score_other = _value(table, stage, ratio, other, "toy_score")
                 comparisons.append(
@@ -187,6 +193,7 @@ def check_claims(per_seed: dict, teacher: dict, *, reference: str = "preference"
                         "other_overall": val,
                         "wins": ref > val,
                         "ties": ref == val,
+                        "same_blocks": same_blocks,
                         "seed_wins": wins,
                         "seed_ties": ties,
                         "seeds": seeds,
@@ -398,12 +405,13 @@ def _claims_markdown(result: dict) -> list[str]:
         def where(items):
             return "; ".join(
                 f"{c['other']} at {_ratio_label(c['ratio'], depth)} ({100 * c['other_overall']:.1f}% vs "
-                f"{100 * c['reference_overall']:.1f}%)"
+                f"{100 * c['reference_overall']:.1f}%"
+                + (", the same blocks in every seed)" if c.get("same_blocks") else ")")
                 for c in items
             )
 
         if tied:
-            lines.append(f"  Ties (the same blocks chosen in every seed): {where(tied)}.")
+            lines.append(f"  Ties (equal mean accuracy): {where(tied)}.")
         if lost:
             lines.append(f"  Where preference loses: {where(lost)}.")
     return lines

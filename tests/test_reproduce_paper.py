@@ -157,5 +157,13 @@ def test_ties_do_not_count_as_losses(rp):
     assert (similarity["seed_won"], similarity["seed_tied"], similarity["seed_total"]) == (1, 3, 4)
     assert similarity["verdict"] == "holds"
     markdown = "\n".join(rp._claims_markdown({"claims": [similarity], "num_layers": 12}))
-    assert "Ties (the same blocks chosen in every seed): latent at 15% (2 of 12) (45.0% vs 45.0%)." in markdown
+    assert "Ties (equal mean accuracy): latent at 15% (2 of 12) (45.0% vs 45.0%)." in markdown
+    # with the blocks recorded (as in real cells), a tie from identical choices says so
+    per_seed = _per_seed(pruned)
+    for criterion in ("preference", "latent"):
+        for cell in per_seed["pruned"]["0.15"][criterion].values():
+            cell["dropped"] = [6, 7]
+    similarity = rp.check_claims(per_seed, {"overall": 0.6, "toy_score": 0.6})[0]
+    markdown = "\n".join(rp._claims_markdown({"claims": [similarity], "num_layers": 12}))
+    assert "latent at 15% (2 of 12) (45.0% vs 45.0%, the same blocks in every seed)." in markdown
     assert "loses" not in markdown
