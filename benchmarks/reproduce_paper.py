@@ -56,7 +56,9 @@ METRICS = ("overall", "colour", "position", "shape", "size")
 # Cells: one judged model (teacher, pruned or distilled) per line of a JSONL file.
 
 
-def cell_key(stage: str, seed: int, dropped) -> str:
+def cell_key(stage: str, seed: int, dropped, variant: str = "") -> str:
+    """``variant`` names the distillation settings, so cells of other budgets in the same folder are not reused."""
+    stage = f"{stage}[{variant}]" if variant else stage
     return f"{stage}|seed={seed}|drop={','.join(str(b) for b in dropped)}"
 
 
@@ -641,6 +643,9 @@ class Experiment:
         if not self.ratios or any(not 0 < r < 1 for r in self.ratios):
             raise LayerPruneError(f"--ratios must be fractions in (0, 1), got {args.ratios!r}")
         self.cells = Cells(self.output / "cells.jsonl")
+        self.distill_tag = f"steps{args.distill_steps}-bs{args.distill_batch_size}-lr{args.learning_rate:g}" + (
+            f"-n{args.distill_samples}" if args.distill_samples else ""
+        )
         self.started = time.time()
         self._pipe = None
 
@@ -703,11 +708,17 @@ class Experiment:
             "seconds": time.perf_counter() - start,
         }
 
-    def cell(self, stage: str, seed: int, dropped, compute) -> dict:
-        key = cell_key(stage, seed, dropped)
+    def cell(self, stage: str, seed: int, dropped, compute, variant: str = "") -> dict:
+        key = cell_key(stage, seed, dropped, variant)
         record = self.cells.get(key)
         if record is None:
-            record = self.cells.put(key, {"stage": stage, "seed": seed, "dropped": list(dropped), **compute()})
+            fields = {
+                "stage": stage,
+                "seed": seed,
+                "dropped": list(dropped),
+                **({"variant": variant} if variant else {}),
+            }
+            record = self.cells.put(key, {**fields, **compute()})
             a = record["accuracy"]
             print(
                 f"  {stage:<9} seed {seed} drop {list(dropped)}: all four {100 * a['overall']:.1f}%, "
@@ -763,7 +774,7 @@ class Experiment:
         from diffusers_layerprune.modeling import load_pipeline, prune_pipeline, save_pruned_pipeline
 
         tag = "drop-" + "-".join(map(str, dropped))
-        folder = self.output / f"seed-{seed}" / "models" / tag
+        folder = self.output / f"seed-{seed}" / "models" / self.distill_tag / tag
         pruned, final = folder / "pruned", folder / "distilled"
         if not (pruned / "model_index.json").is_file():
             save_pruned_pipeline(prune_pipeline(self.pipe, pruned_layers=list(dropped)), pruned, overwrite=True)
@@ -808,22 +819,33 @@ class Experiment:
         return result
 
     def run(self) -> None:
+        from diffusers_layerprune.errors import LayerPruneError
+
         self.setup()
         s = self.settings
-        _write_atomic(
-            self.output / "settings.json",
-            json.dumps(
-                {
-                    "num_inference_steps": s.num_inference_steps,
-                    "guidance_scale": s.guidance_scale,
-                    "resolution": s.resolution,
-                    "max_sequence_length": s.max_sequence_length,
-                    "eval_prompts": len(self.captions),
-                    "num_layers": self.depth,
-                },
-                indent=2,
-            ),
-        )
+        # Everything a scored or judged cell depends on, besides its seed, blocks and distillation settings: a
+        # folder holds one such setting, so reused cells are always comparable.
+        fingerprint = {
+            "model": self.args.model,
+            "score_prompts": self.args.score_prompts,
+            "num_inference_steps": s.num_inference_steps,
+            "guidance_scale": s.guidance_scale,
+            "resolution": s.resolution,
+            "max_sequence_length": s.max_sequence_length,
+            "eval_prompts": len(self.captions),
+            "eval_seed": self.args.eval_seed,
+            "num_layers": self.depth,
+        }
+        path = self.output / "settings.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            changed = [f"{k} {saved.get(k)} -> {v}" for k, v in fingerprint.items() if saved.get(k) != v]
+            if changed:
+                raise LayerPruneError(
+                    f"{self.output} holds cells made with other settings ({'; '.join(changed)}); "
+                    "give another --output, or the same settings"
+                )
+        _write_atomic(path, json.dumps(fingerprint, indent=2) + "\n")
         all_plans = {}
         # Before distillation for every seed first (cheap), then the distillation runs (the long part).
         for seed in self.seeds:
@@ -838,7 +860,9 @@ class Experiment:
             for by_criterion in all_plans[seed].values():
                 for name in self.distill_criteria:
                     dropped = by_criterion[name]
-                    self.cell("distilled", seed, dropped, lambda d=dropped, s=seed: self.distilled(s, d))
+                    self.cell(
+                        "distilled", seed, dropped, lambda d=dropped, s=seed: self.distilled(s, d), self.distill_tag
+                    )
         self.plans_by_seed = all_plans
 
     # -- report ---------------------------------------------------------------------------------------------------
@@ -868,7 +892,8 @@ class Experiment:
                 for name, dropped in plans.items():
                     plans_out.setdefault(name, {}).setdefault(r, {})[str(seed)] = dropped
                     for stage in ("pruned", "distilled"):
-                        record = self.cells.get(cell_key(stage, seed, dropped))
+                        variant = self.distill_tag if stage == "distilled" else ""
+                        record = self.cells.get(cell_key(stage, seed, dropped, variant))
                         if record and (stage == "pruned" or name in self.distill_criteria):
                             per_seed.setdefault(stage, {}).setdefault(r, {}).setdefault(name, {})[seed] = record
         settings_file = self.output / "settings.json"
@@ -879,7 +904,15 @@ class Experiment:
             "overall": mean_std([c["accuracy"]["overall"] for c in teacher_cells]),
             "toy_score": mean_std([c["toy_score"] for c in teacher_cells]),
         }
-        seconds = sum(r.get("seconds", 0) for r in self.cells.records.values())
+        used = {id(c) for c in teacher_cells} | {
+            id(c) for by_ratio in per_seed.values() for by_c in by_ratio.values() for cells in by_c.values() for c in cells.values()
+        }  # fmt: skip
+        used_seeds = {c["seed"] for c in teacher_cells}
+        seconds = sum(
+            r.get("seconds", 0)
+            for r in self.cells.records.values()
+            if id(r) in used or (r.get("stage") == "score" and r["seed"] in used_seeds)
+        )
         return {
             "model": self.args.model,
             "num_layers": depth,
@@ -889,14 +922,14 @@ class Experiment:
             "ratios": self.ratios,
             "eval_prompts": measured["eval_prompts"],
             "settings": {
-                "score_prompts": self.args.score_prompts,
+                "score_prompts": measured["score_prompts"],
                 "num_inference_steps": measured["num_inference_steps"],
                 "guidance_scale": measured["guidance_scale"],
                 "resolution": measured["resolution"],
                 "distill_steps": self.args.distill_steps,
                 "distill_batch_size": self.args.distill_batch_size,
                 "learning_rate": self.args.learning_rate,
-                "eval_seed": self.args.eval_seed,
+                "eval_seed": measured["eval_seed"],
             },
             "teacher": teacher,
             "table": aggregate(per_seed),
@@ -951,7 +984,11 @@ def main(argv=None) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     if not args.report_only:
-        experiment.run()
+        try:
+            experiment.run()
+        except LayerPruneError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"{experiment.cells.computed} cells computed, {len(experiment.cells.records)} in {experiment.cells.path}")
     experiment.report()
     print(f"done in {(time.time() - experiment.started) / 60:.1f} min")

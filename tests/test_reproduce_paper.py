@@ -120,7 +120,7 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     assert result["table"]["pruned"]["0.20"]["random"]["overall"]["n"] == 2
     assert all(len(result["plans"][c]["0.20"]["0"]) == 2 for c in ("preference", "random"))  # 20% of 12 -> 2
     assert {c["id"] for c in result["claims"]} >= {"preference_beats_similarity", "distillation_restores"}
-    assert not list(out.glob("seed-*/models/*"))  # distilled models are removed once judged
+    assert not list(out.glob("seed-*/models/*/*"))  # distilled models are removed once judged
     doc = (tmp_path / "docs" / "results.md").read_text()
     assert "--distill-criteria random" in doc and "## Before distillation" in doc and "| random |" in doc
     assert (tmp_path / "docs" / "results.png").stat().st_size > 10_000
@@ -132,6 +132,23 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     (tmp_path / "docs" / "results.md").unlink()
     rp.main([*args, "--report-only"])
     assert (tmp_path / "docs" / "results.md").read_text() == doc
+
+    # another distillation budget in the same folder: only its distilled cells run, in their own slot
+    longer = [*args, "--distill-steps", "2"]  # argparse keeps the last value
+    rp.main(longer)
+    out_text = capsys.readouterr().out
+    assert "2 cells computed" in out_text
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["settings"]["distill_steps"] == 2
+    assert "--distill-steps 2" in (tmp_path / "docs" / "results.md").read_text()
+
+    # cells judged with other settings are never mixed in: a clear error, nothing written
+    before = (out / "cells.jsonl").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        rp.main([*args, "--eval-prompts", "5"])
+    assert exit_info.value.code == 2
+    assert "eval_prompts 4 -> 5" in capsys.readouterr().err
+    assert (out / "cells.jsonl").read_text() == before
 
 
 def test_bad_arguments_exit_2_and_write_nothing(rp, tmp_path, capsys):
