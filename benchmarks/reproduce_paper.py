@@ -651,18 +651,12 @@ class Experiment:
 
     # -- models and data (loaded on first use, so --report-only needs nothing) ------------------------------------
     def setup(self) -> None:
-        import torch
-
         from diffusers_layerprune.data import encode_prompts
         from diffusers_layerprune.importance import ScanSettings
         from diffusers_layerprune.modeling import generation_defaults, load_pipeline
         from diffusers_layerprune.scorers import load_scorer
         from diffusers_layerprune.toy import world
 
-        torch.set_grad_enabled(False)
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.set_verbosity_error()  # the saved pruned config's extra keys warn on stock loading
         self.pipe = load_pipeline(self.args.model)
         self.pipe.set_progress_bar_config(disable=True)
         d = generation_defaults(self.args.model, self.pipe)
@@ -819,6 +813,20 @@ class Experiment:
         return result
 
     def run(self) -> None:
+        import torch
+        from diffusers.utils import logging as diffusers_logging
+
+        # Scoped, not process-wide: main() runs in-process in the tests, and torch.set_grad_enabled(False) left
+        # autograd off for whatever trained next.
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # the saved pruned config's extra keys warn on stock loading
+        try:
+            with torch.no_grad():
+                self._run()
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+
+    def _run(self) -> None:
         from diffusers_layerprune.errors import LayerPruneError
 
         self.setup()

@@ -36,3 +36,13 @@ def transformer_inputs():
         timestep=torch.tensor([10, 700]),
         added_cond_kwargs={"resolution": None, "aspect_ratio": None},
     )
+
+
+@pytest.fixture(autouse=True)
+def _autograd_stays_on():
+    """Library code and in-process scripts must scope grad mode (``torch.no_grad()``), never switch it off for the
+    process: a leak made every later training test fail far from its cause. Fail the test that leaked it."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("the test left autograd switched off process-wide (torch.set_grad_enabled(False) without restore)")
