@@ -19,7 +19,7 @@ Every judged cell is appended to ``OUTPUT/cells.jsonl`` as it finishes; a re-run
 seeds) reuses finished cells and distilled models, so only missing work runs. ``--report-only`` rebuilds the JSON,
 the doc and the plot from the cells.
 
-    python benchmarks/reproduce_paper.py                        # the full grid: ~1 h on a 2-core CPU
+    python benchmarks/reproduce_paper.py                        # the full grid: ~36 min on a 2-core CPU
     python benchmarks/reproduce_paper.py --report-only          # rewrite docs/results.md from runs/reproduce_paper
 """
 
