@@ -95,15 +95,18 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
 
 
 def _base_license(source: str | None) -> str | None:
-    """The base model's license from its card (local folder or Hub), when it can be read; else None."""
-    if not source:
+    """The base model's license from its card (local folder or Hub), when it can be read; else None.
+
+    Only a Hub id is looked up online: a short name such as ``toy`` is no repo, and asking the Hub for it cost the
+    offline recipe ~23 s of retries."""
+    local = Path(source) / "README.md" if source else None
+    target = local if local is not None and local.is_file() else _hub_id(source)
+    if target is None:
         return None
     try:
         from huggingface_hub import ModelCard
 
-        local = Path(source) / "README.md"
-        card = ModelCard.load(local if local.is_file() else source)
-        return card.data.license
+        return ModelCard.load(target).data.license
     except Exception:
         return None
 

@@ -186,6 +186,38 @@ def test_card_for_hub_source_and_without_report(work, tmp_path):
     assert "https://huggingface.co/PixArt-alpha/PixArt-Sigma-XL-2-1024-MS" in text
 
 
+def test_card_license_looks_up_only_hub_ids(work, tmp_path, monkeypatch):
+    """A short model name (``toy``) is no repo: the card must not ask the Hub for it (offline, that is ~23 s of
+    retries). A local source folder's README and a Hub id are read."""
+    import huggingface_hub
+
+    asked = []
+
+    def fake_load(target, *args, **kwargs):
+        asked.append(str(target))
+        local = Path(target)
+        return ModelCard(local.read_text() if local.is_file() else "---\nlicense: apache-2.0\n---\n")
+
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load", staticmethod(fake_load))
+    folder = tmp_path / "pruned"
+    shutil.copytree(work / "pruned", folder)
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "README.md").write_text("---\nlicense: mit\n---\n")
+    for name, looked_up, license in (
+        ("toy", [], None),
+        (str(source), [str(source / "README.md")], "mit"),
+        ("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", ["PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"], "apache-2.0"),
+    ):
+        asked.clear()
+        config_path.write_text(json.dumps({**config, "source_model": name}))
+        _, card = _card(folder)
+        assert asked == looked_up, name
+        assert card.data.to_dict().get("license") == license, name
+
+
 class FakeApi:
     calls: list = []
 
