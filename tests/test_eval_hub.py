@@ -324,3 +324,36 @@ def test_training_script_push_uses_the_same_code(work, fake_hub):
     upload = [c for c in fake_hub if c[0] == "upload_folder"][0][1]
     assert upload["repo_id"] == "me/distilled" and Path(upload["folder_path"]) == out
     assert "knowledge-distillation" in (out / "README.md").read_text()
+
+
+def test_latency_samples_are_long_enough_and_equal_across_models(tiny_transformer, monkeypatch):
+    """Each timed sample runs the same number of back-to-back forwards for every model, enough for the fastest to
+    fill ``min_sample_seconds``; latency is per forward. A fake clock (teacher 4 ms, student 3 ms a forward) makes
+    the numbers exact."""
+    import math
+    import time as time_module
+
+    from diffusers_layerprune import PrunedPixArtTransformer
+    from diffusers_layerprune.evaluation import transformer_latency
+
+    student = PrunedPixArtTransformer.from_transformer(tiny_transformer, pruned_layers=[1, 4])
+    clock = [0.0]
+    calls = {"teacher": 0, "student": 0}
+    for name, model, seconds in (("teacher", tiny_transformer, 0.004), ("student", student, 0.003)):
+
+        def tick(*_, name=name, seconds=seconds):
+            clock[0] += seconds
+            calls[name] += 1
+
+        model.register_forward_hook(tick)
+    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+    kwargs = dict(resolution=64, vae_scale_factor=8, text_tokens=5, warmup=2, repeats=3)
+
+    result = transformer_latency({"teacher": tiny_transformer, "student": student}, min_sample_seconds=0.1, **kwargs)
+    per_sample = math.ceil(0.1 / 0.003)  # the fastest model fills 0.1 s
+    assert result["teacher"]["calls_per_sample"] == result["student"]["calls_per_sample"] == per_sample
+    assert calls == {"teacher": 2 + 3 * per_sample, "student": 2 + 3 * per_sample}
+    assert result["teacher"]["median_ms"] == pytest.approx(4.0) and result["student"]["median_ms"] == pytest.approx(3.0)
+
+    single = transformer_latency({"teacher": tiny_transformer, "student": student}, min_sample_seconds=0, **kwargs)
+    assert single["student"]["calls_per_sample"] == 1 and single["student"]["median_ms"] == pytest.approx(3.0)
