@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score the blocks, prune, distil the pruned model from the full one, evaluate before and after "
         "distillation against the teacher, and write the model card; ends with a summary table. Re-running with the "
         "same --output reuses finished stages (settings are recorded in run.json). On the bundled toy world the "
-        "defaults finish in about 4 minutes on a 2-core CPU.",
+        "defaults finish in about 2.5 minutes on a 2-core CPU.",
     )
     run.add_argument("--recipe", default=None, metavar="YAML", help="recipe file with the same fields as the flags")
     run.add_argument("--model", default=None, help=f"pipeline to prune (default: {DEFAULT_MODEL})")
