@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .errors import LayerPruneError
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "pruned_pixart.md"
+# Shipped inside the package (model_cards/ at the top of a checkout links here), so a wheel install can render it.
+TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "pruned_pixart.md"
 
 # Files of a run folder that are not part of the published model.
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".*", "**/.*", "logs/**", "validation/**", "*.jsonl", "*.tmp*"]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .errors import LayerPruneError
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "train_distill.py"
+# The distillation script is a module of the package, so a wheel install runs it too.
+TRAIN_MODULE = "diffusers_layerprune.train_distill"
 
 
 @dataclass
@@ -199,12 +200,11 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
         if not (state.done("distill", distill_settings) and (final / "model_index.json").is_file()):
             log(f"[3/5] distilling for {recipe.distill_steps} steps" + (" (LoRA)" if recipe.use_lora else ""))
             start = time.perf_counter()
-            if not TRAIN_SCRIPT.is_file():
-                raise LayerPruneError(f"{TRAIN_SCRIPT} not found: run from a source checkout (pip install -e .)")
             resume = ["--resume_from_checkpoint", "latest"] if any(final.glob("checkpoint-*")) else []
             cmd = [
                 sys.executable,
-                str(TRAIN_SCRIPT),
+                "-m",
+                TRAIN_MODULE,
                 "--teacher_model",
                 recipe.model,
                 "--student_model",

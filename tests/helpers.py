@@ -1,6 +1,5 @@
 """Helpers shared by test modules (pytest puts tests/ on sys.path)."""
 
-import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,10 +13,9 @@ def run_train_distill(args) -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    spec = importlib.util.spec_from_file_location("train_distill", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main([str(a) for a in args])
+    from diffusers_layerprune.train_distill import main
+
+    main([str(a) for a in args])
 
 
 def distill_args(work: Path, out: Path, *, student: str = "student", steps: int = 3, checkpointing_steps: int = 2):

@@ -197,7 +197,8 @@ def launch_two_processes(work, out, extra=()):
         "no",
         "--dynamo_backend",
         "no",
-        str(SCRIPT),
+        "-m",  # the module form works from any folder after a (non-editable) pip install
+        "diffusers_layerprune.train_distill",
         *map(str, base_args(work, out, steps=4)),
         "--train_batch_size",
         "1",
@@ -231,9 +232,9 @@ def test_two_processes_checkpoint_and_resume_to_identical_weights(work):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(work, monkeypatch):
-    import diffusers_layerprune.distill as distill
+    import diffusers_layerprune.train_distill as script
 
-    real = distill.kd_losses
+    real = script.kd_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):  # finite for two steps, then NaN
@@ -243,7 +244,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(work, monkeypa
             parts["loss"] = parts["loss"] * float("nan")
         return parts
 
-    monkeypatch.setattr(distill, "kd_losses", poisoned)
+    monkeypatch.setattr(script, "kd_losses", poisoned)
     out = work / "nan"
     with pytest.raises(LayerPruneError, match=r"non-finite loss at step 2 .*Last good checkpoint: .*checkpoint-2"):
         run_train_distill(base_args(work, out, steps=4) + ["--report_to", "none"])

@@ -1,0 +1,577 @@
+"""Distil a depth-pruned PixArt transformer from its full teacher (output KD + feature KD + task loss; full or LoRA).
+
+    accelerate launch -m diffusers_layerprune.train_distill --teacher_model toy --student_model runs/pruned \
+        --output_dir runs/kd
+    accelerate launch training/train_distill.py ...        # the same script, from a source checkout
+
+Student block i learns to reproduce teacher block kept_layers[i] (read from the student's config). Losses, pairing
+and data preparation live in diffusers_layerprune (distill.py, data.py); this script parses arguments, builds,
+loops and saves. Flag names follow the diffusers example training scripts. It lives inside the package so that a
+``pip install`` (not editable) ships it; ``training/train_distill.py`` is a thin launcher for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
+from diffusers_layerprune.blocks import capture_block_features
+from diffusers_layerprune.data import (
+    default_cache_dir,
+    encode_prompts,
+    image_latents_dataset,
+    load_hf_dataset,
+    load_prompts,
+    teacher_latents_dataset,
+)
+from diffusers_layerprune.distill import (
+    FEATURE_LOSSES,
+    KDWeights,
+    block_pairs,
+    check_student_teacher,
+    checkpoints,
+    kd_losses,
+    move_into,
+    read_student_config,
+    remove_old_checkpoints,
+    step_generator,
+    student_config_path,
+    task_target,
+)
+from diffusers_layerprune.modeling import (
+    generation_defaults,
+    load_pipeline,
+    read_transformer_config,
+    save_pruned_pipeline,
+    with_transformer,
+)
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("models")
+    g.add_argument("--teacher_model", default="toy", help="full pipeline: short name, folder or Hub id (default: toy)")
+    g.add_argument("--student_model", required=True, help="pruned pipeline or transformer folder (layerprune prune)")
+    g.add_argument("--revision", default=None, help="Hub revision of --teacher_model")
+    g.add_argument("--output_dir", required=True, help="where the distilled pipeline, checkpoints and logs go")
+    g.add_argument("--cache_dir", default=None, help="cache for text embeddings and teacher latents")
+
+    g = p.add_argument_group("data (default: prompt-only KD on the toy world's training captions)")
+    g.add_argument(
+        "--dataset_name", default=None, help="datasets Hub name (image-caption, or prompts with --prompt_column)"
+    )
+    g.add_argument("--dataset_config_name", default=None)
+    g.add_argument("--train_data_dir", default=None, help="local image folder (datasets imagefolder with metadata)")
+    g.add_argument("--image_column", default="image")
+    g.add_argument("--caption_column", default="text")
+    g.add_argument("--prompt_column", default=None, help="prompt-only mode: the teacher generates the training latents")
+    g.add_argument("--prompts", default=None, help="prompt-only mode from a prompt set (file, toy:train, hpdv2, ...)")
+    g.add_argument("--max_train_samples", type=int, default=None)
+    g.add_argument("--resolution", type=int, default=None, help="image side (default: the teacher's native size)")
+    g.add_argument("--max_sequence_length", type=int, default=None, help="text tokens (default: the model's)")
+    g.add_argument("--teacher_inference_steps", type=int, default=None, help="prompt-only mode: teacher sampling steps")
+    g.add_argument("--teacher_guidance_scale", type=float, default=None, help="prompt-only mode: teacher guidance")
+
+    g = p.add_argument_group("losses")
+    g.add_argument("--lambda_task", type=float, default=1.0, help="weight of MSE(student prediction, true target)")
+    g.add_argument(
+        "--lambda_out", type=float, default=1.0, help="weight of MSE(student prediction, teacher prediction)"
+    )
+    g.add_argument("--lambda_var", type=float, default=1.0, help="weight of MSE on the learned-variance channels")
+    g.add_argument("--lambda_feat", type=float, default=1.0, help="weight of the summed block-feature losses")
+    g.add_argument(
+        "--feature_loss", default="mse", choices=FEATURE_LOSSES, help="mse (BK-SDM) or normalized (LAPTOP-Diff)"
+    )
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train_batch_size", type=int, default=8)
+    g.add_argument("--num_train_epochs", type=int, default=100)
+    g.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--learning_rate", type=float, default=1e-4)
+    g.add_argument("--scale_lr", action="store_true", help="multiply lr by batch size x accumulation x processes")
+    g.add_argument(
+        "--lr_scheduler",
+        default="constant",
+        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"',
+    )
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("LoRA (peft)")
+    g.add_argument("--use_lora", action="store_true", help="train LoRA adapters instead of all student weights")
+    g.add_argument("--rank", type=int, default=16)
+    g.add_argument("--lora_alpha", type=float, default=None, help="default: equal to --rank")
+    g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+
+    g = p.add_argument_group("checkpoints, validation, logging, Hub")
+    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder or "latest"')
+    g.add_argument("--validation_prompts", nargs="*", default=None)
+    g.add_argument("--num_validation_images", type=int, default=1)
+    g.add_argument("--validation_steps", type=int, default=None, help="default: at each checkpoint")
+    g.add_argument("--validation_inference_steps", type=int, default=None)
+    g.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none"')
+    g.add_argument("--logging_dir", default="logs")
+    g.add_argument("--tracker_project_name", default="layerprune-distill")
+    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--hub_model_id", default=None)
+    g.add_argument("--hub_private_repo", action="store_true")
+    args = p.parse_args(argv)
+
+    if args.dataset_name and args.train_data_dir:
+        p.error("give --dataset_name or --train_data_dir, not both")
+    if args.prompts and (args.dataset_name or args.train_data_dir):
+        p.error("--prompts (prompt-only KD) cannot be combined with --dataset_name/--train_data_dir")
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id user/name")
+    if args.lora_alpha is None:
+        args.lora_alpha = float(args.rank)
+    return args
+
+
+def build_dataset(args, pipe, defaults, cache_dir, accelerator):
+    """The cached (prompt, prompt_embeds, prompt_attention_mask, latents) dataset; built by the main process."""
+    common = dict(
+        cache_dir=cache_dir,
+        model_id=str(args.teacher_model),
+        resolution=args.resolution,
+        max_sequence_length=args.max_sequence_length,
+        progress=accelerator.is_local_main_process,
+    )
+    if args.dataset_name or args.train_data_dir:
+        if args.dataset_name:
+            raw = load_hf_dataset(args.dataset_name, args.dataset_config_name)
+        else:
+            from datasets import load_dataset
+
+            if not Path(args.train_data_dir).is_dir():
+                raise LayerPruneError(f"--train_data_dir {args.train_data_dir} is not a folder")
+            raw = load_dataset("imagefolder", data_dir=args.train_data_dir, split="train")
+        if args.max_train_samples:
+            raw = raw.select(range(min(args.max_train_samples, len(raw))))
+        if args.prompt_column:  # prompt-only corpus on the Hub
+            if args.prompt_column not in raw.column_names:
+                raise LayerPruneError(
+                    f"dataset has no column {args.prompt_column!r}; columns: {', '.join(raw.column_names)}"
+                )
+            prompts = [str(x) for x in raw[args.prompt_column]]
+        else:
+            return image_latents_dataset(
+                pipe,
+                raw,
+                image_column=args.image_column,
+                caption_column=args.caption_column,
+                dataset_id=args.dataset_name or args.train_data_dir,
+                **common,
+            )
+    else:
+        prompts = load_prompts(args.prompts or defaults["train_prompts"], limit=args.max_train_samples).prompts
+    if not prompts:
+        raise LayerPruneError("the training prompt set is empty")
+    return teacher_latents_dataset(
+        pipe,
+        prompts,
+        num_inference_steps=args.teacher_inference_steps,
+        guidance_scale=args.teacher_guidance_scale,
+        seed=args.seed,
+        **common,
+    )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+
+    # 1. Check the pair before loading anything heavy.
+    student_cfg = read_student_config(args.student_model)
+    teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
+    if teacher_cfg is not None:
+        check_student_teacher(student_cfg, teacher_cfg)
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+    # 2. Teacher pipeline, generation defaults, data (main process first; the others read its cache).
+    teacher = load_pipeline(args.teacher_model, torch_dtype=weight_dtype, revision=args.revision)
+    teacher.to(accelerator.device)
+    teacher.set_progress_bar_config(disable=True)
+    defaults = generation_defaults(args.teacher_model, teacher)
+    args.resolution = args.resolution or defaults["resolution"]
+    args.max_sequence_length = args.max_sequence_length or defaults["max_sequence_length"]
+    args.teacher_inference_steps = args.teacher_inference_steps or defaults["num_inference_steps"]
+    args.teacher_guidance_scale = (
+        args.teacher_guidance_scale if args.teacher_guidance_scale is not None else defaults["guidance_scale"]
+    )
+    args.validation_inference_steps = args.validation_inference_steps or defaults["num_inference_steps"]
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    with accelerator.main_process_first():
+        dataset = build_dataset(args, teacher, defaults, cache_dir, accelerator)
+    if len(dataset) == 0:
+        raise LayerPruneError("the training dataset is empty")
+    validation = None
+    if args.validation_prompts:
+        embeds, masks = encode_prompts(teacher, args.validation_prompts, max_sequence_length=args.max_sequence_length)
+        negative, negative_mask = encode_prompts(teacher, [""], max_sequence_length=args.max_sequence_length)
+        validation = (embeds, masks, negative, negative_mask)
+    # The text encoder (4.7B parameters for PixArt-Sigma) is not needed any more: embeddings are cached.
+    teacher.text_encoder = None
+    teacher.tokenizer = None
+    gc.collect()
+
+    # 3. Models.
+    folder, subfolder = student_config_path(args.student_model)
+    student = PrunedPixArtTransformer.from_pretrained(folder, subfolder=subfolder)
+    teacher_tf = teacher.transformer.requires_grad_(False).eval()
+    pairs = block_pairs(student, teacher_tf)
+    if args.use_lora:
+        from peft import LoraConfig
+
+        student.requires_grad_(False)
+        student.add_adapter(
+            LoraConfig(
+                r=args.rank,
+                lora_alpha=args.lora_alpha,
+                init_lora_weights="gaussian",
+                target_modules=[m.strip() for m in args.lora_target_modules.split(",")],
+            )
+        )
+    else:
+        student.requires_grad_(True)
+    student.train()
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    student.to(accelerator.device)
+    params = [p for p in student.parameters() if p.requires_grad]
+
+    noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
+    prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
+    weights = KDWeights(args.lambda_task, args.lambda_out, args.lambda_var, args.lambda_feat, args.feature_loss)
+
+    # 4. Data loader, optimiser, schedule.
+    train_data = dataset.with_format("torch", columns=["prompt_embeds", "prompt_attention_mask", "latents"])
+    loader = torch.utils.data.DataLoader(
+        train_data,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        num_workers=args.dataloader_num_workers,
+        drop_last=len(dataset) >= args.train_batch_size,
+    )
+    if args.scale_lr:
+        args.learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=args.max_train_steps,
+    )
+    student, optimizer, loader, lr_scheduler = accelerator.prepare(student, optimizer, loader, lr_scheduler)
+    updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+
+    if accelerator.is_main_process:
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) or v is None}
+        accelerator.init_trackers(args.tracker_project_name, config={k: v for k, v in config.items() if v is not None})
+
+    # 5. Resume.
+    global_step = 0
+    if args.resume_from_checkpoint:
+        path = (
+            (checkpoints(output_dir) or [None])[-1]
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
+        if path is None:
+            accelerator.print("no checkpoint found in --output_dir; starting from scratch")
+        else:
+            if not path.is_dir():
+                raise LayerPruneError(f"checkpoint {path} does not exist")
+            accelerator.load_state(str(path))
+            global_step = int(path.name.split("-")[-1])
+            accelerator.print(f"resumed from {path} at step {global_step}")
+    first_epoch = global_step // updates_per_epoch
+    skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+
+    # 6. Train.
+    unwrapped = accelerator.unwrap_model(student)
+    log_path = output_dir / "train_log.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        kept = [
+            line
+            for line in (log_path.read_text().splitlines() if log_path.exists() else [])
+            if json.loads(line)["step"] <= global_step
+        ]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    added_cond = {"resolution": None, "aspect_ratio": None}
+    progress = tqdm(
+        total=args.max_train_steps, initial=global_step, desc="distill", disable=not accelerator.is_local_main_process
+    )
+    done = global_step >= args.max_train_steps
+    for epoch in range(first_epoch, num_epochs):
+        if done:
+            break
+        loader.set_epoch(epoch)
+        batches = (
+            accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch and skip_batches else loader
+        )
+        for batch in batches:
+            with accelerator.accumulate(student):
+                latents = batch["latents"].to(accelerator.device, weight_dtype)
+                g = step_generator(args.seed, global_step, accelerator.process_index)
+                noise = torch.randn(latents.shape, generator=g).to(latents)
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g
+                )
+                timesteps = timesteps.to(accelerator.device)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                cond = dict(
+                    encoder_hidden_states=batch["prompt_embeds"].to(accelerator.device, weight_dtype),
+                    encoder_attention_mask=batch["prompt_attention_mask"].to(accelerator.device),
+                    timestep=timesteps,
+                    added_cond_kwargs=added_cond,
+                )
+                with torch.no_grad(), capture_block_features(teacher_tf, [t for _, t in pairs], inputs=False) as t_feat:
+                    teacher_out = teacher_tf(noisy, **cond).sample
+                with capture_block_features(unwrapped, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
+                    with accelerator.autocast():
+                        student_out = student(noisy, **cond).sample
+                target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
+                parts = kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
+                finite = accelerator.gather(torch.isfinite(parts["loss"].detach()).reshape(1)).all()
+                if not finite:
+                    last = checkpoints(output_dir)
+                    raise LayerPruneError(
+                        f"non-finite loss at step {global_step} ({ {k: float(v) for k, v in parts.items()} }); "
+                        f"stopped. Last good checkpoint: {last[-1] if last else 'none'} (lower --learning_rate?)"
+                    )
+                accelerator.backward(parts["loss"])
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            logs = {k: accelerator.reduce(v.detach(), reduction="mean").item() for k, v in parts.items()}
+            logs["lr"] = lr_scheduler.get_last_lr()[0]
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+            if accelerator.is_main_process:
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": global_step, **logs}) + "\n")
+
+            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                if accelerator.is_main_process:
+                    remove_old_checkpoints(output_dir, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, global_step)
+            if (
+                validation is not None
+                and accelerator.is_main_process
+                and (
+                    global_step % (args.validation_steps or args.checkpointing_steps) == 0
+                    or global_step == args.max_train_steps
+                )
+            ):
+                run_validation(args, teacher, unwrapped, validation, global_step, accelerator)
+            if global_step >= args.max_train_steps:
+                done = True
+                break
+    progress.close()
+
+    # 7. Save: merged pruned pipeline (+ the LoRA adapter with its alpha), recipe, loss curve.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(student)
+        final.eval()
+        if args.use_lora:
+            final.save_lora_adapter(str(output_dir / "lora"))
+            final.fuse_lora()
+            final.unload_lora()
+        if final.dtype != torch.float32:
+            final.to(torch.float32)
+        pipe = load_pipeline(args.teacher_model, revision=args.revision, transformer=final)
+        with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
+            save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
+            move_into(Path(tmp) / "pipeline", output_dir)
+        recipe = {
+            "teacher_model": str(args.teacher_model),
+            "student_model": str(args.student_model),
+            "kept_layers": final.config.kept_layers,
+            "source_num_layers": final.config.source_num_layers,
+            "steps": global_step,
+            "lora": args.use_lora,
+            "rank": args.rank if args.use_lora else None,
+            "lora_alpha": args.lora_alpha if args.use_lora else None,
+            "feature_loss": args.feature_loss,
+            "weights": {
+                "task": args.lambda_task,
+                "output": args.lambda_out,
+                "variance": args.lambda_var,
+                "feature": args.lambda_feat,
+            },
+            "learning_rate": args.learning_rate,
+            "train_batch_size": args.train_batch_size,
+            "num_processes": accelerator.num_processes,
+            "train_samples": len(dataset),
+            "data": args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"],
+            "resolution": args.resolution,
+            "max_sequence_length": args.max_sequence_length,
+            "seed": args.seed,
+        }
+        (output_dir / "distill_config.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        plot_losses(log_path, output_dir / "loss_curve.png")
+        if args.push_to_hub:
+            from diffusers_layerprune.hub import push_pipeline
+
+            push_pipeline(
+                output_dir,
+                args.hub_model_id,
+                private=args.hub_private_repo,
+                commit_message=f"Distilled pruned model ({global_step} steps)",
+            )
+        accelerator.print(f"saved distilled pipeline to {output_dir}")
+    accelerator.end_training()
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
+    """accelerate state (model, optimizer, scheduler, RNG, sampler) written under a temporary name and renamed when
+    complete, so a run killed while saving never leaves a half-written checkpoint for --resume_from_checkpoint."""
+    tmp, final = output_dir / f".checkpoint-{step}.tmp", output_dir / f"checkpoint-{step}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def run_validation(args, teacher, student, validation, step, accelerator):
+    """Generate --num_validation_images per validation prompt with the student; save PNGs and log them."""
+    embeds, masks, negative, negative_mask = validation
+    pipe = with_transformer(teacher, student)
+    folder = Path(args.output_dir) / "validation" / f"step-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    was_training = student.training
+    student.eval()
+    images = []
+    with torch.no_grad():
+        for i in range(len(args.validation_prompts)):
+            for j in range(args.num_validation_images):
+                out = pipe(
+                    prompt_embeds=embeds[i : i + 1].to(accelerator.device, student.dtype),
+                    prompt_attention_mask=masks[i : i + 1].to(accelerator.device),
+                    negative_prompt=None,  # PixArt's default "" would clash with the embeddings
+                    negative_prompt_embeds=negative.to(accelerator.device, student.dtype),
+                    negative_prompt_attention_mask=negative_mask.to(accelerator.device),
+                    num_inference_steps=args.validation_inference_steps,
+                    guidance_scale=args.teacher_guidance_scale,
+                    height=args.resolution,
+                    width=args.resolution,
+                    use_resolution_binning=False,
+                    max_sequence_length=args.max_sequence_length,
+                    generator=torch.Generator().manual_seed(args.seed + j),
+                ).images[0]
+                out.save(folder / f"prompt{i}-{j}.png")
+                images.append(out)
+    student.train(was_training)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np
+
+            tracker.writer.add_images(
+                "validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC"
+            )
+
+
+def plot_losses(log_path: Path, out: Path) -> None:
+    """Loss terms against step, log scale, from train_log.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "task", "output", "variance", "feature"):
+        if key in rows[0]:
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("distillation losses")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def cli(argv=None) -> None:
+    """Command-line entry point: a :class:`LayerPruneError` is printed on one line and exits 2."""
+    try:
+        main(argv)
+    except LayerPruneError as error:
+        print(f"train_distill: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli()
