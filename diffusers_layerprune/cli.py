@@ -180,8 +180,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     given.update({flag: True for flag in ("use_lora", "push") if getattr(args, flag)})
-    if args.num_layers is not None or args.ratio is not None:  # a depth flag replaces both depth fields
-        given.update(num_layers=args.num_layers, ratio=args.ratio)
+    if any(v is not None for v in (args.num_layers, args.remove, args.ratio)):  # a depth flag replaces all three
+        given.update(num_layers=args.num_layers, remove=args.remove, ratio=args.ratio)
     recipe = Recipe.from_yaml(args.recipe, **given) if args.recipe else Recipe(**given)
     run_recipe(recipe)
     return 0
@@ -274,8 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompts", default=None, help="prompts for scoring (default: the model's training prompts)")
     run.add_argument("--num-prompts", type=int, default=None, help="prompts used for scoring (default: 64)")
     depth = run.add_mutually_exclusive_group()
-    depth.add_argument("--num-layers", type=int, default=None, help="blocks to remove")
-    depth.add_argument("--ratio", type=float, default=None, help="fraction of blocks to remove (default: 0.25)")
+    depth.add_argument(
+        "--num-layers", type=int, default=None, metavar="N", help="pruned depth: blocks to keep (config.num_layers)"
+    )
+    depth.add_argument("--remove", type=int, default=None, metavar="N", help="blocks to remove")
+    depth.add_argument(
+        "--ratio", type=float, default=None, metavar="R", help="fraction of blocks to remove (default: 0.25)"
+    )
     run.add_argument("--plan", default=None, help="one_shot (default), greedy or span")
     run.add_argument("--distill-steps", type=int, default=None, help="distillation steps; 0 skips (default: 300)")
     run.add_argument("--use-lora", action="store_true", help="distil LoRA adapters instead of all weights")

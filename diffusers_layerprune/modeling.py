@@ -255,6 +255,16 @@ def _toy_pipeline(**kwargs):
 MODEL_ALIASES["toy"] = _toy_pipeline
 
 
+def _toy_folder() -> Path:
+    from .toy import toy_pipeline_path
+
+    return toy_pipeline_path()
+
+
+# Short names whose pipeline is a folder on disk: their config can be read without building the pipeline.
+ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {"toy": _toy_folder}
+
+
 # Sampling settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's.
 GENERATION_DEFAULTS: dict[str, dict] = {
     # The toy world's values are those its numbers are measured with (diffusers_layerprune.toy constants).
@@ -384,14 +394,17 @@ def _resolve_local(name: str) -> Path | None:
 
 
 def read_transformer_config(model: str | os.PathLike, *, revision: str | None = None) -> dict | None:
-    """The pipeline's ``transformer/config.json`` without loading weights (``None`` for short model names).
+    """The pipeline's ``transformer/config.json`` without loading weights (``None`` for short names built in code).
 
     Lets commands check block indices and the model family before spending time on loading.
     """
     name = str(model)
     if name in MODEL_ALIASES:
-        return None
-    path = _resolve_local(name)
+        if name not in ALIAS_FOLDERS:
+            return None
+        path = ALIAS_FOLDERS[name]()
+    else:
+        path = _resolve_local(name)
     try:
         if path is not None:
             config_file = path / "transformer" / "config.json"

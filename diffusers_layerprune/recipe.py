@@ -32,8 +32,9 @@ class Recipe:
     prompts: str | None = None  # importance prompts; default: the model's training prompts (toy:train)
     num_prompts: int | None = 64
     scan_steps: int | None = None  # sampling steps while scoring; default: the model's
-    num_layers: int | None = None  # blocks to remove (or ratio)
-    ratio: float | None = 0.25
+    num_layers: int | None = None  # pruned depth (blocks kept); or remove, or ratio
+    remove: int | None = None  # blocks to remove
+    ratio: float | None = 0.25  # fraction of blocks to remove
     plan: str = "one_shot"
     distill_steps: int = 300
     distill_batch_size: int = 16
@@ -66,8 +67,18 @@ class Recipe:
         return cls(**{**data, **overrides})
 
     def check(self) -> None:
-        if (self.num_layers is None) == (self.ratio is None):
-            raise LayerPruneError("give exactly one of num_layers (blocks to remove) or ratio (fraction to remove)")
+        if sum(v is not None for v in (self.num_layers, self.remove, self.ratio)) != 1:
+            raise LayerPruneError(
+                "give exactly one of num_layers (blocks to keep), remove (blocks to remove) or ratio (fraction to "
+                "remove)"
+            )
+        from .modeling import read_transformer_config
+
+        config = read_transformer_config(self.model)  # a wrong model or depth fails before anything is written
+        if config is not None:
+            from .importance import num_to_remove
+
+            num_to_remove(config["num_layers"], self.num_layers, self.ratio, remove=self.remove)
         if self.distill_steps < 0:
             raise LayerPruneError("distill_steps must be >= 0 (0 skips distillation)")
         if self.push and not self.repo_id:
@@ -164,7 +175,7 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     from .importance import LayerImportance, num_to_remove, plan_blocks
 
     importance = LayerImportance.load(importance_path)
-    k = num_to_remove(importance.num_layers, recipe.num_layers, recipe.ratio)
+    k = num_to_remove(importance.num_layers, recipe.num_layers, recipe.ratio, remove=recipe.remove)
     drop = sorted(plan_blocks(importance, k, recipe.plan))
     pruned = out / "pruned"
     prune_settings = {"model": recipe.model, "drop": drop}

@@ -327,8 +327,17 @@ def test_loading_a_foreign_or_broken_file_is_a_clear_error(tmp_path):
 
 def test_plans(results):
     _, by_name = results
-    assert num_to_remove(8, ratio=0.25) == 2 and num_to_remove(8, num_layers=3) == 3
-    for bad in (dict(num_layers=8), dict(num_layers=0), dict(num_layers=-1), dict(ratio=1.0), dict(ratio=0.01)):
+    # num_layers is the pruned depth (blocks kept), as in diffusers' config; remove counts removed blocks
+    assert num_to_remove(8, ratio=0.25) == 2 and num_to_remove(8, num_layers=3) == 5 and num_to_remove(8, remove=3) == 3
+    bads = (
+        dict(num_layers=8),
+        dict(num_layers=0),
+        dict(num_layers=-1),
+        dict(remove=8),
+        dict(remove=0),
+        dict(ratio=1.0),
+    )
+    for bad in (*bads, dict(ratio=0.01), dict(num_layers=4, remove=4), {}):
         with pytest.raises(LayerPruneError):
             num_to_remove(8, **bad)
     assert plan_blocks(by_name["latent"], 2, "one_shot") == list(IDENTITY_BLOCKS)

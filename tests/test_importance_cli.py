@@ -105,7 +105,7 @@ def test_score_greedy_order_and_span_plan_through_prune(tiny_pipeline_dir, asset
     importance = LayerImportance.load(greedy_file)
     order = importance.extra["greedy_order"]
     assert len(order) == 2 and order[0] == importance.ranking()[0]
-    assert main(["prune", "--model", str(tiny_pipeline_dir), "--importance", str(greedy_file), "--num-layers", "2",
+    assert main(["prune", "--model", str(tiny_pipeline_dir), "--importance", str(greedy_file), "--remove", "2",
                  "--plan", "greedy", "--output", str(tmp_path / "g")]) == 0  # fmt: skip
     kept = json.loads((tmp_path / "g" / "transformer" / "config.json").read_text())["kept_layers"]
     assert sorted(set(range(6)) - set(kept)) == sorted(order)
@@ -159,14 +159,16 @@ def test_score_bad_input_one_line_exit_2_nothing_written(tiny_pipeline_dir, asse
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("all_layers", "--num-layers (blocks to remove) must be between 1 and 5 for a model of 6 blocks, got 6"),
+        ("all_layers", "--num-layers (blocks to keep) must be between 1 and 5 for a model of 6 blocks, got 6"),
         ("zero_layers", "must be between 1 and 5 for a model of 6 blocks, got 0"),
+        ("remove_all", "--remove (blocks to remove) must be between 1 and 5 for a model of 6 blocks, got 6"),
+        ("two_sizes", "with --importance give exactly one of --num-layers (blocks to keep), --remove"),
         ("ratio", "--ratio must be between 0 and 1"),
         ("other_depth", "the importance file has 4 blocks"),
         ("other_model", "the importance file was measured on some/other-model"),
-        ("no_size", "give exactly one of --num-layers (blocks to remove) or --ratio"),
+        ("no_size", "give exactly one of --num-layers (blocks to keep), --remove (blocks to remove) or --ratio"),
         ("span_of_norms", "the span plan needs an angular_distance importance file"),
-        ("size_without_importance", "--num-layers, --ratio and --plan go with --importance"),
+        ("size_without_importance", "--num-layers, --remove, --ratio and --plan go with --importance"),
     ],
 )
 def test_prune_importance_bad_input(tiny_pipeline_dir, weight_norm_file, tmp_path, capsys, case, message):
@@ -176,6 +178,8 @@ def test_prune_importance_bad_input(tiny_pipeline_dir, weight_norm_file, tmp_pat
     args = {
         "all_layers": ["--importance", imp, "--num-layers", "6"],
         "zero_layers": ["--importance", imp, "--num-layers", "0"],
+        "remove_all": ["--importance", imp, "--remove", "6"],
+        "two_sizes": ["--importance", imp, "--remove", "2", "--num-layers", "4"],
         "ratio": ["--importance", imp, "--ratio", "1.5"],
         "other_depth": [
             "--importance",
@@ -288,3 +292,15 @@ def test_score_to_file_is_the_python_form_of_score(tiny_pipeline_dir, assets, tm
     assert result.metadata["num_inference_steps"] == 2 and result.metadata["prompts"]["count"] == 5
     with pytest.raises(LayerPruneError, match="already exists"):
         score_to_file(str(tiny_pipeline_dir), "random", output, overwrite=False)
+
+
+def test_prune_num_layers_is_the_pruned_depth(tiny_pipeline_dir, weight_norm_file, tmp_path):
+    # --num-layers means what diffusers' config.num_layers means: the depth of the pruned model
+    imp = str(weight_norm_file)
+    for i, (flags, depth) in enumerate(((["--num-layers", "4"], 4), (["--remove", "4"], 2), (["--ratio", "0.5"], 3))):
+        out = tmp_path / str(i)
+        assert (
+            main(["prune", "--model", str(tiny_pipeline_dir), "--importance", imp, *flags, "--output", str(out)]) == 0
+        )
+        config = json.loads((out / "transformer" / "config.json").read_text())
+        assert config["num_layers"] == depth == len(config["kept_layers"])

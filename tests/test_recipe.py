@@ -80,4 +80,16 @@ def test_recipe_yaml_and_errors(tmp_path):
         run_recipe(Recipe(num_layers=2, ratio=0.5, output=str(tmp_path / "x")))
     with pytest.raises(LayerPruneError, match="push needs repo_id"):
         run_recipe(Recipe(push=True, output=str(tmp_path / "x")))
+    # a depth that keeps every block (or none) of the 12-block toy is refused before anything is written
+    for depth in (dict(num_layers=12, ratio=None), dict(remove=12, ratio=None), dict(num_layers=0, ratio=None)):
+        with pytest.raises(LayerPruneError, match="must be between 1 and 11 for a model of 12 blocks"):
+            run_recipe(Recipe(**depth, output=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
+
+
+def test_run_num_layers_is_the_pruned_depth(tmp_path, capsys):
+    from diffusers_layerprune.cli import main
+
+    assert main(["run", "--num-layers", "12", "--output", str(tmp_path / "r")]) == 2
+    assert "--num-layers (blocks to keep) must be between 1 and 11" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

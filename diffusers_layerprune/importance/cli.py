@@ -237,7 +237,7 @@ def _summary(importance, model: str, output: Path, log) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# layerprune prune --importance imp.json (--num-layers N | --ratio R) [--plan one_shot|greedy|span]
+# layerprune prune --importance imp.json (--num-layers N | --remove N | --ratio R) [--plan one_shot|greedy|span]
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -246,11 +246,16 @@ def add_prune_importance_args(prune: argparse.ArgumentParser, which) -> None:
     which.add_argument(
         "--importance",
         metavar="IMP.json",
-        help="drop the least important blocks of a `layerprune score` file (with --num-layers or --ratio)",
+        help="drop the least important blocks of a `layerprune score` file (with --num-layers, --remove or --ratio)",
     )
     prune.add_argument(
-        "--num-layers", type=int, default=None, metavar="N", help="with --importance: number of blocks to remove"
+        "--num-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --importance: pruned depth, the number of blocks to KEEP (as in diffusers' config.num_layers)",
     )
+    prune.add_argument("--remove", type=int, default=None, metavar="N", help="with --importance: blocks to remove")
     prune.add_argument(
         "--ratio", type=float, default=None, metavar="R", help="with --importance: fraction of blocks to remove"
     )
@@ -264,21 +269,25 @@ def add_prune_importance_args(prune: argparse.ArgumentParser, which) -> None:
 
 
 def check_prune_importance_args(args: argparse.Namespace) -> None:
-    """Refuse --num-layers/--ratio/--plan without --importance, and --importance without a size."""
+    """Refuse --num-layers/--remove/--ratio/--plan without --importance, and --importance without one size."""
+    sizes = [v for v in (args.num_layers, args.remove, args.ratio) if v is not None]
     if getattr(args, "importance", None) is None:
-        if args.num_layers is not None or args.ratio is not None or args.plan != "one_shot":
-            raise LayerPruneError("--num-layers, --ratio and --plan go with --importance")
+        if sizes or args.plan != "one_shot":
+            raise LayerPruneError("--num-layers, --remove, --ratio and --plan go with --importance")
         return
-    if (args.num_layers is None) == (args.ratio is None):
-        raise LayerPruneError("with --importance give exactly one of --num-layers (blocks to remove) or --ratio")
+    if len(sizes) != 1:
+        raise LayerPruneError(
+            "with --importance give exactly one of --num-layers (blocks to keep), --remove (blocks to remove) or "
+            "--ratio (fraction to remove)"
+        )
 
 
 def pruned_layers_from_importance(args: argparse.Namespace, depth: int, model: str) -> list[int]:
-    """The blocks ``--importance`` + ``--num-layers``/``--ratio`` + ``--plan`` remove from ``model`` of ``depth``."""
+    """The blocks ``--importance`` + ``--num-layers``/``--remove``/``--ratio`` + ``--plan`` remove from ``model``."""
     from .plans import num_to_remove, plan_blocks
     from .result import LayerImportance, check_importance_matches
 
     importance = LayerImportance.load(args.importance)
     check_importance_matches(importance, depth, model)
-    k = num_to_remove(depth, args.num_layers, args.ratio)
+    k = num_to_remove(depth, args.num_layers, args.ratio, remove=args.remove)
     return plan_blocks(importance, k, args.plan)

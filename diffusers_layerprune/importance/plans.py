@@ -16,27 +16,47 @@ from ..errors import LayerPruneError
 from .result import LayerImportance
 
 
-def num_to_remove(depth: int, num_layers: int | None = None, ratio: float | None = None) -> int:
-    """Blocks to remove from a model of ``depth`` blocks: ``num_layers``, or ``round(ratio * depth)``.
+def num_to_remove(
+    depth: int, num_layers: int | None = None, ratio: float | None = None, *, remove: int | None = None
+) -> int:
+    """How many blocks to remove from a model of ``depth`` blocks, given exactly one of:
 
-    Raises :class:`LayerPruneError` unless the result leaves at least one block and removes at least one.
+    - ``num_layers``: the pruned depth (blocks kept), as diffusers' ``config.num_layers`` means it;
+    - ``remove``: the number of blocks to remove;
+    - ``ratio``: the fraction of blocks to remove, ``round(ratio * depth)``.
+
+    Raises :class:`LayerPruneError` unless the result removes at least one block and keeps at least one.
     """
-    if (num_layers is None) == (ratio is None):
-        raise LayerPruneError("give exactly one of --num-layers (blocks to remove) or --ratio (fraction to remove)")
+    given = [
+        name for name, value in (("num-layers", num_layers), ("remove", remove), ("ratio", ratio)) if value is not None
+    ]
+    if len(given) != 1:
+        raise LayerPruneError(
+            "give exactly one of --num-layers (blocks to keep), --remove (blocks to remove) or --ratio "
+            f"(fraction to remove); got {', '.join('--' + g for g in given) or 'none'}"
+        )
     if ratio is not None:
         if not 0.0 < ratio < 1.0:
             raise LayerPruneError(f"--ratio must be between 0 and 1 (the fraction of blocks to remove), got {ratio}")
-        num_layers = round(ratio * depth)
-        if not 0 < num_layers < depth:
+        k = round(ratio * depth)
+        if not 0 < k < depth:
             raise LayerPruneError(
-                f"--ratio {ratio} removes {num_layers} of {depth} blocks; choose a ratio that removes 1..{depth - 1}"
+                f"--ratio {ratio} removes {k} of {depth} blocks; choose a ratio that removes 1..{depth - 1}"
             )
+        return k
+    if remove is not None:
+        if not 0 < remove < depth:
+            raise LayerPruneError(
+                f"--remove (blocks to remove) must be between 1 and {depth - 1} for a model of {depth} blocks, "
+                f"got {remove}"
+            )
+        return remove
     if not 0 < num_layers < depth:
         raise LayerPruneError(
-            f"--num-layers (blocks to remove) must be between 1 and {depth - 1} for a model of {depth} blocks, "
+            f"--num-layers (blocks to keep) must be between 1 and {depth - 1} for a model of {depth} blocks, "
             f"got {num_layers}"
         )
-    return num_layers
+    return depth - num_layers
 
 
 def one_shot(importance: LayerImportance, k: int) -> list[int]:
