@@ -11,7 +11,7 @@ from importlib import import_module
 # before torch is first imported; set OMP_WAIT_POLICY yourself to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "PrunedPixArtTransformer": "modeling",
