@@ -43,9 +43,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument(
         "--dtype",
-        default="float32",
-        choices=["float32", "float16", "bfloat16"],
-        help="weights dtype (default: float32)",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights dtype (default: auto, the model's: bfloat16 for PixArt-Sigma, float32 for the toy world; "
+        "a pruned model takes its source's)",
     )
 
 
@@ -56,17 +57,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     check_prune_importance_args(args)
     check_output_dir(args.output, overwrite=args.overwrite)
 
-    import torch
-
     from .blocks import resolve_kept_layers
-    from .modeling import load_pipeline, prune_pipeline, read_transformer_config, save_pruned_pipeline
+    from .modeling import load_pipeline, prune_pipeline, read_transformer_config, resolve_dtype, save_pruned_pipeline
 
     config = read_transformer_config(args.model, revision=args.revision)
     if config is not None:  # check the indices before loading any weights
         if args.importance:
             args.drop = pruned_layers_from_importance(args, config["num_layers"], args.model)
         resolve_kept_layers(config["num_layers"], args.keep, args.drop)
-    pipe = load_pipeline(args.model, torch_dtype=getattr(torch, args.dtype), revision=args.revision)
+    pipe = load_pipeline(args.model, torch_dtype=resolve_dtype(args.dtype, args.model), revision=args.revision)
     if config is None and args.importance:  # short model names: the depth is known once loaded
         args.drop = pruned_layers_from_importance(args, pipe.transformer.config.num_layers, args.model)
     depth = pipe.transformer.config.num_layers
@@ -89,15 +88,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise LayerPruneError(f"report {output} already exists; pass --overwrite to replace it")
 
-    import torch
-
     from .data import load_prompts
     from .evaluation import evaluate, grid_path, write_report
-    from .modeling import generation_defaults, load_pipeline, read_transformer_config
+    from .modeling import generation_defaults, load_pipeline, read_transformer_config, resolve_dtype
     from .scorers import load_scorer
 
     read_transformer_config(args.model, revision=args.revision)  # a wrong path or model family fails here, cheaply
-    dtype = getattr(torch, args.dtype)
+    dtype = resolve_dtype(args.dtype, args.model)
     pipe = load_pipeline(args.model, torch_dtype=dtype, revision=args.revision, device=args.device)
     defaults = generation_defaults(args.model, pipe)
     prompt_set = load_prompts(
@@ -170,7 +167,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "criterion",
         "scorer",
         "prompts",
+        "train_prompts",
         "num_prompts",
+        "dtype",
         "plan",
         "distill_steps",
         "eval_num_prompts",
@@ -271,7 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help=f"pipeline to prune (default: {DEFAULT_MODEL})")
     run.add_argument("--criterion", default=None, help="importance criterion (default: preference)")
     run.add_argument("--scorer", default=None, help="preference scorer (default: the model's)")
-    run.add_argument("--prompts", default=None, help="prompts for scoring (default: the model's training prompts)")
+    run.add_argument(
+        "--prompts",
+        default=None,
+        help="prompts for scoring (default: the model's: toy:train; Pick-a-Pic's unique validation prompts for "
+        "PixArt-Sigma); evaluation prompts are always removed from them",
+    )
+    run.add_argument(
+        "--train-prompts",
+        default=None,
+        help="prompts for distillation (default: the model's: toy:train; Pick-a-Pic train prompts for PixArt-Sigma)",
+    )
+    run.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights dtype of every stage and saved folder (default: auto, bfloat16 for PixArt-Sigma, float32 toy)",
+    )
     run.add_argument("--num-prompts", type=int, default=None, help="prompts used for scoring (default: 64)")
     depth = run.add_mutually_exclusive_group()
     depth.add_argument(

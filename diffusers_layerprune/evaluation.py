@@ -348,6 +348,7 @@ def evaluate(
             "prompts": prompt_set.source,
             "prompt_fingerprint": prompt_set.fingerprint(),
             "num_prompts": len(prompts),
+            "prompt_set": prompt_set.record(),
             "scorers": list(scorers),
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,

@@ -20,6 +20,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.loaders import PeftAdapterMixin
 
 from .blocks import block_layout, resolve_kept_layers
+from .data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from .errors import LayerPruneError
 from .outputs import atomic_output_dir
 
@@ -265,52 +266,96 @@ def _toy_folder() -> Path:
 ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {"toy": _toy_folder}
 
 
-# Sampling settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's.
+# Settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's. Prompt sets are
+# `--prompts` specs (data.load_prompts): blocks are scored on `score_prompts`, distillation trains on
+# `train_prompts`, evaluation uses `eval_prompts`; the first two never overlap the third (`layerprune run` checks).
 GENERATION_DEFAULTS: dict[str, dict] = {
     # The toy world's values are those its numbers are measured with (diffusers_layerprune.toy constants).
     "toy": dict(
         max_sequence_length=16,
         num_inference_steps=20,
         guidance_scale=4.5,
+        score_prompts="toy:train",
         train_prompts="toy:train",
         eval_prompts="toy:heldout",
         scorers=["toy"],
+        dtype="float32",
     ),
     "tiny-random": dict(
         max_sequence_length=16,
         num_inference_steps=4,
         guidance_scale=1.0,
+        score_prompts="toy:train",
         train_prompts="toy:train",
         eval_prompts="toy:heldout",
         scorers=["toy"],
+        dtype="float32",
     ),
 }
 PIXART_SIGMA_DEFAULTS = dict(
     max_sequence_length=300,
     num_inference_steps=20,
     guidance_scale=4.5,
-    train_prompts="toy:train",
+    score_prompts=PICKAPIC_SCORING_PROMPTS,
+    train_prompts=PICKAPIC_TRAINING_PROMPTS,
     eval_prompts="hpdv2",
     scorers=["hpsv2.1", "pickscore", "clip"],
+    # PixArt-Sigma is run in half precision (its T5-XXL alone is ~19 GB in float32, ~9.5 GB in bfloat16)
+    dtype="bfloat16",
 )
+DTYPES = ("float32", "float16", "bfloat16")
+REAL_SIZE_CAPTION_CHANNELS = 4096  # T5-XXL's width: transformers conditioned on it are real-size PixArt-Sigma
+
+
+def model_defaults(model: str | os.PathLike, source_model: str | None = None) -> dict:
+    """Defaults of ``model`` by name, else of its ``source_model`` (a pruned model takes its source's), else
+    PixArt-Sigma's. No pipeline is loaded; a local folder's config is read when ``source_model`` is not given.
+
+    ``dtype`` is bfloat16 for real-size PixArt-Sigma (T5-XXL conditioning, 4096 channels; Hub ids) and float32 for
+    small models (the toy world, tiny test pipelines), whose numbers are kept exact."""
+    name = str(model)
+    if name in GENERATION_DEFAULTS:
+        return dict(GENERATION_DEFAULTS[name])
+    config = None
+    if Path(name).expanduser().is_dir():  # local folders only: no network for defaults
+        try:
+            config = read_transformer_config(name)
+        except LayerPruneError:
+            config = None
+    if source_model is None:
+        source_model = (config or {}).get("source_model")
+    defaults = dict(GENERATION_DEFAULTS.get(str(source_model), PIXART_SIGMA_DEFAULTS))
+    if config is not None and str(source_model) not in GENERATION_DEFAULTS:
+        if (config.get("caption_channels") or 0) < REAL_SIZE_CAPTION_CHANNELS:
+            defaults["dtype"] = "float32"
+    return defaults
 
 
 def generation_defaults(model: str | os.PathLike, pipe) -> dict:
     """Settings ``model`` is meant to be used with: ``resolution`` (the transformer's native one, ``sample_size x VAE
-    scale factor``), ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale``, ``train_prompts``,
-    ``eval_prompts`` and ``scorers``. A pruned model takes its source model's defaults."""
-    source = pipe.transformer.config.get("source_model")
-    defaults = GENERATION_DEFAULTS.get(str(model)) or GENERATION_DEFAULTS.get(str(source)) or PIXART_SIGMA_DEFAULTS
-    defaults = dict(defaults)
+    scale factor``), ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale``, ``score_prompts``,
+    ``train_prompts``, ``eval_prompts``, ``scorers`` and ``dtype``. A pruned model takes its source model's defaults."""
+    defaults = model_defaults(model, pipe.transformer.config.get("source_model") or "")
     defaults.setdefault("resolution", pipe.transformer.config.sample_size * pipe.vae_scale_factor)
     return defaults
 
 
 def scoring_defaults(model: str | os.PathLike) -> dict:
-    """``scorer`` (the first of the model's ``scorers``) and ``eval_prompts`` a model's blocks are scored with by
-    default; needs no loaded pipeline, so commands can check them before loading anything."""
-    defaults = GENERATION_DEFAULTS.get(str(model), PIXART_SIGMA_DEFAULTS)
-    return {"scorer": defaults["scorers"][0], "eval_prompts": defaults["eval_prompts"]}
+    """``scorer`` (the first of the model's ``scorers``), ``score_prompts`` and ``eval_prompts`` a model's blocks are
+    scored with by default; needs no loaded pipeline, so commands can check them before loading anything."""
+    defaults = model_defaults(model)
+    return {k: defaults[k] for k in ("score_prompts", "eval_prompts")} | {"scorer": defaults["scorers"][0]}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, model: str | os.PathLike) -> torch.dtype:
+    """``dtype`` as a ``torch.dtype``; ``None`` or ``"auto"`` is the model's default (its source's for a pruned
+    model): bfloat16 for PixArt-Sigma, float32 for the toy world."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = model_defaults(model)["dtype"] if dtype in (None, "auto") else str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise LayerPruneError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    return getattr(torch, name)
 
 
 def with_transformer(pipe, transformer):

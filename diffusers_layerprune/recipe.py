@@ -29,7 +29,9 @@ class Recipe:
     model: str = "toy"
     criterion: str = "preference"
     scorer: str | None = None  # default: the model's (toy on the toy world, hpsv2.1 otherwise)
-    prompts: str | None = None  # importance prompts; default: the model's training prompts (toy:train)
+    prompts: str | None = None  # scoring prompts; default: the model's (toy:train; Pick-a-Pic for PixArt-Sigma)
+    train_prompts: str | None = None  # distillation prompts; default: the model's (toy:train; Pick-a-Pic train)
+    dtype: str = "auto"  # weights dtype; auto: the model's (bfloat16 for PixArt-Sigma, float32 for the toy)
     num_prompts: int | None = 64
     scan_steps: int | None = None  # sampling steps while scoring; default: the model's
     num_layers: int | None = None  # pruned depth (blocks kept); or remove, or ratio
@@ -137,36 +139,34 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     importance_path = out / "importance.json"
 
     # 1. Score the blocks.
+    from .modeling import model_defaults
+
+    defaults = model_defaults(recipe.model)
+    eval_prompts = recipe.eval_prompts or defaults["eval_prompts"]
     score_settings = {
-        k: getattr(recipe, k) for k in ("model", "criterion", "scorer", "prompts", "num_prompts", "scan_steps", "seed")
+        k: getattr(recipe, k)
+        for k in ("model", "criterion", "scorer", "prompts", "num_prompts", "scan_steps", "seed", "dtype")
     }
+    score_settings["exclude"] = eval_prompts
     if not (state.done("score", score_settings) and importance_path.is_file()):
         log(f"[1/5] scoring blocks of {recipe.model} with the {recipe.criterion} criterion")
         start = time.perf_counter()
-        from .cli import main as cli
-        from .modeling import GENERATION_DEFAULTS, PIXART_SIGMA_DEFAULTS
+        from .importance.cli import score_to_file
 
-        # Score on training prompts: choosing blocks on the evaluation prompts would flatter the evaluation.
-        prompts = recipe.prompts or GENERATION_DEFAULTS.get(recipe.model, PIXART_SIGMA_DEFAULTS)["train_prompts"]
-        args = [
-            "score",
-            "--model",
+        # Score on training prompts, never on evaluation prompts: that would flatter the evaluation.
+        score_to_file(
             recipe.model,
-            "--criterion",
             recipe.criterion,
-            "--prompts",
-            prompts,
-            "--seed",
-            str(recipe.seed),
-            "--output",
-            str(importance_path),
-            "--overwrite",
-        ]
-        args += ["--scorer", recipe.scorer] if recipe.scorer else []
-        args += ["--num-prompts", str(recipe.num_prompts)] if recipe.num_prompts else []
-        args += ["--steps", str(recipe.scan_steps)] if recipe.scan_steps else []
-        if cli(args) != 0:
-            raise LayerPruneError("scoring failed (see above)")
+            importance_path,
+            scorer=recipe.scorer,
+            prompts=recipe.prompts or defaults["score_prompts"],
+            exclude_prompts=eval_prompts,
+            num_prompts=recipe.num_prompts,
+            steps=recipe.scan_steps,
+            seed=recipe.seed,
+            dtype=recipe.dtype,
+            log=log,
+        )
         state.mark("score", score_settings, time.perf_counter() - start)
     else:
         log(f"[1/5] reusing {importance_path}")
@@ -178,13 +178,13 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     k = num_to_remove(importance.num_layers, recipe.num_layers, recipe.ratio, remove=recipe.remove)
     drop = sorted(plan_blocks(importance, k, recipe.plan))
     pruned = out / "pruned"
-    prune_settings = {"model": recipe.model, "drop": drop}
+    prune_settings = {"model": recipe.model, "drop": drop, "dtype": recipe.dtype}
     if not (state.done("prune", prune_settings) and (pruned / "model_index.json").is_file()):
         log(f"[2/5] removing blocks {drop} ({k} of {importance.num_layers}, plan {recipe.plan})")
         start = time.perf_counter()
-        from .modeling import load_pipeline, prune_pipeline, save_pruned_pipeline
+        from .modeling import load_pipeline, prune_pipeline, resolve_dtype, save_pruned_pipeline
 
-        pipe = load_pipeline(recipe.model)
+        pipe = load_pipeline(recipe.model, torch_dtype=resolve_dtype(recipe.dtype, recipe.model))
         save_pruned_pipeline(prune_pipeline(pipe, pruned_layers=drop, copy_weights=False), pruned, overwrite=True)
         _copy_importance(importance_path, pruned)
         state.mark("prune", prune_settings, time.perf_counter() - start)
@@ -204,10 +204,12 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
                 "use_lora",
                 "rank",
                 "seed",
+                "train_prompts",
+                "dtype",
                 "extra_train_args",
             )
         }
-        distill_settings["drop"] = drop
+        distill_settings.update(drop=drop, exclude=eval_prompts)
         if not (state.done("distill", distill_settings) and (final / "model_index.json").is_file()):
             log(f"[3/5] distilling for {recipe.distill_steps} steps" + (" (LoRA)" if recipe.use_lora else ""))
             start = time.perf_counter()
@@ -240,6 +242,12 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
                 str(recipe.seed),
                 "--report_to",
                 "none",
+                "--prompts",
+                recipe.train_prompts or defaults["train_prompts"],
+                "--exclude_prompts",
+                eval_prompts,
+                "--save_dtype",
+                recipe.dtype,
                 *resume,
                 *recipe.extra_train_args,
             ]

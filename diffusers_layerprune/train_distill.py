@@ -59,6 +59,7 @@ from diffusers_layerprune.modeling import (
     generation_defaults,
     load_pipeline,
     read_transformer_config,
+    resolve_dtype,
     save_pruned_pipeline,
     with_transformer,
 )
@@ -84,7 +85,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--image_column", default="image")
     g.add_argument("--caption_column", default="text")
     g.add_argument("--prompt_column", default=None, help="prompt-only mode: the teacher generates the training latents")
-    g.add_argument("--prompts", default=None, help="prompt-only mode from a prompt set (file, toy:train, hpdv2, ...)")
+    g.add_argument(
+        "--prompts",
+        default=None,
+        help="prompt-only mode from a prompt set: a .txt/.jsonl/.csv file, a dataset folder, a Hub dataset as "
+        "user/name[:config][:split][@column], or toy:train (default: the teacher's training prompts; Pick-a-Pic "
+        "prompts for PixArt-Sigma); deduplicated",
+    )
+    g.add_argument(
+        "--exclude_prompts",
+        default=None,
+        metavar="SPEC",
+        help="prompt-only mode: drop training prompts that are also in this set (e.g. the evaluation prompts, hpdv2)",
+    )
     g.add_argument("--max_train_samples", type=int, default=None)
     g.add_argument("--resolution", type=int, default=None, help="image side (default: the teacher's native size)")
     g.add_argument("--max_sequence_length", type=int, default=None, help="text tokens (default: the model's)")
@@ -122,6 +135,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--adam_epsilon", type=float, default=1e-8)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    g.add_argument(
+        "--save_dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="dtype of the saved pipeline (default: auto, the teacher's: bfloat16 for PixArt-Sigma, float32 for toy)",
+    )
     g.add_argument("--allow_tf32", action="store_true")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--seed", type=int, default=0)
@@ -195,7 +214,12 @@ def build_dataset(args, pipe, defaults, cache_dir, accelerator):
                 **common,
             )
     else:
-        prompts = load_prompts(args.prompts or defaults["train_prompts"], limit=args.max_train_samples).prompts
+        exclude = load_prompts(args.exclude_prompts) if args.exclude_prompts else None
+        prompt_set = load_prompts(
+            args.prompts or defaults["train_prompts"], limit=args.max_train_samples, exclude=exclude
+        )
+        args.prompt_set_record = prompt_set.record()
+        prompts = prompt_set.prompts
     if not prompts:
         raise LayerPruneError("the training prompt set is empty")
     return teacher_latents_dataset(
@@ -442,9 +466,11 @@ def main(argv=None) -> None:
             final.save_lora_adapter(str(output_dir / "lora"))
             final.fuse_lora()
             final.unload_lora()
-        if final.dtype != torch.float32:
-            final.to(torch.float32)
-        pipe = load_pipeline(args.teacher_model, revision=args.revision, transformer=final)
+        # Saved in the model's dtype (bfloat16 for PixArt-Sigma): a float32 save would re-save its 4.7B-parameter
+        # text encoder at ~19 GB.
+        save_dtype = resolve_dtype(args.save_dtype, args.teacher_model)
+        final.to(save_dtype)
+        pipe = load_pipeline(args.teacher_model, torch_dtype=save_dtype, revision=args.revision, transformer=final)
         with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
             save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
             move_into(Path(tmp) / "pipeline", output_dir)
@@ -468,6 +494,8 @@ def main(argv=None) -> None:
             "train_batch_size": args.train_batch_size,
             "num_processes": accelerator.num_processes,
             "train_samples": len(dataset),
+            "prompt_set": getattr(args, "prompt_set_record", None),
+            "save_dtype": str(save_dtype).removeprefix("torch."),
             "data": args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"],
             "resolution": args.resolution,
             "max_sequence_length": args.max_sequence_length,

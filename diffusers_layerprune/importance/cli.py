@@ -39,10 +39,17 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
     score.add_argument(
         "--prompts",
         default=None,
-        help="prompt set: a built-in name (toy:heldout, hpdv2, hpdv2:photo), a .txt/.json/.csv/.parquet file, or a "
-        "datasets name (default: toy:heldout on the toy world, hpdv2 otherwise)",
+        help="prompt set: a built-in name (toy:train, hpdv2:photo), a .txt/.json/.jsonl/.csv/.parquet file, a dataset "
+        "folder, or a Hub dataset as user/name[:config][:split][@column] (default: the model's scoring prompts: "
+        "toy:train on the toy world, Pick-a-Pic's 500 unique validation prompts otherwise)",
     )
     score.add_argument("--prompt-column", default=None, help="column holding the prompts (files / datasets)")
+    score.add_argument(
+        "--exclude-prompts",
+        default=None,
+        metavar="SPEC",
+        help="drop every prompt that is also in this prompt set, e.g. the evaluation prompts (hpdv2)",
+    )
     score.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts (default: all)")
     score.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     score.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
@@ -86,6 +93,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         scorer=args.scorer,
         prompts=args.prompts,
         prompt_column=args.prompt_column,
+        exclude_prompts=args.exclude_prompts,
         num_prompts=args.num_prompts,
         steps=args.steps,
         guidance=args.guidance,
@@ -111,6 +119,7 @@ def score_to_file(
     scorer: str | None = None,
     prompts: str | None = None,
     prompt_column: str | None = None,
+    exclude_prompts: str | None = None,
     num_prompts: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
@@ -119,7 +128,7 @@ def score_to_file(
     batch_size: int = 8,
     num_timesteps: int = 4,
     greedy_steps: int = 0,
-    dtype: str = "float32",
+    dtype: str = "auto",
     revision: str | None = None,
     overwrite: bool = True,
     show_progress: bool = True,
@@ -167,11 +176,12 @@ def score_to_file(
     if spec.needs_prompts:
         from ..data import load_prompts
 
-        prompt_set = load_prompts(prompts or defaults["eval_prompts"], column=prompt_column, limit=num_prompts)
+        exclude = load_prompts(exclude_prompts) if exclude_prompts else None
+        prompt_set = load_prompts(
+            prompts or defaults["score_prompts"], column=prompt_column, limit=num_prompts, exclude=exclude
+        )
 
-    import torch
-
-    from ..modeling import generation_defaults, load_pipeline
+    from ..modeling import generation_defaults, load_pipeline, resolve_dtype
     from ..scorers import load_scorer
     from . import compute_importance
     from .plans import greedy_order
@@ -179,7 +189,7 @@ def score_to_file(
     from .runner import ImportanceScan, ScanSettings, process_state
 
     state = process_state()
-    pipe = load_pipeline(model, torch_dtype=getattr(torch, dtype), revision=revision)
+    pipe = load_pipeline(model, torch_dtype=resolve_dtype(dtype, model), revision=revision)
     pipe.to(state.device)
     gen = generation_defaults(model, pipe)
     settings = ScanSettings(

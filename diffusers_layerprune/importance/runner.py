@@ -445,9 +445,7 @@ class ImportanceScan:
             "num_layers": self.num_layers,
             "criterion": criterion,
             "scorer": self.scorer_name,
-            "prompts": None
-            if self.prompts is None
-            else {"source": self.prompts.source, "fingerprint": self.prompts.fingerprint(), "count": len(self.prompts)},
+            "prompts": None if self.prompts is None else self.prompts.record(),
             "seed": s.seed,
             "seeds": f"prompt i uses seed {s.seed} + i",
             "num_inference_steps": s.num_inference_steps,
