@@ -32,6 +32,7 @@ class Recipe:
     prompts: str | None = None  # scoring prompts; default: the model's (toy:train; Pick-a-Pic for PixArt-Sigma)
     train_prompts: str | None = None  # distillation prompts; default: the model's (toy:train; Pick-a-Pic train)
     dtype: str = "auto"  # weights dtype; auto: the model's (bfloat16 for PixArt-Sigma, float32 for the toy)
+    transformer_only: bool = False  # pruned/ and distilled/ hold only the transformer; the rest stays in `model`
     num_prompts: int | None = 64
     scan_steps: int | None = None  # sampling steps while scoring; default: the model's
     num_layers: int | None = None  # pruned depth (blocks kept); or remove, or ratio
@@ -178,14 +179,20 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     k = num_to_remove(importance.num_layers, recipe.num_layers, recipe.ratio, remove=recipe.remove)
     drop = sorted(plan_blocks(importance, k, recipe.plan))
     pruned = out / "pruned"
-    prune_settings = {"model": recipe.model, "drop": drop, "dtype": recipe.dtype}
-    if not (state.done("prune", prune_settings) and (pruned / "model_index.json").is_file()):
+    prune_settings = {"model": recipe.model, "drop": drop, "dtype": recipe.dtype, "only": recipe.transformer_only}
+    if not (state.done("prune", prune_settings) and _is_model_folder(pruned)):
         log(f"[2/5] removing blocks {drop} ({k} of {importance.num_layers}, plan {recipe.plan})")
         start = time.perf_counter()
-        from .modeling import load_pipeline, prune_pipeline, resolve_dtype, save_pruned_pipeline
+        from .modeling import prune_to_folder
 
-        pipe = load_pipeline(recipe.model, torch_dtype=resolve_dtype(recipe.dtype, recipe.model))
-        save_pruned_pipeline(prune_pipeline(pipe, pruned_layers=drop, copy_weights=False), pruned, overwrite=True)
+        prune_to_folder(
+            recipe.model,
+            pruned,
+            pruned_layers=drop,
+            transformer_only=recipe.transformer_only,
+            dtype=recipe.dtype,
+            overwrite=True,
+        )
         _copy_importance(importance_path, pruned)
         state.mark("prune", prune_settings, time.perf_counter() - start)
     else:
@@ -206,11 +213,12 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
                 "seed",
                 "train_prompts",
                 "dtype",
+                "transformer_only",
                 "extra_train_args",
             )
         }
         distill_settings.update(drop=drop, exclude=eval_prompts)
-        if not (state.done("distill", distill_settings) and (final / "model_index.json").is_file()):
+        if not (state.done("distill", distill_settings) and _is_model_folder(final)):
             log(f"[3/5] distilling for {recipe.distill_steps} steps" + (" (LoRA)" if recipe.use_lora else ""))
             start = time.perf_counter()
             resume = ["--resume_from_checkpoint", "latest"] if any(final.glob("checkpoint-*")) else []
@@ -253,6 +261,8 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
             ]
             if recipe.use_lora:
                 cmd += ["--use_lora", "--rank", str(recipe.rank)]
+            if recipe.transformer_only:
+                cmd += ["--transformer_only"]
             if subprocess.run(cmd).returncode != 0:
                 raise LayerPruneError(f"distillation failed (see above); re-run to resume from {final}")
             _copy_importance(importance_path, final)
@@ -291,6 +301,11 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     with (out / "summary.json").open("w") as f:
         json.dump({"final_model": str(final), "rows": rows}, f, indent=2)
     return rows
+
+
+def _is_model_folder(folder: Path) -> bool:
+    # a finished pipeline (model_index.json is written last) or transformer-only folder
+    return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
 def _copy_importance(importance_path: Path, folder: Path) -> None:

@@ -139,3 +139,81 @@ def tiny_generation_kwargs(pipe, *, steps: int = 2, seed: int = 0) -> dict:
         output_type="pt",
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+# PixArt-Sigma-XL-2-1024-MS's transformer config (diffusers), T5-XXL v1.1's encoder width and the SDXL VAE that
+# PixArt-Sigma uses: the sizes a real run has, for rehearsals with random weights.
+PIXART_SIGMA_XL_TRANSFORMER = dict(
+    sample_size=128,
+    num_layers=28,
+    num_attention_heads=16,
+    attention_head_dim=72,
+    in_channels=4,
+    out_channels=8,
+    patch_size=2,
+    cross_attention_dim=1152,
+    caption_channels=4096,
+    interpolation_scale=2,
+    norm_type="ada_norm_single",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+    num_embeds_ada_norm=1000,
+    attention_bias=True,
+    activation_fn="gelu-approximate",
+    use_additional_conditions=False,
+)
+T5_XXL_ENCODER = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_heads=64,
+    num_layers=24,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    dropout_rate=0.0,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+SDXL_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.13025,
+)
+
+
+def build_full_size_pixart_sigma_pipeline(
+    *, text_encoder_layers: int = 2, seed: int = 0, words: Sequence[str] = DEFAULT_VOCABULARY
+):
+    """A ``PixArtSigmaPipeline`` with PixArt-Sigma-XL's real transformer (28 blocks, width 1152, ~0.61B parameters),
+    the SDXL VAE, and a T5 encoder of T5-XXL's real width (d_model 4096, 64 heads, d_ff 10240, 32128-token
+    embedding) but only ``text_encoder_layers`` of its 24 layers (~0.19B parameters each, plus 0.13B embedding), all
+    randomly initialised. Costs, memory and file sizes are the real ones, except the text encoder's depth.
+    The tokenizer is word-level over ``words`` (ids fit the real vocabulary size)."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_t5_tokenizer(words)
+    if len(tokenizer) > T5_XXL_ENCODER["vocab_size"]:
+        raise ValueError(f"{len(tokenizer)} words do not fit T5's vocabulary of {T5_XXL_ENCODER['vocab_size']}")
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(**{**T5_XXL_ENCODER, "num_layers": text_encoder_layers})).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**SDXL_VAE).eval()
+    torch.manual_seed(seed + 2)
+    transformer = PixArtTransformer2DModel(**PIXART_SIGMA_XL_TRANSFORMER).eval()
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    return PixArtSigmaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )

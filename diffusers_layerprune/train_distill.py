@@ -61,6 +61,7 @@ from diffusers_layerprune.modeling import (
     read_transformer_config,
     resolve_dtype,
     save_pruned_pipeline,
+    save_pruned_transformer,
     with_transformer,
 )
 
@@ -135,6 +136,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--adam_epsilon", type=float, default=1e-8)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    g.add_argument(
+        "--transformer_only",
+        action="store_true",
+        help="save only the distilled transformer (config + safetensors at the top of --output_dir), not the pipeline",
+    )
     g.add_argument(
         "--save_dtype",
         default="auto",
@@ -470,10 +476,16 @@ def main(argv=None) -> None:
         # text encoder at ~19 GB.
         save_dtype = resolve_dtype(args.save_dtype, args.teacher_model)
         final.to(save_dtype)
-        pipe = load_pipeline(args.teacher_model, torch_dtype=save_dtype, revision=args.revision, transformer=final)
         with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
-            save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
-            move_into(Path(tmp) / "pipeline", output_dir)
+            if args.transformer_only:  # the text encoder and VAE stay in the teacher's repo
+                save_pruned_transformer(final, Path(tmp) / "transformer")
+                move_into(Path(tmp) / "transformer", output_dir, last="config.json")
+            else:
+                pipe = load_pipeline(
+                    args.teacher_model, torch_dtype=save_dtype, revision=args.revision, transformer=final
+                )
+                save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
+                move_into(Path(tmp) / "pipeline", output_dir)
         recipe = {
             "teacher_model": str(args.teacher_model),
             "student_model": str(args.student_model),
@@ -496,6 +508,7 @@ def main(argv=None) -> None:
             "train_samples": len(dataset),
             "prompt_set": getattr(args, "prompt_set_record", None),
             "save_dtype": str(save_dtype).removeprefix("torch."),
+            "transformer_only": args.transformer_only,
             "data": args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"],
             "resolution": args.resolution,
             "max_sequence_length": args.max_sequence_length,

@@ -95,7 +95,7 @@ def test_load_pipeline_errors(tiny_pipeline_dir, tmp_path):
         load_pipeline(tmp_path / "missing")
     with pytest.raises(LayerPruneError, match="not a diffusers pipeline folder"):
         load_pipeline(tmp_path)
-    with pytest.raises(LayerPruneError, match="single model folder"):
+    with pytest.raises(LayerPruneError, match="holds only a transformer and does not record its base pipeline"):
         load_pipeline(tiny_pipeline_dir / "transformer")
     with pytest.raises(LayerPruneError, match="could not load pipeline 'nobody/nothing'"):
         load_pipeline("nobody/nothing")

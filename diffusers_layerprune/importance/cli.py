@@ -104,6 +104,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         greedy_steps=args.greedy_steps,
         dtype=args.dtype,
         revision=args.revision,
+        base_model=args.base_model,
         overwrite=args.overwrite,
         show_progress=not args.no_progress,
         log=print,
@@ -130,6 +131,7 @@ def score_to_file(
     greedy_steps: int = 0,
     dtype: str = "auto",
     revision: str | None = None,
+    base_model: str | None = None,
     overwrite: bool = True,
     show_progress: bool = True,
     log=None,
@@ -189,7 +191,7 @@ def score_to_file(
     from .runner import ImportanceScan, ScanSettings, process_state
 
     state = process_state()
-    pipe = load_pipeline(model, torch_dtype=resolve_dtype(dtype, model), revision=revision)
+    pipe = load_pipeline(model, torch_dtype=resolve_dtype(dtype, model), revision=revision, base_model=base_model)
     pipe.to(state.device)
     gen = generation_defaults(model, pipe)
     settings = ScanSettings(
