@@ -297,3 +297,76 @@ def push_pipeline(
     )
     result["commit_url"] = getattr(info, "commit_url", None) or str(info)
     return result
+
+
+# Built-in prompt sets that live in a Hub dataset (for the card's `datasets:`); the toy world's are in the package.
+BUILTIN_PROMPT_DATASETS = {"hpdv2": "zhwang/HPDv2"}
+
+
+def prompt_dataset_id(source: str | None) -> str | None:
+    """The Hub dataset a ``--prompts`` spec reads (``user/name[:split][@column]`` -> ``user/name``), ``None`` for
+    local files and folders and the toy world: only public datasets go into a card's ``datasets:``."""
+    if not source:
+        return None
+    from .data import parse_prompt_spec
+
+    try:
+        name = parse_prompt_spec(str(source)).name
+    except LayerPruneError:
+        return None
+    if name in BUILTIN_PROMPT_DATASETS:
+        return BUILTIN_PROMPT_DATASETS[name]
+    return _hub_id(name)
+
+
+def card_datasets(importance: dict | None, distill: dict | None, report: dict | None) -> list[str]:
+    """Hub datasets the model was made or measured with: scoring prompts, distillation data, evaluation prompts."""
+    sources = []
+    if importance:
+        prompts = importance.get("metadata", {}).get("prompts")
+        sources.append(prompts.get("source") if isinstance(prompts, dict) else prompts)
+    if distill:
+        record = distill.get("prompt_set")
+        sources.append(record.get("source") if isinstance(record, dict) else distill.get("data"))
+    if report:
+        sources.append(report.get("settings", {}).get("prompts"))
+    return list(dict.fromkeys(d for d in map(prompt_dataset_id, sources) if d))
+
+
+def card_eval_results(report: dict | None) -> list:
+    """``model-index`` results of the card: each scorer's mean, the judge's accuracies (toy world) and the speed-up
+    over the teacher, from ``report.json``'s student entry."""
+    from huggingface_hub import EvalResult
+
+    if not report or "student" not in report.get("models", {}):
+        return []
+    settings, student = report["settings"], report["models"]["student"]
+    source = settings.get("prompts")
+    dataset = dict(
+        dataset_type=prompt_dataset_id(source) or str(source).split(":")[0],
+        dataset_name=f"{source} ({settings.get('num_prompts')} prompts)",
+    )
+    results = [
+        EvalResult(
+            task_type="text-to-image", metric_type=name, metric_name=name, metric_value=round(v["mean"], 6), **dataset
+        )
+        for name, v in student.get("scores", {}).items()
+    ]
+    results += [
+        EvalResult(
+            task_type="text-to-image", metric_type=name, metric_name=name, metric_value=round(v["mean"], 6), **dataset
+        )
+        for name, v in student.get("checks", {}).items()
+    ]
+    speedup = student.get("latency", {}).get("speedup")
+    if speedup is not None:
+        results.append(
+            EvalResult(
+                task_type="text-to-image",
+                metric_type="speedup",
+                metric_name="transformer speed-up over the teacher",
+                metric_value=round(speedup, 4),
+                **dataset,
+            )
+        )
+    return results
