@@ -7,16 +7,21 @@ fingerprint of what produced it, so a changed prompt list, model or setting neve
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import LayerPruneError
+
+logger = logging.getLogger(__name__)
 
 HPDV2_STYLES = ("anime", "concept-art", "paintings", "photo")
 PROMPT_COLUMNS = ("prompt", "text", "caption", "prompts", "captions")
@@ -371,33 +376,361 @@ def default_cache_dir() -> Path:
     return Path(base)
 
 
+def _prompts_hash(prompts: Sequence[str]) -> str:
+    # JSON, not "\n".join: a prompt that contains a newline must not collide with two prompts.
+    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Distillation datasets: (prompt, prompt_embeds, prompt_attention_mask, latents), saved with datasets.save_to_disk
+# Trimmed text embeddings: encode at the batch's longest caption, keep each caption's real tokens only
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _latent_features(latent_shape: Sequence[int], embed_shape: Sequence[int]):
-    from datasets import Array2D, Array3D, Features, List, Value
+def iter_prompt_embeddings(
+    pipe,
+    prompts: Sequence[str],
+    *,
+    max_sequence_length: int,
+    batch_size: int = 32,
+    dtype: torch.dtype | None = None,
+    sort_by_length: bool = True,
+    progress: Callable[[int], object] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield each prompt's text embedding trimmed to its tokens, ``[len_i, D]`` on the CPU, in input order.
 
-    return Features(
-        {
-            "prompt": Value("string"),
-            "prompt_embeds": Array2D(shape=tuple(embed_shape), dtype="float32"),
-            "prompt_attention_mask": List(Value("int64"), length=embed_shape[0]),
-            "latents": Array3D(shape=tuple(latent_shape), dtype="float32"),
-        }
+    The tokens are the pipeline's (same lower-casing, no caption cleaning, truncation to ``max_sequence_length``,
+    end-of-sequence token included), so ``len_i`` is the attention-mask length :func:`encode_prompts` reports. Unlike
+    the pipeline, each batch is padded only to its longest caption, not to ``max_sequence_length``: T5 masks padded
+    keys and its position bias is relative, so the real tokens' embeddings are the same up to float rounding (max
+    |diff| against the 300-token path: 1e-6 on the tiny T5 in the tests, measured at T5-XXL width by
+    ``benchmarks/bench_cache.py``), and encoding costs ``len_i`` instead of ``max_sequence_length`` tokens. With ``sort_by_length``, prompts
+    are batched by length inside windows of ``8 * batch_size`` so that little padding is computed; only a window is
+    held in memory (``dtype``, default the encoder's), whatever the number of prompts. ``progress(n)`` is called
+    after each encoded batch of ``n`` prompts.
+    """
+    tokenizer, encoder = getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)
+    if tokenizer is None or encoder is None:
+        raise LayerPruneError("the pipeline has no tokenizer/text encoder to encode the prompts with")
+    # The pipeline's own preprocessing (PixArt: lower-case and strip) keeps the tokens identical to encode_prompt's.
+    preprocess = getattr(pipe, "_text_preprocessing", None)
+    window = batch_size * 8 if sort_by_length else batch_size
+    truncated = 0
+    for start in range(0, len(prompts), window):
+        texts = [str(p) for p in prompts[start : start + window]]
+        if preprocess is not None:
+            texts = preprocess(texts, clean_caption=False)
+        # Tokenizing to max_sequence_length + 1 tells which captions the pipeline would truncate.
+        ids = tokenizer(texts, truncation=True, max_length=max_sequence_length + 1)["input_ids"]
+        truncated += sum(len(x) > max_sequence_length for x in ids)
+        order = list(range(len(texts)))
+        if sort_by_length:
+            order.sort(key=lambda i: -len(ids[i]))  # longest first: an out-of-memory shows up at once
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        for b in range(0, len(order), batch_size):
+            rows = order[b : b + batch_size]
+            tokens = tokenizer(
+                [texts[i] for i in rows],
+                padding="longest",
+                truncation=True,
+                max_length=max_sequence_length,
+                add_special_tokens=True,
+                return_tensors="pt",
+            )
+            mask = tokens.attention_mask
+            # no_grad, not inference_mode, and never held across a yield: a grad mode entered in a generator
+            # would leak into the caller's code between items.
+            with torch.no_grad():
+                hidden = encoder(tokens.input_ids.to(encoder.device), attention_mask=mask.to(encoder.device))[0]
+                hidden = hidden.to("cpu", dtype or hidden.dtype)
+                for j, i in enumerate(rows):
+                    out[i] = hidden[j][mask[j].bool()]  # boolean indexing copies: the batch tensor can go
+            del hidden
+            if progress is not None:
+                progress(len(rows))
+        yield from out
+    if truncated:
+        logger.warning(
+            "%d of %d prompts were longer than %d tokens and were truncated (as the pipeline does)",
+            truncated,
+            len(prompts),
+            max_sequence_length,
+        )
+
+
+def pad_embeddings(
+    embeds: Sequence[torch.Tensor], length: int | None = None, *, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad trimmed embeddings ``[len_i, D]`` with zeros into ``([B, L, D], attention mask [B, L] int64)``.
+
+    ``L`` is ``length`` or, when ``None``, the longest ``len_i``. Padded positions are masked; their values never
+    reach a PixArt output (the mask adds -10000 to their attention logits, whose exponentials underflow to exactly 0).
+    """
+    longest = max(e.shape[0] for e in embeds)
+    length = longest if length is None else length
+    if longest > length:
+        raise LayerPruneError(
+            f"a cached embedding has {longest} tokens, more than max_sequence_length={length}; "
+            "rebuild the cache with this max_sequence_length"
+        )
+    dtype = dtype or embeds[0].dtype
+    out = torch.zeros(len(embeds), length, embeds[0].shape[-1], dtype=dtype)
+    mask = torch.zeros(len(embeds), length, dtype=torch.int64)
+    for i, e in enumerate(embeds):
+        out[i, : e.shape[0]] = e
+        mask[i, : e.shape[0]] = 1
+    return out, mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Caches on disk: text embeddings, optionally with KD latents, streamed batch by batch into one Arrow file
+# ----------------------------------------------------------------------------------------------------------------
+#
+# A cache folder is a `datasets.save_to_disk` folder (`datasets.load_from_disk` reads it, memory-mapped):
+#   data-00000-of-00001.arrow        rows appended while encoding; no list of all embeddings is ever in memory
+#   state.json, dataset_info.json    what load_from_disk reads
+#   layerprune_cache.json            format version, cache key and settings
+# It is built in a temporary folder beside its final name and renamed when complete (outputs.atomic_output_dir):
+# a build that fails or is killed never leaves a folder under the name a later run looks up.
+# Rows: prompt (string), prompt_embeds [len_i, D] (the caption's real tokens only), latents [C, h, w] (KD caches).
+# Arrow has no bfloat16: bfloat16 values are stored as their 16 raw bits in int16 columns (lossless, 2 bytes, read
+# back with a zero-copy Tensor.view(torch.bfloat16)). float16 and float32 are native Arrow types. bfloat16 is the
+# default because it keeps float32's exponent range (T5 v1.1 activations are known to overflow float16);
+# float16 keeps 3 more mantissa bits for in-range values; float32 stores exactly what the encoder produced.
+
+CACHE_FORMAT_VERSION = 2
+CACHE_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_ARROW_TYPES = {"bfloat16": "int16", "float16": "float16", "float32": "float32"}
+# what rows come back as (datasets' torch format otherwise widens int16 to int64 and float16 to float32)
+_READ_DTYPES = {"int16": torch.int16, "float16": torch.float16, "float32": torch.float32}
+_ARROW_FILE = "data-00000-of-00001.arrow"
+_MANIFEST = "layerprune_cache.json"
+
+
+def _check_cache_dtype(name: str) -> str:
+    if name not in CACHE_DTYPES:
+        raise LayerPruneError(f"unknown cache dtype {name!r}; choose from {', '.join(CACHE_DTYPES)}")
+    return name
+
+
+def _to_storage(tensor: torch.Tensor, cache_dtype: str):
+    """A tensor as the numpy array stored in the cache (bfloat16 as its int16 bits)."""
+    tensor = tensor.detach().to("cpu", CACHE_DTYPES[cache_dtype]).contiguous()
+    return (tensor.view(torch.int16) if cache_dtype == "bfloat16" else tensor).numpy()
+
+
+def decode_cached(tensor: torch.Tensor) -> torch.Tensor:
+    """A ``prompt_embeds`` or ``latents`` value read from a cache, as the floating tensor that was stored.
+
+    Rows of the datasets returned here come back in their storage type: bfloat16 as ``int16`` bits (decoded with a
+    zero-copy view), float16 and float32 as themselves.
+    """
+    tensor = torch.as_tensor(tensor)
+    if tensor.dtype == torch.int16:
+        return tensor.view(torch.bfloat16)
+    if tensor.dtype in (torch.bfloat16, torch.float16, torch.float32):
+        return tensor
+    raise LayerPruneError(
+        f"cached values came back as {tensor.dtype}; read the cache with data.with_cache_format(dataset) "
+        "(datasets' default torch format widens the stored 16-bit values)"
     )
 
 
-def _save_dataset_atomically(columns: dict, features, path: Path):
-    from datasets import Dataset, load_from_disk
+def with_cache_format(dataset):
+    """``dataset`` formatted as the cache builders return it: torch tensors in their storage type.
 
+    For a cache folder opened with ``datasets.load_from_disk``: ``prompt_embeds`` and ``latents`` come back as
+    stored (decode with :func:`decode_cached` or collate with :class:`CacheCollator`), ``prompt`` as a string.
+    """
+    stored = dataset.features["prompt_embeds"].dtype
+    columns = [c for c in ("prompt_embeds", "latents") if c in dataset.column_names]
+    return dataset.with_format("torch", columns=columns, dtype=_READ_DTYPES[stored], output_all_columns=True)
+
+
+@dataclass(frozen=True)
+class CacheCollator:
+    """``collate_fn`` for a ``DataLoader`` over a cache: re-pads the trimmed embeddings into training tensors.
+
+    Attributes:
+        max_sequence_length: pad every batch to this many tokens, as the uncached pipeline path does: the
+            transformer then sees tensors of the same shapes, and its output is bit-identical to the uncached path
+            for the same embedding values (tested). ``None`` pads to the batch's longest caption, which saves
+            cross-attention work; the masked result is the same up to float rounding of the shorter reductions
+            (bit-identical in the tests, not guaranteed by every attention kernel).
+        dtype: floating dtype of the returned ``prompt_embeds`` and ``latents``.
+
+    Returns ``{"prompt_embeds": [B, L, D], "prompt_attention_mask": [B, L] int64, "latents": [B, C, h, w]}`` on the
+    CPU; ``latents`` only for KD caches. Rows are independent of how a batch is split across processes.
+    """
+
+    max_sequence_length: int | None
+    dtype: torch.dtype = torch.float32
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        embeds = [decode_cached(row["prompt_embeds"]) for row in rows]
+        prompt_embeds, mask = pad_embeddings(embeds, self.max_sequence_length, dtype=self.dtype)
+        batch = {"prompt_embeds": prompt_embeds, "prompt_attention_mask": mask}
+        if "latents" in rows[0]:
+            batch["latents"] = torch.stack([decode_cached(row["latents"]).to(self.dtype) for row in rows])
+        return batch
+
+
+class _ArrowSink:
+    """Appends rows to one Arrow file; the schema is fixed by the first batch (its embedding width, latent shape)."""
+
+    def __init__(self, folder: Path, cache_dtype: str):
+        self.file = folder / _ARROW_FILE
+        self.cache_dtype = cache_dtype
+        self.rows = 0
+        self._writer = None
+
+    def _features(self, columns: dict):
+        from datasets import Array2D, Array3D, Features, Value
+
+        value = _ARROW_TYPES[self.cache_dtype]
+        features = {"prompt": Value("string")}
+        features["prompt_embeds"] = Array2D(shape=(None, columns["prompt_embeds"][0].shape[-1]), dtype=value)
+        if "latents" in columns:
+            features["latents"] = Array3D(shape=tuple(columns["latents"][0].shape), dtype=value)
+        return Features(features)
+
+    def write(self, columns: dict) -> None:
+        """``columns``: ``prompt`` (list of str), ``prompt_embeds`` (list of ``[len_i, D]`` tensors) and optionally
+        ``latents`` (list of ``[C, h, w]`` tensors), converted to the cache dtype here."""
+        from datasets.arrow_writer import ArrowWriter
+
+        columns = {
+            name: values if name == "prompt" else [_to_storage(v, self.cache_dtype) for v in values]
+            for name, values in columns.items()
+        }
+        if self._writer is None:
+            self._writer = ArrowWriter(features=self._features(columns), path=str(self.file))
+        self._writer.write_batch(columns)
+        self.rows += len(columns["prompt"])
+
+    def finish(self, folder: Path, manifest: dict) -> None:
+        """Close the Arrow file and write the metadata that makes ``folder`` a loadable dataset."""
+        from dataclasses import asdict
+
+        from datasets import Dataset
+
+        self._writer.finalize()
+        info = asdict(Dataset.from_file(str(self.file), in_memory=False).info)
+        state = {
+            "_data_files": [{"filename": _ARROW_FILE}],
+            "_fingerprint": manifest["key"],
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+        (folder / _MANIFEST).write_text(json.dumps({**manifest, "rows": self.rows}, indent=2, sort_keys=True) + "\n")
+
+    def close(self) -> None:
+        if self._writer is not None and self._writer.pa_writer is not None:
+            self._writer.close()
+
+
+@contextmanager
+def _building(path: Path, key: str, cache_dtype: str, settings: dict) -> Iterator[_ArrowSink]:
+    """Stream rows into a new cache at ``path``; the folder appears, complete, only if the block succeeds."""
     from .outputs import atomic_output_dir
 
-    dataset = Dataset.from_dict(columns, features=features)
     with atomic_output_dir(path, overwrite=True) as tmp:
-        dataset.save_to_disk(str(tmp))
-    return load_from_disk(str(path))
+        sink = _ArrowSink(tmp, cache_dtype)
+        try:
+            yield sink
+            if sink.rows == 0:
+                raise LayerPruneError("nothing to cache: no prompts")
+            manifest = {"format_version": CACHE_FORMAT_VERSION, "key": key, "cache_dtype": cache_dtype}
+            sink.finish(tmp, {**manifest, "settings": settings})
+        finally:
+            sink.close()
+
+
+def _load_cache(path: Path, key: str):
+    """The cache at ``path`` if it is complete and was built with ``key``; otherwise ``None``."""
+    from datasets import load_from_disk
+
+    try:
+        manifest = json.loads((path / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("format_version") != CACHE_FORMAT_VERSION or manifest.get("key") != key:
+        return None
+    return with_cache_format(load_from_disk(str(path)))
+
+
+def _encoder_settings(pipe, model_id: str, prompts: Sequence[str], max_sequence_length: int, cache_dtype: str):
+    return dict(
+        model=str(model_id),
+        prompts=_prompts_hash(prompts),
+        n=len(prompts),
+        length=max_sequence_length,
+        text_encoder_dtype=str(pipe.text_encoder.dtype) if getattr(pipe, "text_encoder", None) is not None else None,
+        cache_dtype=cache_dtype,
+    )
+
+
+def text_embeddings_dataset(
+    pipe,
+    prompts: Sequence[str],
+    *,
+    cache_dir: str | os.PathLike,
+    model_id: str,
+    max_sequence_length: int,
+    cache_dtype: str = "bfloat16",
+    batch_size: int = 32,
+    progress: bool = True,
+):
+    """Cache the text embeddings of ``prompts`` on disk, each trimmed to its caption's tokens.
+
+    Embeddings are computed by :func:`iter_prompt_embeddings` (the pipeline's tokens, batches padded to their
+    longest caption) and written batch by batch, so memory does not grow with the number of prompts. Stored in
+    ``cache_dtype`` (``bfloat16`` default, ``float16``, or ``float32`` for exact results); on disk about
+    ``len_i * D * 2`` bytes per caption in 16 bits (PixArt-Sigma: ~0.25 MB for a 30-token caption against 4.9 MB
+    padded to 300 tokens in float32). The folder is ``cache_dir/text-embeddings-<key>``, keyed by the model, the
+    prompts, ``max_sequence_length``, the encoder dtype and ``cache_dtype``; later calls with the same settings
+    reuse it. Returns a memory-mapped ``datasets.Dataset`` with columns ``prompt`` and ``prompt_embeds``
+    (``[len_i, D]``, in the storage type: collate with :class:`CacheCollator`, or :func:`decode_cached` one row).
+    """
+    from tqdm.auto import tqdm
+
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise LayerPruneError("no prompts to encode")
+    cache_dtype = _check_cache_dtype(cache_dtype)
+    settings = dict(
+        kind="text-embeddings", **_encoder_settings(pipe, model_id, prompts, max_sequence_length, cache_dtype)
+    )
+    key = cache_key(version=CACHE_FORMAT_VERSION, **settings)
+    path = Path(cache_dir) / f"text-embeddings-{key}"
+    cached = _load_cache(path, key)
+    if cached is not None:
+        return cached
+    with (
+        tqdm(total=len(prompts), desc="text embeddings", unit="prompt", disable=not progress) as bar,
+        _building(path, key, cache_dtype, settings) as sink,
+    ):
+        stream = iter_prompt_embeddings(
+            pipe,
+            prompts,
+            max_sequence_length=max_sequence_length,
+            batch_size=batch_size,
+            dtype=CACHE_DTYPES[cache_dtype],
+            progress=bar.update,
+        )
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            sink.write({"prompt": chunk, "prompt_embeds": list(itertools.islice(stream, len(chunk)))})
+    return _load_cache(path, key)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distillation datasets: (prompt, prompt_embeds, latents) caches; CacheCollator adds prompt_attention_mask
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def teacher_latents_dataset(
@@ -412,59 +745,74 @@ def teacher_latents_dataset(
     max_sequence_length: int,
     seed: int = 0,
     batch_size: int = 8,
+    cache_dtype: str = "bfloat16",
     progress: bool = True,
 ):
-    """Data-free KD data: the teacher pipeline generates the clean latents of each prompt once.
+    """Data-free KD data: the teacher pipeline generates the clean latents of each prompt once, cached on disk.
 
-    Prompt ``i`` is generated from seed ``seed + i`` (independent of batch size). The result is saved with
-    ``datasets.save_to_disk`` under ``cache_dir`` keyed by every setting, and reloaded by later runs and processes.
-    Returns a ``datasets.Dataset`` with columns ``prompt, prompt_embeds, prompt_attention_mask, latents``.
+    Prompt ``i`` is generated from seed ``seed + i`` (independent of batch size), conditioned on its embedding as
+    stored in the cache (rounded to ``cache_dtype``, re-padded to ``max_sequence_length``), so the latents are what
+    the teacher makes of exactly the embeddings training reads. Prompts are encoded, generated and written
+    ``batch_size`` at a time: memory does not grow with the number of prompts. The folder
+    ``cache_dir/teacher-latents-<key>`` is keyed by every setting (model, prompts, resolution, steps, guidance,
+    sequence length, seed, scheduler, dtypes) and reused by later runs and processes; see
+    :func:`text_embeddings_dataset` for the storage. Returns a memory-mapped ``datasets.Dataset`` with columns
+    ``prompt``, ``prompt_embeds`` ``[len_i, D]`` and ``latents`` ``[C, R/8, R/8]`` in the storage type: collate
+    with :class:`CacheCollator`.
     """
-    from datasets import load_from_disk
     from tqdm.auto import tqdm
-
-    prompts = list(prompts)
-    key = cache_key(
-        kind="teacher-latents",
-        model=model_id,
-        prompts=hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-        resolution=resolution,
-        steps=num_inference_steps,
-        guidance=guidance_scale,
-        length=max_sequence_length,
-        seed=seed,
-        dtype=str(pipe.transformer.dtype),
-    )
-    path = Path(cache_dir) / f"teacher-latents-{key}"
-    if (path / "dataset_info.json").is_file():
-        return load_from_disk(str(path))
 
     from .modeling import generate_from_embeddings
 
-    embeds, masks = encode_prompts(pipe, prompts, max_sequence_length=max_sequence_length)
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise LayerPruneError("no prompts to generate teacher latents for")
+    cache_dtype = _check_cache_dtype(cache_dtype)
+    settings = dict(
+        kind="teacher-latents",
+        **_encoder_settings(pipe, model_id, prompts, max_sequence_length, cache_dtype),
+        resolution=resolution,
+        steps=num_inference_steps,
+        guidance=guidance_scale,
+        seed=seed,
+        dtype=str(pipe.transformer.dtype),
+        scheduler=type(pipe.scheduler).__name__,
+        scheduler_config=cache_key(**dict(pipe.scheduler.config)),
+    )
+    key = cache_key(version=CACHE_FORMAT_VERSION, **settings)
+    path = Path(cache_dir) / f"teacher-latents-{key}"
+    cached = _load_cache(path, key)
+    if cached is not None:
+        return cached
+
     negative = encode_prompts(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
-    with tqdm(total=len(prompts), desc="teacher latents", disable=not progress) as bar:
-        latents = generate_from_embeddings(
-            pipe,
-            embeds,
-            masks,
-            negative,
-            seeds=[seed + i for i in range(len(prompts))],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            resolution=resolution,
-            max_sequence_length=max_sequence_length,
-            batch_size=batch_size,
-            output_type="latent",
-            progress=bar.update,
-        )
-    columns = {
-        "prompt": prompts,
-        "prompt_embeds": embeds.float().numpy(),
-        "prompt_attention_mask": masks.long().numpy(),
-        "latents": latents.numpy(),
-    }
-    return _save_dataset_atomically(columns, _latent_features(latents.shape[1:], embeds.shape[1:]), path)
+    stream = iter_prompt_embeddings(
+        pipe, prompts, max_sequence_length=max_sequence_length, dtype=CACHE_DTYPES[cache_dtype]
+    )
+    with (
+        tqdm(total=len(prompts), desc="teacher latents", unit="prompt", disable=not progress) as bar,
+        _building(path, key, cache_dtype, settings) as sink,
+    ):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            embeds = list(itertools.islice(stream, len(chunk)))
+            padded, mask = pad_embeddings(embeds, max_sequence_length)
+            latents = generate_from_embeddings(
+                pipe,
+                padded,
+                mask,
+                negative,
+                seeds=[seed + start + i for i in range(len(chunk))],
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                resolution=resolution,
+                max_sequence_length=max_sequence_length,
+                batch_size=len(chunk),
+                output_type="latent",
+            )
+            sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
+            bar.update(len(chunk))
+    return _load_cache(path, key)
 
 
 def _image_to_tensor(image, resolution: int) -> torch.Tensor:
@@ -493,14 +841,16 @@ def image_latents_dataset(
     resolution: int,
     max_sequence_length: int,
     batch_size: int = 8,
+    cache_dtype: str = "bfloat16",
     progress: bool = True,
 ):
     """Image-caption KD data: VAE-encode each image (posterior mean x scaling factor) once and cache it.
 
-    ``dataset`` is a ``datasets.Dataset`` with a PIL image column and a caption column. Same output columns and
-    caching as :func:`teacher_latents_dataset`.
+    ``dataset`` is a ``datasets.Dataset`` with a PIL image column and a caption column. Captions and images are
+    encoded and written ``batch_size`` rows at a time. Same output columns, storage and caching as
+    :func:`teacher_latents_dataset` (keyed by the dataset's fingerprint and size, the model, resolution, sequence
+    length and dtypes).
     """
-    from datasets import load_from_disk
     from tqdm.auto import tqdm
 
     for column in (image_column, caption_column):
@@ -510,33 +860,37 @@ def image_latents_dataset(
             )
     if len(dataset) == 0:
         raise LayerPruneError("the training dataset is empty")
+    cache_dtype = _check_cache_dtype(cache_dtype)
     captions = [str(c) for c in dataset[caption_column]]
-    key = cache_key(
+    settings = dict(
         kind="image-latents",
-        model=model_id,
-        data=dataset_id,
+        **_encoder_settings(pipe, model_id, captions, max_sequence_length, cache_dtype),
+        data=str(dataset_id),
         fingerprint=getattr(dataset, "_fingerprint", None),
-        n=len(dataset),
         resolution=resolution,
-        length=max_sequence_length,
+        vae_dtype=str(pipe.vae.dtype),
     )
+    key = cache_key(version=CACHE_FORMAT_VERSION, **settings)
     path = Path(cache_dir) / f"image-latents-{key}"
-    if (path / "dataset_info.json").is_file():
-        return load_from_disk(str(path))
+    cached = _load_cache(path, key)
+    if cached is not None:
+        return cached
 
-    embeds, masks = encode_prompts(pipe, captions, max_sequence_length=max_sequence_length)
     vae = pipe.vae
-    latents = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(dataset), batch_size), desc="encode images", disable=not progress):
-            rows = dataset[start : start + batch_size][image_column]
+    stream = iter_prompt_embeddings(
+        pipe, captions, max_sequence_length=max_sequence_length, dtype=CACHE_DTYPES[cache_dtype]
+    )
+    with (
+        torch.no_grad(),
+        tqdm(total=len(captions), desc="encode images", unit="image", disable=not progress) as bar,
+        _building(path, key, cache_dtype, settings) as sink,
+    ):
+        for start in range(0, len(captions), batch_size):
+            chunk = captions[start : start + batch_size]
+            rows = dataset[start : start + len(chunk)][image_column]
             pixels = torch.stack([_image_to_tensor(im, resolution) for im in rows]).to(vae.device, vae.dtype)
-            latents.append((vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).float().cpu())
-    latents = torch.cat(latents)
-    columns = {
-        "prompt": captions,
-        "prompt_embeds": embeds.float().numpy(),
-        "prompt_attention_mask": masks.long().numpy(),
-        "latents": latents.numpy(),
-    }
-    return _save_dataset_atomically(columns, _latent_features(latents.shape[1:], embeds.shape[1:]), path)
+            latents = (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).float().cpu()
+            embeds = list(itertools.islice(stream, len(chunk)))
+            sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
+            bar.update(len(chunk))
+    return _load_cache(path, key)

@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
 from diffusers_layerprune.blocks import capture_block_features
 from diffusers_layerprune.data import (
+    CACHE_DTYPES,
+    CacheCollator,
     default_cache_dir,
     encode_prompts,
     image_latents_dataset,
@@ -76,6 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--revision", default=None, help="Hub revision of --teacher_model")
     g.add_argument("--output_dir", required=True, help="where the distilled pipeline, checkpoints and logs go")
     g.add_argument("--cache_dir", default=None, help="cache for text embeddings and teacher latents")
+    g.add_argument(
+        "--cache_dtype",
+        default="bfloat16",
+        choices=list(CACHE_DTYPES),
+        help="dtype of the cached text embeddings and latents (default bfloat16; float32 stores them exactly)",
+    )
 
     g = p.add_argument_group("data (default: prompt-only KD on the toy world's training captions)")
     g.add_argument(
@@ -191,6 +199,7 @@ def build_dataset(args, pipe, defaults, cache_dir, accelerator):
         model_id=str(args.teacher_model),
         resolution=args.resolution,
         max_sequence_length=args.max_sequence_length,
+        cache_dtype=args.cache_dtype,
         progress=accelerator.is_local_main_process,
     )
     if args.dataset_name or args.train_data_dir:
@@ -319,14 +328,16 @@ def main(argv=None) -> None:
     prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
     weights = KDWeights(args.lambda_task, args.lambda_out, args.lambda_var, args.lambda_feat, args.feature_loss)
 
-    # 4. Data loader, optimiser, schedule.
-    train_data = dataset.with_format("torch", columns=["prompt_embeds", "prompt_attention_mask", "latents"])
+    # 4. Data loader, optimiser, schedule. The cache holds each caption's real tokens only; the collator re-pads
+    # them to max_sequence_length with their attention mask, which gives the transformer the tensors of the
+    # uncached pipeline path (same shapes, masked padding).
     loader = torch.utils.data.DataLoader(
-        train_data,
+        dataset,
         batch_size=args.train_batch_size,
         shuffle=True,
         num_workers=args.dataloader_num_workers,
         drop_last=len(dataset) >= args.train_batch_size,
+        collate_fn=CacheCollator(args.max_sequence_length),
     )
     if args.scale_lr:
         args.learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
@@ -512,6 +523,7 @@ def main(argv=None) -> None:
             "data": args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"],
             "resolution": args.resolution,
             "max_sequence_length": args.max_sequence_length,
+            "cache_dtype": args.cache_dtype,
             "seed": args.seed,
         }
         (output_dir / "distill_config.json").write_text(json.dumps(recipe, indent=2) + "\n")

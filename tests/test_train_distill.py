@@ -61,6 +61,8 @@ def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
     recipe = json.loads((out / "distill_config.json").read_text())
     assert recipe["steps"] == 3 and recipe["kept_layers"] == [0, 2, 3, 5] and recipe["lora"] is False
     assert list((work / "cache").glob("teacher-latents-*/dataset_info.json"))  # latents cached for later runs
+    (manifest,) = (work / "cache").glob("teacher-latents-*/layerprune_cache.json")
+    assert json.loads(manifest.read_text())["cache_dtype"] == recipe["cache_dtype"] == "bfloat16"
 
 
 def test_lora_distillation_saves_merged_model_and_adapter_with_alpha(work):
