@@ -587,7 +587,11 @@ def load_transformer(
 
 
 def save_pruned_transformer(
-    transformer: PrunedPixArtTransformer, output_dir: str | os.PathLike, *, overwrite: bool = False
+    transformer: PrunedPixArtTransformer,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save only the transformer (``config.json`` + safetensors at the top of ``output_dir``), the layout a model repo
     that shares just the transformer has: ``PixArtTransformer2DModel.from_pretrained(output_dir)`` loads it, and
@@ -596,6 +600,8 @@ def save_pruned_transformer(
         raise LayerPruneError(f"expected a PrunedPixArtTransformer, got {type(transformer).__name__}")
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         transformer.save_pretrained(tmp, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return Path(output_dir)
 
 
@@ -620,12 +626,26 @@ def prune_to_folder(
         pruned = PrunedPixArtTransformer.from_transformer(
             transformer, kept_layers, pruned_layers, source_model=_source_of(model, transformer), copy_weights=False
         )
-        save_pruned_transformer(pruned, output_dir, overwrite=overwrite)
+        extra = _carried_sparsity(model, {"transformer": pruned})
+        save_pruned_transformer(pruned, output_dir, overwrite=overwrite, extra_files=extra)
         return pruned
     pipe = load_pipeline(model, torch_dtype=torch_dtype, revision=revision, base_model=base_model)
     pruned = prune_pipeline(pipe, kept_layers=kept_layers, pruned_layers=pruned_layers, copy_weights=False)
-    save_pruned_pipeline(pruned, output_dir, overwrite=overwrite)
+    save_pruned_pipeline(pruned, output_dir, overwrite=overwrite, extra_files=_carried_sparsity(model, pruned))
     return pruned.transformer
+
+
+def _carried_sparsity(model: str | os.PathLike, pruned) -> dict[str, str]:
+    """A sparsified source folder's ``sparsity.json``, measured again on the pruned model (whose zeros it keeps)."""
+    from .sparsity.record import FILE_NAME, read_sparsity_record
+
+    local = None if str(model) in MODEL_ALIASES else _resolve_local(str(model))
+    record = read_sparsity_record(local)
+    if record is None:
+        return {}
+    transformer = pruned["transformer"] if isinstance(pruned, dict) else pruned.transformer
+    event = {"action": "prune", "kept_layers": transformer.config.kept_layers}
+    return {FILE_NAME: record.remeasured(pruned, event).to_json()}
 
 
 def _source_of(model: str | os.PathLike, transformer) -> str:
@@ -651,14 +671,19 @@ def prune_pipeline(
     return with_transformer(pipe, student)
 
 
-def save_pruned_pipeline(pipe, output_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_pruned_pipeline(
+    pipe, output_dir: str | os.PathLike, *, overwrite: bool = False, extra_files: dict[str, str] | None = None
+) -> Path:
     """``save_pretrained`` a pipeline so that stock ``DiffusionPipeline.from_pretrained`` loads it.
 
     The folder is written next to its destination and moved into place only when complete: a failure leaves no
     half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready.
+    ``extra_files``: ``{name: text}`` written at the folder's top with the weights (e.g. ``sparsity.json``).
     """
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         index_path = tmp / "model_index.json"
         index = json.loads(index_path.read_text())
         if "transformer" in index and isinstance(pipe.transformer, PrunedPixArtTransformer):

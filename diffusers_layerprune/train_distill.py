@@ -66,6 +66,9 @@ from diffusers_layerprune.modeling import (
     save_pruned_transformer,
     with_transformer,
 )
+from diffusers_layerprune.sparsity.keep import WeightMasks
+from diffusers_layerprune.sparsity.record import FILE_NAME as SPARSITY_FILE
+from diffusers_layerprune.sparsity.record import read_sparsity_record
 
 logger = get_logger(__name__)
 
@@ -253,6 +256,14 @@ def main(argv=None) -> None:
 
     # 1. Check the pair before loading anything heavy.
     student_cfg = read_student_config(args.student_model)
+    # A sparsified student (sparsity.json) keeps its zeros: the masks are re-applied after every optimiser step.
+    sparsity = read_sparsity_record(student_config_path(args.student_model)[0])
+    full_depth_sparse = (
+        sparsity is not None and "transformer" in sparsity.components and student_cfg.get("kept_layers") is None
+    )
+    if full_depth_sparse:  # sparsified but not depth-pruned: student block i learns from teacher block i
+        depth = student_cfg["num_layers"]
+        student_cfg = {**student_cfg, "kept_layers": list(range(depth)), "source_num_layers": depth}
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
@@ -302,6 +313,14 @@ def main(argv=None) -> None:
     # 3. Models.
     folder, subfolder = student_config_path(args.student_model)
     student = PrunedPixArtTransformer.from_pretrained(folder, subfolder=subfolder)
+    if full_depth_sparse:
+        student.register_to_config(
+            kept_layers=student_cfg["kept_layers"], source_num_layers=student_cfg["source_num_layers"]
+        )
+    # Taken before LoRA wraps the layers (its own Linear layers are not pruned weights).
+    masks = WeightMasks.from_record(student, "transformer", sparsity)
+    if masks is not None:
+        logger.info(f"keeping {masks.num_pruned():,d} pruned weights at zero (sparsity.json)", main_process_only=True)
     teacher_tf = teacher.transformer.requires_grad_(False).eval()
     pairs = block_pairs(student, teacher_tf)
     if args.use_lora:
@@ -322,6 +341,8 @@ def main(argv=None) -> None:
     if args.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.to(accelerator.device)
+    if masks is not None:
+        masks.to(accelerator.device)
     params = [p for p in student.parameters() if p.requires_grad]
 
     noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
@@ -441,6 +462,8 @@ def main(argv=None) -> None:
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
+                if masks is not None:
+                    masks.apply()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -483,6 +506,8 @@ def main(argv=None) -> None:
             final.save_lora_adapter(str(output_dir / "lora"))
             final.fuse_lora()
             final.unload_lora()
+            if masks is not None:  # the merged LoRA update is dense: keep the pruned weights at zero
+                masks.apply()
         # Saved in the model's dtype (bfloat16 for PixArt-Sigma): a float32 save would re-save its 4.7B-parameter
         # text encoder at ~19 GB.
         save_dtype = resolve_dtype(args.save_dtype, args.teacher_model)
@@ -490,12 +515,20 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
             if args.transformer_only:  # the text encoder and VAE stay in the teacher's repo
                 save_pruned_transformer(final, Path(tmp) / "transformer")
+                if sparsity is not None:
+                    event = {"action": "distill", "steps": global_step, "masks_kept": masks is not None}
+                    record = sparsity.remeasured({"transformer": final}, event)
+                    (Path(tmp) / "transformer" / SPARSITY_FILE).write_text(record.to_json())
                 move_into(Path(tmp) / "transformer", output_dir, last="config.json")
             else:
-                pipe = load_pipeline(
-                    args.teacher_model, torch_dtype=save_dtype, revision=args.revision, transformer=final
-                )
-                save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
+                # A student whose text encoder was sparsified keeps it (training used the teacher's embeddings).
+                base = args.student_model if sparsity and "text_encoder" in sparsity.components else args.teacher_model
+                pipe = load_pipeline(base, torch_dtype=save_dtype, revision=args.revision, transformer=final)
+                extra = {}
+                if sparsity is not None:
+                    event = {"action": "distill", "steps": global_step, "masks_kept": masks is not None}
+                    extra[SPARSITY_FILE] = sparsity.remeasured(pipe, event).to_json()
+                save_pruned_pipeline(pipe, Path(tmp) / "pipeline", extra_files=extra)
                 move_into(Path(tmp) / "pipeline", output_dir)
         recipe = {
             "teacher_model": str(args.teacher_model),
@@ -520,6 +553,7 @@ def main(argv=None) -> None:
             "prompt_set": getattr(args, "prompt_set_record", None),
             "save_dtype": str(save_dtype).removeprefix("torch."),
             "transformer_only": args.transformer_only,
+            "sparsity_masks_kept": masks is not None,
             "data": args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"],
             "resolution": args.resolution,
             "max_sequence_length": args.max_sequence_length,
