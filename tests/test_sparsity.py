@@ -225,6 +225,22 @@ def test_saved_folders_load_in_stock_diffusers_with_the_same_images(tiny_pipelin
     assert not np.array_equal(images[0], generate(load_pipeline(tiny_pipeline_dir)).numpy())  # it did change
 
 
+def test_a_transformer_folder_stays_a_transformer_folder(tiny_pipeline_dir, tmp_path):
+    from diffusers import PixArtTransformer2DModel
+
+    out = tmp_path / "tf"
+    args = ["--model", str(tiny_pipeline_dir / "transformer"), "--base-model", str(tiny_pipeline_dir)]
+    assert cli(["sparsify", *args, "--component", "transformer", "--sparsity", "0.25", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "sparsity.json",
+    ]
+    layer = PixArtTransformer2DModel.from_pretrained(out).transformer_blocks[0].attn1.to_q
+    assert zeros(layer) == round(0.25 * layer.weight.numel())
+    assert read_sparsity_record(out).components["transformer"].target == 0.25
+
+
 def test_distillation_keeps_the_zeros(tmp_path):
     save_tiny_pixart_pipeline(tmp_path / "teacher", num_layers=6)
     (tmp_path / "prompts.txt").write_text("\n".join(CALIBRATION) + "\n")
@@ -308,3 +324,48 @@ def test_record_round_trip_and_refusals(tmp_path):
     with pytest.raises(LayerPruneError, match="newer diffusers-layerprune"):
         read_sparsity_record(tmp_path)
     assert read_sparsity_record(tmp_path / "nothing") is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The toy benchmark's claim rules (benchmarks/sparsity_toy.py), on synthetic curves
+
+
+def test_benchmark_claim_rules():
+    import importlib.util
+
+    from helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("sparsity_toy", ROOT / "benchmarks" / "sparsity_toy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    levels = [round(0.1 * i, 1) for i in range(1, 10)]
+    te = dict(zip(levels, [0.6] * 6 + [0.3, 0.1, 0.0], strict=True))  # kept to 60%, collapsed at 80%: sudden
+    tf = dict(zip(levels, [0.6, 0.5, 0.3, 0.1] + [0.0] * 5, strict=True))  # kept to 10%, collapsed at 40%: gradual
+    cells = [{"stage": "dense", "accuracy": {m: 0.6 for m in bench.METRICS}, "toy_score": 0.9, "achieved": 0.0}]
+    for component, curve in (("text_encoder", te), ("transformer", tf)):
+        for method in ("magnitude", "wanda"):
+            for s, acc in curve.items():
+                if method == "wanda" and component == "text_encoder":
+                    acc = max(acc - 0.05, 0.0)  # Wanda 5 points behind on the text encoder, tied on the transformer
+                accuracy = {m: acc for m in bench.METRICS}
+                cell = {"component": component, "method": method, "pattern": "unstructured", "sparsity": s}
+                cells.append({"stage": "curve", **cell, "accuracy": accuracy, "toy_score": acc, "achieved": s})
+    claims = {c["id"]: c for c in bench.check_claims(cells, num_images=100)}
+    magnitude = claims["magnitude_beats_wanda"]
+    assert (magnitude["verdict"], magnitude["won"], magnitude["lost"]) == ("holds", 8, 0)
+    assert claims["text_encoder_tolerates_more"]["verdict"] == "holds"
+    assert [(r["text_encoder"], r["transformer"]) for r in claims["text_encoder_tolerates_more"]["comparisons"]] == [
+        (0.6, 0.1),
+        (0.6, 0.1),
+    ]
+    curves = {(c["component"], c["method"]): c for c in claims["sudden_collapse"]["curves"]}
+    assert (curves["text_encoder", "magnitude"]["first_collapsed"], curves["text_encoder", "magnitude"]["sudden"]) == (
+        0.8,
+        True,
+    )
+    assert (curves["transformer", "wanda"]["last_kept"], curves["transformer", "wanda"]["first_collapsed"]) == (
+        0.1,
+        0.4,
+    )
+    assert claims["sudden_collapse"]["verdict"] == "does not hold"  # 2 sudden, 2 gradual
