@@ -96,7 +96,7 @@ def test_global_scope_is_exact_over_the_component(pipe):
 
 def test_global_masks_break_ties_to_an_exact_count():
     scores = [torch.ones(3, 4), torch.ones(2, 4), torch.tensor([[0.0, 2.0, 1.0, 1.0]])]
-    masks = global_masks([lambda s=s: s for s in scores], 0.5)  # 24 weights, 12 pruned, many ties at 1.0
+    masks = list(global_masks([lambda s=s: s for s in scores], 0.5))  # 24 weights, 12 pruned, many ties at 1.0
     assert sum(int((~m).sum()) for m in masks) == 12
     assert not masks[2][0, 0] and masks[2][0, 1]  # the zero goes first, the largest survives
 

@@ -155,8 +155,9 @@ def measure_sparsity(
     return measured
 
 
-def _masks(module, component: str, sparsity: float, plan: SparsityPlan, norms: dict | None) -> dict:
-    """Keep-masks of the component's pruned layers. Checks every layer before any mask is applied."""
+def _prune_component(module, component: str, sparsity: float, plan: SparsityPlan, norms: dict | None) -> None:
+    """Zero the component's lowest-scoring weights in place, one layer at a time (a mask of every layer at once would
+    be 4.7 GB for T5-XXL). Every layer is checked before any is changed."""
     spec = get_method(plan.method)
     layers = sparsifiable_layers(module, component, include_final_projection=plan.include_final_projection)
     pattern = plan.pattern
@@ -169,12 +170,16 @@ def _masks(module, component: str, sparsity: float, plan: SparsityPlan, norms: d
         return spec.score(layers[name].weight, None if norms is None else norms[name])
 
     if pattern.structured:
-        return {name: n_m_mask(scores(name), pattern.n, pattern.m, name=name) for name in layers}
-    if plan.scope == "global":
+        masks = (n_m_mask(scores(name), pattern.n, pattern.m, name=name) for name in layers)
+    elif plan.scope == "global":
         masks = global_masks([lambda name=name: scores(name) for name in layers], sparsity)
-        return dict(zip(layers, masks, strict=True))
-    per_group = row_mask if spec.group == "row" else layer_mask
-    return {name: per_group(scores(name), sparsity) for name in layers}
+    else:
+        per_group = row_mask if spec.group == "row" else layer_mask
+        masks = (per_group(scores(name), sparsity) for name in layers)
+    with torch.no_grad():
+        # global_masks reads each layer's scores only up to its own turn, so zeroing earlier layers is safe
+        for layer, keep in zip(layers.values(), masks, strict=True):
+            layer.weight.masked_fill_(~keep.to(layer.weight.device), 0)
 
 
 def sparsify_pipeline(
@@ -248,12 +253,7 @@ def sparsify_pipeline(
                 layer: value if input_norms.tokens[name][layer] else torch.ones_like(value)
                 for layer, value in input_norms.norms[name].items()
             }
-        masks = _masks(module, name, target, plan, norms)
-        with torch.no_grad():
-            layers = sparsifiable_layers(module, name, include_final_projection=plan.include_final_projection)
-            for layer_name, keep in masks.items():
-                weight = layers[layer_name].weight
-                weight.masked_fill_(~keep.to(weight.device), 0)
+        _prune_component(module, name, target, plan, norms)
 
     from .. import __version__
 

@@ -12,7 +12,7 @@ Masks are boolean tensors of the weight's shape, ``True`` = kept.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,37 +100,36 @@ def _order_bits(scores: torch.Tensor) -> torch.Tensor:
     return scores.float().clamp_min(0).view(torch.int32)
 
 
-def global_masks(score_fns: Sequence[Callable[[], torch.Tensor]], sparsity: float) -> list[torch.Tensor]:
+def global_masks(score_fns: Sequence[Callable[[], torch.Tensor]], sparsity: float) -> Iterator[torch.Tensor]:
     """Drop the ``round(sparsity * total)`` lowest scores over all tensors together (``global`` scope).
 
     ``score_fns[i]()`` returns the scores of tensor ``i`` (non-negative); it is called a few dozen times, so that no
     concatenation of every score is ever held in memory (T5-XXL has 4.7B weights). The threshold is found by
     bisection on the float bit patterns; weights equal to it are dropped in order (tensor, then index) until the
-    count is exact.
+    count is exact. Masks are yielded one tensor at a time, in order, once the threshold is known.
     """
     sizes = [fn().numel() for fn in score_fns]
     k = num_pruned(sparsity, sum(sizes))
-    if k == 0:
-        return [torch.ones_like(fn(), dtype=torch.bool) for fn in score_fns]
 
     def count_at_most(bits: int) -> int:
         return sum(int((_order_bits(fn()) <= bits).sum()) for fn in score_fns)
 
     low, high = -1, int(torch.tensor(float("inf")).view(torch.int32))
-    while high - low > 1:  # smallest threshold t with count(<= t) >= k lies in (low, high]
+    while k and high - low > 1:  # smallest threshold t with count(<= t) >= k lies in (low, high]
         mid = (low + high) // 2
         if count_at_most(mid) >= k:
             high = mid
         else:
             low = mid
-    remaining = k - count_at_most(high - 1)  # weights equal to the threshold that still have to go
-    masks = []
+    remaining = k - count_at_most(high - 1) if k else 0  # weights equal to the threshold that still have to go
     for fn in score_fns:
         bits = _order_bits(fn())
+        if k == 0:
+            yield torch.ones_like(bits, dtype=torch.bool)
+            continue
         keep = bits >= high
         equal = (bits == high).reshape(-1).nonzero().squeeze(1)
         take = equal[:remaining]
         remaining -= take.numel()
         keep.reshape(-1)[take] = False
-        masks.append(keep)
-    return masks
+        yield keep
