@@ -98,9 +98,11 @@ def to_semi_structured(model) -> int:
     """Replace every pruned Linear weight by its packed 2:4 form (GPU only). Returns the layers converted.
 
     UNTESTED HERE (written on a CPU-only machine): follows torch's documented use,
-    ``linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight))``, which needs a 2-D fp16/bf16 CUDA
-    weight that already satisfies 2:4 along its input dimension, with shapes the kernels accept (rows a multiple of
-    32 or 64, columns of 64 or 128 depending on the backend: every pruned PixArt-Sigma-XL layer qualifies).
+    ``linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight))``. torch 2.13 checks that the weight is
+    a 2-D contiguous CUDA tensor whose sides are multiples of (32, 64) for fp16/bf16 with the CUTLASS kernels, or
+    (16, 16) with cuSPARSELt; every pruned PixArt-Sigma-XL layer qualifies (1152, 4608, 6912 by 256, 1152, 4096,
+    4608). The weight must already hold the 2:4 pattern along its input dimension (compression does not prune).
+    ``nn.Linear`` then dispatches to ``semi_sparse_linear``, which flattens ``[batch, tokens, features]`` inputs.
     """
     from torch.sparse import to_sparse_semi_structured
 
