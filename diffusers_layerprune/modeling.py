@@ -452,6 +452,11 @@ def load_pipeline(
             )
         except Exception as error:  # hub / network / format errors: one line with the cause
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
+        transformer = getattr(pipe, "transformer", None)
+        if path is not None and "transformer" not in components and isinstance(transformer, PixArtTransformer2DModel):
+            from .provenance import restore_local_source
+
+            restore_local_source(pipe.transformer, path)
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, PixArtTransformer2DModel):
         found = (
@@ -481,19 +486,30 @@ def prune_pipeline(
     return with_transformer(pipe, student)
 
 
-def save_pruned_pipeline(pipe, output_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_pruned_pipeline(
+    pipe, output_dir: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = ()
+) -> Path:
     """``save_pretrained`` a pipeline so that stock ``DiffusionPipeline.from_pretrained`` loads it.
 
     The folder is written next to its destination and moved into place only when complete: a failure leaves no
-    half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready.
+    half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready. Only a
+    folder this package wrote is replaced, never one of ``inputs`` (see ``outputs.check_output_dir``).
+
+    The saved configs name the source model by its public name (a local path by its folder name); the full local
+    path stays in the folder's hidden marker, which ``load_pipeline`` reads back (``provenance``).
     """
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    from .provenance import publish_configs
+
+    source = pipe.transformer.config.get("source_model")
+    local = {"source_model": source} if source else None
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="pipeline", local=local) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         index_path = tmp / "model_index.json"
         index = json.loads(index_path.read_text())
         if "transformer" in index and isinstance(pipe.transformer, PrunedPixArtTransformer):
             index["transformer"] = list(STOCK_CLASS)
             index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        publish_configs(tmp)
     return Path(output_dir)
 
 

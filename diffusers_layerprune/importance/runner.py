@@ -438,16 +438,22 @@ class ImportanceScan:
         import diffusers
 
         from .. import __version__
+        from ..provenance import public_name
 
         s = self.settings
+        # Importance files travel with pruned models (push uploads them): local paths by their names only.
         meta = {
-            "model": self.model_id,
+            "model": public_name(self.model_id),
             "num_layers": self.num_layers,
             "criterion": criterion,
-            "scorer": self.scorer_name,
+            "scorer": public_name(self.scorer_name),
             "prompts": None
             if self.prompts is None
-            else {"source": self.prompts.source, "fingerprint": self.prompts.fingerprint(), "count": len(self.prompts)},
+            else {
+                "source": public_name(self.prompts.source),
+                "fingerprint": self.prompts.fingerprint(),
+                "count": len(self.prompts),
+            },
             "seed": s.seed,
             "seeds": f"prompt i uses seed {s.seed} + i",
             "num_inference_steps": s.num_inference_steps,
