@@ -80,14 +80,23 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
 
 
-def write_marker(folder: str | os.PathLike, kind: str, *, local: dict | None = None) -> Path:
+def write_marker(
+    folder: str | os.PathLike, kind: str, *, local: dict | None = None, entries: Iterable[str] | None = None
+) -> Path:
     """Write (or update) the marker of ``folder``: ``kind`` says what wrote it (``pipeline``, ``distillation``,
-    ``run``, ``folder``); ``local`` holds full local paths, merged into what an existing marker keeps."""
+    ``run``, ``folder``); ``local`` holds full local paths, merged into what an existing marker keeps.
+
+    ``entries`` are the top-level names the package wrote there besides :data:`OWN_ENTRIES` (default: everything in
+    the folder, right for a folder only the package has written so far, such as a temporary one). Folders filled in
+    place (a training run, a recipe run) pass none, so that a file a user adds meanwhile never counts as ours.
+    """
     from . import __version__
 
     folder = Path(folder)
     old = read_marker(folder) or {}
-    entries = sorted({p.name for p in folder.iterdir() if p.name != MARKER} | set(old.get("entries", [])))
+    if entries is None:
+        entries = [p.name for p in folder.iterdir() if p.name != MARKER]
+    entries = sorted(set(entries) | set(old.get("entries", [])))
     data = {
         "format": MARKER_FORMAT,
         "format_version": 1,
@@ -410,7 +419,7 @@ def prepare_training_output_dir(path: str | os.PathLike, action: str, *, local: 
         clean_stale_temps(path)
         for entry in path.glob(".checkpoint-*.tmp"):  # a checkpoint cut short by a kill (one run per folder)
             shutil.rmtree(entry, ignore_errors=True)
-    write_marker(path, "distillation", local=local)
+    write_marker(path, "distillation", local=local, entries=())
     return path
 
 

@@ -317,7 +317,7 @@ def _prepare_run_folder(recipe: Recipe) -> Path:
     if (out / "distilled").exists():
         check_training_output_dir(out / "distilled", inputs=[*inputs, out / "pruned"], overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, "run", local={"model": full_local(recipe.model)})
+    write_marker(out, "run", local={"model": full_local(recipe.model)}, entries=())
     clean_stale_temps(out)
     return out
 
@@ -356,12 +356,16 @@ def run_child(cmd: list[str]) -> int:
 
 
 def _die_with_parent(parent: int):
-    def preexec() -> None:
-        import ctypes
-        import signal
+    """A ``preexec_fn`` asking the kernel to send the child SIGTERM when ``parent`` dies."""
+    import ctypes
+    import signal
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    # Resolved here, in the parent: a child forked from a threaded process should not load libraries.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
         if os.getppid() != parent:  # the parent died before the request was in place
             os._exit(1)
 

@@ -471,7 +471,7 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".save.tmp-{os.getpid()}-") as tmp:
             save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
             move_into(Path(tmp) / "pipeline", output_dir)
-        write_marker(output_dir, "distillation", local=_local_record(args))
+        write_marker(output_dir, "distillation", local=_local_record(args), entries=())
         # distill_config.json is uploaded with the model: models and data by public name (full paths in the marker).
         recipe = {
             "teacher_model": public_name(args.teacher_model),

@@ -214,7 +214,8 @@ def test_stale_temporaries_of_killed_runs_are_cleaned_on_the_next_run(world, san
 
 
 def _train_args(world, tmp_path, out, *extra):
-    (tmp_path / "student").exists() or shutil.copytree(world / "pruned", tmp_path / "student")
+    if not (tmp_path / "student").exists():
+        shutil.copytree(world / "pruned", tmp_path / "student")
     args = distill_args(world, out, steps=2, checkpointing_steps=1)
     args[args.index("--student_model") + 1] = tmp_path / "student"
     args[args.index("--cache_dir") + 1] = tmp_path / "cache"
@@ -254,6 +255,9 @@ def test_training_resumes_or_starts_over_only_when_asked(world, tmp_path, capsys
     train_refused(capsys, args, "already holds a distillation run", "--overwrite_output_dir")
     train_refused(capsys, [*args, "--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "pass one")
     assert snapshot(tmp_path) == before
+    (out / "notes.txt").write_text("added by the user after the run")
+    train_refused(capsys, [*args, "--overwrite_output_dir"], "did not write (notes.txt)")
+    (out / "notes.txt").unlink()
 
     # a symbolic link in the run pointing elsewhere: refused, its target untouched
     precious = tmp_path / "precious.jsonl"
