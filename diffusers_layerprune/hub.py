@@ -289,6 +289,8 @@ def files_to_upload(folder: Path) -> list[tuple[str, int]]:
 def check_upload_links(folder: Path) -> None:
     """Refuse to upload a folder holding a symbolic link (not ignored) whose target lies outside the folder: the
     upload would send the target, a file from elsewhere on the machine. Links inside the folder are fine."""
+    from .outputs import link_points_outside
+
     folder = Path(folder)
     root = folder.resolve()
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -297,11 +299,10 @@ def check_upload_links(folder: Path) -> None:
             rel = path.relative_to(folder).as_posix()
             if not path.is_symlink() or _ignored(rel) or _ignored(rel + "/"):
                 continue
-            target = path.resolve()
-            if target != root and not target.is_relative_to(root):
+            if link_points_outside(path, root):
                 raise LayerPruneError(
-                    f"{path} is a symbolic link to {target}, outside the folder; push uploads no files from outside "
-                    "it: replace the link with a copy of the file or remove it"
+                    f"{path} is a symbolic link to {os.readlink(path)}, outside the folder; push uploads no files "
+                    "from outside it: replace the link with a copy of the file or remove it"
                 )
 
 

@@ -149,7 +149,7 @@ def _listing(names: list[str], limit: int = 3) -> str:
 
 
 def _absolute(path: str | os.PathLike) -> Path:
-    """``path`` made absolute without following symbolic links (``.`` becomes the current folder's own name)."""
+    """``path`` made absolute without following symbolic links (``.`` becomes the current folder's full path)."""
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
@@ -166,6 +166,14 @@ def check_not_symlink(path: str | os.PathLike, what: str = "output") -> None:
         )
 
 
+def link_points_outside(link: Path, root: Path) -> bool:
+    """Whether the symbolic link ``link`` leads outside the (resolved) folder ``root``; a link that loops counts."""
+    try:
+        return not _inside(link.resolve(), root)
+    except (OSError, RuntimeError):  # a loop of links
+        return True
+
+
 def check_no_outside_links(folder: str | os.PathLike, what: str = "output folder") -> None:
     """Refuse a folder holding a symbolic link whose target lies outside it: writing there would reach the target."""
     folder = Path(folder)
@@ -175,9 +183,9 @@ def check_no_outside_links(folder: str | os.PathLike, what: str = "output folder
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in dirnames + filenames:
             entry = Path(dirpath) / name
-            if entry.is_symlink() and not _inside(entry.resolve(), root):
+            if entry.is_symlink() and link_points_outside(entry, root):
                 raise LayerPruneError(
-                    f"{entry} is a symbolic link to {entry.resolve()}, outside the {what} {folder}; "
+                    f"{entry} is a symbolic link to {os.readlink(entry)}, outside the {what} {folder}; "
                     "remove the link (or replace it with a copy) and run again"
                 )
 
@@ -207,9 +215,7 @@ def check_apart_from_inputs(output: str | os.PathLike, inputs: Iterable, what: s
             )
 
 
-def check_output_dir(
-    path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (), flag: str = "--overwrite"
-) -> Path:
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = ()) -> Path:
     """Fail early (before any heavy work, writing nothing) when ``path`` cannot be written as an output folder.
 
     A new or empty folder is fine. A non-empty folder is replaced only with ``overwrite`` and only when this
@@ -235,7 +241,7 @@ def check_output_dir(
                 "choose a new folder (nothing was changed)"
             )
         if not overwrite:
-            raise LayerPruneError(f"output folder {given} already exists; pass {flag} to replace it")
+            raise LayerPruneError(f"output folder {given} already exists; pass --overwrite to replace it")
     return path
 
 

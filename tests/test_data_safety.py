@@ -427,9 +427,14 @@ def test_run_refuses_folders_it_did_not_make(tmp_path, capsys):
     write_marker(run_folder, "run")
     (run_folder / "pruned").mkdir()
     (run_folder / "pruned" / "keep.txt").write_text("a user's file inside the run's pruned folder")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    write_marker(linked, "run")
+    (linked / "summary.json").symlink_to(mine / "paper.pdf")  # the run would write its summary there
     before = snapshot(tmp_path)
     refused(capsys, ["run", "--model", "tiny-random", "--output", mine], "not made by layerprune", "paper.pdf")
     refused(capsys, ["run", "--model", "tiny-random", "--output", run_folder], "keep.txt")
+    refused(capsys, ["run", "--model", "tiny-random", "--output", linked], "summary.json", "outside the run folder")
     assert snapshot(tmp_path) == before
 
 
