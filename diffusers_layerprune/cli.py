@@ -59,9 +59,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .importance.cli import check_prune_importance_args, pruned_layers_from_importance
     from .outputs import check_output_dir
+    from .provenance import local_inputs
 
     check_prune_importance_args(args)
-    check_output_dir(args.output, overwrite=args.overwrite)
+    inputs = local_inputs(args.model, args.importance)
+    check_output_dir(args.output, overwrite=args.overwrite, inputs=inputs)
 
     from .blocks import resolve_kept_layers
     from .modeling import prune_to_folder, read_transformer_config
@@ -84,6 +86,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         revision=args.revision,
         base_model=args.base_model,
         overwrite=args.overwrite,
+        inputs=inputs,
     )
     cfg = pruned.config
     print(f"pruned {args.model}: {config['num_layers']} -> {cfg.num_layers} blocks ({str(pruned.dtype)[6:]})")
@@ -96,11 +99,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .evaluation import check_report_output
+
     output = Path(args.output) if args.output else _default_report_path(args.model)
     if output.is_dir():
         raise LayerPruneError(f"--output {output} is a folder; give a file name such as {output / 'report.json'}")
-    if output.exists() and not args.overwrite:
-        raise LayerPruneError(f"report {output} already exists; pass --overwrite to replace it")
+    check_report_output(output, overwrite=args.overwrite)
 
     from .data import load_prompts
     from .evaluation import evaluate, grid_path, write_report
@@ -163,6 +167,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         dry_run=args.dry_run,
         license=args.license,
+        base_model=args.base_model,
     )
     total = sum(size for _, size in result["files"])
     verb = "would upload" if args.dry_run else "uploaded"
@@ -277,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     push.add_argument("--commit-message", default=None)
     push.add_argument("--license", default=None, help="license for the card (default: the base model's, if readable)")
+    push.add_argument(
+        "--base-model",
+        default=None,
+        metavar="ORG/NAME",
+        help="Hub id of the source model for the card, when it was pruned from a local folder (files name local "
+        "sources by folder name only)",
+    )
     push.add_argument("--dry-run", action="store_true", help="write the card and list the files; upload nothing")
     push.set_defaults(func=_cmd_push)
 

@@ -67,6 +67,21 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def check_base_model(base_model: str) -> str:
+    """A Hub id for the card's ``base_model`` (``org/name``); a local path would put the user's machine in the card."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .provenance import public_name
+
+    try:
+        validate_repo_id(base_model)
+    except HFValidationError as error:
+        raise LayerPruneError(f"--base-model {base_model!r} is not a Hub id such as org/name") from error
+    if public_name(base_model) != base_model:
+        raise LayerPruneError(f"--base-model {base_model!r} is a local path; give the source's Hub id (org/name)")
+    return base_model
+
+
 def _hub_id(source: str | None) -> str | None:
     """``source`` if it names a Hub repo (owner/name, not a local path), else None."""
     if source and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
@@ -112,19 +127,29 @@ def _base_license(source: str | None) -> str | None:
         return None
 
 
-def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str | None = None) -> str:
-    """The README.md for ``folder`` (see the module docstring for what it reads)."""
+def render_model_card(
+    folder: str | os.PathLike, repo_id: str, *, license: str | None = None, base_model: str | None = None
+) -> str:
+    """The README.md for ``folder`` (see the module docstring for what it reads).
+
+    ``base_model`` is the Hub id of the source model, for folders pruned from a local copy (their files name the
+    source by its folder name only). Models, prompt sets and scorers appear by their public names (``provenance``).
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     from . import __version__
     from .evaluation import format_count, metrics_table, settings_sentence
+    from .provenance import local_source, public_name
 
     folder = check_pipeline_folder(folder)
     config = _read_json(folder / "transformer" / "config.json")
     kept = config.get("kept_layers")
     source_depth = config.get("source_num_layers") or config["num_layers"]
     removed = [i for i in range(source_depth) if kept is not None and i not in kept]
-    source = config.get("source_model")
+    recorded = config.get("source_model")
+    local = local_source(folder)  # the full local path behind the recorded name, to read the base's license
+    local = local if local and public_name(local) == public_name(recorded) else recorded
+    source = base_model or public_name(recorded)
     importance = _read_json(folder / "importance.json")
     distill = _read_json(folder / "distill_config.json")
     report = _read_json(folder / "report.json")
@@ -150,7 +175,9 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
         for label, key in fields:
             value = meta.get(key)
             if isinstance(value, dict) and "source" in value:  # a prompt-set record
-                value = value["source"] + (f", {value['count']} prompts" if value.get("count") else "")
+                value = public_name(value["source"]) + (f", {value['count']} prompts" if value.get("count") else "")
+            elif key == "scorer":
+                value = public_name(value)
             if value is not None:
                 importance_lines.append(f"{label}: `{value}`")
         if criterion in CITATIONS:
@@ -162,7 +189,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
         tags.append("knowledge-distillation")
         w = distill.get("weights", {})
         distill_lines = [
-            f"teacher: `{distill['teacher_model']}`; student block i distilled from teacher block kept_layers[i]",
+            f"teacher: `{public_name(distill['teacher_model'])}`; student block i distilled from teacher block "
+            "kept_layers[i]",
             f"steps: {distill['steps']}, batch size {distill.get('train_batch_size')} x {distill.get('num_processes', 1)}"
             f" processes, learning rate {distill.get('learning_rate')}",
             f"loss: {w.get('task')} x task MSE + {w.get('output')} x output KD + {w.get('variance')} x variance KD + "
@@ -173,7 +201,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
                 if distill.get("lora")
                 else "all student weights"
             ),
-            f"data: `{distill.get('data')}` ({distill.get('train_samples')} samples)",
+            f"data: `{public_name(distill.get('data'))}` ({distill.get('train_samples')} samples)",
         ]
         cites.append("bk-sdm")
         if distill.get("feature_loss") == "normalized":
@@ -188,8 +216,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
             if key in CITATIONS:
                 cites.append(key)
 
-    license = license or _base_license(source)
-    base = _hub_id(source)
+    license = license or _base_license(base_model or local)
+    base = base_model or _hub_id(source)
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",
@@ -235,16 +263,85 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
     return str(card)
 
 
-def files_to_upload(folder: Path) -> list[tuple[str, int]]:
-    """``(relative path, size in bytes)`` of every file an upload sends, in upload order."""
+def _ignored(rel: str) -> bool:
     from fnmatch import fnmatch
 
+    return any(fnmatch(rel, pattern) for pattern in UPLOAD_IGNORE)
+
+
+def files_to_upload(folder: Path) -> list[tuple[str, int]]:
+    """``(relative path, size in bytes)`` of every file an upload sends, in upload order.
+
+    Like ``HfApi.upload_folder``: files (a symbolic link to a file counts as its target), not following links to
+    folders, minus :data:`UPLOAD_IGNORE`.
+    """
+    folder = Path(folder)
     out = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and not any(fnmatch(rel, pattern) for pattern in UPLOAD_IGNORE):
-            out.append((rel, path.stat().st_size))
-    return out
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_file() and not _ignored(rel):
+                out.append((rel, path.stat().st_size))
+    return sorted(out)
+
+
+def check_upload_links(folder: Path) -> None:
+    """Refuse to upload a folder holding a symbolic link (not ignored) whose target lies outside the folder: the
+    upload would send the target, a file from elsewhere on the machine. Links inside the folder are fine."""
+    from .outputs import link_points_outside
+
+    folder = Path(folder)
+    root = folder.resolve()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(folder).as_posix()
+            if not path.is_symlink() or _ignored(rel) or _ignored(rel + "/"):
+                continue
+            if link_points_outside(path, root):
+                raise LayerPruneError(
+                    f"{path} is a symbolic link to {os.readlink(path)}, outside the folder; push uploads no files "
+                    "from outside it: replace the link with a copy of the file or remove it"
+                )
+
+
+def is_our_card(path: Path) -> bool:
+    """Whether ``path`` is a model card this package rendered (its metadata carries the package's tag)."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        meta = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, IndexError, yaml.YAMLError):
+        return False
+    return isinstance(meta, dict) and "diffusers-layerprune" in (meta.get("tags") or [])
+
+
+def write_model_card(folder: Path, card: str) -> Path:
+    """Write ``card`` as ``folder/README.md`` atomically; a README the package did not render is never replaced."""
+    from .outputs import atomic_output_file, check_output_file
+
+    path = check_output_file(Path(folder) / "README.md", owned=is_our_card)
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(card)
+    return path
+
+
+def check_no_local_paths(folder: Path, card: str, files: list[str]) -> None:
+    """Refuse to upload when the card or any of ``files`` holds an absolute path of this machine."""
+    from .provenance import find_local_path, find_local_paths, local_path_needles
+
+    needles = local_path_needles(folder)
+    found = ("README.md", find_local_path(card, needles))
+    if found[1] is None:
+        found = find_local_paths(folder, [f for f in files if f != "README.md"], needles)
+    if found:
+        rel, needle = found
+        raise LayerPruneError(
+            f"{folder / rel} holds a local path ({needle}...), which push never uploads: remove it from the file or "
+            "re-create the file with this version of diffusers-layerprune (nothing was uploaded)"
+        )
 
 
 def push_pipeline(
@@ -256,16 +353,23 @@ def push_pipeline(
     commit_message: str | None = None,
     dry_run: bool = False,
     license: str | None = None,
+    base_model: str | None = None,
 ) -> dict:
     """Render ``README.md`` into ``folder`` and upload the folder to ``repo_id`` in one commit.
 
-    With ``dry_run`` nothing remote is touched: the card is written and the file list returned. Returns
-    ``{"repo_id", "files": [(path, bytes)], "commit_url"}``.
+    Before anything is written or sent, the folder is checked: no symbolic link to a file outside it, no README.md
+    the package did not render, and no absolute local path in the card or any file to upload. ``base_model`` names
+    the Hub id of a source that was a local folder. With ``dry_run`` nothing remote is touched: the card is written
+    and the file list returned. Returns ``{"repo_id", "files": [(path, bytes)], "commit_url"}``.
     """
-    from .outputs import atomic_output_file
+    from .outputs import check_output_file
 
     folder = check_pipeline_folder(folder)
     check_repo_id(repo_id)
+    if base_model is not None:
+        check_base_model(base_model)
+    check_upload_links(folder)
+    check_output_file(folder / "README.md", owned=is_our_card)
     token = None
     if not dry_run:
         from huggingface_hub import get_token
@@ -273,9 +377,9 @@ def push_pipeline(
         token = get_token()
         if not token:
             raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
-    card = render_model_card(folder, repo_id, license=license)
-    with atomic_output_file(folder / "README.md") as tmp:
-        tmp.write_text(card)
+    card = render_model_card(folder, repo_id, license=license, base_model=base_model)
+    check_no_local_paths(folder, card, [rel for rel, _ in files_to_upload(folder)])
+    write_model_card(folder, card)
     files = files_to_upload(folder)
     result = {"repo_id": repo_id, "files": files, "commit_url": None}
     if dry_run:

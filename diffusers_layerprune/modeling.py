@@ -524,6 +524,11 @@ def load_pipeline(
             )
         except Exception as error:  # hub / network / format errors: one line with the cause
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
+        transformer = getattr(pipe, "transformer", None)
+        if local is not None and "transformer" not in components and isinstance(transformer, PixArtTransformer2DModel):
+            from .provenance import restore_local_source
+
+            restore_local_source(pipe.transformer, local)
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, PixArtTransformer2DModel):
         found = (
@@ -537,8 +542,11 @@ def load_pipeline(
 
 def _load_with_base(folder: Path, base_model: str | None, *, torch_dtype=None, device=None, **components):
     """The base pipeline with the transformer saved alone in ``folder``."""
+    from .provenance import local_source
+
     config = json.loads((folder / "config.json").read_text())
-    base = base_model or config.get("source_model")
+    # the saved config names a local source by folder name only; the full path is in the folder's hidden marker
+    base = base_model or local_source(folder) or config.get("source_model")
     if not base:
         raise LayerPruneError(
             f"{folder} holds only a transformer and does not record its base pipeline; pass --base-model "
@@ -583,19 +591,32 @@ def load_transformer(
         raise LayerPruneError(f"could not load the transformer of {name!r}: {_first_line(error)}") from error
     if config.get("source_model") is None:  # record where it came from: a Hub id, or the folder
         transformer.register_to_config(_name_or_path=name)
+    elif local is not None:
+        from .provenance import restore_local_source
+
+        restore_local_source(transformer, local)
     return transformer
 
 
 def save_pruned_transformer(
-    transformer: PrunedPixArtTransformer, output_dir: str | os.PathLike, *, overwrite: bool = False
+    transformer: PrunedPixArtTransformer,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable = (),
 ) -> Path:
     """Save only the transformer (``config.json`` + safetensors at the top of ``output_dir``), the layout a model repo
     that shares just the transformer has: ``PixArtTransformer2DModel.from_pretrained(output_dir)`` loads it, and
-    the pipeline comes from the base model. Atomic like :func:`save_pruned_pipeline`."""
+    the pipeline comes from the base model. Atomic, ownership-checked and path-free like :func:`save_pruned_pipeline`."""
+    from .provenance import publish_configs
+
     if not isinstance(transformer, PrunedPixArtTransformer):
         raise LayerPruneError(f"expected a PrunedPixArtTransformer, got {type(transformer).__name__}")
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    source = transformer.config.get("source_model")
+    local = {"source_model": source} if source else None
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="transformer", local=local) as tmp:
         transformer.save_pretrained(tmp, safe_serialization=True)
+        publish_configs(tmp)
     return Path(output_dir)
 
 
@@ -610,6 +631,7 @@ def prune_to_folder(
     revision: str | None = None,
     base_model: str | None = None,
     overwrite: bool = False,
+    inputs: Iterable = (),
 ) -> PrunedPixArtTransformer:
     """Load ``model``, keep (or drop) the given blocks and save the result to ``output_dir``: the whole pipeline, or
     with ``transformer_only`` just the pruned transformer (then only the transformer is loaded). ``dtype`` ``"auto"``
@@ -620,11 +642,11 @@ def prune_to_folder(
         pruned = PrunedPixArtTransformer.from_transformer(
             transformer, kept_layers, pruned_layers, source_model=_source_of(model, transformer), copy_weights=False
         )
-        save_pruned_transformer(pruned, output_dir, overwrite=overwrite)
+        save_pruned_transformer(pruned, output_dir, overwrite=overwrite, inputs=inputs)
         return pruned
     pipe = load_pipeline(model, torch_dtype=torch_dtype, revision=revision, base_model=base_model)
     pruned = prune_pipeline(pipe, kept_layers=kept_layers, pruned_layers=pruned_layers, copy_weights=False)
-    save_pruned_pipeline(pruned, output_dir, overwrite=overwrite)
+    save_pruned_pipeline(pruned, output_dir, overwrite=overwrite, inputs=inputs)
     return pruned.transformer
 
 
@@ -651,19 +673,30 @@ def prune_pipeline(
     return with_transformer(pipe, student)
 
 
-def save_pruned_pipeline(pipe, output_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_pruned_pipeline(
+    pipe, output_dir: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = ()
+) -> Path:
     """``save_pretrained`` a pipeline so that stock ``DiffusionPipeline.from_pretrained`` loads it.
 
     The folder is written next to its destination and moved into place only when complete: a failure leaves no
-    half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready.
+    half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready. Only a
+    folder this package wrote is replaced, never one of ``inputs`` (see ``outputs.check_output_dir``).
+
+    The saved configs name the source model by its public name (a local path by its folder name); the full local
+    path stays in the folder's hidden marker, which ``load_pipeline`` reads back (``provenance``).
     """
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    from .provenance import publish_configs
+
+    source = pipe.transformer.config.get("source_model")
+    local = {"source_model": source} if source else None
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="pipeline", local=local) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         index_path = tmp / "model_index.json"
         index = json.loads(index_path.read_text())
         if "transformer" in index and isinstance(pipe.transformer, PrunedPixArtTransformer):
             index["transformer"] = list(STOCK_CLASS)
             index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        publish_configs(tmp)
     return Path(output_dir)
 
 

@@ -66,6 +66,8 @@ from diffusers_layerprune.modeling import (
     save_pruned_transformer,
     with_transformer,
 )
+from diffusers_layerprune.outputs import check_training_output_dir, prepare_training_output_dir, write_marker
+from diffusers_layerprune.provenance import full_local, local_inputs, public_name, restore_local_source
 
 logger = get_logger(__name__)
 
@@ -77,6 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--student_model", required=True, help="pruned pipeline or transformer folder (layerprune prune)")
     g.add_argument("--revision", default=None, help="Hub revision of --teacher_model")
     g.add_argument("--output_dir", required=True, help="where the distilled pipeline, checkpoints and logs go")
+    g.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over in an --output_dir that holds an earlier run of this script (its contents are removed); "
+        "a folder holding anything else is always refused",
+    )
     g.add_argument("--cache_dir", default=None, help="cache for text embeddings and teacher latents")
     g.add_argument(
         "--cache_dtype",
@@ -251,11 +259,20 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
 
-    # 1. Check the pair before loading anything heavy.
+    # 1. Check the pair and the output folder before loading anything heavy. Every process runs these read-only
+    # checks before the Accelerator exists, so a refusal stops all of them alike and none waits for the others.
     student_cfg = read_student_config(args.student_model)
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        raise LayerPruneError("--overwrite_output_dir starts over, --resume_from_checkpoint continues: pass one")
+    output_action = check_training_output_dir(
+        output_dir,
+        inputs=local_inputs(args.student_model, args.teacher_model),
+        overwrite=args.overwrite_output_dir,
+        resume=bool(args.resume_from_checkpoint),
+    )
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -266,6 +283,10 @@ def main(argv=None) -> None:
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    accelerator.wait_for_everyone()  # every process has checked --output_dir before the main one writes to it
+    if accelerator.is_main_process:
+        prepare_training_output_dir(output_dir, output_action, local=_local_record(args))
+    accelerator.wait_for_everyone()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
@@ -302,6 +323,7 @@ def main(argv=None) -> None:
     # 3. Models.
     folder, subfolder = student_config_path(args.student_model)
     student = PrunedPixArtTransformer.from_pretrained(folder, subfolder=subfolder)
+    restore_local_source(student, folder, args.teacher_model)  # the saved config names the source by folder name
     teacher_tf = teacher.transformer.requires_grad_(False).eval()
     pairs = block_pairs(student, teacher_tf)
     if args.use_lora:
@@ -487,7 +509,8 @@ def main(argv=None) -> None:
         # text encoder at ~19 GB.
         save_dtype = resolve_dtype(args.save_dtype, args.teacher_model)
         final.to(save_dtype)
-        with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
+        # A hidden temporary name of outputs.py's pattern: the next run removes it if this one is killed here.
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".save.tmp-{os.getpid()}-") as tmp:
             if args.transformer_only:  # the text encoder and VAE stay in the teacher's repo
                 save_pruned_transformer(final, Path(tmp) / "transformer")
                 move_into(Path(tmp) / "transformer", output_dir, last="config.json")
@@ -497,9 +520,11 @@ def main(argv=None) -> None:
                 )
                 save_pruned_pipeline(pipe, Path(tmp) / "pipeline")
                 move_into(Path(tmp) / "pipeline", output_dir)
+        write_marker(output_dir, "distillation", local=_local_record(args), entries=())
+        # distill_config.json is uploaded with the model: models and data by public name (full paths in the marker).
         recipe = {
-            "teacher_model": str(args.teacher_model),
-            "student_model": str(args.student_model),
+            "teacher_model": public_name(args.teacher_model),
+            "student_model": public_name(args.student_model),
             "kept_layers": final.config.kept_layers,
             "source_num_layers": final.config.source_num_layers,
             "steps": global_step,
@@ -517,10 +542,10 @@ def main(argv=None) -> None:
             "train_batch_size": args.train_batch_size,
             "num_processes": accelerator.num_processes,
             "train_samples": len(dataset),
-            "prompt_set": getattr(args, "prompt_set_record", None),
+            "prompt_set": _public_record(getattr(args, "prompt_set_record", None)),
             "save_dtype": str(save_dtype).removeprefix("torch."),
             "transformer_only": args.transformer_only,
-            "data": args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"],
+            "data": public_name(args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"]),
             "resolution": args.resolution,
             "max_sequence_length": args.max_sequence_length,
             "cache_dtype": args.cache_dtype,
@@ -539,6 +564,16 @@ def main(argv=None) -> None:
             )
         accelerator.print(f"saved distilled pipeline to {output_dir}")
     accelerator.end_training()
+
+
+def _public_record(record: dict | None) -> dict | None:
+    """A prompt-set record as uploaded files keep it: its source by public name."""
+    return None if record is None else {**record, "source": public_name(record["source"])}
+
+
+def _local_record(args) -> dict:
+    """Full local paths of the run's models, kept in the output's hidden marker (never uploaded)."""
+    return {"teacher_model": full_local(args.teacher_model), "student_model": full_local(args.student_model)}
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:

@@ -15,7 +15,7 @@ def test_prune_writes_a_full_pipeline(tiny_pipeline_dir, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"model_index.json", "transformer", "vae", "text_encoder", "tokenizer"}
     config = json.loads((out / "transformer" / "config.json").read_text())
     assert config["kept_layers"] == [0, 2, 5] and config["source_num_layers"] == 6
-    assert config["source_model"] == str(tiny_pipeline_dir)
+    assert config["source_model"] == tiny_pipeline_dir.name  # the full local path stays in the hidden marker
 
     # same folder again: refused without --overwrite, replaced with it
     assert main(["prune", "--model", str(tiny_pipeline_dir), "--keep", "0,1", "--output", str(out)]) == 2

@@ -149,8 +149,7 @@ def score_to_file(
     output = Path(output).expanduser()
     if output.is_dir():
         raise LayerPruneError(f"output {output} is a folder; give a .json file path")
-    if output.exists() and not overwrite:
-        raise LayerPruneError(f"output file {output} already exists; pass --overwrite to replace it")
+    _check_importance_outputs(output, overwrite)
     for name, value in (
         ("num-prompts", num_prompts),
         ("steps", steps),
@@ -226,6 +225,18 @@ def score_to_file(
             _summary(importance, model, output, log)
     scan.remove_progress()
     return importance
+
+
+def _check_importance_outputs(output: Path, overwrite: bool) -> None:
+    """The JSON, its plot and the progress files: no symbolic links; existing files replaced only with
+    ``overwrite`` and only when the JSON is an importance file of ours."""
+    from ..outputs import check_not_symlink, check_output_file
+    from .result import is_importance_file
+
+    for path in (output, output.with_suffix(".png")):
+        check_output_file(path, overwrite=overwrite, owned=lambda _: is_importance_file(output))
+    for path in output.parent.glob(f"{output.name}.progress*.jsonl"):  # runner.progress_files, without torch
+        check_not_symlink(path, "progress file")
 
 
 def _summary(importance, model: str, output: Path, log) -> None:

@@ -438,14 +438,18 @@ class ImportanceScan:
         import diffusers
 
         from .. import __version__
+        from ..provenance import public_name
 
         s = self.settings
+        # Importance files travel with pruned models (push uploads them): local paths by their names only.
         meta = {
-            "model": self.model_id,
+            "model": public_name(self.model_id),
             "num_layers": self.num_layers,
             "criterion": criterion,
-            "scorer": self.scorer_name,
-            "prompts": None if self.prompts is None else self.prompts.record(),
+            "scorer": public_name(self.scorer_name),
+            "prompts": None
+            if self.prompts is None
+            else {**self.prompts.record(), "source": public_name(self.prompts.source)},
             "seed": s.seed,
             "seeds": f"prompt i uses seed {s.seed} + i",
             "num_inference_steps": s.num_inference_steps,
