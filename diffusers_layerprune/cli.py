@@ -168,6 +168,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         license=args.license,
         base_model=args.base_model,
+        transformer_only=args.transformer_only,
     )
     total = sum(size for _, size in result["files"])
     verb = "would upload" if args.dry_run else "uploaded"
@@ -197,6 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "seed",
         "output",
         "repo_id",
+        "base_model",
     )
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     given.update({flag: True for flag in ("use_lora", "push", "transformer_only") if getattr(args, flag)})
@@ -290,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sources by folder name only)",
     )
     push.add_argument("--dry-run", action="store_true", help="write the card and list the files; upload nothing")
+    push.add_argument(
+        "--transformer-only",
+        action="store_true",
+        help="upload only the transformer (at the top of the repo) with the card and reports; the text encoder, VAE "
+        "and scheduler stay in the base model (set by --base-model or the folder's source)",
+    )
     push.set_defaults(func=_cmd_push)
 
     run = sub.add_parser(
@@ -344,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/toy)")
     run.add_argument("--repo-id", default=None, help="Hub repo for the card's usage snippet and --push")
     run.add_argument("--push", action="store_true", help="upload the final model with its card")
+    run.add_argument(
+        "--base-model",
+        default=None,
+        metavar="ORG/NAME",
+        help="Hub id of --model for the card, when --model is a local folder",
+    )
     run.set_defaults(func=_cmd_run)
     return parser
 

@@ -46,12 +46,24 @@ def _read_json(path: Path) -> dict | None:
 
 
 def check_pipeline_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` if it is a pipeline folder (``model_index.json`` + ``transformer/config.json``) or a folder that
+    holds only a transformer (``config.json`` + weights, as ``--transformer-only`` writes); else one clear error."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise LayerPruneError(f"{folder} does not exist or is not a folder")
-    if not (folder / "model_index.json").is_file() or not (folder / "transformer" / "config.json").is_file():
-        raise LayerPruneError(f"{folder} is not a pipeline folder (no model_index.json or transformer/config.json)")
+    if (folder / "model_index.json").is_file():
+        if not (folder / "transformer" / "config.json").is_file():
+            raise LayerPruneError(f"{folder} is a pipeline folder without transformer/config.json")
+    elif not (folder / "config.json").is_file():
+        raise LayerPruneError(
+            f"{folder} is neither a pipeline folder (model_index.json) nor a transformer folder (config.json)"
+        )
     return folder
+
+
+def transformer_dir(folder: Path) -> Path:
+    """Where the transformer of a checked folder is: ``transformer/``, or the folder itself (transformer only)."""
+    return folder / "transformer" if (folder / "model_index.json").is_file() else folder
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -94,7 +106,7 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
     from safetensors import safe_open
 
     total = block0 = 0
-    for file in sorted((folder / "transformer").glob("*.safetensors")):
+    for file in sorted(transformer_dir(folder).glob("*.safetensors")):
         with safe_open(file, "pt") as f:
             for key in f.keys():
                 n = f.get_slice(key).get_shape()
@@ -104,7 +116,7 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
                 total += count
                 if key.startswith("transformer_blocks.0."):
                     block0 += count
-    config = _read_json(folder / "transformer" / "config.json")
+    config = _read_json(transformer_dir(folder) / "config.json")
     removed = (config.get("source_num_layers") or config["num_layers"]) - config["num_layers"]
     # PixArt blocks all have the same shape, so the source size is exact.
     return total, block0, total + removed * block0
@@ -128,12 +140,19 @@ def _base_license(source: str | None) -> str | None:
 
 
 def render_model_card(
-    folder: str | os.PathLike, repo_id: str, *, license: str | None = None, base_model: str | None = None
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    license: str | None = None,
+    base_model: str | None = None,
+    transformer_only: bool = False,
 ) -> str:
     """The README.md for ``folder`` (see the module docstring for what it reads).
 
     ``base_model`` is the Hub id of the source model, for folders pruned from a local copy (their files name the
     source by its folder name only). Models, prompt sets and scorers appear by their public names (``provenance``).
+    ``transformer_only`` (implied for a folder that holds only a transformer): the repo holds just the transformer,
+    and the card shows how to load it into the base pipeline.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -142,7 +161,8 @@ def render_model_card(
     from .provenance import local_source, public_name
 
     folder = check_pipeline_folder(folder)
-    config = _read_json(folder / "transformer" / "config.json")
+    transformer_only = transformer_only or not (folder / "model_index.json").is_file()
+    config = _read_json(transformer_dir(folder) / "config.json")
     kept = config.get("kept_layers")
     source_depth = config.get("source_num_layers") or config["num_layers"]
     removed = [i for i in range(source_depth) if kept is not None and i not in kept]
@@ -218,15 +238,19 @@ def render_model_card(
 
     license = license or _base_license(base_model or local)
     base = base_model or _hub_id(source)
+    name = repo_id.split("/")[-1]
+    eval_results = card_eval_results(report)
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",
         base_model=base,
         base_model_relation="finetune" if base else None,
         license=license,
+        datasets=card_datasets(importance, distill, report) or None,
         tags=list(dict.fromkeys(tags)),
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
     )
-    name = repo_id.split("/")[-1]
     summary = (
         f"A depth-pruned version of `{source or 'its source model'}`: {len(removed)} of {source_depth} transformer "
         f"blocks removed ({config['num_layers']} kept)"
@@ -257,6 +281,9 @@ def render_model_card(
         evaluation_settings=evaluation_settings,
         grid="report_grid.png" if (folder / "report_grid.png").is_file() else None,
         repo_id=repo_id,
+        transformer_only=transformer_only,
+        base_id=base or source or "BASE_MODEL_ID",
+        config_path="config.json" if transformer_only else "transformer/config.json",
         citations=[CITATIONS[c] for c in dict.fromkeys(cites)],
         version=__version__,
     )
@@ -284,6 +311,34 @@ def files_to_upload(folder: Path) -> list[tuple[str, int]]:
             if path.is_file() and not _ignored(rel):
                 out.append((rel, path.stat().st_size))
     return sorted(out)
+
+
+# Pipeline parts a transformer-only upload leaves to the base model.
+BASE_PARTS = ("model_index.json", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")
+
+
+def upload_plan(folder: Path, *, transformer_only: bool = False) -> list[tuple[str, str, int]]:
+    """``(path in folder, path in the repo, bytes)`` of every file an upload sends, in upload order.
+
+    With ``transformer_only`` a pipeline folder uploads ``transformer/*`` at the top of the repo (where
+    ``PixArtTransformer2DModel.from_pretrained(repo_id)`` looks) with the card, plots, reports and the LoRA adapter,
+    and none of the other components (``BASE_PARTS``): those stay in the base model's repo.
+    """
+    files = files_to_upload(folder)
+    if not transformer_only or not (Path(folder) / "model_index.json").is_file():
+        return [(rel, rel, size) for rel, size in files]
+    plan = []
+    for rel, size in files:
+        top = rel.split("/", 1)[0]
+        if top == "transformer":
+            plan.append((rel, rel.split("/", 1)[1], size))
+        elif top not in BASE_PARTS:
+            plan.append((rel, rel, size))
+    targets = [target for _, target, _ in plan]
+    clash = sorted({t for t in targets if targets.count(t) > 1})
+    if clash:
+        raise LayerPruneError(f"{folder}: {clash[0]} exists both in transformer/ and at the top; remove one")
+    return sorted(plan, key=lambda row: row[1])
 
 
 def check_upload_links(folder: Path) -> None:
@@ -354,8 +409,13 @@ def push_pipeline(
     dry_run: bool = False,
     license: str | None = None,
     base_model: str | None = None,
+    transformer_only: bool = False,
 ) -> dict:
     """Render ``README.md`` into ``folder`` and upload the folder to ``repo_id`` in one commit.
+
+    ``transformer_only`` uploads just the transformer (at the top of the repo) with the card and reports, not the
+    text encoder, VAE, tokenizer or scheduler (see :func:`upload_plan`); a folder that holds only a transformer is
+    uploaded that way anyway.
 
     Before anything is written or sent, the folder is checked: no symbolic link to a file outside it, no README.md
     the package did not render, and no absolute local path in the card or any file to upload. ``base_model`` names
@@ -377,11 +437,11 @@ def push_pipeline(
         token = get_token()
         if not token:
             raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
-    card = render_model_card(folder, repo_id, license=license, base_model=base_model)
-    check_no_local_paths(folder, card, [rel for rel, _ in files_to_upload(folder)])
+    card = render_model_card(folder, repo_id, license=license, base_model=base_model, transformer_only=transformer_only)
+    check_no_local_paths(folder, card, [rel for rel, _, _ in upload_plan(folder, transformer_only=transformer_only)])
     write_model_card(folder, card)
-    files = files_to_upload(folder)
-    result = {"repo_id": repo_id, "files": files, "commit_url": None}
+    plan = upload_plan(folder, transformer_only=transformer_only)
+    result = {"repo_id": repo_id, "files": [(target, size) for _, target, size in plan], "commit_url": None}
     if dry_run:
         return result
 
@@ -391,14 +451,25 @@ def push_pipeline(
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message or "Upload pruned pipeline with diffusers-layerprune",
-        ignore_patterns=UPLOAD_IGNORE,
-    )
+    message = commit_message or "Upload pruned pipeline with diffusers-layerprune"
+    if all(rel == target for rel, target, _ in plan):
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            revision=revision,
+            commit_message=message,
+            ignore_patterns=UPLOAD_IGNORE,
+        )
+    else:  # files move (transformer/* to the top): one commit of explicit additions
+        from huggingface_hub import CommitOperationAdd
+
+        operations = [
+            CommitOperationAdd(path_in_repo=target, path_or_fileobj=str(folder / rel)) for rel, target, _ in plan
+        ]
+        info = api.create_commit(
+            repo_id=repo_id, operations=operations, commit_message=message, repo_type="model", revision=revision
+        )
     result["commit_url"] = getattr(info, "commit_url", None) or str(info)
     return result
 

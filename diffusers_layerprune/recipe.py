@@ -34,6 +34,7 @@ class Recipe:
     train_prompts: str | None = None  # distillation prompts; default: the model's (toy:train; Pick-a-Pic train)
     dtype: str = "auto"  # weights dtype; auto: the model's (bfloat16 for PixArt-Sigma, float32 for the toy)
     transformer_only: bool = False  # pruned/ and distilled/ hold only the transformer; the rest stays in `model`
+    base_model: str | None = None  # Hub id of `model` for the card when `model` is a local folder
     num_prompts: int | None = 64
     scan_steps: int | None = None  # sampling steps while scoring; default: the model's
     num_layers: int | None = None  # pruned depth (blocks kept); or remove, or ratio
@@ -91,6 +92,10 @@ class Recipe:
             from .hub import check_repo_id
 
             check_repo_id(self.repo_id)
+        if self.base_model:
+            from .hub import check_base_model
+
+            check_base_model(self.base_model)
 
 
 # stage -> the stages that use its output, directly or not
@@ -320,9 +325,9 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     repo_id = recipe.repo_id or f"your-name/{Path(recipe.output).name}"
     log(f"[5/5] model card {final / 'README.md'}" + (f", pushing to {repo_id}" if recipe.push else ""))
     if recipe.push:
-        push_pipeline(final, repo_id, private=recipe.private)
+        push_pipeline(final, repo_id, private=recipe.private, base_model=recipe.base_model)
     else:
-        write_model_card(final, render_model_card(final, repo_id))
+        write_model_card(final, render_model_card(final, repo_id, base_model=recipe.base_model))
 
     rows = _summary_rows(reports)
     log(_format_summary(rows))

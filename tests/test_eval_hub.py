@@ -284,7 +284,7 @@ def test_push_bad_input(work, tmp_path, capsys, monkeypatch):
     import huggingface_hub
 
     assert cli(["push", str(tmp_path), "--repo-id", "me/x", "--dry-run"]) == 2
-    assert "not a pipeline folder" in capsys.readouterr().err
+    assert "neither a pipeline folder" in capsys.readouterr().err
     assert cli(["push", str(work / "distilled"), "--repo-id", "not a repo", "--dry-run"]) == 2
     assert "invalid repo id" in capsys.readouterr().err
     assert cli(["push", str(work / "distilled"), "--repo-id", "a/b/c", "--dry-run"]) == 2
