@@ -108,18 +108,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from .data import load_prompts
     from .evaluation import evaluate, grid_path, write_report
-    from .modeling import generation_defaults, load_pipeline, read_transformer_config, resolve_dtype
+    from .modeling import (
+        check_device,
+        generation_defaults,
+        load_pipeline,
+        model_defaults,
+        read_transformer_config,
+        resolve_dtype,
+    )
     from .scorers import load_scorer
 
-    read_transformer_config(args.model, revision=args.revision)  # a wrong path or model family fails here, cheaply
+    # Everything that can be wrong is checked before the (large) pipeline is loaded: path, family, device, prompts.
+    read_transformer_config(args.model, revision=args.revision)
     dtype = resolve_dtype(args.dtype, args.model)
+    check_device(args.device, dtype)
+    prompt_set = load_prompts(
+        args.prompts or model_defaults(args.model)["eval_prompts"], column=args.prompt_column, limit=args.num_prompts
+    )
     pipe = load_pipeline(
         args.model, torch_dtype=dtype, revision=args.revision, device=args.device, base_model=args.base_model
     )
     defaults = generation_defaults(args.model, pipe)
-    prompt_set = load_prompts(
-        args.prompts or defaults["eval_prompts"], column=args.prompt_column, limit=args.num_prompts
-    )
     scorer_names = [s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else defaults["scorers"]
     scorers = {name: load_scorer(name, device=args.device or "cpu") for name in scorer_names}
 

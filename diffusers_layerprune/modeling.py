@@ -347,6 +347,33 @@ def scoring_defaults(model: str | os.PathLike) -> dict:
     return {k: defaults[k] for k in ("score_prompts", "eval_prompts")} | {"scorer": defaults["scorers"][0]}
 
 
+def check_device(device: str | torch.device | None, dtype: torch.dtype | None = None) -> str:
+    """``device`` (default ``cpu``) if this machine can run ``dtype`` on it; else one :class:`LayerPruneError` line
+    saying what to use instead. Run before any model is loaded."""
+    name = str(device or "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise LayerPruneError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from error
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LayerPruneError(
+                f"--device {name}: CUDA is not available to torch {torch.__version__}; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LayerPruneError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise LayerPruneError(
+                f"--dtype bfloat16 is not supported by {torch.cuda.get_device_name(dev)}; use float16"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise LayerPruneError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise LayerPruneError(f"--device {name}: layerprune runs on cpu, cuda or mps")
+    return name
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, model: str | os.PathLike) -> torch.dtype:
     """``dtype`` as a ``torch.dtype``; ``None`` or ``"auto"`` is the model's default (its source's for a pruned
     model): bfloat16 for PixArt-Sigma, float32 for the toy world."""

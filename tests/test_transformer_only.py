@@ -163,3 +163,66 @@ def test_card_lists_datasets_and_eval_results():
         ("hpsv2.1", 0.271, "zhwang/HPDv2"),
         ("speedup", 1.17, "zhwang/HPDv2"),
     ]
+
+
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("prune_vae_folder", "holds a AutoencoderKL; layerprune supports PixArt transformers"),
+        ("push_no_transformer", "is a pipeline folder without transformer/config.json"),
+        ("eval_cuda", "--device cuda: CUDA is not available"),
+        ("eval_bad_device", "unknown --device 'gpu0'"),
+        ("eval_unknown_prompts", "unknown prompt set 'nonsense'"),
+        ("score_missing_column", "has no column 'nope'"),
+        ("score_all_duplicates", "all 3 rows are the same prompt"),
+    ],
+)
+def test_real_scale_bad_input_one_line_exit_2_nothing_written(
+    tiny_pipeline_dir, tmp_path, capsys, monkeypatch, case, message
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, even where CI has a GPU
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "dupes.txt").write_text("same\nsame\nsame\n")
+    (work / "p.csv").write_text("text\na red circle\n")
+    broken = work / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    out = str(work / "out")
+    model = str(tiny_pipeline_dir)
+    args = {
+        "prune_vae_folder": ["prune", "--model", f"{model}/vae", "--drop", "1", "--transformer-only", "--output", out],
+        "push_no_transformer": ["push", str(broken), "--repo-id", "me/x", "--transformer-only", "--dry-run"],
+        "eval_cuda": ["eval", "--model", model, "--device", "cuda", "--output", f"{out}.json"],
+        "eval_bad_device": ["eval", "--model", model, "--device", "gpu0", "--output", f"{out}.json"],
+        "eval_unknown_prompts": ["eval", "--model", model, "--prompts", "nonsense", "--output", f"{out}.json"],
+        "score_missing_column": [
+            "score",
+            "--model",
+            model,
+            "--prompts",
+            f"{work}/p.csv@nope",
+            "--output",
+            f"{out}.json",
+        ],
+        "score_all_duplicates": [
+            "score",
+            "--model",
+            model,
+            "--prompts",
+            f"{work}/dupes.txt",
+            "--output",
+            f"{out}.json",
+        ],
+    }[case]
+    before = _tree(work)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert _tree(work) == before
