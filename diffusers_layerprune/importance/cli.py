@@ -148,12 +148,16 @@ def score_to_file(
     can get wrong is checked before loading the model; a killed run resumes from ``<output>.progress*.jsonl``.
     Unlike the CLI, an existing ``output`` is replaced unless ``overwrite=False``.
     """
+    from ..outputs import check_output_parent
     from .registry import get_criterion
 
     spec = get_criterion(criterion)
     output = Path(output).expanduser()
     if output.is_dir():
         raise LayerPruneError(f"output {output} is a folder; give a .json file path")
+    if output.suffix.lower() != ".json":  # the plot goes beside it as <stem>.png: a .png output would be both
+        raise LayerPruneError(f"--output {output} must end in .json (the bar chart is written beside it as .png)")
+    check_output_parent(output)
     _check_importance_outputs(output, overwrite)
     for name, value in (
         ("num-prompts", num_prompts),
