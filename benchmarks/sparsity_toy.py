@@ -338,7 +338,8 @@ def render_page(result: dict) -> str:
         "",
         "```python",
         "from diffusers_layerprune.sparsity import sparsify_pipeline",
-        'record = sparsify_pipeline(pipe, "both", sparsity=0.5, method="magnitude")   # in place; returns what was done',
+        "",
+        'record = sparsify_pipeline(pipe, "both", sparsity=0.5, method="magnitude")  # in place; returns what was done',
         "```",
         "",
         "- Pruned: every `nn.Linear` weight of the chosen components; never embeddings, norms, convolutions or biases; "

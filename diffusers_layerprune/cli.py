@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import LayerPruneError
+from .validation import non_negative_float, non_negative_int, positive_int
 
 DEFAULT_MODEL = "toy"
 
@@ -59,9 +60,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .importance.cli import check_prune_importance_args, pruned_layers_from_importance
     from .outputs import check_output_dir
+    from .provenance import local_inputs
 
     check_prune_importance_args(args)
-    check_output_dir(args.output, overwrite=args.overwrite)
+    inputs = local_inputs(args.model, args.importance)
+    check_output_dir(args.output, overwrite=args.overwrite, inputs=inputs)
 
     from .blocks import resolve_kept_layers
     from .modeling import prune_to_folder, read_transformer_config
@@ -84,6 +87,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         revision=args.revision,
         base_model=args.base_model,
         overwrite=args.overwrite,
+        inputs=inputs,
     )
     cfg = pruned.config
     print(f"pruned {args.model}: {config['num_layers']} -> {cfg.num_layers} blocks ({str(pruned.dtype)[6:]})")
@@ -96,26 +100,37 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .evaluation import check_report_output
+
     output = Path(args.output) if args.output else _default_report_path(args.model)
     if output.is_dir():
         raise LayerPruneError(f"--output {output} is a folder; give a file name such as {output / 'report.json'}")
-    if output.exists() and not args.overwrite:
-        raise LayerPruneError(f"report {output} already exists; pass --overwrite to replace it")
+    check_report_output(output, overwrite=args.overwrite)
 
     from .data import load_prompts
     from .evaluation import evaluate, grid_path, write_report
-    from .modeling import generation_defaults, load_pipeline, read_transformer_config, resolve_dtype
+    from .modeling import (
+        check_device,
+        check_resolution_for,
+        generation_defaults,
+        load_pipeline,
+        model_defaults,
+        read_transformer_config,
+        resolve_dtype,
+    )
     from .scorers import load_scorer
 
-    read_transformer_config(args.model, revision=args.revision)  # a wrong path or model family fails here, cheaply
+    # Everything that can be wrong is checked before the (large) pipeline is loaded: path, family, device, prompts.
+    check_resolution_for(args.model, args.resolution, read_transformer_config(args.model, revision=args.revision))
     dtype = resolve_dtype(args.dtype, args.model)
+    check_device(args.device, dtype)
+    prompt_set = load_prompts(
+        args.prompts or model_defaults(args.model)["eval_prompts"], column=args.prompt_column, limit=args.num_prompts
+    )
     pipe = load_pipeline(
         args.model, torch_dtype=dtype, revision=args.revision, device=args.device, base_model=args.base_model
     )
     defaults = generation_defaults(args.model, pipe)
-    prompt_set = load_prompts(
-        args.prompts or defaults["eval_prompts"], column=args.prompt_column, limit=args.num_prompts
-    )
     scorer_names = [s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else defaults["scorers"]
     scorers = {name: load_scorer(name, device=args.device or "cpu") for name in scorer_names}
 
@@ -163,6 +178,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         dry_run=args.dry_run,
         license=args.license,
+        base_model=args.base_model,
+        transformer_only=args.transformer_only,
     )
     total = sum(size for _, size in result["files"])
     verb = "would upload" if args.dry_run else "uploaded"
@@ -192,6 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "seed",
         "output",
         "repo_id",
+        "base_model",
     )
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     given.update({flag: True for flag in ("use_lora", "push", "transformer_only") if getattr(args, flag)})
@@ -203,7 +221,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .validation import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(
         prog="layerprune",
         description="Depth pruning of diffusion transformers (PixArt-Sigma): score blocks, prune, distill, evaluate.",
     )
@@ -213,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show diffusers/transformers log messages")
+    parser.add_argument(
+        "--debug", action="store_true", help="show a traceback instead of a one-line error (or LAYERPRUNE_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     prune = sub.add_parser(
@@ -254,14 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-teacher", action="store_true", help="evaluate the model alone")
     evaluate.add_argument("--prompts", default=None, help="prompt set: toy:heldout, hpdv2[:style], a file or a dataset")
     evaluate.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
-    evaluate.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
+    evaluate.add_argument("--num-prompts", type=positive_int, default=None, help="use the first N prompts")
     evaluate.add_argument("--scorers", default=None, help="comma-separated: hpsv2.1,hpsv2,pickscore,clip,toy or paths")
-    evaluate.add_argument("--steps", type=int, default=None, help="inference steps (default: the model's)")
-    evaluate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    evaluate.add_argument("--resolution", type=int, default=None, help="image side (default: the model's)")
+    evaluate.add_argument("--steps", type=positive_int, default=None, help="inference steps (default: the model's)")
+    evaluate.add_argument(
+        "--guidance", type=non_negative_float, default=None, help="guidance scale (default: the model's)"
+    )
+    evaluate.add_argument("--resolution", type=positive_int, default=None, help="image side (default: the model's)")
     evaluate.add_argument("--seed", type=int, default=0, help="prompt i is generated from seed + i")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--latency-repeats", type=int, default=5, help="timed repeats per model (after warm-up)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=8)
+    evaluate.add_argument(
+        "--latency-repeats", type=positive_int, default=5, help="timed repeats per model (after warm-up)"
+    )
     evaluate.add_argument("--output", default=None, help="report path (default: MODEL/report.json for local folders)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
     evaluate.set_defaults(func=_cmd_eval)
@@ -279,7 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     push.add_argument("--commit-message", default=None)
     push.add_argument("--license", default=None, help="license for the card (default: the base model's, if readable)")
+    push.add_argument(
+        "--base-model",
+        default=None,
+        metavar="ORG/NAME",
+        help="Hub id of the source model for the card, when it was pruned from a local folder (files name local "
+        "sources by folder name only)",
+    )
     push.add_argument("--dry-run", action="store_true", help="write the card and list the files; upload nothing")
+    push.add_argument(
+        "--transformer-only",
+        action="store_true",
+        help="upload only the transformer (at the top of the repo) with the card and reports; the text encoder, VAE "
+        "and scheduler stay in the base model (set by --base-model or the folder's source)",
+    )
     push.set_defaults(func=_cmd_push)
 
     run = sub.add_parser(
@@ -311,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "float16", "bfloat16"],
         help="weights dtype of every stage and saved folder (default: auto, bfloat16 for PixArt-Sigma, float32 toy)",
     )
-    run.add_argument("--num-prompts", type=int, default=None, help="prompts used for scoring (default: 64)")
+    run.add_argument("--num-prompts", type=positive_int, default=None, help="prompts used for scoring (default: 64)")
     depth = run.add_mutually_exclusive_group()
     depth.add_argument(
         "--num-layers", type=int, default=None, metavar="N", help="pruned depth: blocks to keep (config.num_layers)"
@@ -321,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ratio", type=float, default=None, metavar="R", help="fraction of blocks to remove (default: 0.25)"
     )
     run.add_argument("--plan", default=None, help="one_shot (default), greedy or span")
-    run.add_argument("--distill-steps", type=int, default=None, help="distillation steps; 0 skips (default: 300)")
+    run.add_argument(
+        "--distill-steps", type=non_negative_int, default=None, help="distillation steps; 0 skips (default: 300)"
+    )
     run.add_argument("--use-lora", action="store_true", help="distil LoRA adapters instead of all weights")
     run.add_argument(
         "--transformer-only",
@@ -329,11 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="pruned/ and distilled/ hold only the transformer (text encoder and VAE stay in --model); the card "
         "shows how to load it into the base pipeline",
     )
-    run.add_argument("--eval-num-prompts", type=int, default=None, help="held-out prompts to evaluate (default: 200)")
+    run.add_argument(
+        "--eval-num-prompts", type=positive_int, default=None, help="held-out prompts to evaluate (default: 200)"
+    )
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/toy)")
     run.add_argument("--repo-id", default=None, help="Hub repo for the card's usage snippet and --push")
     run.add_argument("--push", action="store_true", help="upload the final model with its card")
+    run.add_argument(
+        "--base-model",
+        default=None,
+        metavar="ORG/NAME",
+        help="Hub id of --model for the card, when --model is a local folder",
+    )
     run.set_defaults(func=_cmd_run)
     return parser
 
@@ -348,14 +398,28 @@ def _quiet_library_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .validation import debug_enabled
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a one-line argument error (status 2)
+        return done.code if isinstance(done.code, int) else 2
     if not args.verbose:
         _quiet_library_logs()
+    debug = args.debug or debug_enabled([])
     try:
         return args.func(args)
     except LayerPruneError as error:
+        if debug:
+            raise
         print(f"layerprune {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a folder without write permission: the system's own words, one line
+        if debug:
+            raise
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"layerprune {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"layerprune {args.command}: interrupted", file=sys.stderr)

@@ -173,6 +173,9 @@ def _from_records(records: list, column: str | None, source: str) -> list[str]:
 
 
 def _from_file(path: Path, column: str | None) -> list[str]:
+    """Prompts of a local file. Tables are read directly: no datasets cache is written for a prompt file."""
+    import csv
+
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
@@ -185,13 +188,26 @@ def _from_file(path: Path, column: str | None) -> list[str]:
             if not isinstance(data, list):
                 raise LayerPruneError(f"{path}: expected a list of prompts")
             return _from_records(data, column, str(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        if suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return _from_records(rows, column, str(path))
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                name = _pick_column(list(reader.fieldnames or []), column, str(path))
+                return [row[name] or "" for row in reader]
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
         raise LayerPruneError(
             f"{path} is not a readable UTF-8 {suffix[1:]} prompt file: {_first_line(error)}"
         ) from error
-    if suffix in (".jsonl", ".csv", ".parquet"):
-        ds = load_hf_dataset(path)
-        return list(ds[_pick_column(ds.column_names, column, str(path))])
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as error:
+            raise LayerPruneError(f"{path} is not a readable parquet file: {_first_line(error)}") from error
+        return table.column(_pick_column(table.column_names, column, str(path))).to_pylist()
     raise LayerPruneError(
         f"{path}: unsupported prompt file type {suffix!r} (use .txt, .json, .jsonl, .csv or .parquet)"
     )

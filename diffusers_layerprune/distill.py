@@ -171,8 +171,21 @@ def student_config_path(student: str | os.PathLike) -> tuple[Path, str | None]:
 
 
 def read_student_config(student: str | os.PathLike) -> dict:
+    """The student's transformer config, checked like every pruned folder (``validation``): readable JSON, a
+    consistent ``kept_layers`` record, and weights whose blocks match ``num_layers``."""
+    from .validation import check_transformer_config, check_weights_cover_blocks
+
     folder, subfolder = student_config_path(student)
-    return json.loads(((folder / subfolder) if subfolder else folder).joinpath("config.json").read_text())
+    config_dir = (folder / subfolder) if subfolder else folder
+    try:
+        config = json.loads(config_dir.joinpath("config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerPruneError(f"{config_dir / 'config.json'} is not a readable JSON config ({error})") from error
+    if not isinstance(config, dict):
+        raise LayerPruneError(f"{config_dir / 'config.json'} is not a model config")
+    check_transformer_config(config, str(config_dir / "config.json"))
+    check_weights_cover_blocks(config_dir, config["num_layers"])
+    return config
 
 
 def step_generator(seed: int, step: int, process_index: int = 0) -> torch.Generator:

@@ -294,6 +294,8 @@ def evaluate(
             p.set_progress_bar_config(disable=True)
             images[name] = generate(p, embeds, masks, negative, progress=bar.update, **gen)
 
+    from .provenance import public_name
+
     report_models = {}
     latency = transformer_latency(
         {name: p.transformer for name, p in models.items()},
@@ -313,7 +315,7 @@ def evaluate(
     reference = latency.get("teacher", latency["student"])["median_ms"]
     for name, p in models.items():
         entry = {
-            "model": model_name if name == "student" else teacher_name,
+            "model": public_name(model_name if name == "student" else teacher_name),
             "num_layers": p.transformer.config.num_layers,
             "kept_layers": p.transformer.config.get("kept_layers"),
             "parameters": pipeline_parameters(p, shared=pipe),
@@ -332,24 +334,26 @@ def evaluate(
                     for i in range(0, len(prompts), batch_size)
                 ]
             )
-            entry["scores"][scorer_name] = summarize(values)
-            entry["scores"][scorer_name]["per_prompt"] = values.tolist()
+            key = public_name(scorer_name)  # a local scorer folder by its name only
+            entry["scores"][key] = summarize(values)
+            entry["scores"][key]["per_prompt"] = values.tolist()
             if prompt_set.groups is not None and prompt_set.source.startswith("hpdv2"):
-                entry.setdefault("hpdv2", {})[scorer_name] = hpdv2_summary(values, prompt_set.groups)
+                entry.setdefault("hpdv2", {})[key] = hpdv2_summary(values, prompt_set.groups)
         check = IMAGE_CHECKS.get(prompt_set.source.split(":")[0])
         if check is not None:
             entry["checks"] = {k: summarize(v.float()) for k, v in check(images[name], prompts).items()}
         report_models[name] = entry
 
+    # Reports travel with the model (push uploads them): models, prompt files and scorers by public name only.
     report = {
-        "model": model_name,
-        "teacher": teacher_name,
+        "model": public_name(model_name),
+        "teacher": public_name(teacher_name),
         "settings": {
-            "prompts": prompt_set.source,
+            "prompts": public_name(prompt_set.source),
             "prompt_fingerprint": prompt_set.fingerprint(),
             "num_prompts": len(prompts),
-            "prompt_set": prompt_set.record(),
-            "scorers": list(scorers),
+            "prompt_set": {**prompt_set.record(), "source": public_name(prompt_set.source)},
+            "scorers": [public_name(name) for name in scorers],
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
             "resolution": resolution,
@@ -380,6 +384,25 @@ def write_report(report: dict, images: dict[str, torch.Tensor], output: str | Pa
     with atomic_output_file(grid_path(output), overwrite=overwrite) as tmp:
         image_grid(images, report["prompts"], tmp)
     return output
+
+
+def is_report_file(path: str | Path) -> bool:
+    """Whether ``path`` is a ``report.json`` written by :func:`write_report`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and {"models", "settings", "environment"} <= set(data)
+
+
+def check_report_output(output: str | Path, *, overwrite: bool) -> None:
+    """Fail (writing nothing) when the report files of ``output`` (``.json``, ``.md``, ``_grid.png``) cannot be
+    written: existing ones are replaced only with ``overwrite`` and only when ``output`` is a report of ours."""
+    from .outputs import check_output_file
+
+    output = Path(output)
+    for path in (output, output.with_suffix(".md"), grid_path(output)):
+        check_output_file(path, overwrite=overwrite, owned=lambda _: is_report_file(output))
 
 
 def grid_path(report_path: str | Path) -> Path:

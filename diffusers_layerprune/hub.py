@@ -42,16 +42,40 @@ CITATIONS = {
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON record of the folder (``None`` when absent); a damaged one is refused with the file named: the card
+    would otherwise be rendered from, or crash on, a half-written file."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerPruneError(
+            f"{path} is damaged ({error}); re-create it (e.g. re-run the command that wrote it) or remove it"
+        ) from error
+    if not isinstance(data, dict):
+        raise LayerPruneError(f"{path} is damaged (expected a JSON object); re-create it or remove it")
+    return data
 
 
 def check_pipeline_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` if it is a pipeline folder (``model_index.json`` + ``transformer/config.json``) or a folder that
+    holds only a transformer (``config.json`` + weights, as ``--transformer-only`` writes); else one clear error."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise LayerPruneError(f"{folder} does not exist or is not a folder")
-    if not (folder / "model_index.json").is_file() or not (folder / "transformer" / "config.json").is_file():
-        raise LayerPruneError(f"{folder} is not a pipeline folder (no model_index.json or transformer/config.json)")
+    if (folder / "model_index.json").is_file():
+        if not (folder / "transformer" / "config.json").is_file():
+            raise LayerPruneError(f"{folder} is a pipeline folder without transformer/config.json")
+    elif not (folder / "config.json").is_file():
+        raise LayerPruneError(
+            f"{folder} is neither a pipeline folder (model_index.json) nor a transformer folder (config.json)"
+        )
     return folder
+
+
+def transformer_dir(folder: Path) -> Path:
+    """Where the transformer of a checked folder is: ``transformer/``, or the folder itself (transformer only)."""
+    return folder / "transformer" if (folder / "model_index.json").is_file() else folder
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -67,6 +91,21 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def check_base_model(base_model: str) -> str:
+    """A Hub id for the card's ``base_model`` (``org/name``); a local path would put the user's machine in the card."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .provenance import public_name
+
+    try:
+        validate_repo_id(base_model)
+    except HFValidationError as error:
+        raise LayerPruneError(f"--base-model {base_model!r} is not a Hub id such as org/name") from error
+    if public_name(base_model) != base_model:
+        raise LayerPruneError(f"--base-model {base_model!r} is a local path; give the source's Hub id (org/name)")
+    return base_model
+
+
 def _hub_id(source: str | None) -> str | None:
     """``source`` if it names a Hub repo (owner/name, not a local path), else None."""
     if source and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
@@ -79,7 +118,7 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
     from safetensors import safe_open
 
     total = block0 = 0
-    for file in sorted((folder / "transformer").glob("*.safetensors")):
+    for file in sorted(transformer_dir(folder).glob("*.safetensors")):
         with safe_open(file, "pt") as f:
             for key in f.keys():
                 n = f.get_slice(key).get_shape()
@@ -89,7 +128,7 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
                 total += count
                 if key.startswith("transformer_blocks.0."):
                     block0 += count
-    config = _read_json(folder / "transformer" / "config.json")
+    config = _read_json(transformer_dir(folder) / "config.json")
     removed = (config.get("source_num_layers") or config["num_layers"]) - config["num_layers"]
     # PixArt blocks all have the same shape, so the source size is exact.
     return total, block0, total + removed * block0
@@ -112,20 +151,56 @@ def _base_license(source: str | None) -> str | None:
         return None
 
 
-def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str | None = None) -> str:
-    """The README.md for ``folder`` (see the module docstring for what it reads)."""
+def render_model_card(folder: str | os.PathLike, repo_id: str, **kwargs) -> str:
+    """The README.md for ``folder`` (see :func:`_render_model_card`); a hand-edited or damaged record in the folder
+    (``importance.json``, ``distill_config.json``, ``report.json``, the transformer config) is one clear error."""
+    try:
+        return _render_model_card(folder, repo_id, **kwargs)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        if isinstance(error, LayerPruneError):
+            raise
+        raise LayerPruneError(
+            f"a record in {folder} is damaged or hand-edited ({type(error).__name__}: {error}); re-create it by "
+            "re-running the command that wrote it"
+        ) from error
+
+
+def _render_model_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    license: str | None = None,
+    base_model: str | None = None,
+    transformer_only: bool = False,
+) -> str:
+    """The README.md for ``folder`` (see the module docstring for what it reads).
+
+    ``base_model`` is the Hub id of the source model, for folders pruned from a local copy (their files name the
+    source by its folder name only). Models, prompt sets and scorers appear by their public names (``provenance``).
+    ``transformer_only`` (implied for a folder that holds only a transformer): the repo holds just the transformer,
+    and the card shows how to load it into the base pipeline.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     from . import __version__
     from .evaluation import format_count, metrics_table, settings_sentence
+    from .provenance import local_source, public_name
 
     folder = check_pipeline_folder(folder)
-    config = _read_json(folder / "transformer" / "config.json")
+    transformer_only = transformer_only or not (folder / "model_index.json").is_file()
+    config = _read_json(transformer_dir(folder) / "config.json")
     kept = config.get("kept_layers")
     source_depth = config.get("source_num_layers") or config["num_layers"]
     removed = [i for i in range(source_depth) if kept is not None and i not in kept]
-    source = config.get("source_model")
+    recorded = config.get("source_model")
+    local = local_source(folder)  # the full local path behind the recorded name, to read the base's license
+    local = local if local and public_name(local) == public_name(recorded) else recorded
+    source = base_model or public_name(recorded)
     importance = _read_json(folder / "importance.json")
+    if importance is not None:
+        from .importance.result import LayerImportance
+
+        LayerImportance.from_dict(importance, source=str(folder / "importance.json"))  # refuses a damaged file
     distill = _read_json(folder / "distill_config.json")
     report = _read_json(folder / "report.json")
     params_after, _, params_before = _transformer_parameters(folder)
@@ -150,7 +225,9 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
         for label, key in fields:
             value = meta.get(key)
             if isinstance(value, dict) and "source" in value:  # a prompt-set record
-                value = value["source"] + (f", {value['count']} prompts" if value.get("count") else "")
+                value = public_name(value["source"]) + (f", {value['count']} prompts" if value.get("count") else "")
+            elif key == "scorer":
+                value = public_name(value)
             if value is not None:
                 importance_lines.append(f"{label}: `{value}`")
         if criterion in CITATIONS:
@@ -162,7 +239,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
         tags.append("knowledge-distillation")
         w = distill.get("weights", {})
         distill_lines = [
-            f"teacher: `{distill['teacher_model']}`; student block i distilled from teacher block kept_layers[i]",
+            f"teacher: `{public_name(distill['teacher_model'])}`; student block i distilled from teacher block "
+            "kept_layers[i]",
             f"steps: {distill['steps']}, batch size {distill.get('train_batch_size')} x {distill.get('num_processes', 1)}"
             f" processes, learning rate {distill.get('learning_rate')}",
             f"loss: {w.get('task')} x task MSE + {w.get('output')} x output KD + {w.get('variance')} x variance KD + "
@@ -173,7 +251,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
                 if distill.get("lora")
                 else "all student weights"
             ),
-            f"data: `{distill.get('data')}` ({distill.get('train_samples')} samples)",
+            f"data: `{public_name(distill.get('data'))}` ({distill.get('train_samples')} samples)",
         ]
         cites.append("bk-sdm")
         if distill.get("feature_loss") == "normalized":
@@ -188,17 +266,21 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
             if key in CITATIONS:
                 cites.append(key)
 
-    license = license or _base_license(source)
-    base = _hub_id(source)
+    license = license or _base_license(base_model or local)
+    base = base_model or _hub_id(source)
+    name = repo_id.split("/")[-1]
+    eval_results = card_eval_results(report)
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",
         base_model=base,
         base_model_relation="finetune" if base else None,
         license=license,
+        datasets=card_datasets(importance, distill, report) or None,
         tags=list(dict.fromkeys(tags)),
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
     )
-    name = repo_id.split("/")[-1]
     summary = (
         f"A depth-pruned version of `{source or 'its source model'}`: {len(removed)} of {source_depth} transformer "
         f"blocks removed ({config['num_layers']} kept)"
@@ -229,22 +311,122 @@ def render_model_card(folder: str | os.PathLike, repo_id: str, *, license: str |
         evaluation_settings=evaluation_settings,
         grid="report_grid.png" if (folder / "report_grid.png").is_file() else None,
         repo_id=repo_id,
+        transformer_only=transformer_only,
+        base_id=base or source or "BASE_MODEL_ID",
+        config_path="config.json" if transformer_only else "transformer/config.json",
         citations=[CITATIONS[c] for c in dict.fromkeys(cites)],
         version=__version__,
     )
     return str(card)
 
 
-def files_to_upload(folder: Path) -> list[tuple[str, int]]:
-    """``(relative path, size in bytes)`` of every file an upload sends, in upload order."""
+def _ignored(rel: str) -> bool:
     from fnmatch import fnmatch
 
+    return any(fnmatch(rel, pattern) for pattern in UPLOAD_IGNORE)
+
+
+def files_to_upload(folder: Path) -> list[tuple[str, int]]:
+    """``(relative path, size in bytes)`` of every file an upload sends, in upload order.
+
+    Like ``HfApi.upload_folder``: files (a symbolic link to a file counts as its target), not following links to
+    folders, minus :data:`UPLOAD_IGNORE`.
+    """
+    folder = Path(folder)
     out = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and not any(fnmatch(rel, pattern) for pattern in UPLOAD_IGNORE):
-            out.append((rel, path.stat().st_size))
-    return out
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_file() and not _ignored(rel):
+                out.append((rel, path.stat().st_size))
+    return sorted(out)
+
+
+# Pipeline parts a transformer-only upload leaves to the base model.
+BASE_PARTS = ("model_index.json", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")
+
+
+def upload_plan(folder: Path, *, transformer_only: bool = False) -> list[tuple[str, str, int]]:
+    """``(path in folder, path in the repo, bytes)`` of every file an upload sends, in upload order.
+
+    With ``transformer_only`` a pipeline folder uploads ``transformer/*`` at the top of the repo (where
+    ``PixArtTransformer2DModel.from_pretrained(repo_id)`` looks) with the card, plots, reports and the LoRA adapter,
+    and none of the other components (``BASE_PARTS``): those stay in the base model's repo.
+    """
+    files = files_to_upload(folder)
+    if not transformer_only or not (Path(folder) / "model_index.json").is_file():
+        return [(rel, rel, size) for rel, size in files]
+    plan = []
+    for rel, size in files:
+        top = rel.split("/", 1)[0]
+        if top == "transformer":
+            plan.append((rel, rel.split("/", 1)[1], size))
+        elif top not in BASE_PARTS:
+            plan.append((rel, rel, size))
+    targets = [target for _, target, _ in plan]
+    clash = sorted({t for t in targets if targets.count(t) > 1})
+    if clash:
+        raise LayerPruneError(f"{folder}: {clash[0]} exists both in transformer/ and at the top; remove one")
+    return sorted(plan, key=lambda row: row[1])
+
+
+def check_upload_links(folder: Path) -> None:
+    """Refuse to upload a folder holding a symbolic link (not ignored) whose target lies outside the folder: the
+    upload would send the target, a file from elsewhere on the machine. Links inside the folder are fine."""
+    from .outputs import link_points_outside
+
+    folder = Path(folder)
+    root = folder.resolve()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(folder).as_posix()
+            if not path.is_symlink() or _ignored(rel) or _ignored(rel + "/"):
+                continue
+            if link_points_outside(path, root):
+                raise LayerPruneError(
+                    f"{path} is a symbolic link to {os.readlink(path)}, outside the folder; push uploads no files "
+                    "from outside it: replace the link with a copy of the file or remove it"
+                )
+
+
+def is_our_card(path: Path) -> bool:
+    """Whether ``path`` is a model card this package rendered (its metadata carries the package's tag)."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        meta = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, IndexError, yaml.YAMLError):
+        return False
+    return isinstance(meta, dict) and "diffusers-layerprune" in (meta.get("tags") or [])
+
+
+def write_model_card(folder: Path, card: str) -> Path:
+    """Write ``card`` as ``folder/README.md`` atomically; a README the package did not render is never replaced."""
+    from .outputs import atomic_output_file, check_output_file
+
+    path = check_output_file(Path(folder) / "README.md", owned=is_our_card)
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(card)
+    return path
+
+
+def check_no_local_paths(folder: Path, card: str, files: list[str]) -> None:
+    """Refuse to upload when the card or any of ``files`` holds an absolute path of this machine."""
+    from .provenance import find_local_path, find_local_paths, local_path_needles
+
+    needles = local_path_needles(folder)
+    found = ("README.md", find_local_path(card, needles))
+    if found[1] is None:
+        found = find_local_paths(folder, [f for f in files if f != "README.md"], needles)
+    if found:
+        rel, needle = found
+        raise LayerPruneError(
+            f"{folder / rel} holds a local path ({needle}...), which push never uploads: remove it from the file or "
+            "re-create the file with this version of diffusers-layerprune (nothing was uploaded)"
+        )
 
 
 def push_pipeline(
@@ -256,16 +438,28 @@ def push_pipeline(
     commit_message: str | None = None,
     dry_run: bool = False,
     license: str | None = None,
+    base_model: str | None = None,
+    transformer_only: bool = False,
 ) -> dict:
     """Render ``README.md`` into ``folder`` and upload the folder to ``repo_id`` in one commit.
 
-    With ``dry_run`` nothing remote is touched: the card is written and the file list returned. Returns
-    ``{"repo_id", "files": [(path, bytes)], "commit_url"}``.
+    ``transformer_only`` uploads just the transformer (at the top of the repo) with the card and reports, not the
+    text encoder, VAE, tokenizer or scheduler (see :func:`upload_plan`); a folder that holds only a transformer is
+    uploaded that way anyway.
+
+    Before anything is written or sent, the folder is checked: no symbolic link to a file outside it, no README.md
+    the package did not render, and no absolute local path in the card or any file to upload. ``base_model`` names
+    the Hub id of a source that was a local folder. With ``dry_run`` nothing remote is touched: the card is written
+    and the file list returned. Returns ``{"repo_id", "files": [(path, bytes)], "commit_url"}``.
     """
-    from .outputs import atomic_output_file
+    from .outputs import check_output_file
 
     folder = check_pipeline_folder(folder)
     check_repo_id(repo_id)
+    if base_model is not None:
+        check_base_model(base_model)
+    check_upload_links(folder)
+    check_output_file(folder / "README.md", owned=is_our_card)
     token = None
     if not dry_run:
         from huggingface_hub import get_token
@@ -273,11 +467,11 @@ def push_pipeline(
         token = get_token()
         if not token:
             raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
-    card = render_model_card(folder, repo_id, license=license)
-    with atomic_output_file(folder / "README.md") as tmp:
-        tmp.write_text(card)
-    files = files_to_upload(folder)
-    result = {"repo_id": repo_id, "files": files, "commit_url": None}
+    card = render_model_card(folder, repo_id, license=license, base_model=base_model, transformer_only=transformer_only)
+    check_no_local_paths(folder, card, [rel for rel, _, _ in upload_plan(folder, transformer_only=transformer_only)])
+    write_model_card(folder, card)
+    plan = upload_plan(folder, transformer_only=transformer_only)
+    result = {"repo_id": repo_id, "files": [(target, size) for _, target, size in plan], "commit_url": None}
     if dry_run:
         return result
 
@@ -287,14 +481,25 @@ def push_pipeline(
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message or "Upload pruned pipeline with diffusers-layerprune",
-        ignore_patterns=UPLOAD_IGNORE,
-    )
+    message = commit_message or "Upload pruned pipeline with diffusers-layerprune"
+    if all(rel == target for rel, target, _ in plan):
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            revision=revision,
+            commit_message=message,
+            ignore_patterns=UPLOAD_IGNORE,
+        )
+    else:  # files move (transformer/* to the top): one commit of explicit additions
+        from huggingface_hub import CommitOperationAdd
+
+        operations = [
+            CommitOperationAdd(path_in_repo=target, path_or_fileobj=str(folder / rel)) for rel, target, _ in plan
+        ]
+        info = api.create_commit(
+            repo_id=repo_id, operations=operations, commit_message=message, repo_type="model", revision=revision
+        )
     result["commit_url"] = getattr(info, "commit_url", None) or str(info)
     return result
 

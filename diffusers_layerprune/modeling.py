@@ -347,6 +347,33 @@ def scoring_defaults(model: str | os.PathLike) -> dict:
     return {k: defaults[k] for k in ("score_prompts", "eval_prompts")} | {"scorer": defaults["scorers"][0]}
 
 
+def check_device(device: str | torch.device | None, dtype: torch.dtype | None = None) -> str:
+    """``device`` (default ``cpu``) if this machine can run ``dtype`` on it; else one :class:`LayerPruneError` line
+    saying what to use instead. Run before any model is loaded."""
+    name = str(device or "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise LayerPruneError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from error
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LayerPruneError(
+                f"--device {name}: CUDA is not available to torch {torch.__version__}; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LayerPruneError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise LayerPruneError(
+                f"--dtype bfloat16 is not supported by {torch.cuda.get_device_name(dev)}; use float16"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise LayerPruneError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise LayerPruneError(f"--device {name}: layerprune runs on cpu, cuda or mps")
+    return name
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, model: str | os.PathLike) -> torch.dtype:
     """``dtype`` as a ``torch.dtype``; ``None`` or ``"auto"`` is the model's default (its source's for a pruned
     model): bfloat16 for PixArt-Sigma, float32 for the toy world."""
@@ -473,11 +500,32 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
         raise
     except Exception as error:
         raise LayerPruneError(f"could not read the transformer config of {name!r}: {_first_line(error)}") from error
-    if "PixArt" not in str(config.get("_class_name", "")):
-        raise LayerPruneError(
-            f"{name} holds a {config.get('_class_name')}; layerprune supports PixArt transformers (PixArt-Sigma)"
-        )
+    if not isinstance(config, dict) or "PixArt" not in str(config.get("_class_name", "")):
+        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        raise LayerPruneError(f"{name} holds a {found}; layerprune supports PixArt transformers (PixArt-Sigma)")
+    from .validation import check_transformer_config, check_weights_cover_blocks
+
+    check_transformer_config(config, str(config_file))
+    if path is not None:  # local weights: their headers must hold exactly the blocks the config declares
+        check_weights_cover_blocks(Path(config_file).parent, config["num_layers"])
     return config
+
+
+def pipeline_folder(model: str | os.PathLike) -> Path | None:
+    """The local pipeline folder ``model`` names (a short name's bundled folder too); ``None`` for Hub ids,
+    pipelines built in code, and transformer-only folders."""
+    name = str(model)
+    if name in MODEL_ALIASES:
+        return ALIAS_FOLDERS[name]() if name in ALIAS_FOLDERS else None
+    path = _resolve_local(name)
+    return path if path is not None and (path / "model_index.json").is_file() else None
+
+
+def check_resolution_for(model: str | os.PathLike, resolution: int | None, config: dict | None) -> None:
+    """:func:`validation.check_resolution` with the VAE factor read from ``model``'s folder (before loading)."""
+    from .validation import check_resolution, vae_scale_factor_of
+
+    check_resolution(resolution, config, vae_scale_factor_of(pipeline_folder(model)))
 
 
 def _first_line(error: Exception) -> str:
@@ -524,6 +572,11 @@ def load_pipeline(
             )
         except Exception as error:  # hub / network / format errors: one line with the cause
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
+        transformer = getattr(pipe, "transformer", None)
+        if local is not None and "transformer" not in components and isinstance(transformer, PixArtTransformer2DModel):
+            from .provenance import restore_local_source
+
+            restore_local_source(pipe.transformer, local)
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, PixArtTransformer2DModel):
         found = (
@@ -537,8 +590,11 @@ def load_pipeline(
 
 def _load_with_base(folder: Path, base_model: str | None, *, torch_dtype=None, device=None, **components):
     """The base pipeline with the transformer saved alone in ``folder``."""
+    from .provenance import local_source
+
     config = json.loads((folder / "config.json").read_text())
-    base = base_model or config.get("source_model")
+    # the saved config names a local source by folder name only; the full path is in the folder's hidden marker
+    base = base_model or local_source(folder) or config.get("source_model")
     if not base:
         raise LayerPruneError(
             f"{folder} holds only a transformer and does not record its base pipeline; pass --base-model "
@@ -583,6 +639,10 @@ def load_transformer(
         raise LayerPruneError(f"could not load the transformer of {name!r}: {_first_line(error)}") from error
     if config.get("source_model") is None:  # record where it came from: a Hub id, or the folder
         transformer.register_to_config(_name_or_path=name)
+    elif local is not None:
+        from .provenance import restore_local_source
+
+        restore_local_source(transformer, local)
     return transformer
 
 
@@ -591,17 +651,23 @@ def save_pruned_transformer(
     output_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    inputs: Iterable = (),
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save only the transformer (``config.json`` + safetensors at the top of ``output_dir``), the layout a model repo
     that shares just the transformer has: ``PixArtTransformer2DModel.from_pretrained(output_dir)`` loads it, and
-    the pipeline comes from the base model. Atomic like :func:`save_pruned_pipeline`."""
+    the pipeline comes from the base model. Atomic, ownership-checked and path-free like :func:`save_pruned_pipeline`."""
+    from .provenance import publish_configs
+
     if not isinstance(transformer, PrunedPixArtTransformer):
         raise LayerPruneError(f"expected a PrunedPixArtTransformer, got {type(transformer).__name__}")
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    source = transformer.config.get("source_model")
+    local = {"source_model": source} if source else None
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="transformer", local=local) as tmp:
         transformer.save_pretrained(tmp, safe_serialization=True)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        publish_configs(tmp)
     return Path(output_dir)
 
 
@@ -616,6 +682,7 @@ def prune_to_folder(
     revision: str | None = None,
     base_model: str | None = None,
     overwrite: bool = False,
+    inputs: Iterable = (),
 ) -> PrunedPixArtTransformer:
     """Load ``model``, keep (or drop) the given blocks and save the result to ``output_dir``: the whole pipeline, or
     with ``transformer_only`` just the pruned transformer (then only the transformer is loaded). ``dtype`` ``"auto"``
@@ -627,11 +694,12 @@ def prune_to_folder(
             transformer, kept_layers, pruned_layers, source_model=_source_of(model, transformer), copy_weights=False
         )
         extra = _carried_sparsity(model, {"transformer": pruned})
-        save_pruned_transformer(pruned, output_dir, overwrite=overwrite, extra_files=extra)
+        save_pruned_transformer(pruned, output_dir, overwrite=overwrite, inputs=inputs, extra_files=extra)
         return pruned
     pipe = load_pipeline(model, torch_dtype=torch_dtype, revision=revision, base_model=base_model)
     pruned = prune_pipeline(pipe, kept_layers=kept_layers, pruned_layers=pruned_layers, copy_weights=False)
-    save_pruned_pipeline(pruned, output_dir, overwrite=overwrite, extra_files=_carried_sparsity(model, pruned))
+    extra = _carried_sparsity(model, pruned)
+    save_pruned_pipeline(pruned, output_dir, overwrite=overwrite, inputs=inputs, extra_files=extra)
     return pruned.transformer
 
 
@@ -672,15 +740,28 @@ def prune_pipeline(
 
 
 def save_pruned_pipeline(
-    pipe, output_dir: str | os.PathLike, *, overwrite: bool = False, extra_files: dict[str, str] | None = None
+    pipe,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable = (),
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """``save_pretrained`` a pipeline so that stock ``DiffusionPipeline.from_pretrained`` loads it.
 
     The folder is written next to its destination and moved into place only when complete: a failure leaves no
-    half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready.
+    half-written folder, and with ``overwrite=True`` the old folder survives until the new one is ready. Only a
+    folder this package wrote is replaced, never one of ``inputs`` (see ``outputs.check_output_dir``).
     ``extra_files``: ``{name: text}`` written at the folder's top with the weights (e.g. ``sparsity.json``).
+
+    The saved configs name the source model by its public name (a local path by its folder name); the full local
+    path stays in the folder's hidden marker, which ``load_pipeline`` reads back (``provenance``).
     """
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    from .provenance import publish_configs
+
+    source = pipe.transformer.config.get("source_model")
+    local = {"source_model": source} if source else None
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="pipeline", local=local) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -689,6 +770,7 @@ def save_pruned_pipeline(
         if "transformer" in index and isinstance(pipe.transformer, PrunedPixArtTransformer):
             index["transformer"] = list(STOCK_CLASS)
             index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        publish_configs(tmp)
     return Path(output_dir)
 
 

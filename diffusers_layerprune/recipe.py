@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ class Recipe:
     train_prompts: str | None = None  # distillation prompts; default: the model's (toy:train; Pick-a-Pic train)
     dtype: str = "auto"  # weights dtype; auto: the model's (bfloat16 for PixArt-Sigma, float32 for the toy)
     transformer_only: bool = False  # pruned/ and distilled/ hold only the transformer; the rest stays in `model`
+    base_model: str | None = None  # Hub id of `model` for the card when `model` is a local folder
     num_prompts: int | None = 64
     scan_steps: int | None = None  # sampling steps while scoring; default: the model's
     num_layers: int | None = None  # pruned depth (blocks kept); or remove, or ratio
@@ -55,18 +57,32 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
+        """Read a recipe file (fields as in the class); ``overrides`` (e.g. command-line flags) win.
+
+        A YAML syntax error names the file, line and column; an unknown field or a value of the wrong type names
+        the field and what it expects."""
         import yaml
 
         path = Path(path)
         if not path.is_file():
             raise LayerPruneError(f"recipe file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise LayerPruneError(f"recipe {path} is not UTF-8 text") from error
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise LayerPruneError(f"recipe {path}:{where}: {problem}") from error
         if not isinstance(data, dict):
             raise LayerPruneError(f"recipe {path} must be a mapping of field: value")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise LayerPruneError(f"recipe {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+        for name, value in data.items():
+            _check_field_type(cls, name, value, f"recipe {path}")
         return cls(**{**data, **overrides})
 
     def check(self) -> None:
@@ -90,6 +106,39 @@ class Recipe:
             from .hub import check_repo_id
 
             check_repo_id(self.repo_id)
+        if self.base_model:
+            from .hub import check_base_model
+
+            check_base_model(self.base_model)
+
+
+def _check_field_type(cls, name: str, value, where: str) -> None:
+    """Refuse a recipe value whose type does not fit the field (``num_prompts: many``, ``use_lora: 3``)."""
+    import types
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = tuple(t for t in typing.get_args(hint) if t is not type(None)) if is_union else (hint,)
+    optional = is_union and type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return
+        raise LayerPruneError(f"{where}: {name} cannot be empty")
+    origins = tuple(typing.get_origin(t) or t for t in allowed)
+    if bool in origins:
+        ok = isinstance(value, bool)
+    elif float in origins:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif int in origins:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif list in origins:
+        ok = isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
+    else:
+        ok = isinstance(value, origins)
+    if not ok:
+        expected = " or ".join(getattr(t, "__name__", str(t)) for t in origins)
+        raise LayerPruneError(f"{where}: {name} must be {expected}, got {value!r}")
 
 
 # stage -> the stages that use its output, directly or not
@@ -107,11 +156,36 @@ class RunState:
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "run.json"
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
+        self.data = {"stages": {}}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise LayerPruneError(
+                    f"{self.path} is damaged ({error}); delete it to run every stage again (outputs are replaced)"
+                ) from error
+            stages = self.data.get("stages") if isinstance(self.data, dict) else None
+            if not isinstance(stages, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("settings", {}), dict) for v in stages.values()
+            ):
+                raise LayerPruneError(f"{self.path} is not a run record; delete it to run every stage again")
 
     def done(self, stage: str, settings: dict) -> bool:
         entry = self.data["stages"].get(stage)
         return entry is not None and entry["settings"] == json.loads(json.dumps(settings, default=str))
+
+    def attempt(self, stage: str) -> dict | None:
+        """Settings of the last started attempt of ``stage`` (finished or not)."""
+        return self.data.get("attempts", {}).get(stage)
+
+    def start(self, stage: str, settings: dict) -> None:
+        """Record that ``stage`` starts with ``settings``: it and the stages after it are no longer finished, so a
+        run killed after the stage replaced its output but before :meth:`mark` never reuses that output under the
+        old settings."""
+        for name in (stage, *DOWNSTREAM[stage]):
+            self.data["stages"].pop(name, None)
+        self.data.setdefault("attempts", {})[stage] = json.loads(json.dumps(settings, default=str))
+        self._save()
 
     def mark(self, stage: str, settings: dict, seconds: float, **results) -> None:
         self.data["stages"][stage] = {
@@ -122,6 +196,9 @@ class RunState:
         # Stages built on this one's output must run again.
         for later in DOWNSTREAM[stage]:
             self.data["stages"].pop(later, None)
+        self._save()
+
+    def _save(self) -> None:
         from .outputs import atomic_output_file
 
         with atomic_output_file(self.path) as tmp:
@@ -134,9 +211,8 @@ class RunState:
 def run_recipe(recipe: Recipe, *, log=print) -> dict:
     """Run (or resume) the recipe; returns the summary rows printed at the end."""
     recipe.check()
-    out = Path(recipe.output)
-    out.mkdir(parents=True, exist_ok=True)
-    state = RunState(out)
+    state = RunState(Path(recipe.output).expanduser())  # a damaged run.json is refused before anything is written
+    out = _prepare_run_folder(recipe)
     importance_path = out / "importance.json"
 
     # 1. Score the blocks.
@@ -152,6 +228,7 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     if not (state.done("score", score_settings) and importance_path.is_file()):
         log(f"[1/5] scoring blocks of {recipe.model} with the {recipe.criterion} criterion")
         start = time.perf_counter()
+        state.start("score", score_settings)
         from .importance.cli import score_to_file
 
         # Score on training prompts, never on evaluation prompts: that would flatter the evaluation.
@@ -183,7 +260,9 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     if not (state.done("prune", prune_settings) and _is_model_folder(pruned)):
         log(f"[2/5] removing blocks {drop} ({k} of {importance.num_layers}, plan {recipe.plan})")
         start = time.perf_counter()
+        state.start("prune", prune_settings)
         from .modeling import prune_to_folder
+        from .provenance import local_inputs
 
         prune_to_folder(
             recipe.model,
@@ -192,6 +271,7 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
             transformer_only=recipe.transformer_only,
             dtype=recipe.dtype,
             overwrite=True,
+            inputs=local_inputs(recipe.model),
         )
         _copy_importance(importance_path, pruned)
         state.mark("prune", prune_settings, time.perf_counter() - start)
@@ -217,11 +297,18 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
                 "extra_train_args",
             )
         }
-        distill_settings.update(drop=drop, exclude=eval_prompts)
+        distill_settings.update(model=recipe.model, drop=drop, exclude=eval_prompts)
         if not (state.done("distill", distill_settings) and _is_model_folder(final)):
             log(f"[3/5] distilling for {recipe.distill_steps} steps" + (" (LoRA)" if recipe.use_lora else ""))
             start = time.perf_counter()
-            resume = ["--resume_from_checkpoint", "latest"] if any(final.glob("checkpoint-*")) else []
+            # Checkpoints are resumed only when they come from an attempt with these very settings; any other
+            # output of ours in the folder is removed by the script (--overwrite_output_dir) before it starts.
+            same = state.attempt("distill") == json.loads(json.dumps(distill_settings, default=str))
+            state.start("distill", distill_settings)
+            if same and any(final.glob("checkpoint-*")):
+                resume = ["--resume_from_checkpoint", "latest"]
+            else:
+                resume = ["--overwrite_output_dir"] if final.exists() and any(final.iterdir()) else []
             cmd = [
                 sys.executable,
                 "-m",
@@ -263,7 +350,7 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
                 cmd += ["--use_lora", "--rank", str(recipe.rank)]
             if recipe.transformer_only:
                 cmd += ["--transformer_only"]
-            if subprocess.run(cmd).returncode != 0:
+            if run_child(cmd) != 0:
                 raise LayerPruneError(f"distillation failed (see above); re-run to resume from {final}")
             _copy_importance(importance_path, final)
             state.mark("distill", distill_settings, time.perf_counter() - start)
@@ -280,6 +367,7 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
         if not (state.done(stage, eval_settings) and report.is_file()):
             log(f"[4/5] evaluating {folder}")
             start = time.perf_counter()
+            state.start(stage, eval_settings)
             _evaluate(recipe, folder, report)
             state.mark(stage, eval_settings, time.perf_counter() - start)
         else:
@@ -287,19 +375,21 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
         reports[stage] = json.loads(report.read_text())
 
     # 5. Model card (and push).
-    from .hub import push_pipeline, render_model_card
+    from .hub import push_pipeline, render_model_card, write_model_card
 
     repo_id = recipe.repo_id or f"your-name/{Path(recipe.output).name}"
     log(f"[5/5] model card {final / 'README.md'}" + (f", pushing to {repo_id}" if recipe.push else ""))
     if recipe.push:
-        push_pipeline(final, repo_id, private=recipe.private)
+        push_pipeline(final, repo_id, private=recipe.private, base_model=recipe.base_model)
     else:
-        (final / "README.md").write_text(render_model_card(final, repo_id))
+        write_model_card(final, render_model_card(final, repo_id, base_model=recipe.base_model))
 
     rows = _summary_rows(reports)
     log(_format_summary(rows))
-    with (out / "summary.json").open("w") as f:
-        json.dump({"final_model": str(final), "rows": rows}, f, indent=2)
+    from .outputs import atomic_output_file
+
+    with atomic_output_file(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps({"final_model": str(final), "rows": rows}, indent=2))
     return rows
 
 
@@ -308,11 +398,82 @@ def _is_model_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
+def _prepare_run_folder(recipe: Recipe) -> Path:
+    """Check the run folder and the stage folders in it before any work (a refusal changes nothing), then create
+    it with the package's marker and remove temporaries that killed runs left in it."""
+    from .outputs import check_output_dir, check_training_output_dir, check_work_dir, clean_stale_temps, write_marker
+    from .provenance import full_local, local_inputs
+
+    inputs = local_inputs(recipe.model)
+    out = check_work_dir(recipe.output, inputs=inputs)
+    if (out / "pruned").exists():
+        check_output_dir(out / "pruned", overwrite=True, inputs=inputs)
+    if (out / "distilled").exists():
+        check_training_output_dir(out / "distilled", inputs=[*inputs, out / "pruned"], overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "run", local={"model": full_local(recipe.model)}, entries=())
+    clean_stale_temps(out)
+    return out
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run ``cmd`` (the training script) and return its exit code; the child never outlives this process.
+
+    On Linux the child asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), which covers a
+    parent killed with SIGKILL. A SIGTERM or Ctrl-C delivered to this process terminates the child, waits for it,
+    then goes on as it would have (exception or exit).
+    """
+    import signal
+    import threading
+
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def on_term(signum, frame):
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` asking the kernel to send the child SIGTERM when ``parent`` dies."""
+    import ctypes
+    import signal
+
+    # Resolved here, in the parent: a child forked from a threaded process should not load libraries.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+        if os.getppid() != parent:  # the parent died before the request was in place
+            os._exit(1)
+
+    return preexec
+
+
 def _copy_importance(importance_path: Path, folder: Path) -> None:
+    from .outputs import atomic_output_file
+
     for suffix in (".json", ".png"):
         source = importance_path.with_suffix(suffix)
         if source.is_file():
-            shutil.copy(source, folder / f"importance{suffix}")
+            with atomic_output_file(folder / f"importance{suffix}") as tmp:
+                shutil.copyfile(source, tmp)
 
 
 def _evaluate(recipe: Recipe, folder: Path, report: Path) -> None:

@@ -58,6 +58,7 @@ from diffusers_layerprune.distill import (
     task_target,
 )
 from diffusers_layerprune.modeling import (
+    check_resolution_for,
     generation_defaults,
     load_pipeline,
     read_transformer_config,
@@ -66,20 +67,38 @@ from diffusers_layerprune.modeling import (
     save_pruned_transformer,
     with_transformer,
 )
+from diffusers_layerprune.outputs import check_training_output_dir, prepare_training_output_dir, write_marker
+from diffusers_layerprune.provenance import full_local, local_inputs, public_name, restore_local_source
 from diffusers_layerprune.sparsity.keep import WeightMasks
 from diffusers_layerprune.sparsity.record import FILE_NAME as SPARSITY_FILE
 from diffusers_layerprune.sparsity.record import read_sparsity_record
+from diffusers_layerprune.validation import (
+    OneLineArgumentParser,
+    beta,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 logger = get_logger(__name__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(
+        prog="train_distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     g = p.add_argument_group("models")
     g.add_argument("--teacher_model", default="toy", help="full pipeline: short name, folder or Hub id (default: toy)")
     g.add_argument("--student_model", required=True, help="pruned pipeline or transformer folder (layerprune prune)")
     g.add_argument("--revision", default=None, help="Hub revision of --teacher_model")
     g.add_argument("--output_dir", required=True, help="where the distilled pipeline, checkpoints and logs go")
+    g.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over in an --output_dir that holds an earlier run of this script (its contents are removed); "
+        "a folder holding anything else is always refused",
+    )
     g.add_argument("--cache_dir", default=None, help="cache for text embeddings and teacher latents")
     g.add_argument(
         "--cache_dtype",
@@ -110,42 +129,57 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="SPEC",
         help="prompt-only mode: drop training prompts that are also in this set (e.g. the evaluation prompts, hpdv2)",
     )
-    g.add_argument("--max_train_samples", type=int, default=None)
-    g.add_argument("--resolution", type=int, default=None, help="image side (default: the teacher's native size)")
-    g.add_argument("--max_sequence_length", type=int, default=None, help="text tokens (default: the model's)")
-    g.add_argument("--teacher_inference_steps", type=int, default=None, help="prompt-only mode: teacher sampling steps")
-    g.add_argument("--teacher_guidance_scale", type=float, default=None, help="prompt-only mode: teacher guidance")
+    g.add_argument("--max_train_samples", type=positive_int, default=None)
+    g.add_argument(
+        "--resolution", type=positive_int, default=None, help="image side (default: the teacher's native size)"
+    )
+    g.add_argument("--max_sequence_length", type=positive_int, default=None, help="text tokens (default: the model's)")
+    g.add_argument(
+        "--teacher_inference_steps", type=positive_int, default=None, help="prompt-only mode: teacher sampling steps"
+    )
+    g.add_argument(
+        "--teacher_guidance_scale", type=non_negative_float, default=None, help="prompt-only mode: teacher guidance"
+    )
 
     g = p.add_argument_group("losses")
-    g.add_argument("--lambda_task", type=float, default=1.0, help="weight of MSE(student prediction, true target)")
     g.add_argument(
-        "--lambda_out", type=float, default=1.0, help="weight of MSE(student prediction, teacher prediction)"
+        "--lambda_task", type=non_negative_float, default=1.0, help="weight of MSE(student prediction, true target)"
     )
-    g.add_argument("--lambda_var", type=float, default=1.0, help="weight of MSE on the learned-variance channels")
-    g.add_argument("--lambda_feat", type=float, default=1.0, help="weight of the summed block-feature losses")
+    g.add_argument(
+        "--lambda_out",
+        type=non_negative_float,
+        default=1.0,
+        help="weight of MSE(student prediction, teacher prediction)",
+    )
+    g.add_argument(
+        "--lambda_var", type=non_negative_float, default=1.0, help="weight of MSE on the learned-variance channels"
+    )
+    g.add_argument(
+        "--lambda_feat", type=non_negative_float, default=1.0, help="weight of the summed block-feature losses"
+    )
     g.add_argument(
         "--feature_loss", default="mse", choices=FEATURE_LOSSES, help="mse (BK-SDM) or normalized (LAPTOP-Diff)"
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=8)
-    g.add_argument("--num_train_epochs", type=int, default=100)
-    g.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--train_batch_size", type=positive_int, default=8)
+    g.add_argument("--num_train_epochs", type=positive_int, default=100)
+    g.add_argument("--max_train_steps", type=positive_int, default=None, help="overrides --num_train_epochs")
+    g.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--learning_rate", type=float, default=1e-4)
+    g.add_argument("--learning_rate", type=positive_float, default=1e-4)
     g.add_argument("--scale_lr", action="store_true", help="multiply lr by batch size x accumulation x processes")
     g.add_argument(
         "--lr_scheduler",
         default="constant",
-        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"',
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
     )
-    g.add_argument("--lr_warmup_steps", type=int, default=0)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--lr_warmup_steps", type=non_negative_int, default=0)
+    g.add_argument("--adam_beta1", type=beta, default=0.9)
+    g.add_argument("--adam_beta2", type=beta, default=0.999)
+    g.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2)
+    g.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=non_negative_float, default=1.0)
     g.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     g.add_argument(
         "--transformer_only",
@@ -159,24 +193,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="dtype of the saved pipeline (default: auto, the teacher's: bfloat16 for PixArt-Sigma, float32 for toy)",
     )
     g.add_argument("--allow_tf32", action="store_true")
-    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     g.add_argument("--seed", type=int, default=0)
 
     g = p.add_argument_group("LoRA (peft)")
     g.add_argument("--use_lora", action="store_true", help="train LoRA adapters instead of all student weights")
-    g.add_argument("--rank", type=int, default=16)
-    g.add_argument("--lora_alpha", type=float, default=None, help="default: equal to --rank")
+    g.add_argument("--rank", type=positive_int, default=16)
+    g.add_argument("--lora_alpha", type=positive_float, default=None, help="default: equal to --rank")
     g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
 
     g = p.add_argument_group("checkpoints, validation, logging, Hub")
-    g.add_argument("--checkpointing_steps", type=int, default=500)
-    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--checkpointing_steps", type=positive_int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
     g.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder or "latest"')
     g.add_argument("--validation_prompts", nargs="*", default=None)
-    g.add_argument("--num_validation_images", type=int, default=1)
-    g.add_argument("--validation_steps", type=int, default=None, help="default: at each checkpoint")
-    g.add_argument("--validation_inference_steps", type=int, default=None)
-    g.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none"')
+    g.add_argument("--num_validation_images", type=positive_int, default=1)
+    g.add_argument("--validation_steps", type=positive_int, default=None, help="default: at each checkpoint")
+    g.add_argument("--validation_inference_steps", type=positive_int, default=None)
+    g.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all", "none"])
     g.add_argument("--logging_dir", default="logs")
     g.add_argument("--tracker_project_name", default="layerprune-distill")
     g.add_argument("--push_to_hub", action="store_true")
@@ -254,7 +288,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
 
-    # 1. Check the pair before loading anything heavy.
+    # 1. Check the pair and the output folder before loading anything heavy. Every process runs these read-only
+    # checks before the Accelerator exists, so a refusal stops all of them alike and none waits for the others.
     student_cfg = read_student_config(args.student_model)
     # A sparsified student (sparsity.json) keeps its zeros: the masks are re-applied after every optimiser step.
     sparsity = read_sparsity_record(student_config_path(args.student_model)[0])
@@ -267,6 +302,15 @@ def main(argv=None) -> None:
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
+    check_resolution_for(args.teacher_model, args.resolution, teacher_cfg)
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        raise LayerPruneError("--overwrite_output_dir starts over, --resume_from_checkpoint continues: pass one")
+    output_action = check_training_output_dir(
+        output_dir,
+        inputs=local_inputs(args.student_model, args.teacher_model),
+        overwrite=args.overwrite_output_dir,
+        resume=bool(args.resume_from_checkpoint),
+    )
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -277,6 +321,10 @@ def main(argv=None) -> None:
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    accelerator.wait_for_everyone()  # every process has checked --output_dir before the main one writes to it
+    if accelerator.is_main_process:
+        prepare_training_output_dir(output_dir, output_action, local=_local_record(args))
+    accelerator.wait_for_everyone()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
@@ -313,6 +361,7 @@ def main(argv=None) -> None:
     # 3. Models.
     folder, subfolder = student_config_path(args.student_model)
     student = PrunedPixArtTransformer.from_pretrained(folder, subfolder=subfolder)
+    restore_local_source(student, folder, args.teacher_model)  # the saved config names the source by folder name
     if full_depth_sparse:
         student.register_to_config(
             kept_layers=student_cfg["kept_layers"], source_num_layers=student_cfg["source_num_layers"]
@@ -512,13 +561,14 @@ def main(argv=None) -> None:
         # text encoder at ~19 GB.
         save_dtype = resolve_dtype(args.save_dtype, args.teacher_model)
         final.to(save_dtype)
-        with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
+        # A hidden temporary name of outputs.py's pattern: the next run removes it if this one is killed here.
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".save.tmp-{os.getpid()}-") as tmp:
             if args.transformer_only:  # the text encoder and VAE stay in the teacher's repo
-                save_pruned_transformer(final, Path(tmp) / "transformer")
+                extra = {}
                 if sparsity is not None:
                     event = {"action": "distill", "steps": global_step, "masks_kept": masks is not None}
-                    record = sparsity.remeasured({"transformer": final}, event)
-                    (Path(tmp) / "transformer" / SPARSITY_FILE).write_text(record.to_json())
+                    extra[SPARSITY_FILE] = sparsity.remeasured({"transformer": final}, event).to_json()
+                save_pruned_transformer(final, Path(tmp) / "transformer", extra_files=extra)
                 move_into(Path(tmp) / "transformer", output_dir, last="config.json")
             else:
                 # A student whose text encoder was sparsified keeps it (training used the teacher's embeddings).
@@ -530,9 +580,11 @@ def main(argv=None) -> None:
                     extra[SPARSITY_FILE] = sparsity.remeasured(pipe, event).to_json()
                 save_pruned_pipeline(pipe, Path(tmp) / "pipeline", extra_files=extra)
                 move_into(Path(tmp) / "pipeline", output_dir)
+        write_marker(output_dir, "distillation", local=_local_record(args), entries=())
+        # distill_config.json is uploaded with the model: models and data by public name (full paths in the marker).
         recipe = {
-            "teacher_model": str(args.teacher_model),
-            "student_model": str(args.student_model),
+            "teacher_model": public_name(args.teacher_model),
+            "student_model": public_name(args.student_model),
             "kept_layers": final.config.kept_layers,
             "source_num_layers": final.config.source_num_layers,
             "steps": global_step,
@@ -550,11 +602,11 @@ def main(argv=None) -> None:
             "train_batch_size": args.train_batch_size,
             "num_processes": accelerator.num_processes,
             "train_samples": len(dataset),
-            "prompt_set": getattr(args, "prompt_set_record", None),
+            "prompt_set": _public_record(getattr(args, "prompt_set_record", None)),
             "save_dtype": str(save_dtype).removeprefix("torch."),
             "transformer_only": args.transformer_only,
             "sparsity_masks_kept": masks is not None,
-            "data": args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"],
+            "data": public_name(args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"]),
             "resolution": args.resolution,
             "max_sequence_length": args.max_sequence_length,
             "cache_dtype": args.cache_dtype,
@@ -573,6 +625,16 @@ def main(argv=None) -> None:
             )
         accelerator.print(f"saved distilled pipeline to {output_dir}")
     accelerator.end_training()
+
+
+def _public_record(record: dict | None) -> dict | None:
+    """A prompt-set record as uploaded files keep it: its source by public name."""
+    return None if record is None else {**record, "source": public_name(record["source"])}
+
+
+def _local_record(args) -> dict:
+    """Full local paths of the run's models, kept in the output's hidden marker (never uploaded)."""
+    return {"teacher_model": full_local(args.teacher_model), "student_model": full_local(args.student_model)}
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
@@ -652,11 +714,17 @@ def plot_losses(log_path: Path, out: Path) -> None:
 
 
 def cli(argv=None) -> None:
-    """Command-line entry point: a :class:`LayerPruneError` is printed on one line and exits 2."""
+    """Command-line entry point: a :class:`LayerPruneError` (or an ``OSError`` such as a full disk) is printed on one
+    line and exits 2; ``LAYERPRUNE_DEBUG=1`` shows the traceback instead."""
+    from diffusers_layerprune.validation import debug_enabled
+
     try:
         main(argv)
-    except LayerPruneError as error:
-        print(f"train_distill: error: {error}", file=sys.stderr)
+    except (LayerPruneError, OSError) as error:
+        if debug_enabled([]):
+            raise
+        message = error if isinstance(error, LayerPruneError) else f"{error.strerror or error}: {error.filename or ''}"
+        print(f"train_distill: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

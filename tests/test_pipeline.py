@@ -71,8 +71,8 @@ def test_reloaded_transformer_is_pruned_class_with_provenance(tiny_pipeline_dir,
 def test_failed_save_leaves_nothing_and_keeps_old_output(tiny_pipeline_dir, tmp_path, monkeypatch):
     pruned = prune_pipeline(load_pipeline(tiny_pipeline_dir), kept_layers=[0, 1])
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "old.txt").write_text("keep me")
+    save_pruned_pipeline(pruned, target)  # an earlier output of ours
+    before = sorted(p.relative_to(target) for p in target.rglob("*"))
 
     def broken_save(path, **kwargs):
         (path / "partial.bin").write_text("half")
@@ -84,7 +84,7 @@ def test_failed_save_leaves_nothing_and_keeps_old_output(tiny_pipeline_dir, tmp_
     with pytest.raises(OSError, match="disk full"):
         save_pruned_pipeline(pruned, target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folder left behind
-    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
     with pytest.raises(OSError):
         save_pruned_pipeline(pruned, tmp_path / "new")
     assert not (tmp_path / "new").exists()

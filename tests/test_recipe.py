@@ -93,3 +93,27 @@ def test_run_num_layers_is_the_pruned_depth(tmp_path, capsys):
     assert main(["run", "--num-layers", "12", "--output", str(tmp_path / "r")]) == 2
     assert "--num-layers (blocks to keep) must be between 1 and 11" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_run_transformer_only_keeps_only_transformers(tmp_path, subprocess_sees_this_checkout):
+    recipe = Recipe(
+        model="toy",
+        num_prompts=2,
+        remove=2,
+        ratio=None,
+        distill_steps=2,
+        distill_batch_size=2,
+        eval_num_prompts=2,
+        transformer_only=True,
+        output=str(tmp_path / "run"),
+        extra_train_args=["--max_train_samples", "4", "--teacher_inference_steps", "2"],
+    )
+    rows = run_recipe(recipe, log=lambda *_: None)
+    assert [r["blocks"] for r in rows] == [12, 10, 10]
+    for stage in ("pruned", "distilled"):
+        folder = tmp_path / "run" / stage
+        assert (folder / "config.json").is_file() and not (folder / "model_index.json").exists()
+        assert not (folder / "text_encoder").exists() and (folder / "report.json").is_file()
+    card = (tmp_path / "run" / "distilled" / "README.md").read_text()
+    assert "PixArtTransformer2DModel.from_pretrained(" in card and "model-index" in card
+    assert json.loads((tmp_path / "run" / "distilled" / "distill_config.json").read_text())["transformer_only"]

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import LayerPruneError
+from ..validation import non_negative_float, non_negative_int, positive_int
 from .registry import CRITERIA_MODULES
 
 PLAN_NAMES = ("one_shot", "greedy", "span")  # checked against plans.PLANS in the tests
@@ -50,21 +51,25 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SPEC",
         help="drop every prompt that is also in this prompt set, e.g. the evaluation prompts (hpdv2)",
     )
-    score.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts (default: all)")
-    score.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    score.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    score.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the model's)")
+    score.add_argument("--num-prompts", type=positive_int, default=None, help="use the first N prompts (default: all)")
+    score.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model's)")
+    score.add_argument(
+        "--guidance", type=non_negative_float, default=None, help="guidance scale (default: the model's)"
+    )
+    score.add_argument(
+        "--resolution", type=positive_int, default=None, help="image side in pixels (default: the model's)"
+    )
     score.add_argument("--seed", type=int, default=0, help="prompt i uses seed SEED+i (random: the draw) (default: 0)")
-    score.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default: 8)")
+    score.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generation batch (default: 8)")
     score.add_argument(
         "--num-timesteps",
-        type=int,
+        type=positive_int,
         default=4,
         help="probe timesteps per prompt for block_influence, angular_distance, output_loss (default: 4)",
     )
     score.add_argument(
         "--greedy-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="K",
         help="also record the greedy removal order of K blocks (re-score after each removal) for `prune --plan greedy`",
@@ -143,14 +148,17 @@ def score_to_file(
     can get wrong is checked before loading the model; a killed run resumes from ``<output>.progress*.jsonl``.
     Unlike the CLI, an existing ``output`` is replaced unless ``overwrite=False``.
     """
+    from ..outputs import check_output_parent
     from .registry import get_criterion
 
     spec = get_criterion(criterion)
     output = Path(output).expanduser()
     if output.is_dir():
         raise LayerPruneError(f"output {output} is a folder; give a .json file path")
-    if output.exists() and not overwrite:
-        raise LayerPruneError(f"output file {output} already exists; pass --overwrite to replace it")
+    if output.suffix.lower() != ".json":  # the plot goes beside it as <stem>.png: a .png output would be both
+        raise LayerPruneError(f"--output {output} must end in .json (the bar chart is written beside it as .png)")
+    check_output_parent(output)
+    _check_importance_outputs(output, overwrite)
     for name, value in (
         ("num-prompts", num_prompts),
         ("steps", steps),
@@ -161,9 +169,10 @@ def score_to_file(
         if value is not None and value < 1:
             raise LayerPruneError(f"--{name} must be at least 1, got {value}")
 
-    from ..modeling import read_transformer_config, scoring_defaults
+    from ..modeling import check_resolution_for, read_transformer_config, scoring_defaults
 
     config = read_transformer_config(model, revision=revision)  # a wrong path fails before any loading
+    check_resolution_for(model, resolution, config)
     if config is not None and greedy_steps and not 0 < greedy_steps < config["num_layers"]:
         raise LayerPruneError(f"--greedy-steps must be between 1 and {config['num_layers'] - 1}")
     defaults = scoring_defaults(model)
@@ -226,6 +235,21 @@ def score_to_file(
             _summary(importance, model, output, log)
     scan.remove_progress()
     return importance
+
+
+def _check_importance_outputs(output: Path, overwrite: bool) -> None:
+    """The JSON, its plot and the progress files: no symbolic links; existing files replaced only with
+    ``overwrite`` and only when the JSON is an importance file of ours."""
+    from ..outputs import check_not_symlink, check_output_file
+    from .result import is_importance_file
+
+    for path in (output, output.with_suffix(".png")):
+        check_output_file(path, overwrite=overwrite, owned=lambda _: is_importance_file(output))
+    for path in output.parent.glob(f"{output.name}.progress*.jsonl"):  # runner.progress_files, without torch
+        check_not_symlink(path, "progress file")
+    from .runner import check_progress_files
+
+    check_progress_files(output)
 
 
 def _summary(importance, model: str, output: Path, log) -> None:

@@ -127,6 +127,11 @@ class LayerImportance:
             raise LayerPruneError(f"{source} is a damaged layer-importance file ({error!r})") from error
         if data.get("num_layers", result.num_layers) != result.num_layers:
             raise LayerPruneError(f"{source}: num_layers {data['num_layers']} but {result.num_layers} values")
+        for name in ("metadata", "extra"):
+            if not isinstance(getattr(result, name), dict):
+                raise LayerPruneError(f"{source} is a damaged layer-importance file ({name} must be a mapping)")
+        if not isinstance(result.criterion, str):
+            raise LayerPruneError(f"{source} is a damaged layer-importance file (criterion must be a name)")
         return result
 
     def save(self, path: str | os.PathLike, *, plot: bool = True, overwrite: bool = True) -> Path:
@@ -179,6 +184,15 @@ class LayerImportance:
         return path
 
 
+def is_importance_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a layer-importance JSON written by :meth:`LayerImportance.save`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
 def _nan_last(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
@@ -186,15 +200,18 @@ def _nan_last(value: float) -> float:
 def check_importance_matches(importance: LayerImportance, num_layers: int, model: str | None = None) -> None:
     """Refuse an importance file measured on another model: different depth, or a different recorded model id.
 
-    ``model`` is compared after resolving local paths, so ``./pipe`` and ``/abs/pipe`` match.
+    Files record a local model by its folder name only (``provenance.public_name``), so ``model`` is compared by
+    that name: ``./pipe`` and ``/abs/pipe`` match.
     """
+    from ..provenance import public_name
+
     recorded = importance.metadata.get("model")
     if importance.num_layers != num_layers:
         raise LayerPruneError(
             f"the importance file has {importance.num_layers} blocks (model {recorded}) but the model has "
             f"{num_layers}; score this model with `layerprune score`"
         )
-    if model is not None and recorded is not None and normalise_model_id(recorded) != normalise_model_id(model):
+    if model is not None and recorded is not None and public_name(recorded) != public_name(model):
         raise LayerPruneError(
             f"the importance file was measured on {recorded}, not {model}; pass --model {recorded} or re-score"
         )

@@ -103,6 +103,24 @@ def decode_floats(text: str, shape: Sequence[int] | None = None) -> np.ndarray:
     return array.reshape(shape) if shape is not None else array
 
 
+def check_progress_files(output: str | os.PathLike) -> None:
+    """Refuse progress files of ``output`` holding a readable line that is not a scan record (a hand-edited or
+    foreign file), before any model is loaded. Lines cut short by a kill are left to the scan, which skips them."""
+    for path in progress_files(output):
+        start_over = f"delete {path} (and the other {Path(output).name}.progress* files) to start the scan over"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise LayerPruneError(f"progress file {path} is not a scan's progress file; {start_over}") from error
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(entry, dict) or not {"key", "variant", "batch", "record"} <= set(entry):
+                raise LayerPruneError(f"progress file {path} line {number} is not a scan record; {start_over}")
+
+
 def progress_files(output: str | os.PathLike) -> list[Path]:
     """The progress files of a scan writing ``output`` (one per process that took part)."""
     output = Path(output)
@@ -354,13 +372,34 @@ class ImportanceScan:
         if self.progress_path is None:
             return done
         for path in progress_files(self.progress_path):
-            for line in path.read_text().splitlines():
+            start_over = (
+                f"delete {path} (and the other {self.progress_path.name}.progress* files) to start the scan over"
+            )
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as error:
+                raise LayerPruneError(f"progress file {path} is not a scan's progress file; {start_over}") from error
+            for number, line in enumerate(lines, 1):
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a line cut short by a kill: that unit simply runs again
-                if isinstance(entry, dict) and entry.get("key") == key:
-                    done[(tuple(entry["variant"]), int(entry["batch"]))] = entry["record"]
+                    # A line cut short by a kill (later runs append after it): that unit simply runs again.
+                    if self.state.is_main_process:
+                        print(f"warning: skipped an incomplete line {number} of {path} (a killed run); it runs again")
+                    continue
+                if not isinstance(entry, dict) or not {"key", "variant", "batch", "record"} <= set(entry):
+                    raise LayerPruneError(f"progress file {path} line {number} is not a scan record; {start_over}")
+                if entry["key"] != key:
+                    continue  # another criterion or other settings: not this scan's work
+                try:
+                    unit = (tuple(int(b) for b in entry["variant"]), int(entry["batch"]))
+                except (TypeError, ValueError):
+                    raise LayerPruneError(
+                        f"progress file {path} line {number} has a damaged unit; {start_over}"
+                    ) from None
+                if not isinstance(entry["record"], dict) or not 0 <= unit[1] < len(self.batches):
+                    raise LayerPruneError(f"progress file {path} line {number} does not fit this scan; {start_over}")
+                done[unit] = entry["record"]
         return done
 
     def _append_progress(self, key: str, unit: Unit, record: dict) -> None:
@@ -438,14 +477,18 @@ class ImportanceScan:
         import diffusers
 
         from .. import __version__
+        from ..provenance import public_name
 
         s = self.settings
+        # Importance files travel with pruned models (push uploads them): local paths by their names only.
         meta = {
-            "model": self.model_id,
+            "model": public_name(self.model_id),
             "num_layers": self.num_layers,
             "criterion": criterion,
-            "scorer": self.scorer_name,
-            "prompts": None if self.prompts is None else self.prompts.record(),
+            "scorer": public_name(self.scorer_name),
+            "prompts": None
+            if self.prompts is None
+            else {**self.prompts.record(), "source": public_name(self.prompts.source)},
             "seed": s.seed,
             "seeds": f"prompt i uses seed {s.seed} + i",
             "num_inference_steps": s.num_inference_steps,

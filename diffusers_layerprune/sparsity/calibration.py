@@ -156,8 +156,11 @@ def collect_input_norms(
                     output_type="latent",
                 )
             norms["transformer"], tokens["transformer"] = tf.norms(), dict(tf.tokens)
+    from ..provenance import public_name
+
+    record = prompt_set.record()
     settings = {
-        "prompts": prompt_set.record(),
+        "prompts": {**record, "source": public_name(record["source"])},  # uploaded with the model: no local paths
         "text_encoder_tokens": "real tokens (attention mask)",
         "transformer_pass": "generation" if "transformer" in components else None,
         "num_inference_steps": num_inference_steps if "transformer" in components else None,

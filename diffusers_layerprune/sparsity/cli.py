@@ -11,6 +11,7 @@ from .registry import METHOD_MODULES
 def add_sparsify_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``layerprune sparsify`` on the CLI's subparsers."""
     from ..cli import _add_model_args
+    from ..validation import any_int, positive_int
 
     parser = subparsers.add_parser(
         "sparsify",
@@ -59,15 +60,15 @@ def add_sparsify_parser(subparsers) -> argparse.ArgumentParser:
         "folder, or a Hub dataset as user/name[:config][:split][@column]",
     )
     parser.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
-    parser.add_argument("--num-prompts", type=int, default=128, help="calibration prompts used (default: 128)")
+    parser.add_argument("--num-prompts", type=positive_int, default=128, help="calibration prompts used (default: 128)")
     parser.add_argument(
         "--calibration-steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="sampler steps of the transformer's calibration pass (default: the model's inference steps)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="calibration prompt i uses seed SEED+i (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per calibration batch (default: 8)")
+    parser.add_argument("--seed", type=any_int, default=0, help="calibration prompt i uses seed SEED+i (default: 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per calibration batch (default: 8)")
     parser.add_argument("--device", default=None, help="torch device for calibration and scoring (default: cpu)")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write the sparsified pipeline to")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

@@ -272,8 +272,11 @@ def sparsify_pipeline(
 
 
 def _source_name(pipe) -> str | None:
+    # sparsity.json is uploaded with the model: a local folder is named by its folder name only (provenance)
+    from ..provenance import public_name
+
     name = getattr(pipe, "name_or_path", None)
-    return str(name) if name else None
+    return public_name(str(name)) if name else None
 
 
 def _calibrate(pipe, plan, prompts, steps, guidance, max_length, resolution, seed, batch_size):
@@ -403,13 +406,16 @@ def sparsify_to_folder(
         raise LayerPruneError(f"{plan.method} uses no calibration prompts; drop --prompts")
     if num_prompts is not None and num_prompts < 1:
         raise LayerPruneError(f"--num-prompts must be at least 1, got {num_prompts}")
-    check_output_dir(output_dir, overwrite=overwrite)
-    from ..modeling import read_transformer_config
+    from ..modeling import check_device, read_transformer_config
+    from ..provenance import local_inputs, publish_configs
 
+    inputs = local_inputs(model, base_model)
+    check_output_dir(output_dir, overwrite=overwrite, inputs=inputs)
     read_transformer_config(model, revision=revision)  # a wrong path or model family fails here, cheaply
     check_model_components(model, plan.targets, revision=revision)
     prompt_set = load_prompts(prompts, column=prompt_column, limit=num_prompts) if prompts else None
     torch_dtype = resolve_dtype(dtype, model)
+    check_device(device, torch_dtype)
 
     local = None if str(model) in _aliases() else _resolve_local(str(model))
     transformer_folder = local is not None and is_transformer_folder(local)
@@ -433,12 +439,16 @@ def sparsify_to_folder(
         previous=read_sparsity_record(local),
     )
     if transformer_folder:
-        with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        source = pipe.transformer.config.get("source_model")
+        local = {"source_model": source} if source else None
+        with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="transformer", local=local) as tmp:
             pipe.transformer.save_pretrained(tmp, safe_serialization=True)
             _name_stock_class(tmp / "config.json")
             (tmp / FILE_NAME).write_text(record.to_json())
+            publish_configs(tmp)
     else:
-        save_pruned_pipeline(pipe, output_dir, overwrite=overwrite, extra_files={FILE_NAME: record.to_json()})
+        extra = {FILE_NAME: record.to_json()}
+        save_pruned_pipeline(pipe, output_dir, overwrite=overwrite, inputs=inputs, extra_files=extra)
     return record
 
 
