@@ -359,15 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_library_logs() -> None:
-    # diffusers/transformers log hub retries and config notes as warnings; our own message says what went wrong.
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    # diffusers/transformers log hub retries and config notes as warnings, and show loading bars; our own message
+    # says what went wrong, and each stage shows one bar.
+    from .quiet import quiet_libraries
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    # one progress bar per stage: none for loading components and weights or writing shards
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    quiet_libraries()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -186,8 +186,15 @@ STAGE_TITLES = {
 
 
 def run_recipe(recipe: Recipe, *, log=print, verbose: bool = False) -> list[dict]:
-    """Run (or resume) the recipe; returns the summary rows printed at the end. ``verbose`` keeps the libraries'
-    INFO lines and loading bars in the launched processes."""
+    """Run (or resume) the recipe; returns the summary rows printed at the end. Unless ``verbose``, the libraries'
+    INFO lines and loading bars are off (here and in the launched processes): each stage shows one progress bar."""
+    from .quiet import quiet
+
+    with quiet(not verbose):
+        return _run_recipe(recipe, log, verbose)
+
+
+def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     recipe.check()
     launch = recipe.launch_settings(verbose)
     out = _prepare_run_folder(recipe)

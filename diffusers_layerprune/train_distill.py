@@ -327,30 +327,21 @@ def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
     return path
 
 
-def quiet_libraries(verbose: bool) -> None:
+def configure_logging(verbose: bool) -> None:
     """Without ``--verbose``: warnings only (no INFO line per saved checkpoint file), no loading bars."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if verbose else logging.WARNING
     )
-    if verbose:
-        return
-    import datasets
-    import diffusers
-    import huggingface_hub
-    import transformers
+    if not verbose:
+        from diffusers_layerprune.quiet import quiet_libraries
 
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-    datasets.disable_progress_bars()
+        quiet_libraries()
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    quiet_libraries(args.verbose)
+    configure_logging(args.verbose)
 
     # 1. Check the pair, the options, the output folder and the checkpoint to resume before loading anything heavy.
     # Every process runs these read-only checks before the Accelerator exists, so a refusal stops all of them alike

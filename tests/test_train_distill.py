@@ -57,7 +57,25 @@ def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert (out / "loss_curve.png").stat().st_size > 0
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2", "step-3"]
-    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = [e for e in events if "validation" in EventAccumulator(str(e)).Reload().Tags()["images"]]
+    assert len(images) == 1  # the validation images of both steps, in TensorBoard
+    # every checkpoint's student loads with stock diffusers; the last one is the saved model
+    from diffusers import PixArtTransformer2DModel
+
+    for checkpoint in ("checkpoint-2", "checkpoint-3"):
+        stock = PixArtTransformer2DModel.from_pretrained(out / checkpoint / "transformer")
+        assert stock.config.kept_layers == [0, 2, 3, 5]
+    last = dict(stock.state_dict())
+    assert all(torch.equal(last[k], after[k]) for k in after)
+    # the TensorBoard logs go to the Hub with the model, and hold no local path (push checks every file it sends)
+    from diffusers_layerprune.hub import push_pipeline
+
+    sent = [path for path, _ in push_pipeline(out, "me/kd", dry_run=True)["files"]]
+    assert any(p.startswith("logs/") and "tfevents" in p for p in sent)
+    assert not any(p.startswith(("checkpoint-", "validation/")) for p in sent)
     recipe = json.loads((out / "distill_config.json").read_text())
     assert recipe["steps"] == 3 and recipe["kept_layers"] == [0, 2, 3, 5] and recipe["lora"] is False
     assert list((work / "cache").glob("teacher-latents-*/dataset_info.json"))  # latents cached for later runs
