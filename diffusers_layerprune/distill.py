@@ -176,6 +176,38 @@ def kd_losses(
     return parts
 
 
+def kd_step_losses(
+    student: nn.Module,
+    teacher: nn.Module,
+    noisy: torch.Tensor,
+    cond: Mapping,
+    target: torch.Tensor,
+    pairs: Sequence[tuple[int, int]],
+    weights: KDWeights,
+    *,
+    student_blocks: nn.Module | None = None,
+    autocast=None,
+) -> dict[str, torch.Tensor]:
+    """One distillation forward: the teacher without gradients (keeping the outputs of its paired blocks), the
+    student with them, and :func:`kd_losses`. What ``train_distill`` runs each step and ``bench_train`` times.
+
+    ``student`` is what is called (e.g. the DDP-wrapped model); ``student_blocks`` the module whose blocks are
+    watched (the unwrapped model; default ``student``); ``autocast`` a context for the student's forward (mixed
+    precision).
+    """
+    from contextlib import nullcontext
+
+    from .blocks import capture_block_features
+
+    with torch.no_grad(), capture_block_features(teacher, [t for _, t in pairs], inputs=False) as t_feat:
+        teacher_out = teacher(noisy, **cond).sample
+    watched = student if student_blocks is None else student_blocks
+    with capture_block_features(watched, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
+        with autocast or nullcontext():
+            student_out = student(noisy, **cond).sample
+    return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training-run helpers used by training/train_distill.py
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
-from diffusers_layerprune.blocks import capture_block_features
 from diffusers_layerprune.data import (
     CACHE_DTYPES,
     CacheCollator,
@@ -51,7 +50,7 @@ from diffusers_layerprune.distill import (
     check_student_teacher,
     checkpoint_identity,
     checkpoints,
-    kd_losses,
+    kd_step_losses,
     move_into,
     read_student_config,
     remove_old_checkpoints,
@@ -304,12 +303,11 @@ def check_args(args) -> None:
         raise LayerPruneError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or leave the flag out)")
     if args.use_ema and args.use_lora:
         raise LayerPruneError("--use_ema averages all student weights; it does not go with --use_lora")
-    trackers = {"all": ("tensorboard", "wandb")}.get(args.report_to, (args.report_to,))
-    for tracker, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
-        if tracker in trackers and importlib.util.find_spec(module) is None:
-            raise LayerPruneError(
-                f"--report_to {args.report_to} needs {module}: pip install {module} (or --report_to none)"
-            )
+    # "all" means every tracker that is installed (accelerate's meaning); a named one must be installed
+    if args.report_to in ("tensorboard", "wandb") and importlib.util.find_spec(args.report_to) is None:
+        raise LayerPruneError(
+            f"--report_to {args.report_to} needs {args.report_to}: pip install {args.report_to} (or --report_to none)"
+        )
 
 
 def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
@@ -563,13 +561,18 @@ def main(argv=None) -> None:
                     timestep=timesteps,
                     added_cond_kwargs=added_cond,
                 )
-                with torch.no_grad(), capture_block_features(teacher_tf, [t for _, t in pairs], inputs=False) as t_feat:
-                    teacher_out = teacher_tf(noisy, **cond).sample
-                with capture_block_features(unwrapped, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
-                    with accelerator.autocast():
-                        student_out = student(noisy, **cond).sample
                 target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
-                parts = kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
+                parts = kd_step_losses(
+                    student,
+                    teacher_tf,
+                    noisy,
+                    cond,
+                    target,
+                    pairs,
+                    weights,
+                    student_blocks=unwrapped,
+                    autocast=accelerator.autocast(),
+                )
                 finite = accelerator.gather(torch.isfinite(parts["loss"].detach()).reshape(1)).all()
                 if not finite:
                     last = checkpoints(output_dir)

@@ -253,7 +253,7 @@ def test_two_processes_match_one_process_and_resume_to_identical_weights(work, t
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(work, monkeypatch):
     import diffusers_layerprune.train_distill as script
 
-    real = script.kd_losses
+    real = script.kd_step_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):  # finite for two steps, then NaN
@@ -263,7 +263,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(work, monkeypa
             parts["loss"] = parts["loss"] * float("nan")
         return parts
 
-    monkeypatch.setattr(script, "kd_losses", poisoned)
+    monkeypatch.setattr(script, "kd_step_losses", poisoned)
     out = work / "nan"
     with pytest.raises(LayerPruneError, match=r"non-finite loss at step 2 .*Last good checkpoint: .*checkpoint-2"):
         run_train_distill(base_args(work, out, steps=4) + ["--report_to", "none"])
