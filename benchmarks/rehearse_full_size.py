@@ -97,6 +97,7 @@ def run_stage(name: str, cmd: list[str], outputs: list[Path], env: dict, log: Pa
         raise SystemExit(f"stage {name} failed ({proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
     written = sum(folder_bytes(p) for p in outputs) - before
     row = {"stage": name, "seconds": round(seconds, 1), "peak_rss_bytes": peak, "bytes_written": written}
+    row["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # other work on the machine inflates wall times
     print(f"{name:<24} {seconds:>9.1f} s {peak / 2**30:>9.2f} GiB {written / 2**30:>9.2f} GiB", flush=True)
     return row
 
@@ -155,6 +156,204 @@ def measure_forwards(pipe, *, resolution: int, device: str, dtype, repeats: int 
     return result
 
 
+def count_component_flops() -> dict:
+    """FLOPs of one forward of each real-size component, counted on the meta device (no memory, no compute):
+    the transformer at 1024 px, the SDXL VAE decoder at 1024 px, the full 24-layer T5-XXL encoder per prompt at 300
+    and at 60 tokens, and an HPSv2-sized CLIP image tower (ViT-H-14, 224 px)."""
+    import torch
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPModel, T5Config, T5EncoderModel
+
+    from diffusers_layerprune.scorers.tiny import build_clip_tokenizer, tiny_clip_config
+    from diffusers_layerprune.testing import PIXART_SIGMA_XL_TRANSFORMER, SDXL_VAE, T5_XXL_ENCODER
+
+    def count(fn) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        return counter.get_total_flops()
+
+    with torch.device("meta"):
+        transformer = PixArtTransformer2DModel(**PIXART_SIGMA_XL_TRANSFORMER)
+        vae = AutoencoderKL(**SDXL_VAE)
+        t5 = T5EncoderModel(T5Config(**T5_XXL_ENCODER))
+        clip = CLIPModel(tiny_clip_config(build_clip_tokenizer(), vision_width=1280, vision_layers=32, heads=16,
+                                          image_size=224, patch_size=14, text_width=1024, text_layers=24,
+                                          projection_dim=1024))  # fmt: skip
+
+    def transformer_inputs(batch: int):
+        return dict(
+            hidden_states=torch.randn(batch, 4, 128, 128, device="meta"),
+            encoder_hidden_states=torch.randn(batch, 300, 4096, device="meta"),
+            encoder_attention_mask=torch.ones(batch, 300, device="meta"),
+            timestep=torch.full((batch,), 500, device="meta"),
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+        )
+
+    image = torch.randn(1, 3, 224, 224, device="meta")
+    return {
+        "transformer_forward_1024px": count(lambda: transformer(**transformer_inputs(1))),
+        "transformer_params": sum(p.numel() for p in transformer.parameters()),
+        "block_params": sum(p.numel() for p in transformer.transformer_blocks[0].parameters()),
+        "vae_decode_1024px": count(lambda: vae.decode(torch.randn(1, 4, 128, 128, device="meta"))),
+        "t5_xxl_encode_300_tokens": count(lambda: t5(torch.zeros(1, 300, dtype=torch.long, device="meta"))),
+        "t5_xxl_encode_60_tokens": count(lambda: t5(torch.zeros(1, 60, dtype=torch.long, device="meta"))),
+        "t5_xxl_params": sum(p.numel() for p in t5.parameters()),
+        "vit_h_image_224px": count(lambda: clip.get_image_features(pixel_values=image)),
+    }
+
+
+# The paper's settings for the projection (DiT-Pruner on PixArt-Sigma-XL at 1024 px).
+PAPER = dict(blocks=28, kept=24, steps=20, cfg=2, scan_prompts=400, probe_timesteps=4, train_captions=10_000,
+             train_steps=20_000, train_batch=8, eval_prompts=3200, scorers=3)  # fmt: skip
+GPUS = {"H100 SXM (989 TFLOP/s bf16 dense)": 989e12, "A100 (312 TFLOP/s bf16 dense)": 312e12}
+MFU = 0.4  # assumed share of peak that large bf16 transformer forwards reach; stated in the doc
+
+
+def project(flops: dict) -> list[dict]:
+    """FLOPs of each stage at the paper's settings, from the per-forward counts, and hours on each GPU."""
+    s, t = PAPER, flops["transformer_forward_1024px"]
+    block_share = flops["block_params"] * s["blocks"] / flops["transformer_params"]  # of a forward's weights
+    variant = t * (1 - block_share / s["blocks"])  # one block skipped
+    pruned = t * (1 - block_share * (s["blocks"] - s["kept"]) / s["blocks"])
+    gen = s["steps"] * s["cfg"]
+    images_scan = (s["blocks"] + 1) * s["scan_prompts"]
+    encode = flops["t5_xxl_encode_60_tokens"]
+    rows = [
+        ("score: preference (29 variants x 400 prompts)",
+         s["scan_prompts"] * (encode + gen * (t + s["blocks"] * variant))
+         + images_scan * (flops["vae_decode_1024px"] + flops["vit_h_image_224px"])),
+        ("score: block_influence (400 prompts, 4 probes)",
+         s["scan_prompts"] * (encode + gen * t + s["probe_timesteps"] * t)),
+        ("distil: teacher latents for 10k captions", s["train_captions"] * (encode + gen * t)),
+        ("distil: 20k steps x batch 8 (teacher fwd + student fwd/bwd)",
+         s["train_steps"] * s["train_batch"] * (t + 3 * pruned)),
+        ("eval: HPDv2 3200 prompts, pruned and teacher",
+         s["eval_prompts"] * (encode + gen * (t + pruned)
+                              + 2 * (flops["vae_decode_1024px"] + s["scorers"] * flops["vit_h_image_224px"]))),
+    ]  # fmt: skip
+    return [
+        {"stage": name, "flops": int(f), **{gpu: f / (peak * MFU) for gpu, peak in GPUS.items()}} for name, f in rows
+    ]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def write_doc(result: dict, path: Path) -> None:
+    """docs/scale.md from the rehearsal JSON: the measured table, then the projection (marked as such)."""
+    settings, forwards, flops = result["settings"], result["forwards"], result["flops"]
+    res, machine, params = settings["resolution"], result["machine"], result["parameters"]
+    scorer = "of HPSv2's size (ViT-H-14 image tower, 1024-wide 24-layer text tower)"
+    lines = [
+        "# Real scale: PixArt-Sigma-XL end to end",
+        "",
+        f"Generated by `python benchmarks/rehearse_full_size.py` (`--report-only` rebuilds it from "
+        f"`{result['json_name']}`): edit the script, not this page.",
+        "",
+        "## Measured: the whole recipe at PixArt-Sigma-XL's true sizes (random weights)",
+        "",
+        f"Machine: {machine['device_name']}, {machine['cpus']} CPU cores, torch {machine['torch']}. Settings: "
+        f"{settings['dtype']}, {res} px, {settings['num_prompts']} prompts, {settings['steps']} sampler steps with "
+        f"guidance 4.5 (2 transformer forwards per step), {settings['distill_steps']} distillation steps at batch 1. "
+        + result.get("contention", ""),
+        "",
+        f"The pipeline has PixArt-Sigma-XL's transformer ({params['transformer'] / 1e6:.1f}M parameters, 28 blocks, "
+        f"width 1152, 300-token captions), the SDXL VAE ({params['vae'] / 1e6:.1f}M) and a T5 encoder of T5-XXL's real "
+        f"width (d_model 4096, 64 heads, d_ff 10240, 32128-token embedding) with {settings['text_encoder_layers']} of "
+        f"its 24 layers ({params['text_encoder'] / 1e6:.0f}M parameters instead of 4762M), all random. The "
+        f"preference scorer is a random CLIP {scorer if settings['scorer'] == 'vit-h' else 'of tiny size'}. Each "
+        "stage runs as its own command, as users run it; peak memory is the resident memory of the stage's whole "
+        "process tree, sampled every 0.1 s.",
+        "",
+        "| stage | wall | peak RSS (GiB) | written (GiB) |",
+        "|---|---|---|---|",
+    ]
+    for row in result["stages"]:
+        lines.append(
+            f"| {row['stage']} | {row['seconds']:.0f} s | {_gib(row['peak_rss_bytes'])} | {_gib(row['bytes_written'])} |"
+        )
+    sizes = result["folder_bytes"]
+    lines += [
+        "",
+        f"Peak memory of any stage: **{_gib(result['peak_rss_bytes'])} GiB** (the machine has 24 GiB). Folder sizes: "
+        f"base pipeline {_gib(sizes['base'])} GiB; pruned, transformer only, {_gib(sizes['pruned'])} GiB; distilled "
+        f"folder (transformer, one checkpoint with optimizer state, logs) {_gib(sizes['distilled'])} GiB; caches "
+        f"{_gib(sizes['cache'])} GiB.",
+        "",
+        "`layerprune push DISTILLED --dry-run --transformer-only` lists:",
+        "",
+        "```",
+        *[line for line in result["push_listing"] if line.startswith(("would", "  "))],
+        "```",
+        "",
+        "## Measured: one forward",
+        "",
+        f"| {res} px, {settings['dtype']}, {machine['device_name']} | seconds | FLOPs | achieved |",
+        "|---|---|---|---|",
+    ]
+    t_flops = forwards[f"transformer_forward_flops_{res}px"]
+    for batch in (1, 2):
+        sec = forwards[f"transformer_forward_batch{batch}_s"]
+        lines.append(
+            f"| transformer forward, batch {batch} | {sec:.2f} | {batch * t_flops / 1e12:.2f} T | "
+            f"{batch * t_flops / sec / 1e9:.0f} GFLOP/s |"
+        )
+    lines.append(
+        f"| T5 encoder ({forwards['text_encoder_layers']} layers, 300 tokens), per prompt | "
+        f"{forwards['text_encoder_per_prompt_s']:.2f} | | |"
+    )
+    lines += [
+        "",
+        "FLOPs of one forward at full size, counted with `torch.utils.flop_counter` on the meta device (matrix "
+        "products and attention, nearly all of the work):",
+        "",
+        "| component | FLOPs |",
+        "|---|---|",
+        f"| transformer forward, 1024 px, batch 1 | {flops['transformer_forward_1024px'] / 1e12:.2f} T |",
+        f"| SDXL VAE decode, 1024 px | {flops['vae_decode_1024px'] / 1e12:.2f} T |",
+        f"| T5-XXL encoder (24 layers, {flops['t5_xxl_params'] / 1e9:.2f}B parameters), 300 tokens | "
+        f"{flops['t5_xxl_encode_300_tokens'] / 1e12:.2f} T |",
+        f"| T5-XXL encoder, 60 tokens (a caption trimmed to its tokens, as the caches encode it) | "
+        f"{flops['t5_xxl_encode_60_tokens'] / 1e12:.2f} T |",
+        f"| ViT-H-14 image tower (HPSv2), 224 px | {flops['vit_h_image_224px'] / 1e12:.2f} T |",
+        "",
+        "## Projected: the paper's settings on one GPU (not measured)",
+        "",
+        f"Settings: 1024 px, {PAPER['steps']} sampler steps with guidance, {PAPER['blocks']} + 1 variants x "
+        f"{PAPER['scan_prompts']} prompts for the preference scan, {PAPER['train_captions']:,} distillation captions, "
+        f"{PAPER['train_steps']:,} steps at batch {PAPER['train_batch']} (28 -> {PAPER['kept']} blocks), HPDv2's "
+        f"{PAPER['eval_prompts']} prompts with {PAPER['scorers']} scorers. Time = FLOPs / (peak x {MFU:.0%}); "
+        f"{MFU:.0%} of peak is an assumption typical of large bf16 transformer work, not a measurement. Running "
+        "this script with `--device cuda --dtype bfloat16 --resolution 1024` on a GPU replaces it with measured "
+        "per-forward times.",
+        "",
+        f"| stage | FLOPs | {' | '.join(GPUS)} |",
+        f"|---|---|{'---|' * len(GPUS)}",
+    ]
+    for row in result["projection"]:
+        hours = " | ".join(f"{row[g] / 3600:.1f} h" for g in GPUS)
+        lines.append(f"| {row['stage']} | {row['flops'] / 1e18:.2f} E | {hours} |")
+    total = {g: sum(r[g] for r in result["projection"]) for g in GPUS}
+    pruned_bytes = (flops["transformer_params"] - (PAPER["blocks"] - PAPER["kept"]) * flops["block_params"]) * 2
+    lines += [
+        f"| **total** | {sum(r['flops'] for r in result['projection']) / 1e18:.2f} E | "
+        + " | ".join(f"**{total[g] / 3600:.1f} h**" for g in GPUS)
+        + " |",
+        "",
+        f"Sizes at full scale in bfloat16, from the parameter counts: T5-XXL {flops['t5_xxl_params'] * 2 / 1e9:.1f} GB, "
+        f"transformer {flops['transformer_params'] * 2 / 1e9:.2f} GB, pruned to {PAPER['kept']} blocks "
+        f"{pruned_bytes / 1e9:.2f} GB (a `--transformer-only` upload). A whole pipeline folder is about twice as large "
+        "in float32, which is why `--dtype auto` saves PixArt-Sigma in bfloat16. The text-embedding cache of 10k "
+        "captions at ~60 tokens is 10k x 60 x 4096 x 2 bytes = 4.9 GB in bfloat16 (49 GB if padded to 300 tokens in "
+        "float32); 10k teacher latents at 1024 px are 10k x 4 x 128 x 128 x 2 bytes = 1.3 GB.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/rehearsal", help="working folder (replaced)")
@@ -168,7 +367,20 @@ def main(argv=None) -> None:
     p.add_argument("--scorer", default="vit-h", choices=["vit-h", "tiny"], help="size of the random CLIP scorer")
     p.add_argument("--keep", type=int, default=24, help="blocks kept (of 28)")
     p.add_argument("--output", default=None, help="JSON (default: benchmarks/results/rehearse_full_size[_DEVICE].json)")
+    p.add_argument("--doc", default=str(ROOT / "docs" / "scale.md"), help="page to write from the JSON")
+    p.add_argument("--report-only", action="store_true", help="rebuild --doc from the JSON; run nothing")
     args = p.parse_args(argv)
+    name = f"rehearse_full_size{'' if args.device == 'cpu' else '_' + args.device}.json"
+    out = Path(args.output or ROOT / "benchmarks" / "results" / name)
+    if args.report_only:
+        result = json.loads(out.read_text())
+        result.setdefault("flops", count_component_flops())
+        result["projection"] = project(result["flops"])
+        result["json_name"] = f"benchmarks/results/{out.name}"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_doc(result, Path(args.doc))
+        print(f"wrote {args.doc}")
+        return
 
     import resource
 
@@ -268,16 +480,13 @@ def main(argv=None) -> None:
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                     "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"},
     }  # fmt: skip
-    out = Path(
-        args.output
-        or ROOT
-        / "benchmarks"
-        / "results"
-        / f"rehearse_full_size{'' if args.device == 'cpu' else '_' + args.device}.json"
-    )
+    result["flops"] = count_component_flops()
+    result["projection"] = project(result["flops"])
+    result["json_name"] = f"benchmarks/results/{out.name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"peak RSS of any stage: {result['peak_rss_bytes'] / 2**30:.2f} GiB; wrote {out}")
+    write_doc(result, Path(args.doc))
+    print(f"peak RSS of any stage: {result['peak_rss_bytes'] / 2**30:.2f} GiB; wrote {out} and {args.doc}")
 
 
 if __name__ == "__main__":

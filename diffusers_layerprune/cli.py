@@ -16,6 +16,7 @@ from pathlib import Path
 from .arguments import DEFAULT_MODEL
 from .arguments import add_model_args as _add_model_args
 from .errors import LayerPruneError
+from .validation import non_negative_float, non_negative_int, positive_int
 
 
 def _index_list(text: str) -> list[int]:
@@ -168,7 +169,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .validation import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(
         prog="layerprune",
         description="Depth pruning of diffusion transformers (PixArt-Sigma): score blocks, prune, distill, evaluate.",
     )
@@ -177,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show diffusers/transformers log messages")
+    parser.add_argument(
+        "--debug", action="store_true", help="show a traceback instead of a one-line error (or LAYERPRUNE_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     prune = sub.add_parser(
@@ -217,14 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-teacher", action="store_true", help="evaluate the model alone")
     evaluate.add_argument("--prompts", default=None, help="prompt set: toy:heldout, hpdv2[:style], a file or a dataset")
     evaluate.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
-    evaluate.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
+    evaluate.add_argument("--num-prompts", type=positive_int, default=None, help="use the first N prompts")
     evaluate.add_argument("--scorers", default=None, help="comma-separated: hpsv2.1,hpsv2,pickscore,clip,toy or paths")
-    evaluate.add_argument("--steps", type=int, default=None, help="inference steps (default: the model's)")
-    evaluate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    evaluate.add_argument("--resolution", type=int, default=None, help="image side (default: the model's)")
+    evaluate.add_argument("--steps", type=positive_int, default=None, help="inference steps (default: the model's)")
+    evaluate.add_argument(
+        "--guidance", type=non_negative_float, default=None, help="guidance scale (default: the model's)"
+    )
+    evaluate.add_argument("--resolution", type=positive_int, default=None, help="image side (default: the model's)")
     evaluate.add_argument("--seed", type=int, default=0, help="prompt i is generated from seed + i")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--latency-repeats", type=int, default=5, help="timed repeats per model (after warm-up)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=8)
+    evaluate.add_argument(
+        "--latency-repeats", type=positive_int, default=5, help="timed repeats per model (after warm-up)"
+    )
     evaluate.add_argument("--output", default=None, help="report path (default: MODEL/report.json for local folders)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
     evaluate.add_argument(
@@ -293,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "float16", "bfloat16"],
         help="weights dtype of every stage and saved folder (default: auto, bfloat16 for PixArt-Sigma, float32 toy)",
     )
-    run.add_argument("--num-prompts", type=int, default=None, help="prompts used for scoring (default: 64)")
+    run.add_argument("--num-prompts", type=positive_int, default=None, help="prompts used for scoring (default: 64)")
     depth = run.add_mutually_exclusive_group()
     depth.add_argument(
         "--num-layers", type=int, default=None, metavar="N", help="pruned depth: blocks to keep (config.num_layers)"
@@ -303,14 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--ratio", type=float, default=None, metavar="R", help="fraction of blocks to remove (default: 0.25)"
     )
     run.add_argument("--plan", default=None, help="one_shot (default), greedy or span")
-    run.add_argument("--distill-steps", type=int, default=None, help="distillation steps; 0 skips (default: 300)")
+    run.add_argument(
+        "--distill-steps", type=non_negative_int, default=None, help="distillation steps; 0 skips (default: 300)"
+    )
     run.add_argument("--use-lora", action="store_true", help="distil LoRA adapters instead of all weights")
     run.add_argument(
         "--use-ema", action="store_true", help="distil with an EMA of the student's weights (saved and evaluated)"
     )
     run.add_argument(
         "--num-processes",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="processes for distillation and scoring, started with accelerate launch (one per GPU; on a CPU-only "
@@ -332,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--distill-batch-size",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="B",
         help="global distillation batch, split over --num-processes (default: 16)",
@@ -343,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pruned/ and distilled/ hold only the transformer (text encoder and VAE stay in --model); the card "
         "shows how to load it into the base pipeline",
     )
-    run.add_argument("--eval-num-prompts", type=int, default=None, help="held-out prompts to evaluate (default: 200)")
+    run.add_argument(
+        "--eval-num-prompts", type=positive_int, default=None, help="held-out prompts to evaluate (default: 200)"
+    )
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/toy)")
     run.add_argument("--repo-id", default=None, help="Hub repo for the card's usage snippet and --push")
@@ -368,16 +382,30 @@ def _quiet_library_logs() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .launch import follow_parent
+    from .validation import debug_enabled
 
     follow_parent()  # started by `layerprune run` under accelerate launch: stop with it
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a one-line argument error (status 2)
+        return done.code if isinstance(done.code, int) else 2
     if not args.verbose:
         _quiet_library_logs()
+    debug = args.debug or debug_enabled([])
     try:
         return args.func(args)
     except LayerPruneError as error:
+        if debug:
+            raise
         print(f"layerprune {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a folder without write permission: the system's own words, one line
+        if debug:
+            raise
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"layerprune {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"layerprune {args.command}: interrupted", file=sys.stderr)

@@ -224,16 +224,24 @@ def student_location(student: str | os.PathLike, revision: str | None = None) ->
 
 
 def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[str, str | None, dict]:
+    from .validation import check_transformer_config, check_weights_cover_blocks
+
     name = str(student)
     path = Path(name).expanduser()
     if path.exists():
         if (path / "model_index.json").is_file():
             if not (path / "transformer" / "config.json").is_file():
                 raise LayerPruneError(f"{student} has no transformer/config.json")
-            return str(path), "transformer", json.loads((path / "transformer" / "config.json").read_text())
-        if (path / "config.json").is_file():
-            return str(path), None, json.loads((path / "config.json").read_text())
-        raise LayerPruneError(f"{student} is neither a pipeline folder nor a transformer folder")
+            subfolder = "transformer"
+        elif (path / "config.json").is_file():
+            subfolder = None
+        else:
+            raise LayerPruneError(f"{student} is neither a pipeline folder nor a transformer folder")
+        config_dir = path / subfolder if subfolder else path
+        config = _read_config(config_dir / "config.json")
+        check_transformer_config(config, str(config_dir / "config.json"))
+        check_weights_cover_blocks(config_dir, config["num_layers"])
+        return str(path), subfolder, config
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or "/" not in name:
         raise LayerPruneError(
             f"student model {student} does not exist (expected a folder written by layerprune prune, or a Hub id "
@@ -248,12 +256,24 @@ def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[s
         except Exception as error:  # not found, offline and not cached, no access: try the other layout first
             failure = failure or error
             continue
-        return name, subfolder, json.loads(Path(config_file).read_text())
+        config = _read_config(Path(config_file))
+        check_transformer_config(config, f"{name}/{subfolder + '/' if subfolder else ''}config.json")
+        return name, subfolder, config
     first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
     raise LayerPruneError(
         f"could not read the student {name!r} from the Hub (transformer/config.json or config.json"
         f"{f' at revision {revision}' if revision else ''}): {first}"
     )
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerPruneError(f"{path} is not a readable JSON config ({error})") from error
+    if not isinstance(config, dict):
+        raise LayerPruneError(f"{path} is not a model config")
+    return config
 
 
 def student_config_path(student: str | os.PathLike) -> tuple[Path, str | None]:
@@ -263,7 +283,9 @@ def student_config_path(student: str | os.PathLike) -> tuple[Path, str | None]:
 
 
 def read_student_config(student: str | os.PathLike, revision: str | None = None) -> dict:
-    """The student transformer's ``config.json`` (local folder or Hub id), without loading weights."""
+    """The student transformer's ``config.json`` (local folder or Hub id), without loading weights, checked like
+    every pruned folder (``validation``): readable JSON, a consistent ``kept_layers`` record, and (local folders)
+    weights whose blocks match ``num_layers``."""
     return _student_config(student, revision)[2]
 
 
@@ -505,15 +527,20 @@ class DistillConfig:
         if data.get("format_version", 0) > DISTILL_CONFIG_FORMAT_VERSION:
             raise LayerPruneError(f"{source} was written by a newer diffusers-layerprune; upgrade the package")
         known = {f.name for f in dataclasses.fields(cls)} - {"weights"}
-        w = data.get("weights") or {}
         try:
+            w = data.get("weights") or {}
             weights = KDWeights(
                 **{k: w[k] for k in ("task", "output", "variance", "feature") if w.get(k) is not None},
                 feature_loss=data.get("feature_loss") or "mse",
             )
             return cls(**{k: v for k, v in data.items() if k in known}, weights=weights)
-        except TypeError as error:
-            raise LayerPruneError(f"{source} is not a complete distillation config ({error})") from error
+        except (TypeError, AttributeError, ValueError) as error:
+            if isinstance(error, LayerPruneError):
+                raise
+            raise LayerPruneError(
+                f"{source} is damaged or hand-edited (not a complete distillation config: {type(error).__name__}: "
+                f"{error}); re-create it by distilling again"
+            ) from error
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/distill_config.json`` atomically."""
@@ -534,7 +561,7 @@ class DistillConfig:
         except FileNotFoundError as error:
             raise LayerPruneError(f"{path} does not exist") from error
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LayerPruneError(f"{path} is not a readable JSON file ({error})") from error
+            raise LayerPruneError(f"{path} is damaged ({error}); re-create it by distilling again") from error
         return cls.from_dict(data, str(path))
 
 

@@ -361,8 +361,13 @@ class EvalReport:
                 prompts=list(data.get("prompts", [])),
                 environment=dict(data.get("environment", {})),
             )
-        except (KeyError, TypeError) as error:
-            raise LayerPruneError(f"{source} is not a complete evaluation report ({error})") from error
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            if isinstance(error, LayerPruneError):
+                raise
+            raise LayerPruneError(
+                f"{source} is damaged or hand-edited (not a complete evaluation report: {type(error).__name__}: "
+                f"{error}); re-create it with `layerprune eval`"
+            ) from error
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
         """Write ``report.json`` atomically."""
@@ -380,7 +385,7 @@ class EvalReport:
         except FileNotFoundError as error:
             raise LayerPruneError(f"report {path} does not exist") from error
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LayerPruneError(f"report {path} is not a readable JSON file ({error})") from error
+            raise LayerPruneError(f"report {path} is damaged ({error}); re-create it with `layerprune eval`") from error
         return cls.from_dict(data, str(path))
 
 
@@ -818,6 +823,7 @@ def evaluate_pipeline(
     from .data import load_prompts
     from .modeling import (
         check_device,
+        check_resolution_for,
         generation_defaults,
         load_pipeline,
         model_defaults,
@@ -838,7 +844,7 @@ def evaluate_pipeline(
         scorers = [s.strip() for s in scorers.split(",") if s.strip()]
 
     # Everything that can be wrong is checked before the (large) pipeline is loaded: path, family, device, prompts.
-    read_transformer_config(model, revision=revision)
+    check_resolution_for(model, resolution, read_transformer_config(model, revision=revision))
     torch_dtype = resolve_dtype(dtype, model)
     check_device(device, torch_dtype)
     prompt_set = load_prompts(prompts or model_defaults(model)["eval_prompts"], column=prompt_column, limit=num_prompts)

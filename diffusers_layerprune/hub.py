@@ -43,7 +43,19 @@ CITATIONS = {
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON record of the folder (``None`` when absent); a damaged one is refused with the file named: the card
+    would otherwise be rendered from, or crash on, a half-written file."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerPruneError(
+            f"{path} is damaged ({error}); re-create it (e.g. re-run the command that wrote it) or remove it"
+        ) from error
+    if not isinstance(data, dict):
+        raise LayerPruneError(f"{path} is damaged (expected a JSON object); re-create it or remove it")
+    return data
 
 
 def check_pipeline_folder(folder: str | os.PathLike) -> Path:
@@ -140,7 +152,21 @@ def _base_license(source: str | None) -> str | None:
         return None
 
 
-def render_model_card(
+def render_model_card(folder: str | os.PathLike, repo_id: str, **kwargs) -> str:
+    """The README.md for ``folder`` (see :func:`_render_model_card`); a hand-edited or damaged record in the folder
+    (``importance.json``, ``distill_config.json``, ``report.json``, the transformer config) is one clear error."""
+    try:
+        return _render_model_card(folder, repo_id, **kwargs)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        if isinstance(error, LayerPruneError):
+            raise
+        raise LayerPruneError(
+            f"a record in {folder} is damaged or hand-edited ({type(error).__name__}: {error}); re-create it by "
+            "re-running the command that wrote it"
+        ) from error
+
+
+def _render_model_card(
     folder: str | os.PathLike,
     repo_id: str,
     *,
@@ -173,6 +199,10 @@ def render_model_card(
     local = local if local and public_name(local) == public_name(recorded) else recorded
     source = base_model or public_name(recorded)
     importance = _read_json(folder / "importance.json")
+    if importance is not None:
+        from .importance.result import LayerImportance
+
+        LayerImportance.from_dict(importance, source=str(folder / "importance.json"))  # refuses a damaged file
     distill = DistillConfig.load(folder) if (folder / DISTILL_CONFIG).is_file() else None
     report = EvalReport.load(folder / "report.json") if (folder / "report.json").is_file() else None
     params_after, _, params_before = _transformer_parameters(folder)

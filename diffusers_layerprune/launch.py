@@ -198,8 +198,8 @@ def run_launched(module: str, args: Sequence[str], launch: LaunchSettings | None
         raise LayerPruneError(message or f"{what} failed (exit code {code}; see the messages above)")
 
 
-def report_error(prefix: str, error: BaseException) -> None:
-    """Print a launched script's :class:`LayerPruneError` on one line, and hand it to :func:`run_launched`."""
+def report_error(prefix: str, error: BaseException | str) -> None:
+    """Print a launched script's error (a :class:`LayerPruneError`) on one line, and hand it to :func:`run_launched`."""
     message = str(error)
     print(f"{prefix}: error: {message}", file=sys.stderr)
     path = os.environ.get(ERROR_FILE_ENV)

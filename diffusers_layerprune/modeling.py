@@ -500,11 +500,32 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
         raise
     except Exception as error:
         raise LayerPruneError(f"could not read the transformer config of {name!r}: {_first_line(error)}") from error
-    if "PixArt" not in str(config.get("_class_name", "")):
-        raise LayerPruneError(
-            f"{name} holds a {config.get('_class_name')}; layerprune supports PixArt transformers (PixArt-Sigma)"
-        )
+    if not isinstance(config, dict) or "PixArt" not in str(config.get("_class_name", "")):
+        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        raise LayerPruneError(f"{name} holds a {found}; layerprune supports PixArt transformers (PixArt-Sigma)")
+    from .validation import check_transformer_config, check_weights_cover_blocks
+
+    check_transformer_config(config, str(config_file))
+    if path is not None:  # local weights: their headers must hold exactly the blocks the config declares
+        check_weights_cover_blocks(Path(config_file).parent, config["num_layers"])
     return config
+
+
+def pipeline_folder(model: str | os.PathLike) -> Path | None:
+    """The local pipeline folder ``model`` names (a short name's bundled folder too); ``None`` for Hub ids,
+    pipelines built in code, and transformer-only folders."""
+    name = str(model)
+    if name in MODEL_ALIASES:
+        return ALIAS_FOLDERS[name]() if name in ALIAS_FOLDERS else None
+    path = _resolve_local(name)
+    return path if path is not None and (path / "model_index.json").is_file() else None
+
+
+def check_resolution_for(model: str | os.PathLike, resolution: int | None, config: dict | None) -> None:
+    """:func:`validation.check_resolution` with the VAE factor read from ``model``'s folder (before loading)."""
+    from .validation import check_resolution, vae_scale_factor_of
+
+    check_resolution(resolution, config, vae_scale_factor_of(pipeline_folder(model)))
 
 
 def _first_line(error: Exception) -> str:

@@ -215,6 +215,18 @@ def check_apart_from_inputs(output: str | os.PathLike, inputs: Iterable, what: s
             )
 
 
+def check_output_parent(path: str | os.PathLike) -> None:
+    """Refuse an output whose folder cannot exist: a file stands where a parent folder should be. (Missing parent
+    folders are created when the output is written.)"""
+    for parent in _absolute(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LayerPruneError(f"cannot write {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise LayerPruneError(f"cannot write {path}: no permission to write in {parent}")
+            return
+
+
 def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = ()) -> Path:
     """Fail early (before any heavy work, writing nothing) when ``path`` cannot be written as an output folder.
 
@@ -225,6 +237,7 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs
     given = path
     path = _absolute(path)
     check_not_symlink(path)
+    check_output_parent(path)
     if path.exists() and not path.is_dir():
         raise LayerPruneError(f"output {given} exists and is a file, not a folder")
     cwd = Path.cwd().resolve()

@@ -61,18 +61,32 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
+        """Read a recipe file (fields as in the class); ``overrides`` (e.g. command-line flags) win.
+
+        A YAML syntax error names the file, line and column; an unknown field or a value of the wrong type names
+        the field and what it expects."""
         import yaml
 
         path = Path(path)
         if not path.is_file():
             raise LayerPruneError(f"recipe file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise LayerPruneError(f"recipe {path} is not UTF-8 text") from error
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise LayerPruneError(f"recipe {path}:{where}: {problem}") from error
         if not isinstance(data, dict):
             raise LayerPruneError(f"recipe {path} must be a mapping of field: value")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise LayerPruneError(f"recipe {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+        for name, value in data.items():
+            _check_field_type(cls, name, value, f"recipe {path}")
         return cls(**{**data, **overrides})
 
     def check(self) -> None:
@@ -119,6 +133,35 @@ class Recipe:
             mixed_precision=self.mixed_precision,
             verbose=verbose,
         )
+
+
+def _check_field_type(cls, name: str, value, where: str) -> None:
+    """Refuse a recipe value whose type does not fit the field (``num_prompts: many``, ``use_lora: 3``)."""
+    import types
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = tuple(t for t in typing.get_args(hint) if t is not type(None)) if is_union else (hint,)
+    optional = is_union and type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return
+        raise LayerPruneError(f"{where}: {name} cannot be empty")
+    origins = tuple(typing.get_origin(t) or t for t in allowed)
+    if bool in origins:
+        ok = isinstance(value, bool)
+    elif float in origins:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif int in origins:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif list in origins:
+        ok = isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
+    else:
+        ok = isinstance(value, origins)
+    if not ok:
+        expected = " or ".join(getattr(t, "__name__", str(t)) for t in origins)
+        raise LayerPruneError(f"{where}: {name} must be {expected}, got {value!r}")
 
 
 # stage -> the stages that use its output, directly or not

@@ -60,6 +60,7 @@ from diffusers_layerprune.distill import (
     write_checkpoint_record,
 )
 from diffusers_layerprune.modeling import (
+    check_resolution_for,
     generation_defaults,
     load_pipeline,
     read_transformer_config,
@@ -70,13 +71,23 @@ from diffusers_layerprune.modeling import (
 )
 from diffusers_layerprune.outputs import check_training_output_dir, prepare_training_output_dir, write_marker
 from diffusers_layerprune.provenance import full_local, local_inputs, public_name, restore_local_source
+from diffusers_layerprune.validation import (
+    OneLineArgumentParser,
+    beta,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 logger = get_logger(__name__)
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(
+        prog="train_distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     g = p.add_argument_group("models")
     g.add_argument(
         "--pretrained_model_name_or_path",
@@ -130,39 +141,54 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="SPEC",
         help="prompt-only mode: drop training prompts that are also in this set (e.g. the evaluation prompts, hpdv2)",
     )
-    g.add_argument("--max_train_samples", type=int, default=None)
-    g.add_argument("--resolution", type=int, default=None, help="image side (default: the teacher's native size)")
-    g.add_argument("--max_sequence_length", type=int, default=None, help="text tokens (default: the model's)")
-    g.add_argument("--teacher_inference_steps", type=int, default=None, help="prompt-only mode: teacher sampling steps")
-    g.add_argument("--teacher_guidance_scale", type=float, default=None, help="prompt-only mode: teacher guidance")
+    g.add_argument("--max_train_samples", type=positive_int, default=None)
+    g.add_argument(
+        "--resolution", type=positive_int, default=None, help="image side (default: the teacher's native size)"
+    )
+    g.add_argument("--max_sequence_length", type=positive_int, default=None, help="text tokens (default: the model's)")
+    g.add_argument(
+        "--teacher_inference_steps", type=positive_int, default=None, help="prompt-only mode: teacher sampling steps"
+    )
+    g.add_argument(
+        "--teacher_guidance_scale", type=non_negative_float, default=None, help="prompt-only mode: teacher guidance"
+    )
 
     g = p.add_argument_group("losses")
-    g.add_argument("--lambda_task", type=float, default=1.0, help="weight of MSE(student prediction, true target)")
     g.add_argument(
-        "--lambda_out", type=float, default=1.0, help="weight of MSE(student prediction, teacher prediction)"
+        "--lambda_task", type=non_negative_float, default=1.0, help="weight of MSE(student prediction, true target)"
     )
-    g.add_argument("--lambda_var", type=float, default=1.0, help="weight of MSE on the learned-variance channels")
-    g.add_argument("--lambda_feat", type=float, default=1.0, help="weight of the summed block-feature losses")
+    g.add_argument(
+        "--lambda_out",
+        type=non_negative_float,
+        default=1.0,
+        help="weight of MSE(student prediction, teacher prediction)",
+    )
+    g.add_argument(
+        "--lambda_var", type=non_negative_float, default=1.0, help="weight of MSE on the learned-variance channels"
+    )
+    g.add_argument(
+        "--lambda_feat", type=non_negative_float, default=1.0, help="weight of the summed block-feature losses"
+    )
     g.add_argument(
         "--feature_loss", default="mse", choices=FEATURE_LOSSES, help="mse (BK-SDM) or normalized (LAPTOP-Diff)"
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=8)
-    g.add_argument("--num_train_epochs", type=int, default=100)
-    g.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--train_batch_size", type=positive_int, default=8)
+    g.add_argument("--num_train_epochs", type=positive_int, default=100)
+    g.add_argument("--max_train_steps", type=positive_int, default=None, help="overrides --num_train_epochs")
+    g.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     g.add_argument(
         "--gradient_checkpointing", action="store_true", help="recompute block activations in the backward pass"
     )
-    g.add_argument("--learning_rate", type=float, default=1e-4)
+    g.add_argument("--learning_rate", type=positive_float, default=1e-4)
     g.add_argument("--scale_lr", action="store_true", help="multiply lr by batch size x accumulation x processes")
     g.add_argument(
         "--lr_scheduler",
         default="constant",
-        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"',
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
     )
-    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--lr_warmup_steps", type=non_negative_int, default=0)
     g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (pip install bitsandbytes)")
     g.add_argument(
         "--use_ema",
@@ -170,12 +196,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="keep an exponential moving average of the student's weights (diffusers' EMAModel); the EMA weights "
         "are what is validated, saved and evaluated",
     )
-    g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (warmed up as (1+t)/(10+t))")
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--ema_decay", type=beta, default=0.9999, help="EMA decay (warmed up as (1+t)/(10+t))")
+    g.add_argument("--adam_beta1", type=beta, default=0.9)
+    g.add_argument("--adam_beta2", type=beta, default=0.999)
+    g.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2)
+    g.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=non_negative_float, default=1.0)
     g.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     g.add_argument(
         "--transformer_only",
@@ -189,28 +215,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="dtype of the saved pipeline (default: auto, the teacher's: bfloat16 for PixArt-Sigma, float32 for toy)",
     )
     g.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs (faster)")
-    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     g.add_argument("--seed", type=int, default=0)
 
     g = p.add_argument_group("LoRA (peft)")
     g.add_argument("--use_lora", action="store_true", help="train LoRA adapters instead of all student weights")
-    g.add_argument("--rank", type=int, default=16)
-    g.add_argument("--lora_alpha", type=float, default=None, help="default: equal to --rank")
+    g.add_argument("--rank", type=positive_int, default=16)
+    g.add_argument("--lora_alpha", type=positive_float, default=None, help="default: equal to --rank")
     g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
 
     g = p.add_argument_group("checkpoints, validation, logging, Hub")
-    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpointing_steps", type=positive_int, default=500)
     g.add_argument(
         "--checkpoints_total_limit",
-        type=int,
+        type=positive_int,
         default=None,
         help="keep at most this many checkpoints; older ones are removed once a new one is complete",
     )
     g.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder or "latest"')
     g.add_argument("--validation_prompts", nargs="*", default=None)
-    g.add_argument("--num_validation_images", type=int, default=1)
-    g.add_argument("--validation_steps", type=int, default=None, help="default: at each checkpoint")
-    g.add_argument("--validation_inference_steps", type=int, default=None)
+    g.add_argument("--num_validation_images", type=positive_int, default=1)
+    g.add_argument("--validation_steps", type=positive_int, default=None, help="default: at each checkpoint")
+    g.add_argument("--validation_inference_steps", type=positive_int, default=None)
     g.add_argument(
         "--report_to",
         default="tensorboard",
@@ -349,6 +375,7 @@ def main(argv=None) -> None:
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
+    check_resolution_for(args.teacher_model, args.resolution, teacher_cfg)
     output_action = check_training_output_dir(
         output_dir,
         inputs=local_inputs(args.student_model, args.teacher_model),
@@ -911,14 +938,19 @@ def plot_losses(log_path: Path, out: Path) -> None:
 
 
 def cli(argv=None) -> None:
-    """Command-line entry point: a :class:`LayerPruneError` is printed on one line and exits 2."""
+    """Command-line entry point: a :class:`LayerPruneError` (or an ``OSError`` such as a full disk) is printed on one
+    line and exits 2; ``LAYERPRUNE_DEBUG=1`` shows the traceback instead."""
     from diffusers_layerprune.launch import follow_parent, report_error
+    from diffusers_layerprune.validation import debug_enabled
 
-    follow_parent()
+    follow_parent()  # launched by `layerprune run`: stop when it stops
     try:
         main(argv)
-    except LayerPruneError as error:
-        report_error("train_distill", error)
+    except (LayerPruneError, OSError) as error:
+        if debug_enabled([]):
+            raise
+        message = error if isinstance(error, LayerPruneError) else f"{error.strerror or error}: {error.filename or ''}"
+        report_error("train_distill", message)
         raise SystemExit(2) from None
 
 

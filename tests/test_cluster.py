@@ -292,7 +292,7 @@ def test_training_bad_input_is_one_line_and_writes_nothing(work, tmp_path, capsy
     train_refused(capsys, [*base, "--use_8bit_adam"], "--use_8bit_adam needs bitsandbytes")
     train_refused(capsys, [*base, "--report_to", "wandb"], "--report_to wandb needs wandb")
     train_refused(capsys, [*base, "--use_ema", "--use_lora"], "--use_ema", "--use_lora")
-    train_refused(capsys, with_student(out_of_range), "[0, 2, 3, 9] are out of the teacher's range 0..5")
+    train_refused(capsys, with_student(out_of_range), "[0, 2, 3, 9]", "out of")
     train_refused(capsys, with_student(wider), "differ in attention_head_dim (16 vs 8)")
     resume_other = [*base, "--resume_from_checkpoint", other / "checkpoint-1"]
     train_refused(capsys, resume_other, "belongs to another run", "kept_layers [0, 1, 4, 5]")
@@ -313,7 +313,7 @@ def refused(capsys, argv, *fragments) -> None:
 
 def test_run_bad_launch_settings_are_one_line_and_write_nothing(tmp_path, capsys):
     run = ["run", "--model", "tiny-random", "--output", tmp_path / "r"]
-    refused(capsys, [*run, "--num-processes", "0"], "num_processes must be a whole number >= 1, got 0")
+    refused(capsys, [*run, "--num-processes", "0"], "--num-processes: must be a positive integer, got 0")
     refused(capsys, [*run, "--accelerate-config", tmp_path / "nope.yaml"], "nope.yaml does not exist")
     (tmp_path / "broken.yaml").write_text("compute_environment: [unclosed\n")
     refused(capsys, [*run, "--accelerate-config", tmp_path / "broken.yaml"], "broken.yaml cannot be read")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LayerPruneError
+from ..validation import non_negative_float, non_negative_int, positive_int
 from .registry import CRITERIA_MODULES
 from .scoring import score_blocks
 
@@ -53,21 +54,25 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SPEC",
         help="drop every prompt that is also in this prompt set, e.g. the evaluation prompts (hpdv2)",
     )
-    score.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts (default: all)")
-    score.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    score.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    score.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the model's)")
+    score.add_argument("--num-prompts", type=positive_int, default=None, help="use the first N prompts (default: all)")
+    score.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model's)")
+    score.add_argument(
+        "--guidance", type=non_negative_float, default=None, help="guidance scale (default: the model's)"
+    )
+    score.add_argument(
+        "--resolution", type=positive_int, default=None, help="image side in pixels (default: the model's)"
+    )
     score.add_argument("--seed", type=int, default=0, help="prompt i uses seed SEED+i (random: the draw) (default: 0)")
-    score.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default: 8)")
+    score.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generation batch (default: 8)")
     score.add_argument(
         "--num-timesteps",
-        type=int,
+        type=positive_int,
         default=4,
         help="probe timesteps per prompt for block_influence, angular_distance, output_loss (default: 4)",
     )
     score.add_argument(
         "--greedy-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="K",
         help="also record the greedy removal order of K blocks (re-score after each removal) for `prune --plan greedy`",

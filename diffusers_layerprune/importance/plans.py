@@ -72,7 +72,11 @@ def span(importance: LayerImportance, k: int) -> list[int]:
             f"the span plan needs an angular_distance importance file; this one is {importance.criterion}"
         )
     importance._check_k(k)
-    distances = spans[str(k)]
+    distances = spans.get(str(k)) if isinstance(spans, dict) else None
+    if not isinstance(distances, list) or len(distances) != importance.num_layers - k + 1:
+        raise LayerPruneError(
+            f"this angular_distance file has no span distances for {k} blocks; re-score it with `layerprune score`"
+        )
     start = min(range(len(distances)), key=lambda i: (distances[i], i))
     return list(range(start, start + k))
 
@@ -100,8 +104,17 @@ PLANS: dict[str, Callable[[LayerImportance, int], list[int]]] = {
 
 def plan_blocks(importance: LayerImportance, k: int, plan: str = "one_shot") -> list[int]:
     """Blocks to remove under the named plan."""
+    import math
+
     if plan not in PLANS:
         raise LayerPruneError(f"unknown plan {plan!r}; known plans: {', '.join(PLANS)}")
+    # A block without a finite value cannot be ranked: pruning on such a file would be a guess.
+    bad = [i for i, v in enumerate(importance.values) if not math.isfinite(v)]
+    if bad and plan != "greedy":
+        raise LayerPruneError(
+            f"the importance values of blocks {bad} are not finite numbers (the file is damaged or the scan did not "
+            "finish); re-score with `layerprune score`"
+        )
     return PLANS[plan](importance, k)
 
 

@@ -127,6 +127,11 @@ class LayerImportance:
             raise LayerPruneError(f"{source} is a damaged layer-importance file ({error!r})") from error
         if data.get("num_layers", result.num_layers) != result.num_layers:
             raise LayerPruneError(f"{source}: num_layers {data['num_layers']} but {result.num_layers} values")
+        for name in ("metadata", "extra"):
+            if not isinstance(getattr(result, name), dict):
+                raise LayerPruneError(f"{source} is a damaged layer-importance file ({name} must be a mapping)")
+        if not isinstance(result.criterion, str):
+            raise LayerPruneError(f"{source} is a damaged layer-importance file (criterion must be a name)")
         return result
 
     def save(self, path: str | os.PathLike, *, plot: bool = True, overwrite: bool = True) -> Path:

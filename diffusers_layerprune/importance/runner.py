@@ -354,13 +354,35 @@ class ImportanceScan:
         if self.progress_path is None:
             return done
         for path in progress_files(self.progress_path):
-            for line in path.read_text().splitlines():
+            start_over = (
+                f"delete {path} (and the other {self.progress_path.name}.progress* files) to start the scan over"
+            )
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as error:
+                raise LayerPruneError(f"progress file {path} is not a scan's progress file; {start_over}") from error
+            for number, line in enumerate(lines, 1):
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a line cut short by a kill: that unit simply runs again
-                if isinstance(entry, dict) and entry.get("key") == key:
-                    done[(tuple(entry["variant"]), int(entry["batch"]))] = entry["record"]
+                    if number == len(lines):  # the last line cut short by a kill: that unit simply runs again
+                        if self.state.is_main_process:
+                            print(f"warning: dropped an incomplete last line of {path} (a killed run); it runs again")
+                        continue
+                    raise LayerPruneError(f"progress file {path} line {number} is damaged; {start_over}") from None
+                if not isinstance(entry, dict) or not {"key", "variant", "batch", "record"} <= set(entry):
+                    raise LayerPruneError(f"progress file {path} line {number} is not a scan record; {start_over}")
+                if entry["key"] != key:
+                    continue  # another criterion or other settings: not this scan's work
+                try:
+                    unit = (tuple(int(b) for b in entry["variant"]), int(entry["batch"]))
+                except (TypeError, ValueError):
+                    raise LayerPruneError(
+                        f"progress file {path} line {number} has a damaged unit; {start_over}"
+                    ) from None
+                if not isinstance(entry["record"], dict) or not 0 <= unit[1] < len(self.batches):
+                    raise LayerPruneError(f"progress file {path} line {number} does not fit this scan; {start_over}")
+                done[unit] = entry["record"]
         return done
 
     def _append_progress(self, key: str, unit: Unit, record: dict) -> None:

@@ -60,6 +60,7 @@ def score_blocks(
     ``accelerate launch`` the work is split across the processes. Everything a user can get wrong raises
     :class:`LayerPruneError` before the model is loaded.
     """
+    from ..outputs import check_output_parent
     from .registry import get_criterion
 
     spec = get_criterion(criterion)
@@ -67,6 +68,9 @@ def score_blocks(
         output = Path(output).expanduser()
         if output.is_dir():
             raise LayerPruneError(f"output {output} is a folder; give a .json file path")
+        if output.suffix.lower() != ".json":  # the plot goes beside it as <stem>.png: a .png output would be both
+            raise LayerPruneError(f"--output {output} must end in .json (the bar chart is written beside it as .png)")
+        check_output_parent(output)
         _check_importance_outputs(output, overwrite)
     for name, value in (
         ("num-prompts", num_prompts),
@@ -78,9 +82,10 @@ def score_blocks(
         if value is not None and value < 1:
             raise LayerPruneError(f"--{name} must be at least 1, got {value}")
 
-    from ..modeling import read_transformer_config, scoring_defaults
+    from ..modeling import check_resolution_for, read_transformer_config, scoring_defaults
 
     config = read_transformer_config(model, revision=revision)  # a wrong path fails before any loading
+    check_resolution_for(model, resolution, config)
     if config is not None and greedy_steps and not 0 < greedy_steps < config["num_layers"]:
         raise LayerPruneError(f"--greedy-steps must be between 1 and {config['num_layers'] - 1}")
     defaults = scoring_defaults(model)

@@ -1,0 +1,205 @@
+"""Checks every entry point runs before it loads a model or creates anything: argument types for ranges, a
+one-line argparse error, image sizes the model can produce, and the integrity of the package's own artifacts
+(pruned model folders). The CLI and the training script use these same helpers, so a mistake reads the same
+everywhere: one line, exit status 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from .errors import LayerPruneError
+
+# ----------------------------------------------------------------------------------------------------------------
+# argparse: one-line errors and range types
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``prog: error: message``, exit 2), without the usage block:
+    the same shape as every other error of the package. ``--help`` still shows the usage."""
+
+    def error(self, message: str):  # noqa: D401 (argparse's name)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (steps, batch sizes, prompt counts)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (e.g. a step count where 0 means "skip")."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def any_int(text: str) -> int:
+    """Any integer (seeds)."""
+    return _int(text)
+
+
+def finite_float(text: str) -> float:
+    """A finite float (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite float >= 0 (loss weights, guidance, weight decay)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0 (learning rates, epsilons)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A fraction strictly between 0 and 1 (the share of blocks to remove)."""
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def beta(text: str) -> float:
+    """An Adam beta in [0, 1)."""
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sizes a model can produce
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_resolution(resolution: int | None, transformer_config: dict | None, vae_scale_factor: int | None) -> None:
+    """Refuse an image side the VAE and the transformer's patches cannot tile: it must be a multiple of
+    ``vae_scale_factor * patch_size`` (16 px for PixArt-Sigma). ``None`` (the model's own size), or a model whose
+    sizes are not known before loading, is not checked here."""
+    if resolution is None or transformer_config is None or vae_scale_factor is None:
+        return
+    step = vae_scale_factor * int(transformer_config.get("patch_size") or 1)
+    if resolution < step or resolution % step:
+        lower = max(step, resolution // step * step)
+        raise LayerPruneError(
+            f"--resolution {resolution} is not a multiple of {step} (VAE factor {vae_scale_factor} x patch size "
+            f"{transformer_config.get('patch_size')}); use e.g. {lower} or {lower + step}"
+        )
+
+
+def vae_scale_factor_of(pipeline_folder: str | os.PathLike | None) -> int | None:
+    """The VAE's downsampling factor of a pipeline folder, from ``vae/config.json``; ``None`` when not readable."""
+    if pipeline_folder is None:
+        return None
+    try:
+        config = json.loads((Path(pipeline_folder) / "vae" / "config.json").read_text())
+        return 2 ** (len(config["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Integrity of pruned model folders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_transformer_config(config: dict, source: str) -> None:
+    """Refuse a transformer config whose pruning record contradicts itself: ``kept_layers`` must have
+    ``num_layers`` entries, strictly increasing, within ``0..source_num_layers-1``."""
+    depth = config.get("num_layers")
+    if not isinstance(depth, int) or depth < 1:
+        raise LayerPruneError(f"{source}: num_layers must be a positive integer, got {depth!r}")
+    kept = config.get("kept_layers")
+    if kept is None:
+        return
+    where = f"{source} (edit it back or prune the source model again)"
+    if not isinstance(kept, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
+        raise LayerPruneError(f"kept_layers in {where} must be a list of block indices, got {kept!r}")
+    if len(kept) != depth:
+        raise LayerPruneError(f"kept_layers in {where} has {len(kept)} entries but num_layers is {depth}")
+    if any(b <= a for a, b in zip(kept[:-1], kept[1:], strict=True)):
+        raise LayerPruneError(f"kept_layers in {where} must be strictly increasing, got {kept}")
+    total = config.get("source_num_layers")
+    if total is not None and (not isinstance(total, int) or total < depth):
+        raise LayerPruneError(f"source_num_layers in {where} must be an integer >= num_layers, got {total!r}")
+    if kept and (kept[0] < 0 or (total is not None and kept[-1] >= total)):
+        raise LayerPruneError(f"kept_layers in {where}: {kept} out of range for a source of {total} blocks")
+
+
+def check_weights_cover_blocks(
+    folder: str | os.PathLike, num_layers: int, block_attr: str = "transformer_blocks"
+) -> None:
+    """Read the safetensors headers of a transformer folder (no weights loaded) and refuse a damaged file or weights
+    whose blocks do not match ``num_layers`` (a hand-edited config would load random or missing blocks)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        if any(folder.glob("*.bin")):
+            return  # legacy pickled weights: diffusers checks them when loading
+        raise LayerPruneError(f"{folder} has no .safetensors weights")
+    blocks: set[int] = set()
+    for file in files:
+        try:
+            with safe_open(str(file), "pt") as f:
+                keys = list(f.keys())
+        except (SafetensorError, OSError, ValueError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise LayerPruneError(
+                f"{file} is damaged or not a safetensors file ({first}); re-create or re-download it"
+            ) from error
+        for key in keys:
+            if key.startswith(block_attr + "."):
+                index = key.split(".", 2)[1]
+                if index.isdigit():
+                    blocks.add(int(index))
+    if blocks != set(range(num_layers)):
+        found = f"{len(blocks)} blocks (indices {min(blocks)}..{max(blocks)})" if blocks else "no blocks"
+        raise LayerPruneError(
+            f"{folder}: the weights hold {found} but config.json says num_layers {num_layers}; the config was edited "
+            "or the weights are from another model"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Debugging
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    """Tracebacks instead of one-line errors: ``--debug`` on the command line or ``LAYERPRUNE_DEBUG=1``."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("LAYERPRUNE_DEBUG", "") not in ("", "0")
