@@ -67,8 +67,8 @@ def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> N
         or max(kept) >= teacher_depth
     ):
         raise LayerPruneError(
-            f"student kept_layers {kept} are out of the teacher's range 0..{teacher_depth - 1}: the student must be "
-            "pruned from this teacher"
+            f"student kept_layers {kept} do not fit a teacher of {teacher_depth} blocks (out of its range "
+            f"0..{teacher_depth - 1}): the student must be pruned from this teacher"
         )
     if any(b <= a for a, b in zip(kept, kept[1:], strict=False)):
         raise LayerPruneError(f"student kept_layers {kept} must be distinct teacher blocks in increasing order")
