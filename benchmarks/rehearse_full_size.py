@@ -283,6 +283,12 @@ def write_doc(result: dict, path: Path) -> None:
         f"folder (transformer, one checkpoint with optimizer state, logs) {_gib(sizes['distilled'])} GiB; caches "
         f"{_gib(sizes['cache'])} GiB.",
         "",
+        f"The peak is set by the {max(result['stages'], key=lambda r: r['peak_rss_bytes'])['stage']} stage. In "
+        "distillation the frozen teacher, the student, its gradients and AdamW's two moments are all held (float32 "
+        "here); the text encoder is loaded only to build the caches and freed before training, so with the real "
+        "24-layer T5-XXL (9.5 GB in bfloat16) the cache-building phase, not training, may set the peak. Everything "
+        "the recipe writes besides the model is small: importance files, reports and the card are kilobytes.",
+        "",
         "`layerprune push DISTILLED --dry-run --transformer-only` lists:",
         "",
         "```",

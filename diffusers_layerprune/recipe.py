@@ -179,7 +179,19 @@ class RunState:
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "run.json"
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
+        self.data = {"stages": {}}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise LayerPruneError(
+                    f"{self.path} is damaged ({error}); delete it to run every stage again (outputs are replaced)"
+                ) from error
+            stages = self.data.get("stages") if isinstance(self.data, dict) else None
+            if not isinstance(stages, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("settings", {}), dict) for v in stages.values()
+            ):
+                raise LayerPruneError(f"{self.path} is not a run record; delete it to run every stage again")
 
     def done(self, stage: str, settings: dict) -> bool:
         entry = self.data["stages"].get(stage)
@@ -240,8 +252,8 @@ def run_recipe(recipe: Recipe, *, log=print, verbose: bool = False) -> list[dict
 def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     recipe.check()
     launch = recipe.launch_settings(verbose)
+    state = RunState(Path(recipe.output).expanduser())  # a damaged run.json is refused before anything is written
     out = _prepare_run_folder(recipe)
-    state = RunState(out)
     importance_path = out / "importance.json"
     timings: dict[str, tuple[str, float]] = {}  # stage -> ("ran" | "reused", seconds of this run)
 

@@ -78,6 +78,12 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
     (root / "recipe_unknown.yaml").write_text("modle: toy\n")
     (root / "recipe_tag.yaml").write_text("model: !!python/object/apply:os.system [echo]\n")
     (root / "a_file").write_text("not a folder")
+    (root / "prog.json.progress.jsonl").write_text('{"not": "a scan record"}\n')  # a hand-made progress file
+    from diffusers_layerprune.outputs import write_marker
+
+    (root / "old_run").mkdir()
+    write_marker(root / "old_run", "run", entries=())  # a run folder of ours whose record was damaged
+    (root / "old_run" / "run.json").write_text('{"stages": {"score": ')
     return root
 
 
@@ -120,6 +126,11 @@ CASES = {
     "score/unknown_criterion": ("score", [M, "--criterion", "nope"], "nope"),
     "score/damaged_model": ("score", ["{truncated}"], "is damaged or not a safetensors file"),
     "score/unknown_prompts": ("score", [M, "--prompts", "nonsense"], "unknown prompt set 'nonsense'"),
+    "score/foreign_progress_record": (
+        "score",
+        [M, "--criterion", "block_influence", "--prompts", "{prompts}", "--output-override", "{ws}/prog.json"],
+        "line 1 is not a scan record",
+    ),
     # -- eval --------------------------------------------------------------------------------------------------
     "eval/cuda_on_cpu": ("eval", [P, "--device", "cuda"], "CUDA is not available"),
     "eval/unknown_device": ("eval", [P, "--device", "tpu7"], "tpu7"),
@@ -153,12 +164,13 @@ CASES = {
     "run/recipe_tag": ("run", ["--recipe", "{recipe_tag}"], "could not determine a constructor"),
     "run/recipe_missing": ("run", ["--recipe", "{ws}/none.yaml"], "does not exist"),
     "run/bad_model_path": ("run", ["--model", "{ws}/nothing"], "does not exist"),
+    "run/damaged_run_record": ("run", ["--output-override", "{old_run}"], "run.json is damaged"),
 }
 
 
 def _argv(case: str, ws: Path) -> list[str]:
     command, args, _ = CASES[case]
-    values = {p.stem if p.suffix in (".json", ".yaml") else p.name: str(p) for p in ws.iterdir()}
+    values = {p.stem if p.suffix in (".json", ".yaml", ".txt") else p.name: str(p) for p in ws.iterdir()}
     values.update(ws=str(ws), model=str(ws / "model"), pruned=str(ws / "pruned"), out=str(ws / "out"))
     filled = [a.format(**values) for a in args]
     output = [str(ws / "out" / "x.json")] if command in ("score", "eval") else [str(ws / "out")]

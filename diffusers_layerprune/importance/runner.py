@@ -103,6 +103,24 @@ def decode_floats(text: str, shape: Sequence[int] | None = None) -> np.ndarray:
     return array.reshape(shape) if shape is not None else array
 
 
+def check_progress_files(output: str | os.PathLike) -> None:
+    """Refuse progress files of ``output`` holding a readable line that is not a scan record (a hand-edited or
+    foreign file), before any model is loaded. Lines cut short by a kill are left to the scan, which skips them."""
+    for path in progress_files(output):
+        start_over = f"delete {path} (and the other {Path(output).name}.progress* files) to start the scan over"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise LayerPruneError(f"progress file {path} is not a scan's progress file; {start_over}") from error
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(entry, dict) or not {"key", "variant", "batch", "record"} <= set(entry):
+                raise LayerPruneError(f"progress file {path} line {number} is not a scan record; {start_over}")
+
+
 def progress_files(output: str | os.PathLike) -> list[Path]:
     """The progress files of a scan writing ``output`` (one per process that took part)."""
     output = Path(output)
@@ -365,11 +383,10 @@ class ImportanceScan:
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
-                    if number == len(lines):  # the last line cut short by a kill: that unit simply runs again
-                        if self.state.is_main_process:
-                            print(f"warning: dropped an incomplete last line of {path} (a killed run); it runs again")
-                        continue
-                    raise LayerPruneError(f"progress file {path} line {number} is damaged; {start_over}") from None
+                    # A line cut short by a kill (later runs append after it): that unit simply runs again.
+                    if self.state.is_main_process:
+                        print(f"warning: skipped an incomplete line {number} of {path} (a killed run); it runs again")
+                    continue
                 if not isinstance(entry, dict) or not {"key", "variant", "batch", "record"} <= set(entry):
                     raise LayerPruneError(f"progress file {path} line {number} is not a scan record; {start_over}")
                 if entry["key"] != key:

@@ -160,6 +160,9 @@ def _check_importance_outputs(output: Path, overwrite: bool) -> None:
         check_output_file(path, overwrite=overwrite, owned=lambda _: is_importance_file(output))
     for path in output.parent.glob(f"{output.name}.progress*.jsonl"):  # runner.progress_files, without torch
         check_not_symlink(path, "progress file")
+    from .runner import check_progress_files
+
+    check_progress_files(output)
 
 
 def _summary(importance, model: str, output: Path | None, log) -> None:
