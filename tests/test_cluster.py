@@ -457,6 +457,28 @@ def test_no_import_circle_among_cli_recipe_and_importance():
     assert "argparse" not in (PACKAGE / "recipe.py").read_text()
 
 
+def test_stage_functions_write_into_new_folders(work, tmp_path):
+    """score_blocks and evaluate_pipeline, called from Python, create the folders of their outputs."""
+    from diffusers_layerprune import LayerImportance, evaluate_pipeline, score_blocks
+
+    output = tmp_path / "runs" / "py" / "importance.json"
+    common = dict(prompts=str(work / "prompts.txt"), steps=2)
+    importance = score_blocks(str(work / "teacher"), "block_influence", output, num_prompts=2, **common)
+    assert LayerImportance.load(output).values == importance.values and output.with_suffix(".png").is_file()
+    assert score_blocks(str(work / "teacher"), "block_influence", None, num_prompts=2, **common).values == (
+        importance.values
+    )
+    report = evaluate_pipeline(
+        work / "student",
+        output=tmp_path / "new" / "report.json",
+        scorers="toy",
+        num_prompts=2,
+        latency_repeats=1,
+        **common,
+    )
+    assert report.student.num_layers == 4 and (tmp_path / "new" / "report_grid.png").is_file()
+
+
 def test_records_round_trip_and_refuse_what_they_cannot_read(tmp_path):
     from diffusers_layerprune import DistillConfig, EvalReport
     from diffusers_layerprune.distill import KDWeights
