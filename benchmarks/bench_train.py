@@ -1,11 +1,17 @@
-"""Cost of distillation: seconds per step of KD versus plain fine-tuning of the same student (same batch, same run),
+"""Cost of distillation: seconds per KD step against its floor and against plain fine-tuning, measured in one run,
 and peak training memory of full fine-tuning versus LoRA.
 
-A PixArt-architecture teacher (random weights; cost does not depend on values) is pruned by a third; each step is
-what training/train_distill.py does: teacher forward with feature hooks, student forward/backward, AdamW step.
-"plain" is the student alone on the task loss. Timings are interleaved (kd, plain, kd, ...) and summarised by the
-median. Memory is measured per configuration in its own subprocess: on CUDA the allocator's peak, on CPU the peak
-resident set size sampled every millisecond, minus what the process held before the first step.
+A PixArt-architecture teacher (random weights; cost does not depend on values) is pruned by a third. Three steps of
+the same student on the same batch, each ending with backward and an AdamW step:
+
+- ``kd``: what ``train_distill`` runs (``distill.kd_step_losses``): teacher forward keeping its paired blocks'
+  outputs, student forward keeping its own, task + output + variance + feature losses.
+- ``floor``: the least a KD step can cost: a teacher forward without hooks, then a plain student step.
+- ``plain``: the student alone on the task loss (fine-tuning).
+
+Timings are interleaved (kd, floor, plain, kd, ...) and summarised by the median; ``kd / floor`` is the overhead of
+distillation itself. Memory is measured per configuration in its own subprocess: on CUDA the allocator's peak, on
+CPU the peak resident set size sampled every millisecond, minus what the process held before the first step.
 
     python benchmarks/bench_train.py                 # CPU-sized model
     python benchmarks/bench_train.py --device cuda --width 1152 --layers 28 --resolution 512
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -23,7 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-import torch
+# As the package does (diffusers_layerprune/__init__.py), before torch loads: OpenMP threads that spin while waiting
+# made every step several times slower on a CPU shared with other jobs, and unevenly so (noise in the ratios).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 
 def build(args):
@@ -58,8 +69,8 @@ def build(args):
 
 
 def make_step(mode, teacher, student, batch, lora_rank):
-    from diffusers_layerprune.blocks import capture_block_features
-    from diffusers_layerprune.distill import KDWeights, block_pairs, kd_losses
+    """``(step, trainable parameters)`` of one mode: ``kd``, ``floor``, ``plain`` or ``lora`` (KD with LoRA)."""
+    from diffusers_layerprune.distill import KDWeights, block_pairs, kd_step_losses
 
     if mode == "lora":
         from peft import LoraConfig
@@ -72,6 +83,7 @@ def make_step(mode, teacher, student, batch, lora_rank):
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     pairs = block_pairs(student, teacher)
+    weights = KDWeights()
     cond = dict(
         encoder_hidden_states=batch["embeds"],
         timestep=batch["timesteps"],
@@ -80,15 +92,14 @@ def make_step(mode, teacher, student, batch, lora_rank):
     noisy = batch["latents"] + batch["noise"]
 
     def step():
-        if mode == "plain":
+        if mode in ("kd", "lora"):
+            loss = kd_step_losses(student, teacher, noisy, cond, batch["noise"], pairs, weights)["loss"]
+        else:
+            if mode == "floor":
+                with torch.no_grad():
+                    teacher(noisy, **cond)
             out = student(noisy, **cond).sample
             loss = torch.nn.functional.mse_loss(out[:, :4], batch["noise"])
-        else:
-            with torch.no_grad(), capture_block_features(teacher, [t for _, t in pairs], inputs=False) as tf:
-                t_out = teacher(noisy, **cond).sample
-            with capture_block_features(student, [s for s, _ in pairs], inputs=False, detach=False) as sf:
-                s_out = student(noisy, **cond).sample
-            loss = kd_losses(s_out, t_out, batch["noise"], sf.outputs, tf.outputs, pairs, KDWeights())["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -101,28 +112,31 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(args) -> dict:
-    """kd vs plain seconds per step, interleaved, in this process (full fine-tuning)."""
-    teacher, student_kd, batch = build(args)
+def time_steps(args) -> tuple[dict, dict]:
+    """Median seconds per step of kd, floor and plain, interleaved, in this process (full fine-tuning): wall-clock,
+    and CPU time of this process (on a CPU shared with other jobs the wall clock also counts their use of the cores;
+    the CPU time counts the work the step does)."""
     import copy
 
-    student_plain = copy.deepcopy(student_kd)
+    teacher, student, batch = build(args)
     steps = {
-        "kd": make_step("kd", teacher, student_kd, batch, args.lora_rank)[0],
-        "plain": make_step("plain", teacher, student_plain, batch, args.lora_rank)[0],
+        mode: make_step(mode, teacher, copy.deepcopy(student), batch, args.lora_rank)[0]
+        for mode in ("kd", "floor", "plain")
     }
-    times = {k: [] for k in steps}
+    wall = {k: [] for k in steps}
+    cpu = {k: [] for k in steps}
     for _ in range(args.warmup):
         for step in steps.values():
             step()
     for _ in range(args.repeats):
         for name, step in steps.items():
             sync(args.device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             sync(args.device)
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()}
 
 
 def peak_memory(args) -> dict:
@@ -171,40 +185,56 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--output", default="benchmarks/results/bench_train.json")
     p.add_argument("--memory-mode", choices=["kd", "lora"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.memory_mode:  # child process
         print(json.dumps(peak_memory(args)))
         return
 
-    seconds = time_steps(args)
+    seconds, cpu_seconds = time_steps(args)
     memory = {}
     for mode in ("kd", "lora"):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--memory-mode", mode]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         memory["full" if mode == "kd" else "lora"] = json.loads(out.strip().splitlines()[-1])
 
-    ratio = seconds["kd"] / seconds["plain"]
+    over_floor, over_plain = seconds["kd"] / seconds["floor"], seconds["kd"] / seconds["plain"]
+    cpu_over_floor, cpu_over_plain = cpu_seconds["kd"] / cpu_seconds["floor"], cpu_seconds["kd"] / cpu_seconds["plain"]
     mem_ratio = memory["lora"]["peak_extra_bytes"] / max(1, memory["full"]["peak_extra_bytes"])
     print(
         f"student pruned from {args.layers} blocks (width {args.width}), batch {args.batch_size}, "
-        f"{args.resolution}px, {args.device}, {torch.get_num_threads()} threads, median of {args.repeats}"
+        f"{args.resolution}px, {args.device}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved"
     )
-    print(f"{'step':<28}{'s/step':>10}")
-    print(f"{'plain fine-tuning':<28}{seconds['plain']:>10.3f}")
-    print(f"{'KD (output + feature)':<28}{seconds['kd']:>10.3f}   x{ratio:.2f} of plain")
-    print(f"{'KD peak extra memory':<28}{'MiB':>10}   trainable params")
+    print(f"{'step':<44}{'wall s':>10}{'CPU s':>10}")
+    rows = (
+        ("plain fine-tuning (student, task loss)", "plain"),
+        ("floor (teacher forward + plain step)", "floor"),
+        ("KD (output + variance + feature losses)", "kd"),
+    )
+    for label, key in rows:
+        print(f"{label:<44}{seconds[key]:>10.3f}{cpu_seconds[key]:>10.3f}")
+    print(
+        f"KD / floor: x{over_floor:.3f} wall, x{cpu_over_floor:.3f} CPU; KD / plain: x{over_plain:.2f} wall, x{cpu_over_plain:.2f} CPU"
+    )
+    print(f"{'KD peak extra memory':<44}{'MiB':>10}   trainable params")
     for name in ("full", "lora"):
         m = memory[name]
-        print(f"{name:<28}{m['peak_extra_bytes'] / 2**20:>10.1f}   {m['trainable_parameters']:,}")
+        print(f"{name:<44}{m['peak_extra_bytes'] / 2**20:>10.1f}   {m['trainable_parameters']:,}")
     print(f"LoRA / full peak memory: {mem_ratio:.2f}")
     result = dict(
         benchmark="bench_train",
         settings={k: v for k, v in vars(args).items() if k != "memory_mode"},
         seconds_per_step=seconds,
-        kd_over_plain=ratio,
+        cpu_seconds_per_step=cpu_seconds,
+        kd_over_floor=over_floor,
+        kd_over_plain=over_plain,
+        kd_over_floor_cpu=cpu_over_floor,
+        kd_over_plain_cpu=cpu_over_plain,
         memory=memory,
         lora_over_full_memory=mem_ratio,
         machine=dict(platform=platform.platform(), threads=torch.get_num_threads(), torch=torch.__version__),

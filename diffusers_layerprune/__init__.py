@@ -1,6 +1,11 @@
 """diffusers-layerprune: depth pruning and distillation of diffusion transformers (PixArt-Sigma first).
 
 Public names load lazily so that ``layerprune --help`` does not pay for importing torch and diffusers.
+
+One function per stage of the recipe (each is what the matching ``layerprune`` command calls):
+``score_blocks`` -> :class:`LayerImportance`, ``prune_to_folder`` -> :class:`PrunedPixArtTransformer`,
+``distill_student`` -> :class:`DistillConfig`, ``evaluate_pipeline`` -> :class:`EvalReport`, ``push_pipeline``;
+``run_recipe(Recipe(...))`` chains them.
 """
 
 import os
@@ -18,6 +23,16 @@ _EXPORTS = {
     "load_pipeline": "modeling",
     "prune_pipeline": "modeling",
     "save_pruned_pipeline": "modeling",
+    "prune_to_folder": "modeling",
+    "score_blocks": "importance",
+    "distill_student": "distill",
+    "DistillConfig": "distill",
+    "evaluate_pipeline": "evaluation",
+    "EvalReport": "evaluation",
+    "push_pipeline": "hub",
+    "LaunchSettings": "launch",
+    "Recipe": "recipe",
+    "run_recipe": "recipe",
     "skip_blocks": "blocks",
     "capture_block_features": "blocks",
     "get_blocks": "blocks",

@@ -11,11 +11,12 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from .arguments import DEFAULT_MODEL
+from .arguments import add_model_args as _add_model_args
 from .errors import LayerPruneError
 from .validation import non_negative_float, non_negative_int, positive_int
-
-DEFAULT_MODEL = "toy"
 
 
 def _index_list(text: str) -> list[int]:
@@ -32,29 +33,6 @@ def _index_list(text: str) -> list[int]:
     if not indices:
         raise argparse.ArgumentTypeError("expected at least one block index")
     return indices
-
-
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"pipeline to load: a short name ({DEFAULT_MODEL}), a local pipeline folder, or a Hub id "
-        f"(default: {DEFAULT_MODEL})",
-    )
-    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
-    parser.add_argument(
-        "--base-model",
-        default=None,
-        help="for a --model folder that holds only a transformer: the pipeline it belongs to (default: the "
-        "source_model its config records)",
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "float16", "bfloat16"],
-        help="weights dtype (default: auto, the model's: bfloat16 for PixArt-Sigma, float32 for the toy world; "
-        "a pruned model takes its source's)",
-    )
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -98,71 +76,37 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .evaluation import check_report_output
+    from .evaluation import evaluate_pipeline, grid_path, render_report_md
 
     output = Path(args.output) if args.output else _default_report_path(args.model)
-    if output.is_dir():
-        raise LayerPruneError(f"--output {output} is a folder; give a file name such as {output / 'report.json'}")
-    check_report_output(output, overwrite=args.overwrite)
-
-    from .data import load_prompts
-    from .evaluation import evaluate, grid_path, write_report
-    from .modeling import (
-        check_device,
-        check_resolution_for,
-        generation_defaults,
-        load_pipeline,
-        model_defaults,
-        read_transformer_config,
-        resolve_dtype,
-    )
-    from .scorers import load_scorer
-
-    # Everything that can be wrong is checked before the (large) pipeline is loaded: path, family, device, prompts.
-    check_resolution_for(args.model, args.resolution, read_transformer_config(args.model, revision=args.revision))
-    dtype = resolve_dtype(args.dtype, args.model)
-    check_device(args.device, dtype)
-    prompt_set = load_prompts(
-        args.prompts or model_defaults(args.model)["eval_prompts"], column=args.prompt_column, limit=args.num_prompts
-    )
-    pipe = load_pipeline(
-        args.model, torch_dtype=dtype, revision=args.revision, device=args.device, base_model=args.base_model
-    )
-    defaults = generation_defaults(args.model, pipe)
-    scorer_names = [s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else defaults["scorers"]
-    scorers = {name: load_scorer(name, device=args.device or "cpu") for name in scorer_names}
-
-    teacher_name = None if args.no_teacher else (args.teacher or pipe.transformer.config.get("source_model"))
-    teacher = None
-    if teacher_name:
-        # The student's text encoder encodes the prompts for both models; the teacher does not load its own.
-        teacher = load_pipeline(teacher_name, torch_dtype=dtype, device=args.device, text_encoder=None, tokenizer=None)
-    report, images = evaluate(
-        pipe,
-        teacher,
-        model_name=str(args.model),
-        teacher_name=teacher_name,
-        prompt_set=prompt_set,
-        scorers=scorers,
-        num_inference_steps=args.steps or defaults["num_inference_steps"],
-        guidance_scale=args.guidance if args.guidance is not None else defaults["guidance_scale"],
-        resolution=args.resolution or defaults["resolution"],
-        max_sequence_length=defaults["max_sequence_length"],
+    report = evaluate_pipeline(
+        args.model,
+        output=output,
+        overwrite=args.overwrite,
+        teacher=args.teacher,
+        no_teacher=args.no_teacher,
+        prompts=args.prompts,
+        prompt_column=args.prompt_column,
+        num_prompts=args.num_prompts,
+        scorers=args.scorers,
+        steps=args.steps,
+        guidance=args.guidance,
+        resolution=args.resolution,
         seed=args.seed,
         batch_size=args.batch_size,
         latency_repeats=args.latency_repeats,
+        device=args.device,
+        dtype=args.dtype,
+        revision=args.revision,
+        base_model=args.base_model,
+        teacher_cache=not args.no_teacher_cache,
     )
-    write_report(report, images, output, overwrite=True)
-    print(output.with_suffix(".md").read_text())
+    print(render_report_md(report))
     print(f"wrote {output}, {output.with_suffix('.md')} and {grid_path(output)}")
     return 0
 
 
-def _default_report_path(model: str):
-    from pathlib import Path
-
+def _default_report_path(model: str) -> Path:
     folder = Path(model).expanduser()
     return folder / "report.json" if (folder / "model_index.json").is_file() else Path("report.json")
 
@@ -205,18 +149,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "dtype",
         "plan",
         "distill_steps",
+        "distill_batch_size",
         "eval_num_prompts",
         "seed",
         "output",
         "repo_id",
         "base_model",
+        "num_processes",
+        "accelerate_config",
+        "mixed_precision",
     )
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    given.update({flag: True for flag in ("use_lora", "push", "transformer_only") if getattr(args, flag)})
+    given.update({flag: True for flag in ("use_lora", "use_ema", "push", "transformer_only") if getattr(args, flag)})
     if any(v is not None for v in (args.num_layers, args.remove, args.ratio)):  # a depth flag replaces all three
         given.update(num_layers=args.num_layers, remove=args.remove, ratio=args.ratio)
     recipe = Recipe.from_yaml(args.recipe, **given) if args.recipe else Recipe(**given)
-    run_recipe(recipe)
+    run_recipe(recipe, verbose=args.verbose)
     return 0
 
 
@@ -291,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--output", default=None, help="report path (default: MODEL/report.json for local folders)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    evaluate.add_argument(
+        "--no-teacher-cache",
+        action="store_true",
+        help="generate the teacher's images again even when an earlier evaluation with the same teacher, prompts, "
+        "seeds and settings is cached (default: reuse them; the teacher's latency is measured in every run)",
+    )
     evaluate.set_defaults(func=_cmd_eval)
 
     push = sub.add_parser(
@@ -366,6 +320,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--use-lora", action="store_true", help="distil LoRA adapters instead of all weights")
     run.add_argument(
+        "--use-ema", action="store_true", help="distil with an EMA of the student's weights (saved and evaluated)"
+    )
+    run.add_argument(
+        "--num-processes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="processes for distillation and scoring, started with accelerate launch (one per GPU; on a CPU-only "
+        "machine gloo processes) (default: your accelerate config's, else one per GPU, else 1); --distill-batch-size "
+        "is the global batch, split over them",
+    )
+    run.add_argument(
+        "--accelerate-config",
+        default=None,
+        metavar="FILE",
+        help="accelerate config file for the launched stages (multi-GPU, FSDP, DeepSpeed; `accelerate config "
+        "--config_file FILE` writes one) (default: accelerate's default config, if any)",
+    )
+    run.add_argument(
+        "--mixed-precision",
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="mixed precision of distillation (default: the accelerate config's, else no)",
+    )
+    run.add_argument(
+        "--distill-batch-size",
+        type=positive_int,
+        default=None,
+        metavar="B",
+        help="global distillation batch, split over --num-processes (default: 16)",
+    )
+    run.add_argument(
         "--transformer-only",
         action="store_true",
         help="pruned/ and distilled/ hold only the transformer (text encoder and VAE stay in --model); the card "
@@ -389,16 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_library_logs() -> None:
-    # diffusers/transformers log hub retries and config notes as warnings; our own message says what went wrong.
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    # diffusers/transformers log hub retries and config notes as warnings, and show loading bars; our own message
+    # says what went wrong, and each stage shows one bar.
+    from .quiet import quiet_libraries
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    quiet_libraries()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .launch import follow_parent
     from .validation import debug_enabled
+
+    follow_parent()  # started by `layerprune run` under accelerate launch: stop with it
 
     parser = build_parser()
     try:

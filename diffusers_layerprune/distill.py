@@ -16,11 +16,12 @@ variance (e.g. DDPM with ``variance_type="learned_range"``) need them, and match
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,7 +44,9 @@ def block_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int]]
 
 
 def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> None:
-    """Fail before training when the student cannot be distilled from this teacher."""
+    """Fail before training when the student cannot be distilled from this teacher: it must be a pruned PixArt
+    transformer (``kept_layers``: distinct teacher block indices in increasing order, one per student block) of a
+    teacher of this depth and width."""
     kept = student_config.get("kept_layers")
     if kept is None:
         raise LayerPruneError(
@@ -56,9 +59,31 @@ def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> N
         raise LayerPruneError(
             f"the student was pruned from a {source_depth}-block model but the teacher has {teacher_depth} blocks"
         )
-    if max(kept) >= teacher_depth:
-        raise LayerPruneError(f"student kept_layers {kept} do not fit a teacher of {teacher_depth} blocks")
-    for key in ("num_attention_heads", "attention_head_dim", "caption_channels", "in_channels", "out_channels"):
+    if (
+        not isinstance(kept, list)
+        or not kept
+        or any(isinstance(i, bool) or not isinstance(i, int) for i in kept)
+        or min(kept) < 0
+        or max(kept) >= teacher_depth
+    ):
+        raise LayerPruneError(
+            f"student kept_layers {kept} do not fit a teacher of {teacher_depth} blocks (out of its range "
+            f"0..{teacher_depth - 1}): the student must be pruned from this teacher"
+        )
+    if any(b <= a for a, b in zip(kept, kept[1:], strict=False)):
+        raise LayerPruneError(f"student kept_layers {kept} must be distinct teacher blocks in increasing order")
+    if student_config.get("num_layers") is not None and student_config["num_layers"] != len(kept):
+        raise LayerPruneError(
+            f"the student has {student_config['num_layers']} blocks but kept_layers lists {len(kept)}"
+        )
+    for key in (
+        "num_attention_heads",
+        "attention_head_dim",
+        "caption_channels",
+        "in_channels",
+        "out_channels",
+        "patch_size",
+    ):
         if student_config.get(key) != teacher_config.get(key):
             raise LayerPruneError(
                 f"student and teacher differ in {key} ({student_config.get(key)} vs {teacher_config.get(key)}): "
@@ -151,47 +176,149 @@ def kd_losses(
     return parts
 
 
+def kd_step_losses(
+    student: nn.Module,
+    teacher: nn.Module,
+    noisy: torch.Tensor,
+    cond: Mapping,
+    target: torch.Tensor,
+    pairs: Sequence[tuple[int, int]],
+    weights: KDWeights,
+    *,
+    student_blocks: nn.Module | None = None,
+    autocast=None,
+) -> dict[str, torch.Tensor]:
+    """One distillation forward: the teacher without gradients (keeping the outputs of its paired blocks), the
+    student with them, and :func:`kd_losses`. What ``train_distill`` runs each step and ``bench_train`` times.
+
+    ``student`` is what is called (e.g. the DDP-wrapped model); ``student_blocks`` the module whose blocks are
+    watched (the unwrapped model; default ``student``); ``autocast`` a context for the student's forward (mixed
+    precision).
+    """
+    from contextlib import nullcontext
+
+    from .blocks import capture_block_features
+
+    with torch.no_grad(), capture_block_features(teacher, [t for _, t in pairs], inputs=False) as t_feat:
+        teacher_out = teacher(noisy, **cond).sample
+    watched = student if student_blocks is None else student_blocks
+    with capture_block_features(watched, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
+        with autocast or nullcontext():
+            student_out = student(noisy, **cond).sample
+    return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training-run helpers used by training/train_distill.py
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def student_config_path(student: str | os.PathLike) -> tuple[Path, str | None]:
-    """``(folder, subfolder)`` of a student given as a pipeline folder or a transformer folder."""
-    path = Path(student).expanduser()
-    if not path.exists():
-        raise LayerPruneError(f"student model {student} does not exist (expected a folder written by layerprune prune)")
-    if (path / "model_index.json").is_file():
-        if not (path / "transformer" / "config.json").is_file():
-            raise LayerPruneError(f"{student} has no transformer/config.json")
-        return path, "transformer"
-    if (path / "config.json").is_file():
-        return path, None
-    raise LayerPruneError(f"{student} is neither a pipeline folder nor a transformer folder")
+def student_location(student: str | os.PathLike, revision: str | None = None) -> tuple[str, str | None]:
+    """``(folder or Hub id, subfolder)`` of a student given as a pipeline or transformer, local or on the Hub.
+
+    A local pipeline folder keeps its transformer in ``transformer/``; a transformer saved alone
+    (``--transformer-only``) is the folder itself. A Hub id is looked up the same way (``transformer/config.json``,
+    else ``config.json``), at ``revision``.
+    """
+    return _student_config(student, revision)[:2]
 
 
-def read_student_config(student: str | os.PathLike) -> dict:
-    """The student's transformer config, checked like every pruned folder (``validation``): readable JSON, a
-    consistent ``kept_layers`` record, and weights whose blocks match ``num_layers``."""
+def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[str, str | None, dict]:
     from .validation import check_transformer_config, check_weights_cover_blocks
 
-    folder, subfolder = student_config_path(student)
-    config_dir = (folder / subfolder) if subfolder else folder
+    name = str(student)
+    path = Path(name).expanduser()
+    if path.exists():
+        if (path / "model_index.json").is_file():
+            if not (path / "transformer" / "config.json").is_file():
+                raise LayerPruneError(f"{student} has no transformer/config.json")
+            subfolder = "transformer"
+        elif (path / "config.json").is_file():
+            subfolder = None
+        else:
+            raise LayerPruneError(f"{student} is neither a pipeline folder nor a transformer folder")
+        config_dir = path / subfolder if subfolder else path
+        config = _read_config(config_dir / "config.json")
+        check_transformer_config(config, str(config_dir / "config.json"))
+        check_weights_cover_blocks(config_dir, config["num_layers"])
+        return str(path), subfolder, config
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or "/" not in name:
+        raise LayerPruneError(
+            f"student model {student} does not exist (expected a folder written by layerprune prune, or a Hub id "
+            "user/name)"
+        )
+    from huggingface_hub import hf_hub_download
+
+    failure = None
+    for subfolder in ("transformer", None):
+        try:
+            config_file = hf_hub_download(name, "config.json", subfolder=subfolder, revision=revision)
+        except Exception as error:  # not found, offline and not cached, no access: try the other layout first
+            failure = failure or error
+            continue
+        config = _read_config(Path(config_file))
+        check_transformer_config(config, f"{name}/{subfolder + '/' if subfolder else ''}config.json")
+        return name, subfolder, config
+    first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+    raise LayerPruneError(
+        f"could not read the student {name!r} from the Hub (transformer/config.json or config.json"
+        f"{f' at revision {revision}' if revision else ''}): {first}"
+    )
+
+
+def _read_config(path: Path) -> dict:
     try:
-        config = json.loads(config_dir.joinpath("config.json").read_text())
+        config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayerPruneError(f"{config_dir / 'config.json'} is not a readable JSON config ({error})") from error
+        raise LayerPruneError(f"{path} is not a readable JSON config ({error})") from error
     if not isinstance(config, dict):
-        raise LayerPruneError(f"{config_dir / 'config.json'} is not a model config")
-    check_transformer_config(config, str(config_dir / "config.json"))
-    check_weights_cover_blocks(config_dir, config["num_layers"])
+        raise LayerPruneError(f"{path} is not a model config")
     return config
 
 
+def student_config_path(student: str | os.PathLike) -> tuple[Path, str | None]:
+    """``(folder, subfolder)`` of a local student given as a pipeline folder or a transformer folder."""
+    folder, subfolder = student_location(student)
+    return Path(folder), subfolder
+
+
+def read_student_config(student: str | os.PathLike, revision: str | None = None) -> dict:
+    """The student transformer's ``config.json`` (local folder or Hub id), without loading weights, checked like
+    every pruned folder (``validation``): readable JSON, a consistent ``kept_layers`` record, and (local folders)
+    weights whose blocks match ``num_layers``."""
+    return _student_config(student, revision)[2]
+
+
 def step_generator(seed: int, step: int, process_index: int = 0) -> torch.Generator:
-    """The RNG for one optimisation step: noise and timesteps depend only on (seed, step, process), so a resumed
-    run draws exactly what an uninterrupted run draws."""
+    """The RNG for one optimisation step: noise and timesteps depend only on (seed, step), so a resumed run draws
+    exactly what an uninterrupted run draws. (``process_index`` is kept for callers of the per-process draw of
+    earlier versions; :func:`step_noise` draws for the whole global batch and needs none.)"""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + process_index)
+
+
+def step_noise(
+    seed: int,
+    step: int,
+    latents_shape: Sequence[int],
+    *,
+    global_batch_size: int,
+    offset: int,
+    num_train_timesteps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise ``[b, C, H, W]`` and timesteps ``[b]`` of the samples at positions ``offset .. offset + b`` of an
+    optimisation step's global batch (``b = latents_shape[0]``).
+
+    The whole global batch (every process, every accumulation micro-batch) is drawn from :func:`step_generator` and
+    each micro-batch takes its slice, so a sample gets the same noise and timestep however the global batch is
+    split: 2 processes x batch B, 1 process x batch 2B and 1 process x batch B x 2 accumulation steps train alike
+    (up to float summation order). A single process without accumulation draws exactly what earlier versions drew.
+    """
+    b = latents_shape[0]
+    total = max(global_batch_size, offset + b)
+    g = step_generator(seed, step)
+    noise = torch.randn((total, *latents_shape[1:]), generator=g)
+    timesteps = torch.randint(0, num_train_timesteps, (total,), generator=g)
+    return noise[offset : offset + b], timesteps[offset : offset + b]
 
 
 def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -200,12 +327,18 @@ def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def remove_old_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[Path]:
-    """Delete the oldest checkpoints so that, with the one about to be saved, at most ``keep`` remain."""
+def remove_old_checkpoints(output_dir: str | os.PathLike, keep: int | None, newest: Path | None = None) -> list[Path]:
+    """Delete checkpoints so that at most ``keep`` remain: ``newest`` (the one just completed) and the latest others.
+
+    Called after a checkpoint is complete, never before: a run killed while saving still has its previous
+    checkpoints.
+    """
     if keep is None:
         return []
     existing = checkpoints(output_dir)
-    doomed = existing[: max(0, len(existing) - keep + 1)]
+    if newest is not None:
+        existing = [p for p in existing if p.name != Path(newest).name] + [Path(newest)]
+    doomed = existing[: max(0, len(existing) - max(1, keep))]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
@@ -222,3 +355,314 @@ def move_into(src: Path, dst: Path, *, last: str = "model_index.json") -> None:
             shutil.rmtree(target)
         os.replace(entry, target)
     src.rmdir()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: which run a checkpoint belongs to
+# ----------------------------------------------------------------------------------------------------------------
+
+CHECKPOINT_RECORD = "layerprune_checkpoint.json"
+_IDENTITY_KEYS = (
+    "kept_layers",
+    "num_layers",
+    "source_num_layers",
+    "num_attention_heads",
+    "attention_head_dim",
+    "in_channels",
+    "out_channels",
+    "caption_channels",
+    "patch_size",
+)
+
+
+def checkpoint_identity(
+    student_config: Mapping,
+    *,
+    use_lora: bool = False,
+    rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_target_modules: Sequence[str] = (),
+    use_ema: bool = False,
+) -> dict:
+    """What a checkpoint must match to be resumed by a run: the student's structure (which teacher blocks it kept,
+    its widths), what is trained (all weights or which LoRA adapters) and whether an EMA copy is kept."""
+    return {
+        "student": {k: student_config.get(k) for k in _IDENTITY_KEYS},
+        "lora": {"rank": rank, "alpha": lora_alpha, "target_modules": list(lora_target_modules)} if use_lora else None,
+        "ema": bool(use_ema),
+    }
+
+
+def write_checkpoint_record(folder: str | os.PathLike, identity: dict, step: int) -> None:
+    record = {"format": "diffusers-layerprune/distill-checkpoint", "format_version": 1, "step": step, **identity}
+    Path(folder, CHECKPOINT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def check_checkpoint(path: str | os.PathLike, identity: dict) -> None:
+    """Refuse (before anything is loaded or written) to resume from a checkpoint of another run: a different
+    student, LoRA instead of full training, or with/without EMA."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LayerPruneError(f"checkpoint {path} does not exist")
+    record_file = path / CHECKPOINT_RECORD
+    if not record_file.is_file():
+        _check_legacy_checkpoint(path, identity)
+        return
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerPruneError(f"checkpoint {path} has an unreadable {CHECKPOINT_RECORD} ({error})") from error
+    mine, theirs = identity["student"], record.get("student", {})
+    for key in _IDENTITY_KEYS:
+        if theirs.get(key) != mine.get(key):
+            raise LayerPruneError(
+                f"checkpoint {path} belongs to another run: its student has {key} {theirs.get(key)}, this student "
+                f"{mine.get(key)}; resume with the student it was trained from, or start a new --output_dir"
+            )
+    if record.get("lora") != identity["lora"]:
+        what = lambda lora: f"LoRA {lora}" if lora else "full fine-tuning"  # noqa: E731
+        raise LayerPruneError(
+            f"checkpoint {path} belongs to another run ({what(record.get('lora'))}, this run: "
+            f"{what(identity['lora'])}); pass the same LoRA options or start a new --output_dir"
+        )
+    if bool(record.get("ema")) != identity["ema"]:
+        raise LayerPruneError(
+            f"checkpoint {path} was saved {'with' if record.get('ema') else 'without'} --use_ema; resume it "
+            f"{'with' if record.get('ema') else 'without'} --use_ema or start a new --output_dir"
+        )
+
+
+def _check_legacy_checkpoint(path: Path, identity: dict) -> None:
+    """A checkpoint of an earlier version (accelerate's ``model.safetensors``, no record): its block count must be
+    the student's."""
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise LayerPruneError(f"{path} is not a checkpoint of train_distill (no {CHECKPOINT_RECORD})")
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        blocks = {int(k.split(".")[1]) for k in f.keys() if k.startswith("transformer_blocks.")}
+    expected = identity["student"].get("num_layers")
+    if expected is not None and len(blocks) != expected:
+        raise LayerPruneError(
+            f"checkpoint {path} belongs to another run: it holds {len(blocks)} blocks, this student {expected}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# distill_config.json: the record of a distillation run, one versioned type
+# ----------------------------------------------------------------------------------------------------------------
+
+DISTILL_CONFIG = "distill_config.json"
+DISTILL_CONFIG_FORMAT = "diffusers-layerprune/distill-config"
+DISTILL_CONFIG_FORMAT_VERSION = 1
+
+
+@dataclass
+class DistillConfig:
+    """How a distilled model was trained (``distill_config.json``, uploaded with the model: models and data by
+    public name only, full paths stay in the folder's hidden marker).
+
+    Attributes:
+        teacher_model / student_model: what was distilled from / into.
+        kept_layers / source_num_layers: the student's blocks in the teacher's numbering, and the teacher's depth.
+        steps: optimisation steps done.
+        weights: loss weights and the feature loss (:class:`KDWeights`).
+        train_batch_size: per process; the global batch is ``train_batch_size x num_processes x
+            gradient_accumulation_steps`` (:attr:`global_batch_size`).
+        use_ema / ema_decay: whether the saved weights are an exponential moving average of the trained ones.
+        prompt_set: the prompt-set record (source, count, fingerprint) for prompt-only KD.
+    """
+
+    teacher_model: str | None
+    student_model: str | None
+    kept_layers: list[int]
+    source_num_layers: int | None
+    steps: int
+    weights: KDWeights = field(default_factory=KDWeights)
+    lora: bool = False
+    rank: int | None = None
+    lora_alpha: float | None = None
+    learning_rate: float | None = None
+    train_batch_size: int | None = None
+    num_processes: int = 1
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str | None = None
+    use_ema: bool = False
+    ema_decay: float | None = None
+    train_samples: int | None = None
+    prompt_set: dict | None = None
+    data: str | None = None
+    save_dtype: str | None = None
+    transformer_only: bool = False
+    resolution: int | None = None
+    max_sequence_length: int | None = None
+    cache_dtype: str | None = None
+    seed: int | None = None
+    teacher_revision: str | None = None
+    teacher_variant: str | None = None
+    student_revision: str | None = None
+    sparsity_masks_kept: bool = False
+
+    @property
+    def global_batch_size(self) -> int | None:
+        if self.train_batch_size is None:
+            return None
+        return self.train_batch_size * self.num_processes * self.gradient_accumulation_steps
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        w = data.pop("weights")
+        return {
+            "format": DISTILL_CONFIG_FORMAT,
+            "format_version": DISTILL_CONFIG_FORMAT_VERSION,
+            **data,
+            "feature_loss": w["feature_loss"],
+            "weights": {k: w[k] for k in ("task", "output", "variance", "feature")},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "distillation config") -> DistillConfig:
+        if not isinstance(data, dict) or data.get("format", DISTILL_CONFIG_FORMAT) != DISTILL_CONFIG_FORMAT:
+            raise LayerPruneError(f"{source} is not a distillation config (written by train_distill)")
+        if data.get("format_version", 0) > DISTILL_CONFIG_FORMAT_VERSION:
+            raise LayerPruneError(f"{source} was written by a newer diffusers-layerprune; upgrade the package")
+        known = {f.name for f in dataclasses.fields(cls)} - {"weights"}
+        try:
+            w = data.get("weights") or {}
+            weights = KDWeights(
+                **{k: w[k] for k in ("task", "output", "variance", "feature") if w.get(k) is not None},
+                feature_loss=data.get("feature_loss") or "mse",
+            )
+            return cls(**{k: v for k, v in data.items() if k in known}, weights=weights)
+        except (TypeError, AttributeError, ValueError) as error:
+            if isinstance(error, LayerPruneError):
+                raise
+            raise LayerPruneError(
+                f"{source} is damaged or hand-edited (not a complete distillation config: {type(error).__name__}: "
+                f"{error}); re-create it by distilling again"
+            ) from error
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``folder/distill_config.json`` atomically."""
+        from .outputs import atomic_output_file
+
+        path = Path(folder) / DISTILL_CONFIG
+        with atomic_output_file(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> DistillConfig:
+        """Read ``folder/distill_config.json`` (or the file itself)."""
+        path = Path(folder)
+        path = path / DISTILL_CONFIG if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as error:
+            raise LayerPruneError(f"{path} does not exist") from error
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise LayerPruneError(f"{path} is damaged ({error}); re-create it by distilling again") from error
+        return cls.from_dict(data, str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The distill stage: the training script under accelerate launch
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def distill_student(
+    teacher: str | os.PathLike,
+    student: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    max_train_steps: int = 300,
+    global_batch_size: int = 16,
+    learning_rate: float = 1e-4,
+    lr_scheduler: str = "constant",
+    lr_warmup_steps: int = 0,
+    seed: int = 0,
+    use_lora: bool = False,
+    rank: int = 16,
+    use_ema: bool = False,
+    prompts: str | None = None,
+    exclude_prompts: str | None = None,
+    save_dtype: str = "auto",
+    transformer_only: bool = False,
+    checkpointing_steps: int | None = None,
+    checkpoints_total_limit: int | None = 1,
+    resume_from_checkpoint: str | None = None,
+    overwrite_output_dir: bool = False,
+    report_to: str = "none",
+    launch=None,
+    extra_args: Sequence[str] = (),
+) -> DistillConfig:
+    """The ``distill`` stage: run the training script (``diffusers_layerprune.train_distill``) under
+    ``accelerate launch`` and return the :class:`DistillConfig` it wrote.
+
+    ``global_batch_size`` is split over the processes (``launch.num_processes``; each gets
+    ``global_batch_size / num_processes`` samples per step), so the number of processes does not change what is
+    trained: a 2-process run ends with the weights of a 1-process run up to float summation order.
+    ``launch`` is a :class:`~diffusers_layerprune.launch.LaunchSettings` (processes, accelerate config file, mixed
+    precision); ``extra_args`` are passed to the script as they are (its ``--help`` lists them). The student, the
+    teacher, the output folder and the launch settings are checked here first: a mistake raises
+    :class:`LayerPruneError` before any process starts; an error of the script is raised with its own message.
+    """
+    from .launch import TRAIN_MODULE, LaunchSettings, run_launched
+    from .modeling import read_transformer_config
+    from .outputs import check_training_output_dir
+    from .provenance import local_inputs
+
+    launch = launch or LaunchSettings()
+    launch.check()
+    n = launch.resolved_num_processes()
+    if global_batch_size < 1 or global_batch_size % n:
+        raise LayerPruneError(
+            f"the batch size {global_batch_size} does not split evenly over {n} processes; give a multiple of {n}"
+        )
+    if max_train_steps < 1:
+        raise LayerPruneError(f"max_train_steps must be at least 1, got {max_train_steps}")
+    teacher_config = read_transformer_config(teacher)
+    student_config = read_student_config(student)
+    if teacher_config is not None:
+        check_student_teacher(student_config, teacher_config)
+    check_training_output_dir(
+        output_dir,
+        inputs=local_inputs(student, teacher),
+        overwrite=overwrite_output_dir,
+        resume=resume_from_checkpoint is not None,
+    )
+    args = [
+        "--pretrained_model_name_or_path", teacher,
+        "--student_model", student,
+        "--output_dir", output_dir,
+        "--max_train_steps", max_train_steps,
+        "--train_batch_size", global_batch_size // n,
+        "--learning_rate", learning_rate,
+        "--lr_scheduler", lr_scheduler,
+        "--lr_warmup_steps", lr_warmup_steps,
+        "--checkpointing_steps", checkpointing_steps or max(1, max_train_steps // 4),
+        "--seed", seed,
+        "--report_to", report_to,
+        "--save_dtype", save_dtype,
+    ]  # fmt: skip
+    if checkpoints_total_limit is not None:
+        args += ["--checkpoints_total_limit", checkpoints_total_limit]
+    if prompts:
+        args += ["--prompts", prompts]
+    if exclude_prompts:
+        args += ["--exclude_prompts", exclude_prompts]
+    if use_lora:
+        args += ["--use_lora", "--rank", rank]
+    if use_ema:
+        args += ["--use_ema"]
+    if transformer_only:
+        args += ["--transformer_only"]
+    if resume_from_checkpoint is not None:
+        args += ["--resume_from_checkpoint", resume_from_checkpoint]
+    if overwrite_output_dir:
+        args += ["--overwrite_output_dir"]
+    if launch.verbose:
+        args += ["--verbose"]
+    run_launched(TRAIN_MODULE, [str(a) for a in [*args, *extra_args]], launch, what="distillation")
+    return DistillConfig.load(output_dir)

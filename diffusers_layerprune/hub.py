@@ -19,7 +19,8 @@ from .errors import LayerPruneError
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "pruned_pixart.md"
 
 # Files of a run folder that are not part of the published model.
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".*", "**/.*", "logs/**", "validation/**", "*.jsonl", "*.tmp*"]
+# TensorBoard logs (logs/) are uploaded, as diffusers' training scripts do: the Hub shows them as training metrics.
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".*", "**/.*", "validation/**", "*.jsonl", "*.tmp*"]
 
 CITATIONS = {
     "dit-pruner": "DiT-Pruner: pruning Diffusion Transformers guided by human preference (HPS), with knowledge "
@@ -183,7 +184,8 @@ def _render_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     from . import __version__
-    from .evaluation import format_count, metrics_table, settings_sentence
+    from .distill import DISTILL_CONFIG, DistillConfig
+    from .evaluation import EvalReport, format_count, metrics_table, settings_sentence
     from .provenance import local_source, public_name
 
     folder = check_pipeline_folder(folder)
@@ -201,8 +203,8 @@ def _render_model_card(
         from .importance.result import LayerImportance
 
         LayerImportance.from_dict(importance, source=str(folder / "importance.json"))  # refuses a damaged file
-    distill = _read_json(folder / "distill_config.json")
-    report = _read_json(folder / "report.json")
+    distill = DistillConfig.load(folder) if (folder / DISTILL_CONFIG).is_file() else None
+    report = EvalReport.load(folder / "report.json") if (folder / "report.json").is_file() else None
     params_after, _, params_before = _transformer_parameters(folder)
 
     cites = ["dit-pruner", "pixart-sigma"]
@@ -237,31 +239,34 @@ def _render_model_card(
     distill_lines = []
     if distill:
         tags.append("knowledge-distillation")
-        w = distill.get("weights", {})
+        w = distill.weights
+        accumulation = distill.gradient_accumulation_steps
         distill_lines = [
-            f"teacher: `{public_name(distill['teacher_model'])}`; student block i distilled from teacher block "
+            f"teacher: `{public_name(distill.teacher_model)}`; student block i distilled from teacher block "
             "kept_layers[i]",
-            f"steps: {distill['steps']}, batch size {distill.get('train_batch_size')} x {distill.get('num_processes', 1)}"
-            f" processes, learning rate {distill.get('learning_rate')}",
-            f"loss: {w.get('task')} x task MSE + {w.get('output')} x output KD + {w.get('variance')} x variance KD + "
-            f"{w.get('feature')} x feature KD (`{distill.get('feature_loss')}`)",
+            f"steps: {distill.steps}, batch size {distill.train_batch_size} x {distill.num_processes} processes"
+            + (f" x {accumulation} accumulation steps" if accumulation > 1 else "")
+            + f", learning rate {distill.learning_rate}",
+            f"loss: {w.task} x task MSE + {w.output} x output KD + {w.variance} x variance KD + "
+            f"{w.feature} x feature KD (`{w.feature_loss}`)",
             "training: "
             + (
-                f"LoRA (rank {distill['rank']}, alpha {distill['lora_alpha']}), merged into the weights"
-                if distill.get("lora")
+                f"LoRA (rank {distill.rank}, alpha {distill.lora_alpha}), merged into the weights"
+                if distill.lora
                 else "all student weights"
-            ),
-            f"data: `{public_name(distill.get('data'))}` ({distill.get('train_samples')} samples)",
+            )
+            + (f"; the weights are an EMA of the trained ones (decay {distill.ema_decay})" if distill.use_ema else ""),
+            f"data: `{public_name(distill.data)}` ({distill.train_samples} samples)",
         ]
         cites.append("bk-sdm")
-        if distill.get("feature_loss") == "normalized":
+        if w.feature_loss == "normalized":
             cites.append("output_loss")
-        if distill.get("lora"):
+        if distill.lora:
             cites.append("lora")
     evaluation_settings = evaluation = None
     if report:
         evaluation_settings, evaluation = settings_sentence(report), metrics_table(report)
-        for scorer in report["settings"]["scorers"]:
+        for scorer in report.settings.scorers:
             key = "hps" if scorer.startswith("hps") else scorer
             if key in CITATIONS:
                 cites.append(key)
@@ -299,10 +304,10 @@ def _render_model_card(
         removed_layers=removed,
         params_before=format_count(params_before),
         params_after=format_count(params_after),
-        pipeline_params_before=format_count(report["models"]["teacher"]["parameters"]["total"])
-        if report and "teacher" in report["models"]
+        pipeline_params_before=format_count(report.teacher_entry.parameters["total"])
+        if report and report.teacher_entry
         else None,
-        pipeline_params_after=format_count(report["models"]["student"]["parameters"]["total"]) if report else None,
+        pipeline_params_after=format_count(report.student.parameters["total"]) if report else None,
         importance=importance_lines,
         importance_plot="importance.png" if (folder / "importance.png").is_file() else None,
         distillation=distill_lines,
@@ -524,54 +529,48 @@ def prompt_dataset_id(source: str | None) -> str | None:
     return _hub_id(name)
 
 
-def card_datasets(importance: dict | None, distill: dict | None, report: dict | None) -> list[str]:
-    """Hub datasets the model was made or measured with: scoring prompts, distillation data, evaluation prompts."""
+def card_datasets(importance: dict | None, distill, report) -> list[str]:
+    """Hub datasets the model was made or measured with: scoring prompts, distillation data, evaluation prompts.
+    ``distill`` is a :class:`~diffusers_layerprune.distill.DistillConfig`, ``report`` an
+    :class:`~diffusers_layerprune.evaluation.EvalReport` (or ``None``)."""
     sources = []
     if importance:
         prompts = importance.get("metadata", {}).get("prompts")
         sources.append(prompts.get("source") if isinstance(prompts, dict) else prompts)
     if distill:
-        record = distill.get("prompt_set")
-        sources.append(record.get("source") if isinstance(record, dict) else distill.get("data"))
+        record = distill.prompt_set
+        sources.append(record.get("source") if isinstance(record, dict) else distill.data)
     if report:
-        sources.append(report.get("settings", {}).get("prompts"))
+        sources.append(report.settings.prompts)
     return list(dict.fromkeys(d for d in map(prompt_dataset_id, sources) if d))
 
 
-def card_eval_results(report: dict | None) -> list:
+def card_eval_results(report) -> list:
     """``model-index`` results of the card: each scorer's mean, the judge's accuracies (toy world) and the speed-up
-    over the teacher, from ``report.json``'s student entry."""
+    over the teacher, from the report's (:class:`~diffusers_layerprune.evaluation.EvalReport`) student entry."""
     from huggingface_hub import EvalResult
 
-    if not report or "student" not in report.get("models", {}):
+    if not report or "student" not in report.models:
         return []
-    settings, student = report["settings"], report["models"]["student"]
-    source = settings.get("prompts")
+    settings, student = report.settings, report.student
+    source = settings.prompts
     dataset = dict(
         dataset_type=prompt_dataset_id(source) or str(source).split(":")[0],
-        dataset_name=f"{source} ({settings.get('num_prompts')} prompts)",
+        dataset_name=f"{source} ({settings.num_prompts} prompts)",
     )
     results = [
         EvalResult(
-            task_type="text-to-image", metric_type=name, metric_name=name, metric_value=round(v["mean"], 6), **dataset
+            task_type="text-to-image", metric_type=name, metric_name=name, metric_value=round(v.mean, 6), **dataset
         )
-        for name, v in student.get("scores", {}).items()
+        for name, v in [*student.scores.items(), *student.checks.items()]
     ]
-    results += [
+    results.append(
         EvalResult(
-            task_type="text-to-image", metric_type=name, metric_name=name, metric_value=round(v["mean"], 6), **dataset
+            task_type="text-to-image",
+            metric_type="speedup",
+            metric_name="transformer speed-up over the teacher",
+            metric_value=round(student.latency.speedup, 4),
+            **dataset,
         )
-        for name, v in student.get("checks", {}).items()
-    ]
-    speedup = student.get("latency", {}).get("speedup")
-    if speedup is not None:
-        results.append(
-            EvalResult(
-                task_type="text-to-image",
-                metric_type="speedup",
-                metric_name="transformer speed-up over the teacher",
-                metric_value=round(speedup, 4),
-                **dataset,
-            )
-        )
+    )
     return results

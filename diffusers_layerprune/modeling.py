@@ -541,9 +541,11 @@ def load_pipeline(
     device: str | None = None,
     revision: str | None = None,
     base_model: str | None = None,
+    variant: str | None = None,
     **components,
 ):
-    """Load a PixArt pipeline from a short name (``tiny-random``), a local folder, or a Hub id.
+    """Load a PixArt pipeline from a short name (``tiny-random``), a local folder, or a Hub id (at ``revision``,
+    weight files of ``variant`` such as ``fp16`` when given).
 
     ``components`` (e.g. ``transformer=student`` or ``text_encoder=None``) replace the saved ones without loading them.
     A transformer saved alone (``--transformer-only``) is loaded into its base pipeline: ``base_model``, or the
@@ -567,6 +569,8 @@ def load_pipeline(
             pipe.to(dtype=torch_dtype)
     else:
         try:
+            if variant is not None:
+                components["variant"] = variant
             pipe = DiffusionPipeline.from_pretrained(
                 str(local or name), dtype=torch_dtype, revision=revision, **components
             )

@@ -1,26 +1,26 @@
 """The whole recipe in one call: score -> prune -> distill -> eval -> model card (-> push).
 
-Each stage writes into the run folder and records its settings in ``run.json``; running again with the same folder
-reuses every finished stage whose settings did not change (a changed setting re-runs that stage and the ones after
-it). A recipe can be given as YAML with the same field names as :class:`Recipe`.
+Each stage is a library function (:func:`~diffusers_layerprune.importance.score_blocks`,
+:func:`~diffusers_layerprune.modeling.prune_to_folder`, :func:`~diffusers_layerprune.distill.distill_student`,
+:func:`~diffusers_layerprune.evaluation.evaluate_pipeline`, :func:`~diffusers_layerprune.hub.push_pipeline`); the
+recipe calls them with typed settings and reads their typed results. Distillation (and, with several processes, the
+scan) runs under ``accelerate launch``, as users run it. Each stage writes into the run folder and records its
+settings and wall time in ``run.json``; running again with the same folder reuses every finished stage whose
+settings did not change (a changed setting re-runs that stage and the ones after it). A recipe can be given as YAML
+with the same field names as :class:`Recipe`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LayerPruneError
-
-# The distillation script is a module of the package, so a wheel install runs it too.
-TRAIN_MODULE = "diffusers_layerprune.train_distill"
+from .launch import TRAIN_MODULE, LaunchSettings, run_child  # noqa: F401  (run_child: imported from here before)
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Recipe:
     ratio: float | None = 0.25  # fraction of blocks to remove
     plan: str = "one_shot"
     distill_steps: int = 300
-    distill_batch_size: int = 16
+    distill_batch_size: int = 16  # global batch: split over num_processes
     learning_rate: float = 2e-4
     use_lora: bool = False
     rank: int = 16
@@ -54,6 +54,10 @@ class Recipe:
     push: bool = False
     private: bool = False
     extra_train_args: list[str] = field(default_factory=list)
+    num_processes: int | None = None  # distillation and scan processes; None: the accelerate config's, else 1/GPU
+    accelerate_config: str | None = None  # accelerate config file (multi-GPU, FSDP, DeepSpeed); None: the default
+    mixed_precision: str | None = None  # no, fp16, bf16 for distillation; None: the accelerate config's (no)
+    use_ema: bool = False  # distil with an EMA of the student's weights (the EMA is saved and evaluated)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
@@ -100,6 +104,8 @@ class Recipe:
             num_to_remove(config["num_layers"], self.num_layers, self.ratio, remove=self.remove)
         if self.distill_steps < 0:
             raise LayerPruneError("distill_steps must be >= 0 (0 skips distillation)")
+        if self.distill_batch_size < 1:
+            raise LayerPruneError(f"distill_batch_size must be at least 1, got {self.distill_batch_size}")
         if self.push and not self.repo_id:
             raise LayerPruneError("push needs repo_id (user/name)")
         if self.repo_id:
@@ -110,6 +116,23 @@ class Recipe:
             from .hub import check_base_model
 
             check_base_model(self.base_model)
+        launch = self.launch_settings()
+        launch.check()
+        if self.distill_steps > 0 and self.distill_batch_size % launch.resolved_num_processes():
+            n = launch.resolved_num_processes()
+            raise LayerPruneError(
+                f"distill_batch_size {self.distill_batch_size} (the global batch) does not split evenly over {n} "
+                f"processes; give a multiple of {n}"
+            )
+
+    def launch_settings(self, verbose: bool = False) -> LaunchSettings:
+        """How the distillation (and a multi-process scan) are started under ``accelerate launch``."""
+        return LaunchSettings(
+            num_processes=self.num_processes,
+            accelerate_config=self.accelerate_config,
+            mixed_precision=self.mixed_precision,
+            verbose=verbose,
+        )
 
 
 def _check_field_type(cls, name: str, value, where: str) -> None:
@@ -208,12 +231,36 @@ class RunState:
         return self.data["stages"][stage]
 
 
-def run_recipe(recipe: Recipe, *, log=print) -> dict:
-    """Run (or resume) the recipe; returns the summary rows printed at the end."""
+STAGE_TITLES = {
+    "score": "score blocks",
+    "prune": "prune",
+    "distill": "distill",
+    "eval_pruned": "evaluate pruned",
+    "eval_distilled": "evaluate distilled",
+}
+
+
+def run_recipe(recipe: Recipe, *, log=print, verbose: bool = False) -> list[dict]:
+    """Run (or resume) the recipe; returns the summary rows printed at the end. Unless ``verbose``, the libraries'
+    INFO lines and loading bars are off (here and in the launched processes): each stage shows one progress bar."""
+    from .quiet import quiet
+
+    with quiet(not verbose):
+        return _run_recipe(recipe, log, verbose)
+
+
+def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     recipe.check()
+    launch = recipe.launch_settings(verbose)
     state = RunState(Path(recipe.output).expanduser())  # a damaged run.json is refused before anything is written
     out = _prepare_run_folder(recipe)
     importance_path = out / "importance.json"
+    timings: dict[str, tuple[str, float]] = {}  # stage -> ("ran" | "reused", seconds of this run)
+
+    def ran(stage: str, settings: dict, start: float, **results) -> None:
+        seconds = time.perf_counter() - start
+        state.mark(stage, settings, seconds, **results)
+        timings[stage] = ("ran", seconds)
 
     # 1. Score the blocks.
     from .modeling import model_defaults
@@ -226,28 +273,19 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
     }
     score_settings["exclude"] = eval_prompts
     if not (state.done("score", score_settings) and importance_path.is_file()):
-        log(f"[1/5] scoring blocks of {recipe.model} with the {recipe.criterion} criterion")
+        processes = launch.resolved_num_processes()
+        log(
+            f"[1/5] scoring blocks of {recipe.model} with the {recipe.criterion} criterion"
+            + (f" ({processes} processes)" if processes > 1 else "")
+        )
         start = time.perf_counter()
         state.start("score", score_settings)
-        from .importance.cli import score_to_file
-
         # Score on training prompts, never on evaluation prompts: that would flatter the evaluation.
-        score_to_file(
-            recipe.model,
-            recipe.criterion,
-            importance_path,
-            scorer=recipe.scorer,
-            prompts=recipe.prompts or defaults["score_prompts"],
-            exclude_prompts=eval_prompts,
-            num_prompts=recipe.num_prompts,
-            steps=recipe.scan_steps,
-            seed=recipe.seed,
-            dtype=recipe.dtype,
-            log=log,
-        )
-        state.mark("score", score_settings, time.perf_counter() - start)
+        _score(recipe, importance_path, recipe.prompts or defaults["score_prompts"], eval_prompts, launch, log)
+        ran("score", score_settings, start)
     else:
         log(f"[1/5] reusing {importance_path}")
+        timings["score"] = ("reused", 0.0)
 
     # 2. Prune.
     from .importance import LayerImportance, num_to_remove, plan_blocks
@@ -274,11 +312,12 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
             inputs=local_inputs(recipe.model),
         )
         _copy_importance(importance_path, pruned)
-        state.mark("prune", prune_settings, time.perf_counter() - start)
+        ran("prune", prune_settings, start)
     else:
         log(f"[2/5] reusing {pruned}")
+        timings["prune"] = ("reused", 0.0)
 
-    # 3. Distill (a separate process: the training script, as users run it).
+    # 3. Distill: the training script under accelerate launch, as users run it.
     final = pruned
     if recipe.distill_steps > 0:
         final = out / "distilled"
@@ -290,107 +329,159 @@ def run_recipe(recipe: Recipe, *, log=print) -> dict:
                 "learning_rate",
                 "use_lora",
                 "rank",
+                "use_ema",
                 "seed",
                 "train_prompts",
                 "dtype",
                 "transformer_only",
                 "extra_train_args",
+                "num_processes",
+                "accelerate_config",
+                "mixed_precision",
             )
         }
         distill_settings.update(model=recipe.model, drop=drop, exclude=eval_prompts)
         if not (state.done("distill", distill_settings) and _is_model_folder(final)):
-            log(f"[3/5] distilling for {recipe.distill_steps} steps" + (" (LoRA)" if recipe.use_lora else ""))
+            n = launch.resolved_num_processes()
+            log(
+                f"[3/5] distilling for {recipe.distill_steps} steps"
+                + (" (LoRA)" if recipe.use_lora else "")
+                + (f" on {n} processes" if n > 1 else "")
+            )
             start = time.perf_counter()
             # Checkpoints are resumed only when they come from an attempt with these very settings; any other
             # output of ours in the folder is removed by the script (--overwrite_output_dir) before it starts.
             same = state.attempt("distill") == json.loads(json.dumps(distill_settings, default=str))
             state.start("distill", distill_settings)
-            if same and any(final.glob("checkpoint-*")):
-                resume = ["--resume_from_checkpoint", "latest"]
-            else:
-                resume = ["--overwrite_output_dir"] if final.exists() and any(final.iterdir()) else []
-            cmd = [
-                sys.executable,
-                "-m",
-                TRAIN_MODULE,
-                "--teacher_model",
+            resume = same and any(final.glob("checkpoint-*"))
+            from .distill import distill_student
+
+            distill_student(
                 recipe.model,
-                "--student_model",
-                str(pruned),
-                "--output_dir",
-                str(final),
-                "--max_train_steps",
-                str(recipe.distill_steps),
-                "--train_batch_size",
-                str(recipe.distill_batch_size),
-                "--learning_rate",
-                str(recipe.learning_rate),
-                "--checkpointing_steps",
-                str(max(1, recipe.distill_steps // 4)),
-                "--checkpoints_total_limit",
-                "1",
-                "--lr_scheduler",
-                "cosine",
-                "--lr_warmup_steps",
-                str(max(1, recipe.distill_steps // 20)),
-                "--seed",
-                str(recipe.seed),
-                "--report_to",
-                "none",
-                "--prompts",
-                recipe.train_prompts or defaults["train_prompts"],
-                "--exclude_prompts",
-                eval_prompts,
-                "--save_dtype",
-                recipe.dtype,
-                *resume,
-                *recipe.extra_train_args,
-            ]
-            if recipe.use_lora:
-                cmd += ["--use_lora", "--rank", str(recipe.rank)]
-            if recipe.transformer_only:
-                cmd += ["--transformer_only"]
-            if run_child(cmd) != 0:
-                raise LayerPruneError(f"distillation failed (see above); re-run to resume from {final}")
+                pruned,
+                final,
+                max_train_steps=recipe.distill_steps,
+                global_batch_size=recipe.distill_batch_size,
+                learning_rate=recipe.learning_rate,
+                lr_scheduler="cosine",
+                lr_warmup_steps=max(1, recipe.distill_steps // 20),
+                checkpointing_steps=max(1, recipe.distill_steps // 4),
+                checkpoints_total_limit=1,
+                seed=recipe.seed,
+                use_lora=recipe.use_lora,
+                rank=recipe.rank,
+                use_ema=recipe.use_ema,
+                prompts=recipe.train_prompts or defaults["train_prompts"],
+                exclude_prompts=eval_prompts,
+                save_dtype=recipe.dtype,
+                transformer_only=recipe.transformer_only,
+                resume_from_checkpoint="latest" if resume else None,
+                overwrite_output_dir=not resume and final.exists() and any(final.iterdir()),
+                launch=launch,
+                extra_args=recipe.extra_train_args,
+            )
             _copy_importance(importance_path, final)
-            state.mark("distill", distill_settings, time.perf_counter() - start)
+            ran("distill", distill_settings, start)
         else:
             log(f"[3/5] reusing {final}")
+            timings["distill"] = ("reused", 0.0)
 
-    # 4. Evaluate the pruned model before and (if distilled) after distillation, each against the teacher.
-    reports = {}
+    # 4. Evaluate the pruned model before and (if distilled) after distillation, each against the teacher. The
+    # teacher's images and scores are generated once: the second evaluation takes them from the teacher cache.
+    from .evaluation import EvalReport, evaluate_pipeline
+
+    reports: dict[str, EvalReport] = {}
     eval_settings = {"prompts": recipe.eval_prompts, "num_prompts": recipe.eval_num_prompts, "seed": recipe.seed}
+    saved = 0.0
     for stage, folder in (("eval_pruned", pruned), ("eval_distilled", final if final != pruned else None)):
         if folder is None:
             continue
-        report = folder / "report.json"
-        if not (state.done(stage, eval_settings) and report.is_file()):
+        report_path = folder / "report.json"
+        if not (state.done(stage, eval_settings) and report_path.is_file()):
             log(f"[4/5] evaluating {folder}")
             start = time.perf_counter()
             state.start(stage, eval_settings)
-            _evaluate(recipe, folder, report)
-            state.mark(stage, eval_settings, time.perf_counter() - start)
+            report = evaluate_pipeline(
+                folder,
+                output=report_path,
+                overwrite=True,
+                prompts=recipe.eval_prompts,
+                num_prompts=recipe.eval_num_prompts,
+                seed=recipe.seed,
+                latency_repeats=3,
+            )
+            cache = report.settings.teacher_cache or {}
+            reused = cache.get("seconds", 0.0) if cache.get("reused") else 0.0
+            saved += reused
+            ran(stage, eval_settings, start, teacher_seconds_saved=round(reused, 1))
         else:
-            log(f"[4/5] reusing {report}")
-        reports[stage] = json.loads(report.read_text())
+            log(f"[4/5] reusing {report_path}")
+            report = EvalReport.load(report_path)
+            timings[stage] = ("reused", 0.0)
+        reports[stage] = report
 
     # 5. Model card (and push).
     from .hub import push_pipeline, render_model_card, write_model_card
 
     repo_id = recipe.repo_id or f"your-name/{Path(recipe.output).name}"
     log(f"[5/5] model card {final / 'README.md'}" + (f", pushing to {repo_id}" if recipe.push else ""))
+    start = time.perf_counter()
     if recipe.push:
         push_pipeline(final, repo_id, private=recipe.private, base_model=recipe.base_model)
     else:
         write_model_card(final, render_model_card(final, repo_id, base_model=recipe.base_model))
+    timings["card"] = ("ran", time.perf_counter() - start)
 
     rows = _summary_rows(reports)
     log(_format_summary(rows))
+    log(_format_stages(timings, saved))
     from .outputs import atomic_output_file
 
+    summary = {
+        "final_model": str(final),
+        "rows": rows,
+        "stages": {name: {"status": status, "seconds": round(sec, 1)} for name, (status, sec) in timings.items()},
+        "teacher_seconds_saved": round(saved, 1),
+    }
     with atomic_output_file(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps({"final_model": str(final), "rows": rows}, indent=2))
+        tmp.write_text(json.dumps(summary, indent=2))
     return rows
+
+
+def _score(recipe: Recipe, output: Path, prompts: str, exclude: str, launch: LaunchSettings, log) -> None:
+    """The score stage: :func:`score_blocks` in this process, or with several processes ``layerprune score``
+    under ``accelerate launch`` (each process scores its share of the variants)."""
+    common = dict(
+        scorer=recipe.scorer,
+        prompts=prompts,
+        exclude_prompts=exclude,
+        num_prompts=recipe.num_prompts,
+        steps=recipe.scan_steps,
+        seed=recipe.seed,
+        dtype=recipe.dtype,
+    )
+    if launch.resolved_num_processes() == 1:
+        from .importance import score_blocks
+
+        score_blocks(recipe.model, recipe.criterion, output, log=log, **common)
+        return
+    from .launch import CLI_MODULE, run_launched
+
+    flags = {
+        "scorer": "--scorer",
+        "prompts": "--prompts",
+        "exclude_prompts": "--exclude-prompts",
+        "num_prompts": "--num-prompts",
+        "steps": "--steps",
+        "seed": "--seed",
+        "dtype": "--dtype",
+    }
+    args = [*(["--verbose"] if launch.verbose else []), "score", "--model", recipe.model]
+    args += ["--criterion", recipe.criterion, "--output", str(output), "--overwrite"]
+    for name, flag in flags.items():
+        if common[name] is not None:
+            args += [flag, str(common[name])]
+    run_launched(CLI_MODULE, args, launch, what="scoring")
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -416,56 +507,6 @@ def _prepare_run_folder(recipe: Recipe) -> Path:
     return out
 
 
-def run_child(cmd: list[str]) -> int:
-    """Run ``cmd`` (the training script) and return its exit code; the child never outlives this process.
-
-    On Linux the child asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), which covers a
-    parent killed with SIGKILL. A SIGTERM or Ctrl-C delivered to this process terminates the child, waits for it,
-    then goes on as it would have (exception or exit).
-    """
-    import signal
-    import threading
-
-    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-
-        def on_term(signum, frame):
-            raise SystemExit(128 + signum)
-
-        previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        return proc.wait()
-    except BaseException:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _die_with_parent(parent: int):
-    """A ``preexec_fn`` asking the kernel to send the child SIGTERM when ``parent`` dies."""
-    import ctypes
-    import signal
-
-    # Resolved here, in the parent: a child forked from a threaded process should not load libraries.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-        if os.getppid() != parent:  # the parent died before the request was in place
-            os._exit(1)
-
-    return preexec
-
-
 def _copy_importance(importance_path: Path, folder: Path) -> None:
     from .outputs import atomic_output_file
 
@@ -476,47 +517,36 @@ def _copy_importance(importance_path: Path, folder: Path) -> None:
                 shutil.copyfile(source, tmp)
 
 
-def _evaluate(recipe: Recipe, folder: Path, report: Path) -> None:
-    from .cli import main as cli
-
-    args = [
-        "eval",
-        "--model",
-        str(folder),
-        "--output",
-        str(report),
-        "--overwrite",
-        "--seed",
-        str(recipe.seed),
-        "--latency-repeats",
-        "3",
-    ]
-    if recipe.eval_prompts:
-        args += ["--prompts", recipe.eval_prompts]
-    if recipe.eval_num_prompts:
-        args += ["--num-prompts", str(recipe.eval_num_prompts)]
-    if cli(args) != 0:
-        raise LayerPruneError(f"evaluation of {folder} failed")
-
-
 def _summary_rows(reports: dict) -> list[dict]:
     rows = []
     first = next(iter(reports.values()))
-    labelled = [("teacher", first["models"]["teacher"])]
-    labelled += [("pruned", reports["eval_pruned"]["models"]["student"])]
+    labelled = [("teacher", first.teacher_entry)] if first.teacher_entry else []
+    labelled += [("pruned", reports["eval_pruned"].student)]
     if "eval_distilled" in reports:
-        labelled += [("pruned + distilled", reports["eval_distilled"]["models"]["student"])]
+        labelled += [("pruned + distilled", reports["eval_distilled"].student)]
     for label, entry in labelled:
         row = {
             "model": label,
-            "blocks": entry["num_layers"],
-            "transformer_params": entry["parameters"]["transformer"],
-            "speedup": entry["latency"]["speedup"],
+            "blocks": entry.num_layers,
+            "transformer_params": entry.parameters["transformer"],
+            "speedup": entry.latency.speedup,
         }
-        row.update({f"score:{k}": v["mean"] for k, v in entry["scores"].items()})
-        row.update({f"judge:{k}": v["mean"] for k, v in entry.get("checks", {}).items()})
+        row.update({f"score:{k}": v.mean for k, v in entry.scores.items()})
+        row.update({f"judge:{k}": v.mean for k, v in entry.checks.items()})
         rows.append(row)
     return rows
+
+
+def _format_stages(timings: dict[str, tuple[str, float]], saved: float) -> str:
+    """The stages' wall times of this run (reused stages cost nothing)."""
+    titles = {**STAGE_TITLES, "card": "model card"}
+    lines = [f"{'stage':<20}{'':>10}{'seconds':>10}"]
+    for name, (status, seconds) in timings.items():
+        lines.append(f"{titles.get(name, name):<20}{status:>10}{seconds:>10.1f}")
+    lines.append(f"{'total':<20}{'':>10}{sum(s for _, s in timings.values()):>10.1f}")
+    if saved:
+        lines.append(f"teacher images and scores reused from the teacher cache: {saved:.1f} s of generation saved")
+    return "\n".join(lines)
 
 
 def _format_summary(rows: list[dict]) -> str:

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
-from diffusers_layerprune.blocks import capture_block_features
 from diffusers_layerprune.data import (
     CACHE_DTYPES,
     CacheCollator,
@@ -45,17 +43,21 @@ from diffusers_layerprune.data import (
 )
 from diffusers_layerprune.distill import (
     FEATURE_LOSSES,
+    DistillConfig,
     KDWeights,
     block_pairs,
+    check_checkpoint,
     check_student_teacher,
+    checkpoint_identity,
     checkpoints,
-    kd_losses,
+    kd_step_losses,
     move_into,
     read_student_config,
     remove_old_checkpoints,
-    step_generator,
-    student_config_path,
+    step_noise,
+    student_location,
     task_target,
+    write_checkpoint_record,
 )
 from diffusers_layerprune.modeling import (
     check_resolution_for,
@@ -82,6 +84,7 @@ from diffusers_layerprune.validation import (
 )
 
 logger = get_logger(__name__)
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,9 +92,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="train_distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = p.add_argument_group("models")
-    g.add_argument("--teacher_model", default="toy", help="full pipeline: short name, folder or Hub id (default: toy)")
-    g.add_argument("--student_model", required=True, help="pruned pipeline or transformer folder (layerprune prune)")
-    g.add_argument("--revision", default=None, help="Hub revision of --teacher_model")
+    g.add_argument(
+        "--pretrained_model_name_or_path",
+        "--teacher_model",
+        dest="teacher_model",
+        default="toy",
+        help="the teacher, a full pipeline: short name, folder or Hub id (default: toy)",
+    )
+    g.add_argument("--revision", default=None, help="Hub revision of the teacher")
+    g.add_argument("--variant", default=None, help="variant of the teacher's weight files, e.g. fp16")
+    g.add_argument(
+        "--student_model",
+        required=True,
+        help="the pruned student (layerprune prune): a pipeline or transformer folder, or a Hub id",
+    )
+    g.add_argument("--student_revision", default=None, help="Hub revision of --student_model")
     g.add_argument("--output_dir", required=True, help="where the distilled pipeline, checkpoints and logs go")
     g.add_argument(
         "--overwrite_output_dir",
@@ -166,7 +181,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_train_epochs", type=positive_int, default=100)
     g.add_argument("--max_train_steps", type=positive_int, default=None, help="overrides --num_train_epochs")
     g.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument(
+        "--gradient_checkpointing", action="store_true", help="recompute block activations in the backward pass"
+    )
     g.add_argument("--learning_rate", type=positive_float, default=1e-4)
     g.add_argument("--scale_lr", action="store_true", help="multiply lr by batch size x accumulation x processes")
     g.add_argument(
@@ -175,6 +192,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
     )
     g.add_argument("--lr_warmup_steps", type=non_negative_int, default=0)
+    g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (pip install bitsandbytes)")
+    g.add_argument(
+        "--use_ema",
+        action="store_true",
+        help="keep an exponential moving average of the student's weights (diffusers' EMAModel); the EMA weights "
+        "are what is validated, saved and evaluated",
+    )
+    g.add_argument("--ema_decay", type=beta, default=0.9999, help="EMA decay (warmed up as (1+t)/(10+t))")
     g.add_argument("--adam_beta1", type=beta, default=0.9)
     g.add_argument("--adam_beta2", type=beta, default=0.999)
     g.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2)
@@ -192,7 +217,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["auto", "float32", "float16", "bfloat16"],
         help="dtype of the saved pipeline (default: auto, the teacher's: bfloat16 for PixArt-Sigma, float32 for toy)",
     )
-    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs (faster)")
     g.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     g.add_argument("--seed", type=int, default=0)
 
@@ -204,18 +229,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     g = p.add_argument_group("checkpoints, validation, logging, Hub")
     g.add_argument("--checkpointing_steps", type=positive_int, default=500)
-    g.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
+    g.add_argument(
+        "--checkpoints_total_limit",
+        type=positive_int,
+        default=None,
+        help="keep at most this many checkpoints; older ones are removed once a new one is complete",
+    )
     g.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder or "latest"')
     g.add_argument("--validation_prompts", nargs="*", default=None)
     g.add_argument("--num_validation_images", type=positive_int, default=1)
     g.add_argument("--validation_steps", type=positive_int, default=None, help="default: at each checkpoint")
     g.add_argument("--validation_inference_steps", type=positive_int, default=None)
-    g.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all", "none"])
+    g.add_argument(
+        "--report_to",
+        default="tensorboard",
+        choices=REPORT_TO,
+        help="tracker for losses and validation images (tensorboard logs are uploaded with the model)",
+    )
     g.add_argument("--logging_dir", default="logs")
     g.add_argument("--tracker_project_name", default="layerprune-distill")
     g.add_argument("--push_to_hub", action="store_true")
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_private_repo", action="store_true")
+    g.add_argument(
+        "--verbose", action="store_true", help="INFO logs of accelerate (each checkpoint's files) and loading bars"
+    )
     args = p.parse_args(argv)
 
     if args.dataset_name and args.train_data_dir:
@@ -284,15 +322,63 @@ def build_dataset(args, pipe, defaults, cache_dir, accelerator):
     )
 
 
+def check_args(args) -> None:
+    """Refuse, before anything is loaded or written, options that cannot run here (on one line, exit 2)."""
+    import importlib.util
+
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        raise LayerPruneError("--overwrite_output_dir starts over, --resume_from_checkpoint continues: pass one")
+    if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise LayerPruneError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or leave the flag out)")
+    if args.use_ema and args.use_lora:
+        raise LayerPruneError("--use_ema averages all student weights; it does not go with --use_lora")
+    # "all" means every tracker that is installed (accelerate's meaning); a named one must be installed
+    if args.report_to in ("tensorboard", "wandb") and importlib.util.find_spec(args.report_to) is None:
+        raise LayerPruneError(
+            f"--report_to {args.report_to} needs {args.report_to}: pip install {args.report_to} (or --report_to none)"
+        )
+
+
+def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names: ``latest`` in ``--output_dir`` (``None`` when there is
+    none), a checkpoint folder, or a ``checkpoint-N`` name inside ``--output_dir``."""
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        return (checkpoints(output_dir) or [None])[-1]
+    path = Path(args.resume_from_checkpoint).expanduser()
+    if not path.exists() and (output_dir / path.name).is_dir():
+        path = output_dir / path.name
+    if not path.is_dir():
+        raise LayerPruneError(f"checkpoint {args.resume_from_checkpoint} does not exist")
+    return path
+
+
+def configure_logging(verbose: bool) -> None:
+    """Without ``--verbose``: warnings only (no INFO line per saved checkpoint file), no loading bars."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if verbose else logging.WARNING
+    )
+    if not verbose:
+        from diffusers_layerprune.quiet import quiet_libraries
+
+        quiet_libraries()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    configure_logging(args.verbose)
 
-    # 1. Check the pair and the output folder before loading anything heavy. Every process runs these read-only
-    # checks before the Accelerator exists, so a refusal stops all of them alike and none waits for the others.
-    student_cfg = read_student_config(args.student_model)
-    # A sparsified student (sparsity.json) keeps its zeros: the masks are re-applied after every optimiser step.
-    sparsity = read_sparsity_record(student_config_path(args.student_model)[0])
+    # 1. Check the pair, the options, the output folder and the checkpoint to resume before loading anything heavy.
+    # Every process runs these read-only checks before the Accelerator exists, so a refusal stops all of them alike
+    # and none waits for the others.
+    check_args(args)
+    student_cfg = read_student_config(args.student_model, args.student_revision)
+    # A sparsified student (sparsity.json, local folders) keeps its zeros: the masks are re-applied after every
+    # optimiser step.
+    student_folder = Path(student_location(args.student_model, args.student_revision)[0])
+    sparsity = read_sparsity_record(student_folder) if student_folder.is_dir() else None
     full_depth_sparse = (
         sparsity is not None and "transformer" in sparsity.components and student_cfg.get("kept_layers") is None
     )
@@ -303,14 +389,24 @@ def main(argv=None) -> None:
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
     check_resolution_for(args.teacher_model, args.resolution, teacher_cfg)
-    if args.overwrite_output_dir and args.resume_from_checkpoint:
-        raise LayerPruneError("--overwrite_output_dir starts over, --resume_from_checkpoint continues: pass one")
     output_action = check_training_output_dir(
         output_dir,
         inputs=local_inputs(args.student_model, args.teacher_model),
         overwrite=args.overwrite_output_dir,
         resume=bool(args.resume_from_checkpoint),
     )
+    lora_targets = [m.strip() for m in args.lora_target_modules.split(",")]
+    identity = checkpoint_identity(
+        student_cfg,
+        use_lora=args.use_lora,
+        rank=args.rank,
+        lora_alpha=args.lora_alpha,
+        lora_target_modules=lora_targets,
+        use_ema=args.use_ema,
+    )
+    resume_path = find_resume_checkpoint(args, output_dir)
+    if resume_path is not None:
+        check_checkpoint(resume_path, identity)
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -325,14 +421,14 @@ def main(argv=None) -> None:
     if accelerator.is_main_process:
         prepare_training_output_dir(output_dir, output_action, local=_local_record(args))
     accelerator.wait_for_everyone()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     # 2. Teacher pipeline, generation defaults, data (main process first; the others read its cache).
-    teacher = load_pipeline(args.teacher_model, torch_dtype=weight_dtype, revision=args.revision)
+    teacher = load_pipeline(args.teacher_model, torch_dtype=weight_dtype, revision=args.revision, variant=args.variant)
     teacher.to(accelerator.device)
     teacher.set_progress_bar_config(disable=True)
     defaults = generation_defaults(args.teacher_model, teacher)
@@ -359,9 +455,9 @@ def main(argv=None) -> None:
     gc.collect()
 
     # 3. Models.
-    folder, subfolder = student_config_path(args.student_model)
-    student = PrunedPixArtTransformer.from_pretrained(folder, subfolder=subfolder)
-    restore_local_source(student, folder, args.teacher_model)  # the saved config names the source by folder name
+    location, subfolder = student_location(args.student_model, args.student_revision)
+    student = PrunedPixArtTransformer.from_pretrained(location, subfolder=subfolder, revision=args.student_revision)
+    restore_local_source(student, location, args.teacher_model)  # the saved config names the source by folder name
     if full_depth_sparse:
         student.register_to_config(
             kept_layers=student_cfg["kept_layers"], source_num_layers=student_cfg["source_num_layers"]
@@ -381,7 +477,7 @@ def main(argv=None) -> None:
                 r=args.rank,
                 lora_alpha=args.lora_alpha,
                 init_lora_weights="gaussian",
-                target_modules=[m.strip() for m in args.lora_target_modules.split(",")],
+                target_modules=lora_targets,
             )
         )
     else:
@@ -393,6 +489,14 @@ def main(argv=None) -> None:
     if masks is not None:
         masks.to(accelerator.device)
     params = [p for p in student.parameters() if p.requires_grad]
+    ema = None
+    if args.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(
+            student.parameters(), decay=args.ema_decay, model_cls=PrunedPixArtTransformer, model_config=student.config
+        )
+        ema.to(accelerator.device)
 
     noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
     prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
@@ -411,7 +515,13 @@ def main(argv=None) -> None:
     )
     if args.scale_lr:
         args.learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    optimizer = torch.optim.AdamW(
+    if args.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        optimizer_class = bnb.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    optimizer = optimizer_class(
         params,
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
@@ -421,41 +531,41 @@ def main(argv=None) -> None:
     updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    # accelerate steps a prepared scheduler once per process at each optimisation step (as diffusers' examples count)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps,
-        num_training_steps=args.max_train_steps,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     student, optimizer, loader, lr_scheduler = accelerator.prepare(student, optimizer, loader, lr_scheduler)
+    unwrapped = accelerator.unwrap_model(student)
+    register_checkpoint_hooks(accelerator, unwrapped, ema, use_lora=args.use_lora)
     updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
 
     if accelerator.is_main_process:
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) or v is None}
-        accelerator.init_trackers(args.tracker_project_name, config={k: v for k, v in config.items() if v is not None})
+        # Logs are uploaded with the model: every value by its public name (a local path by its folder name).
+        config = {
+            k: public_name(v) if isinstance(v, str) else v
+            for k, v in vars(args).items()
+            if isinstance(v, (int, float, str, bool))
+        }
+        accelerator.init_trackers(args.tracker_project_name, config=config)
 
     # 5. Resume.
     global_step = 0
     if args.resume_from_checkpoint:
-        path = (
-            (checkpoints(output_dir) or [None])[-1]
-            if args.resume_from_checkpoint == "latest"
-            else Path(args.resume_from_checkpoint)
-        )
-        if path is None:
+        if resume_path is None:
             accelerator.print("no checkpoint found in --output_dir; starting from scratch")
         else:
-            if not path.is_dir():
-                raise LayerPruneError(f"checkpoint {path} does not exist")
-            accelerator.load_state(str(path))
-            global_step = int(path.name.split("-")[-1])
-            accelerator.print(f"resumed from {path} at step {global_step}")
+            accelerator.load_state(str(resume_path))
+            global_step = int(resume_path.name.split("-")[-1])
+            accelerator.print(f"resumed from {resume_path} at step {global_step}")
     first_epoch = global_step // updates_per_epoch
     skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
 
     # 6. Train.
-    unwrapped = accelerator.unwrap_model(student)
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -466,6 +576,10 @@ def main(argv=None) -> None:
         ]
         log_path.write_text("".join(line + "\n" for line in kept))
     added_cond = {"resolution": None, "aspect_ratio": None}
+    # Each optimisation step draws the noise of its whole global batch and every micro-batch takes its slice
+    # (distill.step_noise): the split over processes and accumulation steps does not change what a sample gets.
+    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    micro_batch = 0
     progress = tqdm(
         total=args.max_train_steps, initial=global_step, desc="distill", disable=not accelerator.is_local_main_process
     )
@@ -480,12 +594,16 @@ def main(argv=None) -> None:
         for batch in batches:
             with accelerator.accumulate(student):
                 latents = batch["latents"].to(accelerator.device, weight_dtype)
-                g = step_generator(args.seed, global_step, accelerator.process_index)
-                noise = torch.randn(latents.shape, generator=g).to(latents)
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g
+                offset = (micro_batch * accelerator.num_processes + accelerator.process_index) * args.train_batch_size
+                noise, timesteps = step_noise(
+                    args.seed,
+                    global_step,
+                    latents.shape,
+                    global_batch_size=global_batch,
+                    offset=offset,
+                    num_train_timesteps=noise_scheduler.config.num_train_timesteps,
                 )
-                timesteps = timesteps.to(accelerator.device)
+                noise, timesteps = noise.to(latents), timesteps.to(accelerator.device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 cond = dict(
                     encoder_hidden_states=batch["prompt_embeds"].to(accelerator.device, weight_dtype),
@@ -493,18 +611,23 @@ def main(argv=None) -> None:
                     timestep=timesteps,
                     added_cond_kwargs=added_cond,
                 )
-                with torch.no_grad(), capture_block_features(teacher_tf, [t for _, t in pairs], inputs=False) as t_feat:
-                    teacher_out = teacher_tf(noisy, **cond).sample
-                with capture_block_features(unwrapped, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
-                    with accelerator.autocast():
-                        student_out = student(noisy, **cond).sample
                 target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
-                parts = kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
+                parts = kd_step_losses(
+                    student,
+                    teacher_tf,
+                    noisy,
+                    cond,
+                    target,
+                    pairs,
+                    weights,
+                    student_blocks=unwrapped,
+                    autocast=accelerator.autocast(),
+                )
                 finite = accelerator.gather(torch.isfinite(parts["loss"].detach()).reshape(1)).all()
                 if not finite:
                     last = checkpoints(output_dir)
                     raise LayerPruneError(
-                        f"non-finite loss at step {global_step} ({ {k: float(v) for k, v in parts.items()} }); "
+                        f"non-finite loss at step {global_step} ({ {k: float(v.detach()) for k, v in parts.items()} }); "
                         f"stopped. Last good checkpoint: {last[-1] if last else 'none'} (lower --learning_rate?)"
                     )
                 accelerator.backward(parts["loss"])
@@ -517,7 +640,11 @@ def main(argv=None) -> None:
                 optimizer.zero_grad(set_to_none=True)
 
             if not accelerator.sync_gradients:
+                micro_batch += 1
                 continue
+            micro_batch = 0
+            if ema is not None:
+                ema.step(unwrapped.parameters())
             global_step += 1
             progress.update(1)
             logs = {k: accelerator.reduce(v.detach(), reduction="mean").item() for k, v in parts.items()}
@@ -529,9 +656,9 @@ def main(argv=None) -> None:
                     f.write(json.dumps({"step": global_step, **logs}) + "\n")
 
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-                if accelerator.is_main_process:
-                    remove_old_checkpoints(output_dir, args.checkpoints_total_limit)
-                save_checkpoint(accelerator, output_dir, global_step)
+                save_checkpoint(
+                    accelerator, output_dir, global_step, identity=identity, limit=args.checkpoints_total_limit
+                )
             if (
                 validation is not None
                 and accelerator.is_main_process
@@ -540,7 +667,8 @@ def main(argv=None) -> None:
                     or global_step == args.max_train_steps
                 )
             ):
-                run_validation(args, teacher, unwrapped, validation, global_step, accelerator)
+                with ema_weights(ema, unwrapped):
+                    run_validation(args, teacher, unwrapped, validation, global_step, accelerator)
             if global_step >= args.max_train_steps:
                 done = True
                 break
@@ -551,6 +679,8 @@ def main(argv=None) -> None:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(student)
         final.eval()
+        if ema is not None:  # the averaged weights are the model
+            ema.copy_to(final.parameters())
         if args.use_lora:
             final.save_lora_adapter(str(output_dir / "lora"))
             final.fuse_lora()
@@ -572,8 +702,14 @@ def main(argv=None) -> None:
                 move_into(Path(tmp) / "transformer", output_dir, last="config.json")
             else:
                 # A student whose text encoder was sparsified keeps it (training used the teacher's embeddings).
-                base = args.student_model if sparsity and "text_encoder" in sparsity.components else args.teacher_model
-                pipe = load_pipeline(base, torch_dtype=save_dtype, revision=args.revision, transformer=final)
+                sparse_text = sparsity is not None and "text_encoder" in sparsity.components
+                pipe = load_pipeline(
+                    args.student_model if sparse_text else args.teacher_model,
+                    torch_dtype=save_dtype,
+                    revision=args.student_revision if sparse_text else args.revision,
+                    variant=None if sparse_text else args.variant,
+                    transformer=final,
+                )
                 extra = {}
                 if sparsity is not None:
                     event = {"action": "distill", "steps": global_step, "masks_kept": masks is not None}
@@ -582,37 +718,37 @@ def main(argv=None) -> None:
                 move_into(Path(tmp) / "pipeline", output_dir)
         write_marker(output_dir, "distillation", local=_local_record(args), entries=())
         # distill_config.json is uploaded with the model: models and data by public name (full paths in the marker).
-        recipe = {
-            "teacher_model": public_name(args.teacher_model),
-            "student_model": public_name(args.student_model),
-            "kept_layers": final.config.kept_layers,
-            "source_num_layers": final.config.source_num_layers,
-            "steps": global_step,
-            "lora": args.use_lora,
-            "rank": args.rank if args.use_lora else None,
-            "lora_alpha": args.lora_alpha if args.use_lora else None,
-            "feature_loss": args.feature_loss,
-            "weights": {
-                "task": args.lambda_task,
-                "output": args.lambda_out,
-                "variance": args.lambda_var,
-                "feature": args.lambda_feat,
-            },
-            "learning_rate": args.learning_rate,
-            "train_batch_size": args.train_batch_size,
-            "num_processes": accelerator.num_processes,
-            "train_samples": len(dataset),
-            "prompt_set": _public_record(getattr(args, "prompt_set_record", None)),
-            "save_dtype": str(save_dtype).removeprefix("torch."),
-            "transformer_only": args.transformer_only,
-            "sparsity_masks_kept": masks is not None,
-            "data": public_name(args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"]),
-            "resolution": args.resolution,
-            "max_sequence_length": args.max_sequence_length,
-            "cache_dtype": args.cache_dtype,
-            "seed": args.seed,
-        }
-        (output_dir / "distill_config.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        DistillConfig(
+            teacher_model=public_name(args.teacher_model),
+            student_model=public_name(args.student_model),
+            kept_layers=final.config.kept_layers,
+            source_num_layers=final.config.source_num_layers,
+            steps=global_step,
+            weights=weights,
+            lora=args.use_lora,
+            rank=args.rank if args.use_lora else None,
+            lora_alpha=args.lora_alpha if args.use_lora else None,
+            learning_rate=args.learning_rate,
+            train_batch_size=args.train_batch_size,
+            num_processes=accelerator.num_processes,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=accelerator.mixed_precision,
+            use_ema=args.use_ema,
+            ema_decay=args.ema_decay if args.use_ema else None,
+            train_samples=len(dataset),
+            prompt_set=_public_record(getattr(args, "prompt_set_record", None)),
+            data=public_name(args.dataset_name or args.train_data_dir or args.prompts or defaults["train_prompts"]),
+            save_dtype=str(save_dtype).removeprefix("torch."),
+            transformer_only=args.transformer_only,
+            resolution=args.resolution,
+            max_sequence_length=args.max_sequence_length,
+            cache_dtype=args.cache_dtype,
+            seed=args.seed,
+            teacher_revision=args.revision,
+            teacher_variant=args.variant,
+            student_revision=args.student_revision,
+            sparsity_masks_kept=masks is not None,
+        ).save(output_dir)
         plot_losses(log_path, output_dir / "loss_curve.png")
         if args.push_to_hub:
             from diffusers_layerprune.hub import push_pipeline
@@ -637,18 +773,131 @@ def _local_record(args) -> dict:
     return {"teacher_model": full_local(args.teacher_model), "student_model": full_local(args.student_model)}
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
-    """accelerate state (model, optimizer, scheduler, RNG, sampler) written under a temporary name and renamed when
-    complete, so a run killed while saving never leaves a half-written checkpoint for --resume_from_checkpoint."""
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: accelerate's state, with the student saved as a loadable transformer folder
+# ----------------------------------------------------------------------------------------------------------------
+
+LORA_STATE = "adapter_model.safetensors"
+
+
+def transformer_state_dict(model) -> dict[str, torch.Tensor]:
+    """The student's weights under the stock diffusers names; LoRA adapters are merged in (the model is not
+    changed), so the result loads into ``PixArtTransformer2DModel``."""
+    deltas: dict[str, torch.Tensor] = {}
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is a dependency; without it there are no adapters to merge
+        LoraLayer = ()
+    for name, module in model.named_modules():
+        if LoraLayer and isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    delta = module.get_delta_weight(adapter).detach()
+                    key = f"{name}.weight"
+                    deltas[key] = deltas[key] + delta if key in deltas else delta
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".lora_" in key:
+            continue
+        clean = key.replace(".base_layer.", ".")
+        value = value.detach()
+        if clean in deltas:
+            value = value + deltas[clean].to(value.dtype)
+        state[clean] = value.contiguous()
+    return state
+
+
+def save_transformer_folder(model, folder: Path) -> None:
+    """``config.json`` + ``diffusion_pytorch_model.safetensors``: ``PixArtTransformer2DModel.from_pretrained`` (and
+    ``PrunedPixArtTransformer.from_pretrained``) load it."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    state = {k: v.cpu() for k, v in transformer_state_dict(model).items()}
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+
+
+def register_checkpoint_hooks(accelerator, model, ema, *, use_lora: bool) -> None:
+    """``save_state`` writes the student as ``transformer/`` (a transformer folder; LoRA merged), the trainable LoRA
+    weights as ``transformer_lora/`` and the EMA as ``transformer_ema/`` (diffusers' EMAModel folder);
+    ``load_state`` reads them back. Checkpoints of earlier versions (accelerate's ``model.safetensors``) still
+    load."""
+
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            folder = Path(output_dir)
+            save_transformer_folder(model, folder / "transformer")
+            if use_lora:
+                from peft.utils import get_peft_model_state_dict
+                from safetensors.torch import save_file
+
+                (folder / "transformer_lora").mkdir(exist_ok=True)
+                lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+                save_file(lora, str(folder / "transformer_lora" / LORA_STATE))
+            if ema is not None:
+                ema.save_pretrained(str(folder / "transformer_ema"))
+        while weights:  # saved above: accelerate must not write them again
+            weights.pop()
+
+    def load_model_hook(models, input_dir):
+        from safetensors.torch import load_file
+
+        folder = Path(input_dir)
+        if not (folder / "transformer").is_dir():
+            return  # a checkpoint of an earlier version: accelerate loads its model.safetensors
+        while models:
+            target = accelerator.unwrap_model(models.pop())
+            if use_lora:
+                from peft.utils import set_peft_model_state_dict
+
+                set_peft_model_state_dict(target, load_file(str(folder / "transformer_lora" / LORA_STATE)))
+            else:
+                state = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+                target.load_state_dict(state, strict=True)
+        if ema is not None:
+            from diffusers.training_utils import EMAModel
+
+            loaded = EMAModel.from_pretrained(str(folder / "transformer_ema"), PrunedPixArtTransformer)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, *, identity: dict, limit: int | None = None) -> None:
+    """accelerate state (student, EMA, optimizer, scheduler, RNG, sampler) written under a temporary name and renamed
+    when complete, so a run killed while saving never leaves a half-written checkpoint for --resume_from_checkpoint;
+    only then are checkpoints beyond ``limit`` removed, so a kill never leaves none."""
     tmp, final = output_dir / f".checkpoint-{step}.tmp", output_dir / f"checkpoint-{step}"
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_checkpoint_record(tmp, identity, step)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        remove_old_checkpoints(output_dir, limit, newest=final)
     accelerator.wait_for_everyone()
+
+
+class ema_weights:
+    """Within the block the model holds the EMA weights (validation sees what will be saved); restored after."""
+
+    def __init__(self, ema, model) -> None:
+        self.ema, self.model = ema, model
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.ema.store(self.model.parameters())
+            self.ema.copy_to(self.model.parameters())
+
+    def __exit__(self, *exc):
+        if self.ema is not None:
+            self.ema.restore(self.model.parameters())
+        return False
 
 
 def run_validation(args, teacher, student, validation, step, accelerator):
@@ -659,9 +908,9 @@ def run_validation(args, teacher, student, validation, step, accelerator):
     folder.mkdir(parents=True, exist_ok=True)
     was_training = student.training
     student.eval()
-    images = []
+    images, captions = [], []
     with torch.no_grad():
-        for i in range(len(args.validation_prompts)):
+        for i, prompt in enumerate(args.validation_prompts):
             for j in range(args.num_validation_images):
                 out = pipe(
                     prompt_embeds=embeds[i : i + 1].to(accelerator.device, student.dtype),
@@ -679,13 +928,26 @@ def run_validation(args, teacher, student, validation, step, accelerator):
                 ).images[0]
                 out.save(folder / f"prompt{i}-{j}.png")
                 images.append(out)
+                captions.append(f"{i}: {prompt}")
     student.train(was_training)
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            import numpy as np
+    log_validation_images(accelerator.trackers, images, captions, step)
 
+
+def log_validation_images(trackers, images, captions, step: int) -> None:
+    """Log validation images to every active tracker that takes images (TensorBoard, Weights & Biases)."""
+    import numpy as np
+
+    for tracker in trackers:
+        if tracker.name == "tensorboard":
             tracker.writer.add_images(
                 "validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC"
+            )
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log(
+                {"validation": [wandb.Image(im, caption=c) for im, c in zip(images, captions, strict=True)]},
+                step=step,
             )
 
 
@@ -716,15 +978,17 @@ def plot_losses(log_path: Path, out: Path) -> None:
 def cli(argv=None) -> None:
     """Command-line entry point: a :class:`LayerPruneError` (or an ``OSError`` such as a full disk) is printed on one
     line and exits 2; ``LAYERPRUNE_DEBUG=1`` shows the traceback instead."""
+    from diffusers_layerprune.launch import follow_parent, report_error
     from diffusers_layerprune.validation import debug_enabled
 
+    follow_parent()  # launched by `layerprune run`: stop when it stops
     try:
         main(argv)
     except (LayerPruneError, OSError) as error:
         if debug_enabled([]):
             raise
         message = error if isinstance(error, LayerPruneError) else f"{error.strerror or error}: {error.filename or ''}"
-        print(f"train_distill: error: {message}", file=sys.stderr)
+        report_error("train_distill", message)
         raise SystemExit(2) from None
 
 

@@ -4,6 +4,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see diffusers_layerprune/__init__.py
+# Caches (text embeddings, teacher latents, the teacher-evaluation cache) go to a folder of this session, not to the
+# user's ~/.cache: tests start from nothing and leave nothing behind.
+if "LAYERPRUNE_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["LAYERPRUNE_CACHE"] = tempfile.mkdtemp(prefix="layerprune-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LAYERPRUNE_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -26,3 +26,20 @@ def distill_args(work: Path, out: Path, *, student: str = "student", steps: int 
         "--max_train_steps", steps, "--checkpointing_steps", checkpointing_steps, "--max_sequence_length", 16,
         "--teacher_inference_steps", 2, "--teacher_guidance_scale", 1.0, "--learning_rate", 1e-3,
     ]  # fmt: skip
+
+
+# A CPU accelerate config for tests (the design notes: pass --config_file, never rely on a user's default config).
+ACCELERATE_CONFIG = """compute_environment: LOCAL_MACHINE
+debug: false
+distributed_type: 'NO'
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 1
+use_cpu: true
+"""
+
+
+def write_accelerate_config(folder: Path) -> Path:
+    path = Path(folder) / "accelerate.yaml"
+    path.write_text(ACCELERATE_CONFIG)
+    return path

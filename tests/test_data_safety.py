@@ -322,8 +322,8 @@ def test_push_refuses_a_symbolic_link_to_a_file_outside_the_folder(sandbox, caps
     secret = sandbox / "id_ed25519"
     secret.write_text("PRIVATE KEY")
     (ours / "extra.txt").symlink_to(secret)
-    (ours / "logs").mkdir()
-    (ours / "logs" / "ignored.txt").symlink_to(secret)  # never uploaded: fine where it is
+    (ours / "validation").mkdir()
+    (ours / "validation" / "ignored.txt").symlink_to(secret)  # never uploaded: fine where it is
     before = snapshot(sandbox)
     refused(capsys, ["push", ours, "--repo-id", "me/x", "--dry-run"], "extra.txt", "outside the folder")
     assert snapshot(sandbox) == before  # no README written, the target untouched

@@ -121,12 +121,16 @@ def test_step_generator_depends_only_on_seed_step_and_process():
     assert not torch.equal(draw(0, 5, 0), draw(1, 5, 0))
 
 
-def test_checkpoint_limit_removes_oldest(tmp_path):
+def test_checkpoint_limit_removes_oldest_after_the_new_one_is_complete(tmp_path):
     for step in (10, 2, 30):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    removed = remove_old_checkpoints(tmp_path, keep=2)
-    assert [p.name for p in removed] == ["checkpoint-2", "checkpoint-10"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-30"]
+    removed = remove_old_checkpoints(tmp_path, keep=2)  # called once checkpoint-30 is complete: it counts
+    assert [p.name for p in removed] == ["checkpoint-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-30"]
+    # resumed from checkpoint-10 and saved checkpoint-20: the new one stays, whatever its number
+    (tmp_path / "checkpoint-20").mkdir()
+    removed = remove_old_checkpoints(tmp_path, keep=1, newest=tmp_path / "checkpoint-20")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-20"]
     assert remove_old_checkpoints(tmp_path, keep=None) == []
 
 

@@ -357,3 +357,37 @@ def test_latency_samples_are_long_enough_and_equal_across_models(tiny_transforme
 
     single = transformer_latency({"teacher": tiny_transformer, "student": student}, min_sample_seconds=0, **kwargs)
     assert single["student"]["calls_per_sample"] == 1 and single["student"]["median_ms"] == pytest.approx(3.0)
+
+
+def test_teacher_is_evaluated_once_for_several_students(work, tmp_path, monkeypatch):
+    """Evaluating a second student of the same teacher with the same prompts, seeds and settings reuses the
+    teacher's images and scores (not generated again); its latency is measured again; other settings miss."""
+    import diffusers_layerprune.modeling as modeling
+    from diffusers_layerprune.evaluation import EvalReport, evaluate_pipeline
+
+    first = EvalReport.load(work / "distilled" / "report.json")
+    assert first.settings.teacher_cache["reused"] is False and first.settings.teacher_cache["seconds"] > 0
+    generated = []
+    real = modeling.generate_from_embeddings
+
+    def counting(pipe, embeds, *args, **kwargs):
+        generated.append((pipe.transformer.config.num_layers, len(embeds)))
+        return real(pipe, embeds, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "generate_from_embeddings", counting)
+    settings = dict(prompts=str(work / "prompts.txt"), scorers=str(work / "clip"), steps=3, guidance=1.0)
+    report = evaluate_pipeline(work / "pruned", output=tmp_path / "r.json", latency_repeats=2, **settings)
+    cache = report.settings.teacher_cache
+    assert cache["reused"] is True and cache["key"] == first.settings.teacher_cache["key"]
+    assert report.teacher_entry.scores == first.teacher_entry.scores  # per-prompt scores included
+    assert report.teacher_entry.latency.transformer_ms_per_step > 0
+    assert (6, 4) not in generated  # the 6-block teacher generated no image of the 4 prompts
+    assert "reused from an earlier evaluation" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r_grid.png").stat().st_size > 0
+
+    generated.clear()
+    again = evaluate_pipeline(work / "pruned", teacher_cache=False, latency_repeats=2, **settings)
+    assert again.settings.teacher_cache is None and (6, 4) in generated
+    assert again.teacher_entry.scores == first.teacher_entry.scores  # what the cache held is what it computes
+    other_seed = evaluate_pipeline(work / "pruned", seed=1, latency_repeats=2, **settings)
+    assert other_seed.settings.teacher_cache["reused"] is False

@@ -19,7 +19,7 @@ def subprocess_sees_this_checkout(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout):
+def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout, capfd):
     recipe = Recipe(
         model="toy",
         num_prompts=2,
@@ -42,6 +42,19 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     assert [r["model"] for r in rows] == ["teacher", "pruned", "pruned + distilled"]
     assert [r["blocks"] for r in rows] == [12, 9, 9]
     assert {"score:toy", "judge:judge_overall", "judge:judge_colour"} <= set(rows[0])
+    # the teacher is evaluated once: the second evaluation takes its images and scores from the cache
+    first, second = (json.loads((run / f / "report.json").read_text()) for f in ("pruned", "distilled"))
+    assert first["settings"]["teacher_cache"]["reused"] is False and second["settings"]["teacher_cache"]["reused"]
+    assert first["models"]["teacher"]["scores"] == second["models"]["teacher"]["scores"]
+    assert state["eval_distilled"]["teacher_seconds_saved"] > 0
+    assert all(state[stage]["seconds"] > 0 for stage in state)  # each stage's wall time
+    # quiet output: stage lines, one bar per stage, the summary tables; no INFO lines, loading bars or tracebacks
+    printed = capfd.readouterr()
+    text = printed.out + printed.err
+    for noise in ("INFO", "Loading pipeline components", "Loading weights", "Writing model shards", "Traceback"):
+        assert noise not in text, noise
+    assert "distill:" in text and "generate:" in text
+    assert any(line.startswith("stage") for line in logs) and any("teacher cache" in line for line in logs)
 
     # the model card of the pruned + distilled + evaluated toy folder
     card_text = (run / "distilled" / "README.md").read_text()
@@ -117,3 +130,31 @@ def test_run_transformer_only_keeps_only_transformers(tmp_path, subprocess_sees_
     card = (tmp_path / "run" / "distilled" / "README.md").read_text()
     assert "PixArtTransformer2DModel.from_pretrained(" in card and "model-index" in card
     assert json.loads((tmp_path / "run" / "distilled" / "distill_config.json").read_text())["transformer_only"]
+
+
+def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_this_checkout, capfd):
+    """`layerprune run --num-processes 2 --accelerate-config FILE`: the scan and the distillation each run as two
+    gloo processes under accelerate launch; the global batch is split over them."""
+    from diffusers_layerprune.cli import main
+
+    from helpers import write_accelerate_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "model: tiny-random\nnum_prompts: 4\nscan_steps: 2\nnum_layers: 4\nratio: null\ndistill_steps: 2\n"
+        "distill_batch_size: 4\neval_num_prompts: 2\n"
+        "extra_train_args: [--max_train_samples, '4', --teacher_inference_steps, '2']\n"
+    )
+    config = write_accelerate_config(tmp_path)
+    out = tmp_path / "run"
+    argv = ["run", "--recipe", recipe, "--num-processes", "2", "--accelerate-config", config, "--output", out]
+    assert main([str(a) for a in argv]) == 0
+    importance = json.loads((out / "importance.json").read_text())
+    assert importance["metadata"]["num_processes"] == 2
+    record = json.loads((out / "distilled" / "distill_config.json").read_text())
+    assert (record["num_processes"], record["train_batch_size"], record["steps"]) == (2, 2, 2)
+    settings = json.loads((out / "run.json").read_text())["stages"]["distill"]["settings"]
+    assert settings["num_processes"] == 2 and settings["accelerate_config"] == str(config)
+    printed = capfd.readouterr()
+    assert "on 2 processes" in printed.out and "Traceback" not in printed.out + printed.err
+    assert "INFO" not in printed.out + printed.err

@@ -145,18 +145,17 @@ def test_card_lists_datasets_and_eval_results():
     )
     assert prompt_dataset_id("hpdv2:photo") == "zhwang/HPDv2"
     assert prompt_dataset_id("toy:train") is None and prompt_dataset_id("prompts.txt") is None
+    from diffusers_layerprune import DistillConfig
+    from diffusers_layerprune.evaluation import EvalReport, EvalSettings, Latency, ModelEval, ScoreSummary
+
     importance = {"metadata": {"prompts": {"source": "user/prompts:train@text", "count": 5}}}
-    distill = {"prompt_set": {"source": "user/train-corpus@caption"}, "data": "user/train-corpus@caption"}
-    report = {
-        "settings": {"prompts": "hpdv2", "num_prompts": 3200},
-        "models": {
-            "student": {
-                "scores": {"hpsv2.1": {"mean": 0.271}},
-                "checks": {},
-                "latency": {"speedup": 1.17},
-            }
-        },
-    }
+    distill = DistillConfig(
+        "base", "pruned", [0, 2], 4, steps=10, prompt_set={"source": "user/train-corpus@caption"}, data="x"
+    )
+    student = ModelEval("m", 2, [0, 2], {"transformer": 1, "total": 2}, Latency(1.0, 0.02, 0.5, 1.17))
+    student.scores["hpsv2.1"] = ScoreSummary(0.271)
+    settings = EvalSettings("hpdv2", 3200, ["hpsv2.1"], 20, 4.5, 1024, 300)
+    report = EvalReport("m", "base", settings, {"student": student})
     assert card_datasets(importance, distill, report) == ["user/prompts", "user/train-corpus", "zhwang/HPDv2"]
     results = card_eval_results(report)
     assert [(r.metric_type, r.metric_value, r.dataset_type) for r in results] == [

@@ -39,6 +39,7 @@ _EXPORTS = {
     "plan_blocks": "plans",
     "num_to_remove": "plans",
     "greedy_order": "plans",
+    "score_blocks": "scoring",
 }
 
 __all__ = ["CRITERIA_MODULES", "all_criteria", "compute_importance", "get_criterion", *_EXPORTS]

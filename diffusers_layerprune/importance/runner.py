@@ -407,6 +407,7 @@ class ImportanceScan:
         if path is None:
             return
         line = json.dumps({"key": key, "variant": list(unit[0]), "batch": unit[1], "record": record})
+        path.parent.mkdir(parents=True, exist_ok=True)  # the output's folder may not exist yet
         with open(path, "a+b") as f:
             f.seek(0, os.SEEK_END)
             if f.tell() > 0:

@@ -1,0 +1,186 @@
+"""Scoring the blocks of a model: the ``score`` stage as a library function.
+
+``layerprune score`` parses its arguments and calls :func:`score_blocks`; ``layerprune run`` calls it too (or, with
+several processes, launches ``layerprune score`` through ``accelerate launch``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import LayerPruneError
+
+
+def _check_scorer_name(name: str) -> None:
+    # Same rule as load_scorer, without loading anything: a registered name or an existing path.
+    from ..scorers import SCORERS
+
+    if name in SCORERS or Path(name).expanduser().exists():
+        return
+    raise LayerPruneError(f"unknown scorer {name!r}; known scorers: {', '.join(sorted(SCORERS))}, or a path")
+
+
+def score_blocks(
+    model: str,
+    criterion: str = "preference",
+    output: str | Path | None = None,
+    *,
+    scorer: str | None = None,
+    prompts: str | None = None,
+    prompt_column: str | None = None,
+    exclude_prompts: str | None = None,
+    num_prompts: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    resolution: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    num_timesteps: int = 4,
+    greedy_steps: int = 0,
+    dtype: str = "auto",
+    revision: str | None = None,
+    base_model: str | None = None,
+    overwrite: bool = True,
+    show_progress: bool = True,
+    log=None,
+):
+    """The ``score`` stage: measure the importance of every block of ``model`` with ``criterion``.
+
+    Args:
+        model: a short name (``toy``), a local pipeline folder or a Hub id.
+        criterion: a registered criterion name (``preference``, ``block_influence``, ...).
+        output: JSON file to write (with its PNG bar chart); ``None`` keeps the result in memory only. Finished work
+            goes to ``<output>.progress*.jsonl`` while the scan runs, so a killed scan resumes where it stopped.
+            Unlike the CLI, an existing ``output`` is replaced unless ``overwrite=False``.
+        scorer, prompts, ...: as the options of ``layerprune score``; ``None`` takes the model's defaults
+            (``generation_defaults`` / ``scoring_defaults``).
+        log: called with each line of the summary (``print`` in the CLI); ``None`` prints nothing.
+
+    Returns the :class:`~diffusers_layerprune.importance.LayerImportance` on every process. Under
+    ``accelerate launch`` the work is split across the processes. Everything a user can get wrong raises
+    :class:`LayerPruneError` before the model is loaded.
+    """
+    from ..outputs import check_output_parent
+    from .registry import get_criterion
+
+    spec = get_criterion(criterion)
+    if output is not None:
+        output = Path(output).expanduser()
+        if output.is_dir():
+            raise LayerPruneError(f"output {output} is a folder; give a .json file path")
+        if output.suffix.lower() != ".json":  # the plot goes beside it as <stem>.png: a .png output would be both
+            raise LayerPruneError(f"--output {output} must end in .json (the bar chart is written beside it as .png)")
+        check_output_parent(output)
+        _check_importance_outputs(output, overwrite)
+    for name, value in (
+        ("num-prompts", num_prompts),
+        ("steps", steps),
+        ("resolution", resolution),
+        ("batch-size", batch_size),
+        ("num-timesteps", num_timesteps),
+    ):
+        if value is not None and value < 1:
+            raise LayerPruneError(f"--{name} must be at least 1, got {value}")
+
+    from ..modeling import check_resolution_for, read_transformer_config, scoring_defaults
+
+    config = read_transformer_config(model, revision=revision)  # a wrong path fails before any loading
+    check_resolution_for(model, resolution, config)
+    if config is not None and greedy_steps and not 0 < greedy_steps < config["num_layers"]:
+        raise LayerPruneError(f"--greedy-steps must be between 1 and {config['num_layers'] - 1}")
+    defaults = scoring_defaults(model)
+    scorer_name = None
+    if spec.needs_scorer:
+        scorer_name = scorer or defaults["scorer"]
+        _check_scorer_name(scorer_name)
+    if greedy_steps and not spec.greedy:
+        raise LayerPruneError(f"--greedy-steps: greedy re-scoring is not defined for the {spec.name} criterion")
+
+    prompt_set = None
+    if spec.needs_prompts:
+        from ..data import load_prompts
+
+        exclude = load_prompts(exclude_prompts) if exclude_prompts else None
+        prompt_set = load_prompts(
+            prompts or defaults["score_prompts"], column=prompt_column, limit=num_prompts, exclude=exclude
+        )
+
+    from ..modeling import generation_defaults, load_pipeline, resolve_dtype
+    from ..scorers import load_scorer
+    from . import compute_importance
+    from .plans import greedy_order
+    from .result import normalise_model_id
+    from .runner import ImportanceScan, ScanSettings, process_state
+
+    state = process_state()
+    pipe = load_pipeline(model, torch_dtype=resolve_dtype(dtype, model), revision=revision, base_model=base_model)
+    pipe.to(state.device)
+    gen = generation_defaults(model, pipe)
+    settings = ScanSettings(
+        num_inference_steps=steps or gen["num_inference_steps"],
+        guidance_scale=gen["guidance_scale"] if guidance is None else guidance,
+        resolution=resolution or gen["resolution"],
+        max_sequence_length=gen["max_sequence_length"],
+        seed=seed,
+        batch_size=batch_size,
+        num_timesteps=num_timesteps,
+    )
+    scan = ImportanceScan(
+        pipe,
+        prompt_set,
+        settings,
+        model_id=normalise_model_id(model),
+        scorer=load_scorer(scorer_name, device=state.device) if scorer_name else None,
+        scorer_name=scorer_name,
+        progress_path=output,
+        free_text_encoder=True,
+        show_progress=show_progress,
+        state=state,
+    )
+    if greedy_steps and not 0 < greedy_steps < scan.num_layers:
+        raise LayerPruneError(f"--greedy-steps must be between 1 and {scan.num_layers - 1}")
+    importance = compute_importance(spec.name, scan)
+    if greedy_steps:
+        importance.extra["greedy_order"] = greedy_order(scan, spec.name, greedy_steps)
+    if state.is_main_process and output is not None:
+        importance.save(output, overwrite=True)
+    if state.is_main_process and log is not None:
+        _summary(importance, model, output, log)
+    scan.remove_progress()
+    return importance
+
+
+def _check_importance_outputs(output: Path, overwrite: bool) -> None:
+    """The JSON, its plot and the progress files: no symbolic links; existing files replaced only with
+    ``overwrite`` and only when the JSON is an importance file of ours."""
+    from ..outputs import check_not_symlink, check_output_file
+    from .result import is_importance_file
+
+    for path in (output, output.with_suffix(".png")):
+        check_output_file(path, overwrite=overwrite, owned=lambda _: is_importance_file(output))
+    for path in output.parent.glob(f"{output.name}.progress*.jsonl"):  # runner.progress_files, without torch
+        check_not_symlink(path, "progress file")
+    from .runner import check_progress_files
+
+    check_progress_files(output)
+
+
+def _summary(importance, model: str, output: Path | None, log) -> None:
+    k = max(1, round(0.25 * importance.num_layers))
+    log(f"{importance.criterion} importance of {model} ({importance.num_layers} blocks)")
+    log("block  " + " ".join(f"{i:>8d}" for i in range(importance.num_layers)))
+    log("value  " + " ".join(f"{v:>8.4g}" for v in importance.values))
+    log(f"least important {k}: {importance.least_important(k)}")
+    if "additivity" in importance.extra:
+        a = importance.extra["additivity"]
+        log(
+            f"additivity: removing {a['blocks']} together costs {a['measured_loss']:.4g}, the single losses sum "
+            f"to {a['sum_of_single_losses']:.4g} (ratio {a['ratio']:.2f})"
+        )
+    if "best_span" in importance.extra:
+        start = importance.extra["best_span"][str(k)]
+        log(f"best span of {k} consecutive blocks (plan span): {list(range(start, start + k))}")
+    if "greedy_order" in importance.extra:
+        log(f"greedy removal order: {importance.extra['greedy_order']}")
+    if output is not None:
+        log(f"wrote {output} and {output.with_suffix('.png')}")
