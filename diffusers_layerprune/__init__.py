@@ -20,6 +20,11 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "PrunedPixArtTransformer": "modeling",
+    "PrunedSanaTransformer": "modeling",
+    "PrunedSD3Transformer": "modeling",
+    "PrunedFluxTransformer": "modeling",
+    "ModelFamily": "families",
+    "get_family": "families",
     "load_pipeline": "modeling",
     "prune_pipeline": "modeling",
     "save_pruned_pipeline": "modeling",

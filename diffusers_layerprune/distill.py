@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,7 +180,7 @@ def kd_step_losses(
     student: nn.Module,
     teacher: nn.Module,
     noisy: torch.Tensor,
-    cond: Mapping,
+    cond: Mapping | Callable[[nn.Module, torch.Tensor], torch.Tensor],
     target: torch.Tensor,
     pairs: Sequence[tuple[int, int]],
     weights: KDWeights,
@@ -193,18 +193,22 @@ def kd_step_losses(
 
     ``student`` is what is called (e.g. the DDP-wrapped model); ``student_blocks`` the module whose blocks are
     watched (the unwrapped model; default ``student``); ``autocast`` a context for the student's forward (mixed
-    precision).
+    precision). ``cond`` is the transformer's keyword arguments besides ``noisy``, or ``(model, noisy) ->
+    prediction`` (a family's forward, ``ModelFamily.forward``, with the batch's timesteps and text bound).
     """
     from contextlib import nullcontext
 
     from .blocks import capture_block_features
 
+    def run(model):
+        return cond(model, noisy) if callable(cond) else model(noisy, **cond).sample
+
     with torch.no_grad(), capture_block_features(teacher, [t for _, t in pairs], inputs=False) as t_feat:
-        teacher_out = teacher(noisy, **cond).sample
+        teacher_out = run(teacher)
     watched = student if student_blocks is None else student_blocks
     with capture_block_features(watched, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
         with autocast or nullcontext():
-            student_out = student(noisy, **cond).sample
+            student_out = run(student)
     return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
 
 

@@ -77,18 +77,18 @@ def transformer_latency(
     and one scheduler hiccup on a shared CPU then decides the speed-up (a toy run measured a 9-of-12-block model
     at 0.96x its teacher with single-forward samples; 1.29-1.31x otherwise).
     """
+    from .families import family_of
+    from .families.base import to_device
+
     first = next(iter(transformers.values()))
     device, dtype = first.device, first.dtype
+    family = family_of(first)  # the forward arguments and text widths are the family's
     latent = resolution // vae_scale_factor
     g = torch.Generator().manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(batch_size, first.config.in_channels, latent, latent, generator=g).to(device, dtype),
-        encoder_hidden_states=torch.randn(batch_size, text_tokens, first.config.caption_channels, generator=g).to(
-            device, dtype
-        ),
-        timestep=torch.full((batch_size,), 500, device=device),
-        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-    )
+    channels = family.latent_channels(first.config)
+    latents = torch.randn(batch_size, channels, latent, latent, generator=g).to(device, dtype)
+    text = to_device(family.random_text(first.config, batch_size, text_tokens, g), device, dtype)
+    timestep = torch.full((batch_size,), 500, device=device)
     times: dict[str, list[float]] = {name: [] for name in transformers}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -97,7 +97,7 @@ def transformer_latency(
         sync()
         start = time.perf_counter()
         for _ in range(calls):
-            model(**inputs)
+            family.forward(model, latents, timestep, text)
         sync()
         return (time.perf_counter() - start) / calls
 

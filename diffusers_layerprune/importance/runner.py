@@ -28,13 +28,12 @@ import torch
 from ..blocks import capture_block_features, num_blocks, skip_blocks
 from ..data import PromptSet, cache_key, encode_prompts
 from ..errors import LayerPruneError
+from ..families import family_of
 
 Variant = tuple[int, ...]
 """Blocks skipped in one variant of the model (``()`` is the full model), sorted."""
 Unit = tuple[Variant, int]
 """One piece of work: a variant and the index of a prompt batch."""
-
-_ADDED_COND = {"resolution": None, "aspect_ratio": None}
 
 
 @dataclass(frozen=True)
@@ -292,17 +291,13 @@ class ImportanceScan:
         """
         dtype, channels = self.transformer.dtype, self.transformer.config.in_channels
         embeds, mask = probe.embeds.to(self.device, dtype), probe.mask.to(self.device)
+        text = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+        forward = family_of(self.transformer).forward  # the family's forward arguments
         outputs = []
         with torch.inference_mode(), skip_blocks(self.transformer, skipped):
             for k in range(probe.latents.shape[0]):
-                out = self.transformer(
-                    hidden_states=probe.latents[k].to(self.device, dtype),
-                    encoder_hidden_states=embeds,
-                    encoder_attention_mask=mask,
-                    timestep=probe.timesteps[k].to(self.device),
-                    added_cond_kwargs=_ADDED_COND,
-                    return_dict=False,
-                )[0]
+                latents = probe.latents[k].to(self.device, dtype)
+                out = forward(self.transformer, latents, probe.timesteps[k].to(self.device), text)
                 outputs.append(out[:, :channels].float().cpu())
                 if on_step is not None:
                     on_step(k)
