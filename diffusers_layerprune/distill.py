@@ -228,6 +228,7 @@ def student_location(student: str | os.PathLike, revision: str | None = None) ->
 
 
 def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[str, str | None, dict]:
+    from .families import family_of_config
     from .validation import check_transformer_config, check_weights_cover_blocks
 
     name = str(student)
@@ -243,8 +244,10 @@ def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[s
             raise LayerPruneError(f"{student} is neither a pipeline folder nor a transformer folder")
         config_dir = path / subfolder if subfolder else path
         config = _read_config(config_dir / "config.json")
-        check_transformer_config(config, str(config_dir / "config.json"))
-        check_weights_cover_blocks(config_dir, config["num_layers"])
+        family = family_of_config(config, str(student))
+        check_transformer_config(config, str(config_dir / "config.json"), tuple(s.depth_key for s in family.stacks))
+        for stack in family.stacks:
+            check_weights_cover_blocks(config_dir, config[stack.depth_key], stack.attr)
         return str(path), subfolder, config
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or "/" not in name:
         raise LayerPruneError(

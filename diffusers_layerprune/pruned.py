@@ -72,15 +72,8 @@ class PrunedTransformerMixin:
                 f"use {family.pruned_class().__name__}"
             )
         depths = family.stack_depths(transformer.config)
-        kept = resolve_kept_layers(sum(depths), kept_layers, pruned_layers)
+        kept = check_selection(family, depths, kept_layers, pruned_layers)
         kept_by_stack = family.split(kept, depths)
-        if len(family.stacks) > 1:
-            for stack, local, depth in zip(family.stacks, kept_by_stack, depths, strict=True):
-                if depth and not local:
-                    raise LayerPruneError(
-                        f"every {stack.kind} block would be removed ({stack.depth_key}={depth}); "
-                        f"keep at least one block of each stack ({describe_stacks(family, depths)})"
-                    )
 
         parent_kept = transformer.config.get("kept_layers")
         source_num_layers = transformer.config.get("source_num_layers") or sum(depths)
@@ -161,6 +154,21 @@ def _renamed(key: str, family, prefixes: dict[str, int], positions: list[dict[in
             target = positions[s].get(int(index))
             return None if target is None else f"{prefix}{target}.{rest}"
     return key
+
+
+def check_selection(family, depths: Sequence[int], kept_layers=None, pruned_layers=None) -> list[int]:
+    """Validate a keep or drop list of global block indices against a model of ``family`` with stacks of ``depths``
+    and return the kept indices (:func:`~diffusers_layerprune.blocks.resolve_kept_layers`); for many-stack families
+    also refuse removing every block of one stack. Needs no weights: commands run it before loading."""
+    kept = resolve_kept_layers(sum(depths), kept_layers, pruned_layers)
+    if len(family.stacks) > 1:
+        for stack, local, depth in zip(family.stacks, family.split(kept, depths), depths, strict=True):
+            if depth and not local:
+                raise LayerPruneError(
+                    f"every {stack.kind} block would be removed ({stack.depth_key}={depth}); "
+                    f"keep at least one block of each stack ({describe_stacks(family, depths)})"
+                )
+    return kept
 
 
 def describe_stacks(family, depths: Sequence[int]) -> str:

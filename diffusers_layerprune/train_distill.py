@@ -59,7 +59,7 @@ from diffusers_layerprune.distill import (
     task_target,
     write_checkpoint_record,
 )
-from diffusers_layerprune.families import family_of, family_of_pipeline
+from diffusers_layerprune.families import family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.modeling import (
     check_resolution_for,
@@ -387,6 +387,12 @@ def main(argv=None) -> None:
     if full_depth_sparse:  # sparsified but not depth-pruned: student block i learns from teacher block i
         depth = student_cfg["num_layers"]
         student_cfg = {**student_cfg, "kept_layers": list(range(depth)), "source_num_layers": depth}
+    family = family_of_config(student_cfg, args.student_model)
+    if family.objective != "ddpm":  # before anything is loaded or written
+        raise LayerPruneError(
+            f"{args.student_model} is a {family.title} model, trained by rectified flow; train_distill implements "
+            "DDPM-trained families (PixArt-Sigma) so far. Prune, score, evaluate and publish it with layerprune"
+        )
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)

@@ -88,7 +88,24 @@ def family_of_pipeline(pipe, where: str | None = None) -> ModelFamily:
     return family
 
 
+def encode_text(pipe, prompts, *, max_sequence_length: int, batch_size: int = 32, device=None) -> dict:
+    """Encode ``prompts`` exactly as ``pipe`` does for generation (its family's ``encode``), in batches.
+
+    Returns the family's text conditioning for all prompts (``prompt_embeds [N, L, D]`` and a mask ``[N, L]`` or
+    pooled embeddings ``[N, P]``) on the CPU."""
+    import torch
+
+    family = family_of_pipeline(pipe)
+    device = device or pipe.text_encoder.device
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            parts.append(family.encode(pipe, list(prompts[start : start + batch_size]), max_sequence_length, device))
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 __all__ = [
+    "encode_text",
     "BlockLayout",
     "BlockStack",
     "FAMILIES",

@@ -76,6 +76,10 @@ class ModelFamily:
             made loadable.
         adapt_state: ``(state, student, source_config, kept_by_stack) -> state``: fix-ups of the renumbered state dict
             when a block changes structure by its new position (SD3's last joint block).
+        unpack_latents: ``(latents, resolution, vae_scale_factor) -> [B, C, h, w]``: what the pipeline returns with
+            ``output_type="latent"`` as an image-shaped tensor (Flux returns packed ``[B, N, 4C]`` tokens).
+        objective: how the family is trained: ``ddpm`` (noise prediction on a DDPM schedule: PixArt) or ``flow``
+            (rectified flow, velocity prediction: Sana, SD3, Flux); ``train_distill`` implements ``ddpm`` so far.
         real_size: ``config -> bool``: a checkpoint of the real widths (run in ``defaults["dtype"]``), not a tiny test
             model (kept in float32 so its numbers are exact).
         native_resolution: ``pipe -> int``: the pixel size the pipeline generates by default.
@@ -97,7 +101,9 @@ class ModelFamily:
     latent_channels: Callable[[Mapping], int] = lambda config: int(config["in_channels"])
     prune_config: Callable[[Mapping, Sequence[Sequence[int]]], dict] = lambda config, kept: {}
     adapt_state: Callable[..., dict] | None = None
+    unpack_latents: Callable[[torch.Tensor, int, int], torch.Tensor] = lambda latents, resolution, factor: latents
     real_size: Callable[[Mapping], bool] = lambda config: True
+    objective: str = "ddpm"
     native_resolution: Callable[[object], int] = lambda pipe: int(
         pipe.transformer.config.sample_size * pipe.vae_scale_factor
     )

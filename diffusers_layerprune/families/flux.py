@@ -143,6 +143,8 @@ FAMILY = ModelFamily(
     random_text=pooled_random_text,
     call_kwargs=call_kwargs,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
+    unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
+    objective="flow",
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),
     defaults=dict(

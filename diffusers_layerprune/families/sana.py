@@ -104,6 +104,7 @@ FAMILY = ModelFamily(
     encode=encode_masked,
     random_text=masked_random_text("caption_channels"),
     call_kwargs=masked_call_kwargs,
+    objective="flow",
     real_size=lambda config: (config.get("caption_channels") or 0) >= 2304,  # Gemma-2-2B conditioning
     defaults=dict(
         max_sequence_length=300,

@@ -149,6 +149,7 @@ FAMILY = ModelFamily(
     call_kwargs=call_kwargs,
     prune_config=prune_config,
     adapt_state=adapt_state,
+    objective="flow",
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     defaults=dict(
         max_sequence_length=256,

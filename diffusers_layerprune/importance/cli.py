@@ -157,12 +157,15 @@ def check_prune_importance_args(args: argparse.Namespace) -> None:
         )
 
 
-def pruned_layers_from_importance(args: argparse.Namespace, depth: int, model: str) -> list[int]:
-    """The blocks ``--importance`` + ``--num-layers``/``--remove``/``--ratio`` + ``--plan`` remove from ``model``."""
+def pruned_layers_from_importance(
+    args: argparse.Namespace, depth: int, model: str, family: str | None = None
+) -> list[int]:
+    """The blocks ``--importance`` + ``--num-layers``/``--remove``/``--ratio`` + ``--plan`` remove from ``model``
+    (of model family ``family``: a file measured on another family is refused)."""
     from .plans import num_to_remove, plan_blocks
     from .result import LayerImportance, check_importance_matches
 
     importance = LayerImportance.load(args.importance)
-    check_importance_matches(importance, depth, model)
+    check_importance_matches(importance, depth, model, family)
     k = num_to_remove(depth, args.num_layers, args.ratio, remove=args.remove)
     return plan_blocks(importance, k, args.plan)
