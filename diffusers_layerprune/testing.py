@@ -461,3 +461,55 @@ def tiny_call_kwargs(pipe, *, steps: int = 2, seed: int = 0) -> dict:
     if family.name in ("pixart", "sana"):
         kwargs.update(use_resolution_binning=False, clean_caption=False)
     return kwargs
+
+
+# Published transformer configs (diffusers' config.json of each checkpoint), for benchmarks with random weights.
+SANA_1600M_TRANSFORMER = dict(  # Efficient-Large-Model/Sana_1600M_1024px_diffusers
+    in_channels=32,
+    out_channels=32,
+    num_attention_heads=70,
+    attention_head_dim=32,
+    num_layers=20,
+    num_cross_attention_heads=20,
+    cross_attention_head_dim=112,
+    cross_attention_dim=2240,
+    caption_channels=2304,
+    mlp_ratio=2.5,
+    sample_size=32,
+    patch_size=1,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
+SD35_MEDIUM_TRANSFORMER = dict(  # stabilityai/stable-diffusion-3.5-medium
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+)
+FLUX1_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+# family -> (config, VAE downsampling factor, text tokens the pipeline pads to)
+PUBLISHED_TRANSFORMERS = {
+    "sana": (SANA_1600M_TRANSFORMER, 32, 300),
+    "sd3": (SD35_MEDIUM_TRANSFORMER, 8, 333),  # 77 CLIP tokens + 256 T5 tokens
+    "flux": (FLUX1_DEV_TRANSFORMER, 8, 512),
+}
