@@ -144,6 +144,16 @@ def task_target(prediction_type: str, latents: torch.Tensor, noise: torch.Tensor
     raise LayerPruneError(f"unsupported prediction_type {prediction_type!r} (epsilon, sample or v_prediction)")
 
 
+def flow_noising(
+    latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, num_train_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectified-flow training pair (Esser et al., 2024; Sana, SD3, Flux): ``x_t = (1 - s) x0 + s eps`` with
+    ``s = t / num_train_timesteps``, and the velocity target ``eps - x0`` the model predicts. Returns ``(x_t,
+    target)``, shaped like ``latents``."""
+    sigma = (timesteps.to(torch.float32) / num_train_timesteps).view(-1, *([1] * (latents.dim() - 1))).to(latents)
+    return (1 - sigma) * latents + sigma * noise, noise - latents
+
+
 def kd_losses(
     student_out: torch.Tensor,
     teacher_out: torch.Tensor,

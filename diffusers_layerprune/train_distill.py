@@ -50,6 +50,7 @@ from diffusers_layerprune.distill import (
     check_student_teacher,
     checkpoint_identity,
     checkpoints,
+    flow_noising,
     kd_step_losses,
     move_into,
     read_student_config,
@@ -388,10 +389,11 @@ def main(argv=None) -> None:
         depth = student_cfg["num_layers"]
         student_cfg = {**student_cfg, "kept_layers": list(range(depth)), "source_num_layers": depth}
     family = family_of_config(student_cfg, args.student_model)
-    if family.objective != "ddpm":  # before anything is loaded or written
+    if family.text_keys != ("prompt_embeds", "prompt_attention_mask"):  # before anything is loaded or written
         raise LayerPruneError(
-            f"{args.student_model} is a {family.title} model, trained by rectified flow; train_distill implements "
-            "DDPM-trained families (PixArt-Sigma) so far. Prune, score, evaluate and publish it with layerprune"
+            f"{args.student_model} is a {family.title} model, conditioned on pooled text embeddings, which the "
+            "distillation caches do not hold yet (PixArt-Sigma and Sana are supported); prune, score, evaluate and "
+            "publish it with layerprune"
         )
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
@@ -505,8 +507,13 @@ def main(argv=None) -> None:
         ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=pruned_class, model_config=student.config)
         ema.to(accelerator.device)
 
-    noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
-    prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
+    if family_of_pipeline(teacher).objective == "flow":  # velocity target on the straight noising path
+        noise_scheduler, prediction_type = None, "flow"
+        num_train_timesteps = int(teacher.scheduler.config.get("num_train_timesteps", 1000))
+    else:
+        noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
+        prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
+        num_train_timesteps = noise_scheduler.config.num_train_timesteps
     weights = KDWeights(args.lambda_task, args.lambda_out, args.lambda_var, args.lambda_feat, args.feature_loss)
 
     # 4. Data loader, optimiser, schedule. The cache holds each caption's real tokens only; the collator re-pads
@@ -608,10 +615,14 @@ def main(argv=None) -> None:
                     latents.shape,
                     global_batch_size=global_batch,
                     offset=offset,
-                    num_train_timesteps=noise_scheduler.config.num_train_timesteps,
+                    num_train_timesteps=num_train_timesteps,
                 )
                 noise, timesteps = noise.to(latents), timesteps.to(accelerator.device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                if noise_scheduler is None:  # rectified flow (Sana): x_t = (1 - s) x0 + s eps, s = t / T
+                    noisy, target = flow_noising(latents, noise, timesteps, num_train_timesteps)
+                else:
+                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
                 text = {
                     "prompt_embeds": batch["prompt_embeds"].to(accelerator.device, weight_dtype),
                     "prompt_attention_mask": batch["prompt_attention_mask"].to(accelerator.device),
@@ -620,7 +631,6 @@ def main(argv=None) -> None:
                 def cond(model, x, timesteps=timesteps, text=text):
                     return forward(model, x, timesteps, text)
 
-                target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
                 parts = kd_step_losses(
                     student,
                     teacher_tf,

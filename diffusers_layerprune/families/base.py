@@ -79,7 +79,9 @@ class ModelFamily:
         unpack_latents: ``(latents, resolution, vae_scale_factor) -> [B, C, h, w]``: what the pipeline returns with
             ``output_type="latent"`` as an image-shaped tensor (Flux returns packed ``[B, N, 4C]`` tokens).
         objective: how the family is trained: ``ddpm`` (noise prediction on a DDPM schedule: PixArt) or ``flow``
-            (rectified flow, velocity prediction: Sana, SD3, Flux); ``train_distill`` implements ``ddpm`` so far.
+            (rectified flow, velocity prediction: Sana, SD3, Flux); ``train_distill`` implements both.
+        text_keys: the keys of ``encode``'s conditioning; the distillation caches hold an embedding and a mask, so
+            families with pooled embeddings (SD3, Flux) cannot be distilled yet.
         real_size: ``config -> bool``: a checkpoint of the real widths (run in ``defaults["dtype"]``), not a tiny test
             model (kept in float32 so its numbers are exact).
         native_resolution: ``pipe -> int``: the pixel size the pipeline generates by default.
@@ -104,6 +106,7 @@ class ModelFamily:
     unpack_latents: Callable[[torch.Tensor, int, int], torch.Tensor] = lambda latents, resolution, factor: latents
     real_size: Callable[[Mapping], bool] = lambda config: True
     objective: str = "ddpm"
+    text_keys: tuple[str, ...] = ("prompt_embeds", "prompt_attention_mask")
     native_resolution: Callable[[object], int] = lambda pipe: int(
         pipe.transformer.config.sample_size * pipe.vae_scale_factor
     )

@@ -145,6 +145,7 @@ FAMILY = ModelFamily(
     latent_channels=lambda config: int(config["in_channels"]) // 4,
     unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
     objective="flow",
+    text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),
     defaults=dict(

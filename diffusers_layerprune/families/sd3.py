@@ -150,6 +150,7 @@ FAMILY = ModelFamily(
     prune_config=prune_config,
     adapt_state=adapt_state,
     objective="flow",
+    text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     defaults=dict(
         max_sequence_length=256,
