@@ -6,9 +6,10 @@ The full models do not fit this benchmark's CPU machine (Flux.1-dev alone is 12B
 each family is built with its published config (widths, heads, text widths, SD3.5's dual attention and QK norm) but
 fewer blocks of each kind, and timed at a small resolution with the pipeline's real text length:
 
-1. ``full``: the reduced-depth model; one variant per block kind with one block of that kind skipped
-   (``blocks.skip_blocks``). Per-block cost of kind k: ``c_k = t_full - t_skip_k``; the rest is the overhead every
-   depth keeps (embeddings, final layer): ``o = t_full - sum_k n_k c_k``. Variants are timed interleaved and
+1. ``full``: the reduced-depth model, and variants with some blocks skipped (``blocks.skip_blocks``). The time of
+   a variant with ``n_k`` blocks of kind k is modelled as ``o + sum_k n_k c_k``: ``c_k`` the cost of one block of
+   kind k, ``o`` the overhead every depth keeps (embeddings, final layer), fitted by least squares over the full
+   model and the skip variants (the fit's largest relative residual is reported). Variants are timed interleaved and
    summarised by the median, so drift in machine load hits all of them alike.
 2. ``pruned``: a saved-class pruned model (``Pruned<Family>Transformer.from_transformer``) of the reduced model, timed
    in the same loop: its measured speed-up is compared with the ideal ``t_full / (o + sum_k kept_k c_k)``.
@@ -47,23 +48,26 @@ DOC = ROOT / "docs" / "families.md"
 START, END = "<!-- bench_families:start -->", "<!-- bench_families:end -->"
 TITLES = {"sana": "Sana 1.6B", "sd3": "SD3.5 Medium", "flux": "Flux.1-dev"}
 
-# Reduced depth per family (real widths): {config overrides}, the block kinds with (global index of one block of that
-# kind, blocks of that kind in the reduced model, in the published model), and the blocks the pruned variant drops.
+# Reduced depth per family (real widths): {config overrides}, the block kinds with (blocks of that kind in the
+# reduced model, in the published model), the skip variants timed for the fit, and the blocks the pruned model drops.
 REDUCED = {
     "sana": dict(
         config=dict(num_layers=4),
-        kinds={"block": (1, 4, 20)},
+        kinds={"block": (4, 20)},
+        skips=[[1], [1, 2]],
         pruned=[1, 2],
     ),
     "sd3": dict(
         # blocks 0-1 dual attention (SD3.5 Medium: 0..12 of 24), 2-3 plain; the last is context_pre_only
         config=dict(num_layers=4, dual_attention_layers=(0, 1)),
-        kinds={"dual-attention joint": (0, 2, 13), "joint": (2, 2, 11)},
+        kinds={"dual-attention joint": (2, 13), "joint": (2, 11)},
+        skips=[[0], [2], [0, 1]],
         pruned=[0, 2],
     ),
     "flux": dict(
         config=dict(num_layers=1, num_single_layers=2),
-        kinds={"double": (0, 1, 19), "single": (1, 2, 38)},
+        kinds={"double": (1, 19), "single": (2, 38)},
+        skips=[[0], [1], [1, 2]],
         pruned=[2],
     ),
 }
@@ -100,8 +104,8 @@ def measure(family: str, args) -> dict:
     pruned = record.pruned_class().from_transformer(model, pruned_layers=spec["pruned"], copy_weights=False).eval()
 
     variants = {"full": (model, ())}
-    for kind, (index, _, _) in spec["kinds"].items():
-        variants[f"skip {kind}"] = (model, (index,))
+    for skipped in spec["skips"]:
+        variants[f"skip {skipped}"] = (model, tuple(skipped))
     variants["pruned"] = (pruned, ())
     times = {name: [] for name in variants}
 
@@ -121,15 +125,26 @@ def measure(family: str, args) -> dict:
                 times[name].append(run(name))
     median = {name: statistics.median(t) for name, t in times.items()}
     full = median["full"]
-    costs = {kind: full - median[f"skip {kind}"] for kind in spec["kinds"]}
-    overhead = full - sum(costs[kind] * n for kind, (_, n, _) in spec["kinds"].items())
-    dropped = {kind: sum(1 for i in spec["pruned"] if _kind_of(family, i) == kind) for kind in spec["kinds"]}
-    ideal_pruned = full / (full - sum(costs[k] * d for k, d in dropped.items()))
-    real_full = overhead + sum(costs[kind] * real for kind, (_, _, real) in spec["kinds"].items())
+    kinds = list(spec["kinds"])
+
+    def counts(skipped):
+        return [spec["kinds"][k][0] - sum(1 for i in skipped if _kind_of(family, i) == k) for k in kinds]
+
+    fitted = [((), full)] + [(tuple(sk), median[f"skip {sk}"]) for sk in spec["skips"]]
+    a = torch.tensor([[1.0, *counts(sk)] for sk, _ in fitted], dtype=torch.float64)
+    b = torch.tensor([[t] for _, t in fitted], dtype=torch.float64)
+    solution = torch.linalg.lstsq(a, b).solution.flatten().tolist()
+    overhead, costs = solution[0], dict(zip(kinds, solution[1:], strict=True))
+    residual = max(
+        abs((a @ torch.tensor(solution, dtype=torch.float64))[i].item() - t) / t for i, (_, t) in enumerate(fitted)
+    )
+    model_time = overhead + sum(c * n for c, n in zip(solution[1:], counts(spec["pruned"]), strict=True))
+    ideal_pruned = full / model_time
+    real_full = overhead + sum(costs[kind] * real for kind, (_, real) in spec["kinds"].items())
     scenarios = []
     for removed in SCENARIOS[family]:
         kept_time = real_full - sum(costs[k] * n for k, n in removed.items())
-        blocks = sum(real for _, _, real in spec["kinds"].values())
+        blocks = sum(real for _, real in spec["kinds"].values())
         n_removed = sum(removed.values())
         scenarios.append(
             dict(
@@ -143,7 +158,9 @@ def measure(family: str, args) -> dict:
         benchmark="bench_families",
         family=family,
         model=TITLES[family],
-        published_config={k: list(v) if isinstance(v, tuple) else v for k, v in PUBLISHED_TRANSFORMERS[family][0].items()},
+        published_config={
+            k: list(v) if isinstance(v, tuple) else v for k, v in PUBLISHED_TRANSFORMERS[family][0].items()
+        },
         reduced_config={k: list(v) if isinstance(v, tuple) else v for k, v in spec["config"].items()},
         settings=dict(
             resolution=args.resolution,
@@ -163,6 +180,7 @@ def measure(family: str, args) -> dict:
         raw_seconds=times,
         block_cost_seconds={k: round(v, 5) for k, v in costs.items()},
         overhead_seconds=round(overhead, 5),
+        fit_max_relative_residual=round(residual, 4),
         pruned_variant=dict(
             dropped=spec["pruned"],
             measured_speedup=round(full / median["pruned"], 4),
@@ -197,9 +215,9 @@ def report(families) -> str:
         "Measured by `python benchmarks/bench_inference.py --family <family>` (CPU, random weights at the published "
         "widths, reduced depth; see the method above). Costs are medians of interleaved repeats.",
         "",
-        "| model | block costs (s / forward) | overhead (s) | pruned variant: measured vs ideal speed-up | "
-        "settings, machine load |",
-        "|---|---|---|---|---|",
+        "| model | block costs (s / forward) | overhead (s) | fit residual | pruned model: measured vs ideal "
+        "speed-up | settings, machine load |",
+        "|---|---|---|---|---|---|",
     ]
     found = []
     for family in families:
@@ -212,7 +230,8 @@ def report(families) -> str:
         p, st = r["pruned_variant"], r["settings"]
         load = ", ".join(f"{x:.1f}" for x in r["machine"]["load_average"])
         lines.append(
-            f"| {r['model']} | {costs} | {r['overhead_seconds']:.3f} | {p['measured_speedup']:.2f}x vs "
+            f"| {r['model']} | {costs} | {r['overhead_seconds']:.3f} | {100 * r['fit_max_relative_residual']:.1f}% "
+            f"| {p['measured_speedup']:.2f}x vs "
             f"{p['ideal_speedup']:.2f}x (blocks {p['dropped']} of the reduced model) | {st['resolution']} px, "
             f"{st['text_tokens']} text tokens, batch {st['batch_size']}, {st['dtype']}, "
             f"{r['machine']['threads']} threads, load avg {load} |"

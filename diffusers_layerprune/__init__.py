@@ -1,4 +1,4 @@
-"""diffusers-layerprune: depth pruning and distillation of diffusion transformers (PixArt-Sigma first).
+"""diffusers-layerprune: depth pruning and distillation of diffusion transformers (PixArt-Sigma, Sana, SD3, Flux).
 
 Public names load lazily so that ``layerprune --help`` does not pay for importing torch and diffusers.
 

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = OneLineArgumentParser(
         prog="layerprune",
-        description="Depth pruning of diffusion transformers (PixArt-Sigma): score blocks, prune, distill, evaluate.",
+        description="Depth pruning of diffusion transformers (PixArt-Sigma, Sana, SD3 / SD3.5, Flux.1): score blocks, prune, "
+        "distill, evaluate.",
     )
     from . import __version__
     from .importance.cli import add_prune_importance_args, add_score_parser
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune = sub.add_parser(
         "prune",
         help="remove transformer blocks and save a pipeline that stock diffusers loads",
-        description="Remove whole transformer blocks from a PixArt pipeline and save the pruned pipeline. "
+        description="Remove whole transformer blocks from a PixArt-Sigma, Sana, SD3 or Flux pipeline and save the pruned "
+        "pipeline (Flux: one index over its double then single blocks). "
         "The saved transformer records the source blocks it kept (config.kept_layers); stock "
         "DiffusionPipeline.from_pretrained loads the folder without this package.",
     )

@@ -44,7 +44,7 @@ def block_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int]]
 
 
 def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> None:
-    """Fail before training when the student cannot be distilled from this teacher: it must be a pruned PixArt
+    """Fail before training when the student cannot be distilled from this teacher: it must be a pruned
     transformer (``kept_layers``: distinct teacher block indices in increasing order, one per student block) of a
     teacher of this depth and width."""
     kept = student_config.get("kept_layers")

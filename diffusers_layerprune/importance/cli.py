@@ -27,7 +27,7 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
     score = subparsers.add_parser(
         "score",
         help="measure the importance of every transformer block (writes JSON + PNG)",
-        description="Score every transformer block of a PixArt pipeline with one criterion and write a "
+        description="Score every transformer block of a pipeline (PixArt-Sigma, Sana, SD3, Flux) with one criterion and write a "
         "layer-importance JSON file and a bar chart (PNG) next to it. Finished work is appended to "
         "<output>.progress*.jsonl: a killed scan restarts where it stopped. Under `accelerate launch` the work is "
         "split across processes.",
