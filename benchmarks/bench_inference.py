@@ -8,6 +8,11 @@ parts every depth keeps (patch embedding, caption projection, timestep embedding
 
     python benchmarks/bench_inference.py                      # 256 px on CPU, pruned to 24 and 20 blocks
     python benchmarks/bench_inference.py --device cuda --dtype bfloat16 --resolution 1024 --batch-size 2
+
+Other families (Sana 1.6B, SD3.5 Medium, Flux.1-dev; see benchmarks/bench_families.py and docs/families.md):
+
+    python benchmarks/bench_inference.py --family flux        # per-block costs at the real widths, CPU, 256 px
+    python benchmarks/bench_inference.py --report-only        # docs/families.md tables from the results JSON
 """
 
 from __future__ import annotations
@@ -53,6 +58,14 @@ def sync(device: str) -> None:
 
 
 def main() -> None:
+    import sys
+
+    if "--family" in sys.argv or "--report-only" in sys.argv:  # the other families: bench_families.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_families import main as families_main
+
+        families_main()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=256, help="image side in pixels (latent = resolution / 8)")
     parser.add_argument("--batch-size", type=int, default=2, help="2 = one prompt with classifier-free guidance")

@@ -1,4 +1,4 @@
-"""diffusers-layerprune: depth pruning and distillation of diffusion transformers (PixArt-Sigma first).
+"""diffusers-layerprune: depth pruning and distillation of diffusion transformers (PixArt-Sigma, Sana, SD3, Flux).
 
 Public names load lazily so that ``layerprune --help`` does not pay for importing torch and diffusers.
 
@@ -20,6 +20,11 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "PrunedPixArtTransformer": "modeling",
+    "PrunedSanaTransformer": "modeling",
+    "PrunedSD3Transformer": "modeling",
+    "PrunedFluxTransformer": "modeling",
+    "ModelFamily": "families",
+    "get_family": "families",
     "load_pipeline": "modeling",
     "prune_pipeline": "modeling",
     "save_pruned_pipeline": "modeling",

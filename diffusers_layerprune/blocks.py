@@ -1,69 +1,70 @@
-"""Block surgery: where a model family keeps its blocks, skipping blocks, capturing block features.
+"""Block surgery: where a model keeps its blocks, skipping blocks, capturing block features.
 
-Every criterion, the pruning code and the distillation losses reach a model's blocks through this module only,
-so supporting another diffusion transformer (Sana, SD3, Flux) means adding one :class:`BlockLayout` to
-:data:`BLOCK_LAYOUTS`.
+Every criterion, the pruning code and the distillation losses reach a model's blocks through this module only. Where
+the blocks are comes from the model's :class:`~diffusers_layerprune.families.ModelFamily` (its ``stacks``), so a new
+family needs no change here. Blocks are numbered globally in execution order: for Flux, its double-stream blocks
+``0..num_layers-1``, then its single-stream blocks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .errors import LayerPruneError
+from .families import BlockLayout, BlockStack, family_of
+
+__all__ = [
+    "BlockLayout",
+    "BlockStack",
+    "block_layout",
+    "block_stacks",
+    "get_blocks",
+    "num_blocks",
+    "block_names",
+    "resolve_kept_layers",
+    "skip_blocks",
+    "capture_block_features",
+    "BlockFeatures",
+]
 
 
-def _first_tensor(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
+def block_stacks(model: nn.Module) -> tuple[BlockStack, ...]:
+    """The model's block stacks in execution order, or a :class:`LayerPruneError` for an unsupported model."""
+    return family_of(model).stacks
 
 
-@dataclass(frozen=True)
-class BlockLayout:
-    """Where a model family keeps its stack of transformer blocks and how to read a block's hidden states.
-
-    Attributes:
-        attr: attribute name of the ``nn.ModuleList`` of blocks on the model.
-        num_layers_key: config key holding the depth (kept equal to ``len(blocks)``).
-        hidden_from_output: maps a block's return value to its image-token hidden states ``[B, N, D]``.
-        hidden_input_name: keyword name of the hidden-states argument, when it is not passed positionally.
-    """
-
-    attr: str
-    num_layers_key: str = "num_layers"
-    hidden_from_output: Callable[[object], torch.Tensor] = field(default=_first_tensor)
-    hidden_input_name: str = "hidden_states"
-
-
-# Class name -> layout. Looked up along the model's MRO, so subclasses (PrunedPixArtTransformer) match.
-BLOCK_LAYOUTS: dict[str, BlockLayout] = {
-    "PixArtTransformer2DModel": BlockLayout(attr="transformer_blocks"),
-}
-
-
-def block_layout(model: nn.Module) -> BlockLayout:
-    """Return the :class:`BlockLayout` of ``model``'s family, or raise a :class:`LayerPruneError`."""
-    for klass in type(model).__mro__:
-        layout = BLOCK_LAYOUTS.get(klass.__name__)
-        if layout is not None:
-            return layout
-    supported = ", ".join(sorted(BLOCK_LAYOUTS))
-    raise LayerPruneError(
-        f"{type(model).__name__} is not a supported diffusion transformer (supported: {supported}); "
-        "pass a PixArt-Sigma model or pipeline"
-    )
+def block_layout(model: nn.Module) -> BlockStack:
+    """The first (for one-stack families, the only) block stack of ``model``; see :func:`block_stacks`."""
+    return block_stacks(model)[0]
 
 
 def get_blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's ``nn.ModuleList`` of transformer blocks, in execution order."""
-    return getattr(model, block_layout(model).attr)
+    """The model's transformer blocks in execution order (all stacks, global numbering).
+
+    For a one-stack family this is the model's own ``nn.ModuleList``; for Flux a new list of the same modules."""
+    stacks = block_stacks(model)
+    if len(stacks) == 1:
+        return getattr(model, stacks[0].attr)
+    return nn.ModuleList([block for stack in stacks for block in getattr(model, stack.attr)])
 
 
 def num_blocks(model: nn.Module) -> int:
-    return len(get_blocks(model))
+    return sum(len(getattr(model, stack.attr)) for stack in block_stacks(model))
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """A label per global block index: its index, or for many-stack families its stack and local index
+    (``double 3``, ``single 0``)."""
+    family = family_of(model)
+    return family.block_names([len(getattr(model, stack.attr)) for stack in family.stacks])
+
+
+def _stack_of_each(model: nn.Module) -> list[BlockStack]:
+    return [stack for stack in block_stacks(model) for _ in getattr(model, stack.attr)]
 
 
 def resolve_kept_layers(
@@ -119,15 +120,19 @@ def skip_blocks(model: nn.Module, skipped: Iterable[int]) -> Iterator[nn.Module]
         with skip_blocks(pipe.transformer, [3]):
             images = pipe(prompt, generator=torch.Generator().manual_seed(0)).images
     """
-    layout = block_layout(model)
-    original = getattr(model, layout.attr)
     skipped = set(_check_indices(model, skipped))
-    reduced = nn.ModuleList([block for i, block in enumerate(original) if i not in skipped])
-    setattr(model, layout.attr, reduced)
+    originals, start = {}, 0
+    for stack in block_stacks(model):
+        blocks = getattr(model, stack.attr)
+        originals[stack.attr] = blocks
+        kept = [block for i, block in enumerate(blocks) if start + i not in skipped]
+        start += len(blocks)
+        setattr(model, stack.attr, nn.ModuleList(kept))
     try:
         yield model
     finally:
-        setattr(model, layout.attr, original)
+        for attr, blocks in originals.items():
+            setattr(model, attr, blocks)
 
 
 class BlockFeatures:
@@ -159,7 +164,7 @@ def capture_block_features(
     """Record each block's input and/or output hidden states while the context is open.
 
     Args:
-        model: a supported transformer (see :data:`BLOCK_LAYOUTS`).
+        model: a transformer of a supported family (``diffusers_layerprune.families``).
         indices: blocks to watch (default: all).
         inputs / outputs: which side of each block to record.
         detach: keep ``False`` to backpropagate through the recorded tensors (feature distillation).
@@ -167,7 +172,7 @@ def capture_block_features(
     Hooks are removed on exit, also on exception. Attach before entering :func:`skip_blocks` to key features by
     the original block indices.
     """
-    layout = block_layout(model)
+    stacks = _stack_of_each(model)
     blocks = get_blocks(model)
     indices = _check_indices(model, range(len(blocks)) if indices is None else indices)
     features = BlockFeatures()
@@ -177,17 +182,17 @@ def capture_block_features(
         return t.detach() if detach else t
 
     for index in indices:
-        block = blocks[index]
+        block, layout = blocks[index], stacks[index]
         if inputs:
 
-            def pre_hook(module, args, kwargs, index=index):
+            def pre_hook(module, args, kwargs, index=index, layout=layout):
                 hidden = args[0] if args else kwargs[layout.hidden_input_name]
                 features.inputs[index] = keep(hidden)
 
             handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
         if outputs:
 
-            def post_hook(module, args, output, index=index):
+            def post_hook(module, args, output, index=index, layout=layout):
                 features.outputs[index] = keep(layout.hidden_from_output(output))
 
             handles.append(block.register_forward_hook(post_hook))

@@ -44,17 +44,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     inputs = local_inputs(args.model, args.importance)
     check_output_dir(args.output, overwrite=args.overwrite, inputs=inputs)
 
-    from .blocks import resolve_kept_layers
+    from .families import family_of_config
     from .modeling import prune_to_folder, read_transformer_config
+    from .pruned import check_selection
 
     config = read_transformer_config(args.model, revision=args.revision)
     if config is None:  # short names built in code: the depth is known once built (cheap for those)
         from .modeling import load_transformer
 
-        config = dict(load_transformer(args.model).config)
+        transformer = load_transformer(args.model)
+        config = dict(transformer.config, _class_name=type(transformer).__name__)
+    family = family_of_config(config, args.model)
+    depths = family.stack_depths(config)
     if args.importance:  # check the indices before loading any weights
-        args.drop = pruned_layers_from_importance(args, config["num_layers"], args.model)
-    resolve_kept_layers(config["num_layers"], args.keep, args.drop)
+        args.drop = pruned_layers_from_importance(args, sum(depths), args.model, family.name)
+    check_selection(family, depths, args.keep, args.drop)
     pruned = prune_to_folder(
         args.model,
         args.output,
@@ -68,9 +72,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         inputs=inputs,
     )
     cfg = pruned.config
-    print(f"pruned {args.model}: {config['num_layers']} -> {cfg.num_layers} blocks ({str(pruned.dtype)[6:]})")
+    print(f"pruned {args.model}: {sum(depths)} -> {len(cfg.kept_layers)} blocks ({str(pruned.dtype)[6:]})")
     print(f"kept blocks:    {cfg.kept_layers}")
     print(f"removed blocks: {pruned.pruned_layers}")
+    if len(depths) > 1:  # name each stack's blocks (global indices run over the stacks in execution order)
+        names = family.block_names(cfg.get("source_stack_depths") or depths)
+        for stack, local in zip(family.stacks, family.split(cfg.kept_layers, cfg.source_stack_depths), strict=True):
+            print(f"kept {stack.kind} blocks: {local} ({stack.depth_key}={len(local)})")
+        print(f"removed: {', '.join(names[i] for i in pruned.pruned_layers)}")
     print(f"saved {'transformer' if args.transformer_only else 'pipeline'}: {args.output}")
     return 0
 
@@ -173,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = OneLineArgumentParser(
         prog="layerprune",
-        description="Depth pruning of diffusion transformers (PixArt-Sigma): score blocks, prune, distill, evaluate.",
+        description="Depth pruning of diffusion transformers (PixArt-Sigma, Sana, SD3 / SD3.5, Flux.1): score blocks, prune, "
+        "distill, evaluate.",
     )
     from . import __version__
     from .importance.cli import add_prune_importance_args, add_score_parser
@@ -189,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune = sub.add_parser(
         "prune",
         help="remove transformer blocks and save a pipeline that stock diffusers loads",
-        description="Remove whole transformer blocks from a PixArt pipeline and save the pruned pipeline. "
+        description="Remove whole transformer blocks from a PixArt-Sigma, Sana, SD3 or Flux pipeline and save the pruned "
+        "pipeline (Flux: one index over its double then single blocks). "
         "The saved transformer records the source blocks it kept (config.kept_layers); stock "
         "DiffusionPipeline.from_pretrained loads the folder without this package.",
     )

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def block_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int]]
 
 
 def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> None:
-    """Fail before training when the student cannot be distilled from this teacher: it must be a pruned PixArt
+    """Fail before training when the student cannot be distilled from this teacher: it must be a pruned
     transformer (``kept_layers``: distinct teacher block indices in increasing order, one per student block) of a
     teacher of this depth and width."""
     kept = student_config.get("kept_layers")
@@ -144,6 +144,16 @@ def task_target(prediction_type: str, latents: torch.Tensor, noise: torch.Tensor
     raise LayerPruneError(f"unsupported prediction_type {prediction_type!r} (epsilon, sample or v_prediction)")
 
 
+def flow_noising(
+    latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, num_train_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectified-flow training pair (Esser et al., 2024; Sana, SD3, Flux): ``x_t = (1 - s) x0 + s eps`` with
+    ``s = t / num_train_timesteps``, and the velocity target ``eps - x0`` the model predicts. Returns ``(x_t,
+    target)``, shaped like ``latents``."""
+    sigma = (timesteps.to(torch.float32) / num_train_timesteps).view(-1, *([1] * (latents.dim() - 1))).to(latents)
+    return (1 - sigma) * latents + sigma * noise, noise - latents
+
+
 def kd_losses(
     student_out: torch.Tensor,
     teacher_out: torch.Tensor,
@@ -180,7 +190,7 @@ def kd_step_losses(
     student: nn.Module,
     teacher: nn.Module,
     noisy: torch.Tensor,
-    cond: Mapping,
+    cond: Mapping | Callable[[nn.Module, torch.Tensor], torch.Tensor],
     target: torch.Tensor,
     pairs: Sequence[tuple[int, int]],
     weights: KDWeights,
@@ -193,18 +203,22 @@ def kd_step_losses(
 
     ``student`` is what is called (e.g. the DDP-wrapped model); ``student_blocks`` the module whose blocks are
     watched (the unwrapped model; default ``student``); ``autocast`` a context for the student's forward (mixed
-    precision).
+    precision). ``cond`` is the transformer's keyword arguments besides ``noisy``, or ``(model, noisy) ->
+    prediction`` (a family's forward, ``ModelFamily.forward``, with the batch's timesteps and text bound).
     """
     from contextlib import nullcontext
 
     from .blocks import capture_block_features
 
+    def run(model):
+        return cond(model, noisy) if callable(cond) else model(noisy, **cond).sample
+
     with torch.no_grad(), capture_block_features(teacher, [t for _, t in pairs], inputs=False) as t_feat:
-        teacher_out = teacher(noisy, **cond).sample
+        teacher_out = run(teacher)
     watched = student if student_blocks is None else student_blocks
     with capture_block_features(watched, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
         with autocast or nullcontext():
-            student_out = student(noisy, **cond).sample
+            student_out = run(student)
     return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
 
 
@@ -224,6 +238,7 @@ def student_location(student: str | os.PathLike, revision: str | None = None) ->
 
 
 def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[str, str | None, dict]:
+    from .families import family_of_config
     from .validation import check_transformer_config, check_weights_cover_blocks
 
     name = str(student)
@@ -239,8 +254,10 @@ def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[s
             raise LayerPruneError(f"{student} is neither a pipeline folder nor a transformer folder")
         config_dir = path / subfolder if subfolder else path
         config = _read_config(config_dir / "config.json")
-        check_transformer_config(config, str(config_dir / "config.json"))
-        check_weights_cover_blocks(config_dir, config["num_layers"])
+        family = family_of_config(config, str(student))
+        check_transformer_config(config, str(config_dir / "config.json"), tuple(s.depth_key for s in family.stacks))
+        for stack in family.stacks:
+            check_weights_cover_blocks(config_dir, config[stack.depth_key], stack.attr)
         return str(path), subfolder, config
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or "/" not in name:
         raise LayerPruneError(

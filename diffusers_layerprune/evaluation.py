@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import PromptSet, encode_prompts
+from .data import PromptSet
 from .errors import LayerPruneError
 
 # Extra per-image checks by prompt-set name (the toy world registers its judge here):
@@ -77,18 +77,18 @@ def transformer_latency(
     and one scheduler hiccup on a shared CPU then decides the speed-up (a toy run measured a 9-of-12-block model
     at 0.96x its teacher with single-forward samples; 1.29-1.31x otherwise).
     """
+    from .families import family_of
+    from .families.base import to_device
+
     first = next(iter(transformers.values()))
     device, dtype = first.device, first.dtype
+    family = family_of(first)  # the forward arguments and text widths are the family's
     latent = resolution // vae_scale_factor
     g = torch.Generator().manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(batch_size, first.config.in_channels, latent, latent, generator=g).to(device, dtype),
-        encoder_hidden_states=torch.randn(batch_size, text_tokens, first.config.caption_channels, generator=g).to(
-            device, dtype
-        ),
-        timestep=torch.full((batch_size,), 500, device=device),
-        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-    )
+    channels = family.latent_channels(first.config)
+    latents = torch.randn(batch_size, channels, latent, latent, generator=g).to(device, dtype)
+    text = to_device(family.random_text(first.config, batch_size, text_tokens, g), device, dtype)
+    timestep = torch.full((batch_size,), 500, device=device)
     times: dict[str, list[float]] = {name: [] for name in transformers}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -97,7 +97,7 @@ def transformer_latency(
         sync()
         start = time.perf_counter()
         for _ in range(calls):
-            model(**inputs)
+            family.forward(model, latents, timestep, text)
         sync()
         return (time.perf_counter() - start) / calls
 
@@ -609,13 +609,16 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from .modeling import generate_from_embeddings as generate
+    from .blocks import num_blocks
+    from .families import encode_text
+    from .modeling import generate_from_conditioning as generate
     from .provenance import public_name
 
     prompts = prompt_set.prompts
     seeds = [seed + i for i in range(len(prompts))]
-    embeds, masks = encode_prompts(pipe, prompts, max_sequence_length=max_sequence_length)
-    negative = encode_prompts(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
+    # the family's text conditioning (PixArt, Sana: embeddings and mask; SD3, Flux: embeddings and pooled)
+    text = encode_text(pipe, prompts, max_sequence_length=max_sequence_length)
+    negative = encode_text(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
     models = {"student": pipe} if teacher is None else {"teacher": teacher, "student": pipe}
     gen = dict(
         seeds=seeds,
@@ -636,7 +639,7 @@ def evaluate(
             transformer=module_digest(teacher.transformer),
             vae=module_digest(teacher.vae),
             scheduler=[type(teacher.scheduler).__name__, dict(teacher.scheduler.config)],
-            embeddings=tensor_digest(embeds, masks, *(negative or ())),
+            embeddings=tensor_digest(*text.values(), *(negative.values() if negative else ())),
             prompts=prompt_set.fingerprint(),
             source=prompt_set.source.split(":")[0],
             groups=prompt_set.groups,
@@ -656,7 +659,7 @@ def evaluate(
         for name, p in generated.items():
             p.set_progress_bar_config(disable=True)
             start = time.perf_counter()
-            images[name] = generate(p, embeds, masks, negative, progress=bar.update, **gen)
+            images[name] = generate(p, text, negative, progress=bar.update, **gen)
             seconds[name] = time.perf_counter() - start
     for name in models:
         models[name].set_progress_bar_config(disable=True)
@@ -674,7 +677,8 @@ def evaluate(
     for _ in range(max(1, latency_repeats // 2)):
         for name, p in models.items():
             start = time.perf_counter()
-            generate(p, embeds[:1], masks[:1], negative, **dict(gen, seeds=seeds[:1], batch_size=1))
+            first = {k: v[:1] for k, v in text.items()}
+            generate(p, first, negative, **dict(gen, seeds=seeds[:1], batch_size=1))
             wall[name].append(time.perf_counter() - start)
     reference = latency.get("teacher", latency["student"])["median_ms"]
 
@@ -696,7 +700,7 @@ def evaluate(
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
             entry = ModelEval(
                 model=public_name(model_name if name == "student" else teacher_name),
-                num_layers=p.transformer.config.num_layers,
+                num_layers=num_blocks(p.transformer),
                 kept_layers=p.transformer.config.get("kept_layers"),
                 parameters=pipeline_parameters(p, shared=pipe),
                 latency=timing,

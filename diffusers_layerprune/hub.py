@@ -18,6 +18,9 @@ from .errors import LayerPruneError
 # Shipped inside the package (model_cards/ at the top of a checkout links here), so a wheel install can render it.
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "pruned_pixart.md"
 
+# Hub tag of each family's base models.
+FAMILY_TAGS = {"pixart": "pixart-sigma", "sana": "sana", "sd3": "sd3", "flux": "flux"}
+
 # Files of a run folder that are not part of the published model.
 # TensorBoard logs (logs/) are uploaded, as diffusers' training scripts do: the Hub shows them as training metrics.
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".*", "**/.*", "validation/**", "*.jsonl", "*.tmp*"]
@@ -27,6 +30,9 @@ CITATIONS = {
     "distillation; PixArt-Sigma (ECCV 2024 workshop).",
     "pixart-sigma": "Chen et al., PixArt-Sigma: Weak-to-Strong Training of Diffusion Transformer for 4K "
     "Text-to-Image Generation, ECCV 2024.",
+    "sana": "Xie et al., SANA: Efficient High-Resolution Image Synthesis with Linear Diffusion Transformers, ICLR 2025.",
+    "sd3": "Esser et al., Scaling Rectified Flow Transformers for High-Resolution Image Synthesis, ICML 2024.",
+    "flux": "Black Forest Labs, FLUX.1 (2024), https://github.com/black-forest-labs/flux.",
     "hps": "Wu et al., Human Preference Score v2: A Solid Benchmark for Evaluating Human Preferences of "
     "Text-to-Image Synthesis, 2023.",
     "pickscore": "Kirstain et al., Pick-a-Pic: An Open Dataset of User Preferences for Text-to-Image Generation, 2023.",
@@ -115,10 +121,18 @@ def _hub_id(source: str | None) -> str | None:
 
 
 def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
-    """(parameters of this transformer, of one block, of the source transformer), read from the safetensors header."""
+    """(parameters of this transformer, of one block of its first stack, of the source transformer), read from the
+    safetensors header. The source size counts each removed block at the size of its stack's first block: exact for
+    PixArt, Sana and Flux (blocks of one stack have one shape); for SD3 the first joint block stands in for removed
+    ones (SD3.5's dual-attention blocks are larger, so the source size is then a lower bound)."""
     from safetensors import safe_open
 
-    total = block0 = 0
+    from .families import family_of_config
+
+    config = _read_json(transformer_dir(folder) / "config.json")
+    family = family_of_config(config, str(folder))
+    firsts = [stack.attr + ".0." for stack in family.stacks]
+    total, first_block = 0, [0] * len(firsts)
     for file in sorted(transformer_dir(folder).glob("*.safetensors")):
         with safe_open(file, "pt") as f:
             for key in f.keys():
@@ -127,12 +141,16 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
                 for d in n:
                     count *= d
                 total += count
-                if key.startswith("transformer_blocks.0."):
-                    block0 += count
-    config = _read_json(transformer_dir(folder) / "config.json")
-    removed = (config.get("source_num_layers") or config["num_layers"]) - config["num_layers"]
-    # PixArt blocks all have the same shape, so the source size is exact.
-    return total, block0, total + removed * block0
+                for s, prefix in enumerate(firsts):
+                    if key.startswith(prefix):
+                        first_block[s] += count
+    depths = family.stack_depths(config)
+    if len(depths) == 1:
+        source_depths = [config.get("source_num_layers") or depths[0]]
+    else:
+        source_depths = config.get("source_stack_depths") or depths
+    removed = sum((src - now) * size for src, now, size in zip(source_depths, depths, first_block, strict=True))
+    return total, first_block[0], total + removed
 
 
 def _base_license(source: str | None) -> str | None:
@@ -192,7 +210,11 @@ def _render_model_card(
     transformer_only = transformer_only or not (folder / "model_index.json").is_file()
     config = _read_json(transformer_dir(folder) / "config.json")
     kept = config.get("kept_layers")
-    source_depth = config.get("source_num_layers") or config["num_layers"]
+    from .families import family_of_config
+
+    family = family_of_config(config, str(folder))
+    depths = family.stack_depths(config)
+    source_depth = config.get("source_num_layers") or sum(depths)
     removed = [i for i in range(source_depth) if kept is not None and i not in kept]
     recorded = config.get("source_model")
     local = local_source(folder)  # the full local path behind the recorded name, to read the base's license
@@ -207,10 +229,16 @@ def _render_model_card(
     report = EvalReport.load(folder / "report.json") if (folder / "report.json").is_file() else None
     params_after, _, params_before = _transformer_parameters(folder)
 
-    cites = ["dit-pruner", "pixart-sigma"]
-    tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image"]
-    if "pixart" in json.dumps(config).lower() or "PixArt" in (source or ""):
-        tags.append("pixart-sigma")
+    cites = ["dit-pruner", *family.references]
+    tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image", FAMILY_TAGS[family.name]]
+    stacks = kept_by_stack = None
+    if len(family.stacks) > 1 and kept is not None:
+        source_depths = config.get("source_stack_depths") or depths
+        from .pruned import describe_stacks
+
+        stacks = describe_stacks(family, source_depths)
+        split = family.split(kept, source_depths)
+        kept_by_stack = "; ".join(f"{st.kind} `{local}`" for st, local in zip(family.stacks, split, strict=True))
     importance_lines = []
     if importance:
         meta = importance.get("metadata", importance)
@@ -288,7 +316,7 @@ def _render_model_card(
     )
     summary = (
         f"A depth-pruned version of `{source or 'its source model'}`: {len(removed)} of {source_depth} transformer "
-        f"blocks removed ({config['num_layers']} kept)"
+        f"blocks removed ({sum(depths)} kept)"
         + (", then fine-tuned by knowledge distillation from the full model." if distill else ".")
     )
     card = ModelCard.from_template(
@@ -299,7 +327,12 @@ def _render_model_card(
         source_model=source or "unknown",
         source_link=f"https://huggingface.co/{base}" if base else None,
         source_num_layers=source_depth,
-        num_layers=config["num_layers"],
+        num_layers=sum(depths),
+        stacks=stacks,
+        kept_by_stack=kept_by_stack,
+        stock_class=family.transformer_class,
+        pipeline_class=family.pipeline_classes[0],
+        pruned_class=family.pruned_class().__name__,
         kept_layers=kept,
         removed_layers=removed,
         params_before=format_count(params_before),

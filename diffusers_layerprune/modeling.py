@@ -1,9 +1,10 @@
-"""``PrunedPixArtTransformer`` and the pipeline-level prune / load / save helpers.
+"""The pipeline-level prune / load / save helpers, for every supported family (``diffusers_layerprune.families``).
 
-A pruned transformer is a stock ``PixArtTransformer2DModel`` with fewer blocks, renumbered ``0..N-1``, whose config
-also records ``kept_layers`` (the source block each block came from), ``source_num_layers`` and ``source_model``.
-Folders it saves name the stock class, so stock diffusers loads them without this package (the extra config keys
-are kept, with one warning).
+A pruned transformer is its family's stock class with fewer blocks, renumbered ``0..N-1``, whose config also records
+``kept_layers`` (the source block each block came from), ``source_num_layers`` and ``source_model`` (see
+``pruned.py``; the classes are :class:`PrunedPixArtTransformer`, :class:`PrunedSanaTransformer`,
+:class:`PrunedSD3Transformer`, :class:`PrunedFluxTransformer`). Folders it saves name the stock class, so stock
+diffusers loads them without this package (the extra config keys are kept, with one warning).
 """
 
 from __future__ import annotations
@@ -15,186 +16,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from diffusers import PixArtTransformer2DModel
-from diffusers.configuration_utils import register_to_config
-from diffusers.loaders import PeftAdapterMixin
 
-from .blocks import block_layout, resolve_kept_layers
-from .data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from .errors import LayerPruneError
+from .families import family_of, family_of_config, family_of_pipeline, find_family, supported_text
+from .families.base import expand, rows, to_device
+from .families.flux import PrunedFluxTransformer
+from .families.pixart import PrunedPixArtTransformer
+from .families.sana import PrunedSanaTransformer
+from .families.sd3 import PrunedSD3Transformer
 from .outputs import atomic_output_dir
+from .pruned import PrunedTransformerMixin, check_kept_layers
 
+# Kept for callers of the PixArt-only API.
 STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
-
-
-class PrunedPixArtTransformer(PixArtTransformer2DModel, PeftAdapterMixin):
-    """A depth-pruned PixArt transformer that remembers which source blocks it kept.
-
-    Build one with :meth:`from_transformer`; load one with ``from_pretrained``. Block ``i`` of this model is block
-    ``config.kept_layers[i]`` of the source model. ``PeftAdapterMixin`` adds ``add_adapter`` / ``fuse_lora`` /
-    ``save_lora_adapter``, which diffusers does not give PixArt.
-
-    Extra config args:
-        kept_layers: source block index of each block, strictly increasing, ``len == num_layers``.
-        source_num_layers: depth of the unpruned source model.
-        source_model: hub id or path of the source model, when known.
-    """
-
-    # Every parent __init__ parameter is redeclared: diffusers' config round trip needs explicit parameters.
-    @register_to_config
-    def __init__(
-        self,
-        num_attention_heads: int = 16,
-        attention_head_dim: int = 72,
-        in_channels: int = 4,
-        out_channels: int | None = 8,
-        num_layers: int = 28,
-        dropout: float = 0.0,
-        norm_num_groups: int = 32,
-        cross_attention_dim: int | None = 1152,
-        attention_bias: bool = True,
-        sample_size: int = 128,
-        patch_size: int = 2,
-        activation_fn: str = "gelu-approximate",
-        num_embeds_ada_norm: int | None = 1000,
-        upcast_attention: bool = False,
-        norm_type: str = "ada_norm_single",
-        norm_elementwise_affine: bool = False,
-        norm_eps: float = 1e-6,
-        interpolation_scale: int | None = None,
-        use_additional_conditions: bool | None = None,
-        caption_channels: int | None = None,
-        attention_type: str | None = "default",
-        kept_layers: list[int] | None = None,
-        source_num_layers: int | None = None,
-        source_model: str | None = None,
-    ):
-        super().__init__(
-            num_attention_heads=num_attention_heads,
-            attention_head_dim=attention_head_dim,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            num_layers=num_layers,
-            dropout=dropout,
-            norm_num_groups=norm_num_groups,
-            cross_attention_dim=cross_attention_dim,
-            attention_bias=attention_bias,
-            sample_size=sample_size,
-            patch_size=patch_size,
-            activation_fn=activation_fn,
-            num_embeds_ada_norm=num_embeds_ada_norm,
-            upcast_attention=upcast_attention,
-            norm_type=norm_type,
-            norm_elementwise_affine=norm_elementwise_affine,
-            norm_eps=norm_eps,
-            interpolation_scale=interpolation_scale,
-            use_additional_conditions=use_additional_conditions,
-            caption_channels=caption_channels,
-            attention_type=attention_type,
-        )
-        if kept_layers is not None:
-            _check_kept_layers(list(kept_layers), num_layers, source_num_layers)
-
-    @property
-    def pruned_layers(self) -> list[int] | None:
-        """Source block indices that were removed (``None`` when the source depth is unknown)."""
-        kept, total = self.config.kept_layers, self.config.source_num_layers
-        if kept is None or total is None:
-            return None
-        return [i for i in range(total) if i not in set(kept)]
-
-    @classmethod
-    def from_transformer(
-        cls,
-        transformer: PixArtTransformer2DModel,
-        kept_layers: Iterable[int] | None = None,
-        pruned_layers: Iterable[int] | None = None,
-        *,
-        source_model: str | None = None,
-        copy_weights: bool = True,
-    ) -> PrunedPixArtTransformer:
-        """Build a pruned transformer from ``transformer`` keeping (or dropping) the given block indices.
-
-        Args:
-            transformer: a ``PixArtTransformer2DModel`` (a ``PrunedPixArtTransformer`` too: indices then refer to
-                its blocks, and ``kept_layers`` is recorded in the original source's numbering).
-            kept_layers / pruned_layers: exactly one; block indices of ``transformer``.
-            source_model: hub id or path recorded in the config (default: the transformer's ``_name_or_path``).
-            copy_weights: copy tensors (default) so the teacher stays independent; ``False`` shares storage.
-
-        The kept blocks are renumbered ``0..N-1`` with their weights unchanged: each block computes exactly what it
-        computed in the source model.
-        """
-        if not isinstance(transformer, PixArtTransformer2DModel):
-            block_layout(transformer)  # raises the "not a supported transformer" error for other families
-            raise LayerPruneError(f"{type(transformer).__name__} is not a PixArt transformer")
-        depth = transformer.config.num_layers
-        kept = resolve_kept_layers(depth, kept_layers, pruned_layers)
-
-        parent_kept = transformer.config.get("kept_layers")
-        source_num_layers = transformer.config.get("source_num_layers") or depth
-        recorded = [parent_kept[i] for i in kept] if parent_kept is not None else kept
-        if source_model is None:
-            source_model = transformer.config.get("source_model") or source_id(transformer.config.get("_name_or_path"))
-
-        init_keys = cls._get_init_keys(cls) - {"self", "kwargs"}
-        config = {k: v for k, v in transformer.config.items() if k in init_keys}
-        config.update(
-            num_layers=len(kept), kept_layers=recorded, source_num_layers=source_num_layers, source_model=source_model
-        )
-        with torch.device("meta"):
-            student = cls(**config)
-
-        attr = block_layout(transformer).attr
-        position = {source: target for target, source in enumerate(kept)}
-        state = {}
-        for key, value in transformer.state_dict().items():
-            if key.startswith(attr + "."):
-                _, index, rest = key.split(".", 2)
-                if int(index) not in position:
-                    continue
-                key = f"{attr}.{position[int(index)]}.{rest}"
-            state[key] = value.detach().clone() if copy_weights else value.detach()
-        student.load_state_dict(state, strict=True, assign=True)
-
-        # Non-persistent buffers (the sin-cos position table) are not in the state dict: take them over too.
-        source_buffers = dict(transformer.named_buffers())
-        for name, buffer in list(student.named_buffers()):
-            if buffer.is_meta:
-                module_name, _, buffer_name = name.rpartition(".")
-                module = student.get_submodule(module_name) if module_name else student
-                value = source_buffers[_renumber(name, attr, position)]
-                setattr(module, buffer_name, value.clone() if copy_weights else value)
-        leftover = [n for n, t in [*student.named_parameters(), *student.named_buffers()] if t.is_meta]
-        if leftover:  # would mean a parameter the state dict does not cover: never ship uninitialised weights
-            raise RuntimeError(f"pruned model has uninitialised tensors: {leftover[:5]}")
-        if source_model is not None:
-            student.register_to_config(_name_or_path=str(source_model))
-        return student.train(transformer.training)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """``ModelMixin.from_pretrained`` that refuses checkpoints with missing or unexpected keys.
-
-        diffusers otherwise fills missing blocks with random weights and only warns; a pruned checkpoint whose
-        block numbering has gaps would load as a silently broken model.
-        """
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
-        if problems:
-            summary = "; ".join(f"{k}: {sorted(v)[:4]}{' ...' if len(v) > 4 else ''}" for k, v in problems.items())
-            raise LayerPruneError(
-                f"checkpoint {pretrained_model_name_or_path} does not match its config ({summary}); "
-                "its blocks must be numbered 0..num_layers-1"
-            )
-        return (model, info) if want_info else model
-
-    def to_json_string(self) -> str:
-        # Name the stock class so that AutoModel / DiffusionPipeline load our folders without this package.
-        config = json.loads(super().to_json_string())
-        config["_class_name"] = STOCK_CLASS[1]
-        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+_check_kept_layers = check_kept_layers
 
 
 def source_id(name_or_path: str | None) -> str | None:
@@ -212,24 +47,6 @@ def source_id(name_or_path: str | None) -> str | None:
     return text.removesuffix("/transformer") or None
 
 
-def _renumber(name: str, attr: str, position: dict[int, int]) -> str:
-    """Map a student tensor name back to the source model's name (inverse of the block renumbering)."""
-    if not name.startswith(attr + "."):
-        return name
-    _, index, rest = name.split(".", 2)
-    source = {target: source for source, target in position.items()}[int(index)]
-    return f"{attr}.{source}.{rest}"
-
-
-def _check_kept_layers(kept: list[int], num_layers: int, source_num_layers: int | None) -> None:
-    if len(kept) != num_layers:
-        raise LayerPruneError(f"kept_layers has {len(kept)} entries but num_layers is {num_layers}")
-    if any(b <= a for a, b in zip(kept[:-1], kept[1:], strict=True)):
-        raise LayerPruneError(f"kept_layers must be strictly increasing, got {kept}")
-    if source_num_layers is not None and kept and not 0 <= kept[0] <= kept[-1] < source_num_layers:
-        raise LayerPruneError(f"kept_layers {kept} out of range for a source of {source_num_layers} blocks")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Pipelines
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,6 +62,20 @@ def _tiny_random_pipeline(**kwargs):
 
 
 MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
+
+
+def _tiny_random_family(family: str) -> Callable:
+    def build(**kwargs):
+        from .testing import TINY_BUILDERS
+
+        return TINY_BUILDERS[family](**kwargs)
+
+    return build
+
+
+# One tiny random pipeline per non-PixArt family (``tiny-random`` stays PixArt-Sigma).
+for _family in ("sana", "sd3", "flux"):
+    MODEL_ALIASES[f"tiny-random-{_family}"] = _tiny_random_family(_family)
 
 
 def _toy_pipeline(**kwargs):
@@ -266,7 +97,7 @@ def _toy_folder() -> Path:
 ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {"toy": _toy_folder}
 
 
-# Settings a model is meant to be used with, by short name; anything else gets PixArt-Sigma's. Prompt sets are
+# Settings a model is meant to be used with, by short name; anything else gets its family's (ModelFamily.defaults). Prompt sets are
 # `--prompts` specs (data.load_prompts): blocks are scored on `score_prompts`, distillation trains on
 # `train_prompts`, evaluation uses `eval_prompts`; the first two never overlap the third (`layerprune run` checks).
 GENERATION_DEFAULTS: dict[str, dict] = {
@@ -292,27 +123,21 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         dtype="float32",
     ),
 }
-PIXART_SIGMA_DEFAULTS = dict(
-    max_sequence_length=300,
-    num_inference_steps=20,
-    guidance_scale=4.5,
-    score_prompts=PICKAPIC_SCORING_PROMPTS,
-    train_prompts=PICKAPIC_TRAINING_PROMPTS,
-    eval_prompts="hpdv2",
-    scorers=["hpsv2.1", "pickscore", "clip"],
-    # PixArt-Sigma is run in half precision (its T5-XXL alone is ~19 GB in float32, ~9.5 GB in bfloat16)
-    dtype="bfloat16",
-)
+for _family, _size in (("sana", 32), ("sd3", 16), ("flux", 16)):  # testing.TINY_RESOLUTION
+    GENERATION_DEFAULTS[f"tiny-random-{_family}"] = dict(GENERATION_DEFAULTS["tiny-random"], resolution=_size)
+# Kept for callers of the PixArt-only API: the PixArt family's defaults.
+PIXART_SIGMA_DEFAULTS = dict(__import__("diffusers_layerprune.families.pixart", fromlist=["FAMILY"]).FAMILY.defaults)
 DTYPES = ("float32", "float16", "bfloat16")
 REAL_SIZE_CAPTION_CHANNELS = 4096  # T5-XXL's width: transformers conditioned on it are real-size PixArt-Sigma
 
 
 def model_defaults(model: str | os.PathLike, source_model: str | None = None) -> dict:
-    """Defaults of ``model`` by name, else of its ``source_model`` (a pruned model takes its source's), else
-    PixArt-Sigma's. No pipeline is loaded; a local folder's config is read when ``source_model`` is not given.
+    """Defaults of ``model`` by name, else of its ``source_model`` (a pruned model takes its source's), else its
+    family's (``ModelFamily.defaults``; PixArt-Sigma's when the family cannot be read without loading). No pipeline
+    is loaded; a local folder's config is read.
 
-    ``dtype`` is bfloat16 for real-size PixArt-Sigma (T5-XXL conditioning, 4096 channels; Hub ids) and float32 for
-    small models (the toy world, tiny test pipelines), whose numbers are kept exact."""
+    ``dtype`` is the family's (bfloat16) for real-size checkpoints (Hub ids; local folders whose text width is the
+    real one) and float32 for small models (the toy world, tiny test pipelines), whose numbers are kept exact."""
     name = str(model)
     if name in GENERATION_DEFAULTS:
         return dict(GENERATION_DEFAULTS[name])
@@ -324,9 +149,11 @@ def model_defaults(model: str | os.PathLike, source_model: str | None = None) ->
             config = None
     if source_model is None:
         source_model = (config or {}).get("source_model")
-    defaults = dict(GENERATION_DEFAULTS.get(str(source_model), PIXART_SIGMA_DEFAULTS))
+    family = family_of_config(config) if config is not None else None
+    family_defaults = family.defaults if family is not None else PIXART_SIGMA_DEFAULTS
+    defaults = dict(GENERATION_DEFAULTS.get(str(source_model), family_defaults))
     if config is not None and str(source_model) not in GENERATION_DEFAULTS:
-        if (config.get("caption_channels") or 0) < REAL_SIZE_CAPTION_CHANNELS:
+        if not family.real_size(config):
             defaults["dtype"] = "float32"
     return defaults
 
@@ -336,7 +163,7 @@ def generation_defaults(model: str | os.PathLike, pipe) -> dict:
     scale factor``), ``max_sequence_length``, ``num_inference_steps``, ``guidance_scale``, ``score_prompts``,
     ``train_prompts``, ``eval_prompts``, ``scorers`` and ``dtype``. A pruned model takes its source model's defaults."""
     defaults = model_defaults(model, pipe.transformer.config.get("source_model") or "")
-    defaults.setdefault("resolution", pipe.transformer.config.sample_size * pipe.vae_scale_factor)
+    defaults.setdefault("resolution", family_of(pipe.transformer).native_resolution(pipe))
     return defaults
 
 
@@ -408,36 +235,64 @@ def generate_from_embeddings(
     output_type: str = "pt",
     progress=None,
 ) -> torch.Tensor:
-    """Generate from precomputed prompt embeddings ``[N, L, D]`` / masks ``[N, L]``; prompt ``i`` uses ``seeds[i]``.
+    """Generate from precomputed prompt embeddings ``[N, L, D]`` / masks ``[N, L]`` (PixArt, Sana: the families
+    whose conditioning is an embedding and a mask); prompt ``i`` uses ``seeds[i]``. See
+    :func:`generate_from_conditioning`, which this calls, for every family."""
+    text = {"prompt_embeds": embeds, "prompt_attention_mask": masks}
+    neg = None if negative is None else {"prompt_embeds": negative[0], "prompt_attention_mask": negative[1]}
+    return generate_from_conditioning(
+        pipe,
+        text,
+        neg,
+        seeds=seeds,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        resolution=resolution,
+        max_sequence_length=max_sequence_length,
+        batch_size=batch_size,
+        output_type=output_type,
+        progress=progress,
+    )
+
+
+def generate_from_conditioning(
+    pipe,
+    text: dict[str, torch.Tensor],
+    negative: dict[str, torch.Tensor] | None,
+    *,
+    seeds,
+    num_inference_steps: int,
+    guidance_scale: float,
+    resolution: int,
+    max_sequence_length: int,
+    batch_size: int = 8,
+    output_type: str = "pt",
+    progress=None,
+) -> torch.Tensor:
+    """Generate from cached text conditioning (``ModelFamily.encode``'s dict, ``N`` prompts); prompt ``i`` uses
+    ``seeds[i]``. The pipeline's call arguments come from the family (``ModelFamily.call_kwargs``).
 
     Each image's initial noise depends on its own seed only, so results do not change with ``batch_size``.
-    ``negative`` is the encoded empty prompt ``([1, L, D], [1, L])``, needed when ``guidance_scale > 1``.
+    ``negative`` is the encoded empty prompt (one row), used when ``guidance_scale > 1``.
     Returns images ``[N, 3, R, R]`` in [0, 1] (``output_type="pt"``) or latents (``"latent"``), float32 on the CPU.
     ``progress(n)`` is called after each batch.
     """
+    family = family_of_pipeline(pipe)
     device, dtype = pipe.transformer.device, pipe.transformer.dtype
+    total = len(text["prompt_embeds"])
     out = []
-    for start in range(0, len(embeds), batch_size):
-        stop = min(start + batch_size, len(embeds))
-        kwargs = {}
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        batch = to_device(rows(text, start, stop), device, dtype)
+        neg = None
         if guidance_scale > 1 and negative is not None:
-            kwargs = dict(
-                negative_prompt_embeds=negative[0].expand(stop - start, -1, -1).to(device, dtype),
-                negative_prompt_attention_mask=negative[1].expand(stop - start, -1).to(device),
-            )
+            neg = to_device(expand(negative, stop - start), device, dtype)
         result = pipe(
-            prompt_embeds=embeds[start:stop].to(device, dtype),
-            prompt_attention_mask=masks[start:stop].to(device),
-            negative_prompt=None,  # PixArt's default "" clashes with negative_prompt_embeds
+            **family.call_kwargs(batch, neg, resolution, max_sequence_length),
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            height=resolution,
-            width=resolution,
-            use_resolution_binning=False,
-            max_sequence_length=max_sequence_length,
             generator=[torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]],
             output_type=output_type,
-            **kwargs,
         ).images
         result = result.float().cpu()
         out.append(result.clamp(0, 1) if output_type == "pt" else result)
@@ -490,7 +345,9 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
         if path is not None:
             config_file = path / "config.json" if is_transformer_folder(path) else path / "transformer" / "config.json"
             if not config_file.is_file():
-                raise LayerPruneError(f"{name} has no transformer/config.json; layerprune supports PixArt pipelines")
+                raise LayerPruneError(
+                    f"{name} has no transformer/config.json; layerprune supports pipelines of {supported_text()}"
+                )
         else:
             from huggingface_hub import hf_hub_download
 
@@ -500,14 +357,13 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
         raise
     except Exception as error:
         raise LayerPruneError(f"could not read the transformer config of {name!r}: {_first_line(error)}") from error
-    if not isinstance(config, dict) or "PixArt" not in str(config.get("_class_name", "")):
-        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
-        raise LayerPruneError(f"{name} holds a {found}; layerprune supports PixArt transformers (PixArt-Sigma)")
+    family = family_of_config(config, name)
     from .validation import check_transformer_config, check_weights_cover_blocks
 
-    check_transformer_config(config, str(config_file))
+    check_transformer_config(config, str(config_file), tuple(stack.depth_key for stack in family.stacks))
     if path is not None:  # local weights: their headers must hold exactly the blocks the config declares
-        check_weights_cover_blocks(Path(config_file).parent, config["num_layers"])
+        for stack in family.stacks:
+            check_weights_cover_blocks(Path(config_file).parent, config[stack.depth_key], stack.attr)
     return config
 
 
@@ -544,7 +400,7 @@ def load_pipeline(
     variant: str | None = None,
     **components,
 ):
-    """Load a PixArt pipeline from a short name (``tiny-random``), a local folder, or a Hub id (at ``revision``,
+    """Load a pipeline of a supported family from a short name (``tiny-random``, ``tiny-random-flux``), a local folder, or a Hub id (at ``revision``,
     weight files of ``variant`` such as ``fp16`` when given).
 
     ``components`` (e.g. ``transformer=student`` or ``text_encoder=None``) replace the saved ones without loading them.
@@ -552,7 +408,7 @@ def load_pipeline(
     ``source_model`` its config records.
 
     Raises :class:`LayerPruneError` with the fix for a missing path, a folder that is not a pipeline, a Hub id that
-    cannot be fetched, or a pipeline whose transformer is not a PixArt transformer.
+    cannot be fetched, or a pipeline whose transformer is not of a supported family.
     """
     from diffusers import DiffusionPipeline
 
@@ -577,16 +433,12 @@ def load_pipeline(
         except Exception as error:  # hub / network / format errors: one line with the cause
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
         transformer = getattr(pipe, "transformer", None)
-        if local is not None and "transformer" not in components and isinstance(transformer, PixArtTransformer2DModel):
+        if local is not None and "transformer" not in components and find_family(transformer) is not None:
             from .provenance import restore_local_source
 
             restore_local_source(pipe.transformer, local)
     transformer = getattr(pipe, "transformer", None)
-    if not isinstance(transformer, PixArtTransformer2DModel):
-        found = (
-            type(transformer).__name__ if transformer is not None else f"{type(pipe).__name__} without a transformer"
-        )
-        raise LayerPruneError(f"{name} holds a {found}; layerprune supports PixArt transformers (PixArt-Sigma)")
+    family_of_pipeline(pipe, name)  # one line naming what it holds and the supported families
     if device is not None:
         pipe.to(device)
     return pipe
@@ -618,11 +470,12 @@ def _load_with_base(folder: Path, base_model: str | None, *, torch_dtype=None, d
 
 def load_transformer(
     model: str | os.PathLike, *, torch_dtype: torch.dtype | None = None, revision: str | None = None
-) -> PixArtTransformer2DModel:
+) -> torch.nn.Module:
     """Only the transformer of ``model`` (short name, pipeline folder, transformer folder or Hub id): pruning needs
     nothing else, and skipping PixArt-Sigma's 4.7B-parameter text encoder saves minutes and ~10-19 GB of memory.
 
-    A pruned transformer (one whose config records ``kept_layers``) loads as :class:`PrunedPixArtTransformer`.
+    A pruned transformer (one whose config records ``kept_layers``) loads as its family's pruned class
+    (:class:`PrunedPixArtTransformer`, :class:`PrunedFluxTransformer`, ...), any other as the stock class.
     """
     name = str(model)
     if name in MODEL_ALIASES:
@@ -632,7 +485,13 @@ def load_transformer(
     config = read_transformer_config(name, revision=revision)
     local = _resolve_local(name)
     folder, subfolder = (local, None) if local is not None and is_transformer_folder(local) else (local, "transformer")
-    cls = PrunedPixArtTransformer if config.get("kept_layers") is not None else PixArtTransformer2DModel
+    family = family_of_config(config, name)
+    if config.get("kept_layers") is not None:
+        cls = family.pruned_class()
+    else:
+        import diffusers
+
+        cls = getattr(diffusers, family.transformer_class)
     try:
         transformer = cls.from_pretrained(
             str(folder or name), subfolder=subfolder, torch_dtype=torch_dtype, revision=revision
@@ -651,7 +510,7 @@ def load_transformer(
 
 
 def save_pruned_transformer(
-    transformer: PrunedPixArtTransformer,
+    transformer: PrunedTransformerMixin,
     output_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
@@ -659,12 +518,14 @@ def save_pruned_transformer(
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save only the transformer (``config.json`` + safetensors at the top of ``output_dir``), the layout a model repo
-    that shares just the transformer has: ``PixArtTransformer2DModel.from_pretrained(output_dir)`` loads it, and
+    that shares just the transformer has: the stock class's ``from_pretrained(output_dir)`` loads it, and
     the pipeline comes from the base model. Atomic, ownership-checked and path-free like :func:`save_pruned_pipeline`."""
     from .provenance import publish_configs
 
-    if not isinstance(transformer, PrunedPixArtTransformer):
-        raise LayerPruneError(f"expected a PrunedPixArtTransformer, got {type(transformer).__name__}")
+    if not isinstance(transformer, PrunedTransformerMixin):
+        raise LayerPruneError(
+            f"expected a pruned transformer (e.g. PrunedPixArtTransformer), got {type(transformer).__name__}"
+        )
     source = transformer.config.get("source_model")
     local = {"source_model": source} if source else None
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="transformer", local=local) as tmp:
@@ -687,15 +548,19 @@ def prune_to_folder(
     base_model: str | None = None,
     overwrite: bool = False,
     inputs: Iterable = (),
-) -> PrunedPixArtTransformer:
+) -> PrunedTransformerMixin:
     """Load ``model``, keep (or drop) the given blocks and save the result to ``output_dir``: the whole pipeline, or
     with ``transformer_only`` just the pruned transformer (then only the transformer is loaded). ``dtype`` ``"auto"``
     is the model's (bfloat16 for PixArt-Sigma, float32 for the toy world). Returns the pruned transformer."""
     torch_dtype = resolve_dtype(dtype, model)
     if transformer_only:
         transformer = load_transformer(model, torch_dtype=torch_dtype, revision=revision)
-        pruned = PrunedPixArtTransformer.from_transformer(
-            transformer, kept_layers, pruned_layers, source_model=_source_of(model, transformer), copy_weights=False
+        pruned = (
+            family_of(transformer)
+            .pruned_class()
+            .from_transformer(
+                transformer, kept_layers, pruned_layers, source_model=_source_of(model, transformer), copy_weights=False
+            )
         )
         extra = _carried_sparsity(model, {"transformer": pruned})
         save_pruned_transformer(pruned, output_dir, overwrite=overwrite, inputs=inputs, extra_files=extra)
@@ -734,10 +599,9 @@ def prune_pipeline(
 ):
     """Return a new pipeline of the same class whose transformer is pruned; other components are shared."""
     transformer = getattr(pipe, "transformer", None)
-    if not isinstance(transformer, PixArtTransformer2DModel):
-        raise LayerPruneError(f"{type(pipe).__name__} has no PixArt transformer to prune")
+    family = family_of_pipeline(pipe)
     source = transformer.config.get("source_model") or pipe.name_or_path
-    student = PrunedPixArtTransformer.from_transformer(
+    student = family.pruned_class().from_transformer(
         transformer, kept_layers, pruned_layers, source_model=source, copy_weights=copy_weights
     )
     return with_transformer(pipe, student)
@@ -771,8 +635,8 @@ def save_pruned_pipeline(
             (tmp / name).write_text(text)
         index_path = tmp / "model_index.json"
         index = json.loads(index_path.read_text())
-        if "transformer" in index and isinstance(pipe.transformer, PrunedPixArtTransformer):
-            index["transformer"] = list(STOCK_CLASS)
+        if "transformer" in index and isinstance(pipe.transformer, PrunedTransformerMixin):
+            index["transformer"] = ["diffusers", family_of(pipe.transformer).transformer_class]
             index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         publish_configs(tmp)
     return Path(output_dir)
@@ -780,6 +644,10 @@ def save_pruned_pipeline(
 
 __all__ = [
     "PrunedPixArtTransformer",
+    "PrunedSanaTransformer",
+    "PrunedSD3Transformer",
+    "PrunedFluxTransformer",
+    "generate_from_conditioning",
     "load_pipeline",
     "load_transformer",
     "save_pruned_transformer",

@@ -99,9 +99,16 @@ class Recipe:
 
         config = read_transformer_config(self.model)  # a wrong model or depth fails before anything is written
         if config is not None:
+            from .families import family_of_config
             from .importance import num_to_remove
 
-            num_to_remove(config["num_layers"], self.num_layers, self.ratio, remove=self.remove)
+            family = family_of_config(config, str(self.model))
+            if self.distill_steps and family.text_keys != ("prompt_embeds", "prompt_attention_mask"):
+                raise LayerPruneError(
+                    f"{self.model} is a {family.title} model: distillation supports PixArt-Sigma and Sana so far; "
+                    "pass --distill-steps 0 to score, prune and evaluate it"
+                )
+            num_to_remove(family.depth(config), self.num_layers, self.ratio, remove=self.remove)
         if self.distill_steps < 0:
             raise LayerPruneError("distill_steps must be >= 0 (0 skips distillation)")
         if self.distill_batch_size < 1:

@@ -217,3 +217,299 @@ def build_full_size_pixart_sigma_pipeline(
     return PixArtSigmaPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Other families: tiny random pipelines with the real component classes
+# ----------------------------------------------------------------------------------------------------------------
+
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.-"
+
+
+def build_clip_tokenizer():
+    """A character-level ``CLIPTokenizer`` built locally (no merges: every word splits into characters)."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in _CHARS:
+            vocab[c + suffix] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_gemma_tokenizer():
+    """A character-level ``GemmaTokenizer`` built locally (Sana's text encoder is Gemma-2)."""
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "\u2581": 4}
+    for c in _CHARS:
+        vocab[c] = len(vocab)
+    return GemmaTokenizer(vocab=vocab, merges=[])
+
+
+def build_tiny_clip_text_encoder(vocab_size: int, hidden_size: int = 16, *, with_projection: bool = False):
+    """A 2-layer ``CLIPTextModel`` (``CLIPTextModelWithProjection``: SD3's) with the current seed's weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=hidden_size,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_act="gelu",
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+
+
+def _flow_vae(latent_channels: int, *, seed: int, sample_size: int):
+    """A tiny ``AutoencoderKL`` (factor 2) with SD3/Flux-style shift and scale."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=sample_size,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    ).eval()
+
+
+def build_tiny_sana_pipeline(num_layers: int = 6, *, sample_size: int = 16, seed: int = 0):
+    """A complete tiny ``SanaPipeline`` (Gemma-2 text encoder, DC-AE, ``SanaTransformer2DModel``), random weights.
+
+    The DC-AE downsamples by 2, so images are ``2 * sample_size`` pixels square (SanaPipeline wants multiples of
+    32)."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = build_gemma_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=0,
+        )
+    ).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    ).eval()
+    torch.manual_seed(seed + 2)
+    transformer = SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=sample_size,
+        patch_size=1,
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+
+
+def build_tiny_sd3_pipeline(
+    num_layers: int = 6, *, sample_size: int = 8, seed: int = 0, dual_attention_layers: tuple[int, ...] = ()
+):
+    """A complete tiny ``StableDiffusion3Pipeline`` (two CLIP text encoders with projection, a T5, ``AutoencoderKL``
+    with 4 latent channels, ``SD3Transformer2DModel``), random weights. ``dual_attention_layers`` makes
+    it SD3.5-Medium-like. Images are ``2 * sample_size`` pixels square."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    clip_tokenizer = build_clip_tokenizer()
+    t5_tokenizer = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = build_tiny_clip_text_encoder(len(clip_tokenizer), 16, with_projection=True)
+    text_encoder_2 = build_tiny_clip_text_encoder(len(clip_tokenizer), 16, with_projection=True)
+    text_encoder_3 = build_tiny_t5_encoder(len(t5_tokenizer), d_model=32)
+    vae = _flow_vae(4, seed=seed + 1, sample_size=2 * sample_size)
+    torch.manual_seed(seed + 2)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # the T5 width; the two CLIPs' 16 + 16 are zero-padded to it
+        caption_projection_dim=16,
+        pooled_projection_dim=32,  # the two CLIPs' pooled projections, concatenated
+        out_channels=4,
+        pos_embed_max_size=sample_size,
+        dual_attention_layers=tuple(dual_attention_layers),
+        qk_norm="rms_norm" if dual_attention_layers else None,
+    ).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=build_clip_tokenizer(),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def build_tiny_flux_pipeline(num_layers: int = 2, num_single_layers: int = 4, *, seed: int = 0):
+    """A complete tiny ``FluxPipeline`` (CLIP + T5 text encoders, ``AutoencoderKL``, ``FluxTransformer2DModel`` with
+    ``num_layers`` double-stream then ``num_single_layers`` single-stream blocks), random weights. Generate at
+    ``16`` px (VAE factor 2, latents packed 2x2)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    clip_tokenizer = build_clip_tokenizer()
+    t5_tokenizer = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = build_tiny_clip_text_encoder(len(clip_tokenizer), 16)
+    text_encoder_2 = build_tiny_t5_encoder(len(t5_tokenizer), d_model=32)
+    vae = _flow_vae(4, seed=seed + 1, sample_size=16)
+    torch.manual_seed(seed + 2)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels packed 2x2
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        guidance_embeds=True,  # Flux.1-dev
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+# Family name -> tiny pipeline builder (short names ``tiny-random-<family>``; ``tiny-random`` is PixArt-Sigma).
+TINY_BUILDERS = {
+    "pixart": build_tiny_pixart_pipeline,
+    "sana": build_tiny_sana_pipeline,
+    "sd3": build_tiny_sd3_pipeline,
+    "flux": build_tiny_flux_pipeline,
+}
+
+
+# Pixel size of each family's tiny pipeline (SanaPipeline wants multiples of 32).
+TINY_RESOLUTION = {"pixart": 16, "sana": 32, "sd3": 16, "flux": 16}
+
+
+def tiny_call_kwargs(pipe, *, steps: int = 2, seed: int = 0) -> dict:
+    """Keyword arguments for a fast, deterministic call of any tiny pipeline of this module on CPU."""
+    from .families import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    size = TINY_RESOLUTION[family.name]
+    kwargs = dict(
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        max_sequence_length=16,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if family.name in ("pixart", "sana"):
+        kwargs.update(use_resolution_binning=False, clean_caption=False)
+    return kwargs
+
+
+# Published transformer configs (diffusers' config.json of each checkpoint), for benchmarks with random weights.
+SANA_1600M_TRANSFORMER = dict(  # Efficient-Large-Model/Sana_1600M_1024px_diffusers
+    in_channels=32,
+    out_channels=32,
+    num_attention_heads=70,
+    attention_head_dim=32,
+    num_layers=20,
+    num_cross_attention_heads=20,
+    cross_attention_head_dim=112,
+    cross_attention_dim=2240,
+    caption_channels=2304,
+    mlp_ratio=2.5,
+    sample_size=32,
+    patch_size=1,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
+SD35_MEDIUM_TRANSFORMER = dict(  # stabilityai/stable-diffusion-3.5-medium
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+)
+FLUX1_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+# family -> (config, VAE downsampling factor, text tokens the pipeline pads to)
+PUBLISHED_TRANSFORMERS = {
+    "sana": (SANA_1600M_TRANSFORMER, 32, 300),
+    "sd3": (SD35_MEDIUM_TRANSFORMER, 8, 333),  # 77 CLIP tokens + 256 T5 tokens
+    "flux": (FLUX1_DEV_TRANSFORMER, 8, 512),
+}

@@ -30,7 +30,7 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
+from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.data import (
     CACHE_DTYPES,
     CacheCollator,
@@ -50,6 +50,7 @@ from diffusers_layerprune.distill import (
     check_student_teacher,
     checkpoint_identity,
     checkpoints,
+    flow_noising,
     kd_step_losses,
     move_into,
     read_student_config,
@@ -59,6 +60,8 @@ from diffusers_layerprune.distill import (
     task_target,
     write_checkpoint_record,
 )
+from diffusers_layerprune.families import family_of, family_of_config, family_of_pipeline
+from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.modeling import (
     check_resolution_for,
     generation_defaults,
@@ -385,6 +388,13 @@ def main(argv=None) -> None:
     if full_depth_sparse:  # sparsified but not depth-pruned: student block i learns from teacher block i
         depth = student_cfg["num_layers"]
         student_cfg = {**student_cfg, "kept_layers": list(range(depth)), "source_num_layers": depth}
+    family = family_of_config(student_cfg, args.student_model)
+    if family.text_keys != ("prompt_embeds", "prompt_attention_mask"):  # before anything is loaded or written
+        raise LayerPruneError(
+            f"{args.student_model} is a {family.title} model, conditioned on pooled text embeddings, which the "
+            "distillation caches do not hold yet (PixArt-Sigma and Sana are supported); prune, score, evaluate and "
+            "publish it with layerprune"
+        )
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
@@ -456,7 +466,8 @@ def main(argv=None) -> None:
 
     # 3. Models.
     location, subfolder = student_location(args.student_model, args.student_revision)
-    student = PrunedPixArtTransformer.from_pretrained(location, subfolder=subfolder, revision=args.student_revision)
+    pruned_class = family_of_pipeline(teacher).pruned_class()  # the teacher's family decides the student class
+    student = pruned_class.from_pretrained(location, subfolder=subfolder, revision=args.student_revision)
     restore_local_source(student, location, args.teacher_model)  # the saved config names the source by folder name
     if full_depth_sparse:
         student.register_to_config(
@@ -493,13 +504,16 @@ def main(argv=None) -> None:
     if args.use_ema:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(
-            student.parameters(), decay=args.ema_decay, model_cls=PrunedPixArtTransformer, model_config=student.config
-        )
+        ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=pruned_class, model_config=student.config)
         ema.to(accelerator.device)
 
-    noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
-    prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
+    if family_of_pipeline(teacher).objective == "flow":  # velocity target on the straight noising path
+        noise_scheduler, prediction_type = None, "flow"
+        num_train_timesteps = int(teacher.scheduler.config.get("num_train_timesteps", 1000))
+    else:
+        noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
+        prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
+        num_train_timesteps = noise_scheduler.config.num_train_timesteps
     weights = KDWeights(args.lambda_task, args.lambda_out, args.lambda_var, args.lambda_feat, args.feature_loss)
 
     # 4. Data loader, optimiser, schedule. The cache holds each caption's real tokens only; the collator re-pads
@@ -575,7 +589,7 @@ def main(argv=None) -> None:
             if json.loads(line)["step"] <= global_step
         ]
         log_path.write_text("".join(line + "\n" for line in kept))
-    added_cond = {"resolution": None, "aspect_ratio": None}
+    forward = family_of(teacher_tf).forward  # the family's forward arguments (PixArt: its micro-conditions)
     # Each optimisation step draws the noise of its whole global batch and every micro-batch takes its slice
     # (distill.step_noise): the split over processes and accumulation steps does not change what a sample gets.
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -601,17 +615,22 @@ def main(argv=None) -> None:
                     latents.shape,
                     global_batch_size=global_batch,
                     offset=offset,
-                    num_train_timesteps=noise_scheduler.config.num_train_timesteps,
+                    num_train_timesteps=num_train_timesteps,
                 )
                 noise, timesteps = noise.to(latents), timesteps.to(accelerator.device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                cond = dict(
-                    encoder_hidden_states=batch["prompt_embeds"].to(accelerator.device, weight_dtype),
-                    encoder_attention_mask=batch["prompt_attention_mask"].to(accelerator.device),
-                    timestep=timesteps,
-                    added_cond_kwargs=added_cond,
-                )
-                target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
+                if noise_scheduler is None:  # rectified flow (Sana): x_t = (1 - s) x0 + s eps, s = t / T
+                    noisy, target = flow_noising(latents, noise, timesteps, num_train_timesteps)
+                else:
+                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
+                text = {
+                    "prompt_embeds": batch["prompt_embeds"].to(accelerator.device, weight_dtype),
+                    "prompt_attention_mask": batch["prompt_attention_mask"].to(accelerator.device),
+                }
+
+                def cond(model, x, timesteps=timesteps, text=text):
+                    return forward(model, x, timesteps, text)
+
                 parts = kd_step_losses(
                     student,
                     teacher_tf,
@@ -808,8 +827,8 @@ def transformer_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_transformer_folder(model, folder: Path) -> None:
-    """``config.json`` + ``diffusion_pytorch_model.safetensors``: ``PixArtTransformer2DModel.from_pretrained`` (and
-    ``PrunedPixArtTransformer.from_pretrained``) load it."""
+    """``config.json`` + ``diffusion_pytorch_model.safetensors``: the stock class's ``from_pretrained`` (and the
+    pruned class's) load it."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -858,7 +877,7 @@ def register_checkpoint_hooks(accelerator, model, ema, *, use_lora: bool) -> Non
         if ema is not None:
             from diffusers.training_utils import EMAModel
 
-            loaded = EMAModel.from_pretrained(str(folder / "transformer_ema"), PrunedPixArtTransformer)
+            loaded = EMAModel.from_pretrained(str(folder / "transformer_ema"), type(model))
             ema.load_state_dict(loaded.state_dict())
             ema.to(accelerator.device)
 
@@ -904,6 +923,7 @@ def run_validation(args, teacher, student, validation, step, accelerator):
     """Generate --num_validation_images per validation prompt with the student; save PNGs and log them."""
     embeds, masks, negative, negative_mask = validation
     pipe = with_transformer(teacher, student)
+    family = family_of_pipeline(pipe)  # the pipeline's call arguments for cached conditioning
     folder = Path(args.output_dir) / "validation" / f"step-{step}"
     folder.mkdir(parents=True, exist_ok=True)
     was_training = student.training
@@ -912,18 +932,18 @@ def run_validation(args, teacher, student, validation, step, accelerator):
     with torch.no_grad():
         for i, prompt in enumerate(args.validation_prompts):
             for j in range(args.num_validation_images):
+                text = {"prompt_embeds": embeds[i : i + 1], "prompt_attention_mask": masks[i : i + 1]}
+                neg = {"prompt_embeds": negative, "prompt_attention_mask": negative_mask}
+                call = family.call_kwargs(
+                    to_device(text, accelerator.device, student.dtype),
+                    to_device(neg, accelerator.device, student.dtype),
+                    args.resolution,
+                    args.max_sequence_length,
+                )
                 out = pipe(
-                    prompt_embeds=embeds[i : i + 1].to(accelerator.device, student.dtype),
-                    prompt_attention_mask=masks[i : i + 1].to(accelerator.device),
-                    negative_prompt=None,  # PixArt's default "" would clash with the embeddings
-                    negative_prompt_embeds=negative.to(accelerator.device, student.dtype),
-                    negative_prompt_attention_mask=negative_mask.to(accelerator.device),
+                    **call,
                     num_inference_steps=args.validation_inference_steps,
                     guidance_scale=args.teacher_guidance_scale,
-                    height=args.resolution,
-                    width=args.resolution,
-                    use_resolution_binning=False,
-                    max_sequence_length=args.max_sequence_length,
                     generator=torch.Generator().manual_seed(args.seed + j),
                 ).images[0]
                 out.save(folder / f"prompt{i}-{j}.png")

@@ -135,12 +135,15 @@ def vae_scale_factor_of(pipeline_folder: str | os.PathLike | None) -> int | None
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_transformer_config(config: dict, source: str) -> None:
-    """Refuse a transformer config whose pruning record contradicts itself: ``kept_layers`` must have
-    ``num_layers`` entries, strictly increasing, within ``0..source_num_layers-1``."""
-    depth = config.get("num_layers")
-    if not isinstance(depth, int) or depth < 1:
-        raise LayerPruneError(f"{source}: num_layers must be a positive integer, got {depth!r}")
+def check_transformer_config(config: dict, source: str, depth_keys: tuple[str, ...] = ("num_layers",)) -> None:
+    """Refuse a transformer config whose pruning record contradicts itself: ``kept_layers`` must have one entry per
+    block (the sum of the ``depth_keys``, e.g. Flux's ``num_layers + num_single_layers``), strictly increasing, within
+    ``0..source_num_layers-1``."""
+    for key in depth_keys:
+        value = config.get(key)
+        if not isinstance(value, int) or value < 1:
+            raise LayerPruneError(f"{source}: {key} must be a positive integer, got {value!r}")
+    depth = sum(config[key] for key in depth_keys)
     kept = config.get("kept_layers")
     if kept is None:
         return
@@ -148,7 +151,8 @@ def check_transformer_config(config: dict, source: str) -> None:
     if not isinstance(kept, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
         raise LayerPruneError(f"kept_layers in {where} must be a list of block indices, got {kept!r}")
     if len(kept) != depth:
-        raise LayerPruneError(f"kept_layers in {where} has {len(kept)} entries but num_layers is {depth}")
+        what = " + ".join(depth_keys)
+        raise LayerPruneError(f"kept_layers in {where} has {len(kept)} entries but {what} is {depth}")
     if any(b <= a for a, b in zip(kept[:-1], kept[1:], strict=True)):
         raise LayerPruneError(f"kept_layers in {where} must be strictly increasing, got {kept}")
     total = config.get("source_num_layers")
@@ -189,7 +193,7 @@ def check_weights_cover_blocks(
     if blocks != set(range(num_layers)):
         found = f"{len(blocks)} blocks (indices {min(blocks)}..{max(blocks)})" if blocks else "no blocks"
         raise LayerPruneError(
-            f"{folder}: the weights hold {found} but config.json says num_layers {num_layers}; the config was edited "
+            f"{folder}: the weights hold {found} of {block_attr} but config.json says {num_layers}; the config was edited "
             "or the weights are from another model"
         )
 

@@ -46,7 +46,7 @@ def test_prune_bad_model_writes_nothing(tiny_pipeline_dir, tmp_path, capsys):
     assert main(["prune", "--model", str(tmp_path / "nope"), "--drop", "1", "--output", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["prune", "--model", str(tiny_pipeline_dir / "vae"), "--drop", "1", "--output", str(out)]) == 2
-    assert "holds a AutoencoderKL; layerprune supports PixArt transformers" in capsys.readouterr().err
+    assert "holds a AutoencoderKL; layerprune supports PixArt-Sigma" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["prune", "--model", str(tmp_path / "empty"), "--drop", "1", "--output", str(out)]) == 2
     assert "not a diffusers pipeline folder (no model_index.json) nor a transformer folder" in capsys.readouterr().err

@@ -368,13 +368,13 @@ def test_teacher_is_evaluated_once_for_several_students(work, tmp_path, monkeypa
     first = EvalReport.load(work / "distilled" / "report.json")
     assert first.settings.teacher_cache["reused"] is False and first.settings.teacher_cache["seconds"] > 0
     generated = []
-    real = modeling.generate_from_embeddings
+    real = modeling.generate_from_conditioning
 
-    def counting(pipe, embeds, *args, **kwargs):
-        generated.append((pipe.transformer.config.num_layers, len(embeds)))
-        return real(pipe, embeds, *args, **kwargs)
+    def counting(pipe, text, *args, **kwargs):
+        generated.append((pipe.transformer.config.num_layers, len(text["prompt_embeds"])))
+        return real(pipe, text, *args, **kwargs)
 
-    monkeypatch.setattr(modeling, "generate_from_embeddings", counting)
+    monkeypatch.setattr(modeling, "generate_from_conditioning", counting)
     settings = dict(prompts=str(work / "prompts.txt"), scorers=str(work / "clip"), steps=3, guidance=1.0)
     report = evaluate_pipeline(work / "pruned", output=tmp_path / "r.json", latency_repeats=2, **settings)
     cache = report.settings.teacher_cache

@@ -113,5 +113,5 @@ def test_load_pipeline_errors(tiny_pipeline_dir, tmp_path):
     from diffusers import DDPMScheduler
 
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
-    with pytest.raises(LayerPruneError, match="supports PixArt transformers"):
+    with pytest.raises(LayerPruneError, match="supports PixArt-Sigma"):
         load_pipeline(tmp_path / "ddpm")

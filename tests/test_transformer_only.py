@@ -171,7 +171,7 @@ def _tree(root):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("prune_vae_folder", "holds a AutoencoderKL; layerprune supports PixArt transformers"),
+        ("prune_vae_folder", "holds a AutoencoderKL; layerprune supports PixArt-Sigma"),
         ("push_no_transformer", "is a pipeline folder without transformer/config.json"),
         ("eval_cuda", "--device cuda: CUDA is not available"),
         ("eval_bad_device", "unknown --device 'gpu0'"),

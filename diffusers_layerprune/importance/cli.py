@@ -27,7 +27,7 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
     score = subparsers.add_parser(
         "score",
         help="measure the importance of every transformer block (writes JSON + PNG)",
-        description="Score every transformer block of a PixArt pipeline with one criterion and write a "
+        description="Score every transformer block of a pipeline (PixArt-Sigma, Sana, SD3, Flux) with one criterion and write a "
         "layer-importance JSON file and a bar chart (PNG) next to it. Finished work is appended to "
         "<output>.progress*.jsonl: a killed scan restarts where it stopped. Under `accelerate launch` the work is "
         "split across processes.",
@@ -157,12 +157,15 @@ def check_prune_importance_args(args: argparse.Namespace) -> None:
         )
 
 
-def pruned_layers_from_importance(args: argparse.Namespace, depth: int, model: str) -> list[int]:
-    """The blocks ``--importance`` + ``--num-layers``/``--remove``/``--ratio`` + ``--plan`` remove from ``model``."""
+def pruned_layers_from_importance(
+    args: argparse.Namespace, depth: int, model: str, family: str | None = None
+) -> list[int]:
+    """The blocks ``--importance`` + ``--num-layers``/``--remove``/``--ratio`` + ``--plan`` remove from ``model``
+    (of model family ``family``: a file measured on another family is refused)."""
     from .plans import num_to_remove, plan_blocks
     from .result import LayerImportance, check_importance_matches
 
     importance = LayerImportance.load(args.importance)
-    check_importance_matches(importance, depth, model)
+    check_importance_matches(importance, depth, model, family)
     k = num_to_remove(depth, args.num_layers, args.ratio, remove=args.remove)
     return plan_blocks(importance, k, args.plan)

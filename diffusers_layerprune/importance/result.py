@@ -58,6 +58,15 @@ class LayerImportance:
     def model(self) -> str | None:
         return self.metadata.get("model")
 
+    @property
+    def block_labels(self) -> list[str]:
+        """A label per block: its stack and index there for many-stack families (Flux: ``double 3``, ``single 0``,
+        recorded as ``metadata["block_names"]``), else its index."""
+        names = self.metadata.get("block_names")
+        if isinstance(names, list) and len(names) == self.num_layers:
+            return [str(name) for name in names]
+        return [str(i) for i in range(self.num_layers)]
+
     def ranking(self) -> list[int]:
         """Block indices from least to most important; ties keep block order (lower index counts as less important)."""
         sign = 1.0 if self.higher_is_more_important else -1.0
@@ -169,8 +178,9 @@ class LayerImportance:
         colours = ["#d62728" if i in low else "#1f77b4" for i in range(n)]
         fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 1.5), 3.4), dpi=100)
         ax.bar(range(n), self.values, color=colours, yerr=self.stderr, capsize=2 if self.stderr else 0)
-        ax.set_xlabel("block")
-        ax.set_xticks(range(n))
+        labels = self.block_labels
+        ax.set_xlabel("block" if labels[-1] == str(n - 1) else "block (stack and index in it)")
+        ax.set_xticks(range(n), labels, rotation=0 if labels[-1] == str(n - 1) else 90)
         ax.tick_params(axis="x", labelsize=7)
         direction = "higher = more important" if self.higher_is_more_important else "lower = more important"
         ax.set_ylabel(f"{self.criterion} ({direction})", fontsize=8)
@@ -197,8 +207,11 @@ def _nan_last(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def check_importance_matches(importance: LayerImportance, num_layers: int, model: str | None = None) -> None:
-    """Refuse an importance file measured on another model: different depth, or a different recorded model id.
+def check_importance_matches(
+    importance: LayerImportance, num_layers: int, model: str | None = None, family: str | None = None
+) -> None:
+    """Refuse an importance file measured on another model: another model family, different depth, or a different
+    recorded model id.
 
     Files record a local model by its folder name only (``provenance.public_name``), so ``model`` is compared by
     that name: ``./pipe`` and ``/abs/pipe`` match.
@@ -206,6 +219,12 @@ def check_importance_matches(importance: LayerImportance, num_layers: int, model
     from ..provenance import public_name
 
     recorded = importance.metadata.get("model")
+    recorded_family = importance.metadata.get("family")
+    if family is not None and recorded_family is not None and recorded_family != family:
+        raise LayerPruneError(
+            f"the importance file was measured on a {recorded_family} model ({recorded}), but {model or 'the model'} "
+            f"is a {family} model; score this model with `layerprune score`"
+        )
     if importance.num_layers != num_layers:
         raise LayerPruneError(
             f"the importance file has {importance.num_layers} blocks (model {recorded}) but the model has "

@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..blocks import capture_block_features, num_blocks, skip_blocks
-from ..data import PromptSet, cache_key, encode_prompts
+from ..blocks import block_names, capture_block_features, num_blocks, skip_blocks
+from ..data import PromptSet, cache_key
 from ..errors import LayerPruneError
+from ..families import encode_text, family_of
+from ..families.base import to_device
 
 Variant = tuple[int, ...]
 """Blocks skipped in one variant of the model (``()`` is the full model), sorted."""
 Unit = tuple[Variant, int]
 """One piece of work: a variant and the index of a prompt batch."""
-
-_ADDED_COND = {"resolution": None, "aspect_ratio": None}
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,23 @@ class ScanSettings:
 class Probe:
     """Noised latents of one prompt batch for forward-pass criteria.
 
-    ``latents [T, B, C, h, w]`` = ``sqrt(a_t) x0 + sqrt(1 - a_t) eps`` where ``x0`` is the full model's generation of
-    each prompt and ``t [T, B]`` are the sampled training timesteps; ``embeds [B, L, D]``, ``mask [B, L]``.
+    ``latents [T, B, C, h, w]`` = ``sqrt(a_t) x0 + sqrt(1 - a_t) eps`` (DDPM-trained models: PixArt) or
+    ``(1 - s) x0 + s eps`` with ``s = t / num_train_timesteps`` (flow-matching models: Sana, SD3, Flux) where ``x0``
+    is the full model's generation of each prompt and ``t [T, B]`` are the sampled training timesteps; ``text`` the
+    batch's conditioning (``ModelFamily.encode``: ``prompt_embeds [B, L, D]`` and a mask or pooled embeddings).
     """
 
     latents: torch.Tensor
     timesteps: torch.Tensor
-    embeds: torch.Tensor
-    mask: torch.Tensor
+    text: dict[str, torch.Tensor]
+
+    @property
+    def embeds(self) -> torch.Tensor:
+        return self.text["prompt_embeds"]
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self.text.get("prompt_attention_mask")
 
 
 def process_state():
@@ -131,7 +140,7 @@ class ImportanceScan:
     """Shared state of an importance scan of ``pipe`` over ``prompts``.
 
     Args:
-        pipe: a PixArt pipeline (``PixArtSigmaPipeline``); its transformer is modified only inside
+        pipe: a pipeline of a supported family (``diffusers_layerprune.families``); its transformer is modified only inside
             :func:`skip_blocks` contexts.
         prompts: the prompt set (a :class:`~diffusers_layerprune.data.PromptSet` or a list of strings); ``None`` for
             criteria that run no prompts (``weight_norm``, ``random``).
@@ -177,10 +186,11 @@ class ImportanceScan:
         self.free_text_encoder = free_text_encoder
         self.show_progress = show_progress
         self.state = state
+        self.family = family_of(self.transformer)
         self.num_layers = num_blocks(self.transformer)
         self.units_computed = 0  # units this process computed (not loaded from progress files): for tests/benchmarks
-        self._embeds: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._negative: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._embeds: dict[str, torch.Tensor] | None = None
+        self._negative: dict[str, torch.Tensor] | None = None
         self._probe_cache: dict[int, Probe] = {}
         self._eps_cache: dict[int, torch.Tensor] = {}
         self._records: dict[str, dict[Unit, dict]] = {}  # finished units by scan key, so greedy steps reuse them
@@ -205,21 +215,23 @@ class ImportanceScan:
     def do_guidance(self) -> bool:
         return self.settings.guidance_scale > 1.0
 
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prompt_embeds [N, L, D], prompt_attention_mask [N, L])`` on the CPU, encoded once for the whole scan."""
+    def embeddings(self) -> dict[str, torch.Tensor]:
+        """The prompts' text conditioning (``ModelFamily.encode``: ``prompt_embeds [N, L, D]`` plus
+        ``prompt_attention_mask [N, L]`` or ``pooled_prompt_embeds [N, P]``) on the CPU, encoded once per scan."""
         if self._embeds is None:
             if self.prompts is None:
                 raise LayerPruneError("this criterion needs prompts; give a prompt set")
             if getattr(self.pipe, "text_encoder", None) is None:
                 raise LayerPruneError("the pipeline has no text encoder to encode the prompts with")
             length = self.settings.max_sequence_length
-            self._embeds = encode_prompts(self.pipe, self.prompts.prompts, max_sequence_length=length)
+            self._embeds = encode_text(self.pipe, self.prompts.prompts, max_sequence_length=length)
             if self.do_guidance:
-                # The pipeline's own negative prompt for PixArt-Sigma is "", encoded the same way as the prompts.
-                self._negative = encode_prompts(self.pipe, [""], max_sequence_length=length)
+                # The pipelines' own negative prompt is "" (PixArt, Sana; SD3's None), encoded like the prompts.
+                self._negative = encode_text(self.pipe, [""], max_sequence_length=length)
             if self.free_text_encoder:
-                self.pipe.text_encoder = None
-                self.pipe.tokenizer = None
+                for name in list(self.pipe.components):
+                    if name.startswith(("text_encoder", "tokenizer")):
+                        setattr(self.pipe, name, None)
         return self._embeds
 
     def seed_of(self, prompt_index: int) -> int:
@@ -227,15 +239,14 @@ class ImportanceScan:
 
     def generate(self, batch: int, skipped: Variant = ()) -> torch.Tensor:
         """Final latents ``[B, C, h, w]`` (float32, CPU) of prompt batch ``batch`` with blocks ``skipped`` removed."""
-        from ..modeling import generate_from_embeddings
+        from ..modeling import generate_from_conditioning
 
-        embeds, mask = self.embeddings()
+        text = self.embeddings()
         rows = self.batches[batch]
         with torch.inference_mode(), skip_blocks(self.transformer, skipped):
-            return generate_from_embeddings(
+            latents = generate_from_conditioning(
                 self.pipe,
-                embeds[rows.start : rows.stop],
-                mask[rows.start : rows.stop],
+                {k: v[rows.start : rows.stop] for k, v in text.items()},
                 self._negative,
                 seeds=[self.seed_of(i) for i in rows],
                 num_inference_steps=self.settings.num_inference_steps,
@@ -245,12 +256,15 @@ class ImportanceScan:
                 batch_size=len(rows),
                 output_type="latent",
             )
+        return self.family.unpack_latents(latents, self.settings.resolution, self.pipe.vae_scale_factor)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], as the pipeline decodes them."""
         vae = self.pipe.vae
         with torch.inference_mode():
-            pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            # as the pipelines decode: latents / scaling_factor + shift_factor (SD3, Flux; 0 for PixArt and Sana)
+            scaled = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+            pixels = vae.decode(scaled.to(vae.device, vae.dtype), return_dict=False)[0]
             return self.pipe.image_processor.postprocess(pixels, output_type="pt").float()
 
     def probe(self, batch: int) -> Probe:
@@ -259,10 +273,10 @@ class ImportanceScan:
             self._probe_cache.clear()
             self._eps_cache.clear()
             x0 = self.generate(batch)
-            embeds, mask = self.embeddings()
+            text = self.embeddings()
             rows = self.batches[batch]
             steps, count = self.settings.num_timesteps, self._num_train_timesteps()
-            alphas = self.pipe.scheduler.alphas_cumprod.double()
+            alphas = getattr(self.pipe.scheduler, "alphas_cumprod", None)  # None: a flow-matching scheduler
             latents, timesteps = [], []
             for row, i in enumerate(rows):
                 # A generator of its own per prompt (offset from the initial-noise seeds): same probe in any batch.
@@ -270,14 +284,17 @@ class ImportanceScan:
                 u = torch.rand(steps, generator=g, dtype=torch.float64)
                 t = ((torch.arange(steps, dtype=torch.float64) + u) / steps * count).long().clamp(max=count - 1)
                 eps = torch.randn((steps, *x0.shape[1:]), generator=g)
-                a = alphas[t].view(-1, 1, 1, 1)
-                latents.append((a.sqrt() * x0[row].double() + (1 - a).sqrt() * eps.double()).float())
+                if alphas is not None:
+                    a = alphas.double()[t].view(-1, 1, 1, 1)
+                    latents.append((a.sqrt() * x0[row].double() + (1 - a).sqrt() * eps.double()).float())
+                else:  # rectified flow: straight path from the image (s = 0) to the noise (s = 1)
+                    sigma = (t.double() / count).view(-1, 1, 1, 1)
+                    latents.append(((1 - sigma) * x0[row].double() + sigma * eps.double()).float())
                 timesteps.append(t)
             self._probe_cache[batch] = Probe(
                 latents=torch.stack(latents, dim=1),
                 timesteps=torch.stack(timesteps, dim=1),
-                embeds=embeds[rows.start : rows.stop],
-                mask=mask[rows.start : rows.stop],
+                text={k: v[rows.start : rows.stop] for k, v in text.items()},
             )
         return self._probe_cache[batch]
 
@@ -290,19 +307,14 @@ class ImportanceScan:
         ``on_step(k)`` runs after the forward pass of probe timestep ``k`` (e.g. to read captured features).
         Learned-variance outputs (PixArt-Sigma: 8 channels) keep their first ``in_channels``: the noise.
         """
-        dtype, channels = self.transformer.dtype, self.transformer.config.in_channels
-        embeds, mask = probe.embeds.to(self.device, dtype), probe.mask.to(self.device)
+        dtype, channels = self.transformer.dtype, self.family.latent_channels(self.transformer.config)
+        text = to_device(probe.text, self.device, dtype)
+        forward = self.family.forward  # the family's forward arguments
         outputs = []
         with torch.inference_mode(), skip_blocks(self.transformer, skipped):
             for k in range(probe.latents.shape[0]):
-                out = self.transformer(
-                    hidden_states=probe.latents[k].to(self.device, dtype),
-                    encoder_hidden_states=embeds,
-                    encoder_attention_mask=mask,
-                    timestep=probe.timesteps[k].to(self.device),
-                    added_cond_kwargs=_ADDED_COND,
-                    return_dict=False,
-                )[0]
+                latents = probe.latents[k].to(self.device, dtype)
+                out = forward(self.transformer, latents, probe.timesteps[k].to(self.device), text)
                 outputs.append(out[:, :channels].float().cpu())
                 if on_step is not None:
                     on_step(k)
@@ -485,6 +497,9 @@ class ImportanceScan:
         meta = {
             "model": public_name(self.model_id),
             "num_layers": self.num_layers,
+            "family": self.family.name,
+            # each block's stack and index there, for many-stack families (Flux: "double 3", "single 0")
+            "block_names": block_names(self.transformer) if len(self.family.stacks) > 1 else None,
             "criterion": criterion,
             "scorer": public_name(self.scorer_name),
             "prompts": None

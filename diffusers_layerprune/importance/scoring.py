@@ -168,6 +168,10 @@ def _check_importance_outputs(output: Path, overwrite: bool) -> None:
 def _summary(importance, model: str, output: Path | None, log) -> None:
     k = max(1, round(0.25 * importance.num_layers))
     log(f"{importance.criterion} importance of {model} ({importance.num_layers} blocks)")
+    labels = importance.block_labels
+    if labels[-1] != str(importance.num_layers - 1):  # many stacks (Flux): name each block's stack
+        log("stack  " + " ".join(f"{label.split()[0]:>8s}" for label in labels))
+        log("index  " + " ".join(f"{label.split()[-1]:>8s}" for label in labels))
     log("block  " + " ".join(f"{i:>8d}" for i in range(importance.num_layers)))
     log("value  " + " ".join(f"{v:>8.4g}" for v in importance.values))
     log(f"least important {k}: {importance.least_important(k)}")

@@ -1,0 +1,214 @@
+"""The :class:`ModelFamily` record: everything family-specific about a diffusion transformer, in one place.
+
+A family is one module in this package that builds one :class:`ModelFamily` named ``FAMILY`` (and its pruned class),
+plus one line in :data:`diffusers_layerprune.families.FAMILIES`. Block surgery, pruning, the scan runner's forward,
+evaluation and training read the record; none of them test a model's class or spell a family's forward arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+# Text conditioning of a batch of prompts, keyed by the pipeline's own call-argument names: ``prompt_embeds``
+# ``[B, L, D]`` always, plus ``prompt_attention_mask`` ``[B, L]`` (PixArt, Sana) or ``pooled_prompt_embeds``
+# ``[B, P]`` (SD3, Flux).
+TextConditioning = Mapping[str, torch.Tensor]
+
+
+def first_tensor(output):
+    """A block's image-token hidden states when it returns them alone or first."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def second_tensor(output):
+    """A block's image-token hidden states when it returns ``(encoder_hidden_states, hidden_states)`` (SD3, Flux)."""
+    return output[1]
+
+
+@dataclass(frozen=True)
+class BlockStack:
+    """One ``nn.ModuleList`` of transformer blocks on the model.
+
+    Attributes:
+        attr: attribute name of the list on the model (``transformer_blocks``).
+        depth_key: config key holding the list's length (``num_layers``, Flux's ``num_single_layers``).
+        kind: the block kind users see in tables and JSON (``block``, ``joint``, ``double``, ``single``).
+        hidden_from_output: maps a block's return value to its image-token hidden states ``[B, N, D]``.
+        hidden_input_name: keyword name of the hidden-states argument, when it is not passed positionally.
+    """
+
+    attr: str
+    depth_key: str = "num_layers"
+    kind: str = "block"
+    hidden_from_output: Callable[[object], torch.Tensor] = field(default=first_tensor)
+    hidden_input_name: str = "hidden_states"
+
+
+# Kept for callers of the one-stack API (``blocks.block_layout(model).attr``).
+BlockLayout = BlockStack
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What layerprune needs to know about one family of diffusion transformers.
+
+    Attributes:
+        name: short name (``pixart``, ``sana``, ``sd3``, ``flux``), used in messages and importance files.
+        title: the name users know (``PixArt-Sigma``).
+        transformer_class: the stock diffusers class name; subclasses (the pruned class) match it too.
+        pipeline_classes: stock pipeline class names of the family (text-to-image first).
+        stacks: block lists in execution order; blocks are numbered globally in that order (Flux: doubles first).
+        pruned_class: ``() -> type``: the pruned transformer class (imported lazily).
+        forward: ``(transformer, latents [B, C, h, w], timestep [B] in 0..1000, text) -> prediction [B, C', h, w]``,
+            the transformer's forward for a batch of cached text conditioning.
+        encode: ``(pipe, prompts, max_sequence_length, device) -> TextConditioning`` (CPU tensors), exactly as the
+            pipeline encodes them for generation.
+        random_text: ``(config, batch, tokens, generator) -> TextConditioning`` of the transformer's widths, for
+            latency measurements with random inputs.
+        call_kwargs: ``(text, negative, resolution, max_sequence_length) -> dict``: the pipeline's call arguments
+            that generate from cached conditioning (``negative`` is the empty prompt's, or ``None``).
+        latent_channels: ``config -> int``: channels of the unpacked latents the pipeline denoises.
+        prune_config: ``(config, kept_by_stack) -> dict`` of config updates beyond the depth keys (index-valued keys
+            renumbered), or a :class:`~diffusers_layerprune.errors.LayerPruneError` for a selection that cannot be
+            made loadable.
+        adapt_state: ``(state, student, source_config, kept_by_stack) -> state``: fix-ups of the renumbered state dict
+            when a block changes structure by its new position (SD3's last joint block).
+        unpack_latents: ``(latents, resolution, vae_scale_factor) -> [B, C, h, w]``: what the pipeline returns with
+            ``output_type="latent"`` as an image-shaped tensor (Flux returns packed ``[B, N, 4C]`` tokens).
+        objective: how the family is trained: ``ddpm`` (noise prediction on a DDPM schedule: PixArt) or ``flow``
+            (rectified flow, velocity prediction: Sana, SD3, Flux); ``train_distill`` implements both.
+        text_keys: the keys of ``encode``'s conditioning; the distillation caches hold an embedding and a mask, so
+            families with pooled embeddings (SD3, Flux) cannot be distilled yet.
+        real_size: ``config -> bool``: a checkpoint of the real widths (run in ``defaults["dtype"]``), not a tiny test
+            model (kept in float32 so its numbers are exact).
+        native_resolution: ``pipe -> int``: the pixel size the pipeline generates by default.
+        defaults: sampler settings, prompt sets, scorers and dtype a real checkpoint of the family is used with.
+        hub_ids: known checkpoints (documentation and ``source_model`` tags).
+        references: citation keys of the family's papers (model cards).
+    """
+
+    name: str
+    title: str
+    transformer_class: str
+    pipeline_classes: tuple[str, ...]
+    stacks: tuple[BlockStack, ...]
+    pruned_class: Callable[[], type]
+    forward: Callable[..., torch.Tensor]
+    encode: Callable[..., TextConditioning]
+    random_text: Callable[..., TextConditioning]
+    call_kwargs: Callable[..., dict]
+    latent_channels: Callable[[Mapping], int] = lambda config: int(config["in_channels"])
+    prune_config: Callable[[Mapping, Sequence[Sequence[int]]], dict] = lambda config, kept: {}
+    adapt_state: Callable[..., dict] | None = None
+    unpack_latents: Callable[[torch.Tensor, int, int], torch.Tensor] = lambda latents, resolution, factor: latents
+    real_size: Callable[[Mapping], bool] = lambda config: True
+    objective: str = "ddpm"
+    text_keys: tuple[str, ...] = ("prompt_embeds", "prompt_attention_mask")
+    native_resolution: Callable[[object], int] = lambda pipe: int(
+        pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    )
+    defaults: dict = field(default_factory=dict)
+    hub_ids: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+
+    # -- block numbering ------------------------------------------------------------------------------------------
+
+    def stack_depths(self, config: Mapping) -> list[int]:
+        """Depth of each stack according to ``config``."""
+        return [int(config[stack.depth_key]) for stack in self.stacks]
+
+    def depth(self, config: Mapping) -> int:
+        """Number of blocks in all stacks: global indices run ``0..depth-1``."""
+        return sum(self.stack_depths(config))
+
+    def split(self, indices: Sequence[int], depths: Sequence[int]) -> list[list[int]]:
+        """Global block indices -> one list of local indices per stack (order kept)."""
+        out: list[list[int]] = [[] for _ in depths]
+        for index in indices:
+            start = 0
+            for s, depth in enumerate(depths):
+                if index < start + depth:
+                    out[s].append(index - start)
+                    break
+                start += depth
+        return out
+
+    def block_names(self, depths: Sequence[int]) -> list[str]:
+        """One label per global index: the block's stack and its index there (``double 3``); one-stack families
+        label blocks by their index alone."""
+        if len(self.stacks) == 1:
+            return [str(i) for i in range(depths[0])]
+        return [f"{stack.kind} {i}" for stack, depth in zip(self.stacks, depths, strict=True) for i in range(depth)]
+
+    def stack_of(self, depths: Sequence[int]) -> list[str]:
+        """The stack kind of each global index."""
+        return [stack.kind for stack, depth in zip(self.stacks, depths, strict=True) for _ in range(depth)]
+
+
+def to_device(text: TextConditioning, device, dtype) -> dict[str, torch.Tensor]:
+    """``text`` on ``device``; floating tensors (embeddings) in ``dtype``, integer ones (masks) unchanged."""
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in text.items()}
+
+
+def rows(text: TextConditioning, start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Prompts ``start:stop`` of a batch of conditioning."""
+    return {k: v[start:stop] for k, v in text.items()}
+
+
+def expand(text: TextConditioning, batch: int) -> dict[str, torch.Tensor]:
+    """One prompt's conditioning (the empty negative prompt) repeated ``batch`` times."""
+    return {k: v.expand(batch, *v.shape[1:]) for k, v in text.items()}
+
+
+def encode_masked(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.Tensor]:
+    """PixArt / Sana: ``pipe.encode_prompt`` without caption cleaning -> embeddings and attention mask (CPU)."""
+    embeds, mask, _, _ = pipe.encode_prompt(
+        list(prompts),
+        do_classifier_free_guidance=False,
+        device=device,
+        clean_caption=False,
+        max_sequence_length=max_sequence_length,
+    )
+    return {"prompt_embeds": embeds.cpu(), "prompt_attention_mask": mask.cpu()}
+
+
+def masked_call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:
+    """PixArt / Sana pipeline arguments that generate from cached embeddings and masks."""
+    kwargs = dict(
+        prompt_embeds=text["prompt_embeds"],
+        prompt_attention_mask=text["prompt_attention_mask"],
+        negative_prompt=None,  # the pipelines' default "" would clash with negative_prompt_embeds
+        height=resolution,
+        width=resolution,
+        use_resolution_binning=False,
+        max_sequence_length=max_sequence_length,
+    )
+    if negative is not None:
+        kwargs.update(
+            negative_prompt_embeds=negative["prompt_embeds"],
+            negative_prompt_attention_mask=negative["prompt_attention_mask"],
+        )
+    return kwargs
+
+
+def masked_random_text(width_key: str):
+    """Random embeddings of width ``config[width_key]`` and an all-ones mask, for latency measurements."""
+
+    def random_text(config, batch: int, tokens: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {
+            "prompt_embeds": torch.randn(batch, tokens, int(config[width_key]), generator=generator),
+            "prompt_attention_mask": torch.ones(batch, tokens, dtype=torch.long),
+        }
+
+    return random_text
+
+
+def pooled_random_text(config, batch: int, tokens: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """SD3 / Flux: random T5-width embeddings and pooled CLIP embeddings, for latency measurements."""
+    return {
+        "prompt_embeds": torch.randn(batch, tokens, int(config["joint_attention_dim"]), generator=generator),
+        "pooled_prompt_embeds": torch.randn(batch, int(config["pooled_projection_dim"]), generator=generator),
+    }

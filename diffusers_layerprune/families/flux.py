@@ -1,0 +1,163 @@
+"""Flux.1: ``FluxTransformer2DModel``, two stacks run in order: ``num_layers`` double-stream blocks
+(``transformer_blocks``), then ``num_single_layers`` single-stream blocks (``single_transformer_blocks``).
+
+Blocks are addressed by one global index in execution order (doubles first): Flux.1-dev's 19 + 38 blocks are
+0..18 (double) and 19..56 (single). A pruned config records ``kept_layers`` in that numbering and sets both depth keys.
+
+Black Forest Labs, FLUX.1 (2024); the MMDiT double-stream design is Esser et al. (ICML 2024).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import FluxTransformer2DModel
+from diffusers.configuration_utils import register_to_config
+
+from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..pruned import PrunedTransformerMixin
+from .base import BlockStack, ModelFamily, pooled_random_text, second_tensor
+
+GUIDANCE = 3.5  # FluxPipeline's default distilled guidance for Flux.1-dev
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """``[B, C, h, w]`` -> ``[B, h/2 * w/2, 4C]``: FluxPipeline's 2x2 patch packing."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, c4 = packed.shape
+    c = c4 // 4
+    return packed.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
+    """Rotary position ids of the packed latent grid ``[h/2 * w/2, 3]`` (channel 0 unused, then row, column)."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device, dtype)
+
+
+def forward(transformer, latents, timestep, text) -> torch.Tensor:
+    """Flow (velocity) prediction on unpacked latents ``[B, C, h, w]``; ``timestep`` in 0..1000 (the pipeline's
+    scheduler units; the transformer takes it divided by 1000)."""
+    _, _, h, w = latents.shape
+    embeds = text["prompt_embeds"]
+    guidance = None
+    if getattr(transformer, "module", transformer).config.get("guidance_embeds"):  # DDP wraps the model
+        guidance = torch.full((latents.shape[0],), GUIDANCE, device=latents.device, dtype=torch.float32)
+    out = transformer(
+        hidden_states=pack(latents),
+        encoder_hidden_states=embeds,
+        pooled_projections=text["pooled_prompt_embeds"],
+        timestep=timestep.to(latents.dtype) / 1000,
+        img_ids=image_ids(h, w, latents.device, latents.dtype),
+        txt_ids=torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype),
+        guidance=guidance,
+        return_dict=False,
+    )[0]
+    return unpack(out, h, w)
+
+
+def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.Tensor]:
+    """CLIP (pooled) and T5 (per token) as ``FluxPipeline.encode_prompt`` runs them (same prompt for both)."""
+    embeds, pooled, _ = pipe.encode_prompt(
+        prompt=list(prompts), prompt_2=None, device=device, max_sequence_length=max_sequence_length
+    )
+    return {"prompt_embeds": embeds.cpu(), "pooled_prompt_embeds": pooled.cpu()}
+
+
+def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:
+    # Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward); a
+    # negative prompt only matters with true_cfg_scale > 1, which layerprune does not use.
+    return dict(
+        prompt_embeds=text["prompt_embeds"],
+        pooled_prompt_embeds=text["pooled_prompt_embeds"],
+        height=resolution,
+        width=resolution,
+        max_sequence_length=max_sequence_length,
+    )
+
+
+class PrunedFluxTransformer(PrunedTransformerMixin, FluxTransformer2DModel):
+    """A depth-pruned ``FluxTransformer2DModel``. ``kept_layers`` is in the source's global numbering (doubles
+    first); ``source_stack_depths`` holds the source's ``[num_layers, num_single_layers]``. LoRA through the stock
+    class's ``PeftAdapterMixin``."""
+
+    family = "flux"
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 1,
+        in_channels: int = 64,
+        out_channels: int | None = None,
+        num_layers: int = 19,
+        num_single_layers: int = 38,
+        attention_head_dim: int = 128,
+        num_attention_heads: int = 24,
+        joint_attention_dim: int = 4096,
+        pooled_projection_dim: int = 768,
+        guidance_embeds: bool = False,
+        axes_dims_rope: tuple[int, int, int] = (16, 56, 56),
+        kept_layers: list[int] | None = None,
+        source_num_layers: int | None = None,
+        source_model: str | None = None,
+        source_stack_depths: list[int] | None = None,
+    ):
+        super().__init__(
+            patch_size=patch_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            num_layers=num_layers,
+            num_single_layers=num_single_layers,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+            joint_attention_dim=joint_attention_dim,
+            pooled_projection_dim=pooled_projection_dim,
+            guidance_embeds=guidance_embeds,
+            axes_dims_rope=tuple(axes_dims_rope),
+        )
+        self._check_pruned(kept_layers, [num_layers, num_single_layers], source_num_layers)
+
+
+FAMILY = ModelFamily(
+    name="flux",
+    title="Flux.1",
+    transformer_class="FluxTransformer2DModel",
+    pipeline_classes=("FluxPipeline",),
+    stacks=(
+        BlockStack(attr="transformer_blocks", depth_key="num_layers", kind="double", hidden_from_output=second_tensor),
+        BlockStack(
+            attr="single_transformer_blocks",
+            depth_key="num_single_layers",
+            kind="single",
+            hidden_from_output=second_tensor,
+        ),
+    ),
+    pruned_class=lambda: PrunedFluxTransformer,
+    forward=forward,
+    encode=encode,
+    random_text=pooled_random_text,
+    call_kwargs=call_kwargs,
+    latent_channels=lambda config: int(config["in_channels"]) // 4,
+    unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
+    objective="flow",
+    text_keys=("prompt_embeds", "pooled_prompt_embeds"),
+    real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
+    native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),
+    defaults=dict(
+        max_sequence_length=512,
+        num_inference_steps=28,
+        guidance_scale=3.5,
+        score_prompts=PICKAPIC_SCORING_PROMPTS,
+        train_prompts=PICKAPIC_TRAINING_PROMPTS,
+        eval_prompts="hpdv2",
+        scorers=["hpsv2.1", "pickscore", "clip"],
+        dtype="bfloat16",
+    ),
+    hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
+    references=("flux",),
+)

@@ -1,0 +1,167 @@
+"""Stable Diffusion 3 / 3.5: ``SD3Transformer2DModel`` (MMDiT), one stack of joint ``transformer_blocks``.
+
+Two structural facts make a pruned SD3 loadable only with care, both handled here:
+
+- diffusers builds the last joint block with ``context_pre_only=True`` (no context output: an
+  ``AdaLayerNormContinuous`` context norm, no ``to_add_out`` / ``ff_context``). When the source's last block is
+  removed, the new last block must take that structure. Its context output was read only by the removed blocks, so
+  dropping the context half is exact; its context norm keeps the same scale and shift rows (``AdaLayerNormZero``
+  chunks ``shift, scale, gate, ...``; ``AdaLayerNormContinuous`` chunks ``scale, shift``), so the image output is
+  unchanged.
+- SD3.5 lists ``dual_attention_layers`` by block index (Medium: 0..12); they are renumbered to the kept blocks.
+
+Esser et al., Scaling Rectified Flow Transformers for High-Resolution Image Synthesis (ICML 2024).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import SD3Transformer2DModel
+from diffusers.configuration_utils import register_to_config
+
+from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..pruned import PrunedTransformerMixin
+from .base import BlockStack, ModelFamily, pooled_random_text, second_tensor
+
+
+def forward(transformer, latents, timestep, text) -> torch.Tensor:
+    """Flow (velocity) prediction ``[B, C, h, w]``; ``timestep`` in 0..1000 as the pipeline passes it."""
+    return transformer(
+        hidden_states=latents,
+        encoder_hidden_states=text["prompt_embeds"],
+        pooled_projections=text["pooled_prompt_embeds"],
+        timestep=timestep,
+        return_dict=False,
+    )[0]
+
+
+def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.Tensor]:
+    """The three text encoders as ``StableDiffusion3Pipeline.encode_prompt`` runs them (same prompt for all)."""
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        prompt=list(prompts),
+        prompt_2=None,
+        prompt_3=None,
+        device=device,
+        do_classifier_free_guidance=False,
+        max_sequence_length=max_sequence_length,
+    )
+    return {"prompt_embeds": embeds.cpu(), "pooled_prompt_embeds": pooled.cpu()}
+
+
+def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:
+    kwargs = dict(
+        prompt_embeds=text["prompt_embeds"],
+        pooled_prompt_embeds=text["pooled_prompt_embeds"],
+        height=resolution,
+        width=resolution,
+        max_sequence_length=max_sequence_length,
+    )
+    if negative is not None:
+        kwargs.update(
+            negative_prompt_embeds=negative["prompt_embeds"],
+            negative_pooled_prompt_embeds=negative["pooled_prompt_embeds"],
+        )
+    return kwargs
+
+
+def prune_config(config, kept_by_stack) -> dict:
+    """Renumber SD3.5's ``dual_attention_layers`` to the kept blocks' new positions."""
+    dual = set(config.get("dual_attention_layers") or ())
+    return {"dual_attention_layers": tuple(new for new, source in enumerate(kept_by_stack[0]) if source in dual)}
+
+
+def adapt_state(state, student, source_config, kept_by_stack) -> dict:
+    """Give the new last joint block the ``context_pre_only`` structure when the source's last block was removed."""
+    (kept,) = kept_by_stack
+    if kept[-1] == source_config["num_layers"] - 1:
+        return state  # the pre-only block is kept and stays last
+    prefix = f"transformer_blocks.{len(kept) - 1}."
+    dim = student.inner_dim
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            if rest.startswith(("attn.to_add_out.", "ff_context.", "norm2_context.")):
+                continue  # the context stream's output half, which no later block reads
+            if rest in ("norm1_context.linear.weight", "norm1_context.linear.bias"):
+                # AdaLayerNormZero rows: shift, scale, gate, shift_mlp, scale_mlp, gate_mlp; continuous: scale, shift
+                value = torch.cat([value[dim : 2 * dim], value[:dim]])
+        out[key] = value
+    return out
+
+
+class PrunedSD3Transformer(PrunedTransformerMixin, SD3Transformer2DModel):
+    """A depth-pruned ``SD3Transformer2DModel`` (SD3 and SD3.5); config keys as :class:`PrunedPixArtTransformer`.
+    LoRA through the stock class's ``PeftAdapterMixin``."""
+
+    family = "sd3"
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 128,
+        patch_size: int = 2,
+        in_channels: int = 16,
+        num_layers: int = 18,
+        attention_head_dim: int = 64,
+        num_attention_heads: int = 18,
+        joint_attention_dim: int = 4096,
+        caption_projection_dim: int = 1152,
+        pooled_projection_dim: int = 2048,
+        out_channels: int = 16,
+        pos_embed_max_size: int = 96,
+        dual_attention_layers: tuple[int, ...] = (),
+        qk_norm: str | None = None,
+        kept_layers: list[int] | None = None,
+        source_num_layers: int | None = None,
+        source_model: str | None = None,
+    ):
+        super().__init__(
+            sample_size=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            num_layers=num_layers,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+            joint_attention_dim=joint_attention_dim,
+            caption_projection_dim=caption_projection_dim,
+            pooled_projection_dim=pooled_projection_dim,
+            out_channels=out_channels,
+            pos_embed_max_size=pos_embed_max_size,
+            dual_attention_layers=tuple(dual_attention_layers),
+            qk_norm=qk_norm,
+        )
+        self._check_pruned(kept_layers, [num_layers], source_num_layers)
+
+
+FAMILY = ModelFamily(
+    name="sd3",
+    title="Stable Diffusion 3 / 3.5",
+    transformer_class="SD3Transformer2DModel",
+    pipeline_classes=("StableDiffusion3Pipeline",),
+    stacks=(
+        BlockStack(attr="transformer_blocks", depth_key="num_layers", kind="joint", hidden_from_output=second_tensor),
+    ),
+    pruned_class=lambda: PrunedSD3Transformer,
+    forward=forward,
+    encode=encode,
+    random_text=pooled_random_text,
+    call_kwargs=call_kwargs,
+    prune_config=prune_config,
+    adapt_state=adapt_state,
+    objective="flow",
+    text_keys=("prompt_embeds", "pooled_prompt_embeds"),
+    real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
+    defaults=dict(
+        max_sequence_length=256,
+        num_inference_steps=40,
+        guidance_scale=4.5,
+        score_prompts=PICKAPIC_SCORING_PROMPTS,
+        train_prompts=PICKAPIC_TRAINING_PROMPTS,
+        eval_prompts="hpdv2",
+        scorers=["hpsv2.1", "pickscore", "clip"],
+        dtype="bfloat16",
+    ),
+    hub_ids=("stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-3-medium-diffusers"),
+    references=("sd3",),
+)

@@ -1,0 +1,209 @@
+"""`layerprune score` (every criterion), `prune`, `eval` and the model card on the tiny Sana, SD3 and Flux pipelines,
+and the bad input of many families: one line, exit 2, nothing written."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from diffusers_layerprune.cli import main as cli
+from diffusers_layerprune.importance.registry import CRITERIA_MODULES
+
+FAMILY_NAMES = ["sana", "sd3", "flux"]
+PROMPTS = "a small red circle\na large blue square\n"
+
+
+def quick_score(model, output, criterion, prompts):
+    return [
+        "score", "--model", str(model), "--criterion", criterion, "--scorer", "toy", "--prompts", str(prompts),
+        "--steps", "1", "--guidance", "1.0", "--batch-size", "2", "--num-timesteps", "1", "--no-progress",
+        "--output", str(output),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text(PROMPTS)
+    return path
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA_MODULES))
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_score_every_criterion(family, criterion, prompts, tmp_path, capsys):
+    output = tmp_path / "imp.json"
+    assert cli(quick_score(f"tiny-random-{family}", output, criterion, prompts)) == 0
+    data = json.loads(output.read_text())
+    values = data["values"]
+    assert len(values) == 6 and all(isinstance(v, float) for v in values)
+    assert data["metadata"]["family"] == family
+    out = capsys.readouterr().out
+    if family == "flux":  # every output names each block's stack
+        assert data["metadata"]["block_names"] == ["double 0", "double 1", *(f"single {i}" for i in range(4))]
+        assert "stack    double   double   single" in out
+    else:
+        assert data["metadata"]["block_names"] is None
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_prune_from_importance_then_eval_and_card(family, prompts, tmp_path, capsys):
+    imp = tmp_path / "imp.json"
+    assert cli(quick_score(f"tiny-random-{family}", imp, "output_loss", prompts)) == 0
+    pruned = tmp_path / "pruned"
+    args = ["prune", "--model", f"tiny-random-{family}", "--importance", str(imp), "--remove", "2"]
+    assert cli([*args, "--output", str(pruned)]) == 0
+    config = json.loads((pruned / "transformer" / "config.json").read_text())
+    ranked = sorted(range(6), key=lambda i: json.loads(imp.read_text())["values"][i])
+    assert config["kept_layers"] == [i for i in range(6) if i not in ranked[:2]]
+    if family == "flux":
+        assert config["num_layers"] + config["num_single_layers"] == 4
+        assert "kept double blocks:" in capsys.readouterr().out
+
+    report = tmp_path / "report.json"
+    argv = ["eval", "--model", str(pruned), "--scorers", "toy", "--prompts", str(prompts), "--steps", "1",
+            "--batch-size", "2", "--latency-repeats", "1", "--output", str(report)]  # fmt: skip
+    assert cli(argv) == 0
+    data = json.loads(report.read_text())
+    assert data["models"]["student"]["num_layers"] == 4 and data["models"]["teacher"]["num_layers"] == 6
+
+    assert cli(["push", str(pruned), "--repo-id", f"me/{family}-pruned", "--dry-run"]) == 0
+    card = (pruned / "README.md").read_text()
+    from diffusers_layerprune.families import get_family
+
+    record = get_family(family)
+    assert "from diffusers import DiffusionPipeline" in card and record.pruned_class().__name__ in card
+    assert f"- {dict(sana='sana', sd3='sd3', flux='flux')[family]}\n" in card  # the family's Hub tag
+    if family == "flux":
+        assert "double blocks are global indices 0..1, single blocks are global indices 2..5" in card
+
+
+def snapshot(root: Path) -> dict:
+    tree = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            tree[rel] = ("dir",) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return tree
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """Inputs of several families: a flux pipeline folder, a pruned one, importance files, an unsupported model."""
+    from diffusers_layerprune.testing import build_tiny_flux_pipeline
+
+    root = tmp_path_factory.mktemp("families_bad")
+    build_tiny_flux_pipeline().save_pretrained(root / "flux")
+    assert cli(["prune", "--model", str(root / "flux"), "--drop", "1,5", "--output", str(root / "flux_pruned")]) == 0
+    for family in ("flux", "sd3"):
+        argv = ["score", "--model", f"tiny-random-{family}", "--criterion", "weight_norm", "--output",
+                str(root / f"{family}_imp.json")]  # fmt: skip
+        assert cli(argv) == 0
+    # a pipeline whose transformer is of a family layerprune does not support
+    (root / "other" / "transformer").mkdir(parents=True)
+    (root / "other" / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanDiTPipeline"}))
+    (root / "other" / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": "HunyuanDiT2DModel", "num_layers": 4})
+    )
+    return root
+
+
+CASES = {
+    "unsupported_family": (
+        ["prune", "--model", "{other}", "--drop", "1", "--output", "{out}"],
+        "holds a HunyuanDiT2DModel; layerprune supports PixArt-Sigma (PixArtTransformer2DModel), Sana "
+        "(SanaTransformer2DModel), Stable Diffusion 3 / 3.5 (SD3Transformer2DModel), Flux.1 (FluxTransformer2DModel)",
+    ),
+    "flux_all_double_blocks": (
+        ["prune", "--model", "{flux}", "--drop", "0,1", "--output", "{out}"],
+        "every double block would be removed (num_layers=2); keep at least one block of each stack",
+    ),
+    "flux_all_single_blocks": (
+        ["prune", "--model", "{flux}", "--keep", "0,1", "--output", "{out}"],
+        "every single block would be removed (num_single_layers=4)",
+    ),
+    "pruned_flux_last_double_block": (
+        ["prune", "--model", "{flux_pruned}", "--drop", "0", "--output", "{out}"],
+        "every double block would be removed (num_layers=1)",
+    ),
+    "flux_global_index_out_of_range": (
+        ["prune", "--model", "{flux}", "--drop", "2,6", "--output", "{out}"],
+        "pruned_layers [6] out of range: the model has 6 blocks, indices 0..5",
+    ),
+    "importance_of_another_family": (
+        ["prune", "--model", "{flux}", "--importance", "{sd3_imp}", "--remove", "1", "--output", "{out}"],
+        "the importance file was measured on a sd3 model (tiny-random-sd3), but",
+    ),
+    "importance_of_another_depth": (
+        ["prune", "--model", "{flux_pruned}", "--importance", "{flux_imp}", "--remove", "1", "--output", "{out}"],
+        "the importance file has 6 blocks (model tiny-random-flux) but the model has 4",
+    ),
+    "score_unsupported_family": (
+        ["score", "--model", "{other}", "--criterion", "weight_norm", "--output", "{out}.json"],
+        "holds a HunyuanDiT2DModel; layerprune supports PixArt-Sigma",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_family_bad_input(ws, case, capsys):
+    argv, message = CASES[case]
+    values = {p.name.removesuffix(".json"): str(p) for p in ws.iterdir()} | {"out": str(ws / "out")}
+    argv = [a.format(**values) for a in argv]
+    before = snapshot(ws)
+    capsys.readouterr()
+    assert cli(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"layerprune {argv[0]}: error:"), err
+    assert "Traceback" not in err and message in err, err
+    assert snapshot(ws) == before  # nothing created, changed or removed
+
+
+def test_train_distill_refuses_pooled_text_families_before_writing(ws, capsys):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from diffusers_layerprune.train_distill import cli as train_cli
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    argv = ["--teacher_model", str(ws / "flux"), "--student_model", str(ws / "flux_pruned"), "--output_dir",
+            str(ws / "out_train"), "--prompts", "toy:train", "--max_train_steps", "1", "--report_to", "none"]  # fmt: skip
+    before = snapshot(ws)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:"), err
+    assert "is a Flux.1 model, conditioned on pooled text embeddings, which the distillation caches do not hold" in err
+    assert snapshot(ws) == before
+
+
+def test_sana_distillation_trains_with_the_flow_objective_and_saves_a_stock_loadable_pipeline(tmp_path):
+    import numpy as np
+    import torch
+    from diffusers import SanaTransformer2DModel
+    from safetensors.torch import load_file
+
+    from diffusers_layerprune.testing import build_tiny_sana_pipeline
+
+    from helpers import distill_args, run_train_distill
+
+    build_tiny_sana_pipeline(6).save_pretrained(tmp_path / "teacher")
+    (tmp_path / "prompts.txt").write_text(PROMPTS + "a white cross\na black star\n")
+    assert (
+        cli(["prune", "--model", str(tmp_path / "teacher"), "--drop", "1,4", "--output", str(tmp_path / "student")])
+        == 0
+    )
+    out = tmp_path / "out"
+    run_train_distill(distill_args(tmp_path, out, steps=2) + ["--resolution", "32"])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    before, after = load_file(tmp_path / "student" / weights), load_file(out / weights)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    stock, info = SanaTransformer2DModel.from_pretrained(out, subfolder="transformer", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert stock.config.kept_layers == [0, 2, 3, 5]
