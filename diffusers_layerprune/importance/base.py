@@ -21,6 +21,8 @@ class Criterion:
         needs_scorer: the scan must carry a preference scorer.
         needs_prompts: the criterion runs the model on prompts (``False``: weights only, or none at all).
         greedy: re-scoring with blocks already removed is meaningful (the ``greedy`` plan).
+        adaptive: the criterion generates images and gives a value per prompt, so ``layerprune score --adaptive``
+            can stop generating blocks whose place relative to the cut is settled (:mod:`.adaptive`).
     """
 
     name: str
@@ -29,6 +31,7 @@ class Criterion:
     needs_scorer: bool = False
     needs_prompts: bool = True
     greedy: bool = False
+    adaptive: bool = False
 
 
 def single_block_variants(scan: ImportanceScan, skipped: Variant) -> tuple[Variant, list[int], list[Variant]]:
