@@ -231,3 +231,110 @@ def test_adaptive_scan_refuses_what_it_cannot_do(world):
         adaptive_preference(scan, 2, round_prompts=4)
     with pytest.raises(LayerPruneError, match="multiple of --batch-size"):
         adaptive_preference(ImportanceScan(pipe, PROMPTS, SETTINGS, scorer=scorer), 2, round_prompts=5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# layerprune score: the stability report, --adaptive, and bad input
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
+
+    root = tmp_path_factory.mktemp("assets")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS[:8]) + "\n")
+    return {"scorer": save_tiny_clip_folder(root / "tinyclip", seed=3), "prompts": root / "prompts.txt"}
+
+
+def score(model, assets, output, *extra):
+    from diffusers_layerprune.cli import main
+
+    return main(
+        ["score", "--model", str(model), "--scorer", str(assets["scorer"]), "--prompts", str(assets["prompts"]),
+         "--steps", "2", "--guidance", "1.0", "--batch-size", "2", "--no-progress", "--output", str(output), *extra]
+    )  # fmt: skip
+
+
+def test_score_reports_stability_and_runs_adaptively(tiny_pipeline_dir, assets, tmp_path, capsys):
+    output = tmp_path / "imp.json"
+    assert score(tiny_pipeline_dir, assets, output, "--remove", "2", "--bootstrap", "200") == 0
+    out = capsys.readouterr().out
+    stability = LayerImportance.load(output).extra["stability"]
+    assert stability["remove"] == 2 and stability["draws"] == 200 and stability["num_prompts"] == 8
+    assert stability["message"] in out and "remove " in out
+
+    adaptive = tmp_path / "adaptive.json"
+    assert score(tiny_pipeline_dir, assets, adaptive, "--remove", "2", "--adaptive", "--round-prompts", "4") == 0
+    out = capsys.readouterr().out
+    result = LayerImportance.load(adaptive)
+    record = result.extra["adaptive"]
+    assert record["remove"] == 2 and record["round_prompts"] == 4 and record["rounds"][0]["prompts"] == [0, 4]
+    assert f"adaptive scan: {record['images']} images of the exhaustive {7 * 8}" in out
+    assert "stability" in result.extra and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["imp.json", "imp.png", "adaptive.json", "adaptive.png"]
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--adaptive", "--criterion", "block_influence"], "--adaptive needs a criterion that generates images for "
+         "each prompt; block_influence does not (supported: preference)"),
+        (["--adaptive", "--num-prompts", "4"], "the prompt budget (4 prompts) is smaller than one round "
+         "(--round-prompts 8)"),
+        (["--adaptive", "--round-prompts", "10"], "the prompt budget (8 prompts) is smaller than one round"),
+        (["--adaptive", "--round-prompts", "3"], "--round-prompts 3 must be a multiple of --batch-size 2"),
+        (["--adaptive", "--confidence", "1.5"], "--confidence must be between 0 and 1"),
+        (["--adaptive", "--greedy-steps", "1"], "--greedy-steps and --adaptive do not go together"),
+        (["--remove", "6"], "--remove (blocks to remove) must be between 1 and 5 for a model of 6 blocks, got 6"),
+        (["--tolerance", "0.1"], "--round-prompts, --confidence and --tolerance go with --adaptive"),
+    ],
+)  # fmt: skip
+def test_score_selection_bad_input_one_line_exit_2_nothing_written(
+    tiny_pipeline_dir, assets, tmp_path, capsys, extra, message
+):
+    output = tmp_path / "out" / "imp.json"
+    assert score(tiny_pipeline_dir, assets, output, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_adaptive_scan_split_across_two_accelerate_processes_matches_one(tiny_pipeline_dir, assets, tmp_path):
+    # Same environment as tests/test_importance_cli.py's two-process test: one thread, MKL_CBWR=COMPATIBLE.
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "layerprune_main.py"
+    script.write_text("import sys\nfrom diffusers_layerprune.cli import main\nsys.exit(main())\n")
+    config = tmp_path / "accelerate.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\n")
+    worktree = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_CBWR="COMPATIBLE", HF_HUB_OFFLINE="1", PYTHONPATH=worktree)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    results = {}
+    for name, launcher, run_env in (
+        ("one", [], env),
+        ("two", ["-m", "accelerate.commands.launch", "--config_file", str(config), "--multi_gpu", "--num_processes",
+                 "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                 "--main_process_port", port], {**env, "ACCELERATE_USE_CPU": "1"}),
+    ):  # fmt: skip
+        output = tmp_path / name / "imp.json"
+        args = ["score", "--model", str(tiny_pipeline_dir), "--scorer", str(assets["scorer"]), "--prompts",
+                str(assets["prompts"]), "--steps", "2", "--guidance", "1.0", "--batch-size", "2", "--no-progress",
+                "--remove", "2", "--adaptive", "--round-prompts", "4", "--output", str(output)]  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, *launcher, str(script), *args], env=run_env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[name] = LayerImportance.load(output)
+    one, two = results["one"], results["two"]
+    assert two.metadata["num_processes"] == 2
+    assert json.dumps(two.per_prompt) == json.dumps(one.per_prompt) and two.values == one.values
+    assert two.extra["adaptive"] == one.extra["adaptive"]

@@ -171,7 +171,7 @@ class LayerImportance:
         low = set(self.least_important(k)) if k else set()
         tied = set(stability.get("tied") or []) if stability is not None else set()
         colours = ["#d62728" if i in low else "#1f77b4" for i in range(n)]
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 1.5), 3.4), dpi=100)
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 1.5), 3.4 if stability is None else 3.7), dpi=100)
         bars = ax.bar(range(n), self.values, color=colours, yerr=self.stderr, capsize=2 if self.stderr else 0)
         for i in tied:  # statistically tied at the cut: hatched
             if 0 <= i < n:
@@ -185,8 +185,8 @@ class LayerImportance:
         model = self.metadata.get("model") or "model"
         subtitle = f"red: the {k} least important blocks"
         if stability is not None and isinstance(stability.get("probability"), (int, float)):
-            subtitle += f" (same in {stability['probability']:.0%} of bootstrap resamples"
-            subtitle += "; hatched: tied at the cut)" if tied else ")"
+            subtitle += f"\nsame {k} in {stability['probability']:.0%} of bootstrap resamples of the prompts"
+            subtitle += "; hatched: tied at the cut" if tied else ""
         ax.set_title(f"{self.criterion}: {Path(str(model)).name}\n{subtitle}", fontsize=9)
         fig.tight_layout()
         path = Path(path)
