@@ -338,3 +338,81 @@ def test_adaptive_scan_split_across_two_accelerate_processes_matches_one(tiny_pi
     assert two.metadata["num_processes"] == 2
     assert json.dumps(two.per_prompt) == json.dumps(one.per_prompt) and two.values == one.values
     assert two.extra["adaptive"] == one.extra["adaptive"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# learnable (TinyFusion): masks learned with a recovery LoRA
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_group_plan_splits_the_removal_over_groups():
+    from diffusers_layerprune.importance.learnable import candidate_masks, group_plan
+
+    assert group_plan(12, 3) == (12, 3)  # C(12, 3) = 220 masks: one group
+    assert group_plan(28, 7) == (4, 1)  # C(28, 7) is too many: 7 groups of 4, one block each
+    assert group_plan(12, 4, 6) == (6, 2)
+    with pytest.raises(LayerPruneError, match=r"--group-size 5 does not divide the depth \(12 blocks\); use one of 2"):
+        group_plan(12, 3, 5)
+    with pytest.raises(LayerPruneError, match="removing 3 blocks does not split evenly over 2 groups of 6"):
+        group_plan(12, 3, 6)
+    masks = candidate_masks(4, 1)
+    assert masks.tolist() == [[0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]]
+
+
+def test_learnable_removes_blocks_that_do_nothing_and_leaves_the_model_untouched():
+    from diffusers_layerprune.testing import build_tiny_pixart_pipeline
+
+    pipe = build_tiny_pixart_pipeline(6)
+    for index in (2, 3):
+        block = get_blocks(pipe.transformer)[index]
+        with torch.no_grad():
+            for linear in (block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[2]):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    pipe.set_progress_bar_config(disable=True)
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    settings = ScanSettings(**{**SETTINGS.__dict__, "batch_size": 4, "num_timesteps": 4})
+    scan = ImportanceScan(pipe, PROMPTS[:8], settings, show_progress=False)
+    result = compute_importance("learnable", scan, remove=2, steps=100)
+    learned = result.extra["learnable"]
+    assert result.criterion == "learnable" and learned["group_size"] == 6 and learned["removed_per_group"] == 2
+    assert learned["removed_blocks"] == [2, 3] == result.least_important(2)
+    assert learned["loss_last"] < learned["loss_first"]
+    # The values: 1 + P(keep) for kept blocks, P(keep) for removed ones.
+    assert all(result.values[i] < 1.0 for i in (2, 3)) and all(result.values[i] >= 1.0 for i in (0, 1, 4, 5))
+    after = pipe.transformer.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any(block._forward_hooks for block in get_blocks(pipe.transformer))
+    once, twice = (compute_importance("learnable", scan, remove=2, steps=3) for _ in range(2))
+    assert once.values == twice.values  # seeded
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--criterion", "learnable", "--group-size", "4"], "--group-size 4 does not divide the depth (6 blocks); "
+         "use one of 2, 3, 6"),
+        (["--criterion", "learnable", "--group-size", "3", "--remove", "1"], "removing 1 blocks does not split "
+         "evenly over 2 groups of 3"),
+        (["--criterion", "preference", "--group-size", "3"], "--group-size goes with a learned selection "
+         "(--criterion learnable)"),
+    ],
+)  # fmt: skip
+def test_learnable_bad_input_one_line_exit_2_nothing_written(
+    tiny_pipeline_dir, assets, tmp_path, capsys, extra, message
+):
+    output = tmp_path / "out" / "imp.json"
+    assert score(tiny_pipeline_dir, assets, output, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_score_learnable_through_the_cli(tiny_pipeline_dir, assets, tmp_path, capsys):
+    output = tmp_path / "learned.json"
+    assert (
+        score(tiny_pipeline_dir, assets, output, "--criterion", "learnable", "--remove", "2", "--learn-steps", "4") == 0
+    )
+    result = LayerImportance.load(output)
+    assert result.extra["learnable"]["steps"] == 4 and len(result.extra["learnable"]["removed_blocks"]) == 2
+    assert "learned selection: remove" in capsys.readouterr().out

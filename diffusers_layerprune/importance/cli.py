@@ -120,6 +120,21 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
         help="with --adaptive: a pair of blocks is settled once removing one rather than the other surely costs at "
         "most TOLERANCE x the full model's mean preference score (default: 0.05; 0 asks for certainty)",
     )
+    score.add_argument(
+        "--group-size",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help="with --criterion learnable: blocks per group, each group losing the same number (must divide the depth; "
+        "default: the largest group with at most 4096 possible masks)",
+    )
+    score.add_argument(
+        "--learn-steps",
+        type=positive_int,
+        default=None,
+        metavar="S",
+        help="with --criterion learnable: training steps of the masks and the recovery LoRA (default: 200)",
+    )
     score.add_argument("--output", default="importance.json", help="JSON file to write (default: importance.json)")
     score.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -152,6 +167,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         confidence=args.confidence,
         bootstrap=args.bootstrap,
+        group_size=args.group_size,
+        learn_steps=args.learn_steps,
         dtype=args.dtype,
         revision=args.revision,
         base_model=args.base_model,

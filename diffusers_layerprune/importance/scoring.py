@@ -43,6 +43,8 @@ def score_blocks(
     tolerance: float = 0.05,
     confidence: float = 0.9,
     bootstrap: int = 1000,
+    group_size: int | None = None,
+    learn_steps: int | None = None,
     dtype: str = "auto",
     revision: str | None = None,
     base_model: str | None = None,
@@ -68,6 +70,8 @@ def score_blocks(
             ``num_prompts``) is the budget. ``tolerance``: the cost a wrong pick may have, as a fraction of the full
             model's mean score; ``confidence``: of the paired intervals.
         bootstrap: resamples of the prompts for the stability report (0: no report).
+        group_size, learn_steps: for ``learnable``: blocks per group (must divide the depth; default: the largest
+            group with at most 4096 keep-masks) and training steps (default 200).
         log: called with each line of the summary (``print`` in the CLI); ``None`` prints nothing.
 
     Returns the :class:`~diffusers_layerprune.importance.LayerImportance` on every process. Under
@@ -97,6 +101,12 @@ def score_blocks(
             raise LayerPruneError(f"--{name} must be at least 1, got {value}")
     if bootstrap < 0:
         raise LayerPruneError(f"--bootstrap must be at least 0, got {bootstrap}")
+    for name, value, option in (("--group-size", group_size, "group_size"), ("--learn-steps", learn_steps, "steps")):
+        if value is not None and option not in spec.options:
+            learned = ", ".join(n for n, c in _all_criteria().items() if option in c.options)
+            raise LayerPruneError(f"{name} goes with a learned selection (--criterion {learned})")
+        if value is not None and value < 1:
+            raise LayerPruneError(f"{name} must be at least 1, got {value}")
     if adaptive:
         from .adaptive import check_adaptive_options
 
@@ -112,6 +122,11 @@ def score_blocks(
         raise LayerPruneError(f"--greedy-steps must be between 1 and {config['num_layers'] - 1}")
     if config is not None and remove is not None:
         _check_remove(remove, config["num_layers"])
+    if config is not None and "group_size" in spec.options:
+        from .learnable import group_plan
+
+        depth = config["num_layers"]
+        group_plan(depth, remove if remove is not None else max(1, round(0.25 * depth)), group_size)
     defaults = scoring_defaults(model)
     scorer_name = None
     if spec.needs_scorer:
@@ -175,7 +190,9 @@ def score_blocks(
             scan, k, round_prompts=round_prompts, confidence=confidence, tolerance=tolerance
         )
     else:
-        importance = compute_importance(spec.name, scan)
+        given = {"remove": k, "group_size": group_size, "steps": learn_steps}
+        options = {name: given[name] for name in spec.options if given.get(name) is not None}
+        importance = compute_importance(spec.name, scan, **options)
     if greedy_steps:
         importance.extra["greedy_order"] = greedy_order(scan, spec.name, greedy_steps)
     if bootstrap and importance.per_prompt is not None and len(importance.per_prompt[0]) > 1 and scan.num_layers > 1:
@@ -188,6 +205,12 @@ def score_blocks(
         _summary(importance, model, output, log)
     scan.remove_progress()
     return importance
+
+
+def _all_criteria() -> dict:
+    from .registry import all_criteria
+
+    return all_criteria()
 
 
 def _check_remove(remove: int, depth: int) -> None:
@@ -246,5 +269,13 @@ def _summary(importance, model: str, output: Path | None, log) -> None:
         log(f"best span of {k} consecutive blocks (plan span): {list(range(start, start + k))}")
     if "greedy_order" in importance.extra:
         log(f"greedy removal order: {importance.extra['greedy_order']}")
+    if "learnable" in importance.extra:
+        learned = importance.extra["learnable"]
+        log(
+            f"learned selection: remove {learned['removed_blocks']} ({learned['removed_per_group']} of every "
+            f"{learned['group_size']} blocks; most probable mask per group: "
+            f"{', '.join(f'{p:.0%}' for p in learned['group_mask_probability'])}); distillation loss "
+            f"{learned['loss_first']:.4g} -> {learned['loss_last']:.4g} over {learned['steps']} steps"
+        )
     if output is not None:
         log(f"wrote {output} and {output.with_suffix('.png')}")
