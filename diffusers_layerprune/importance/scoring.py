@@ -202,7 +202,7 @@ def score_blocks(
     if state.is_main_process and output is not None:
         importance.save(output, overwrite=True)
     if state.is_main_process and log is not None:
-        _summary(importance, model, output, log)
+        _summary(importance, model, output, log, k)
     scan.remove_progress()
     return importance
 
@@ -235,10 +235,9 @@ def _check_importance_outputs(output: Path, overwrite: bool) -> None:
     check_progress_files(output)
 
 
-def _summary(importance, model: str, output: Path | None, log) -> None:
+def _summary(importance, model: str, output: Path | None, log, k: int) -> None:
     stability = importance.extra.get("stability")
     adaptive = importance.extra.get("adaptive")
-    k = stability["remove"] if stability else max(1, round(0.25 * importance.num_layers))
     log(f"{importance.criterion} importance of {model} ({importance.num_layers} blocks)")
     log("block  " + " ".join(f"{i:>8d}" for i in range(importance.num_layers)))
     log("value  " + " ".join(f"{v:>8.4g}" for v in importance.values))
