@@ -115,6 +115,7 @@ def run(args) -> dict:
             imp = learned(experiment, seed, k, args)
             dropped = imp.least_important(k)
             out = {"seed": seed, "ratio": ratio, "remove": k, "dropped": dropped, "learnable": imp.extra["learnable"]}
+            out["num_timesteps"] = imp.metadata["num_timesteps"]
             for stage, variant in (("pruned", ""), ("distilled", experiment.distill_tag)):
                 key = paper.cell_key(stage, seed, dropped, variant)
                 record = experiment.cells.get(key)
@@ -166,7 +167,7 @@ def run(args) -> dict:
         "cost": {
             "learnable_images": experiment.args.score_prompts,
             "learnable_student_steps": args.learn_steps,
-            "learnable_samples_per_step": args.learn_batch_size * experiment.settings.num_timesteps,
+            "learnable_samples_per_step": args.learn_batch_size * cells[0]["num_timesteps"],
             "preference_images": (depth + 1) * experiment.args.score_prompts,
             "learnable_seconds_mean": statistics.mean(learn_seconds) if learn_seconds else None,
         },
@@ -214,9 +215,16 @@ def render(result: dict) -> str:
         f"{c['learnable_student_steps']} forward+backward passes of {c['learnable_samples_per_step']} samples "
         + (f"({c['learnable_seconds_mean']:.0f} s per selection here)" if c["learnable_seconds_mean"] else "")
         + f"; the exhaustive preference scan generates {c['preference_images']} images and scores them.",
-        "",
-        END,
     ]
+    if "run" in result:
+        r = result["run"]
+        lines += [
+            "",
+            f"Run: {r['wall_seconds'] / 60:.0f} min wall time for the 9 cells (learning, judging, distilling), 1-minute "
+            f"load average {r['load_average_1min_start']:.1f} at the start and {r['load_average_1min_end']:.1f} at the "
+            "end on the 2 shared cores.",
+        ]
+    lines += ["", END]
     return "\n".join(lines) + "\n"
 
 
