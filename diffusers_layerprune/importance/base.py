@@ -21,6 +21,10 @@ class Criterion:
         needs_scorer: the scan must carry a preference scorer.
         needs_prompts: the criterion runs the model on prompts (``False``: weights only, or none at all).
         greedy: re-scoring with blocks already removed is meaningful (the ``greedy`` plan).
+        adaptive: the criterion generates images and gives a value per prompt, so ``layerprune score --adaptive``
+            can stop generating blocks whose place relative to the cut is settled (:mod:`.adaptive`).
+        options: keyword options ``compute`` takes from ``layerprune score`` (``remove``: the number of blocks to
+            remove, for criteria that learn a selection of that size; ``group_size``, ``steps``).
     """
 
     name: str
@@ -29,6 +33,8 @@ class Criterion:
     needs_scorer: bool = False
     needs_prompts: bool = True
     greedy: bool = False
+    adaptive: bool = False
+    options: tuple[str, ...] = ()
 
 
 def single_block_variants(scan: ImportanceScan, skipped: Variant) -> tuple[Variant, list[int], list[Variant]]:

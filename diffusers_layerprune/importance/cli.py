@@ -77,6 +77,64 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
         metavar="K",
         help="also record the greedy removal order of K blocks (re-score after each removal) for `prune --plan greedy`",
     )
+    score.add_argument(
+        "--remove",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="blocks you plan to remove: the stability report (bootstrap probability of the same selection, blocks "
+        "tied at the cut) and --adaptive are for this count (default: 25%% of the blocks)",
+    )
+    score.add_argument(
+        "--bootstrap",
+        type=non_negative_int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of the prompts for the stability report, criteria with per-prompt values "
+        "(preference); 0 skips it (default: 1000)",
+    )
+    score.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="adaptive scan (preference): prompts in rounds; blocks clearly above or below the cut of --remove K stop "
+        "being generated; stops when settled or when the prompts (--num-prompts: the budget) are spent",
+    )
+    score.add_argument(
+        "--round-prompts",
+        type=positive_int,
+        default=8,
+        metavar="R",
+        help="with --adaptive: prompts per round, a multiple of --batch-size (default: 8)",
+    )
+    score.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9,
+        help="with --adaptive: confidence of the paired intervals, Bonferroni-corrected over the pairs at the cut "
+        "(default: 0.9)",
+    )
+    score.add_argument(
+        "--tolerance",
+        type=non_negative_float,
+        default=0.05,
+        help="with --adaptive: a pair of blocks is settled once removing one rather than the other surely costs at "
+        "most TOLERANCE x the full model's mean preference score (default: 0.05; 0 asks for certainty)",
+    )
+    score.add_argument(
+        "--group-size",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help="with --criterion learnable: blocks per group, each group losing the same number (must divide the depth; "
+        "default: the largest group with at most 4096 possible masks)",
+    )
+    score.add_argument(
+        "--learn-steps",
+        type=positive_int,
+        default=None,
+        metavar="S",
+        help="with --criterion learnable: training steps of the masks and the recovery LoRA (default: 200)",
+    )
     score.add_argument("--output", default="importance.json", help="JSON file to write (default: importance.json)")
     score.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,6 +143,8 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    if not args.adaptive and (args.round_prompts != 8 or args.tolerance != 0.05 or args.confidence != 0.9):
+        raise LayerPruneError("--round-prompts, --confidence and --tolerance go with --adaptive")
     score_blocks(
         args.model,
         args.criterion,
@@ -101,6 +161,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_timesteps=args.num_timesteps,
         greedy_steps=args.greedy_steps,
+        remove=args.remove,
+        adaptive=args.adaptive,
+        round_prompts=args.round_prompts,
+        tolerance=args.tolerance,
+        confidence=args.confidence,
+        bootstrap=args.bootstrap,
+        group_size=args.group_size,
+        learn_steps=args.learn_steps,
         dtype=args.dtype,
         revision=args.revision,
         base_model=args.base_model,

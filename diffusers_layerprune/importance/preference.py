@@ -22,16 +22,15 @@ def _scores(scan: ImportanceScan, unit: Unit) -> dict:
     return {"scores": [float(s) for s in scores.float().cpu()]}
 
 
-def variant_scores(scan: ImportanceScan, variants: list[Variant]) -> dict[Variant, np.ndarray]:
-    """Preference score of every prompt ``[N]`` for each variant (resumable units ``(variant, batch)``)."""
+def variant_scores(scan: ImportanceScan, variants: list[Variant], batches=None) -> dict[Variant, np.ndarray]:
+    """Preference score of every prompt ``[N]`` for each variant (resumable units ``(variant, batch)``); with
+    ``batches`` (prompt batch indices) only the prompts of those batches, in order."""
     if scan.scorer is None:
         raise LayerPruneError("the preference criterion needs a scorer; pass --scorer (e.g. hpsv2.1 or toy)")
-    units = [(v, b) for b in range(len(scan.batches)) for v in variants]
+    batches = list(range(len(scan.batches)) if batches is None else batches)
+    units = [(v, b) for b in batches for v in variants]
     records = scan.run("preference", units, lambda unit: _scores(scan, unit))
-    return {
-        v: np.concatenate([records[(v, b)]["scores"] for b in range(len(scan.batches))]).astype(np.float64)
-        for v in variants
-    }
+    return {v: np.concatenate([records[(v, b)]["scores"] for b in batches]).astype(np.float64) for v in variants}
 
 
 def preference(scan: ImportanceScan, *, skipped: Variant = ()) -> LayerImportance:
@@ -62,4 +61,5 @@ CRITERION = Criterion(
     summary="DiT-Pruner: mean preference-score drop when the block is skipped (same seeds), with stderr",
     needs_scorer=True,
     greedy=True,
+    adaptive=True,
 )

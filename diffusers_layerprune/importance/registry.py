@@ -17,6 +17,7 @@ CRITERIA_MODULES: dict[str, str] = {
     "latent": "latent",
     "weight_norm": "weight_norm",
     "random": "random_order",
+    "learnable": "learnable",
 }
 
 

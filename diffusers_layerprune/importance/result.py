@@ -173,11 +173,19 @@ class LayerImportance:
         import matplotlib.pyplot as plt
 
         n = self.num_layers
+        stability = self.extra.get("stability") if isinstance(self.extra.get("stability"), dict) else None
         k = max(1, round(0.25 * n)) if n > 1 else 0
+        if stability is not None and isinstance(stability.get("remove"), int) and 0 < stability["remove"] < n:
+            k = stability["remove"]
         low = set(self.least_important(k)) if k else set()
+        tied = set(stability.get("tied") or []) if stability is not None else set()
         colours = ["#d62728" if i in low else "#1f77b4" for i in range(n)]
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 1.5), 3.4), dpi=100)
-        ax.bar(range(n), self.values, color=colours, yerr=self.stderr, capsize=2 if self.stderr else 0)
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 1.5), 3.4 if stability is None else 3.7), dpi=100)
+        bars = ax.bar(range(n), self.values, color=colours, yerr=self.stderr, capsize=2 if self.stderr else 0)
+        for i in tied:  # statistically tied at the cut: hatched
+            if 0 <= i < n:
+                bars[i].set_hatch("///")
+                bars[i].set_edgecolor("black")
         labels = self.block_labels
         ax.set_xlabel("block" if labels[-1] == str(n - 1) else "block (stack and index in it)")
         ax.set_xticks(range(n), labels, rotation=0 if labels[-1] == str(n - 1) else 90)
@@ -185,7 +193,11 @@ class LayerImportance:
         direction = "higher = more important" if self.higher_is_more_important else "lower = more important"
         ax.set_ylabel(f"{self.criterion} ({direction})", fontsize=8)
         model = self.metadata.get("model") or "model"
-        ax.set_title(f"{self.criterion}: {Path(str(model)).name}\nred: the {k} least important blocks", fontsize=9)
+        subtitle = f"red: the {k} least important blocks"
+        if stability is not None and isinstance(stability.get("probability"), (int, float)):
+            subtitle += f"\nsame {k} in {stability['probability']:.0%} of bootstrap resamples of the prompts"
+            subtitle += "; hatched: tied at the cut" if tied else ""
+        ax.set_title(f"{self.criterion}: {Path(str(model)).name}\n{subtitle}", fontsize=9)
         fig.tight_layout()
         path = Path(path)
         with atomic_output_file(path) as tmp:

@@ -37,6 +37,14 @@ def score_blocks(
     batch_size: int = 8,
     num_timesteps: int = 4,
     greedy_steps: int = 0,
+    remove: int | None = None,
+    adaptive: bool = False,
+    round_prompts: int = 8,
+    tolerance: float = 0.05,
+    confidence: float = 0.9,
+    bootstrap: int = 1000,
+    group_size: int | None = None,
+    learn_steps: int | None = None,
     dtype: str = "auto",
     revision: str | None = None,
     base_model: str | None = None,
@@ -54,6 +62,16 @@ def score_blocks(
             Unlike the CLI, an existing ``output`` is replaced unless ``overwrite=False``.
         scorer, prompts, ...: as the options of ``layerprune score``; ``None`` takes the model's defaults
             (``generation_defaults`` / ``scoring_defaults``).
+        remove: the number of blocks to remove that the stability report (and an adaptive scan) is for; default
+            ``round(0.25 * depth)``. For criteria with per-prompt values the result's ``extra["stability"]`` holds
+            :func:`~diffusers_layerprune.importance.stability.selection_stability` for it.
+        adaptive: measure adaptively (:mod:`~diffusers_layerprune.importance.adaptive`): prompts in rounds of
+            ``round_prompts``, generating only blocks whose side of the cut is uncertain; the prompt set (with
+            ``num_prompts``) is the budget. ``tolerance``: the cost a wrong pick may have, as a fraction of the full
+            model's mean score; ``confidence``: of the paired intervals.
+        bootstrap: resamples of the prompts for the stability report (0: no report).
+        group_size, learn_steps: for ``learnable``: blocks per group (must divide the depth; default: the largest
+            group with at most 4096 keep-masks) and training steps (default 200).
         log: called with each line of the summary (``print`` in the CLI); ``None`` prints nothing.
 
     Returns the :class:`~diffusers_layerprune.importance.LayerImportance` on every process. Under
@@ -81,6 +99,20 @@ def score_blocks(
     ):
         if value is not None and value < 1:
             raise LayerPruneError(f"--{name} must be at least 1, got {value}")
+    if bootstrap < 0:
+        raise LayerPruneError(f"--bootstrap must be at least 0, got {bootstrap}")
+    for name, value, option in (("--group-size", group_size, "group_size"), ("--learn-steps", learn_steps, "steps")):
+        if value is not None and option not in spec.options:
+            learned = ", ".join(n for n, c in _all_criteria().items() if option in c.options)
+            raise LayerPruneError(f"{name} goes with a learned selection (--criterion {learned})")
+        if value is not None and value < 1:
+            raise LayerPruneError(f"{name} must be at least 1, got {value}")
+    if adaptive:
+        from .adaptive import check_adaptive_options
+
+        if greedy_steps:
+            raise LayerPruneError("--greedy-steps and --adaptive do not go together (greedy re-scores every block)")
+        check_adaptive_options(spec.name, num_prompts, round_prompts, batch_size, tolerance, confidence)
 
     from ..modeling import check_resolution_for, read_transformer_config, scoring_defaults
 
@@ -88,6 +120,13 @@ def score_blocks(
     check_resolution_for(model, resolution, config)
     if config is not None and greedy_steps and not 0 < greedy_steps < config["num_layers"]:
         raise LayerPruneError(f"--greedy-steps must be between 1 and {config['num_layers'] - 1}")
+    if config is not None and remove is not None:
+        _check_remove(remove, config["num_layers"])
+    if config is not None and "group_size" in spec.options:
+        from .learnable import group_plan
+
+        depth = config["num_layers"]
+        group_plan(depth, remove if remove is not None else max(1, round(0.25 * depth)), group_size)
     defaults = scoring_defaults(model)
     scorer_name = None
     if spec.needs_scorer:
@@ -104,6 +143,8 @@ def score_blocks(
         prompt_set = load_prompts(
             prompts or defaults["score_prompts"], column=prompt_column, limit=num_prompts, exclude=exclude
         )
+        if adaptive:
+            check_adaptive_options(spec.name, len(prompt_set), round_prompts, batch_size, tolerance, confidence)
 
     from ..modeling import generation_defaults, load_pipeline, resolve_dtype
     from ..scorers import load_scorer
@@ -139,15 +180,44 @@ def score_blocks(
     )
     if greedy_steps and not 0 < greedy_steps < scan.num_layers:
         raise LayerPruneError(f"--greedy-steps must be between 1 and {scan.num_layers - 1}")
-    importance = compute_importance(spec.name, scan)
+    if remove is not None:
+        _check_remove(remove, scan.num_layers)
+    k = remove if remove is not None else max(1, round(0.25 * scan.num_layers))
+    if adaptive:
+        from .adaptive import adaptive_preference
+
+        importance = adaptive_preference(
+            scan, k, round_prompts=round_prompts, confidence=confidence, tolerance=tolerance
+        )
+    else:
+        given = {"remove": k, "group_size": group_size, "steps": learn_steps}
+        options = {name: given[name] for name in spec.options if given.get(name) is not None}
+        importance = compute_importance(spec.name, scan, **options)
     if greedy_steps:
         importance.extra["greedy_order"] = greedy_order(scan, spec.name, greedy_steps)
+    if bootstrap and importance.per_prompt is not None and len(importance.per_prompt[0]) > 1 and scan.num_layers > 1:
+        from .stability import selection_stability
+
+        importance.extra["stability"] = selection_stability(importance, k, draws=bootstrap, seed=seed)
     if state.is_main_process and output is not None:
         importance.save(output, overwrite=True)
     if state.is_main_process and log is not None:
-        _summary(importance, model, output, log)
+        _summary(importance, model, output, log, k)
     scan.remove_progress()
     return importance
+
+
+def _all_criteria() -> dict:
+    from .registry import all_criteria
+
+    return all_criteria()
+
+
+def _check_remove(remove: int, depth: int) -> None:
+    if not 0 < remove < depth:
+        raise LayerPruneError(
+            f"--remove (blocks to remove) must be between 1 and {depth - 1} for a model of {depth} blocks, got {remove}"
+        )
 
 
 def _check_importance_outputs(output: Path, overwrite: bool) -> None:
@@ -165,8 +235,9 @@ def _check_importance_outputs(output: Path, overwrite: bool) -> None:
     check_progress_files(output)
 
 
-def _summary(importance, model: str, output: Path | None, log) -> None:
-    k = max(1, round(0.25 * importance.num_layers))
+def _summary(importance, model: str, output: Path | None, log, k: int) -> None:
+    stability = importance.extra.get("stability")
+    adaptive = importance.extra.get("adaptive")
     log(f"{importance.criterion} importance of {model} ({importance.num_layers} blocks)")
     labels = importance.block_labels
     if labels[-1] != str(importance.num_layers - 1):  # many stacks (Flux): name each block's stack
@@ -174,7 +245,22 @@ def _summary(importance, model: str, output: Path | None, log) -> None:
         log("index  " + " ".join(f"{label.split()[-1]:>8s}" for label in labels))
     log("block  " + " ".join(f"{i:>8d}" for i in range(importance.num_layers)))
     log("value  " + " ".join(f"{v:>8.4g}" for v in importance.values))
+    if stability:
+        chosen, tied = set(stability["selection"]), set(stability["tied"])
+        marks = ["cut+tied" if i in chosen and i in tied else "cut" if i in chosen else "tied" if i in tied else ""
+                 for i in range(importance.num_layers)]  # fmt: skip
+        log("remove " + " ".join(f"{m:>8s}" for m in marks))
+    if adaptive:
+        log("prompts " + " ".join(f"{c:>8d}" for c in adaptive["prompts_per_block"]))
     log(f"least important {k}: {importance.least_important(k)}")
+    if stability:
+        log(stability["message"])
+    if adaptive:
+        state = "settled" if adaptive["settled"] else "not settled (prompt budget spent)"
+        log(
+            f"adaptive scan: {adaptive['images']} images of the exhaustive {adaptive['exhaustive_images']} "
+            f"({adaptive['images'] / adaptive['exhaustive_images']:.0%}), {len(adaptive['rounds'])} rounds, {state}"
+        )
     if "additivity" in importance.extra:
         a = importance.extra["additivity"]
         log(
@@ -186,5 +272,13 @@ def _summary(importance, model: str, output: Path | None, log) -> None:
         log(f"best span of {k} consecutive blocks (plan span): {list(range(start, start + k))}")
     if "greedy_order" in importance.extra:
         log(f"greedy removal order: {importance.extra['greedy_order']}")
+    if "learnable" in importance.extra:
+        learned = importance.extra["learnable"]
+        log(
+            f"learned selection: remove {learned['removed_blocks']} ({learned['removed_per_group']} of every "
+            f"{learned['group_size']} blocks; most probable mask per group: "
+            f"{', '.join(f'{p:.0%}' for p in learned['group_mask_probability'])}); distillation loss "
+            f"{learned['loss_first']:.4g} -> {learned['loss_last']:.4g} over {learned['steps']} steps"
+        )
     if output is not None:
         log(f"wrote {output} and {output.with_suffix('.png')}")

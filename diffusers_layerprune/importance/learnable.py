@@ -1,0 +1,233 @@
+"""``learnable`` (TinyFusion): learn which blocks to remove for the model that *recovers* best, not the one that is
+best before fine-tuning.
+
+TinyFusion (Fang et al., *TinyFusion: Diffusion Transformers Learned Shallow*, CVPR 2025) observes that the blocks
+whose removal hurts least right away are not the ones whose removal is easiest to recover from by fine-tuning. It
+learns the choice instead:
+
+- the ``L`` blocks are split into ``L / M`` groups of ``M`` consecutive blocks; each group keeps ``N`` of its ``M``
+  blocks (here ``N = M - r`` with ``r = k M / L`` so that ``k`` blocks go in all), and has a categorical distribution
+  (learnable logits) over its ``C(M, N)`` possible keep-masks;
+- each step samples one mask per group with the straight-through Gumbel-softmax (Jang et al., 2017): the forward pass
+  uses a hard 0/1 mask, the gradient flows to the logits through the soft sample; the temperature is annealed
+  (4 to 0.1, as in TinyFusion);
+- a block with mask ``m`` computes ``x + m (block(x) - x)``: ``m = 0`` skips it exactly as pruning does;
+- jointly, a LoRA on the blocks' attention and feed-forward projections is trained to *simulate recovery*: the
+  masked student is distilled towards the full model (MSE between their noise predictions on the noised latents
+  of the scan's probe), so the masks are judged by what the blocks left behind can learn to do;
+- at the end each group's most probable mask is the selection. The LoRA is thrown away (it only simulates the
+  distillation that ``train_distill.py`` then does for real).
+
+The training runs on a copy of the transformer: the scan's model is left untouched. Its cost: one full-model
+generation per prompt (the probe's ``x0``, as for ``block_influence``) plus ``steps`` forward+backward passes of the
+student on one prompt batch at one probe timestep.
+
+``values``: ``1 + P(keep)`` for the blocks the learned masks keep and ``P(keep)`` for those they remove (``P(keep)``:
+the block's keep probability under the learned distributions), so ``least_important(k)`` is exactly the learned
+selection and the probabilities still order the blocks within each side.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import LayerPruneError
+from .base import Criterion, check_no_skipped
+from .result import LayerImportance
+from .runner import ImportanceScan
+
+MAX_CANDIDATES = 4096
+"""Most keep-masks a group may have (C(M, N)); a larger default group is refused in favour of a smaller one."""
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
+def group_plan(depth: int, remove: int, group_size: int | None = None) -> tuple[int, int]:
+    """``(group_size, removed_per_group)`` for removing ``remove`` of ``depth`` blocks.
+
+    ``group_size=None`` takes the largest group (fewest constraints) with at most :data:`MAX_CANDIDATES` masks:
+    the whole depth when that is small enough. Raises :class:`LayerPruneError` when the group size does not divide
+    the depth or the removal count does not split evenly over the groups.
+    """
+    if not 0 < remove < depth:
+        raise LayerPruneError(f"the number of blocks to remove must be between 1 and {depth - 1}, got {remove}")
+    if group_size is not None:
+        if not 1 < group_size <= depth or depth % group_size:
+            divisors = [g for g in range(2, depth + 1) if depth % g == 0]
+            raise LayerPruneError(
+                f"--group-size {group_size} does not divide the depth ({depth} blocks); use one of "
+                f"{', '.join(map(str, divisors))}"
+            )
+        groups = depth // group_size
+        if remove % groups:
+            raise LayerPruneError(
+                f"removing {remove} blocks does not split evenly over {groups} groups of {group_size}; choose a group "
+                f"size whose group count divides {remove}"
+            )
+        return group_size, remove // groups
+    for size in sorted((g for g in range(2, depth + 1) if depth % g == 0), reverse=True):
+        groups = depth // size
+        if remove % groups == 0 and math.comb(size, remove // groups) <= MAX_CANDIDATES:
+            return size, remove // groups
+    raise LayerPruneError(f"no group size splits removing {remove} of {depth} blocks evenly; pass --group-size")
+
+
+def candidate_masks(group_size: int, removed: int) -> torch.Tensor:
+    """``[C(M, N), M]`` keep-masks (1 = keep) of one group, in a fixed order."""
+    rows = []
+    for gone in itertools.combinations(range(group_size), removed):
+        rows.append([0.0 if i in gone else 1.0 for i in range(group_size)])
+    return torch.tensor(rows)
+
+
+class _MaskedBlocks:
+    """Forward hooks that turn block ``l`` into ``x + m_l (block(x) - x)`` for the current masks ``m [L]``."""
+
+    def __init__(self, blocks) -> None:
+        self.masks: torch.Tensor | None = None
+        self.handles = [block.register_forward_hook(self._hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+
+    def _hook(self, index: int):
+        def hook(_module, args, kwargs, output):
+            if self.masks is None:
+                return output
+            x = args[0] if args else kwargs["hidden_states"]
+            m = self.masks[index].to(output.dtype)
+            return x + m * (output - x)
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def learnable(
+    scan: ImportanceScan,
+    *,
+    skipped=(),
+    remove: int | None = None,
+    group_size: int | None = None,
+    steps: int = 200,
+    lora_rank: int = 4,
+    learning_rate: float = 1e-3,
+    mask_learning_rate: float = 0.1,
+    seed: int = 0,
+) -> LayerImportance:
+    """Learn per-group keep-masks (and a recovery LoRA) by distillation towards the full model; see the module
+    docstring. ``remove`` defaults to 25% of the blocks."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from ..blocks import get_blocks
+
+    check_no_skipped("learnable", skipped)
+    depth = scan.num_layers
+    k = remove if remove is not None else max(1, round(0.25 * depth))
+    size, removed = group_plan(depth, k, group_size)
+    if steps < 1:
+        raise LayerPruneError(f"learnable steps must be at least 1, got {steps}")
+    groups = depth // size
+    candidates = candidate_masks(size, removed)
+
+    # Teacher targets: the full model's noise prediction on the probe of every prompt batch.
+    # (Cloned: the scan computes them in inference mode, and autograd cannot save inference tensors.)
+    data = []
+    for b in range(len(scan.batches)):
+        probe, target = scan.probe(b), scan.full_noise(b)
+        data.append(
+            (probe.latents.clone(), probe.timesteps.clone(), probe.embeds.clone(), probe.mask.clone(), target.clone())
+        )
+
+    torch.manual_seed(seed)
+    student = copy.deepcopy(scan.transformer).float().train()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    student = inject_adapter_in_model(
+        LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS, lora_dropout=0.0), student
+    )
+    lora = [p for n, p in student.named_parameters() if "lora_" in n]
+    for p in lora:
+        p.requires_grad_(True)
+    logits = torch.zeros(groups, len(candidates), requires_grad=True)
+    optimiser = torch.optim.AdamW(
+        [{"params": lora, "lr": learning_rate}, {"params": [logits], "lr": mask_learning_rate, "weight_decay": 0.0}]
+    )
+    hooks = _MaskedBlocks(get_blocks(student))
+    generator = torch.Generator().manual_seed(seed)
+    channels = student.config.in_channels
+    device = next(student.parameters()).device
+    losses = []
+    try:
+        for step in range(steps):
+            tau = 4.0 * (0.1 / 4.0) ** (step / max(1, steps - 1))  # 4 -> 0.1, geometric
+            u = torch.rand(logits.shape, generator=generator).clamp_(1e-10, 1 - 1e-10)
+            soft = F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
+            hard = F.one_hot(soft.argmax(-1), len(candidates)).to(soft.dtype)
+            sample = hard - soft.detach() + soft  # straight-through: hard forward, soft gradient
+            hooks.masks = (sample @ candidates).reshape(depth).to(device)
+            # One prompt batch at all its probe timesteps: [T * B] samples per step.
+            latents, timesteps, embeds, mask, target = data[step % len(data)]
+            repeat = latents.shape[0]
+            out = student(
+                hidden_states=latents.flatten(0, 1).to(device),
+                encoder_hidden_states=embeds.repeat(repeat, 1, 1).to(device, torch.float32),
+                encoder_attention_mask=mask.repeat(repeat, 1).to(device),
+                timestep=timesteps.flatten().to(device),
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                return_dict=False,
+            )[0]
+            # Relative to the teacher's own output energy: the loss means the same at any scale.
+            target = target.flatten(0, 1).to(device)
+            loss = F.mse_loss(out[:, :channels].float(), target) / target.pow(2).mean().clamp_min(1e-12)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+    finally:
+        hooks.remove()
+
+    with torch.no_grad():
+        probabilities = F.softmax(logits, dim=-1)  # [G, C]
+        keep = (probabilities @ candidates).reshape(depth)  # marginal keep probability per block
+        chosen = candidates[probabilities.argmax(-1)].reshape(depth)  # the most probable mask of each group
+    removed_blocks = [i for i in range(depth) if chosen[i] == 0]
+    values = [float(keep[i]) + (1.0 if chosen[i] == 1 else 0.0) for i in range(depth)]
+    window = max(1, steps // 10)
+    return LayerImportance(
+        values=values,
+        criterion="learnable",
+        metadata=scan.metadata("learnable", skipped=[]),
+        extra={
+            "learnable": {
+                "remove": k,
+                "group_size": size,
+                "removed_per_group": removed,
+                "removed_blocks": removed_blocks,
+                "keep_probability": [float(v) for v in keep],
+                "group_mask_probability": [float(p.max()) for p in probabilities],
+                "steps": steps,
+                "lora_rank": lora_rank,
+                "learning_rate": learning_rate,
+                "mask_learning_rate": mask_learning_rate,
+                "seed": seed,
+                "loss_first": float(np.mean(losses[:window])),
+                "loss_last": float(np.mean(losses[-window:])),
+                "images": len(scan.prompts),
+                "student_passes": steps,
+            }
+        },
+    )
+
+
+CRITERION = Criterion(
+    name="learnable",
+    compute=learnable,
+    summary="TinyFusion: per-group categorical keep-masks (Gumbel-softmax) learned jointly with a recovery LoRA by "
+    "distillation towards the full model",
+    options=("remove", "group_size", "steps"),
+)
