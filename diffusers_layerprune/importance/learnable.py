@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LayerPruneError
+from ..families.base import to_device
 from .base import Criterion, check_no_skipped
 from .result import LayerImportance
 from .runner import ImportanceScan
@@ -85,6 +86,23 @@ def candidate_masks(group_size: int, removed: int) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def check_family(family) -> None:
+    """The masked blocks mix a block's output with its input, one tensor each: families whose blocks also carry the
+    text stream (SD3's joint blocks, Flux's double and single blocks) are refused with one line."""
+    from ..families import all_families
+    from ..families.base import first_tensor
+
+    def supported(f) -> bool:
+        return all(stack.hidden_from_output is first_tensor for stack in f.stacks)
+
+    if not supported(family):
+        names = ", ".join(f.name for f in all_families() if supported(f))
+        raise LayerPruneError(
+            f"learnable supports the families whose blocks return the image tokens alone ({names}), not "
+            f"{family.name}; use another criterion (e.g. preference or block_influence)"
+        )
+
+
 class _MaskedBlocks:
     """Forward hooks that turn block ``l`` into ``x + m_l (block(x) - x)`` for the current masks ``m [L]``."""
 
@@ -126,6 +144,7 @@ def learnable(
     from ..blocks import get_blocks
 
     check_no_skipped("learnable", skipped)
+    check_family(scan.family)
     depth = scan.num_layers
     k = remove if remove is not None else max(1, round(0.25 * depth))
     size, removed = group_plan(depth, k, group_size)
@@ -139,9 +158,8 @@ def learnable(
     data = []
     for b in range(len(scan.batches)):
         probe, target = scan.probe(b), scan.full_noise(b)
-        data.append(
-            (probe.latents.clone(), probe.timesteps.clone(), probe.embeds.clone(), probe.mask.clone(), target.clone())
-        )
+        text = {k: v.clone() for k, v in probe.text.items()}
+        data.append((probe.latents.clone(), probe.timesteps.clone(), text, target.clone()))
 
     torch.manual_seed(seed)
     student = copy.deepcopy(scan.transformer).float().train()
@@ -159,7 +177,7 @@ def learnable(
     )
     hooks = _MaskedBlocks(get_blocks(student))
     generator = torch.Generator().manual_seed(seed)
-    channels = student.config.in_channels
+    channels = scan.family.latent_channels(student.config)
     device = next(student.parameters()).device
     losses = []
     try:
@@ -171,16 +189,13 @@ def learnable(
             sample = hard - soft.detach() + soft  # straight-through: hard forward, soft gradient
             hooks.masks = (sample @ candidates).reshape(depth).to(device)
             # One prompt batch at all its probe timesteps: [T * B] samples per step.
-            latents, timesteps, embeds, mask, target = data[step % len(data)]
+            latents, timesteps, text_batch, target = data[step % len(data)]
             repeat = latents.shape[0]
-            out = student(
-                hidden_states=latents.flatten(0, 1).to(device),
-                encoder_hidden_states=embeds.repeat(repeat, 1, 1).to(device, torch.float32),
-                encoder_attention_mask=mask.repeat(repeat, 1).to(device),
-                timestep=timesteps.flatten().to(device),
-                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-                return_dict=False,
-            )[0]
+            text = {k: v.repeat(repeat, *[1] * (v.dim() - 1)) for k, v in text_batch.items()}
+            out = scan.family.forward(  # the family's forward arguments
+                student, latents.flatten(0, 1).to(device), timesteps.flatten().to(device),
+                to_device(text, device, torch.float32),
+            )  # fmt: skip
             # Relative to the teacher's own output energy: the loss means the same at any scale.
             target = target.flatten(0, 1).to(device)
             loss = F.mse_loss(out[:, :channels].float(), target) / target.pow(2).mean().clamp_min(1e-12)
