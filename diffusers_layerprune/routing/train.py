@@ -90,7 +90,7 @@ def budget_blocks(budget: float, num_layers: int) -> float:
             f"--budget {budget:g} must be positive: a fraction of the {num_layers} blocks (e.g. 0.75) or a mean block "
             "count (e.g. 9)"
         )
-    blocks = budget * num_layers if budget < 1 else float(budget)
+    blocks = round(budget * num_layers, 6) if budget < 1 else float(budget)
     if blocks >= num_layers:
         raise LayerPruneError(
             f"--budget {budget:g} is the full depth or more ({num_layers} blocks): routing saves nothing; give fewer, "
