@@ -17,7 +17,7 @@ benchmarks/results/routing_toy.json, docs/routing.md and docs/routing.png.
 Cells are appended to ``OUTPUT/cells.jsonl`` as they finish; a re-run skips finished cells. ``--report-only``
 rebuilds the doc and the plot from benchmarks/results/routing_toy.json.
 
-    python benchmarks/routing_toy.py                    # seed 0 everything, then seeds 1, 2 (~60 min, 2-core CPU)
+    python benchmarks/routing_toy.py                    # seed 0 everything, then seeds 1, 2 (>60 min, 2-core CPU)
     python benchmarks/routing_toy.py --seeds 0          # one seed (~25 min)
     python benchmarks/routing_toy.py --from-cells       # the page from the cells finished so far (stopped run)
     python benchmarks/routing_toy.py --report-only
@@ -708,17 +708,22 @@ def main(argv=None) -> None:
     started = time.time()
     seeds, ft_seeds = _ints(args.seeds), _ints(args.finetune_seeds)
     budgets, ks = _ints(args.budgets), _ints(args.num_codes)
+    # Cheapest evidence first, so that a run stopped early still answers most questions: the first seed's routed
+    # models, the balance ablation and the throughput, then the fine-tuning, then the other seeds.
     ex.teacher_cell(0)
+    first = seeds[0]
+    for budget in budgets:
+        for k in ks:
+            ex.routed_cell(budget, k, first)
+    for ot in ("none", "budget"):
+        ex.routed_cell(9, 4, first, ot)
+    ex.throughput_cell(static["plans"]["preference"]["0.25"]["0"])
     for seed in seeds:
         for budget in budgets:
             for k in ks:
                 ex.routed_cell(budget, k, seed)
                 if seed in ft_seeds:
                     ex.finetuned_cell(budget, k, seed)
-        if seed == seeds[0]:
-            for ot in ("none", "budget"):
-                ex.routed_cell(9, 4, seed, ot)
-            ex.throughput_cell(static["plans"]["preference"]["0.25"]["0"])
     cells = list(ex.cells.records.values())
     result = aggregate(cells, static, ex.heldout, args)
     result["settings"] = settings_from_cells(cells, args, started)

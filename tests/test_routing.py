@@ -187,6 +187,21 @@ def test_finetune_trains_shared_weights_with_hard_routing():
     from diffusers_layerprune.routing.record import transformer_fingerprint
 
     assert routed.routing.record.transformer_sha256 == transformer_fingerprint(pipe.transformer)
+    # a second fine-tuning of the same weights (the benchmark fine-tunes one pipeline again and again) trains too,
+    # and leaves the parameters' requires_grad as it found them
+    from diffusers_layerprune.routing.train import RoutingSettings, finetune_shared_weights, teacher_latents
+
+    flags = [p.requires_grad for p in pipe.transformer.parameters()]
+    settings = RoutingSettings(**{**SETTINGS, "finetune_steps": 2})
+    embeds, masks, latents = teacher_latents(pipe, PROMPTS, settings, {"max_sequence_length": 16, "guidance_scale": 1.0,
+                                             "num_inference_steps": 2, "resolution": 16}, log=lambda *a: None)  # fmt: skip
+    data = {"embeds": embeds, "masks": masks, "latents": latents}
+    kept = [c.kept_layers for c in routed.routing.record.codes]
+    assignment = torch.arange(len(PROMPTS)) % len(kept)
+    again = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    finetune_shared_weights(pipe, kept, assignment, data, settings, log=lambda *a: None)
+    assert any(not torch.equal(v, again[k]) for k, v in pipe.transformer.state_dict().items())
+    assert [p.requires_grad for p in pipe.transformer.parameters()] == flags
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,3 +289,17 @@ def test_cli_push_refuses_router_from_another_model(ws, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another model" in err, err
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("marginals", ["budget", "none"])
+def test_other_marginals_train_and_meet_the_budget(marginals):
+    from diffusers_layerprune.routing import train_routed
+    from diffusers_layerprune.testing import build_tiny_pixart_pipeline
+
+    pipe = build_tiny_pixart_pipeline(6)
+    pipe.set_progress_bar_config(disable=True)
+    routed = train_routed(pipe, PROMPTS, model_name="tiny-random", **{**SETTINGS, "steps": 4}, marginals=marginals)
+    record = routed.routing.record
+    assert record.mean_blocks <= 4 + 1e-9
+    assert record.training["settings"]["marginals"] == marginals
+    assert sum(c.share for c in record.codes) == pytest.approx(1.0)

@@ -303,7 +303,9 @@ def finetune_shared_weights(
     from ..distill import KDWeights, kd_losses, task_target
 
     student = pipe.transformer
+    flags = [p.requires_grad for p in student.parameters()]
     teacher = copy.deepcopy(student).requires_grad_(False).eval()
+    student.requires_grad_(True)
     device, dtype = student.device, student.dtype
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.finetune_learning_rate, weight_decay=1e-2)
@@ -349,7 +351,8 @@ def finetune_shared_weights(
             if step % 100 == 0 or step == settings.finetune_steps - 1:
                 log(f"fine-tune step {step}: loss {total['loss']:.4f}")
     student.eval()
-    student.requires_grad_(False)
+    for p, flag in zip(student.parameters(), flags, strict=True):
+        p.requires_grad_(flag)
     return history
 
 
