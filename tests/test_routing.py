@@ -303,3 +303,42 @@ def test_other_marginals_train_and_meet_the_budget(marginals):
     assert record.mean_blocks <= 4 + 1e-9
     assert record.training["settings"]["marginals"] == marginals
     assert sum(c.share for c in record.codes) == pytest.approx(1.0)
+
+
+def test_finetune_script_one_and_two_processes_train_alike(ws, tmp_path):
+    """The accelerate entry point: one process in-process, then two gloo processes under accelerate launch; both
+    start from the same weights and draw the same global batches, so their losses agree and the saved folders load
+    as routed pipelines with their new weights' fingerprint."""
+    import subprocess
+
+    from diffusers_layerprune.launch import LaunchSettings, accelerate_command
+    from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline
+    from diffusers_layerprune.routing.finetune import main as finetune
+
+    routed = tmp_path / "routed"
+    args = ["route", "--model", str(ws / "model"), "--num-codes", "2", "--budget", "4", "--prompts",
+            str(ws / "prompts.txt"), *FAST, "--output", str(routed)]  # fmt: skip
+    assert cli(args) == 0
+    common = ["--routed", str(routed), "--prompts", str(ws / "prompts.txt"), "--num-prompts", "6", "--steps", "2",
+              "--batch-size", "4"]  # fmt: skip
+    assert finetune([*common, "--output", str(tmp_path / "one")]) == 0
+    cmd, env = accelerate_command(
+        "diffusers_layerprune.routing.finetune",
+        [*common, "--output", str(tmp_path / "two")],
+        LaunchSettings(num_processes=2),
+    )
+    import os
+
+    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = RoutedPixArtSigmaPipeline.from_pretrained(tmp_path / "one")
+    two = RoutedPixArtSigmaPipeline.from_pretrained(tmp_path / "two")
+    h1, h2 = (r.routing.record.training["finetune_history"] for r in (one, two))
+    assert [h["step"] for h in h1] == [h["step"] for h in h2] == [0, 1]
+    for a, b in zip(h1, h2, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert two.routing.record.training["finetune"]["num_processes"] == 2
+    before = RoutedPixArtSigmaPipeline.from_pretrained(routed).pipeline.transformer.state_dict()
+    after = one.pipeline.transformer.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert one.routing.record.codes == two.routing.record.codes  # the router and codes are not changed

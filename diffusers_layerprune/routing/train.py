@@ -293,13 +293,25 @@ def binarize(
 
 
 def finetune_shared_weights(
-    pipe, routing_kept: list[list[int]], assignment: torch.Tensor, data: dict, settings: RoutingSettings, log=print
+    pipe,
+    routing_kept: list[list[int]],
+    assignment: torch.Tensor,
+    data: dict,
+    settings: RoutingSettings,
+    log=print,
+    *,
+    accelerator=None,
 ) -> list[dict]:
     """Stage 2: train the shared transformer weights with hard routing against a frozen copy of themselves (the
     full-depth teacher), with train_distill's losses (:func:`~diffusers_layerprune.distill.kd_losses`, weights
     1.0, feature MSE on every block a code runs) and its optimiser (AdamW, weight decay 1e-2, gradient clipping
-    1.0). Each batch is split by code; every group runs with its code's blocks skipped."""
-    from ..blocks import capture_block_features, num_blocks, skip_blocks
+    1.0). Each batch is split by code; every group runs with its code's blocks skipped.
+
+    ``accelerator`` (an ``accelerate.Accelerator`` of a run started with ``accelerate launch``): every process
+    draws the same global batch and noise, takes every ``num_processes``-th sample, and the gradients (normalised
+    by the global batch) are summed over processes before the step, so N processes train like one (up to float
+    summation order). Groups differ between processes, so gradients are all-reduced by hand rather than by DDP."""
+    from ..blocks import capture_block_features, get_blocks, num_blocks, skip_blocks
     from ..distill import KDWeights, kd_losses, task_target
 
     student = pipe.transformer
@@ -313,6 +325,7 @@ def finetune_shared_weights(
     weights = KDWeights()
     prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
     n = len(assignment)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     history = []
     for step in range(settings.finetune_steps):
         index = torch.randperm(n, generator=generator)[: settings.finetune_batch_size]
@@ -320,9 +333,11 @@ def finetune_shared_weights(
         target = task_target(prediction_type, x0, noise, pipe.scheduler, t)
         optimizer.zero_grad(set_to_none=True)
         total = {}
-        for k in sorted(set(assignment[index].tolist())):
-            rows = index[assignment[index] == k]
-            pos = (assignment[index] == k).nonzero().flatten()
+        mine = torch.zeros(len(index), dtype=torch.bool)
+        mine[rank::world] = True
+        for k in sorted(set(assignment[index][mine].tolist())):
+            rows = index[(assignment[index] == k) & mine]
+            pos = ((assignment[index] == k) & mine).nonzero().flatten()
             kept = routing_kept[k]
             cond = _cond(data["embeds"][rows], data["masks"][rows], t[pos], device, dtype)
             with torch.no_grad(), capture_block_features(teacher, kept, inputs=False) as t_feat:
@@ -344,6 +359,19 @@ def finetune_shared_weights(
             (parts["loss"] * share).backward()
             for name, value in parts.items():
                 total[name] = total.get(name, 0.0) + share * float(value.detach())
+        if world > 1:
+            for param in student.parameters():
+                if param.grad is None:  # a block no code of this process's samples ran
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+            # blocks no sample of the global batch ran keep no gradient, as in one process (AdamW skips them)
+            ran = set().union(*(routing_kept[k] for k in set(assignment[index].tolist())))
+            for i, block in enumerate(get_blocks(student)):
+                if i not in ran:
+                    for param in block.parameters():
+                        param.grad = None
+            for name in list(total):
+                total[name] = float(accelerator.reduce(torch.tensor(total[name], device=device), "sum"))
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         if step % 10 == 0 or step == settings.finetune_steps - 1:
@@ -443,6 +471,14 @@ def train_routed(
         kept_layers=list(config["kept_layers"]) if config.get("kept_layers") else None,
         training={
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+            "teacher": {
+                "max_sequence_length": defaults["max_sequence_length"],
+                "num_inference_steps": settings.teacher_steps or defaults["num_inference_steps"],
+                "guidance_scale": defaults["guidance_scale"]
+                if settings.guidance_scale is None
+                else settings.guidance_scale,
+                "resolution": defaults["resolution"],
+            },
             "num_prompts": len(prompts),
             "fit_seconds": round(fit_seconds, 2),
             "finetune_seconds": round(finetune_seconds, 2),
