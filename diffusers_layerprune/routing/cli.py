@@ -59,7 +59,8 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
         "--finetune-steps",
         type=non_negative_int,
         default=0,
-        help="then fine-tune the shared weights with hard routing for this many steps (default 0: weights kept)",
+        help="then fine-tune the shared weights with hard routing for this many steps, in this process (default 0: "
+        "weights kept); on several processes: accelerate launch -m diffusers_layerprune.routing.finetune",
     )
     parser.add_argument("--finetune-learning-rate", type=float, default=2e-4, help="fine-tuning learning rate")
     parser.add_argument("--seed", type=any_int, default=0, help="seed of every random draw (default 0)")
