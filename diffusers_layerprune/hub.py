@@ -513,12 +513,17 @@ def push_pipeline(
 def _with_routing_section(folder: Path, card: str, repo_id: str) -> str:
     """A routed folder (``routing.json``, see :mod:`.routing`): check the router belongs to the saved transformer and
     add its card section before the references."""
-    from .routing.record import check_routing_folder, routing_card_section
+    from .routing.record import check_routing_folder, routing_card_section, routing_summary
 
     record = check_routing_folder(folder)
     if record is None:
         return card
     section = routing_card_section(record, repo_id)
+    if not record.kept_layers:  # the shared weights are the full model: the pruning summary does not apply
+        import re
+
+        card = re.sub(r"\nA depth-pruned version of .*\n", "\n" + routing_summary(record) + "\n", card, count=1)
+        card = re.sub(r"\n## What was removed\n.*?(?=\n## )", "\n", card, count=1, flags=re.S)
     head, sep, tail = card.partition("\n## References")
     return head + "\n" + section + sep + tail if sep else card + "\n" + section
 

@@ -233,6 +233,7 @@ def test_cli_route_writes_routed_folder(ws, tmp_path, capsys):
     assert cli(["push", str(out), "--repo-id", "me/routed", "--dry-run"]) == 0
     card = (out / "README.md").read_text()
     assert "## Prompt routing" in card and "RoutedPixArtSigmaPipeline" in card
+    assert "A prompt-routed version of" in card and "## What was removed" not in card  # full-depth shared weights
     assert "routing.json" in capsys.readouterr().out
 
 

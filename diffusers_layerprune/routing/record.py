@@ -251,6 +251,16 @@ def check_routing_folder(folder: str | os.PathLike) -> RoutingRecord | None:
     return record
 
 
+def routing_summary(record: RoutingRecord) -> str:
+    """The card's one-line summary for a routed model whose shared weights are the full model."""
+    depths = sorted({len(c.kept_layers) for c in record.codes})
+    return (
+        f"A prompt-routed version of `{record.source_model or 'its source model'}`: a router sends each prompt to one "
+        f"of {record.num_codes} sets of transformer blocks ({', '.join(map(str, depths))} of {record.num_layers} "
+        f"blocks), {record.mean_blocks:.2f} blocks per prompt on average over its training prompts."
+    )
+
+
 def routing_card_section(record: RoutingRecord, repo_id: str) -> str:
     """The model card's "Prompt routing" section (markdown)."""
     lines = [
