@@ -235,7 +235,7 @@ def fit_router_and_codes(
                     target = F.one_hot(scores.argmax(-1), codes.num_codes).to(probs)
                 else:
                     rows = torch.full((len(index),), 1.0 / len(index))
-                    plan = sinkhorn(scores.detach().cpu(), rows, columns, epsilon=settings.sinkhorn_epsilon)
+                    plan = sinkhorn(scores.detach().cpu(), rows, columns.cpu(), epsilon=settings.sinkhorn_epsilon)
                     target = (plan * len(index)).to(probs)
                 contrastive = -(target * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
                 loss = (
