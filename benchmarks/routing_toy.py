@@ -472,6 +472,18 @@ def verdicts(result: dict) -> list[str]:
     return lines
 
 
+def overall_verdict(lines: list[str]) -> str:
+    wins = sum("**beats**" in v for v in lines)
+    ties = sum("**ties with**" in v for v in lines)
+    if wins == len(lines) and lines:
+        return "**Routing beats static pruning on the toy world** in every comparison below."
+    if wins:
+        return f"**Routing beats static pruning in {wins} of {len(lines)} comparisons** below, not in the others."
+    return "**Routing does not beat static pruning on the toy world**: " + (
+        f"it ties in {ties} of {len(lines)} comparisons and loses the others." if ties else "it loses every comparison."
+    )
+
+
 def write_plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -527,6 +539,8 @@ def render_page(result: dict) -> str:
         "`layerprune route --help`.",
         "",
         "## Verdict",
+        "",
+        overall_verdict(verdicts(result)),
         "",
         *[f"- {v}" for v in verdicts(result)],
         "",
