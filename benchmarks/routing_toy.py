@@ -566,8 +566,13 @@ def render_page(result: dict) -> str:
         "- Judged on the 216 held-out captions (never seen by the router, the codes or any distillation), 20 DPM-Solver++"
         " steps, guidance 4.5, image i of seed s from noise seed 100000 + 1000 s + i for every model, so rows "
         "compare image for image. The full model judged here: "
-        f"{_pct(result['teacher']['overall'])} all four right (reproduce_paper.json: "
-        f"{_pct(result['teacher']['reproduce_paper']['overall'])}), the check that both use the same protocol.",
+        f"{_pct(result['teacher']['overall'])} all four right on seed 0 (reproduce_paper.json, seed 0: "
+        f"{100 * result['teacher']['reproduce_paper']['overall']['values'][0]:.1f}%), the check that both use the "
+        "same protocol.",
+        "- The routed fine-tuning runs in this process (`finetune_shared_weights`, what `layerprune route "
+        "--finetune-steps` and `accelerate launch -m diffusers_layerprune.routing.finetune` run) with "
+        "train_distill's losses, optimiser and hyperparameters, on the full model's generations of the training "
+        "captions; its draws of noise and timesteps are its own, not train_distill's.",
         f"- Seeds run: routed {s['seeds']}, fine-tuned {s['finetune_seeds']} (the grid was reduced to fit the time "
         "on a shared 2-core CPU; the 'n' of each cell says how many seeds it holds). Machine: "
         f"{s['machine']}; {s['minutes']:.0f} min of cells.",
