@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from . import __version__
     from .importance.cli import add_prune_importance_args, add_score_parser
+    from .routing.cli import add_route_parser
     from .sparsity.cli import add_sparsify_parser
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(func=_cmd_prune)
     add_score_parser(sub)
     add_sparsify_parser(sub)
+    add_route_parser(sub)
 
     evaluate = sub.add_parser(
         "eval",

@@ -506,6 +506,7 @@ def push_pipeline(
         if not token:
             raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
     card = render_model_card(folder, repo_id, license=license, base_model=base_model, transformer_only=transformer_only)
+    card = _with_routing_section(folder, card, repo_id)
     check_no_local_paths(folder, card, [rel for rel, _, _ in upload_plan(folder, transformer_only=transformer_only)])
     write_model_card(folder, card)
     plan = upload_plan(folder, transformer_only=transformer_only)
@@ -540,6 +541,24 @@ def push_pipeline(
         )
     result["commit_url"] = getattr(info, "commit_url", None) or str(info)
     return result
+
+
+def _with_routing_section(folder: Path, card: str, repo_id: str) -> str:
+    """A routed folder (``routing.json``, see :mod:`.routing`): check the router belongs to the saved transformer and
+    add its card section before the references."""
+    from .routing.record import check_routing_folder, routing_card_section, routing_summary
+
+    record = check_routing_folder(folder)
+    if record is None:
+        return card
+    section = routing_card_section(record, repo_id)
+    if not record.kept_layers:  # the shared weights are the full model: the pruning summary does not apply
+        import re
+
+        card = re.sub(r"\nA depth-pruned version of .*\n", "\n" + routing_summary(record) + "\n", card, count=1)
+        card = re.sub(r"\n## What was removed\n.*?(?=\n## )", "\n", card, count=1, flags=re.S)
+    head, sep, tail = card.partition("\n## References")
+    return head + "\n" + section + sep + tail if sep else card + "\n" + section
 
 
 # Built-in prompt sets that live in a Hub dataset (for the card's `datasets:`); the toy world's are in the package.

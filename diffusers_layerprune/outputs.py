@@ -46,6 +46,8 @@ OWN_ENTRIES = (
     "report_grid.png",
     "distill_config.json",
     "sparsity.json",
+    "routing.json",
+    "router.safetensors",
     "loss_curve.png",
     "train_log.jsonl",
     "checkpoint-*",

@@ -1,0 +1,120 @@
+"""``layerprune route``: every setting and the output folder are checked before any weights load, and nothing is
+written unless the run finishes."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _budget(text: str) -> float:
+    from ..validation import finite_float
+
+    return finite_float(text)
+
+
+def add_route_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``layerprune route`` on the CLI's subparsers."""
+    from ..arguments import add_model_args
+    from ..validation import any_int, non_negative_int, positive_int
+    from .transport import MARGINALS
+
+    parser = subparsers.add_parser(
+        "route",
+        help="learn a prompt router and K block codes under a mean-depth budget (prompt-routed depth)",
+        description="Prompt-routed depth (after APTP): learn K architecture codes (sets of blocks to run, sharing the "
+        "model's weights) and a small router on the pooled text embedding that sends each prompt to one code, so "
+        "that the mean number of blocks run meets --budget on the training prompts. Saves a folder that stock "
+        "DiffusionPipeline.from_pretrained loads as the full-depth model, plus routing.json and router.safetensors "
+        "that RoutedPixArtSigmaPipeline.from_pretrained adds (docs/routing.md). On an already pruned model the "
+        "budget counts blocks of the pruned model.",
+    )
+    add_model_args(parser)
+    parser.add_argument("--num-codes", type=any_int, required=True, metavar="K", help="number of codes (>= 1)")
+    parser.add_argument(
+        "--budget",
+        type=_budget,
+        required=True,
+        metavar="B",
+        help="mean blocks run per prompt: a fraction of the depth in (0, 1), e.g. 0.75, or a block count, e.g. 9",
+    )
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        help="training prompts: toy:train, a .txt/.jsonl/.csv file, a dataset folder, or a Hub dataset as "
+        "user/name[:config][:split][@column] (default: the model's training prompts)",
+    )
+    parser.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
+    parser.add_argument("--num-prompts", type=positive_int, default=None, help="use the first N prompts")
+    parser.add_argument("--min-blocks", type=positive_int, default=1, help="blocks every code runs at least")
+    parser.add_argument("--steps", type=positive_int, default=300, help="router/code training steps (default 300)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per step (default 16)")
+    parser.add_argument("--learning-rate", type=float, default=1e-2, help="router/code learning rate")
+    parser.add_argument(
+        "--marginals",
+        default="uniform",
+        choices=MARGINALS,
+        help="optimal-transport balance of the assignment: uniform shares, budget-weighted shares, or none",
+    )
+    parser.add_argument(
+        "--finetune-steps",
+        type=non_negative_int,
+        default=0,
+        help="then fine-tune the shared weights with hard routing for this many steps, in this process (default 0: "
+        "weights kept); on several processes: accelerate launch -m diffusers_layerprune.routing.finetune",
+    )
+    parser.add_argument("--finetune-learning-rate", type=float, default=2e-4, help="fine-tuning learning rate")
+    parser.add_argument("--seed", type=any_int, default=0, help="seed of every random draw (default 0)")
+    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder to write the routed pipeline to")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.set_defaults(func=cmd_route)
+    return parser
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from .train import RoutingSettings, route_to_folder
+
+    settings = RoutingSettings(
+        num_codes=args.num_codes,
+        budget=args.budget,
+        min_blocks=args.min_blocks,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        marginals=args.marginals,
+        finetune_steps=args.finetune_steps,
+        finetune_learning_rate=args.finetune_learning_rate,
+        seed=args.seed,
+    )
+    routed = route_to_folder(
+        args.model,
+        args.output,
+        prompts=args.prompts,
+        prompt_column=args.prompt_column,
+        num_prompts=args.num_prompts,
+        settings=settings,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        base_model=args.base_model,
+        overwrite=args.overwrite,
+        log=print,
+    )
+    print(render_codes(routed.routing.record))
+    print(f"saved: {args.output} (stock pipeline folder + routing.json + router.safetensors)")
+    return 0
+
+
+def render_codes(record) -> str:
+    """One line per code: blocks run, share of the training prompts, the prompts closest to its centre."""
+    lines = [
+        f"{record.num_codes} codes, budget {record.budget:g} of {record.num_layers} blocks, routed mean "
+        f"{record.mean_blocks:.2f} on {record.training.get('num_prompts', '?')} training prompts"
+    ]
+    for k, code in enumerate(record.codes):
+        skipped = record.skipped_layers(k)
+        lines.append(
+            f"  code {k}: {len(code.kept_layers)} blocks (skips {skipped or 'none'}), {code.share:.1%} of prompts; "
+            f"closest: {' | '.join(code.closest_prompts) or '-'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""``RoutedPixArtSigmaPipeline``: a stock ``PixArtSigmaPipeline`` (the shared, full-depth weights) plus a prompt
+router and its codes. Each prompt of a batch is routed to a code; the prompts sharing a code run as one batch with
+that code's blocks skipped, and the images come back in the order of the prompts.
+
+    routed = RoutedPixArtSigmaPipeline.from_pretrained("runs/routed")
+    out = routed(["a small red circle ...", "a large blue square ..."], generator=[torch.Generator().manual_seed(i)
+                 for i in range(2)])
+    out.images, out.codes            # images in input order, the code each prompt ran with
+    routed(prompts, code=0)          # force one code for every prompt
+    routed.save_pretrained("runs/routed-copy")
+
+The saved folder is an ordinary pipeline folder (``DiffusionPipeline.from_pretrained`` loads it as the full-depth
+model, without this package) with ``routing.json`` and ``router.safetensors`` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..blocks import skip_blocks
+from ..errors import LayerPruneError
+from .record import Routing, load_routing
+from .router import pooled_text_embedding
+
+
+@dataclass
+class RoutedPipelineOutput:
+    """``images``: what the stock pipeline returns for ``output_type``, in the order of the prompts; ``codes``: the
+    code each prompt ran with."""
+
+    images: list | np.ndarray | torch.Tensor
+    codes: list[int]
+
+
+def _assemble(parts: list[tuple[list[int], object]], n: int):
+    order = [None] * n
+    for index, images in parts:
+        for j, i in enumerate(index):
+            order[i] = images[j]
+    first = parts[0][1]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(order)
+    if isinstance(first, np.ndarray):
+        return np.stack(order)
+    return order
+
+
+class RoutedPixArtSigmaPipeline:
+    """A PixArt-Sigma pipeline whose depth is chosen per prompt by a router (see the module docstring).
+
+    Attributes:
+        pipeline: the wrapped stock pipeline (the shared weights, full depth).
+        routing: the router and its codes (:class:`~diffusers_layerprune.routing.record.Routing`).
+    """
+
+    def __init__(self, pipeline, routing: Routing) -> None:
+        from .record import check_routing_matches
+
+        check_routing_matches(routing.record, pipeline.transformer, "the routing")
+        self.pipeline = pipeline
+        self.routing = routing
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | os.PathLike,
+        *,
+        routing: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | None = None,
+        **kwargs,
+    ) -> RoutedPixArtSigmaPipeline:
+        """Load the shared-weight pipeline from ``pretrained`` (a local folder or Hub id) and its router and codes
+        from ``routing`` (default: the same folder; a Hub id is downloaded). Raises :class:`LayerPruneError` for a
+        folder without routing files or a router fitted to another model."""
+        from ..modeling import load_pipeline
+
+        pipe = load_pipeline(pretrained, torch_dtype=torch_dtype, device=device, **kwargs)
+        where = Path(routing or pretrained).expanduser()
+        if not where.is_dir():
+            where = _download_routing(str(routing or pretrained))
+        return cls(pipe, load_routing(where, pipe.transformer, device=device))
+
+    def save_pretrained(self, output_dir: str | os.PathLike, *, overwrite: bool = False, inputs: Sequence = ()) -> Path:
+        """Save the shared-weight pipeline (stock classes in ``model_index.json``) and the routing files; the folder
+        appears complete or not at all (see ``outputs.atomic_output_dir``)."""
+        import json
+
+        from ..modeling import STOCK_CLASS, PrunedPixArtTransformer
+        from ..outputs import atomic_output_dir
+        from ..provenance import publish_configs
+
+        pipe = self.pipeline
+        source = pipe.transformer.config.get("source_model")
+        local = {"source_model": source} if source else None
+        with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="pipeline", local=local) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            index_path = tmp / "model_index.json"
+            index = json.loads(index_path.read_text())
+            if isinstance(pipe.transformer, PrunedPixArtTransformer):
+                index["transformer"] = list(STOCK_CLASS)
+                index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            self.routing.save(tmp)
+            publish_configs(tmp)
+        return Path(output_dir)
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        # transformer, vae, scheduler, device, ... of the wrapped pipeline
+        if name in ("pipeline", "routing"):
+            raise AttributeError(name)
+        return getattr(self.pipeline, name)
+
+    def to(self, *args, **kwargs) -> RoutedPixArtSigmaPipeline:
+        self.pipeline.to(*args, **kwargs)
+        device = self.pipeline.transformer.device
+        self.routing.router.to(device)
+        return self
+
+    @property
+    def num_codes(self) -> int:
+        return self.routing.record.num_codes
+
+    def encode(self, prompts: Sequence[str], *, max_sequence_length: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings ``[B, L, D]`` and masks ``[B, L]`` as the pipeline computes them for generation."""
+        embeds, mask, _, _ = self.pipeline.encode_prompt(
+            list(prompts),
+            do_classifier_free_guidance=False,
+            device=self.pipeline.transformer.device,
+            clean_caption=False,
+            max_sequence_length=max_sequence_length,
+        )
+        return embeds, mask
+
+    @torch.no_grad()
+    def route(
+        self,
+        prompts: Sequence[str] | None = None,
+        *,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = 300,
+    ) -> list[int]:
+        """The code of each prompt (from the prompts, or from their embeddings and masks)."""
+        if prompt_embeds is None:
+            prompt_embeds, prompt_attention_mask = self.encode(prompts, max_sequence_length=max_sequence_length)
+        return self.routing.route(pooled_text_embedding(prompt_embeds, prompt_attention_mask)).tolist()
+
+    def skipped_layers(self, code: int) -> list[int]:
+        return self.routing.record.skipped_layers(code)
+
+    def _check_code(self, code: int) -> int:
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < self.num_codes:
+            raise LayerPruneError(f"code {code!r} does not exist: this router has codes 0..{self.num_codes - 1}")
+        return code
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        code: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        max_sequence_length: int = 300,
+        output_type: str = "pil",
+        **kwargs,
+    ) -> RoutedPipelineOutput:
+        """Route every prompt (or use ``code`` for all), run each group of prompts sharing a code as one batch of
+        the stock pipeline with the code's blocks skipped, and return the images in the order of ``prompt``.
+
+        The initial noise of the whole batch is drawn first, in input order, exactly as the stock pipeline draws it
+        (``generator``: one, or one per prompt), so an image does not depend on which prompts share its group; with
+        one generator per prompt an image is the one its prompt gets alone with the same code and seed. Other
+        keyword arguments (``num_inference_steps``, ``guidance_scale``, ``negative_prompt`` as one string, ...)
+        go to the stock pipeline; ``num_images_per_prompt`` is not supported (repeat the prompt instead).
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise LayerPruneError("no prompts to generate")
+        if kwargs.get("num_images_per_prompt", 1) != 1:
+            raise LayerPruneError("num_images_per_prompt is not supported by the routed pipeline; repeat the prompt")
+        if isinstance(generator, list) and len(generator) != len(prompts):
+            raise LayerPruneError(f"{len(generator)} generators for {len(prompts)} prompts: give one per prompt")
+        for name in ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds"):
+            if name in kwargs:
+                raise LayerPruneError(f"{name} is not supported by the routed pipeline; pass prompts")
+        pipe = self.pipeline
+        device = pipe.transformer.device
+        embeds, mask = self.encode(prompts, max_sequence_length=max_sequence_length)
+        if code is None:
+            codes = self.routing.route(pooled_text_embedding(embeds, mask)).tolist()
+        else:
+            codes = [self._check_code(code)] * len(prompts)
+        height = height or pipe.transformer.config.sample_size * pipe.vae_scale_factor
+        width = width or pipe.transformer.config.sample_size * pipe.vae_scale_factor
+        if latents is None:
+            shape = (
+                len(prompts),
+                pipe.transformer.config.in_channels,
+                int(height) // pipe.vae_scale_factor,
+                int(width) // pipe.vae_scale_factor,
+            )
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)
+        elif latents.shape[0] != len(prompts):
+            raise LayerPruneError(f"latents hold {latents.shape[0]} samples for {len(prompts)} prompts")
+        parts = []
+        for k in sorted(set(codes)):
+            index = [i for i, c in enumerate(codes) if c == k]
+            group_generator = [generator[i] for i in index] if isinstance(generator, list) else generator
+            with skip_blocks(pipe.transformer, self.skipped_layers(k)):
+                images = pipe(
+                    prompt_embeds=embeds[index],
+                    prompt_attention_mask=mask[index],
+                    latents=latents[index],
+                    generator=group_generator,
+                    height=height,
+                    width=width,
+                    max_sequence_length=max_sequence_length,
+                    output_type=output_type,
+                    **kwargs,
+                ).images
+            parts.append((index, images))
+        return RoutedPipelineOutput(images=_assemble(parts, len(prompts)), codes=codes)
+
+
+def _download_routing(repo_id: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    from .record import FILE_NAME, ROUTER_FILE
+
+    try:
+        path = Path(hf_hub_download(repo_id, FILE_NAME))
+        hf_hub_download(repo_id, ROUTER_FILE)
+    except Exception as error:
+        raise LayerPruneError(f"could not fetch the routing files of {repo_id!r}: {error}") from None
+    return path.parent
