@@ -343,3 +343,12 @@ def test_finetune_script_one_and_two_processes_train_alike(ws, tmp_path):
     after = one.pipeline.transformer.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert one.routing.record.codes == two.routing.record.codes  # the router and codes are not changed
+
+
+def test_cli_route_refuses_other_families(ws, tmp_path, capsys):
+    args = ["route", "--model", "tiny-random-sana", "--num-codes", "2", "--budget", "0.5", "--prompts",
+            str(ws / "prompts.txt"), *FAST, "--output", str(tmp_path / "out")]  # fmt: skip
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "supports PixArt-Sigma pipelines for now, not Sana" in err, err
+    assert not (tmp_path / "out").exists()

@@ -405,6 +405,7 @@ def train_routed(
     closest to its centre, and ``record.mean_blocks <= budget`` on ``prompts``.
     """
     from ..blocks import num_blocks
+    from ..families import family_of
     from ..modeling import generation_defaults
     from ..provenance import public_name
     from .pipeline import RoutedPixArtSigmaPipeline
@@ -412,6 +413,12 @@ def train_routed(
     log = log or (lambda *a: None)
     settings = RoutingSettings(**{**asdict(settings or RoutingSettings()), **overrides})
     transformer = pipe.transformer
+    family = family_of(transformer)
+    if family.name != "pixart":
+        raise LayerPruneError(
+            f"prompt routing supports PixArt-Sigma pipelines for now, not {family.title} "
+            f"({family.transformer_class}): its router reads PixArt's T5 embeddings and its forward"
+        )
     num_layers = num_blocks(transformer)
     budget = check_settings(settings, num_layers)
     prompts = [str(p) for p in prompts]
