@@ -558,7 +558,7 @@ def with_cache_format(dataset):
     stored (decode with :func:`decode_cached` or collate with :class:`CacheCollator`), ``prompt`` as a string.
     """
     stored = dataset.features["prompt_embeds"].dtype
-    columns = [c for c in ("prompt_embeds", "latents") if c in dataset.column_names]
+    columns = [c for c in ("prompt_embeds", "pooled_prompt_embeds", "latents") if c in dataset.column_names]
     return dataset.with_format("torch", columns=columns, dtype=_READ_DTYPES[stored], output_all_columns=True)
 
 
@@ -583,11 +583,23 @@ class CacheCollator:
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         embeds = [decode_cached(row["prompt_embeds"]) for row in rows]
+        if "pooled_prompt_embeds" in rows[0]:  # SD3 / Flux: every token attended, stored untrimmed; no mask
+            return {
+                "prompt_embeds": torch.stack(embeds).to(self.dtype),
+                "pooled_prompt_embeds": torch.stack([decode_cached(r["pooled_prompt_embeds"])[0] for r in rows]).to(
+                    self.dtype
+                ),
+                **({"latents": _stacked_latents(rows, self.dtype)} if "latents" in rows[0] else {}),
+            }
         prompt_embeds, mask = pad_embeddings(embeds, self.max_sequence_length, dtype=self.dtype)
         batch = {"prompt_embeds": prompt_embeds, "prompt_attention_mask": mask}
         if "latents" in rows[0]:
             batch["latents"] = torch.stack([decode_cached(row["latents"]).to(self.dtype) for row in rows])
         return batch
+
+
+def _stacked_latents(rows: Sequence[dict], dtype: torch.dtype) -> torch.Tensor:
+    return torch.stack([decode_cached(row["latents"]).to(dtype) for row in rows])
 
 
 class _ArrowSink:
@@ -605,6 +617,9 @@ class _ArrowSink:
         value = _ARROW_TYPES[self.cache_dtype]
         features = {"prompt": Value("string")}
         features["prompt_embeds"] = Array2D(shape=(None, columns["prompt_embeds"][0].shape[-1]), dtype=value)
+        if "pooled_prompt_embeds" in columns:  # [1, P] per row (SD3, Flux)
+            width = columns["pooled_prompt_embeds"][0].shape[-1]
+            features["pooled_prompt_embeds"] = Array2D(shape=(1, width), dtype=value)
         if "latents" in columns:
             features["latents"] = Array3D(shape=tuple(columns["latents"][0].shape), dtype=value)
         return Features(features)
@@ -801,6 +816,17 @@ def teacher_latents_dataset(
     if cached is not None:
         return cached
 
+    from .families import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    if "pooled_prompt_embeds" in family.text_keys:
+        return _pooled_teacher_latents(
+            pipe, family, prompts, path, key, settings, cache_dtype, batch_size, progress,
+            dict(
+                seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                resolution=resolution, max_sequence_length=max_sequence_length,
+            ),
+        )  # fmt: skip
     negative = encode_prompts(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
     stream = iter_prompt_embeddings(
         pipe, prompts, max_sequence_length=max_sequence_length, dtype=CACHE_DTYPES[cache_dtype]
@@ -827,6 +853,51 @@ def teacher_latents_dataset(
                 output_type="latent",
             )
             sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
+            bar.update(len(chunk))
+    return _load_cache(path, key)
+
+
+def _pooled_teacher_latents(pipe, family, prompts, path, key, settings, cache_dtype, batch_size, progress, gen):
+    """:func:`teacher_latents_dataset` for families conditioned on every token plus pooled embeddings (SD3, Flux):
+    rows hold the untrimmed ``prompt_embeds`` ``[L, D]`` and ``pooled_prompt_embeds`` ``[1, P]``; the teacher
+    generates from them as stored (rounded to ``cache_dtype``)."""
+    from tqdm.auto import tqdm
+
+    from .families import encode_text
+    from .modeling import generate_from_conditioning
+
+    length, storage = gen["max_sequence_length"], CACHE_DTYPES[cache_dtype]
+    negative = encode_text(pipe, [""], max_sequence_length=length) if gen["guidance_scale"] > 1 else None
+    if negative is not None:
+        negative = {k: v.to(storage) for k, v in negative.items()}
+    with (
+        tqdm(total=len(prompts), desc="teacher latents", unit="prompt", disable=not progress) as bar,
+        _building(path, key, cache_dtype, settings) as sink,
+    ):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            text = {k: v.to(storage) for k, v in encode_text(pipe, chunk, max_sequence_length=length).items()}
+            latents = generate_from_conditioning(
+                pipe,
+                text,
+                negative,
+                seeds=[gen["seed"] + start + i for i in range(len(chunk))],
+                num_inference_steps=gen["num_inference_steps"],
+                guidance_scale=gen["guidance_scale"],
+                resolution=gen["resolution"],
+                max_sequence_length=length,
+                batch_size=len(chunk),
+                output_type="latent",
+            )
+            latents = family.unpack_latents(latents, gen["resolution"], pipe.vae_scale_factor)
+            sink.write(
+                {
+                    "prompt": chunk,
+                    "prompt_embeds": list(text["prompt_embeds"]),
+                    "pooled_prompt_embeds": [p[None] for p in text["pooled_prompt_embeds"]],
+                    "latents": list(latents),
+                }
+            )
             bar.update(len(chunk))
     return _load_cache(path, key)
 

@@ -39,11 +39,13 @@ def block_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int]]
     Raises :class:`LayerPruneError` when the student does not record ``kept_layers`` or does not come from a
     teacher of this depth and width.
     """
-    check_student_teacher(student.config, teacher.config)
+    from .families import family_of
+
+    check_student_teacher(student.config, teacher.config, family_of(teacher))
     return list(enumerate(student.config.kept_layers))
 
 
-def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> None:
+def check_student_teacher(student_config: Mapping, teacher_config: Mapping, family=None) -> None:
     """Fail before training when the student cannot be distilled from this teacher: it must be a pruned
     transformer (``kept_layers``: distinct teacher block indices in increasing order, one per student block) of a
     teacher of this depth and width."""
@@ -53,7 +55,11 @@ def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> N
             "the student's config has no kept_layers: prune it with `layerprune prune` or "
             "PrunedPixArtTransformer.from_transformer so each block knows its teacher block"
         )
-    teacher_depth = teacher_config["num_layers"]
+    from .families import family_by_class_name, get_family
+
+    if family is None:  # from the config's class name; configs without one are PixArt's (one stack, num_layers)
+        family = family_by_class_name(str(teacher_config.get("_class_name"))) or get_family("pixart")
+    teacher_depth = family.depth(teacher_config)  # global numbering over all stacks (Flux: double + single)
     source_depth = student_config.get("source_num_layers")
     if source_depth is not None and source_depth != teacher_depth:
         raise LayerPruneError(
@@ -72,10 +78,9 @@ def check_student_teacher(student_config: Mapping, teacher_config: Mapping) -> N
         )
     if any(b <= a for a, b in zip(kept, kept[1:], strict=False)):
         raise LayerPruneError(f"student kept_layers {kept} must be distinct teacher blocks in increasing order")
-    if student_config.get("num_layers") is not None and student_config["num_layers"] != len(kept):
-        raise LayerPruneError(
-            f"the student has {student_config['num_layers']} blocks but kept_layers lists {len(kept)}"
-        )
+    student_depth = sum(student_config.get(s.depth_key) or 0 for s in family.stacks)
+    if student_config.get("num_layers") is not None and student_depth != len(kept):
+        raise LayerPruneError(f"the student has {student_depth} blocks but kept_layers lists {len(kept)}")
     for key in (
         "num_attention_heads",
         "attention_head_dim",

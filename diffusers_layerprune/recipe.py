@@ -103,11 +103,6 @@ class Recipe:
             from .importance import num_to_remove
 
             family = family_of_config(config, str(self.model))
-            if self.distill_steps and family.text_keys != ("prompt_embeds", "prompt_attention_mask"):
-                raise LayerPruneError(
-                    f"{self.model} is a {family.title} model: distillation supports PixArt-Sigma and Sana so far; "
-                    "pass --distill-steps 0 to score, prune and evaluate it"
-                )
             num_to_remove(family.depth(config), self.num_layers, self.ratio, remove=self.remove)
         if self.distill_steps < 0:
             raise LayerPruneError("distill_steps must be >= 0 (0 skips distillation)")

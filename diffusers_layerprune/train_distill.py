@@ -35,7 +35,6 @@ from diffusers_layerprune.data import (
     CACHE_DTYPES,
     CacheCollator,
     default_cache_dir,
-    encode_prompts,
     image_latents_dataset,
     load_hf_dataset,
     load_prompts,
@@ -60,7 +59,7 @@ from diffusers_layerprune.distill import (
     task_target,
     write_checkpoint_record,
 )
-from diffusers_layerprune.families import family_of, family_of_config, family_of_pipeline
+from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.modeling import (
     check_resolution_for,
@@ -389,11 +388,10 @@ def main(argv=None) -> None:
         depth = student_cfg["num_layers"]
         student_cfg = {**student_cfg, "kept_layers": list(range(depth)), "source_num_layers": depth}
     family = family_of_config(student_cfg, args.student_model)
-    if family.text_keys != ("prompt_embeds", "prompt_attention_mask"):  # before anything is loaded or written
-        raise LayerPruneError(
-            f"{args.student_model} is a {family.title} model, conditioned on pooled text embeddings, which the "
-            "distillation caches do not hold yet (PixArt-Sigma and Sana are supported); prune, score, evaluate and "
-            "publish it with layerprune"
+    if family.name != "pixart" and (args.dataset_name or args.train_data_dir) and not args.prompt_column:
+        raise LayerPruneError(  # before anything is loaded or written
+            f"{args.student_model} is a {family.title} model: image-caption datasets are encoded with PixArt's VAE "
+            "conventions only; distil it on prompts (--prompts, or --prompt_column of the dataset)"
         )
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
@@ -456,12 +454,15 @@ def main(argv=None) -> None:
         raise LayerPruneError("the training dataset is empty")
     validation = None
     if args.validation_prompts:
-        embeds, masks = encode_prompts(teacher, args.validation_prompts, max_sequence_length=args.max_sequence_length)
-        negative, negative_mask = encode_prompts(teacher, [""], max_sequence_length=args.max_sequence_length)
-        validation = (embeds, masks, negative, negative_mask)
-    # The text encoder (4.7B parameters for PixArt-Sigma) is not needed any more: embeddings are cached.
-    teacher.text_encoder = None
-    teacher.tokenizer = None
+        length = args.max_sequence_length
+        validation = (
+            encode_text(teacher, args.validation_prompts, max_sequence_length=length),
+            encode_text(teacher, [""], max_sequence_length=length),
+        )
+    # The text encoders (4.7B parameters for PixArt-Sigma's T5) are not needed any more: embeddings are cached.
+    for name in list(teacher.components):
+        if name.startswith(("text_encoder", "tokenizer")):
+            setattr(teacher, name, None)
     gc.collect()
 
     # 3. Models.
@@ -590,6 +591,7 @@ def main(argv=None) -> None:
         ]
         log_path.write_text("".join(line + "\n" for line in kept))
     forward = family_of(teacher_tf).forward  # the family's forward arguments (PixArt: its micro-conditions)
+    text_keys = family_of(teacher_tf).text_keys
     # Each optimisation step draws the noise of its whole global batch and every micro-batch takes its slice
     # (distill.step_noise): the split over processes and accumulation steps does not change what a sample gets.
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -623,10 +625,8 @@ def main(argv=None) -> None:
                 else:
                     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                     target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
-                text = {
-                    "prompt_embeds": batch["prompt_embeds"].to(accelerator.device, weight_dtype),
-                    "prompt_attention_mask": batch["prompt_attention_mask"].to(accelerator.device),
-                }
+                # the family's conditioning: embeddings with a mask (PixArt, Sana) or with pooled ones (SD3, Flux)
+                text = to_device({k: batch[k] for k in text_keys}, accelerator.device, weight_dtype)
 
                 def cond(model, x, timesteps=timesteps, text=text):
                     return forward(model, x, timesteps, text)
@@ -921,7 +921,7 @@ class ema_weights:
 
 def run_validation(args, teacher, student, validation, step, accelerator):
     """Generate --num_validation_images per validation prompt with the student; save PNGs and log them."""
-    embeds, masks, negative, negative_mask = validation
+    text_all, negative = validation
     pipe = with_transformer(teacher, student)
     family = family_of_pipeline(pipe)  # the pipeline's call arguments for cached conditioning
     folder = Path(args.output_dir) / "validation" / f"step-{step}"
@@ -932,11 +932,10 @@ def run_validation(args, teacher, student, validation, step, accelerator):
     with torch.no_grad():
         for i, prompt in enumerate(args.validation_prompts):
             for j in range(args.num_validation_images):
-                text = {"prompt_embeds": embeds[i : i + 1], "prompt_attention_mask": masks[i : i + 1]}
-                neg = {"prompt_embeds": negative, "prompt_attention_mask": negative_mask}
+                text = {k: v[i : i + 1] for k, v in text_all.items()}
                 call = family.call_kwargs(
                     to_device(text, accelerator.device, student.dtype),
-                    to_device(neg, accelerator.device, student.dtype),
+                    to_device(negative, accelerator.device, student.dtype),
                     args.resolution,
                     args.max_sequence_length,
                 )

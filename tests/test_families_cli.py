@@ -167,7 +167,7 @@ def test_family_bad_input(ws, case, capsys):
     assert snapshot(ws) == before  # nothing created, changed or removed
 
 
-def test_train_distill_refuses_pooled_text_families_before_writing(ws, capsys):
+def test_train_distill_refuses_image_datasets_for_other_families_before_writing(ws, capsys):
     from accelerate.state import AcceleratorState, GradientState
 
     from diffusers_layerprune.train_distill import cli as train_cli
@@ -175,7 +175,7 @@ def test_train_distill_refuses_pooled_text_families_before_writing(ws, capsys):
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     argv = ["--teacher_model", str(ws / "flux"), "--student_model", str(ws / "flux_pruned"), "--output_dir",
-            str(ws / "out_train"), "--prompts", "toy:train", "--max_train_steps", "1", "--report_to", "none"]  # fmt: skip
+            str(ws / "out_train"), "--train_data_dir", str(ws), "--max_train_steps", "1", "--report_to", "none"]  # fmt: skip
     before = snapshot(ws)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -183,33 +183,41 @@ def test_train_distill_refuses_pooled_text_families_before_writing(ws, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:"), err
-    assert "is a Flux.1 model, conditioned on pooled text embeddings, which the distillation caches do not hold" in err
+    assert "is a Flux.1 model: image-caption datasets are encoded with PixArt's VAE conventions only" in err
     assert snapshot(ws) == before
 
 
-def test_sana_distillation_trains_with_the_flow_objective_and_saves_a_stock_loadable_pipeline(tmp_path):
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_distillation_trains_with_the_family_objective_and_saves_a_stock_loadable_pipeline(family, tmp_path):
+    """Sana, SD3 and Flux are distilled with the rectified-flow objective from cached conditioning (SD3 / Flux:
+    untrimmed embeddings and pooled embeddings), on the tiny pipelines."""
+    import diffusers
     import numpy as np
     import torch
-    from diffusers import SanaTransformer2DModel
     from safetensors.torch import load_file
 
-    from diffusers_layerprune.testing import build_tiny_sana_pipeline
+    from diffusers_layerprune.families import get_family
+    from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
     from helpers import distill_args, run_train_distill
 
-    build_tiny_sana_pipeline(6).save_pretrained(tmp_path / "teacher")
+    TINY_BUILDERS[family]().save_pretrained(tmp_path / "teacher")
     (tmp_path / "prompts.txt").write_text(PROMPTS + "a white cross\na black star\n")
     assert (
         cli(["prune", "--model", str(tmp_path / "teacher"), "--drop", "1,4", "--output", str(tmp_path / "student")])
         == 0
     )
     out = tmp_path / "out"
-    run_train_distill(distill_args(tmp_path, out, steps=2) + ["--resolution", "32"])
+    size = str(TINY_RESOLUTION[family])
+    run_train_distill(distill_args(tmp_path, out, steps=2) + ["--resolution", size, "--validation_prompts", "a cross"])
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r[k]) for r in log for k in ("loss", "feature"))
     weights = "transformer/diffusion_pytorch_model.safetensors"
     before, after = load_file(tmp_path / "student" / weights), load_file(out / weights)
+    assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
-    stock, info = SanaTransformer2DModel.from_pretrained(out, subfolder="transformer", output_loading_info=True)
+    stock_class = getattr(diffusers, get_family(family).transformer_class)
+    stock, info = stock_class.from_pretrained(out, subfolder="transformer", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert stock.config.kept_layers == [0, 2, 3, 5]
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2"]
