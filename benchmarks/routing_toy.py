@@ -488,34 +488,39 @@ def verdicts(result: dict) -> list[str]:
 
 
 def overall_verdict(lines: list[str]) -> str:
-    wins = sum("**beats**" in v for v in lines)
-    ties = sum("**ties with**" in v for v in lines)
-    if wins == len(lines) and lines:
-        return "**Routing beats static pruning on the toy world** in every comparison below."
-    if wins:
-        import re
+    """One sentence over the comparisons, by stage, with what qualifies the wins (toy score, held-out depth)."""
+    import re
 
-        caveats = []
-        for v in lines:
-            if "**beats**" not in v:
-                continue
-            m = re.search(r"toy score ([0-9.]+) vs ([0-9.]+)", v)
-            if m and float(m[1]) < float(m[2]):
-                caveats.append("with a lower toy score than the static model")
-            m = re.search(r"mean (\d+) of 12 blocks.*ran ([0-9.]+) blocks per held-out caption", v)
-            if m and float(m[2]) > float(m[1]):
-                caveats.append(
-                    f"running {float(m[2]) - float(m[1]):.2f} blocks more than the budget on held-out captions"
-                )
-        qualified = f" (that win comes {' and '.join(caveats)})" if caveats and wins == 1 else ""
-        verdict = "Overall it does not beat static pruning here. " if wins * 2 <= len(lines) else ""
-        return (
-            f"**Routing beats static pruning in {wins} of {len(lines)} comparisons** below{qualified}, not in the "
-            f"others. {verdict}"
-        ).strip()
-    return "**Routing does not beat static pruning on the toy world**: " + (
-        f"it ties in {ties} of {len(lines)} comparisons and loses the others." if ties else "it loses every comparison."
-    )
+    def tally(stage: str) -> tuple[int, int]:
+        rows = [v for v in lines if f"{stage} distillation" in v]
+        return sum("**beats**" in v for v in rows), len(rows)
+
+    caveats = set()
+    for v in lines:
+        if "**beats**" not in v:
+            continue
+        m = re.search(r"toy score ([0-9.]+) vs ([0-9.]+)", v)
+        if m and float(m[1]) < float(m[2]):
+            caveats.add("a lower toy score than the static model")
+        m = re.search(r"mean (\d+) of 12 blocks.*ran ([0-9.]+) blocks per held-out caption", v)
+        if m and float(m[2]) > float(m[1]):
+            caveats.add(
+                f"{float(m[2]) - float(m[1]):.2f} blocks more than the budget on the held-out captions (9 blocks)"
+            )
+    (bw, bn), (aw, an) = tally("before"), tally("after")
+    wins = bw + aw
+    if wins == len(lines) and lines:
+        head = "**Routing beats static pruning on the toy world** in every comparison below"
+    elif not wins:
+        head = "**Routing does not beat static pruning on the toy world**: it wins none of the comparisons below"
+    else:
+        head = (
+            f"**Routing does not beat static pruning overall here**: it wins {bw} of {bn} comparisons before "
+            f"distillation and {aw} of {an} after the same distillation budget"
+        )
+    if caveats:
+        head += f"; its wins come with {' and with '.join(sorted(caveats))}"
+    return head + "."
 
 
 def write_plot(result: dict, path: Path) -> None:

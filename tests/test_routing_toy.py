@@ -41,6 +41,9 @@ def test_verdict_compares_the_best_routed_with_the_best_static_on_the_same_seeds
     assert "K = 8" in lines[0] and "ties with" in lines[0] and "preference, 40.0%" in lines[0]
     assert "loses to" in lines[1] and "random, 50.0%" in lines[1]
     assert rt.overall_verdict(lines).startswith("**Routing does not beat static pruning")
+    mixed = _entry({"preference": {"0": 0.30}}, {"random": {"0": 0.60}}, {"4": 0.40}, {"4": 0.45})
+    text = rt.overall_verdict(rt.verdicts({"budgets": {"9": mixed}}))
+    assert "does not beat static pruning overall" in text and "wins 1 of 1 comparisons before" in text
     better = _entry({"preference": {"0": 0.30}}, {"random": {"0": 0.40}}, {"4": 0.40}, {"4": 0.45})
     won = rt.verdicts({"budgets": {"7": better}})
     assert all("**beats**" in v for v in won)
