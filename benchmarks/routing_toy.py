@@ -505,7 +505,7 @@ def overall_verdict(lines: list[str]) -> str:
         m = re.search(r"mean (\d+) of 12 blocks.*ran ([0-9.]+) blocks per held-out caption", v)
         if m and float(m[2]) > float(m[1]):
             caveats.add(
-                f"{float(m[2]) - float(m[1]):.2f} blocks more than the budget on the held-out captions (9 blocks)"
+                f"at {m[1]} blocks, {float(m[2]) - float(m[1]):.2f} blocks more than the budget per held-out caption"
             )
     (bw, bn), (aw, an) = tally("before"), tally("after")
     wins = bw + aw
@@ -519,7 +519,7 @@ def overall_verdict(lines: list[str]) -> str:
             f"distillation and {aw} of {an} after the same distillation budget"
         )
     if caveats:
-        head += f"; its wins come with {' and with '.join(sorted(caveats))}"
+        head += f"; its wins come with {'; and, '.join(sorted(caveats, key=lambda c: not c.startswith('a lower')))}"
     return head + "."
 
 
