@@ -385,6 +385,13 @@ def static_rows(static: dict, ratio: str) -> dict:
             }  # fmt: skip
             for stage in ("pruned", "distilled")
         },
+        "per_seed_toy_score": {
+            stage: {
+                c: {s: r["toy_score"] for s, r in static["per_seed"][stage][ratio][c].items()}
+                for c in static["per_seed"][stage][ratio]
+            }  # fmt: skip
+            for stage in ("pruned", "distilled")
+        },
     }
 
 
@@ -464,24 +471,56 @@ def verdicts(result: dict) -> list[str]:
             ref_name = max(static_means, key=static_means.get)
             ref, best = static_means[ref_name], row["overall"]["mean"]
             word = "beats" if best > ref + 1 / 216 else ("ties with" if abs(best - ref) <= 1 / 216 else "loses to")
+            extra = ""
+            toy = entry["static"].get("per_seed_toy_score", {}).get(static_stage, {}).get(ref_name)
+            if toy and "toy_score" in row and "heldout_mean_blocks" in row:
+                static_toy = statistics.fmean(toy[x] for x in seeds)
+                extra = (
+                    f"; toy score {row['toy_score']['mean']:.3f} vs {static_toy:.3f}; the routed model ran "
+                    f"{row['heldout_mean_blocks']['mean']:.2f} blocks per held-out caption"
+                )
             lines.append(
                 f"mean {budget} of 12 blocks, {label} distillation (seed{'s' if len(seeds) > 1 else ''} "
                 f"{', '.join(seeds)}): the best routed model (K = {best_k}, {100 * best:.1f}% all four right) "
-                f"**{word}** the best static model ({ref_name}, {100 * ref:.1f}%)"
+                f"**{word}** the best static model ({ref_name}, {100 * ref:.1f}%){extra}"
             )
     return lines
 
 
 def overall_verdict(lines: list[str]) -> str:
-    wins = sum("**beats**" in v for v in lines)
-    ties = sum("**ties with**" in v for v in lines)
+    """One sentence over the comparisons, by stage, with what qualifies the wins (toy score, held-out depth)."""
+    import re
+
+    def tally(stage: str) -> tuple[int, int]:
+        rows = [v for v in lines if f"{stage} distillation" in v]
+        return sum("**beats**" in v for v in rows), len(rows)
+
+    caveats = set()
+    for v in lines:
+        if "**beats**" not in v:
+            continue
+        m = re.search(r"toy score ([0-9.]+) vs ([0-9.]+)", v)
+        if m and float(m[1]) < float(m[2]):
+            caveats.add("a lower toy score than the static model")
+        m = re.search(r"mean (\d+) of 12 blocks.*ran ([0-9.]+) blocks per held-out caption", v)
+        if m and float(m[2]) > float(m[1]):
+            caveats.add(
+                f"at {m[1]} blocks, {float(m[2]) - float(m[1]):.2f} blocks more than the budget per held-out caption"
+            )
+    (bw, bn), (aw, an) = tally("before"), tally("after")
+    wins = bw + aw
     if wins == len(lines) and lines:
-        return "**Routing beats static pruning on the toy world** in every comparison below."
-    if wins:
-        return f"**Routing beats static pruning in {wins} of {len(lines)} comparisons** below, not in the others."
-    return "**Routing does not beat static pruning on the toy world**: " + (
-        f"it ties in {ties} of {len(lines)} comparisons and loses the others." if ties else "it loses every comparison."
-    )
+        head = "**Routing beats static pruning on the toy world** in every comparison below"
+    elif not wins:
+        head = "**Routing does not beat static pruning on the toy world**: it wins none of the comparisons below"
+    else:
+        head = (
+            f"**Routing does not beat static pruning overall here**: it wins {bw} of {bn} comparisons before "
+            f"distillation and {aw} of {an} after the same distillation budget"
+        )
+    if caveats:
+        head += f"; its wins come with {'; and, '.join(sorted(caveats, key=lambda c: not c.startswith('a lower')))}"
+    return head + "."
 
 
 def write_plot(result: dict, path: Path) -> None:

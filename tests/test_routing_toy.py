@@ -1,0 +1,59 @@
+"""benchmarks/routing_toy.py: the verdict, balance and code-analysis rules on known numbers (no model runs)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "routing_toy.py"
+
+
+@pytest.fixture(scope="module")
+def rt():
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports reproduce_paper's cell store
+    spec = importlib.util.spec_from_file_location("routing_toy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry(static_pruned: dict, static_distilled: dict, routed: dict, finetuned: dict) -> dict:
+    def stat(v, seeds):
+        return {"overall": {"mean": v, "n": len(seeds)}, "seeds": seeds}
+
+    return {
+        "static": {"per_seed": {"pruned": static_pruned, "distilled": static_distilled}},
+        "routed": {k: stat(v, [0]) for k, v in routed.items()},
+        "finetuned": {k: stat(v, [0]) for k, v in finetuned.items()},
+    }
+
+
+def test_verdict_compares_the_best_routed_with_the_best_static_on_the_same_seeds(rt):
+    entry = _entry(
+        {"preference": {"0": 0.40, "1": 0.10}, "latent": {"0": 0.30, "1": 0.90}},
+        {"random": {"0": 0.50}},
+        {"2": 0.35, "8": 0.404},  # within one of 216 images of 0.40: a tie
+        {"2": 0.45},
+    )
+    lines = rt.verdicts({"budgets": {"9": entry}})
+    # seed 0 only: preference's seed-0 value (0.40), not the best mean over seeds (latent)
+    assert "K = 8" in lines[0] and "ties with" in lines[0] and "preference, 40.0%" in lines[0]
+    assert "loses to" in lines[1] and "random, 50.0%" in lines[1]
+    assert rt.overall_verdict(lines).startswith("**Routing does not beat static pruning")
+    mixed = _entry({"preference": {"0": 0.30}}, {"random": {"0": 0.60}}, {"4": 0.40}, {"4": 0.45})
+    text = rt.overall_verdict(rt.verdicts({"budgets": {"9": mixed}}))
+    assert "does not beat static pruning overall" in text and "wins 1 of 1 comparisons before" in text
+    better = _entry({"preference": {"0": 0.30}}, {"random": {"0": 0.40}}, {"4": 0.40}, {"4": 0.45})
+    won = rt.verdicts({"budgets": {"7": better}})
+    assert all("**beats**" in v for v in won)
+    assert rt.overall_verdict(won).startswith("**Routing beats static pruning")
+
+
+def test_balance_and_mutual_information(rt):
+    cell = {"codes": [0, 0, 1, 1], "code_blocks": [[0], [1], [2]]}
+    b = rt.balance(cell)
+    assert b["shares"] == [0.5, 0.5, 0.0] and b["codes_used"] == 2
+    assert b["normalised_entropy"] == pytest.approx(0.6309, abs=1e-4)  # ln 2 / ln 3
+    assert rt.nmi([0, 0, 1, 1], ["a", "a", "b", "b"]) == pytest.approx(1.0)
+    assert rt.nmi([0, 1, 0, 1], ["a", "a", "b", "b"]) == pytest.approx(0.0, abs=1e-12)
