@@ -379,8 +379,8 @@ def main(argv=None) -> None:
     student_cfg = read_student_config(args.student_model, args.student_revision)
     # A sparsified student (sparsity.json, local folders) keeps its zeros: the masks are re-applied after every
     # optimiser step.
-    student_folder = Path(student_location(args.student_model, args.student_revision)[0])
-    sparsity = read_sparsity_record(student_folder) if student_folder.is_dir() else None
+    location, subfolder = student_location(args.student_model, args.student_revision)
+    sparsity = read_sparsity_record(Path(location)) if Path(location).is_dir() else None
     full_depth_sparse = (
         sparsity is not None and "transformer" in sparsity.components and student_cfg.get("kept_layers") is None
     )
@@ -466,7 +466,6 @@ def main(argv=None) -> None:
     gc.collect()
 
     # 3. Models.
-    location, subfolder = student_location(args.student_model, args.student_revision)
     pruned_class = family_of_pipeline(teacher).pruned_class()  # the teacher's family decides the student class
     student = pruned_class.from_pretrained(location, subfolder=subfolder, revision=args.student_revision)
     restore_local_source(student, location, args.teacher_model)  # the saved config names the source by folder name
