@@ -42,8 +42,8 @@ from pathlib import Path
 # Before torch is imported (diffusers imports it): spinning OpenMP waits stall badly on shared cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkout's package, then reproduce_paper
-from reproduce_paper import Cells  # noqa: E402  (the same append-only cell store)
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkout's package, then benchmarks/paper
+from paper.cells import Cells  # noqa: E402  (the append-only cell store of every toy-world grid)
 
 TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
 COMPONENT_SETS = ("text_encoder", "transformer", "both")

@@ -1,4 +1,4 @@
-"""benchmarks/reproduce_paper.py: the claim checks on known numbers, and a tiny end-to-end run on the toy world."""
+"""benchmarks/reproduce_paper.py (the package benchmarks/paper/): the claim checks on known numbers, and a tiny end-to-end run on the toy world."""
 
 import importlib.util
 import json
@@ -15,6 +15,12 @@ def rp():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _markdown(claims: list[dict]) -> str:
+    from paper.report import _claims_markdown  # the package reproduce_paper.py puts on the path
+
+    return "\n".join(_claims_markdown({"claims": claims, "num_layers": 12}))
 
 
 def _cell(overall: float, score: float | None = None) -> dict:
@@ -82,7 +88,7 @@ def test_claims_report_where_they_fail(rp):
     restore = claims["distillation_restores"]
     assert (restore["won"], restore["total"]) == (1, 1)
     assert restore["verdict"] == "partly"  # improves every cell but closes < half the gap
-    markdown = "\n".join(rp._claims_markdown({"claims": list(claims.values()), "num_layers": 12}))
+    markdown = _markdown(list(claims.values()))
     assert "Where preference loses: latent at 40% (5 of 12) (31.7% vs 23.3%)." in markdown
     assert "**Partly holds**" in markdown
 
@@ -173,7 +179,7 @@ def test_ties_do_not_count_as_losses(rp):
     assert (similarity["won"], similarity["tied"], similarity["lost"]) == (1, 1, 0)
     assert (similarity["seed_won"], similarity["seed_tied"], similarity["seed_total"]) == (1, 3, 4)
     assert similarity["verdict"] == "holds"
-    markdown = "\n".join(rp._claims_markdown({"claims": [similarity], "num_layers": 12}))
+    markdown = _markdown([similarity])
     assert "Ties (equal mean accuracy): latent at 15% (2 of 12) (45.0% vs 45.0%)." in markdown
     # with the blocks recorded (as in real cells), a tie from identical choices says so
     per_seed = _per_seed(pruned)
@@ -181,6 +187,6 @@ def test_ties_do_not_count_as_losses(rp):
         for cell in per_seed["pruned"]["0.15"][criterion].values():
             cell["dropped"] = [6, 7]
     similarity = rp.check_claims(per_seed, {"overall": 0.6, "toy_score": 0.6})[0]
-    markdown = "\n".join(rp._claims_markdown({"claims": [similarity], "num_layers": 12}))
+    markdown = _markdown([similarity])
     assert "latent at 15% (2 of 12) (45.0% vs 45.0%, the same blocks in every seed)." in markdown
     assert "loses" not in markdown

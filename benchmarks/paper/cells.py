@@ -1,0 +1,66 @@
+"""Cells: one judged model (teacher, pruned or distilled) per line of a JSONL file, appended as soon as it is done,
+so a killed run loses at most the cell it was computing. Used by every toy-world benchmark that runs a grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+
+def cell_key(stage: str, seed: int, dropped, variant: str = "") -> str:
+    """``variant`` names the distillation settings, so cells of other budgets in the same folder are not reused."""
+    stage = f"{stage}[{variant}]" if variant else stage
+    return f"{stage}|seed={seed}|drop={','.join(str(b) for b in dropped)}"
+
+
+class Cells:
+    """Append-only store of judged cells; a line is written (and flushed to disk) as soon as its cell is done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict] = {}
+        self.computed = 0
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a kill: that cell is computed again
+                        continue
+                    self.records[record["key"]] = record
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def put(self, key: str, record: dict) -> dict:
+        record = {"key": key, **record}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[key] = record
+        self.computed += 1
+        return record
+
+
+def mean_std(values: list[float]) -> dict:
+    values = [float(v) for v in values]
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "values": values,
+    }
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (the library's atomic file: a reader never sees half a file)."""
+    from diffusers_layerprune.outputs import atomic_output_file
+
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(text)

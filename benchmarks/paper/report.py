@@ -1,0 +1,251 @@
+"""docs/results.md and docs/results.png from the experiment's result (the JSON written by :mod:`paper.run`).
+The page's prose lives in ``results.md.in`` beside this file; this module fills in its numbers and tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+
+from .claims import CRITERIA, RESTORED, SPAN, blocks_to_drop
+
+TEMPLATE = Path(__file__).with_name("results.md.in")
+
+
+def _fmt(row: dict | None, metric: str, percent: bool = True) -> str:
+    if row is None:
+        return "-"
+    m = row[metric]
+    if percent:
+        return f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
+    return f"{m['mean']:.3f} ± {m['std']:.3f}"
+
+
+def _ratio_label(ratio: str, depth: int) -> str:
+    return f"{float(ratio):.0%} ({blocks_to_drop(float(ratio), depth)} of {depth})"
+
+
+def write_plot(result: dict, path: Path) -> None:
+    """Top row: every criterion before distillation; bottom row: the distilled criteria before (solid) and after
+    (dashed) distillation. Left: judge accuracy, right: toy preference score; error bars are the std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table, depth = result["table"], result["num_layers"]
+    ratios = sorted(table.get("pruned", {}), key=float)
+    ks = [blocks_to_drop(float(r), depth) for r in ratios]
+    names = [*CRITERIA, SPAN]
+    colours = dict(zip(names, plt.get_cmap("tab10").colors, strict=False))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex=True)
+    panels = {
+        (0, "overall"): "before distillation: all four attributes right",
+        (0, "toy_score"): "before distillation: toy preference score",
+        (1, "overall"): "distillation: all four attributes right",
+        (1, "toy_score"): "distillation: toy preference score",
+    }
+    for (row, metric), title in panels.items():
+        ax = axes[row][0 if metric == "overall" else 1]
+        ax.axhline(result["teacher"][metric]["mean"], color="black", lw=1, ls=":", label="teacher (12 blocks)")
+        stages = [("pruned", "-", "o")] if row == 0 else [("pruned", "-", "o"), ("distilled", "--", "s")]
+        for stage, style, marker in stages:
+            for criterion in names:
+                if row == 1 and criterion not in result["distill_criteria"]:
+                    continue
+                cells = [table.get(stage, {}).get(r, {}).get(criterion) for r in ratios]
+                points = [(k, c[metric]) for k, c in zip(ks, cells, strict=True) if c]
+                if not points:
+                    continue
+                label = criterion if stage == "pruned" else f"{criterion} + distillation"
+                ax.errorbar(
+                    [k for k, _ in points],
+                    [m["mean"] for _, m in points],
+                    yerr=[m["std"] for _, m in points],
+                    ls=style,
+                    marker=marker,
+                    ms=4,
+                    capsize=3,
+                    color=colours[criterion],
+                    label=label,
+                )
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.set_xticks(ks, [f"{k} ({float(r):.0%})" for k, r in zip(ks, ratios, strict=True)])
+        if row == 1:
+            ax.set_xlabel(f"blocks removed of {depth}")
+        if metric == "overall":
+            ax.set_ylabel("held-out, mean ± std over seeds")
+        if metric == "toy_score":
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+VERDICT_WORDS = {"holds": "**Holds**", "partly": "**Partly holds**", "does not hold": "**Does not hold**"}
+
+
+def _claims_markdown(result: dict) -> list[str]:
+    lines = []
+    depth = result["num_layers"]
+    for claim in result["claims"]:
+        verdict = VERDICT_WORDS.get(claim["verdict"], claim["verdict"])
+        lines.append(f"- {verdict}: {claim['claim']}")
+        if claim["id"] == "distillation_restores":
+            if claim["total"] == 0:
+                lines.append("  Not measured (no distilled cells).")
+                continue
+            lines.append(
+                f"  Distillation improved the all-four-right accuracy in {claim['won']} of {claim['total']} "
+                f"(criterion, ratio) cells and closed on average {100 * claim['mean_gap_closed']:.0f}% of the gap to "
+                "the teacher:"
+            )
+            for c in claim["comparisons"]:
+                closed = "-" if c["gap_closed"] is None else f"{100 * c['gap_closed']:.0f}%"
+                lines.append(
+                    f"  {c['criterion']} at {_ratio_label(c['ratio'], depth)}: {100 * c['before']:.1f}% -> "
+                    f"{100 * c['after']:.1f}% (gap closed {closed}; toy score {c['toy_score_before']:.3f} -> "
+                    f"{c['toy_score_after']:.3f});"
+                )
+            continue
+        if claim["total"] == 0:
+            lines.append("  Not measured.")
+            continue
+        lost = [c for c in claim["comparisons"] if not c["wins"] and not c["ties"]]
+        tied = [c for c in claim["comparisons"] if c["ties"]]
+        lines.append(
+            f"  Preference has the higher mean accuracy in {claim['won']} of {claim['total']} (ratio, rival) "
+            f"comparisons, the same in {claim['tied']}, a lower one in {claim['lost']}; seed by seed it is higher "
+            f"in {claim['seed_won']} of {claim['seed_total']} and the same in {claim['seed_tied']}. Mean toy score: "
+            f"higher in {claim['toy_score_won']} of {claim['total']}."
+        )
+
+        def where(items):
+            return "; ".join(
+                f"{c['other']} at {_ratio_label(c['ratio'], depth)} ({100 * c['other_overall']:.1f}% vs "
+                f"{100 * c['reference_overall']:.1f}%"
+                + (", the same blocks in every seed)" if c.get("same_blocks") else ")")
+                for c in items
+            )
+
+        if tied:
+            lines.append(f"  Ties (equal mean accuracy): {where(tied)}.")
+        if lost:
+            lines.append(f"  Where preference loses: {where(lost)}.")
+    return lines
+
+
+def _ranking_lines(result: dict) -> list[str]:
+    """Per ratio, the criteria ranked by mean all-four-right accuracy, before and after distillation."""
+    table, depth = result["table"], result["num_layers"]
+    teacher = 100 * result["teacher"]["overall"]["mean"]
+    lines = []
+    for ratio in sorted(table.get("pruned", {}), key=float):
+        line = f"- {_ratio_label(ratio, depth)} removed (teacher {teacher:.1f}%):"
+        for stage, label in (("pruned", "before distillation"), ("distilled", "after distillation")):
+            rows = table.get(stage, {}).get(ratio, {})
+            ranked = sorted(
+                ((row["overall"]["mean"], name) for name, row in rows.items() if name != SPAN), reverse=True
+            )
+            if ranked:
+                text = f"{ranked[0][1]} {100 * ranked[0][0]:.1f}%"
+                for (previous, _), (mean, name) in zip(ranked, ranked[1:], strict=False):
+                    text += f" {'=' if mean == previous else '>'} {name} {100 * mean:.1f}%"
+                line += f" {label}, {text};"
+        lines.append(line.rstrip(";") + ".")
+    return lines
+
+
+def _stage_table(table: dict, ratios: list[str], depth: int, stage: str, metric: str, percent: bool) -> list[str]:
+    """Criteria x ratios, mean ± std; distilled cells read ``before -> after ± std``."""
+    rows = table.get(stage, {})
+    criteria = [c for c in [*CRITERIA, SPAN] if any(c in rows.get(r, {}) for r in ratios)]
+    lines = ["| criterion | " + " | ".join(_ratio_label(r, depth) for r in ratios) + " |"]
+    lines.append("|---" * (len(ratios) + 1) + "|")
+    for criterion in criteria:
+        cells = []
+        for r in ratios:
+            cell = _fmt(rows.get(r, {}).get(criterion), metric, percent)
+            before = table["pruned"].get(r, {}).get(criterion)
+            if stage == "distilled" and cell != "-" and before is not None:
+                mean = before[metric]["mean"]
+                cell = (f"{100 * mean:.1f}" if percent else f"{mean:.3f}") + f" → {cell}"
+            cells.append(cell)
+        lines.append(f"| {criterion} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _section(table: dict, ratios: list[str], depth: int, title: str, stage: str) -> str:
+    lines = [f"## {title}", "", "Judge accuracy, all four attributes right (%):", ""]
+    lines += [*_stage_table(table, ratios, depth, stage, "overall", True), "", "Toy preference score:", ""]
+    lines += [*_stage_table(table, ratios, depth, stage, "toy_score", False), ""]
+    return "\n".join(lines)
+
+
+def _per_attribute(table: dict, ratios: list[str], depth: int) -> str:
+    out = []
+    for ratio in ratios:
+        out += [f"{_ratio_label(ratio, depth)} removed:", "", "| criterion | colour | position | shape | size |"]
+        out.append("|---|---|---|---|---|")
+        for criterion, row in table["pruned"][ratio].items():
+            attributes = ("colour", "position", "shape", "size")
+            out.append(f"| {criterion} | " + " | ".join(f"{100 * row[m]['mean']:.1f}" for m in attributes) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _blocks_removed(result: dict, ratios: list[str], depth: int) -> str:
+    seeds = result["seeds"]
+    out = ["| criterion | " + " | ".join(_ratio_label(r, depth) for r in ratios) + " |"]
+    out.append("|---" * (len(ratios) + 1) + "|")
+    for criterion in [*CRITERIA, SPAN]:
+        plans = result["plans"].get(criterion)
+        if not plans:
+            continue
+        cells = [" / ".join(str(plans[r][str(s)]) for s in seeds if str(s) in plans.get(r, {})) for r in ratios]
+        out.append(f"| {criterion} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def render_results(result: dict) -> str:
+    table, depth, settings = result["table"], result["num_layers"], result["settings"]
+    ratios = sorted(table.get("pruned", {}), key=float)
+    teacher, seeds = result["teacher"], result["seeds"]
+    fields = {
+        "minutes": f"{result['total_minutes']:.0f}",
+        "machine": result["machine"],
+        "command": result["command"],
+        "seeds": ", ".join(map(str, seeds)),
+        "score_prompts": settings["score_prompts"],
+        "criteria": ", ".join(result["criteria"]),
+        "span": SPAN,
+        "num_inference_steps": settings["num_inference_steps"],
+        "guidance_scale": settings["guidance_scale"],
+        "resolution": settings["resolution"],
+        "ratios": ", ".join(_ratio_label(r, depth) for r in ratios),
+        "all_eval": "all " if result["eval_prompts"] == 216 else "",
+        "eval_prompts": result["eval_prompts"],
+        "distill_criteria": ", ".join(result["distill_criteria"]),
+        "distill_steps": settings["distill_steps"],
+        "distill_batch_size": settings["distill_batch_size"],
+        "learning_rate": settings["learning_rate"],
+        "teacher_overall": f"{100 * teacher['overall']['mean']:.1f}% ± {100 * teacher['overall']['std']:.1f}",
+        "teacher_toy_score": f"{teacher['toy_score']['mean']:.3f} ± {teacher['toy_score']['std']:.3f}",
+        "ranking": "\n".join(_ranking_lines(result)),
+        "restored": f"{RESTORED:.0%}",
+        "claims": "\n".join(_claims_markdown(result)),
+        "before_distillation": _section(table, ratios, depth, "Before distillation", "pruned"),
+        "after_distillation": _section(
+            table,
+            ratios,
+            depth,
+            f"After distillation ({settings['distill_steps']} steps; before → after ± std)",
+            "distilled",
+        ),
+        "per_attribute": _per_attribute(table, ratios, depth),
+        "blocks_removed": _blocks_removed(result, ratios, depth),
+        "seed_count": len(seeds),
+        "seed_plural": "s" if len(seeds) > 1 else "",
+    }
+    return Template(TEMPLATE.read_text()).substitute(fields)
