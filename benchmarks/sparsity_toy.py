@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import time
@@ -44,8 +43,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkout's package, then benchmarks/paper
 from paper.cells import Cells  # noqa: E402  (the append-only cell store of every toy-world grid)
+from paper.distil import distil  # noqa: E402  (the same distillation recipe as reproduce_paper.py)
 
-TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
 COMPONENT_SETS = ("text_encoder", "transformer", "both")
 METHODS = ("magnitude", "wanda")
 SPARSITIES = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -782,33 +781,11 @@ class Benchmark:
     def distil(self, student_dir: Path, out: Path, seed: int) -> float:
         if (out / "model_index.json").is_file():
             return 0.0
-        resume = ["--resume_from_checkpoint", "latest"] if any(out.glob("checkpoint-*")) else []
-        steps = self.args.distill_steps
-        cmd = [
-            sys.executable, str(TRAIN_SCRIPT),
-            "--teacher_model", "toy",
-            "--student_model", str(student_dir),
-            "--output_dir", str(out),
-            "--max_train_steps", str(steps),
-            "--train_batch_size", str(self.args.distill_batch_size),
-            "--learning_rate", str(self.args.learning_rate),
-            "--lr_scheduler", "cosine",
-            "--lr_warmup_steps", str(max(1, steps // 20)),
-            "--checkpointing_steps", str(max(1, steps // 2)),
-            "--checkpoints_total_limit", "1",
-            "--seed", str(seed),
-            "--report_to", "none",
-            *resume,
-        ]  # fmt: skip
-        start = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
-        log = out.parent / f"{out.name}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        with log.open("a") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        if code != 0:
-            raise RuntimeError(f"distillation failed ({log}):\n" + "".join(log.read_text().splitlines(True)[-20:]))
-        return time.perf_counter() - start
+        return distil(
+            "toy", student_dir, out, steps=self.args.distill_steps, batch_size=self.args.distill_batch_size,
+            learning_rate=self.args.learning_rate, seed=seed, log=out.parent / f"{out.name}.log",
+        )  # fmt: skip
 
     def combination(self) -> dict:
         import copy

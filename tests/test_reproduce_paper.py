@@ -99,7 +99,7 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     args = [
         "--seeds", "0,1",
         "--ratios", "0.2",
-        "--criteria", "preference,block_influence,weight_norm,random",
+        "--criteria", "preference,block_influence,weight_norm,random,learnable",
         "--distill-criteria", "random",
         "--score-prompts", "2",
         "--eval-prompts", "4",
@@ -107,6 +107,10 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
         "--distill-steps", "1",
         "--distill-batch-size", "2",
         "--distill-samples", "2",
+        "--learn-steps", "2",
+        "--learn-batch-size", "2",
+        "--budget-steps", "2",
+        "--budget-ratios", "0.2",
         "--output", str(out),
         "--results", str(tmp_path / "results.json"),
         "--doc", str(tmp_path / "docs" / "results.md"),
@@ -115,21 +119,38 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     first = capsys.readouterr().out
     lines = (out / "cells.jsonl").read_text().splitlines()
     stages = [json.loads(line)["stage"] for line in lines]
-    # per seed: 4 importance timings, the teacher, one cell per distinct pruned set (<= 4), 1 distilled cell
-    assert stages.count("score") == 8 and stages.count("teacher") == 2 and stages.count("distilled") == 2
-    assert 2 <= stages.count("pruned") <= 8
+    # per seed: 4 importance timings + 1 learnable training, the teacher, one cell per distinct pruned set (<= 5),
+    # 1 distilled cell, and 1 longer distillation of the best distilled criterion (the budget curve)
+    assert stages.count("score") == 10 and stages.count("teacher") == 2 and stages.count("distilled") == 4
+    assert 2 <= stages.count("pruned") <= 10
     assert f"{len(lines)} cells computed" in first
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["seeds"] == [0, 1] and result["num_layers"] == 12 and result["eval_prompts"] == 4
-    assert set(result["table"]["pruned"]["0.20"]) == {"preference", "block_influence", "weight_norm", "random"}
+    assert set(result["table"]["pruned"]["0.20"]) == {
+        "preference",
+        "block_influence",
+        "weight_norm",
+        "random",
+        "learnable",
+    }
     assert set(result["table"]["distilled"]["0.20"]) == {"random"}
     assert result["table"]["pruned"]["0.20"]["random"]["overall"]["n"] == 2
-    assert all(len(result["plans"][c]["0.20"]["0"]) == 2 for c in ("preference", "random"))  # 20% of 12 -> 2
+    assert all(len(result["plans"][c]["0.20"]["0"]) == 2 for c in ("preference", "random", "learnable"))  # 20% of 12
+    # the budget curve: the only distilled criterion, after 1 and 2 steps, both seeds; what each selection cost
+    budget = result["budget"]["0.20"]
+    assert budget["criterion"] == "random" and sorted(budget["steps"]) == ["1", "2"]
+    assert budget["steps"]["2"]["seeds"] == [0, 1] and budget["steps"]["2"]["overall"]["n"] == 2
+    assert (
+        result["selection_cost"]["learnable-k2"]["remove"] == 2
+        and result["selection_cost"]["preference"]["seconds"] > 0
+    )
     assert {c["id"] for c in result["claims"]} >= {"preference_beats_similarity", "distillation_restores"}
     assert not list(out.glob("seed-*/models/*/*"))  # distilled models are removed once judged
     doc = (tmp_path / "docs" / "results.md").read_text()
     assert "--distill-criteria random" in doc and "## Before distillation" in doc and "| random |" in doc
     assert (tmp_path / "docs" / "results.png").stat().st_size > 10_000
+    assert "## Distillation budget" in doc and "| 20% (2 of 12) | random |" in doc and "learnable (remove 2)" in doc
+    assert (tmp_path / "docs" / "results_budget.png").stat().st_size > 10_000
 
     rp.main(args)  # everything is reused
     assert "0 cells computed" in capsys.readouterr().out
@@ -139,13 +160,15 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     rp.main([*args, "--report-only"])
     assert (tmp_path / "docs" / "results.md").read_text() == doc
 
-    # another distillation budget in the same folder: only its distilled cells run, in their own slot
-    longer = [*args, "--distill-steps", "2"]  # argparse keeps the last value
-    rp.main(longer)
-    out_text = capsys.readouterr().out
-    assert "2 cells computed" in out_text
+    # another distillation budget in the same folder uses its own slot: the 2-step cells the budget curve made are
+    # what a --distill-steps 2 run reads, so nothing is computed again
+    rp.main([*args, "--distill-steps", "2", "--budget-steps", ""])  # argparse keeps the last value
+    assert "0 cells computed" in capsys.readouterr().out
     result = json.loads((tmp_path / "results.json").read_text())
-    assert result["settings"]["distill_steps"] == 2
+    assert result["settings"]["distill_steps"] == 2 and "budget" not in result
+    assert (
+        result["table"]["distilled"]["0.20"]["random"]["overall"]["values"] == budget["steps"]["2"]["overall"]["values"]
+    )
     assert "--distill-steps 2" in (tmp_path / "docs" / "results.md").read_text()
 
     # cells judged with other settings are never mixed in: a clear error, nothing written
@@ -165,6 +188,17 @@ def test_bad_arguments_exit_2_and_write_nothing(rp, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         rp.main(["--distill-criteria", "latent", "--criteria", "preference", "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists()
+    for bad, message in (
+        (["--budget-ratios", "0.3"], "--budget-ratios 0.3 are not among --ratios"),
+        (["--budget-steps", "many"], "--budget-steps takes step counts"),
+        (["--budget-steps", "0"], "--budget-steps must be positive"),
+        (["--learn-steps", "0"], "--learn-steps must be at least 1"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            rp.main([*bad, "--output", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

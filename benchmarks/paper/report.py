@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
-from .claims import CRITERIA, RESTORED, SPAN, blocks_to_drop
+from .claims import CRITERIA, GOALS, LEARNABLE, RESTORED, SPAN, blocks_to_drop
 
 TEMPLATE = Path(__file__).with_name("results.md.in")
 
@@ -112,10 +112,11 @@ def _claims_markdown(result: dict) -> list[str]:
         if claim["total"] == 0:
             lines.append("  Not measured.")
             continue
+        reference = claim.get("reference", "preference")
         lost = [c for c in claim["comparisons"] if not c["wins"] and not c["ties"]]
         tied = [c for c in claim["comparisons"] if c["ties"]]
         lines.append(
-            f"  Preference has the higher mean accuracy in {claim['won']} of {claim['total']} (ratio, rival) "
+            f"  {reference.capitalize()} has the higher mean accuracy in {claim['won']} of {claim['total']} (ratio, rival) "
             f"comparisons, the same in {claim['tied']}, a lower one in {claim['lost']}; seed by seed it is higher "
             f"in {claim['seed_won']} of {claim['seed_total']} and the same in {claim['seed_tied']}. Mean toy score: "
             f"higher in {claim['toy_score_won']} of {claim['total']}."
@@ -132,7 +133,7 @@ def _claims_markdown(result: dict) -> list[str]:
         if tied:
             lines.append(f"  Ties (equal mean accuracy): {where(tied)}.")
         if lost:
-            lines.append(f"  Where preference loses: {where(lost)}.")
+            lines.append(f"  Where {reference} loses: {where(lost)}.")
     return lines
 
 
@@ -247,5 +248,153 @@ def render_results(result: dict) -> str:
         "blocks_removed": _blocks_removed(result, ratios, depth),
         "seed_count": len(seeds),
         "seed_plural": "s" if len(seeds) > 1 else "",
+        "budget": _budget_section(result),
+        "cost": _cost_section(result),
+        "learnable": _learnable_line(result),
+        "budget_limit": _budget_limit(result),
     }
     return Template(TEMPLATE.read_text()).substitute(fields)
+
+
+def _budget_section(result: dict) -> str:
+    """The distillation budget curve: a table of the best criterion after every budget, the share of the teacher it
+    keeps, and the goal; empty when the run had no budget curve."""
+    budget = result.get("budget")
+    if not budget:
+        return ""
+    depth, teacher = result["num_layers"], result["teacher"]["overall"]["mean"]
+    steps = sorted({int(n) for entry in budget.values() for n in entry["steps"]})
+    lines = [
+        "## Distillation budget",
+        "",
+        "At each ratio below, the criterion with the best mean accuracy after "
+        f"{result['settings']['distill_steps']} steps was distilled again with longer budgets (the same recipe: "
+        "cosine schedule over the whole run, 5% warm-up) and judged on the same held-out captions. Cells: all four "
+        "right, mean ± std over the seeds (n), and the share of the teacher's accuracy "
+        f"({100 * teacher:.1f}%) kept.",
+        "",
+        "| removed | criterion | " + " | ".join(f"{n} steps" for n in steps) + " | goal |",
+        "|---" * (len(steps) + 3) + "|",
+    ]
+    verdicts = []
+    for r, entry in sorted(budget.items(), key=lambda item: float(item[0])):
+        cells = []
+        for n in steps:
+            row = entry["steps"].get(str(n))
+            if row is None:
+                cells.append("-")
+                continue
+            m = row["overall"]
+            cells.append(f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} (n={m['n']}; {m['mean'] / teacher:.0%})")
+        goal = GOALS.get(r)
+        goal_text = f"≥ {goal:.0%} of the teacher ({100 * goal * teacher:.1f}%)" if goal else "-"
+        lines.append(f"| {_ratio_label(r, depth)} | {entry['criterion']} | " + " | ".join(cells) + f" | {goal_text} |")
+        if goal and entry["steps"]:
+            done = {int(n): row["overall"]["mean"] for n, row in entry["steps"].items()}
+            reached = [n for n in sorted(done) if done[n] >= goal * teacher]
+            best_n = max(done, key=done.get)
+            if reached:
+                verdicts.append(
+                    f"- {_ratio_label(r, depth)} removed: the goal ({goal:.0%} of the teacher) is reached after "
+                    f"{reached[0]} steps ({done[reached[0]] / teacher:.0%})."
+                )
+            else:
+                verdicts.append(
+                    f"- {_ratio_label(r, depth)} removed: the goal ({goal:.0%} of the teacher) is not reached by "
+                    f"{max(done)} steps; the best budget keeps {done[best_n] / teacher:.0%} ({best_n} steps)."
+                )
+    lines += ["", *verdicts, ""] if verdicts else [""]
+    lines += ["![accuracy against distillation steps](results_budget.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _cost_section(result: dict) -> str:
+    """What one seed's selection cost, per criterion (mean over the seeds)."""
+    costs = result.get("selection_cost")
+    if not costs:
+        return ""
+    s, depth = result["settings"], result["num_layers"]
+    lines = [
+        "## What each selection costs",
+        "",
+        "Per seed, mean over the seeds, on the machine of this run. The preference criterion generates every "
+        f"prompt's image with each block removed: ({depth} + 1) x {s['score_prompts']} = "
+        f"{(depth + 1) * s['score_prompts']} images of {s['num_inference_steps']} sampler steps. The learnable "
+        f"selection is trained once per removal count: {s.get('learn_steps')} steps of {s.get('learn_batch_size')} "
+        f"prompts at the scan's probe timesteps against the full model's predictions on the same "
+        f"{s['score_prompts']} captions (no image is generated); the similarity criteria read hidden states of the "
+        "same scan.",
+        "",
+        "| criterion | seconds |",
+        "|---|---|",
+    ]
+    for name, row in costs.items():
+        label = f"{LEARNABLE} (remove {row['remove']})" if name.startswith(LEARNABLE) else name
+        lines.append(f"| {label} | {row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def write_budget_plot(result: dict, path: Path) -> None:
+    """All-four-right accuracy against distillation steps for each budget ratio, with the teacher and the goals."""
+    budget = result.get("budget")
+    if not budget:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depth, teacher = result["num_layers"], result["teacher"]["overall"]["mean"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axhline(100 * teacher, color="black", lw=1, ls=":", label=f"teacher ({depth} blocks)")
+    for colour, (r, entry) in zip(plt.get_cmap("tab10").colors, sorted(budget.items()), strict=False):
+        points = sorted((int(n), row["overall"]) for n, row in entry["steps"].items())
+        if not points:
+            continue
+        ax.errorbar(
+            [n for n, _ in points],
+            [100 * m["mean"] for _, m in points],
+            yerr=[100 * m["std"] for _, m in points],
+            marker="o",
+            capsize=3,
+            color=colour,
+            label=f"{_ratio_label(r, depth)} removed, {entry['criterion']}",
+        )
+        if r in GOALS:
+            ax.axhline(100 * GOALS[r] * teacher, color=colour, lw=1, ls="--", label=f"goal: {GOALS[r]:.0%} of teacher")
+    ax.set_xscale("log")
+    steps = sorted({int(n) for e in budget.values() for n in e["steps"]})
+    ax.set_xticks(steps, [str(n) for n in steps])
+    ax.set_xlabel("distillation steps")
+    ax.set_ylabel("held-out, all four right (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _learnable_line(result: dict) -> str:
+    if LEARNABLE not in result["criteria"]:
+        return ""
+    s = result["settings"]
+    return (
+        f"\n- `{LEARNABLE}` (TinyFusion, Fang et al., CVPR 2025): a categorical keep-mask per group of blocks, sampled "
+        "with a straight-through Gumbel-softmax (temperature 4 -> 0.1) and trained jointly with a rank-4 LoRA that "
+        "simulates the recovery, against the full model's predictions; trained separately for each removal count "
+        f"({s.get('learn_steps')} steps of {s.get('learn_batch_size')} prompts, the seed's {s['score_prompts']} "
+        "scoring captions, training seed = the seed)."
+    )
+
+
+def _budget_limit(result: dict) -> str:
+    budget = result.get("budget")
+    if not budget:
+        return "One distillation budget, full fine-tuning only (LoRA at this scale: docs/distillation.md)."
+    steps = sorted({int(n) for e in budget.values() for n in e["steps"]})
+    return (
+        f"Every criterion got the same {result['settings']['distill_steps']} distillation steps; the longer budgets "
+        f"({', '.join(str(n) for n in steps if n != result['settings']['distill_steps'])}) only the best criterion, "
+        "at the budget ratios. Full fine-tuning only (LoRA at this scale: docs/distillation.md)."
+    )

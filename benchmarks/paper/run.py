@@ -8,21 +8,31 @@ import json
 import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .cells import Cells, cell_key, mean_std, write_text
-from .claims import CRITERIA, DISTILL_CRITERIA, METRICS, RATIOS, SPAN, aggregate, blocks_to_drop, check_claims
-from .report import render_results, write_plot
+from .claims import (
+    BUDGET_RATIOS,
+    BUDGET_STEPS,
+    CRITERIA,
+    DISTILL_CRITERIA,
+    LEARNABLE,
+    METRICS,
+    RATIOS,
+    SPAN,
+    aggregate,
+    blocks_to_drop,
+    check_claims,
+)
+from .distil import distil
+from .report import render_results, write_budget_plot, write_plot
 
-ROOT = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
 
-
-def plans_for(importances: dict, ratios, depth: int) -> dict:
-    """``{ratio: {criterion: sorted blocks to drop}}`` with plan ``one_shot``; angular distance also with ``span``."""
+def plans_for(importances: dict, ratios, depth: int, learned: dict | None = None) -> dict:
+    """``{ratio: {criterion: sorted blocks to drop}}`` with plan ``one_shot``; angular distance also with ``span``.
+    ``learned`` maps a removal count ``k`` to the learnable selection trained for exactly that ``k``."""
     from diffusers_layerprune.importance import plan_blocks
 
     plans = {}
@@ -31,7 +41,17 @@ def plans_for(importances: dict, ratios, depth: int) -> dict:
         plans[ratio] = {name: sorted(plan_blocks(imp, k, "one_shot")) for name, imp in importances.items()}
         if "angular_distance" in importances:
             plans[ratio][SPAN] = sorted(plan_blocks(importances["angular_distance"], k, "span"))
+        if learned and k in learned:
+            plans[ratio][LEARNABLE] = sorted(plan_blocks(learned[k], k, "one_shot"))
     return plans
+
+
+def best_criterion(per_seed: dict, ratio: str, criteria) -> str | None:
+    """The distilled criterion with the highest mean all-four-right accuracy at ``ratio`` (first in order on ties)."""
+    by_criterion = per_seed.get("distilled", {}).get(ratio, {})
+    means = {c: mean_std([x["accuracy"]["overall"] for x in by_criterion[c].values()])["mean"]
+             for c in criteria if by_criterion.get(c)}  # fmt: skip
+    return max(means, key=lambda c: (means[c], -list(criteria).index(c))) if means else None
 
 
 def parse_args(argv=None, description: str | None = None):
@@ -50,6 +70,14 @@ def parse_args(argv=None, description: str | None = None):
     p.add_argument("--distill-batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--distill-samples", type=int, default=None, help="cap on distillation captions (tests)")
+    p.add_argument("--learn-steps", type=int, default=200, help="training steps of each learnable selection")
+    p.add_argument("--learn-batch-size", type=int, default=8, help="prompts per learnable training step")
+    p.add_argument(
+        "--budget-steps",
+        default=",".join(map(str, BUDGET_STEPS)),
+        help='longer distillation budgets for the best criterion at --budget-ratios ("" skips the budget curve)',
+    )
+    p.add_argument("--budget-ratios", default=",".join(map(str, BUDGET_RATIOS)), help="ratios of the budget curve")
     p.add_argument("--output", default="runs/reproduce_paper", help="cells, importance files, distilled models")
     p.add_argument("--results", default="benchmarks/results/reproduce_paper.json")
     p.add_argument("--doc", default="docs/results.md", help="the generated page; its plot goes next to it (.png)")
@@ -85,12 +113,39 @@ class Experiment:
             raise LayerPruneError(f"--distill-criteria {', '.join(missing)} must also be in --criteria")
         if not self.ratios or any(not 0 < r < 1 for r in self.ratios):
             raise LayerPruneError(f"--ratios must be fractions in (0, 1), got {args.ratios!r}")
+        try:
+            self.budget_steps = [int(x) for x in _names(args.budget_steps)]
+            self.budget_ratios = _floats(args.budget_ratios)
+        except ValueError:
+            raise LayerPruneError(
+                f"--budget-steps takes step counts and --budget-ratios fractions, separated by commas; got "
+                f"{args.budget_steps!r} and {args.budget_ratios!r}"
+            ) from None
+        if any(n < 1 for n in self.budget_steps):
+            raise LayerPruneError(f"--budget-steps must be positive step counts, got {args.budget_steps!r}")
+        outside = [r for r in self.budget_ratios if r not in self.ratios]
+        if self.budget_steps and outside:
+            raise LayerPruneError(
+                f"--budget-ratios {', '.join(map(str, outside))} are not among --ratios {args.ratios}: the budget "
+                "curve continues a ratio's distillation"
+            )
+        if self.budget_steps and not self.distill_criteria:
+            raise LayerPruneError("--budget-steps needs --distill-criteria (it extends the best distilled criterion)")
+        for name, value in (("--learn-steps", args.learn_steps), ("--learn-batch-size", args.learn_batch_size)):
+            if value < 1:
+                raise LayerPruneError(f"{name} must be at least 1, got {value}")
+        self.budget_steps = [n for n in self.budget_steps if n != args.distill_steps]
         self.cells = Cells(self.output / "cells.jsonl")
-        self.distill_tag = f"steps{args.distill_steps}-bs{args.distill_batch_size}-lr{args.learning_rate:g}" + (
-            f"-n{args.distill_samples}" if args.distill_samples else ""
-        )
+        self.distill_tag = self.tag(args.distill_steps)
         self.started = time.time()
         self._pipe = None
+
+    def tag(self, steps: int) -> str:
+        """Names the distillation settings in a cell's key, so cells of other budgets are never mixed up."""
+        a = self.args
+        return f"steps{steps}-bs{a.distill_batch_size}-lr{a.learning_rate:g}" + (
+            f"-n{a.distill_samples}" if a.distill_samples else ""
+        )
 
     # -- models and data (loaded on first use, so --report-only needs nothing) ------------------------------------
     def setup(self) -> None:
@@ -181,6 +236,8 @@ class Experiment:
         )
         result = {}
         for name in self.criteria:
+            if name == LEARNABLE:  # trained per removal count: see learned()
+                continue
             path = folder / f"{name}.json"
             if path.is_file():
                 result[name] = LayerImportance.load(path)
@@ -193,50 +250,72 @@ class Experiment:
             print(f"  seed {seed}: {name} scored in {seconds:.0f} s", flush=True)
         return result
 
-    def plans(self, importances: dict) -> dict:
-        return plans_for(importances, self.ratios, self.depth)
+    def learned(self, seed: int) -> dict:
+        """TinyFusion's learnable selection for every removal count of the grid, trained on the captions the scan
+        scores with (``--learn-steps`` steps of ``--learn-batch-size`` prompts, seed ``seed``); ``{k: importance}``."""
+        import torch
+
+        from diffusers_layerprune.data import PromptSet
+        from diffusers_layerprune.importance import ImportanceScan, LayerImportance, compute_importance
+
+        if LEARNABLE not in self.criteria:
+            return {}
+        folder = self.output / f"seed-{seed}" / "importance"
+        prompts = random.Random(seed).sample(self.train_captions, self.args.score_prompts)
+        settings = self.settings.__class__(
+            **{**self.settings.__dict__, "seed": 1000 * seed, "batch_size": self.args.learn_batch_size}
+        )
+        learned = {}
+        for k in sorted({blocks_to_drop(r, self.depth) for r in self.ratios}):
+            path = folder / f"{LEARNABLE}-k{k}-steps{self.args.learn_steps}.json"
+            if path.is_file():
+                learned[k] = LayerImportance.load(path)
+                continue
+            scan = ImportanceScan(
+                self.pipe,
+                PromptSet(prompts, "toy:train", meta={"sample_seed": seed, "limit": self.args.score_prompts}),
+                settings,
+                model_id=self.args.model,
+                show_progress=False,
+            )
+            start = time.perf_counter()
+            with torch.enable_grad():
+                imp = compute_importance(LEARNABLE, scan, remove=k, steps=self.args.learn_steps, seed=seed)
+            seconds = time.perf_counter() - start
+            imp.save(path, plot=False)
+            info = imp.extra[LEARNABLE]
+            self.cells.put(
+                f"score|seed={seed}|{LEARNABLE}-k{k}",
+                {"stage": "score", "seed": seed, "seconds": seconds, "remove": k, "images": info.get("images"),
+                 "student_passes": info.get("student_passes")},
+            )  # fmt: skip
+            print(f"  seed {seed}: {LEARNABLE} (remove {k}) trained in {seconds:.0f} s", flush=True)
+            learned[k] = imp
+        return learned
+
+    def plans(self, importances: dict, learned: dict | None = None) -> dict:
+        return plans_for(importances, self.ratios, self.depth, learned)
 
     # -- step 3: distillation ---------------------------------------------------------------------------------
-    def distilled(self, seed: int, dropped) -> dict:
+    def distilled(self, seed: int, dropped, steps: int | None = None) -> dict:
         import shutil
 
         from diffusers_layerprune.modeling import load_pipeline, prune_pipeline, save_pruned_pipeline
 
         tag = "drop-" + "-".join(map(str, dropped))
-        folder = self.output / f"seed-{seed}" / "models" / self.distill_tag / tag
+        steps = steps or self.args.distill_steps
+        folder = self.output / f"seed-{seed}" / "models" / self.tag(steps) / tag
         pruned, final = folder / "pruned", folder / "distilled"
         if not (pruned / "model_index.json").is_file():
             save_pruned_pipeline(prune_pipeline(self.pipe, pruned_layers=list(dropped)), pruned, overwrite=True)
         train_seconds = 0.0
         if not (final / "model_index.json").is_file():
-            resume = ["--resume_from_checkpoint", "latest"] if any(final.glob("checkpoint-*")) else []
-            steps = self.args.distill_steps
-            cmd = [
-                sys.executable, str(TRAIN_SCRIPT),
-                "--teacher_model", self.args.model,
-                "--student_model", str(pruned),
-                "--output_dir", str(final),
-                "--max_train_steps", str(steps),
-                "--train_batch_size", str(self.args.distill_batch_size),
-                "--learning_rate", str(self.args.learning_rate),
-                "--lr_scheduler", "cosine",
-                "--lr_warmup_steps", str(max(1, steps // 20)),
-                "--checkpointing_steps", str(max(1, steps // 2)),
-                "--checkpoints_total_limit", "1",
-                "--seed", str(seed),
-                "--report_to", "none",
-                *(["--max_train_samples", str(self.args.distill_samples)] if self.args.distill_samples else []),
-                *resume,
-            ]  # fmt: skip
-            start = time.perf_counter()
             print(f"  distilling {tag} (seed {seed}, {steps} steps)", flush=True)
-            log = folder / "train.log"
-            with log.open("a") as f:
-                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-            if code != 0:
-                tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-                raise RuntimeError(f"distillation failed ({log}):\n{tail}")
-            train_seconds = time.perf_counter() - start
+            train_seconds = distil(
+                self.args.model, pruned, final, steps=steps, batch_size=self.args.distill_batch_size,
+                learning_rate=self.args.learning_rate, seed=seed, log=folder / "train.log",
+                max_train_samples=self.args.distill_samples,
+            )  # fmt: skip
             print(f"  distilled {tag} in {train_seconds:.0f} s", flush=True)
         student = load_pipeline(str(final))
         student.set_progress_bar_config(disable=True)
@@ -293,7 +372,7 @@ class Experiment:
         # Before distillation for every seed first (cheap), then the distillation runs (the long part).
         for seed in self.seeds:
             print(f"seed {seed}: scoring {len(self.criteria)} criteria", flush=True)
-            plans = self.plans(self.importances(seed))
+            plans = self.plans(self.importances(seed), self.learned(seed))
             all_plans[seed] = plans
             self.cell("teacher", seed, [], lambda s=seed: self.judge(self.pipe, [], s))
             for by_criterion in plans.values():
@@ -307,6 +386,17 @@ class Experiment:
                         "distilled", seed, dropped, lambda d=dropped, s=seed: self.distilled(s, d), self.distill_tag
                     )
         self.plans_by_seed = all_plans
+        # The budget curve: the criterion that distilled best at each budget ratio, with longer distillation.
+        per_seed = self.collect()["per_seed"]
+        for seed in self.seeds:
+            for steps in self.budget_steps:
+                for ratio in self.budget_ratios:
+                    best = best_criterion(per_seed, f"{ratio:.2f}", self.distill_criteria)
+                    dropped = all_plans[seed][ratio][best]
+                    self.cell(
+                        "distilled", seed, dropped,
+                        lambda d=dropped, s=seed, n=steps: self.distilled(s, d, n), self.tag(steps),
+                    )  # fmt: skip
 
     # -- report ---------------------------------------------------------------------------------------------------
     def collect(self) -> dict:
@@ -320,13 +410,18 @@ class Experiment:
         for seed in self.seeds:
             folder = self.output / f"seed-{seed}" / "importance"
             importances = {n: LayerImportance.load(folder / f"{n}.json") for n in self.criteria if (folder / f"{n}.json").is_file()}  # fmt: skip
-            if not importances:
+            learned = {}
+            if LEARNABLE in self.criteria:
+                for path in folder.glob(f"{LEARNABLE}-k*-steps{self.args.learn_steps}.json"):
+                    imp = LayerImportance.load(path)
+                    learned[imp.extra[LEARNABLE]["remove"]] = imp
+            if not importances and not learned:
                 continue
-            depth = len(next(iter(importances.values())).values)
+            depth = len(next(iter([*importances.values(), *learned.values()])).values)
             teacher = self.cells.get(cell_key("teacher", seed, []))
             if teacher:
                 teacher_cells.append(teacher)
-            for ratio, plans in plans_for(importances, self.ratios, depth).items():
+            for ratio, plans in plans_for(importances, self.ratios, depth, learned).items():
                 r = f"{ratio:.2f}"
                 for name, dropped in plans.items():
                     plans_out.setdefault(name, {}).setdefault(r, {})[str(seed)] = dropped
@@ -343,7 +438,9 @@ class Experiment:
             "overall": mean_std([c["accuracy"]["overall"] for c in teacher_cells]),
             "toy_score": mean_std([c["toy_score"] for c in teacher_cells]),
         }
-        used = {id(c) for c in teacher_cells} | {
+        budget = self._budget(per_seed, plans_out)
+        budget_cells = [c for entry in budget.values() for row in entry["steps"].values() for c in row.pop("cells")]
+        used = {id(c) for c in teacher_cells} | {id(c) for c in budget_cells} | {
             id(c) for by_ratio in per_seed.values() for by_c in by_ratio.values() for cells in by_c.values() for c in cells.values()
         }  # fmt: skip
         used_seeds = {c["seed"] for c in teacher_cells}
@@ -369,17 +466,66 @@ class Experiment:
                 "distill_batch_size": self.args.distill_batch_size,
                 "learning_rate": self.args.learning_rate,
                 "eval_seed": measured["eval_seed"],
+                **(
+                    {"learn_steps": self.args.learn_steps, "learn_batch_size": self.args.learn_batch_size}
+                    if LEARNABLE in self.criteria
+                    else {}
+                ),
             },
             "teacher": teacher,
             "table": aggregate(per_seed),
             "per_seed": per_seed,
             "plans": plans_out,
             "claims": check_claims(per_seed, {k: v["mean"] for k, v in teacher.items()}),
+            **({"budget": budget} if self.budget_steps else {}),
+            **({"selection_cost": self._costs(used_seeds)} if LEARNABLE in self.criteria else {}),
             "cell_seconds": seconds,
             "total_minutes": seconds / 60,
             "machine": f"{os.cpu_count()}-core CPU",
             "command": "python benchmarks/reproduce_paper.py" + _non_default_args(self.args),
         }
+
+    def _budget(self, per_seed: dict, plans: dict) -> dict:
+        """Per budget ratio: the best distilled criterion and its judged cells after every distillation budget."""
+        budget = {}
+        for ratio in self.budget_ratios if self.budget_steps else []:
+            r = f"{ratio:.2f}"
+            best = best_criterion(per_seed, r, self.distill_criteria)
+            if best is None:
+                continue
+            entry = {"criterion": best, "steps": {}}
+            for steps in sorted([self.args.distill_steps, *self.budget_steps]):
+                cells = []
+                for seed, dropped in sorted(plans[best][r].items()):
+                    cell = self.cells.get(cell_key("distilled", int(seed), dropped, self.tag(steps)))
+                    if cell:
+                        cells.append(cell)
+                if cells:
+                    entry["steps"][str(steps)] = {
+                        "overall": mean_std([c["accuracy"]["overall"] for c in cells]),
+                        "toy_score": mean_std([c["toy_score"] for c in cells]),
+                        "seeds": [c["seed"] for c in cells],
+                        "train_seconds": mean_std([c.get("train_seconds", 0.0) for c in cells]),
+                        "cells": cells,
+                    }
+            budget[r] = entry
+        return budget
+
+    def _costs(self, seeds) -> dict:
+        """What each selection cost per seed (mean over seeds): seconds, and for learnable its images and passes."""
+        rows: dict = {}
+        for record in self.cells.records.values():
+            if record.get("stage") != "score" or record["seed"] not in seeds:
+                continue
+            name = record["key"].split("|")[-1]
+            rows.setdefault(name, []).append(record)
+        out = {}
+        for name, records in sorted(rows.items()):
+            out[name] = {"seconds": mean_std([r["seconds"] for r in records])["mean"], "seeds": len(records)}
+            for field in ("remove", "images", "student_passes"):
+                if records[0].get(field) is not None:
+                    out[name][field] = records[0][field]
+        return out
 
     def report(self) -> dict:
         result = self.collect()
@@ -388,6 +534,7 @@ class Experiment:
         write_text(results, json.dumps(result, indent=2) + "\n")
         doc = Path(self.args.doc)
         write_plot(result, doc.with_suffix(".png"))
+        write_budget_plot(result, doc.with_name(doc.stem + "_budget.png"))
         write_text(doc, render_results(result))
         print(f"wrote {results}, {doc} and {doc.with_suffix('.png')}")
         for claim in result["claims"]:
