@@ -274,6 +274,10 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
         for k in ("model", "criterion", "scorer", "prompts", "num_prompts", "scan_steps", "seed", "dtype")
     }
     score_settings["exclude"] = eval_prompts
+    # A selection trained for one removal count (learnable) is scored for the count this recipe removes.
+    remove_for_score = _removal_count(recipe) if recipe.criterion in CRITERIA_FOR_ONE_COUNT else None
+    if remove_for_score is not None:
+        score_settings["remove"] = remove_for_score
     if not (state.done("score", score_settings) and importance_path.is_file()):
         processes = launch.resolved_num_processes()
         log(
@@ -283,7 +287,10 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
         start = time.perf_counter()
         state.start("score", score_settings)
         # Score on training prompts, never on evaluation prompts: that would flatter the evaluation.
-        _score(recipe, importance_path, recipe.prompts or defaults["score_prompts"], eval_prompts, launch, log)
+        _score(
+            recipe, importance_path, recipe.prompts or defaults["score_prompts"], eval_prompts, launch, log,
+            remove=remove_for_score,
+        )  # fmt: skip
         ran("score", score_settings, start)
     else:
         log(f"[1/5] reusing {importance_path}")
@@ -450,10 +457,31 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     return rows
 
 
-def _score(recipe: Recipe, output: Path, prompts: str, exclude: str, launch: LaunchSettings, log) -> None:
+# Criteria whose result depends on how many blocks will be removed (they learn a selection of exactly that size).
+CRITERIA_FOR_ONE_COUNT = ("learnable",)
+
+
+def _removal_count(recipe: Recipe) -> int | None:
+    """How many blocks the recipe removes, from the model's config (None when the config cannot be read here)."""
+    from .families import family_of_config
+    from .importance import num_to_remove
+    from .modeling import read_transformer_config
+
+    config = read_transformer_config(recipe.model)
+    if config is None:
+        return None
+    depth = family_of_config(config, str(recipe.model)).depth(config)
+    return num_to_remove(depth, recipe.num_layers, recipe.ratio, remove=recipe.remove)
+
+
+def _score(
+    recipe: Recipe, output: Path, prompts: str, exclude: str, launch: LaunchSettings, log, remove: int | None = None
+) -> None:
     """The score stage: :func:`score_blocks` in this process, or with several processes ``layerprune score``
-    under ``accelerate launch`` (each process scores its share of the variants)."""
+    under ``accelerate launch`` (each process scores its share of the variants). ``remove``: the removal count a
+    count-specific criterion (learnable) trains its selection for."""
     common = dict(
+        remove=remove,
         scorer=recipe.scorer,
         prompts=prompts,
         exclude_prompts=exclude,
@@ -477,6 +505,7 @@ def _score(recipe: Recipe, output: Path, prompts: str, exclude: str, launch: Lau
         "steps": "--steps",
         "seed": "--seed",
         "dtype": "--dtype",
+        "remove": "--remove",
     }
     args = [*(["--verbose"] if launch.verbose else []), "score", "--model", recipe.model]
     args += ["--criterion", recipe.criterion, "--output", str(output), "--overwrite"]

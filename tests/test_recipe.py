@@ -158,3 +158,23 @@ def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_th
     printed = capfd.readouterr()
     assert "on 2 processes" in printed.out and "Traceback" not in printed.out + printed.err
     assert "INFO" not in printed.out + printed.err
+
+
+def test_learnable_is_scored_for_the_count_the_recipe_removes(tmp_path, monkeypatch):
+    """A learnable selection is trained for one removal count: the recipe's, not the criterion's 25% default."""
+    import diffusers_layerprune.importance as importance
+    from diffusers_layerprune import recipe as recipe_module
+    from diffusers_layerprune.launch import LaunchSettings
+
+    assert recipe_module._removal_count(Recipe(model="toy", ratio=0.4)) == 5
+    assert recipe_module._removal_count(Recipe(model="toy", ratio=None, num_layers=10)) == 2
+    seen = {}
+
+    def fake_score_blocks(model, criterion, output, **kwargs):
+        seen.update(criterion=criterion, **kwargs)
+
+    monkeypatch.setattr(importance, "score_blocks", fake_score_blocks)
+    recipe = Recipe(model="toy", criterion="learnable", ratio=0.4, output=str(tmp_path / "r"))
+    remove = recipe_module._removal_count(recipe)
+    recipe_module._score(recipe, tmp_path / "imp.json", "toy:train", "toy:heldout", LaunchSettings(), print, remove)
+    assert seen["criterion"] == "learnable" and seen["remove"] == 5
