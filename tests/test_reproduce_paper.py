@@ -140,6 +140,9 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     budget = result["budget"]["0.20"]
     assert budget["criterion"] == "random" and sorted(budget["steps"]) == ["1", "2"]
     assert budget["steps"]["2"]["seeds"] == [0, 1] and budget["steps"]["2"]["overall"]["n"] == 2
+    # the longer runs are also judged on training captions, against the teacher there (is it the data that limits?)
+    assert budget["steps"]["2"]["train_overall"]["n"] == 2 and "train_overall" not in budget["steps"]["1"]
+    assert result["teacher_train"]["n"] == 2 and stages.count("teacher_train") == 2
     assert (
         result["selection_cost"]["learnable-k2"]["remove"] == 2
         and result["selection_cost"]["preference"]["seconds"] > 0

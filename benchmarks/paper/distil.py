@@ -29,7 +29,10 @@ def distil(
     The child imports this checkout's package first; its output goes to ``log``, whose tail a failure shows."""
     if (output / "model_index.json").is_file():
         return 0.0
-    resume = ["--resume_from_checkpoint", "latest"] if any(output.glob("checkpoint-*")) else []
+    if any(output.glob("checkpoint-*")):
+        resume = ["--resume_from_checkpoint", "latest"]
+    else:  # a run killed before its first checkpoint left nothing to resume: start it again
+        resume = ["--overwrite_output_dir"] if output.exists() else []
     cmd = [
         sys.executable, str(TRAIN_SCRIPT),
         "--teacher_model", teacher,

@@ -303,6 +303,26 @@ def _budget_section(result: dict) -> str:
                     f"- {_ratio_label(r, depth)} removed: the goal ({goal:.0%} of the teacher) is not reached by "
                     f"{max(done)} steps; the best budget keeps {done[best_n] / teacher:.0%} ({best_n} steps)."
                 )
+    teacher_train = result.get("teacher_train")
+    if teacher_train:
+        lines += [
+            "",
+            "The same models judged on as many *training* captions (the ones distillation trained on), same noise "
+            f"seeds; the teacher gets {100 * teacher_train['mean']:.1f}% there. A model that is much better on these "
+            "than on the held-out captions is limited by what its training data teaches, not by its budget:",
+            "",
+            "| removed | criterion | " + " | ".join(f"{n} steps" for n in steps) + " |",
+            "|---" * (len(steps) + 2) + "|",
+        ]
+        for r, entry in sorted(budget.items(), key=lambda item: float(item[0])):
+            cells = []
+            for n in steps:
+                row = entry["steps"].get(str(n), {})
+                m = row.get("train_overall")
+                cells.append(
+                    "-" if m is None else f"{100 * m['mean']:.1f} (held-out {100 * row['overall']['mean']:.1f})"
+                )
+            lines.append(f"| {_ratio_label(r, depth)} | {entry['criterion']} | " + " | ".join(cells) + " |")
     lines += ["", *verdicts, ""] if verdicts else [""]
     lines += ["![accuracy against distillation steps](results_budget.png)", ""]
     return "\n".join(lines) + "\n"

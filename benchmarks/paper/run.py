@@ -173,18 +173,27 @@ class Experiment:
         self.negative = encode_prompts(self.pipe, [""], max_sequence_length=length)
         self.depth = len(self.pipe.transformer.transformer_blocks)
 
-    def judge(self, pipe, dropped, seed: int) -> dict:
+    def judge(self, pipe, dropped, seed: int, train: bool = False) -> dict:
+        """Judge ``pipe`` with ``dropped`` skipped on the held-out captions, or (``train``) on as many training
+        captions (the first ones; the distillation trained on them), with the same noise seeds."""
         from diffusers_layerprune.blocks import skip_blocks
+        from diffusers_layerprune.data import encode_prompts
         from diffusers_layerprune.modeling import generate_from_embeddings
         from diffusers_layerprune.toy.judge import judge
 
         start = time.perf_counter()
         s = self.settings
-        seeds = [self.args.eval_seed + 1000 * seed + i for i in range(len(self.captions))]
+        captions, embeds = self.captions, self.embeds
+        if train:
+            captions = self.train_captions[: len(self.captions)]
+            if getattr(self, "train_embeds", None) is None:
+                self.train_embeds = encode_prompts(self.pipe, captions, max_sequence_length=s.max_sequence_length)
+            embeds = self.train_embeds
+        seeds = [self.args.eval_seed + 1000 * seed + i for i in range(len(captions))]
         with skip_blocks(pipe.transformer, list(dropped)):
             images = generate_from_embeddings(
                 pipe,
-                *self.embeds,
+                *embeds,
                 self.negative,
                 seeds=seeds,
                 num_inference_steps=s.num_inference_steps,
@@ -193,10 +202,10 @@ class Experiment:
                 max_sequence_length=s.max_sequence_length,
                 batch_size=self.args.batch_size,
             )
-        report = judge(images, self.captions)
+        report = judge(images, captions)
         return {
             "accuracy": {m: float(report.accuracy[m]) for m in METRICS},
-            "toy_score": float(self.scorer(images, self.captions).mean()),
+            "toy_score": float(self.scorer(images, captions).mean()),
             "seconds": time.perf_counter() - start,
         }
 
@@ -320,6 +329,8 @@ class Experiment:
         student = load_pipeline(str(final))
         student.set_progress_bar_config(disable=True)
         result = self.judge(student, [], seed)
+        if steps != self.args.distill_steps:  # the budget curve: is a longer run limited by what it generalises?
+            result["train_captions"] = self.judge(student, [], seed, train=True)
         result["train_seconds"] = train_seconds
         result["seconds"] += train_seconds
         if not self.args.keep_models:
@@ -375,6 +386,8 @@ class Experiment:
             plans = self.plans(self.importances(seed), self.learned(seed))
             all_plans[seed] = plans
             self.cell("teacher", seed, [], lambda s=seed: self.judge(self.pipe, [], s))
+            if self.budget_steps:  # the reference for the budget curve's accuracy on training captions
+                self.cell("teacher_train", seed, [], lambda s=seed: self.judge(self.pipe, [], s, train=True))
             for by_criterion in plans.values():
                 for dropped in by_criterion.values():
                     self.cell("pruned", seed, dropped, lambda d=dropped, s=seed: self.judge(self.pipe, d, s))
@@ -439,7 +452,10 @@ class Experiment:
             "toy_score": mean_std([c["toy_score"] for c in teacher_cells]),
         }
         budget = self._budget(per_seed, plans_out)
-        budget_cells = [c for entry in budget.values() for row in entry["steps"].values() for c in row.pop("cells")]
+        budget_cells = [*budget.pop("teacher_train_cells", [])]
+        budget_cells += [
+            c for e in budget.values() if "steps" in e for row in e["steps"].values() for c in row.pop("cells")
+        ]
         used = {id(c) for c in teacher_cells} | {id(c) for c in budget_cells} | {
             id(c) for by_ratio in per_seed.values() for by_c in by_ratio.values() for cells in by_c.values() for c in cells.values()
         }  # fmt: skip
@@ -477,7 +493,11 @@ class Experiment:
             "per_seed": per_seed,
             "plans": plans_out,
             "claims": check_claims(per_seed, {k: v["mean"] for k, v in teacher.items()}),
-            **({"budget": budget} if self.budget_steps else {}),
+            **(
+                {"budget": budget, "teacher_train": budget.pop("teacher_train_overall", None)}
+                if self.budget_steps
+                else {}
+            ),
             **({"selection_cost": self._costs(used_seeds)} if LEARNABLE in self.criteria else {}),
             "cell_seconds": seconds,
             "total_minutes": seconds / 60,
@@ -501,7 +521,9 @@ class Experiment:
                     if cell:
                         cells.append(cell)
                 if cells:
+                    on_train = [c["train_captions"]["accuracy"]["overall"] for c in cells if "train_captions" in c]
                     entry["steps"][str(steps)] = {
+                        **({"train_overall": mean_std(on_train)} if on_train else {}),
                         "overall": mean_std([c["accuracy"]["overall"] for c in cells]),
                         "toy_score": mean_std([c["toy_score"] for c in cells]),
                         "seeds": [c["seed"] for c in cells],
@@ -509,6 +531,10 @@ class Experiment:
                         "cells": cells,
                     }
             budget[r] = entry
+        teacher = [c for c in (self.cells.get(cell_key("teacher_train", s, [])) for s in self.seeds) if c]
+        if budget and teacher:
+            budget["teacher_train_overall"] = mean_std([c["accuracy"]["overall"] for c in teacher])
+            budget["teacher_train_cells"] = teacher
         return budget
 
     def _costs(self, seeds) -> dict:
