@@ -285,7 +285,13 @@ def _budget_section(result: dict) -> str:
                 cells.append("-")
                 continue
             m = row["overall"]
-            cells.append(f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} (n={m['n']}; {m['mean'] / teacher:.0%})")
+            text = f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} (n={m['n']}; {m['mean'] / teacher:.0%})"
+            first = entry["steps"][str(steps[0])]
+            if n != steps[0] and row["seeds"] != first["seeds"]:  # fewer seeds: the shortest budget on the same ones
+                same = [v for s, v in zip(first["seeds"], first["overall"]["values"], strict=True) if s in row["seeds"]]
+                if same:
+                    text += f"; {steps[0]} steps on the same seed{'s' if len(same) > 1 else ''}: {100 * sum(same) / len(same):.1f}"
+            cells.append(text)
         goal = GOALS.get(r)
         goal_text = f"≥ {goal:.0%} of the teacher ({100 * goal * teacher:.1f}%)" if goal else "-"
         lines.append(f"| {_ratio_label(r, depth)} | {entry['criterion']} | " + " | ".join(cells) + f" | {goal_text} |")

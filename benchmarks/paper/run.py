@@ -77,6 +77,9 @@ def parse_args(argv=None, description: str | None = None):
         default=",".join(map(str, BUDGET_STEPS)),
         help='longer distillation budgets for the best criterion at --budget-ratios ("" skips the budget curve)',
     )
+    p.add_argument(
+        "--budget-seeds", default=None, help="seeds of the budget curve (default: all of --seeds; its runs are long)"
+    )
     p.add_argument("--budget-ratios", default=",".join(map(str, BUDGET_RATIOS)), help="ratios of the budget curve")
     p.add_argument("--output", default="runs/reproduce_paper", help="cells, importance files, distilled models")
     p.add_argument("--results", default="benchmarks/results/reproduce_paper.json")
@@ -135,6 +138,9 @@ class Experiment:
             if value < 1:
                 raise LayerPruneError(f"{name} must be at least 1, got {value}")
         self.budget_steps = [n for n in self.budget_steps if n != args.distill_steps]
+        self.budget_seeds = self.seeds if args.budget_seeds is None else [int(x) for x in _names(args.budget_seeds)]
+        if not set(self.budget_seeds) <= set(self.seeds):
+            raise LayerPruneError(f"--budget-seeds {args.budget_seeds} must be among --seeds {args.seeds}")
         self.cells = Cells(self.output / "cells.jsonl")
         self.distill_tag = self.tag(args.distill_steps)
         self.started = time.time()
@@ -386,7 +392,7 @@ class Experiment:
             plans = self.plans(self.importances(seed), self.learned(seed))
             all_plans[seed] = plans
             self.cell("teacher", seed, [], lambda s=seed: self.judge(self.pipe, [], s))
-            if self.budget_steps:  # the reference for the budget curve's accuracy on training captions
+            if self.budget_steps and seed in self.budget_seeds:  # the reference for accuracy on training captions
                 self.cell("teacher_train", seed, [], lambda s=seed: self.judge(self.pipe, [], s, train=True))
             for by_criterion in plans.values():
                 for dropped in by_criterion.values():
@@ -401,7 +407,7 @@ class Experiment:
         self.plans_by_seed = all_plans
         # The budget curve: the criterion that distilled best at each budget ratio, with longer distillation.
         per_seed = self.collect()["per_seed"]
-        for seed in self.seeds:
+        for seed in self.budget_seeds:
             for steps in self.budget_steps:
                 for ratio in self.budget_ratios:
                     best = best_criterion(per_seed, f"{ratio:.2f}", self.distill_criteria)
@@ -531,7 +537,7 @@ class Experiment:
                         "cells": cells,
                     }
             budget[r] = entry
-        teacher = [c for c in (self.cells.get(cell_key("teacher_train", s, [])) for s in self.seeds) if c]
+        teacher = [c for c in (self.cells.get(cell_key("teacher_train", s, [])) for s in self.budget_seeds) if c]
         if budget and teacher:
             budget["teacher_train_overall"] = mean_std([c["accuracy"]["overall"] for c in teacher])
             budget["teacher_train_cells"] = teacher
