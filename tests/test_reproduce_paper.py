@@ -241,7 +241,8 @@ def test_budget_section_compares_fewer_seeds_on_the_same_seeds(rp):
     result = {
         "num_layers": 12,
         "settings": {"distill_steps": 400},
-        "teacher": {"overall": {"mean": 0.5}},
+        "seeds": [0, 1, 2],
+        "teacher": {"overall": {"mean": 0.5, "values": [0.5, 0.48, 0.52]}},
         "teacher_train": rp.mean_std([0.6]),
         "budget": {
             "0.25": {"criterion": "learnable", "steps": {"400": row([0, 1, 2], [0.40, 0.44, 0.48]), "1600": row([0], [0.49], [0.58])}},
@@ -251,6 +252,6 @@ def test_budget_section_compares_fewer_seeds_on_the_same_seeds(rp):
     text = _budget_section(result)
     # 1600 steps on seed 0 only: next to it, 400 steps on seed 0 (40.0), not the 3-seed mean (44.0)
     assert "49.0 ± 0.0 (n=1; 98%); 400 steps on the same seed: 40.0" in text
-    assert "the goal (97% of the teacher) is reached after 1600 steps (98%)" in text
+    assert "the goal (97% of the teacher) is reached after 1600 steps (98%, n=1)" in text  # vs seed 0's teacher
     assert "the goal (90% of the teacher) is not reached by 400 steps; the best budget keeps 62% (400 steps)" in text
     assert "58.0 (held-out 49.0)" in text and "the teacher gets 60.0% there" in text
