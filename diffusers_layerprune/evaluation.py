@@ -150,10 +150,12 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
 
 
 def architecture_signature(model: nn.Module) -> tuple:
-    """What decides a forward's cost: parameter and buffer names, shapes and dtypes, and the device (not values)."""
+    """What decides a forward's cost: the model's class, its parameter and buffer names, shapes, dtypes, tensor types
+    and layouts (a 2:4 semi-structured sparse weight is another type than a dense one), and the device; not values."""
     state = model.state_dict()
     device = next(iter(state.values())).device if state else None
-    return (str(device), *((k, tuple(v.shape), str(v.dtype)) for k, v in state.items()))
+    tensors = ((k, tuple(v.shape), str(v.dtype), type(v).__name__, str(v.layout)) for k, v in state.items())
+    return (type(model).__name__, str(device), *tensors)
 
 
 def shared_latency(measured: dict[str, dict], student: str, teacher: str = "teacher") -> dict[str, dict]:
