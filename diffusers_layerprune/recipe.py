@@ -400,7 +400,11 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     to_run = [s for s, f in stages.items() if not (state.done(s, eval_settings) and (f / "report.json").is_file())]
     # One interleaved latency measurement of the teacher, the pruned and the distilled model, shared by both
     # reports: timed in two evaluations, two models of one architecture read 1.06x and 1.34x on a shared CPU.
-    measured = _measure_latency(stages, log) if to_run else None
+    measured = None
+    if to_run:
+        start = time.perf_counter()
+        measured = _measure_latency(stages, log)
+        timings["latency"] = ("ran", time.perf_counter() - start)
     names = {"eval_pruned": "pruned", "eval_distilled": "distilled"}
     for stage, folder in stages.items():
         report_path = folder / "report.json"
@@ -583,7 +587,7 @@ def _summary_rows(reports: dict) -> list[dict]:
 
 def _format_stages(timings: dict[str, tuple[str, float]], saved: float) -> str:
     """The stages' wall times of this run (reused stages cost nothing)."""
-    titles = {**STAGE_TITLES, "card": "model card"}
+    titles = {**STAGE_TITLES, "card": "model card", "latency": "time models"}
     lines = [f"{'stage':<20}{'':>10}{'seconds':>10}"]
     for name, (status, seconds) in timings.items():
         lines.append(f"{titles.get(name, name):<20}{status:>10}{seconds:>10.1f}")
