@@ -158,6 +158,29 @@ def architecture_signature(model: nn.Module) -> tuple:
     return (type(model).__name__, str(device), *tensors)
 
 
+def pipeline_seconds(
+    pipes: dict, text: dict, negative: dict | None, *, repeats: int, pooled_with: dict | None = None, **sampler
+) -> dict[str, float]:
+    """End-to-end seconds per image (one prompt: the first of ``text``, all steps, VAE decode) of each pipeline,
+    timed interleaved, median of ``repeats``. ``pooled_with`` (name -> names, as :func:`transformer_latency`
+    reports): models of one architecture get the median of their pooled samples. ``sampler``: ``seeds`` (one),
+    ``num_inference_steps``, ``guidance_scale``, ``resolution``, ``max_sequence_length``."""
+    from .modeling import generate_from_conditioning as generate
+
+    first = {k: v[:1] for k, v in text.items()}
+    samples: dict[str, list[float]] = {name: [] for name in pipes}
+    for _ in range(max(1, repeats)):
+        for name, p in pipes.items():
+            start = time.perf_counter()
+            generate(p, first, negative, batch_size=1, **sampler)
+            samples[name].append(time.perf_counter() - start)
+    pooled_with = pooled_with or {}
+    return {
+        name: statistics.median(t for n in pooled_with.get(name, [name]) if n in samples for t in samples[n])
+        for name in pipes
+    }
+
+
 def shared_latency(measured: dict[str, dict], student: str, teacher: str = "teacher") -> dict[str, dict]:
     """The ``latency`` argument of :func:`evaluate` / :func:`evaluate_pipeline` for one ``student`` of a
     :func:`transformer_latency` measurement of several models (their names are recorded in the report)."""
@@ -769,20 +792,14 @@ def evaluate(
         latency_models = list(latency.get("_models") or []) or None
         latency = {name: latency[name] for name in models}
         timed_repeats = len(latency["student"]["samples_ms"])
-    # End-to-end seconds per image (one prompt, all steps, VAE decode), interleaved, median of a few.
-    wall = {name: [] for name in models}
-    for _ in range(max(1, latency_repeats // 2)):
-        for name, p in models.items():
-            start = time.perf_counter()
-            first = {k: v[:1] for k, v in text.items()}
-            generate(p, first, negative, **dict(gen, seeds=seeds[:1], batch_size=1))
-            wall[name].append(time.perf_counter() - start)
-    timings = latency_entries(
-        latency,
-        num_inference_steps,
-        {name: statistics.median(w) for name, w in wall.items()},
-        "teacher" if "teacher" in latency else "student",
-    )
+    # End-to-end seconds per image (one prompt, all steps, VAE decode), interleaved, median of a few; from the
+    # shared measurement when it has them.
+    if all("pipeline_s" in latency[name] for name in models):
+        wall = {name: latency[name]["pipeline_s"] for name in models}
+    else:
+        sampler = {k: v for k, v in gen.items() if k not in ("seeds", "batch_size")}
+        wall = pipeline_seconds(models, text, negative, repeats=latency_repeats // 2, seeds=seeds[:1], **sampler)
+    timings = latency_entries(latency, num_inference_steps, wall, "teacher" if "teacher" in latency else "student")
 
     report_models = {}
     for name, p in models.items():
@@ -870,12 +887,15 @@ def write_report_files(report: EvalReport, output: str | Path) -> Path:
 
 
 def with_latency(report: EvalReport, latency: dict[str, dict]) -> EvalReport:
-    """``report`` with its transformer latencies and speed-ups replaced by those of a shared measurement
-    (:func:`shared_latency`); end-to-end seconds per image stay as measured with the report."""
+    """``report`` with its latencies and speed-ups replaced by those of a shared measurement (:func:`shared_latency`;
+    end-to-end seconds per image too when the measurement has them)."""
     timings = latency_entries(
         {name: latency[name] for name in report.models},
         report.settings.num_inference_steps,
-        {name: entry.latency.pipeline_s_per_image for name, entry in report.models.items()},
+        {
+            name: latency[name].get("pipeline_s", entry.latency.pipeline_s_per_image)
+            for name, entry in report.models.items()
+        },
         "teacher" if "teacher" in report.models else "student",
     )
     models = {name: dataclasses.replace(entry, latency=timings[name]) for name, entry in report.models.items()}

@@ -403,7 +403,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     measured = None
     if to_run:
         start = time.perf_counter()
-        measured = _measure_latency(stages, log)
+        measured = _measure_latency(stages, recipe, log)
         timings["latency"] = ("ran", time.perf_counter() - start)
     names = {"eval_pruned": "pruned", "eval_distilled": "distilled"}
     for stage, folder in stages.items():
@@ -466,32 +466,58 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
 LATENCY_REPEATS = 9
 
 
-def _measure_latency(folders: dict[str, Path], log) -> dict[str, dict]:
-    """:func:`~diffusers_layerprune.evaluation.transformer_latency` of the teacher (the models' ``source_model``)
-    and the model of each folder (``eval_pruned`` -> ``pruned``, ``eval_distilled`` -> ``distilled``), interleaved
-    in one measurement, with the evaluation's dtype, device, resolution and guidance batch."""
-    from .evaluation import transformer_latency
-    from .modeling import generation_defaults, load_pipeline, resolve_dtype
+def _measure_latency(folders: dict[str, Path], recipe: Recipe, log) -> dict[str, dict]:
+    """One interleaved measurement of the teacher (the models' ``source_model``) and the model of each folder
+    (``eval_pruned`` -> ``pruned``, ``eval_distilled`` -> ``distilled``) with the evaluation's dtype, device,
+    resolution and sampler: :func:`~diffusers_layerprune.evaluation.transformer_latency` plus end-to-end seconds per
+    image (``pipeline_s``, :func:`~diffusers_layerprune.evaluation.pipeline_seconds`, on the first evaluation
+    prompt). Models of one architecture share both numbers."""
+    from .data import load_prompts
+    from .evaluation import pipeline_seconds, transformer_latency
+    from .families import encode_text
+    from .modeling import generation_defaults, load_pipeline, model_defaults, resolve_dtype
 
     names = {"eval_pruned": "pruned", "eval_distilled": "distilled"}
     first = next(iter(folders.values()))
     dtype = resolve_dtype("auto", str(first))
-    light = dict(torch_dtype=dtype, text_encoder=None, tokenizer=None)  # the transformers are what is timed
-    pipes = {names[stage]: load_pipeline(folder, **light) for stage, folder in folders.items()}
+    light = dict(torch_dtype=dtype, text_encoder=None, tokenizer=None)  # the first model encodes the prompt
+    pipes = {
+        names[stage]: load_pipeline(folder, torch_dtype=dtype) if i == 0 else load_pipeline(folder, **light)
+        for i, (stage, folder) in enumerate(folders.items())
+    }
     student = next(iter(pipes.values()))
     teacher = student.transformer.config.get("source_model")
     if teacher:
         pipes = {"teacher": load_pipeline(teacher, **light), **pipes}
+    for p in pipes.values():
+        p.set_progress_bar_config(disable=True)
     defaults = generation_defaults(str(first), student)
+    msl, guidance = defaults["max_sequence_length"], defaults["guidance_scale"]
     log(f"[4/5] timing {', '.join(pipes)} in one measurement ({LATENCY_REPEATS} interleaved repeats)")
-    return transformer_latency(
+    measured = transformer_latency(
         {name: p.transformer for name, p in pipes.items()},
         resolution=defaults["resolution"],
         vae_scale_factor=student.vae_scale_factor,
-        text_tokens=defaults["max_sequence_length"],
-        batch_size=2 if defaults["guidance_scale"] > 1 else 1,
+        text_tokens=msl,
+        batch_size=2 if guidance > 1 else 1,
         repeats=LATENCY_REPEATS,
     )
+    prompt = load_prompts(recipe.eval_prompts or model_defaults(str(first))["eval_prompts"], limit=1).prompts
+    text = encode_text(student, prompt, max_sequence_length=msl)
+    negative = encode_text(student, [""], max_sequence_length=msl) if guidance > 1 else None
+    wall = pipeline_seconds(
+        pipes,
+        text,
+        negative,
+        repeats=3,
+        pooled_with={name: stats["pooled_with"] for name, stats in measured.items()},
+        seeds=[recipe.seed],
+        num_inference_steps=defaults["num_inference_steps"],
+        guidance_scale=guidance,
+        resolution=defaults["resolution"],
+        max_sequence_length=msl,
+    )
+    return {name: {**stats, "pipeline_s": wall[name]} for name, stats in measured.items()}
 
 
 def _score(recipe: Recipe, output: Path, prompts: str, exclude: str, launch: LaunchSettings, log) -> None:
