@@ -68,7 +68,8 @@ def transformer_latency(
     warmup: int = 2,
     repeats: int = 5,
     min_sample_seconds: float = 0.1,
-) -> dict[str, dict[str, float]]:
+    pool_same_architecture: bool = True,
+) -> dict[str, dict]:
     """Median forward latency (ms) of each transformer on the same random inputs, timed interleaved.
 
     ``batch_size=2`` is one image with classifier-free guidance, i.e. one denoising step. Each timed sample runs
@@ -76,6 +77,13 @@ def transformer_latency(
     (as ``timeit`` does), and the same count for every model: a lone forward of a small model lasts milliseconds,
     and one scheduler hiccup on a shared CPU then decides the speed-up (a toy run measured a 9-of-12-block model
     at 0.96x its teacher with single-forward samples; 1.29-1.31x otherwise).
+
+    With ``pool_same_architecture`` models of identical architecture (same parameter names, shapes, dtype and
+    device: e.g. a pruned model and its distilled copy) do the same work per forward, so their samples are pooled
+    and they get one latency: a difference between them would be noise (two 9-block toy models measured in separate
+    runs read 1.06x and 1.34x). Per model: ``median_ms``, ``q1_ms`` / ``q3_ms`` (interquartile range), ``min_ms``,
+    ``max_ms``, ``calls_per_sample``, ``samples_ms`` (one per repeat; for a pooled group the median of its models
+    at that repeat) and ``pooled_with`` (the names sharing the latency, this one included).
     """
     from .families import family_of
     from .families.base import to_device
@@ -110,15 +118,96 @@ def transformer_latency(
         for _ in range(repeats):
             for name, model in transformers.items():
                 times[name].append(timed(model, calls))
+    groups: dict = {}
+    for name, model in transformers.items():
+        key = architecture_signature(model) if pool_same_architecture else name
+        groups.setdefault(key, []).append(name)
+    out = {}
+    for names in groups.values():
+        pooled = [t for name in names for t in times[name]]
+        per_repeat = [statistics.median(times[name][r] for name in names) for r in range(repeats)]
+        q1, q3 = quartiles(pooled)
+        for name in names:
+            out[name] = {
+                "median_ms": statistics.median(pooled) * 1e3,
+                "q1_ms": q1 * 1e3,
+                "q3_ms": q3 * 1e3,
+                "min_ms": min(pooled) * 1e3,
+                "max_ms": max(pooled) * 1e3,
+                "calls_per_sample": calls,
+                "samples_ms": [t * 1e3 for t in per_repeat],
+                "pooled_with": list(names),
+            }
+    return {name: out[name] for name in transformers}
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """First and third quartiles (``statistics.quantiles``, inclusive method); a single value is both."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def architecture_signature(model: nn.Module) -> tuple:
+    """What decides a forward's cost: the model's class, its parameter and buffer names, shapes, dtypes, tensor types
+    and layouts (a 2:4 semi-structured sparse weight is another type than a dense one), and the device; not values."""
+    state = model.state_dict()
+    device = next(iter(state.values())).device if state else None
+    tensors = ((k, tuple(v.shape), str(v.dtype), type(v).__name__, str(v.layout)) for k, v in state.items())
+    return (type(model).__name__, str(device), *tensors)
+
+
+def pipeline_seconds(
+    pipes: dict, text: dict, negative: dict | None, *, repeats: int, pooled_with: dict | None = None, **sampler
+) -> dict[str, float]:
+    """End-to-end seconds per image (one prompt: the first of ``text``, all steps, VAE decode) of each pipeline,
+    timed interleaved, median of ``repeats``. ``pooled_with`` (name -> names, as :func:`transformer_latency`
+    reports): models of one architecture get the median of their pooled samples. ``sampler``: ``seeds`` (one),
+    ``num_inference_steps``, ``guidance_scale``, ``resolution``, ``max_sequence_length``."""
+    from .modeling import generate_from_conditioning as generate
+
+    first = {k: v[:1] for k, v in text.items()}
+    samples: dict[str, list[float]] = {name: [] for name in pipes}
+    for _ in range(max(1, repeats)):
+        for name, p in pipes.items():
+            start = time.perf_counter()
+            generate(p, first, negative, batch_size=1, **sampler)
+            samples[name].append(time.perf_counter() - start)
+    pooled_with = pooled_with or {}
     return {
-        name: {
-            "median_ms": statistics.median(t) * 1e3,
-            "min_ms": min(t) * 1e3,
-            "max_ms": max(t) * 1e3,
-            "calls_per_sample": calls,
-        }
-        for name, t in times.items()
+        name: statistics.median(t for n in pooled_with.get(name, [name]) if n in samples for t in samples[n])
+        for name in pipes
     }
+
+
+def shared_latency(measured: dict[str, dict], student: str, teacher: str = "teacher") -> dict[str, dict]:
+    """The ``latency`` argument of :func:`evaluate` / :func:`evaluate_pipeline` for one ``student`` of a
+    :func:`transformer_latency` measurement of several models (their names are recorded in the report)."""
+    shared = {"student": measured[student], "_models": list(measured)}
+    return {"teacher": measured[teacher], **shared} if teacher in measured else shared
+
+
+def latency_entries(
+    latency: dict[str, dict], num_inference_steps: int, wall: dict[str, float], reference: str
+) -> dict[str, Latency]:
+    """:class:`Latency` per model from :func:`transformer_latency`'s result: speed-up = ``reference``'s median over
+    the model's, with the interquartile range of the per-repeat ratios (interleaved samples, so each repeat's ratio
+    compares models measured moments apart). ``wall``: end-to-end seconds per image by model name."""
+    ref = latency[reference]
+    out = {}
+    for name, stats in latency.items():
+        ratios = [a / b for a, b in zip(ref["samples_ms"], stats["samples_ms"], strict=True)]
+        out[name] = Latency(
+            transformer_ms_per_step=stats["median_ms"],
+            transformer_s_per_image=stats["median_ms"] * num_inference_steps / 1e3,
+            pipeline_s_per_image=wall.get(name, float("nan")),
+            speedup=ref["median_ms"] / stats["median_ms"],
+            transformer_ms_iqr=[stats["q1_ms"], stats["q3_ms"]],
+            speedup_iqr=list(quartiles(ratios)),
+            shared_with=stats["pooled_with"] if len(stats["pooled_with"]) > 1 else None,
+        )
+    return out
 
 
 def summarize(values: torch.Tensor) -> dict[str, float]:
@@ -241,6 +330,12 @@ class Latency:
     transformer_s_per_image: float
     pipeline_s_per_image: float
     speedup: float
+    # interquartile ranges of the latency samples and of the per-repeat speed-ups (None in older reports)
+    transformer_ms_iqr: list[float] | None = None
+    speedup_iqr: list[float] | None = None
+    # models of identical architecture whose samples were pooled into this one latency (their names in the
+    # measurement, e.g. ["pruned", "distilled"]); None when no other model shares it
+    shared_with: list[str] | None = None
 
 
 @dataclass
@@ -300,6 +395,9 @@ class EvalSettings:
     batch_size: int = 8
     latency_repeats: int = 5
     latency_calls_per_sample: int = 1
+    # every model timed in the same interleaved measurement as this report's (e.g. teacher, pruned, distilled of
+    # one ``layerprune run``), when it covered more than the report's teacher and student
+    latency_models: list[str] | None = None
     dtype: str = "torch.float32"
     device: str = "cpu"
     prompt_fingerprint: str | None = None
@@ -397,7 +495,13 @@ def settings_sentence(report: EvalReport) -> str:
         f"{s.guidance_scale}, {s.resolution} px, fixed seeds (prompt i: seed {s.seed} + i), {s.device}, "
         f"{s.dtype}; scores are mean ± standard error over prompts; latency is the median of "
         f"{s.latency_repeats} interleaved repeats after warm-up"
-        + (f", each of {s.latency_calls_per_sample} back-to-back forwards." if s.latency_calls_per_sample > 1 else ".")
+        + (f", each of {s.latency_calls_per_sample} back-to-back forwards" if s.latency_calls_per_sample > 1 else "")
+        + (
+            f", in one measurement of {', '.join(s.latency_models)} (models of identical architecture share one "
+            "latency)."
+            if s.latency_models
+            else "."
+        )
     )
 
 
@@ -422,6 +526,8 @@ def metrics_table(report: EvalReport) -> str:
     row("transformer s / image", lambda m: m.latency.transformer_s_per_image, lambda v: f"{v:.3f}")
     row("pipeline s / image", lambda m: m.latency.pipeline_s_per_image, lambda v: f"{v:.3f}")
     row("speed-up (transformer)", lambda m: m.latency.speedup, lambda v: f"{v:.2f}x")
+    if any(m.latency.speedup_iqr for m in models.values()):
+        row("speed-up, IQR of repeats", lambda m: m.latency.speedup_iqr, lambda v: f"{v[0]:.2f}-{v[1]:.2f}x")
     for scorer in report.settings.scorers:
         row(scorer, lambda m, s=scorer: m.scores[s], lambda v: f"{v.mean:.4f} ± {v.sem:.4f}")
     for check in next(iter(models.values())).checks:
@@ -597,6 +703,7 @@ def evaluate(
     latency_repeats: int = 5,
     progress: bool = True,
     teacher_cache: TeacherEvalCache | None = None,
+    latency: dict[str, dict] | None = None,
 ) -> tuple[EvalReport, dict[str, torch.Tensor]]:
     """Generate with ``pipe`` (and ``teacher``) on the same prompts and seeds, then score and time both.
 
@@ -606,6 +713,10 @@ def evaluate(
     teacher's images and scores are reused when an earlier evaluation had the same teacher, prompts, seeds and
     settings (see :class:`TeacherEvalCache`); latency is measured in this run either way, interleaved with the
     student's, because a speed-up taken from two runs on a shared machine is not a measurement.
+
+    ``latency``: :func:`transformer_latency`'s result of a measurement that timed these models with others
+    (``"student"`` and ``"teacher"`` keys, e.g. teacher, pruned and distilled of one run, so that two students of
+    one architecture share one latency); by default the teacher and the student are timed here.
     """
     from tqdm.auto import tqdm
 
@@ -664,32 +775,35 @@ def evaluate(
     for name in models:
         models[name].set_progress_bar_config(disable=True)
 
-    latency = transformer_latency(
-        {name: p.transformer for name, p in models.items()},
-        resolution=resolution,
-        vae_scale_factor=pipe.vae_scale_factor,
-        text_tokens=max_sequence_length,
-        batch_size=2 if guidance_scale > 1 else 1,
-        repeats=latency_repeats,
-    )
-    # End-to-end seconds per image (one prompt, all steps, VAE decode), interleaved, median of a few.
-    wall = {name: [] for name in models}
-    for _ in range(max(1, latency_repeats // 2)):
-        for name, p in models.items():
-            start = time.perf_counter()
-            first = {k: v[:1] for k, v in text.items()}
-            generate(p, first, negative, **dict(gen, seeds=seeds[:1], batch_size=1))
-            wall[name].append(time.perf_counter() - start)
-    reference = latency.get("teacher", latency["student"])["median_ms"]
+    latency_models, timed_repeats = None, latency_repeats
+    if latency is None:
+        latency = transformer_latency(
+            {name: p.transformer for name, p in models.items()},
+            resolution=resolution,
+            vae_scale_factor=pipe.vae_scale_factor,
+            text_tokens=max_sequence_length,
+            batch_size=2 if guidance_scale > 1 else 1,
+            repeats=latency_repeats,
+        )
+    else:
+        missing = [name for name in models if name not in latency]
+        if missing:
+            raise LayerPruneError(f"the latency given holds no {', '.join(missing)}: measure every evaluated model")
+        latency_models = list(latency.get("_models") or []) or None
+        latency = {name: latency[name] for name in models}
+        timed_repeats = len(latency["student"]["samples_ms"])
+    # End-to-end seconds per image (one prompt, all steps, VAE decode), interleaved, median of a few; from the
+    # shared measurement when it has them.
+    if all("pipeline_s" in latency[name] for name in models):
+        wall = {name: latency[name]["pipeline_s"] for name in models}
+    else:
+        sampler = {k: v for k, v in gen.items() if k not in ("seeds", "batch_size")}
+        wall = pipeline_seconds(models, text, negative, repeats=latency_repeats // 2, seeds=seeds[:1], **sampler)
+    timings = latency_entries(latency, num_inference_steps, wall, "teacher" if "teacher" in latency else "student")
 
     report_models = {}
     for name, p in models.items():
-        timing = Latency(
-            transformer_ms_per_step=latency[name]["median_ms"],
-            transformer_s_per_image=latency[name]["median_ms"] * num_inference_steps / 1e3,
-            pipeline_s_per_image=statistics.median(wall[name]),
-            speedup=reference / latency[name]["median_ms"],
-        )
+        timing = timings[name]
         if name == "teacher" and cached is not None:
             record, grid = cached
             entry = ModelEval.from_dict({**record["entry"], "latency": dataclasses.asdict(timing)})
@@ -732,8 +846,9 @@ def evaluate(
             max_sequence_length=max_sequence_length,
             seed=seed,
             batch_size=batch_size,
-            latency_repeats=latency_repeats,
+            latency_repeats=timed_repeats,
             latency_calls_per_sample=next(iter(latency.values()))["calls_per_sample"],
+            latency_models=latency_models,
             dtype=str(pipe.transformer.dtype),
             device=str(pipe.transformer.device),
             teacher_cache=teacher_cache_record,
@@ -758,6 +873,39 @@ def write_report(
     with atomic_output_file(grid_path(output), overwrite=overwrite) as tmp:
         image_grid(images, report.prompts, tmp, max_columns=GRID_COLUMNS)
     return output
+
+
+def write_report_files(report: EvalReport, output: str | Path) -> Path:
+    """Rewrite ``report.json`` and ``report.md`` of an existing report (the image grid is left as it is)."""
+    from .outputs import atomic_output_file
+
+    output = Path(output)
+    report.save(output, overwrite=True)
+    with atomic_output_file(output.with_suffix(".md"), overwrite=True) as tmp:
+        tmp.write_text(render_report_md(report))
+    return output
+
+
+def with_latency(report: EvalReport, latency: dict[str, dict]) -> EvalReport:
+    """``report`` with its latencies and speed-ups replaced by those of a shared measurement (:func:`shared_latency`;
+    end-to-end seconds per image too when the measurement has them)."""
+    timings = latency_entries(
+        {name: latency[name] for name in report.models},
+        report.settings.num_inference_steps,
+        {
+            name: latency[name].get("pipeline_s", entry.latency.pipeline_s_per_image)
+            for name, entry in report.models.items()
+        },
+        "teacher" if "teacher" in report.models else "student",
+    )
+    models = {name: dataclasses.replace(entry, latency=timings[name]) for name, entry in report.models.items()}
+    settings = dataclasses.replace(
+        report.settings,
+        latency_repeats=len(latency["student"]["samples_ms"]),
+        latency_calls_per_sample=latency["student"]["calls_per_sample"],
+        latency_models=list(latency.get("_models") or []) or None,
+    )
+    return dataclasses.replace(report, models=models, settings=settings)
 
 
 def is_report_file(path: str | Path) -> bool:
@@ -807,6 +955,7 @@ def evaluate_pipeline(
     base_model: str | None = None,
     teacher_cache: bool | str | os.PathLike = True,
     progress: bool = True,
+    latency: dict[str, dict] | None = None,
 ) -> EvalReport:
     """The ``eval`` stage: generate with ``model`` and its teacher on the same prompts and seeds, score both, time
     both, and (with ``output``) write ``report.json``, ``report.md`` and ``report_grid.png``.
@@ -820,6 +969,7 @@ def evaluate_pipeline(
             toy world: ``toy:heldout``, its scorer and judge; PixArt-Sigma: HPDv2, HPSv2.1/PickScore/CLIP).
         teacher_cache: reuse the teacher's images and scores from an earlier evaluation with identical settings
             (``True``: ``default_cache_dir()/teacher-eval``; a folder; ``False``: always generate).
+        latency: a shared measurement for the teacher and this model (see :func:`evaluate`); default: timed here.
 
     Everything a user can get wrong (output, path, model family, device, prompts, scorers) raises
     :class:`LayerPruneError` before the pipeline is loaded.
@@ -883,6 +1033,7 @@ def evaluate_pipeline(
         latency_repeats=latency_repeats,
         progress=progress,
         teacher_cache=cache,
+        latency=latency,
     )
     if output is not None:
         write_report(report, images, output, overwrite=True)

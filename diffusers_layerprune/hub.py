@@ -45,6 +45,8 @@ CITATIONS = {
     "Insights, 2024.",
     "bk-sdm": "Kim et al., BK-SDM: A Lightweight, Fast, and Cheap Version of Stable Diffusion, 2023.",
     "lora": "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022.",
+    "aptp": "Ganjdanesh et al., Not All Prompts Are Made Equal: Prompt-based Pruning of Text-to-Image Diffusion "
+    "Models, 2024 (APTP; prompt-routed depth here follows it).",
 }
 
 
@@ -205,8 +207,15 @@ def _render_model_card(
     from .distill import DISTILL_CONFIG, DistillConfig
     from .evaluation import EvalReport, format_count, metrics_table, settings_sentence
     from .provenance import local_source, public_name
+    from .routing.record import check_routing_folder
 
     folder = check_pipeline_folder(folder)
+    routing = check_routing_folder(folder) if (folder / "model_index.json").is_file() else None
+    if routing is not None and transformer_only:
+        raise LayerPruneError(
+            f"{folder} is a routed pipeline (routing.json): its router needs the whole pipeline folder; push it "
+            "without --transformer-only"
+        )
     transformer_only = transformer_only or not (folder / "model_index.json").is_file()
     config = _read_json(transformer_dir(folder) / "config.json")
     kept = config.get("kept_layers")
@@ -231,6 +240,11 @@ def _render_model_card(
 
     cites = ["dit-pruner", *family.references]
     tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image", FAMILY_TAGS[family.name]]
+    if routing is not None:  # a routed pipeline: shared full-depth weights + router; "pruned" only if they are
+        cites = ([] if not routing.kept_layers else ["dit-pruner"]) + [*family.references, "aptp"]
+        tags = ["prompt-routing", "dynamic-depth", "diffusers-layerprune", "text-to-image", FAMILY_TAGS[family.name]]
+        if routing.kept_layers:
+            tags[2:2] = ["pruned", "layer-pruning"]
     stacks = kept_by_stack = None
     if len(family.stacks) > 1 and kept is not None:
         source_depths = config.get("source_stack_depths") or depths
@@ -319,11 +333,21 @@ def _render_model_card(
         f"blocks removed ({sum(depths)} kept)"
         + (", then fine-tuned by knowledge distillation from the full model." if distill else ".")
     )
+    routing_section = None
+    if routing is not None:
+        from .routing.pipeline import CUSTOM_PIPELINE
+        from .routing.record import routing_card_section, routing_summary
+
+        summary = routing_summary(routing)
+        custom = CUSTOM_PIPELINE if (folder / f"{CUSTOM_PIPELINE}.py").is_file() else None
+        routing_section = routing_card_section(routing, repo_id, custom_pipeline=custom)
     card = ModelCard.from_template(
         data,
         template_path=str(TEMPLATE),
         title=f"{name}",
         summary=summary,
+        show_removed=routing is None or bool(routing.kept_layers),
+        routing=routing_section,
         source_model=source or "unknown",
         source_link=f"https://huggingface.co/{base}" if base else None,
         source_num_layers=source_depth,
@@ -506,7 +530,6 @@ def push_pipeline(
         if not token:
             raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
     card = render_model_card(folder, repo_id, license=license, base_model=base_model, transformer_only=transformer_only)
-    card = _with_routing_section(folder, card, repo_id)
     check_no_local_paths(folder, card, [rel for rel, _, _ in upload_plan(folder, transformer_only=transformer_only)])
     write_model_card(folder, card)
     plan = upload_plan(folder, transformer_only=transformer_only)
@@ -520,7 +543,8 @@ def push_pipeline(
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    message = commit_message or "Upload pruned pipeline with diffusers-layerprune"
+    routed = (folder / "routing.json").is_file()
+    message = commit_message or f"Upload {'prompt-routed' if routed else 'pruned'} pipeline with diffusers-layerprune"
     if all(rel == target for rel, target, _ in plan):
         info = api.upload_folder(
             repo_id=repo_id,
@@ -541,24 +565,6 @@ def push_pipeline(
         )
     result["commit_url"] = getattr(info, "commit_url", None) or str(info)
     return result
-
-
-def _with_routing_section(folder: Path, card: str, repo_id: str) -> str:
-    """A routed folder (``routing.json``, see :mod:`.routing`): check the router belongs to the saved transformer and
-    add its card section before the references."""
-    from .routing.record import check_routing_folder, routing_card_section, routing_summary
-
-    record = check_routing_folder(folder)
-    if record is None:
-        return card
-    section = routing_card_section(record, repo_id)
-    if not record.kept_layers:  # the shared weights are the full model: the pruning summary does not apply
-        import re
-
-        card = re.sub(r"\nA depth-pruned version of .*\n", "\n" + routing_summary(record) + "\n", card, count=1)
-        card = re.sub(r"\n## What was removed\n.*?(?=\n## )", "\n", card, count=1, flags=re.S)
-    head, sep, tail = card.partition("\n## References")
-    return head + "\n" + section + sep + tail if sep else card + "\n" + section
 
 
 # Built-in prompt sets that live in a Hub dataset (for the card's `datasets:`); the toy world's are in the package.

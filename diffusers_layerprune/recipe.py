@@ -397,16 +397,25 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
 
     # 4. Evaluate the pruned model before and (if distilled) after distillation, each against the teacher. The
     # teacher's images and scores are generated once: the second evaluation takes them from the teacher cache.
-    from .evaluation import EvalReport, evaluate_pipeline
+    from .evaluation import EvalReport, evaluate_pipeline, shared_latency, with_latency, write_report_files
 
     reports: dict[str, EvalReport] = {}
     eval_settings = {"prompts": recipe.eval_prompts, "num_prompts": recipe.eval_num_prompts, "seed": recipe.seed}
     saved = 0.0
-    for stage, folder in (("eval_pruned", pruned), ("eval_distilled", final if final != pruned else None)):
-        if folder is None:
-            continue
+    stages = {"eval_pruned": pruned, "eval_distilled": final if final != pruned else None}
+    stages = {stage: folder for stage, folder in stages.items() if folder is not None}
+    to_run = [s for s, f in stages.items() if not (state.done(s, eval_settings) and (f / "report.json").is_file())]
+    # One interleaved latency measurement of the teacher, the pruned and the distilled model, shared by both
+    # reports: timed in two evaluations, two models of one architecture read 1.06x and 1.34x on a shared CPU.
+    measured = None
+    if to_run:
+        start = time.perf_counter()
+        measured = _measure_latency(stages, recipe, log)
+        timings["latency"] = ("ran", time.perf_counter() - start)
+    names = {"eval_pruned": "pruned", "eval_distilled": "distilled"}
+    for stage, folder in stages.items():
         report_path = folder / "report.json"
-        if not (state.done(stage, eval_settings) and report_path.is_file()):
+        if stage in to_run:
             log(f"[4/5] evaluating {folder}")
             start = time.perf_counter()
             state.start(stage, eval_settings)
@@ -418,6 +427,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
                 num_prompts=recipe.eval_num_prompts,
                 seed=recipe.seed,
                 latency_repeats=3,
+                latency=shared_latency(measured, names[stage]),
             )
             cache = report.settings.teacher_cache or {}
             reused = cache.get("seconds", 0.0) if cache.get("reused") else 0.0
@@ -427,6 +437,9 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
             log(f"[4/5] reusing {report_path}")
             report = EvalReport.load(report_path)
             timings[stage] = ("reused", 0.0)
+            if measured is not None:  # the other model was timed again: both reports carry the new measurement
+                report = with_latency(report, shared_latency(measured, names[stage]))
+                write_report_files(report, report_path)
         reports[stage] = report
 
     # 5. Model card (and push).
@@ -455,6 +468,63 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     with atomic_output_file(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return rows
+
+
+LATENCY_REPEATS = 9
+
+
+def _measure_latency(folders: dict[str, Path], recipe: Recipe, log) -> dict[str, dict]:
+    """One interleaved measurement of the teacher (the models' ``source_model``) and the model of each folder
+    (``eval_pruned`` -> ``pruned``, ``eval_distilled`` -> ``distilled``) with the evaluation's dtype, device,
+    resolution and sampler: :func:`~diffusers_layerprune.evaluation.transformer_latency` plus end-to-end seconds per
+    image (``pipeline_s``, :func:`~diffusers_layerprune.evaluation.pipeline_seconds`, on the first evaluation
+    prompt). Models of one architecture share both numbers."""
+    from .data import load_prompts
+    from .evaluation import pipeline_seconds, transformer_latency
+    from .families import encode_text
+    from .modeling import generation_defaults, load_pipeline, model_defaults, resolve_dtype
+
+    names = {"eval_pruned": "pruned", "eval_distilled": "distilled"}
+    first = next(iter(folders.values()))
+    dtype = resolve_dtype("auto", str(first))
+    light = dict(torch_dtype=dtype, text_encoder=None, tokenizer=None)  # the first model encodes the prompt
+    pipes = {
+        names[stage]: load_pipeline(folder, torch_dtype=dtype) if i == 0 else load_pipeline(folder, **light)
+        for i, (stage, folder) in enumerate(folders.items())
+    }
+    student = next(iter(pipes.values()))
+    teacher = student.transformer.config.get("source_model")
+    if teacher:
+        pipes = {"teacher": load_pipeline(teacher, **light), **pipes}
+    for p in pipes.values():
+        p.set_progress_bar_config(disable=True)
+    defaults = generation_defaults(str(first), student)
+    msl, guidance = defaults["max_sequence_length"], defaults["guidance_scale"]
+    log(f"[4/5] timing {', '.join(pipes)} in one measurement ({LATENCY_REPEATS} interleaved repeats)")
+    measured = transformer_latency(
+        {name: p.transformer for name, p in pipes.items()},
+        resolution=defaults["resolution"],
+        vae_scale_factor=student.vae_scale_factor,
+        text_tokens=msl,
+        batch_size=2 if guidance > 1 else 1,
+        repeats=LATENCY_REPEATS,
+    )
+    prompt = load_prompts(recipe.eval_prompts or model_defaults(str(first))["eval_prompts"], limit=1).prompts
+    text = encode_text(student, prompt, max_sequence_length=msl)
+    negative = encode_text(student, [""], max_sequence_length=msl) if guidance > 1 else None
+    wall = pipeline_seconds(
+        pipes,
+        text,
+        negative,
+        repeats=3,
+        pooled_with={name: stats["pooled_with"] for name, stats in measured.items()},
+        seeds=[recipe.seed],
+        num_inference_steps=defaults["num_inference_steps"],
+        guidance_scale=guidance,
+        resolution=defaults["resolution"],
+        max_sequence_length=msl,
+    )
+    return {name: {**stats, "pipeline_s": wall[name]} for name, stats in measured.items()}
 
 
 # Criteria whose result depends on how many blocks will be removed (they learn a selection of exactly that size).
@@ -561,6 +631,8 @@ def _summary_rows(reports: dict) -> list[dict]:
             "blocks": entry.num_layers,
             "transformer_params": entry.parameters["transformer"],
             "speedup": entry.latency.speedup,
+            "speedup_iqr": entry.latency.speedup_iqr,
+            "latency_shared_with": entry.latency.shared_with,
         }
         row.update({f"score:{k}": v.mean for k, v in entry.scores.items()})
         row.update({f"judge:{k}": v.mean for k, v in entry.checks.items()})
@@ -570,7 +642,7 @@ def _summary_rows(reports: dict) -> list[dict]:
 
 def _format_stages(timings: dict[str, tuple[str, float]], saved: float) -> str:
     """The stages' wall times of this run (reused stages cost nothing)."""
-    titles = {**STAGE_TITLES, "card": "model card"}
+    titles = {**STAGE_TITLES, "card": "model card", "latency": "time models"}
     lines = [f"{'stage':<20}{'':>10}{'seconds':>10}"]
     for name, (status, seconds) in timings.items():
         lines.append(f"{titles.get(name, name):<20}{status:>10}{seconds:>10.1f}")
@@ -581,7 +653,7 @@ def _format_stages(timings: dict[str, tuple[str, float]], saved: float) -> str:
 
 
 def _format_summary(rows: list[dict]) -> str:
-    keys = [k for k in rows[0] if k != "model"]
+    keys = [k for k in rows[0] if k not in ("model", "speedup_iqr", "latency_shared_with")]
     labels = {"transformer_params": "params", "speedup": "speed-up"}
     head = f"{'':<20}" + "".join(f"{labels.get(k, k.split(':')[-1].removeprefix('judge_'))[-14:]:>15}" for k in keys)
     lines = [head]
@@ -600,4 +672,15 @@ def _format_summary(rows: list[dict]) -> str:
             else:
                 cells.append(f"{v!s:>15}")
         lines.append(f"{row['model']:<20}" + "".join(cells))
+    spread = [
+        f"{r['model']} {r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}x" for r in rows if r.get("speedup_iqr")
+    ]
+    if spread:
+        lines.append(
+            "speed-up: teacher / model transformer latency, medians of interleaved repeats in one measurement; IQR "
+            "of the per-repeat ratios: " + ", ".join(spread)
+        )
+    shared = {tuple(r["latency_shared_with"]) for r in rows if r.get("latency_shared_with")}
+    for names in sorted(shared):
+        lines.append(f"{' and '.join(names)} have one architecture: one latency, pooled over both models' samples")
     return "\n".join(lines)

@@ -359,6 +359,45 @@ def test_latency_samples_are_long_enough_and_equal_across_models(tiny_transforme
     assert single["student"]["calls_per_sample"] == 1 and single["student"]["median_ms"] == pytest.approx(3.0)
 
 
+def test_models_of_one_architecture_share_one_latency(tiny_transformer, monkeypatch):
+    """A pruned model and its distilled copy (same architecture, other weights) timed in one measurement get one
+    latency, pooled over both models' samples, and so the same speed-up; the teacher keeps its own. A fake clock
+    (teacher 4 ms, pruned 3 ms, distilled 3.5 ms a forward) makes the numbers exact."""
+    import copy
+    import time as time_module
+
+    from diffusers_layerprune import PrunedPixArtTransformer
+    from diffusers_layerprune.evaluation import latency_entries, transformer_latency
+
+    pruned = PrunedPixArtTransformer.from_transformer(tiny_transformer, pruned_layers=[1, 4])
+    distilled = copy.deepcopy(pruned)
+    with torch.no_grad():
+        for p in distilled.parameters():
+            p.add_(0.01)
+    clock = [0.0]
+    for model, seconds in ((tiny_transformer, 0.004), (pruned, 0.003), (distilled, 0.0035)):
+        model.register_forward_hook(lambda *_, s=seconds: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+    models = {"teacher": tiny_transformer, "pruned": pruned, "distilled": distilled}
+    kwargs = dict(resolution=64, vae_scale_factor=8, text_tokens=5, warmup=1, repeats=3, min_sample_seconds=0)
+
+    result = transformer_latency(models, **kwargs)
+    assert result["pruned"] == result["distilled"]  # one latency for one architecture
+    assert result["pruned"]["pooled_with"] == ["pruned", "distilled"] and result["teacher"]["pooled_with"] == [
+        "teacher"
+    ]
+    assert result["pruned"]["median_ms"] == pytest.approx(3.25)  # the median of 3 x 3.0 and 3 x 3.5 ms
+    assert result["pruned"]["q1_ms"] == pytest.approx(3.0) and result["pruned"]["q3_ms"] == pytest.approx(3.5)
+    assert result["teacher"]["median_ms"] == pytest.approx(4.0)
+    entries = latency_entries(result, 20, {}, "teacher")
+    assert entries["pruned"].speedup == entries["distilled"].speedup == pytest.approx(4.0 / 3.25)
+    assert entries["pruned"].shared_with == ["pruned", "distilled"] and entries["teacher"].shared_with is None
+    assert entries["pruned"].speedup_iqr == pytest.approx([4.0 / 3.25, 4.0 / 3.25])
+    # without pooling each keeps its own samples
+    apart = transformer_latency(models, pool_same_architecture=False, **kwargs)
+    assert apart["pruned"]["median_ms"] == pytest.approx(3.0) and apart["distilled"]["median_ms"] == pytest.approx(3.5)
+
+
 def test_teacher_is_evaluated_once_for_several_students(work, tmp_path, monkeypatch):
     """Evaluating a second student of the same teacher with the same prompts, seeds and settings reuses the
     teacher's images and scores (not generated again); its latency is measured again; other settings miss."""

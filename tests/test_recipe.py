@@ -19,7 +19,14 @@ def subprocess_sees_this_checkout(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout, capfd):
+def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout, capfd, monkeypatch):
+    import diffusers_layerprune.evaluation as evaluation
+
+    measured = []  # every latency measurement: the names of the models it timed
+    timer = evaluation.transformer_latency
+    monkeypatch.setattr(
+        evaluation, "transformer_latency", lambda models, **kw: measured.append(list(models)) or timer(models, **kw)
+    )
     recipe = Recipe(
         model="toy",
         num_prompts=2,
@@ -47,6 +54,13 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     assert first["settings"]["teacher_cache"]["reused"] is False and second["settings"]["teacher_cache"]["reused"]
     assert first["models"]["teacher"]["scores"] == second["models"]["teacher"]["scores"]
     assert state["eval_distilled"]["teacher_seconds_saved"] > 0
+    # one latency measurement covers the teacher and both students; the two 9-block models share one latency
+    assert measured == [["teacher", "pruned", "distilled"]]
+    assert first["settings"]["latency_models"] == second["settings"]["latency_models"] == ["teacher", "pruned",
+                                                                                            "distilled"]  # fmt: skip
+    assert first["models"]["student"]["latency"] == second["models"]["student"]["latency"]  # end-to-end s too
+    assert first["models"]["student"]["latency"]["shared_with"] == ["pruned", "distilled"]
+    assert rows[1]["speedup"] == rows[2]["speedup"] and rows[1]["speedup_iqr"] == rows[2]["speedup_iqr"]
     assert all(state[stage]["seconds"] > 0 for stage in state)  # each stage's wall time
     # quiet output: stage lines, one bar per stage, the summary tables; no INFO lines, loading bars or tracebacks
     printed = capfd.readouterr()
@@ -78,6 +92,11 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     recipe.distill_steps = 3
     run_recipe(recipe, log=logs.append)
     assert [line.split()[0] for line in logs if "reusing" in line] == ["[1/5]", "[2/5]", "[4/5]"]
+    # the reused pruned report takes the new measurement too: both still show one speed-up
+    assert len(measured) == 2
+    first, second = (json.loads((run / f / "report.json").read_text()) for f in ("pruned", "distilled"))
+    assert first["models"]["student"]["latency"] == second["models"]["student"]["latency"]
+    assert first["models"]["teacher"]["latency"] == second["models"]["teacher"]["latency"]
     assert json.loads((run / "distilled" / "distill_config.json").read_text())["steps"] == 3
 
 

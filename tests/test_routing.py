@@ -71,6 +71,53 @@ def test_budget_marginals_have_the_budget_as_mean_depth():
     assert (q > 0.05).all()  # as even as the constraint allows, not all mass on two codes
 
 
+def test_budgeted_assignment_meets_the_batch_budget_at_least_score_cost():
+    import itertools
+
+    from diffusers_layerprune.routing import budgeted_assignment
+
+    g = torch.Generator().manual_seed(1)
+    depths = [4, 6, 9, 11]
+    scores = torch.randn(7, 4, generator=g) + torch.tensor([0.0, 0.0, 1.0, 2.0])  # plain routing runs deep
+    plain = scores.argmax(-1)
+    assert sum(depths[c] for c in plain) / 7 > 7
+    codes, lam = budgeted_assignment(scores, depths, 7)
+    mean = sum(depths[c] for c in codes) / 7
+    assert mean <= 7 and lam > 0
+    assert all(depths[c] <= depths[p] for c, p in zip(codes, plain, strict=True))  # prompts only move shallower
+    # no assignment that runs at most as many blocks keeps more router score (checked against all 4^7)
+    best = float(scores[torch.arange(7), codes].sum())
+    for other in itertools.product(range(4), repeat=7):
+        if sum(depths[c] for c in other) <= mean * 7 + 1e-9:
+            assert float(scores[torch.arange(7), torch.tensor(other)].sum()) <= best + 1e-9
+    # a batch within budget is routed as usual; the shallowest code is the lowest reachable budget
+    assert torch.equal(budgeted_assignment(scores, depths, 11)[0], plain)
+    assert set(budgeted_assignment(scores, depths, 4)[0].tolist()) == {0}
+    with pytest.raises(LayerPruneError, match="below the shallowest code"):
+        budgeted_assignment(scores, depths, 3.5)
+
+
+def test_routed_pipeline_enforces_the_budget_on_a_batch(routed):
+    from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline
+
+    routing = _two_code_routing(routed)
+    routing.record.codes[2].kept_layers = [0, 1, 2, 3, 4]
+    wrapper = RoutedPixArtSigmaPipeline(routed.pipeline, routing)  # codes of 3, 4 and 5 blocks
+    depth = {0: 3, 1: 4, 2: 5}
+    plain = wrapper.route(PROMPTS)
+    assert wrapper.route(PROMPTS, enforce_budget=5) == plain  # the deepest code: nothing to enforce
+    for budget in (4.5, 3.5, 3.25, 3):
+        codes = wrapper.route(PROMPTS, enforce_budget=budget)
+        assert sum(depth[c] for c in codes) / len(codes) <= budget
+    assert wrapper.route(PROMPTS, enforce_budget=0.5) == [0] * len(PROMPTS)  # a fraction of the 6 blocks: 3
+    out = wrapper(PROMPTS[:4], enforce_budget=3, **_gen(routed.pipeline, [1, 2, 3, 4]))
+    assert out.codes == [0, 0, 0, 0] and out.images.shape[0] == 4
+    with pytest.raises(LayerPruneError, match="below the shallowest code"):
+        wrapper.route(PROMPTS, enforce_budget=2)
+    with pytest.raises(LayerPruneError, match="not both"):
+        wrapper(PROMPTS[:2], code=1, enforce_budget=True, **_gen(routed.pipeline, [1, 2]))
+
+
 def test_hard_gates_compute_what_skipping_computes(tiny_transformer, transformer_inputs):
     from diffusers_layerprune.blocks import skip_blocks
     from diffusers_layerprune.routing import gated_blocks
@@ -156,6 +203,37 @@ def test_save_load_round_trip_and_stock_load(routed, tmp_path):
         assert torch.equal(x, y), name
 
 
+def test_custom_pipeline_file_runs_the_routed_model_with_stock_diffusers(routed, tmp_path, monkeypatch):
+    import sys
+
+    import diffusers.utils.dynamic_modules_utils as dynamic
+    from diffusers import DiffusionPipeline
+
+    from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline
+
+    # diffusers copies the file into its modules cache and puts that on sys.path: keep both inside the test
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = RoutedPixArtSigmaPipeline(routed.pipeline, _two_code_routing(routed)).save_pretrained(tmp_path / "r")
+    assert (folder / "pipeline_routed_pixart.py").is_file()
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # diffusers asks before running the file
+        DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_routed_pixart")
+    remote = DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_routed_pixart", trust_remote_code=True)
+    remote.set_progress_bar_config(disable=True)
+    assert type(remote).__name__ == "PixArtSigmaRoutedPipeline"
+    ours = RoutedPixArtSigmaPipeline.from_pretrained(folder)
+    ours.set_progress_bar_config(disable=True)
+    assert remote.route(*ours.encode(PROMPTS)) == ours.route(PROMPTS)
+    a = ours(PROMPTS[:4], **_gen(ours.pipeline, [5, 6, 7, 8]))
+    b = remote(PROMPTS[:4], **_gen(remote, [5, 6, 7, 8]))
+    assert a.codes == b.codes and torch.allclose(a.images, b.images, atol=1e-6)
+    for code in (0, 1):  # each code skips the same blocks in both
+        a = ours(PROMPTS[:2], code=code, **_gen(ours.pipeline, [1, 2])).images
+        b = remote(PROMPTS[:2], code=code, **_gen(remote, [1, 2])).images
+        assert torch.allclose(a, b, atol=1e-6), code
+    assert type(DiffusionPipeline.from_pretrained(folder)).__name__ == "PixArtSigmaPipeline"  # without the option
+
+
 def test_router_from_another_model_is_refused(routed, tmp_path):
     from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline, load_routing
     from diffusers_layerprune.testing import save_tiny_pixart_pipeline
@@ -237,6 +315,39 @@ def test_cli_route_writes_routed_folder(ws, tmp_path, capsys):
     assert "routing.json" in capsys.readouterr().out
 
 
+def test_routed_card_says_what_the_folder_is_and_push_publishes_it_without_local_paths(ws, tmp_path):
+    import yaml
+
+    from diffusers_layerprune.hub import push_pipeline, upload_plan
+    from diffusers_layerprune.routing import read_routing_record
+
+    out = tmp_path / "routed"
+    args = ["route", "--model", str(ws / "model"), "--num-codes", "2", "--budget", "4", "--prompts",
+            str(ws / "prompts.txt"), *FAST, "--output", str(out)]  # fmt: skip
+    assert cli(args) == 0
+    result = push_pipeline(out, "me/routed", dry_run=True)
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---", 2)[1])
+    assert {"prompt-routing", "dynamic-depth", "diffusers-layerprune"} <= set(meta["tags"])
+    assert "pruned" not in meta["tags"] and "layer-pruning" not in meta["tags"]  # full-depth shared weights
+    record = read_routing_record(out)
+    assert f"**{record.mean_blocks:.2f} of 6**" in card and f"budget {record.budget:g}" in card
+    for k, code in enumerate(record.codes):  # per code: blocks run, skipped blocks, share
+        assert f"| {k} | {len(code.kept_layers)} | {record.skipped_layers(k)} | {code.share:.1%} |" in card
+    # the three ways to load it: routed with the plugin, routed with custom_pipeline (and what to trust), full depth
+    assert 'RoutedPixArtSigmaPipeline.from_pretrained("me/routed")' in card
+    assert 'custom_pipeline="pipeline_routed_pixart", trust_remote_code=True' in card and "execute" in card
+    assert 'DiffusionPipeline.from_pretrained("me/routed", torch_dtype' in card and "all 6 blocks" in card
+    assert "DiT-Pruner" not in card and "Not All Prompts Are Made Equal" in card
+    sent = {path for path, _ in result["files"]}
+    assert {"README.md", "routing.json", "router.safetensors", "pipeline_routed_pixart.py", "model_index.json"} <= sent
+    for rel, _, _ in upload_plan(out):  # nothing uploaded names this machine's folders
+        data = (out / rel).read_bytes()
+        assert str(tmp_path).encode() not in data and str(ws).encode() not in data, rel
+    with pytest.raises(LayerPruneError, match="without --transformer-only"):
+        push_pipeline(out, "me/routed", dry_run=True, transformer_only=True)
+
+
 def test_cli_route_on_pruned_model_counts_pruned_blocks(ws, tmp_path, capsys):
     pruned = tmp_path / "pruned"
     assert cli(["prune", "--model", str(ws / "model"), "--drop", "1,4", "--output", str(pruned)]) == 0
@@ -247,6 +358,11 @@ def test_cli_route_on_pruned_model_counts_pruned_blocks(ws, tmp_path, capsys):
     assert "budget counts blocks of the pruned model" in capsys.readouterr().out
     record = json.loads((out / "routing.json").read_text())
     assert record["num_layers"] == 4 and record["kept_layers"] == [0, 2, 3, 5] and record["source_num_layers"] == 6
+    assert cli(["push", str(out), "--repo-id", "me/pruned-routed", "--dry-run"]) == 0
+    card = (out / "README.md").read_text()
+    head = card.split("---", 2)[1]
+    assert "- prompt-routing" in head and "- pruned" in head  # both: routed over a pruned model
+    assert "## What was removed" in card and "itself depth-pruned to 4 of 6 blocks" in card
 
 
 @pytest.mark.parametrize(

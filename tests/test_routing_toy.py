@@ -57,3 +57,28 @@ def test_balance_and_mutual_information(rt):
     assert b["normalised_entropy"] == pytest.approx(0.6309, abs=1e-4)  # ln 2 / ln 3
     assert rt.nmi([0, 0, 1, 1], ["a", "a", "b", "b"]) == pytest.approx(1.0)
     assert rt.nmi([0, 1, 0, 1], ["a", "a", "b", "b"]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_budget_rows_pair_each_router_with_its_plain_routing_and_render(rt):
+    def part(mean, changed=0, accuracy=None):
+        return {"mean_blocks": mean, "shares": [0.5, 0.5], "changed": changed, "accuracy": accuracy}
+
+    def cell(router, heldout, whole, batches):
+        return {"key": f"budget|{router}|batch=16", "router": router, "budget": 9, "blocks": [7, 11],
+                "record_mean_blocks": 8.9, "train": part(8.9), "heldout": part(heldout), "enforced_whole": whole,
+                "enforced_batches": batches, "batch_size": 16, "batches_over_budget": 3, "num_batches": 14,
+                "max_batch_mean_blocks": 9.5}  # fmt: skip
+
+    cells = [
+        cell("B9-K2-s1-uniform", 9.04, part(9.0, 2, 0.40), part(8.8, 9, 0.38)),
+        cell("B9-K2-s0-uniform", 8.72, part(8.72), part(8.6, 5, 0.41)),
+        {"key": "routed|B=9|K=2|seed=1|ot=uniform", "accuracy": {"overall": 0.41}, "toy_score": 0.7},
+        {"key": "routed|B=9|K=2|seed=0|ot=uniform", "accuracy": {"overall": 0.42}, "toy_score": 0.7},
+    ]
+    rows = rt.budget_rows(cells, {c["key"]: c for c in cells})
+    assert [r["router"] for r in rows] == ["B9-K2-s0-uniform", "B9-K2-s1-uniform"]  # seed order
+    assert [r["plain_accuracy"] for r in rows] == [0.42, 0.41]
+    text = "\n".join(rt.budget_section(rows))
+    assert "1 of 2 routers run over it, the most 0.04 blocks per caption (B9-K2-s1-uniform)" in text
+    assert "| 9.00, 2 moved; 40.0% (-1.0) |" in text and "8.72, unchanged" in text
+    assert "all four right moves by -1.0 to -1.0 points" in text and "-3.0 to -1.0 points" in text

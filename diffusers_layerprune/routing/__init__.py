@@ -34,6 +34,7 @@ _EXPORTS = {
     "RoutingCodes": "codes",
     "sinkhorn": "transport",
     "budget_marginals": "transport",
+    "budgeted_assignment": "transport",
     "gated_blocks": "gating",
 }
 

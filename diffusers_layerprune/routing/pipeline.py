@@ -10,7 +10,10 @@ that code's blocks skipped, and the images come back in the order of the prompts
     routed.save_pretrained("runs/routed-copy")
 
 The saved folder is an ordinary pipeline folder (``DiffusionPipeline.from_pretrained`` loads it as the full-depth
-model, without this package) with ``routing.json`` and ``router.safetensors`` beside it.
+model, without this package) with ``routing.json`` and ``router.safetensors`` beside it, and
+``pipeline_routed_pixart.py``: a self-contained copy of the routed generation for diffusers' loader,
+``DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_routed_pixart", trust_remote_code=True)``
+(which executes that file).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from ..blocks import skip_blocks
 from ..errors import LayerPruneError
 from .record import Routing, load_routing
 from .router import pooled_text_embedding
+
+CUSTOM_PIPELINE = "pipeline_routed_pixart"
+"""Name of the ``custom_pipeline`` file written into every routed folder (a copy of this package's
+``routing/pipeline_routed_pixart.py``)."""
 
 
 @dataclass
@@ -89,8 +96,9 @@ class RoutedPixArtSigmaPipeline:
         return cls(pipe, load_routing(where, pipe.transformer, device=device))
 
     def save_pretrained(self, output_dir: str | os.PathLike, *, overwrite: bool = False, inputs: Sequence = ()) -> Path:
-        """Save the shared-weight pipeline (stock classes in ``model_index.json``) and the routing files; the folder
-        appears complete or not at all (see ``outputs.atomic_output_dir``)."""
+        """Save the shared-weight pipeline (stock classes in ``model_index.json``), the routing files and the
+        ``custom_pipeline`` file (:data:`CUSTOM_PIPELINE`); the folder appears complete or not at all (see
+        ``outputs.atomic_output_dir``)."""
         import json
 
         from ..modeling import STOCK_CLASS, PrunedPixArtTransformer
@@ -108,6 +116,9 @@ class RoutedPixArtSigmaPipeline:
                 index["transformer"] = list(STOCK_CLASS)
                 index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             self.routing.save(tmp)
+            import shutil
+
+            shutil.copyfile(Path(__file__).with_name(f"{CUSTOM_PIPELINE}.py"), tmp / f"{CUSTOM_PIPELINE}.py")
             publish_configs(tmp)
         return Path(output_dir)
 
@@ -147,11 +158,19 @@ class RoutedPixArtSigmaPipeline:
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         max_sequence_length: int = 300,
+        enforce_budget: bool | float = False,
     ) -> list[int]:
-        """The code of each prompt (from the prompts, or from their embeddings and masks)."""
+        """The code of each prompt (from the prompts, or from their embeddings and masks); ``enforce_budget``: see
+        :meth:`Routing.route <diffusers_layerprune.routing.record.Routing.route>`."""
         if prompt_embeds is None:
             prompt_embeds, prompt_attention_mask = self.encode(prompts, max_sequence_length=max_sequence_length)
-        return self.routing.route(pooled_text_embedding(prompt_embeds, prompt_attention_mask)).tolist()
+        pooled = pooled_text_embedding(prompt_embeds, prompt_attention_mask)
+        return self._route(pooled, enforce_budget).tolist()
+
+    def _route(self, pooled: torch.Tensor, enforce_budget: bool | float) -> torch.Tensor:
+        if enforce_budget is False or enforce_budget is None:
+            return self.routing.route(pooled)  # the one-argument call (tests substitute a fixed assignment)
+        return self.routing.route(pooled, enforce_budget=enforce_budget)
 
     def skipped_layers(self, code: int) -> list[int]:
         return self.routing.record.skipped_layers(code)
@@ -167,6 +186,7 @@ class RoutedPixArtSigmaPipeline:
         prompt: str | Sequence[str],
         *,
         code: int | None = None,
+        enforce_budget: bool | float = False,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         height: int | None = None,
@@ -177,6 +197,9 @@ class RoutedPixArtSigmaPipeline:
     ) -> RoutedPipelineOutput:
         """Route every prompt (or use ``code`` for all), run each group of prompts sharing a code as one batch of
         the stock pipeline with the code's blocks skipped, and return the images in the order of ``prompt``.
+        ``enforce_budget=True`` (or a mean block count) makes this batch's mean depth meet the router's budget (see
+        :meth:`Routing.route <diffusers_layerprune.routing.record.Routing.route>`); by default each prompt is routed
+        on its own, and unseen prompts can run a little over the budget on average.
 
         The initial noise of the whole batch is drawn first, in input order, exactly as the stock pipeline draws it
         (``generator``: one, or one per prompt), so an image does not depend on which prompts share its group; with
@@ -200,8 +223,10 @@ class RoutedPixArtSigmaPipeline:
         device = pipe.transformer.device
         embeds, mask = self.encode(prompts, max_sequence_length=max_sequence_length)
         if code is None:
-            codes = self.routing.route(pooled_text_embedding(embeds, mask)).tolist()
+            codes = self._route(pooled_text_embedding(embeds, mask), enforce_budget).tolist()
         else:
+            if enforce_budget is not False and enforce_budget is not None:
+                raise LayerPruneError("give either code= or enforce_budget=, not both")
             codes = [self._check_code(code)] * len(prompts)
         height = height or pipe.transformer.config.sample_size * pipe.vae_scale_factor
         width = width or pipe.transformer.config.sample_size * pipe.vae_scale_factor

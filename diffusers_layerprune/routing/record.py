@@ -132,10 +132,27 @@ class Routing:
     record: RoutingRecord
     router: PromptRouter
 
-    def route(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Code index of each prompt ``[B]`` from pooled text embeddings ``[B, D]``."""
+    def route(self, pooled: torch.Tensor, *, enforce_budget: bool | float = False) -> torch.Tensor:
+        """Code index of each prompt ``[B]`` from pooled text embeddings ``[B, D]``.
+
+        The router meets ``record.budget`` on its training prompts; on other prompts the mean depth can be a little
+        above it (docs/routing.md measures how much). ``enforce_budget=True`` makes this batch meet the budget
+        (``a number``: that mean instead, a block count or a fraction of the depth) by the budget-constrained
+        assignment of :func:`~diffusers_layerprune.routing.transport.budgeted_assignment`: a batch within budget is
+        routed as usual, otherwise the prompts the router is least sure about move to shallower codes. Each image
+        then depends on the other prompts of its batch, and a batch of one prompt can only run codes within budget.
+        """
         device = next(self.router.parameters()).device
-        return self.router.route(pooled.to(device)).cpu()
+        if enforce_budget is False or enforce_budget is None:
+            return self.router.route(pooled.to(device)).cpu()
+        from .train import budget_blocks
+        from .transport import budgeted_assignment
+
+        budget = self.record.budget if enforce_budget is True else budget_blocks(enforce_budget, self.record.num_layers)
+        with torch.no_grad():
+            scores = self.router(pooled.to(device)).cpu()
+        depths = [len(c.kept_layers) for c in self.record.codes]
+        return budgeted_assignment(scores, depths, budget)[0]
 
     def save(self, folder: str | os.PathLike) -> None:
         from safetensors.torch import save_file
@@ -252,25 +269,42 @@ def check_routing_folder(folder: str | os.PathLike) -> RoutingRecord | None:
 
 
 def routing_summary(record: RoutingRecord) -> str:
-    """The card's one-line summary for a routed model whose shared weights are the full model."""
+    """The card's one-line summary of a routed model."""
     depths = sorted({len(c.kept_layers) for c in record.codes})
+    pruned = (
+        f", itself depth-pruned to {record.num_layers} of {record.source_num_layers} blocks"
+        if record.kept_layers
+        else ""
+    )
     return (
-        f"A prompt-routed version of `{record.source_model or 'its source model'}`: a router sends each prompt to one "
-        f"of {record.num_codes} sets of transformer blocks ({', '.join(map(str, depths))} of {record.num_layers} "
-        f"blocks), {record.mean_blocks:.2f} blocks per prompt on average over its training prompts."
+        f"A prompt-routed version of `{record.source_model or 'its source model'}`{pruned}: one shared set of weights "
+        f"({record.num_layers} transformer blocks) plus a router that sends each prompt to one of {record.num_codes} "
+        f"codes, sets of blocks to run ({', '.join(map(str, depths))} of {record.num_layers} blocks), "
+        f"{record.mean_blocks:.2f} blocks per prompt on average over its training prompts (budget {record.budget:g})."
     )
 
 
-def routing_card_section(record: RoutingRecord, repo_id: str) -> str:
-    """The model card's "Prompt routing" section (markdown)."""
+def routing_card_section(record: RoutingRecord, repo_id: str, custom_pipeline: str | None = None) -> str:
+    """The model card's "Prompt routing" and "Usage" sections of a routed folder (markdown). ``custom_pipeline``:
+    the name of the folder's ``custom_pipeline`` file, when it has one."""
+    finetuned = record.training.get("settings", {}).get("finetune_steps") or 0
+    weights = (
+        f"fine-tuned with hard routing for {finetuned} steps, so they are no longer the source model's"
+        if finetuned
+        else "those of the source model, unchanged (only the router and the codes were trained)"
+    )
     lines = [
         "## Prompt routing",
         "",
-        f"This repository holds the full-depth, shared-weight pipeline ({record.num_layers} blocks) plus a prompt "
-        f"router and {record.num_codes} architecture codes (`routing.json`, `router.safetensors`). With "
-        "diffusers-layerprune, each prompt is sent to one code and runs only that code's blocks; prompts sharing a "
-        "code are generated as one batch. The mean number of blocks run on the routing's training prompts is "
-        f"{record.mean_blocks:.2f} (budget {record.budget:g}).",
+        f"This repository holds one full-depth pipeline ({record.num_layers} transformer blocks) whose weights all "
+        f"codes share, plus a prompt router and {record.num_codes} architecture codes (`routing.json`, "
+        "`router.safetensors`). The router reads the pooled T5 embedding the pipeline computes anyway and sends each "
+        "prompt to one code; the prompt then runs only that code's blocks, and prompts sharing a code are generated "
+        f"as one batch. The shared weights are {weights}.",
+        "",
+        f"Mean blocks run per prompt: **{record.mean_blocks:.2f} of {record.num_layers}** on the "
+        f"{record.training.get('num_prompts', '')} prompts the router was fitted on (budget {record.budget:g}). On "
+        "other prompts the mean can be a little higher; `enforce_budget=True` makes every batch meet the budget.",
         "",
         "| code | blocks run | skipped blocks | share of training prompts | prompts closest to its centre |",
         "|---|---|---|---|---|",
@@ -278,25 +312,61 @@ def routing_card_section(record: RoutingRecord, repo_id: str) -> str:
     for k, code in enumerate(record.codes):
         closest = "; ".join(code.closest_prompts).replace("|", "/")
         lines.append(f"| {k} | {len(code.kept_layers)} | {record.skipped_layers(k)} | {code.share:.1%} | {closest} |")
+    if record.kept_layers:
+        lines += [
+            "",
+            f"The routed model was itself pruned: its block i is block `kept_layers[i]` of `{record.source_model}` "
+            f"({record.num_layers} of {record.source_num_layers} blocks kept: `{record.kept_layers}`); codes and "
+            "the budget count its blocks.",
+        ]
     lines += [
         "",
+        "## Usage",
+        "",
+        "Routed, with diffusers-layerprune (`pip install diffusers-layerprune`; checks that the router belongs to "
+        "these weights):",
+        "",
         "```python",
+        "import torch",
         "from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline",
         "",
         f'routed = RoutedPixArtSigmaPipeline.from_pretrained("{repo_id}")',
         "out = routed(prompts, generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))])",
         "out.images, out.codes  # images in prompt order, the code each prompt ran with",
+        "routed(prompts, enforce_budget=True)  # this batch's mean depth within the budget",
         "```",
         "",
-        "Stock `DiffusionPipeline.from_pretrained` ignores the routing files and loads the full-depth model. "
-        + (
-            f"The routed model was itself pruned ({record.num_layers} of {record.source_num_layers} blocks of "
-            f"`{record.source_model}`); the budget counts its blocks. "
-            if record.kept_layers
-            else ""
-        )
-        + "Method: prompt-routed depth after APTP (Ganjdanesh et al., Not All Prompts Are Made Equal: "
-        "Prompt-based Pruning of Text-to-Image Diffusion Models, 2024).",
+    ]
+    if custom_pipeline:
+        lines += [
+            f"Routed, with stock diffusers only, through its `custom_pipeline` loader and `{custom_pipeline}.py` of "
+            "this repository:",
+            "",
+            "```python",
+            "from diffusers import DiffusionPipeline",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", custom_pipeline="{custom_pipeline}", '
+            "trust_remote_code=True)",
+            "out = pipe(prompts)  # out.images, out.codes",
+            "```",
+            "",
+            f"`trust_remote_code=True` lets diffusers download and execute `{custom_pipeline}.py` from this repository "
+            "with your permissions, as any Python code: read it first (it imports only torch, numpy, safetensors, "
+            "huggingface_hub and diffusers). A later commit can change the file: pass `revision=` (the commit you "
+            "read) and read the routing files of that commit too, `pipe.load_routing(repo_id, revision=...)`. The "
+            "file does not check that the router was fitted to these weights.",
+            "",
+        ]
+    lines += [
+        "Full depth, with stock diffusers and no remote code: the routing files are ignored and every prompt runs all "
+        f"{record.num_layers} blocks of the shared weights.",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", torch_dtype=torch.bfloat16)',
+        "```",
         "",
     ]
     return "\n".join(lines)

@@ -79,3 +79,51 @@ def code_marginals(kind: str, num_codes: int, depths: torch.Tensor | None = None
     if kind == "none":
         return None
     raise LayerPruneError(f"unknown marginals {kind!r}; choose one of {', '.join(MARGINALS)}")
+
+
+def budgeted_assignment(
+    scores: torch.Tensor, depths: torch.Tensor | list[float], budget: float, *, iterations: int = 100
+) -> tuple[torch.Tensor, float]:
+    """Hard codes ``[N]`` for a batch whose mean depth must not exceed ``budget``, losing as little router score as
+    the constraint allows.
+
+    The Lagrangian relaxation of ``max sum_i scores[i, c_i]`` subject to ``mean_i depths[c_i] <= budget``: every
+    prompt takes ``argmax_k scores[i, k] - lam * depths[k]`` with ``lam >= 0`` the smallest (found by bisection) at
+    which the batch meets the budget. ``lam = 0`` is plain routing, so a batch already within budget is left as
+    routed; as ``lam`` grows each prompt can only move to a shallower code, the prompts whose router preference for
+    the deeper code is weakest first. ``scores``: router logits ``[N, K]``; ``depths``: blocks run by each code
+    ``[K]``. Returns the codes and ``lam``. Raises :class:`LayerPruneError` when the budget is below the shallowest
+    code (no assignment meets it).
+    """
+    if scores.ndim != 2:
+        raise LayerPruneError(f"scores must be [N, K], got shape {tuple(scores.shape)}")
+    s = scores.detach().double().cpu()
+    d = torch.as_tensor(depths, dtype=torch.float64)
+    if d.shape != (s.shape[1],):
+        raise LayerPruneError(f"{len(d)} code depths for {s.shape[1]} codes")
+    if budget < float(d.min()) - 1e-9:
+        raise LayerPruneError(
+            f"a mean of {budget:g} blocks is below the shallowest code ({float(d.min()):g} blocks): no assignment "
+            "meets it; give a budget of at least that"
+        )
+
+    def assign(lam: float) -> torch.Tensor:
+        return (s - lam * d).argmax(-1)
+
+    def mean_depth(codes: torch.Tensor) -> float:
+        return float(d[codes].mean())
+
+    codes = assign(0.0)
+    if mean_depth(codes) <= budget + 1e-9:
+        return codes, 0.0
+    gaps = d[:, None] - d[None, :]
+    # above this every prompt prefers (one of) the shallowest codes: a deeper code's score advantage is at most the
+    # score range, and costs at least the smallest depth gap
+    lo, hi = 0.0, (float(s.max() - s.min()) + 1.0) / max(float(gaps[gaps > 1e-9].min()), 1e-9)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if mean_depth(assign(mid)) <= budget + 1e-9:
+            hi = mid
+        else:
+            lo = mid
+    return assign(hi), hi
