@@ -318,11 +318,14 @@ def _budget_section(result: dict) -> str:
                 )
     teacher_train = result.get("teacher_train")
     if teacher_train:
+        train_by_seed = dict(zip(teacher_train.get("seeds", []), teacher_train["values"], strict=False))
         lines += [
             "",
             "The same models judged on as many *training* captions (the ones distillation trained on), same noise "
-            f"seeds; the teacher gets {100 * teacher_train['mean']:.1f}% there. A model that is much better on these "
-            "than on the held-out captions is limited by what its training data teaches, not by its budget:",
+            "seeds; each cell: accuracy and share of the teacher kept there (teacher on the same seeds), then the "
+            "same on the held-out captions. A student that keeps much more of the teacher on its training captions "
+            "than on held-out ones fits its prompts without generalising (a data limit); one that keeps less there "
+            "is not limited by its prompts:",
             "",
             "| removed | criterion | " + " | ".join(f"{n} steps" for n in steps) + " |",
             "|---" * (len(steps) + 2) + "|",
@@ -332,8 +335,14 @@ def _budget_section(result: dict) -> str:
             for n in steps:
                 row = entry["steps"].get(str(n), {})
                 m = row.get("train_overall")
+                same = [train_by_seed[s] for s in row.get("train_seeds", []) if s in train_by_seed]
+                if m is None or not same:
+                    cells.append("-")
+                    continue
+                on_train = m["mean"] / (sum(same) / len(same))
                 cells.append(
-                    "-" if m is None else f"{100 * m['mean']:.1f} (held-out {100 * row['overall']['mean']:.1f})"
+                    f"train {100 * m['mean']:.1f} ({on_train:.0%}), held-out {100 * row['overall']['mean']:.1f} "
+                    f"({kept(row):.0%}), n={m['n']}"
                 )
             lines.append(f"| {_ratio_label(r, depth)} | {entry['criterion']} | " + " | ".join(cells) + " |")
     lines += ["", *verdicts, ""] if verdicts else [""]

@@ -527,9 +527,18 @@ class Experiment:
                     if cell:
                         cells.append(cell)
                 if cells:
-                    on_train = [c["train_captions"]["accuracy"]["overall"] for c in cells if "train_captions" in c]
+                    on_train = [c for c in cells if "train_captions" in c]
                     entry["steps"][str(steps)] = {
-                        **({"train_overall": mean_std(on_train)} if on_train else {}),
+                        **(
+                            {
+                                "train_overall": mean_std(
+                                    [c["train_captions"]["accuracy"]["overall"] for c in on_train]
+                                ),
+                                "train_seeds": [c["seed"] for c in on_train],
+                            }
+                            if on_train
+                            else {}
+                        ),  # fmt: skip
                         "overall": mean_std([c["accuracy"]["overall"] for c in cells]),
                         "toy_score": mean_std([c["toy_score"] for c in cells]),
                         "seeds": [c["seed"] for c in cells],
@@ -539,7 +548,10 @@ class Experiment:
             budget[r] = entry
         teacher = [c for c in (self.cells.get(cell_key("teacher_train", s, [])) for s in self.budget_seeds) if c]
         if budget and teacher:
-            budget["teacher_train_overall"] = mean_std([c["accuracy"]["overall"] for c in teacher])
+            budget["teacher_train_overall"] = {
+                **mean_std([c["accuracy"]["overall"] for c in teacher]),
+                "seeds": [c["seed"] for c in teacher],
+            }
             budget["teacher_train_cells"] = teacher
         return budget
 
