@@ -23,6 +23,7 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     recipe = Recipe(
         model="toy",
         num_prompts=2,
+        scan_steps=2,  # the toy's 20 sampling steps are not needed to rank blocks here
         ratio=0.25,
         distill_steps=2,
         distill_batch_size=2,
@@ -108,33 +109,11 @@ def test_run_num_layers_is_the_pruned_depth(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_run_transformer_only_keeps_only_transformers(tmp_path, subprocess_sees_this_checkout):
-    recipe = Recipe(
-        model="toy",
-        num_prompts=2,
-        remove=2,
-        ratio=None,
-        distill_steps=2,
-        distill_batch_size=2,
-        eval_num_prompts=2,
-        transformer_only=True,
-        output=str(tmp_path / "run"),
-        extra_train_args=["--max_train_samples", "4", "--teacher_inference_steps", "2"],
-    )
-    rows = run_recipe(recipe, log=lambda *_: None)
-    assert [r["blocks"] for r in rows] == [12, 10, 10]
-    for stage in ("pruned", "distilled"):
-        folder = tmp_path / "run" / stage
-        assert (folder / "config.json").is_file() and not (folder / "model_index.json").exists()
-        assert not (folder / "text_encoder").exists() and (folder / "report.json").is_file()
-    card = (tmp_path / "run" / "distilled" / "README.md").read_text()
-    assert "PixArtTransformer2DModel.from_pretrained(" in card and "model-index" in card
-    assert json.loads((tmp_path / "run" / "distilled" / "distill_config.json").read_text())["transformer_only"]
-
-
 def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_this_checkout, capfd):
     """`layerprune run --num-processes 2 --accelerate-config FILE`: the scan and the distillation each run as two
-    gloo processes under accelerate launch; the global batch is split over them."""
+    gloo processes under accelerate launch; the global batch is split over them. The recipe is also
+    transformer-only: every stage writes and reads transformer folders (one recipe run checks both, each run
+    starts several processes)."""
     from diffusers_layerprune.cli import main
 
     from helpers import write_accelerate_config
@@ -142,7 +121,7 @@ def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_th
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         "model: tiny-random\nnum_prompts: 4\nscan_steps: 2\nnum_layers: 4\nratio: null\ndistill_steps: 2\n"
-        "distill_batch_size: 4\neval_num_prompts: 2\n"
+        "distill_batch_size: 4\neval_num_prompts: 2\ntransformer_only: true\n"
         "extra_train_args: [--max_train_samples, '4', --teacher_inference_steps, '2']\n"
     )
     config = write_accelerate_config(tmp_path)
@@ -158,3 +137,14 @@ def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_th
     printed = capfd.readouterr()
     assert "on 2 processes" in printed.out and "Traceback" not in printed.out + printed.err
     assert "INFO" not in printed.out + printed.err
+
+    # transformer-only: the pruned and the distilled folders hold only the transformer, and are evaluated
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["blocks"] for r in rows] == [6, 4, 4]
+    for stage in ("pruned", "distilled"):
+        folder = out / stage
+        assert (folder / "config.json").is_file() and not (folder / "model_index.json").exists()
+        assert not (folder / "text_encoder").exists() and (folder / "report.json").is_file()
+    card = (out / "distilled" / "README.md").read_text()
+    assert "PixArtTransformer2DModel.from_pretrained(" in card and "model-index" in card
+    assert record["transformer_only"] is True
