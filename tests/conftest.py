@@ -5,16 +5,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see diffusers_layerprune/__init__.py
 # Caches (text embeddings, teacher latents, the teacher-evaluation cache) go to a folder of this session, not to the
-# user's ~/.cache: tests start from nothing and leave nothing behind. Under pytest-xdist each worker process makes its
-# own (the workers inherit the controller's environment): two workers never build the same cache entry at once.
-_owner = os.environ.get("LAYERPRUNE_TEST_CACHE_PID")
-if "LAYERPRUNE_CACHE" not in os.environ or (_owner is not None and _owner != str(os.getpid())):
+# user's ~/.cache: tests start from nothing and leave nothing behind.
+if "LAYERPRUNE_CACHE" not in os.environ:
     import atexit
     import shutil
     import tempfile
 
     os.environ["LAYERPRUNE_CACHE"] = tempfile.mkdtemp(prefix="layerprune-test-cache-")
-    os.environ["LAYERPRUNE_TEST_CACHE_PID"] = str(os.getpid())
     atexit.register(shutil.rmtree, os.environ["LAYERPRUNE_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
