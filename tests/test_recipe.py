@@ -74,12 +74,15 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     logs.clear()
     run_recipe(recipe, log=logs.append)
     assert sum("reusing" in line for line in logs) == 5
-    # more distillation steps: distill and the evaluations after it run again, scoring and pruning do not
+    # more distillation steps, and LoRA added to the finished run: distill and the evaluations after it run again,
+    # scoring and pruning do not
     logs.clear()
-    recipe.distill_steps = 3
+    recipe.distill_steps, recipe.use_lora, recipe.rank = 3, True, 4
     run_recipe(recipe, log=logs.append)
     assert [line.split()[0] for line in logs if "reusing" in line] == ["[1/5]", "[2/5]", "[4/5]"]
-    assert json.loads((run / "distilled" / "distill_config.json").read_text())["steps"] == 3
+    config = json.loads((run / "distilled" / "distill_config.json").read_text())
+    assert config["steps"] == 3 and config["lora"] is True and config["rank"] == 4
+    assert (run / "distilled" / "lora").is_dir()
 
 
 def test_recipe_yaml_and_errors(tmp_path):
