@@ -311,7 +311,9 @@ def test_dry_run_folder_loads_in_fresh_stock_process(work, tmp_path, capsys):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        # a bare environment, as a user's; OpenMP threads wait passively, as the package sets it for its own
+        # processes: spinning ones stall when other processes hold the cores (diffusers_layerprune/__init__.py)
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_WAIT_POLICY": "PASSIVE"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "(1, 3, 16, 16) [0, 2, 3, 5]"

@@ -101,46 +101,67 @@ def test_round_trip_ours_and_stock_without_missing_or_unexpected_keys(family, tm
     assert torch.equal(run(stock, inputs), expected)
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_pruned_pipeline_loads_in_fresh_stock_diffusers_process(family, tmp_path):
-    pipe = load_pipeline(f"tiny-random-{family}")
-    pipe.set_progress_bar_config(disable=True)
-    depth = num_blocks(pipe.transformer)
-    pruned = prune_pipeline(pipe, pruned_layers=[1, depth - 1])
-    assert type(pruned.transformer) is PRUNED[family]
-    assert num_blocks(pipe.transformer) == depth  # the source pipeline is untouched
-    expected = pruned(PROMPT, **tiny_call_kwargs(pruned)).images.numpy()
-
-    out = save_pruned_pipeline(pruned, tmp_path / "pruned")
-    stock_name = get_family(family).transformer_class
-    index = json.loads((out / "model_index.json").read_text())
-    assert index["transformer"] == ["diffusers", stock_name]
-
-    size = TINY_RESOLUTION[family]
-    extra = "use_resolution_binning=False, clean_caption=False," if family == "sana" else ""
+@pytest.fixture(scope="module")
+def stock_process(tmp_path_factory):
+    """Prune and save the tiny pipeline of every family, then load and run all of them in ONE fresh stock-diffusers
+    process (one interpreter start instead of one per family). Returns, per family, what the test checks."""
+    root = tmp_path_factory.mktemp("stock")
+    runs = {}
+    for family in FAMILY_NAMES:
+        pipe = load_pipeline(f"tiny-random-{family}")
+        pipe.set_progress_bar_config(disable=True)
+        depth = num_blocks(pipe.transformer)
+        pruned = prune_pipeline(pipe, pruned_layers=[1, depth - 1])
+        runs[family] = dict(
+            depth=depth,
+            pruned_type=type(pruned.transformer),
+            source_depth_after=num_blocks(pipe.transformer),
+            expected=pruned(PROMPT, **tiny_call_kwargs(pruned)).images.numpy(),
+            out=save_pruned_pipeline(pruned, root / family / "pruned"),
+        )
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, torch
         from diffusers import DiffusionPipeline
-        pipe = DiffusionPipeline.from_pretrained({str(out)!r})
-        pipe.set_progress_bar_config(disable=True)
-        # Weights read from safetensors can sit at addresses that are not 64-byte aligned, and CPU matmul kernels then
-        # round differently (measured: 2e-7 on Flux's images); copies are aligned as the in-memory model's are.
-        for p in pipe.transformer.parameters():
-            p.data = p.data.clone()
-        images = pipe({PROMPT!r}, num_inference_steps=2, height={size}, width={size}, max_sequence_length=16,
-                      {extra} output_type="pt", generator=torch.Generator().manual_seed(0)).images
-        np.save({str(tmp_path / "stock.npy")!r}, images.numpy())
+        for family, folder, size in {[(f, str(r["out"]), TINY_RESOLUTION[f]) for f, r in runs.items()]!r}:
+            pipe = DiffusionPipeline.from_pretrained(folder)
+            pipe.set_progress_bar_config(disable=True)
+            # Weights read from safetensors can sit at addresses that are not 64-byte aligned, and CPU matmul
+            # kernels then round differently (measured: 2e-7 on Flux's images); copies are aligned as the in-memory
+            # model's are.
+            for p in pipe.transformer.parameters():
+                p.data = p.data.clone()
+            extra = dict(use_resolution_binning=False, clean_caption=False) if family == "sana" else {{}}
+            images = pipe({PROMPT!r}, num_inference_steps=2, height=size, width=size, max_sequence_length=16,
+                          output_type="pt", generator=torch.Generator().manual_seed(0), **extra).images
+            np.save(f"{root}/{{family}}.npy", images.numpy())
+            print(family, type(pipe.transformer).__name__, pipe.transformer.config.kept_layers)
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
-        print(type(pipe.transformer).__name__, pipe.transformer.config.kept_layers)
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=env)
+    printed = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.strip().splitlines()}
+    for family, run in runs.items():
+        run.update(result=result, printed=printed.get(family), stock=root / f"{family}.npy")
+    return runs
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_pruned_pipeline_loads_in_fresh_stock_diffusers_process(family, stock_process):
+    run = stock_process[family]
+    depth, out = run["depth"], run["out"]
+    assert run["pruned_type"] is PRUNED[family]
+    assert run["source_depth_after"] == depth  # the source pipeline is untouched
+    stock_name = get_family(family).transformer_class
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers", stock_name]
+
+    result = run["result"]
     assert result.returncode == 0, result.stderr[-2000:]
     kept = [i for i in range(depth) if i not in (1, depth - 1)]
-    assert result.stdout.strip().splitlines()[-1] == f"{stock_name} {kept}"
-    np.testing.assert_array_equal(np.load(tmp_path / "stock.npy"), expected)
+    assert run["printed"] == f"{stock_name} {kept}"
+    np.testing.assert_array_equal(np.load(run["stock"]), run["expected"])
 
 
 def test_sd3_new_last_block_takes_the_context_pre_only_structure():

@@ -60,7 +60,7 @@ def test_wheel_runs_the_recipe_and_a_dry_run_push_outside_the_checkout(installed
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        "num_prompts: 2\nratio: 0.25\ndistill_steps: 2\ndistill_batch_size: 2\neval_num_prompts: 2\n"
+        "num_prompts: 2\nscan_steps: 2\nratio: 0.25\ndistill_steps: 2\ndistill_batch_size: 2\neval_num_prompts: 2\n"
         "output: runs/toy\nextra_train_args: [--max_train_samples, '4', --teacher_inference_steps, '2']\n"
     )
     layerprune = [str(site / "bin" / "layerprune")]

@@ -30,6 +30,7 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     recipe = Recipe(
         model="toy",
         num_prompts=2,
+        scan_steps=2,  # the toy's 20 sampling steps are not needed to rank blocks here
         ratio=0.25,
         distill_steps=2,
         distill_batch_size=2,
@@ -87,9 +88,10 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     logs.clear()
     run_recipe(recipe, log=logs.append)
     assert sum("reusing" in line for line in logs) == 5
-    # more distillation steps: distill and the evaluations after it run again, scoring and pruning do not
+    # more distillation steps, and LoRA added to the finished run: distill and the evaluations after it run again,
+    # scoring and pruning do not
     logs.clear()
-    recipe.distill_steps = 3
+    recipe.distill_steps, recipe.use_lora, recipe.rank = 3, True, 4
     run_recipe(recipe, log=logs.append)
     assert [line.split()[0] for line in logs if "reusing" in line] == ["[1/5]", "[2/5]", "[4/5]"]
     # the reused pruned report takes the new measurement too: both still show one speed-up
@@ -97,7 +99,9 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     first, second = (json.loads((run / f / "report.json").read_text()) for f in ("pruned", "distilled"))
     assert first["models"]["student"]["latency"] == second["models"]["student"]["latency"]
     assert first["models"]["teacher"]["latency"] == second["models"]["teacher"]["latency"]
-    assert json.loads((run / "distilled" / "distill_config.json").read_text())["steps"] == 3
+    config = json.loads((run / "distilled" / "distill_config.json").read_text())
+    assert config["steps"] == 3 and config["lora"] is True and config["rank"] == 4
+    assert (run / "distilled" / "lora").is_dir()
 
 
 def test_recipe_yaml_and_errors(tmp_path):
@@ -127,33 +131,11 @@ def test_run_num_layers_is_the_pruned_depth(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_run_transformer_only_keeps_only_transformers(tmp_path, subprocess_sees_this_checkout):
-    recipe = Recipe(
-        model="toy",
-        num_prompts=2,
-        remove=2,
-        ratio=None,
-        distill_steps=2,
-        distill_batch_size=2,
-        eval_num_prompts=2,
-        transformer_only=True,
-        output=str(tmp_path / "run"),
-        extra_train_args=["--max_train_samples", "4", "--teacher_inference_steps", "2"],
-    )
-    rows = run_recipe(recipe, log=lambda *_: None)
-    assert [r["blocks"] for r in rows] == [12, 10, 10]
-    for stage in ("pruned", "distilled"):
-        folder = tmp_path / "run" / stage
-        assert (folder / "config.json").is_file() and not (folder / "model_index.json").exists()
-        assert not (folder / "text_encoder").exists() and (folder / "report.json").is_file()
-    card = (tmp_path / "run" / "distilled" / "README.md").read_text()
-    assert "PixArtTransformer2DModel.from_pretrained(" in card and "model-index" in card
-    assert json.loads((tmp_path / "run" / "distilled" / "distill_config.json").read_text())["transformer_only"]
-
-
 def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_this_checkout, capfd):
     """`layerprune run --num-processes 2 --accelerate-config FILE`: the scan and the distillation each run as two
-    gloo processes under accelerate launch; the global batch is split over them."""
+    gloo processes under accelerate launch; the global batch is split over them. The recipe is also
+    transformer-only: every stage writes and reads transformer folders (one recipe run checks both, each run
+    starts several processes)."""
     from diffusers_layerprune.cli import main
 
     from helpers import write_accelerate_config
@@ -161,7 +143,7 @@ def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_th
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         "model: tiny-random\nnum_prompts: 4\nscan_steps: 2\nnum_layers: 4\nratio: null\ndistill_steps: 2\n"
-        "distill_batch_size: 4\neval_num_prompts: 2\n"
+        "distill_batch_size: 4\neval_num_prompts: 2\ntransformer_only: true\n"
         "extra_train_args: [--max_train_samples, '4', --teacher_inference_steps, '2']\n"
     )
     config = write_accelerate_config(tmp_path)
@@ -177,6 +159,17 @@ def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_th
     printed = capfd.readouterr()
     assert "on 2 processes" in printed.out and "Traceback" not in printed.out + printed.err
     assert "INFO" not in printed.out + printed.err
+
+    # transformer-only: the pruned and the distilled folders hold only the transformer, and are evaluated
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["blocks"] for r in rows] == [6, 4, 4]
+    for stage in ("pruned", "distilled"):
+        folder = out / stage
+        assert (folder / "config.json").is_file() and not (folder / "model_index.json").exists()
+        assert not (folder / "text_encoder").exists() and (folder / "report.json").is_file()
+    card = (out / "distilled" / "README.md").read_text()
+    assert "PixArtTransformer2DModel.from_pretrained(" in card and "model-index" in card
+    assert record["transformer_only"] is True
 
 
 def test_learnable_is_scored_for_the_count_the_recipe_removes(tmp_path, monkeypatch):
