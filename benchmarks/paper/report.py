@@ -340,9 +340,14 @@ def _budget_section(result: dict) -> str:
                     cells.append("-")
                     continue
                 on_train = m["mean"] / (sum(same) / len(same))
+                # held-out on the seeds judged on training captions too
+                held = [
+                    v for s, v in zip(row["seeds"], row["overall"]["values"], strict=True) if s in row["train_seeds"]
+                ]
+                held_row = {"seeds": row["train_seeds"], "overall": {"mean": sum(held) / len(held)}}
                 cells.append(
-                    f"train {100 * m['mean']:.1f} ({on_train:.0%}), held-out {100 * row['overall']['mean']:.1f} "
-                    f"({kept(row):.0%}), n={m['n']}"
+                    f"train {100 * m['mean']:.1f} ({on_train:.0%}), held-out {100 * held_row['overall']['mean']:.1f} "
+                    f"({kept(held_row):.0%}), n={m['n']}"
                 )
             lines.append(f"| {_ratio_label(r, depth)} | {entry['criterion']} | " + " | ".join(cells) + " |")
     lines += ["", *verdicts, ""] if verdicts else [""]
