@@ -407,13 +407,16 @@ def write_budget_plot(result: dict, path: Path) -> None:
             color=colour,
             label=f"{_ratio_label(r, depth)} removed, {entry['criterion']}",
         )
+        for n, m in points:  # seeds differ between budgets: say how many each point has
+            ax.annotate(f"n={m['n']}", (n, 100 * m["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if r in GOALS:
             ax.axhline(100 * GOALS[r] * teacher, color=colour, lw=1, ls="--", label=f"goal: {GOALS[r]:.0%} of teacher")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     steps = sorted({int(n) for e in budget.values() for n in e["steps"]})
     ax.set_xticks(steps, [str(n) for n in steps])
     ax.set_xlabel("distillation steps")
-    ax.set_ylabel("held-out, all four right (%)")
+    ax.set_ylabel("held-out, all four right (%), mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
