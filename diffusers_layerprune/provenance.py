@@ -90,13 +90,15 @@ def publish_configs(folder: str | os.PathLike) -> list[Path]:
 def local_inputs(*models: str | os.PathLike | None) -> list[str]:
     """The local paths a command reads (models, files), which its outputs must stay apart from: each given value,
     and for the short name ``toy`` the bundled pipeline's folder."""
+    from .modeling import ALIAS_FOLDERS, MODEL_ALIASES
+
     inputs = []
     for model in filter(None, models):
-        if str(model) == "toy":
-            from .toy import toy_pipeline_path
-
-            inputs.append(str(toy_pipeline_path()))
-        inputs.append(str(model))
+        name = str(model)
+        if name in ALIAS_FOLDERS:  # a short name is never a folder of the working directory (./toy is)
+            inputs.append(str(ALIAS_FOLDERS[name]()))
+        elif name not in MODEL_ALIASES:  # built in code: nothing local is read
+            inputs.append(name)
     return inputs
 
 
@@ -104,6 +106,10 @@ def full_local(value: str | os.PathLike | None) -> str | None:
     """An existing local path made absolute (links kept), anything else (Hub id, short name) as given."""
     if value is None:
         return None
+    from .modeling import MODEL_ALIASES
+
+    if str(value) in MODEL_ALIASES:  # a short name stays one, whatever folders the working directory holds
+        return str(value)
     text = os.path.expanduser(str(value))
     return os.path.abspath(text) if os.path.exists(text) else str(value)
 

@@ -531,3 +531,21 @@ def test_killed_parent_takes_the_training_child_with_it(tmp_path, sig):
         parent.wait()
         if pid_file.exists() and not _gone(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_short_name_is_not_a_folder_of_the_working_directory(tmp_path, monkeypatch):
+    """`toy` is the bundled pipeline even when the working directory holds a folder named toy (a user's earlier
+    `--output toy`): it is neither loaded, recorded nor checked as ./toy; `./toy` names that folder."""
+    from diffusers_layerprune.cli import main
+    from diffusers_layerprune.outputs import check_apart_from_inputs
+    from diffusers_layerprune.provenance import full_local, local_inputs
+    from diffusers_layerprune.toy import toy_pipeline_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy").mkdir()
+    assert local_inputs("toy") == [str(toy_pipeline_path())]
+    assert local_inputs("tiny-random") == []
+    assert full_local("toy") == "toy" and full_local("./toy") == str(tmp_path / "toy")
+    check_apart_from_inputs(tmp_path / "toy" / "pruned", local_inputs("toy"))  # not "inside the input"
+    assert main(["prune", "--model", "toy", "--drop", "2,5", "--output", "toy/pruned"]) == 0
+    assert (tmp_path / "toy" / "pruned" / "model_index.json").is_file()
