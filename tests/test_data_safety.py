@@ -486,8 +486,12 @@ def test_changed_distillation_settings_start_fresh(tmp_path, subprocess_sees_thi
 
 PARENT = textwrap.dedent(
     """
-    import sys
+    import signal, sys
     from diffusers_layerprune.recipe import run_child
+
+    # Ctrl-C as a foreground process gets it: a test run started in the background (`pytest &`) inherits SIGINT
+    # ignored, and the SIGINT case would then test nothing but that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     child = "import os, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
     child += "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(600)"
