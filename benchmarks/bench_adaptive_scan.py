@@ -61,6 +61,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also run the adaptive scan with these tolerances on the same budget (its images come from the progress "
         "files, so only the judging of new selections costs time): the images/quality trade-off",
     )
+    p.add_argument(
+        "--proxy-steps",
+        type=int,
+        nargs="*",
+        default=[5, 10],
+        help="cheaper proxies: the exhaustive and the adaptive scan with this many sampler steps (of the model's 20) "
+        "on the same prompts and noise; their rank correlation with the full exhaustive scan, and the judged quality "
+        "of what they choose (judged at the full setting)",
+    )
     p.add_argument("--eval-prompts", type=int, default=216)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per unit while scoring (and per judge batch x4)")
     p.add_argument("--output", type=Path, default=ROOT / "runs" / "bench_adaptive_scan")
@@ -73,6 +82,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def tag(args, tolerance: float | None = None) -> str:
     tolerance = args.tolerance if tolerance is None else tolerance
     return f"n{args.score_prompts}-r{args.round_prompts}-tol{tolerance:g}-conf{args.confidence:g}"
+
+
+def suffix(steps: int | None) -> str:
+    """File-name part of a proxy scan (``None``: the full setting)."""
+    return "" if steps is None else f"-steps{steps}"
 
 
 class Runner:
@@ -110,31 +124,37 @@ class Runner:
         self.depth = len(self.pipe.transformer.transformer_blocks)
         self.ready = True
 
-    def scan(self, seed: int):
+    def scan(self, seed: int, steps: int | None = None):
+        """The scan of ``seed``'s prompt budget; ``steps``: a proxy with fewer sampler steps (same prompts, same
+        initial noise), its own progress file."""
         from diffusers_layerprune.data import PromptSet
         from diffusers_layerprune.importance import ImportanceScan
 
         prompts = random.Random(seed).sample(self.train, self.args.score_prompts)
+        settings = {**self.settings.__dict__, "seed": 1000 * seed}
+        if steps is not None:
+            settings["num_inference_steps"] = steps
         return ImportanceScan(
             self.pipe,
             PromptSet(prompts, "toy:train", meta={"sample_seed": seed, "limit": self.args.score_prompts}),
-            self.settings.__class__(**{**self.settings.__dict__, "seed": 1000 * seed}),
+            self.settings.__class__(**settings),
             model_id="toy",
             scorer=self.scorer,
             scorer_name="toy",
-            progress_path=self.args.output / f"seed-{seed}" / "scan.json",
+            progress_path=self.args.output / f"seed-{seed}" / f"scan{suffix(steps)}.json",
             show_progress=False,
         )
 
-    def importances(self, seed: int, ks: list[int], tolerance: float | None = None) -> dict:
-        """``{"exhaustive": imp, k: adaptive imp}``, computed once and kept as importance files."""
+    def importances(self, seed: int, ks: list[int], tolerance: float | None = None, steps: int | None = None) -> dict:
+        """``{"exhaustive": imp, k: adaptive imp}``, computed once and kept as importance files (``steps``: the
+        proxy scans with that many sampler steps)."""
         from diffusers_layerprune.importance import LayerImportance, compute_importance
         from diffusers_layerprune.importance.adaptive import adaptive_preference
 
         folder = self.args.output / f"seed-{seed}"
         out, scan = {}, None
         for k in ks:
-            path = folder / f"adaptive-k{k}-{tag(self.args, tolerance)}.json"
+            path = folder / f"adaptive-k{k}-{tag(self.args, tolerance)}{suffix(steps)}.json"
             if path.is_file():
                 out[k] = LayerImportance.load(path)
                 continue
@@ -142,7 +162,7 @@ class Runner:
                 raise SystemExit(f"{path} is missing; run without --report-only first")
             if not self.ready:
                 self.setup()
-            scan = scan or self.scan(seed)
+            scan = scan or self.scan(seed, steps)
             start, before = time.perf_counter(), scan.units_computed
             out[k] = adaptive_preference(
                 scan,
@@ -156,18 +176,22 @@ class Runner:
             out[k].save(path, plot=False)
             a = out[k].extra["adaptive"]
             print(f"seed {seed} k={k}: adaptive {a['images']} / {a['exhaustive_images']} images", flush=True)
-        path = folder / f"exhaustive-n{self.args.score_prompts}.json"
+        path = folder / f"exhaustive-n{self.args.score_prompts}{suffix(steps)}.json"
         if path.is_file():
             out["exhaustive"] = LayerImportance.load(path)
         else:
+            if self.args.report_only:
+                raise SystemExit(f"{path} is missing; run without --report-only first")
             if not self.ready:
                 self.setup()
-            scan = scan or self.scan(seed)
+            scan = scan or self.scan(seed, steps)
             start = time.perf_counter()
             out["exhaustive"] = compute_importance("preference", scan)
             out["exhaustive"].extra["seconds"] = time.perf_counter() - start
             out["exhaustive"].save(path, plot=False)
-            print(f"seed {seed}: exhaustive scan in {out['exhaustive'].extra['seconds']:.0f} s", flush=True)
+            print(
+                f"seed {seed}: exhaustive scan{suffix(steps)} in {out['exhaustive'].extra['seconds']:.0f} s", flush=True
+            )
         return out
 
     def judged(self, seed: int, dropped: list[int]) -> dict:
@@ -314,7 +338,27 @@ def run(args) -> dict:
                 "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
             }
         sweep.append(entry)
+    proxies = [proxy_entry(args, runner, ks, steps) for steps in args.proxy_steps]
     all_ratio = statistics.mean(c["image_ratio"] for c in cells)
+    options = [
+        {
+            "name": f"adaptive, tolerance {e['tolerance']:g}",
+            "cost": e["image_ratio_mean"],
+            "within_noise": all(within_noise(e[str(r)]) for r in args.ratios),
+        }
+        for e in sweep
+    ]
+    for e in proxies:
+        for kind in ("exhaustive", "adaptive"):
+            options.append(
+                {
+                    "name": f"{kind} at {e['steps']} of {e['full_steps']} sampler steps"
+                    + (f", tolerance {args.tolerance:g}" if kind == "adaptive" else ""),
+                    "cost": e[kind]["cost_mean"],
+                    "within_noise": all(within_noise(e[kind][str(r)]) for r in args.ratios),
+                }
+            )
+    good = sorted((o for o in options if o["cost"] <= 1 / 3 and o["within_noise"]), key=lambda o: o["cost"])
     return {
         "benchmark": "bench_adaptive_scan",
         "settings": {
@@ -333,8 +377,79 @@ def run(args) -> dict:
         "summary": summary,
         "image_ratio_mean": all_ratio,
         "tolerance_sweep": sweep,
-        "target": {"image_ratio": 1 / 3, "met": all_ratio <= 1 / 3},
+        "proxies": proxies,
+        "options": options,
+        "target": {
+            "image_ratio": 1 / 3,
+            "met": all_ratio <= 1 / 3,
+            "met_by": [o["name"] for o in good],
+            "note": "cost: generations at the full setting's sampler steps, as a share of the exhaustive scan's; "
+            "within noise: the difference to the exhaustive choice is above -2 standard errors at every removal count",
+        },
     }
+
+
+def within_noise(d: dict) -> bool:
+    """Not worse than the exhaustive choice beyond noise: the difference is above -2 standard errors."""
+    return d["overall_difference"] + 2 * d["overall_difference_se"] >= 0
+
+
+def proxy_entry(args, runner: Runner, ks: list[int], steps: int) -> dict:
+    """The proxies with ``steps`` sampler steps against the full exhaustive scan, seeds pooled."""
+    from diffusers_layerprune.importance.stability import rank_agreement
+
+    depth = 12
+    rows, spearman, full_steps = [], [], None
+    for seed in args.seeds:
+        full = runner.importances(seed, ks)
+        proxy = runner.importances(seed, ks, steps=steps)
+        full_steps = full["exhaustive"].metadata["num_inference_steps"]
+        if proxy["exhaustive"].metadata["num_inference_steps"] != steps:
+            raise SystemExit(f"seed {seed}: the {steps}-step proxy scan on disk was made with other settings")
+        spearman.append(rank_agreement(proxy["exhaustive"], full["exhaustive"], ks[0])["spearman"])
+        for ratio in args.ratios:
+            k = max(1, round(ratio * depth))
+            reference = full["exhaustive"].least_important(k)
+            judged_ref = runner.judged(seed, reference)
+            row = {"seed": seed, "ratio": ratio, "remove": k, "reference": reference}
+            for kind, imp in (("exhaustive", proxy["exhaustive"]), ("adaptive", proxy[k])):
+                chosen = imp.least_important(k)
+                judged = runner.judged(seed, chosen)
+                images = imp.extra["adaptive"]["images"] if kind == "adaptive" else (depth + 1) * args.score_prompts
+                row[kind] = {
+                    "selection": chosen,
+                    "overlap": len(set(chosen) & set(reference)),
+                    "images": images,
+                    "cost": images * steps / ((depth + 1) * args.score_prompts * full_steps),
+                    "overall": judged["overall"],
+                    "d": [float(x) - float(y) for x, y in zip(judged["correct"], judged_ref["correct"], strict=True)],
+                }
+            rows.append(row)
+    entry = {
+        "steps": steps,
+        "full_steps": full_steps,
+        "spearman_per_seed": spearman,
+        "spearman_mean": statistics.mean(spearman),
+        "spearman_min": min(spearman),
+    }
+    for kind in ("exhaustive", "adaptive"):
+        e = {
+            "cost_mean": statistics.mean(r[kind]["cost"] for r in rows),
+            "same_selection": f"{sum(r[kind]['selection'] == r['reference'] for r in rows)} of {len(rows)}",
+            "cells": [
+                {key: r[key] for key in ("seed", "ratio", "remove", "reference")}
+                | {key: v for key, v in r[kind].items() if key != "d"}
+                for r in rows
+            ],
+        }
+        for ratio in args.ratios:
+            d = [x for r in rows if r["ratio"] == ratio for x in r[kind]["d"]]
+            e[str(ratio)] = {
+                "overall_difference": statistics.mean(d),
+                "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
+            }
+        entry[kind] = e
+    return entry
 
 
 def render(result: dict) -> str:
@@ -384,6 +499,31 @@ def render(result: dict) -> str:
                 for r in ratios
             )
             lines.append(f"| {e['tolerance']:g} | {e['image_ratio_mean']:.0%} | {e['same_selection']} | {diffs} |")
+    if result.get("proxies"):
+        ratios = s["ratios"]
+        lines += [
+            "",
+            "Cheaper proxies: the same scans with fewer sampler steps (same prompts and initial noise; the selections "
+            "judged at the full setting). Cost: the scan's transformer evaluations as a share of the full exhaustive "
+            "scan's (images x sampler steps); Spearman: rank correlation of the proxy's exhaustive block values with "
+            "the full exhaustive scan's (12 blocks, per seed); difference to the full exhaustive choice, seeds pooled:",
+            "",
+            "| scan | sampler steps | Spearman (mean, min over seeds) | cost (mean share) | same blocks | "
+            + " | ".join(f"difference, {r:.0%} removed" for r in ratios)
+            + " |",
+            "|---|---|---|---|---|" + "---|" * len(ratios),
+        ]
+        for e in result["proxies"]:
+            for kind in ("exhaustive", "adaptive"):
+                p = e[kind]
+                diffs = " | ".join(
+                    f"{100 * p[str(r)]['overall_difference']:+.1f} ± {100 * p[str(r)]['overall_difference_se']:.1f}"
+                    for r in ratios
+                )
+                lines.append(
+                    f"| {kind} | {e['steps']} of {e['full_steps']} | {e['spearman_mean']:.3f}, {e['spearman_min']:.3f} | "
+                    f"{p['cost_mean']:.0%} | {p['same_selection']} | {diffs} |"
+                )
     met = "meets" if result["target"]["met"] else "misses"
     if result.get("runs"):
         described = "; ".join(
@@ -401,6 +541,17 @@ def render(result: dict) -> str:
         f"Over all cells the adaptive scan generated {result['image_ratio_mean']:.0%} of the exhaustive scan's images "
         f"({met} the target of at most 1/3). The standard error of a difference is over the paired per-caption "
         "outcomes (seeds pooled); a difference within about two standard errors is noise.",
+    ]
+    if "met_by" in result["target"]:
+        met_by = result["target"]["met_by"]
+        lines += [
+            "",
+            "Configurations costing at most 1/3 of the exhaustive scan with a choice not worse than the exhaustive one "
+            "beyond noise (above -2 standard errors at every removal count): "
+            + (", ".join(met_by) if met_by else "none")
+            + ".",
+        ]
+    lines += [
         "",
         END,
     ]

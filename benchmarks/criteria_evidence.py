@@ -34,31 +34,9 @@ from diffusers_layerprune.importance import (
     compute_importance,
     plan_blocks,
 )
+from diffusers_layerprune.importance.stability import spearman_rho
 from diffusers_layerprune.modeling import generation_defaults, load_pipeline
 from diffusers_layerprune.scorers import SCORERS, load_scorer
-
-
-def spearman_rho(a: list[float], b: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN values are not expected here."""
-
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=lambda i: values[i])
-        result = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for position in range(i, j + 1):
-                result[order[position]] = (i + j) / 2
-            i = j + 1
-        return result
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.mean(ra), statistics.mean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
-    return cov / var if var else float("nan")
 
 
 def toy_scorer():

@@ -13,7 +13,12 @@ from diffusers_layerprune.errors import LayerPruneError
 from diffusers_layerprune.importance import ImportanceScan, LayerImportance, ScanSettings, compute_importance
 from diffusers_layerprune.importance.adaptive import adaptive_preference, adaptive_rounds
 from diffusers_layerprune.importance.runner import progress_files
-from diffusers_layerprune.importance.stability import bootstrap_probability, selection_stability
+from diffusers_layerprune.importance.stability import (
+    bootstrap_probability,
+    rank_agreement,
+    selection_stability,
+    spearman_rho,
+)
 
 
 def importance_of(per_prompt) -> LayerImportance:
@@ -83,6 +88,27 @@ def test_orientation_and_prompts_a_block_was_not_measured_on():
 def test_stability_needs_per_prompt_values():
     with pytest.raises(LayerPruneError, match="no per-prompt values"):
         selection_stability(LayerImportance([1.0, 2.0, 3.0], "weight_norm"), 1)
+
+
+def test_rank_correlation_of_a_proxy_scan_against_the_full_one():
+    # Known answers: identical order 1, reversed order -1, one adjacent swap of 5 values 1 - 6 * 2 / (5 * 24) = 0.9;
+    # ties take their average rank (scipy's convention): [1, 2, 2, 3] vs [1, 2, 3, 4] -> 0.9486833.
+    assert spearman_rho([1, 2, 3, 4, 5], [10, 20, 30, 40, 50]) == pytest.approx(1.0)
+    assert spearman_rho([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman_rho([1, 2, 3, 4, 5], [1, 3, 2, 4, 5]) == pytest.approx(0.9)
+    assert spearman_rho([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(spearman_rho([1, 1, 1], [1, 2, 3]))
+    full = LayerImportance(values=[0.9, 0.1, 0.3, 0.2, 0.8], criterion="preference")
+    proxy = LayerImportance(values=[0.7, 0.2, 0.1, 0.3, 0.9], criterion="preference")
+    agreement = rank_agreement(proxy, full, k=2)
+    assert agreement["selection"] == [1, 2] and agreement["reference_selection"] == [1, 3]
+    assert agreement["overlap"] == 1 and not agreement["same"]
+    # ranks [4, 0, 2, 1, 3] vs [3, 1, 0, 2, 4]: squared differences sum to 8, rho = 1 - 6 * 8 / (5 * 24) = 0.6
+    assert agreement["spearman"] == pytest.approx(0.6)
+    with pytest.raises(LayerPruneError, match="different models"):
+        rank_agreement(LayerImportance(values=[0.1, 0.2], criterion="preference"), full, k=1)
+    with pytest.raises(LayerPruneError, match="finite"):
+        spearman_rho([0.1, float("nan")], [0.1, 0.2])
 
 
 def test_stability_is_saved_and_plotted(tmp_path):

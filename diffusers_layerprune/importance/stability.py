@@ -200,3 +200,50 @@ def selection_stability(
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
+
+
+def spearman_rho(a, b) -> float:
+    """Spearman rank correlation of two equally long sequences (average ranks for ties); NaN when one is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise LayerPruneError(
+            f"rank correlation needs two sequences of the same length >= 2, got {a.shape} and {b.shape}"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise LayerPruneError("rank correlation needs finite values (a block without a value cannot be ranked)")
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    norm = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / norm) if norm > 0 else math.nan
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def rank_agreement(proxy: LayerImportance, reference: LayerImportance, k: int) -> dict:
+    """How well a cheaper scan (``proxy``: fewer sampler steps, a lower resolution) stands in for the full one
+    (``reference``), both over the same model's blocks: the Spearman correlation of the block values, and the
+    ``k``-block selections of both with their overlap. A proxy is worth using only where this was measured."""
+    if len(proxy.values) != len(reference.values):
+        raise LayerPruneError(
+            f"the two importances are over different models ({len(proxy.values)} and {len(reference.values)} blocks)"
+        )
+    a, b = proxy.least_important(k), reference.least_important(k)
+    return {
+        "spearman": spearman_rho(proxy.values, reference.values),
+        "selection": a,
+        "reference_selection": b,
+        "overlap": len(set(a) & set(b)),
+        "same": a == b,
+        "k": k,
+    }
