@@ -413,6 +413,36 @@ def test_learnable_removes_blocks_that_do_nothing_and_leaves_the_model_untouched
     assert once.values == twice.values  # seeded
 
 
+def test_learnable_micro_batches_and_checkpointing_give_the_same_step(monkeypatch):
+    """A step split into micro-batches (gradients accumulated) and recomputed in the backward pass is the step of one
+    pass, up to float rounding; the plan follows the activation budget."""
+    from diffusers_layerprune.importance import learnable
+    from diffusers_layerprune.testing import build_tiny_pixart_pipeline
+
+    # The plan at real sizes: PixArt-Sigma-XL at 1024 px (4096 tokens, width 1152, 28 blocks), 32 samples a step.
+    assert learnable.pass_plan(32, 4096, 1152, 28) == (5, True)
+    assert learnable.pass_plan(32, 16, 64, 12) == (32, False)  # the toy world: one pass, as before
+    assert learnable.pass_plan(32, 4096, 1152, 28, micro_batch=64) == (32, True)
+    pipe = build_tiny_pixart_pipeline(6)
+    pipe.set_progress_bar_config(disable=True)
+    settings = ScanSettings(**{**SETTINGS.__dict__, "batch_size": 4, "num_timesteps": 4})
+    scan = ImportanceScan(pipe, PROMPTS[:4], settings, show_progress=False)  # one batch: 16 samples a step
+    one = compute_importance("learnable", scan, remove=2, steps=4)
+    assert (one.extra["learnable"]["micro_batch"], one.extra["learnable"]["gradient_checkpointing"]) == (16, False)
+    split = compute_importance("learnable", scan, remove=2, steps=4, micro_batch=3)
+    assert split.extra["learnable"]["micro_batch"] == 3 and split.extra["learnable"]["student_passes"] == 4 * 6
+    monkeypatch.setattr(learnable, "ACTIVATION_BUDGET", 1)  # nothing fits: one sample per pass, recomputed blocks
+    recomputed = compute_importance("learnable", scan, remove=2, steps=4)
+    assert recomputed.extra["learnable"]["micro_batch"] == 1
+    assert recomputed.extra["learnable"]["gradient_checkpointing"] is True
+    for other in (split, recomputed):
+        assert other.least_important(2) == one.least_important(2)
+        np.testing.assert_allclose(other.values, one.values, rtol=1e-4, atol=1e-5)
+        assert other.extra["learnable"]["loss_first"] == pytest.approx(one.extra["learnable"]["loss_first"], rel=1e-4)
+    assert not any(block._forward_hooks for block in get_blocks(pipe.transformer))
+    assert not pipe.transformer.is_gradient_checkpointing  # the scanned model is left as it was
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

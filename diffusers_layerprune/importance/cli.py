@@ -135,6 +135,15 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
         metavar="S",
         help="with --criterion learnable: training steps of the masks and the recovery LoRA (default: 200)",
     )
+    score.add_argument(
+        "--learn-micro-batch",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --criterion learnable: samples (prompts x probe timesteps) per forward/backward pass, gradients "
+        "accumulated over the step (default: as many as fit 8 GiB of activations, recomputing blocks in the "
+        "backward pass when needed: 1024 px PixArt-Sigma-XL takes 5 per pass)",
+    )
     score.add_argument("--output", default="importance.json", help="JSON file to write (default: importance.json)")
     score.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -169,6 +178,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         group_size=args.group_size,
         learn_steps=args.learn_steps,
+        learn_micro_batch=args.learn_micro_batch,
         dtype=args.dtype,
         revision=args.revision,
         base_model=args.base_model,

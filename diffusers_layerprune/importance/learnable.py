@@ -20,7 +20,14 @@ learns the choice instead:
 
 The training runs on a copy of the transformer: the scan's model is left untouched. Its cost: one full-model
 generation per prompt (the probe's ``x0``, as for ``block_influence``) plus ``steps`` forward+backward passes of the
-student on one prompt batch at one probe timestep.
+student on one prompt batch at all its probe timesteps (``batch_size x num_timesteps`` samples).
+
+Memory at real scale. A step's samples are split into micro-batches whose gradients are accumulated (the step is the
+same as one pass over all samples, up to float rounding), and the student's blocks are recomputed in the backward
+pass (gradient checkpointing) when its activations would not fit :data:`ACTIVATION_BUDGET`. Measured with autograd's
+saved tensors on the meta device at PixArt-Sigma-XL's true sizes (``benchmarks/rehearse_learnable_memory.py``,
+docs/scale.md): one 1024 px sample stores ~15 GiB of activations in float32 without checkpointing (8 prompts x 4
+timesteps: ~485 GiB, on no GPU), ~0.5 GiB with it (plus one block's ~0.5 GiB while it is recomputed). Tiny models stay in one pass without checkpointing.
 
 ``values``: ``1 + P(keep)`` for the blocks the learned masks keep and ``P(keep)`` for those they remove (``P(keep)``:
 the block's keep probability under the learned distributions), so ``least_important(k)`` is exactly the learned
@@ -46,6 +53,26 @@ from .runner import ImportanceScan
 MAX_CANDIDATES = 4096
 """Most keep-masks a group may have (C(M, N)); a larger default group is refused in favour of a smaller one."""
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+ACTIVATION_BUDGET = 8 * 2**30
+"""Bytes of stored activations one forward+backward pass of the student may use (float32)."""
+ACTIVATION_BYTES = 200
+"""Activation bytes autograd stores per token, per unit of block width, per block, in float32 without checkpointing:
+at least the largest measured (benchmarks/rehearse_learnable_memory.py, meta device, true sizes: PixArt-Sigma-XL
+123-126, Sana 1600M 195); attention matrices not included (fused attention kernels do not store them)."""
+
+
+def pass_plan(samples: int, tokens: int, width: int, depth: int, micro_batch: int | None = None) -> tuple[int, bool]:
+    """``(samples per pass, gradient checkpointing)`` for a step of ``samples`` samples of ``tokens`` image tokens
+    through ``depth`` blocks of ``width``. ``micro_batch``: the user's choice of samples per pass (checkpointing then
+    only if that pass would not fit the budget without it)."""
+    full = ACTIVATION_BYTES * width * tokens * depth  # per sample, every block's activations kept
+    checkpointed = 4 * width * tokens * depth + ACTIVATION_BYTES * width * tokens  # block inputs + one block
+    if micro_batch is not None:
+        size = min(micro_batch, samples)
+        return size, size * full > ACTIVATION_BUDGET
+    if samples * full <= ACTIVATION_BUDGET:
+        return samples, False
+    return max(1, min(samples, ACTIVATION_BUDGET // checkpointed)), True
 
 
 def group_plan(depth: int, remove: int, group_size: int | None = None) -> tuple[int, int]:
@@ -76,6 +103,15 @@ def group_plan(depth: int, remove: int, group_size: int | None = None) -> tuple[
         if remove % groups == 0 and math.comb(size, remove // groups) <= MAX_CANDIDATES:
             return size, remove // groups
     raise LayerPruneError(f"no group size splits removing {remove} of {depth} blocks evenly; pass --group-size")
+
+
+def _width(model) -> int:
+    """The blocks' hidden width (attention heads x head size, as PixArt and Sana configure it)."""
+    config = model.config
+    heads, size = getattr(config, "num_attention_heads", None), getattr(config, "attention_head_dim", None)
+    if heads and size:
+        return int(heads) * int(size)
+    return max(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def candidate_masks(group_size: int, removed: int) -> torch.Tensor:
@@ -136,6 +172,7 @@ def learnable(
     learning_rate: float = 1e-3,
     mask_learning_rate: float = 0.1,
     seed: int = 0,
+    micro_batch: int | None = None,
 ) -> LayerImportance:
     """Learn per-group keep-masks (and a recovery LoRA) by distillation towards the full model; see the module
     docstring. ``remove`` defaults to 25% of the blocks."""
@@ -150,6 +187,8 @@ def learnable(
     size, removed = group_plan(depth, k, group_size)
     if steps < 1:
         raise LayerPruneError(f"learnable steps must be at least 1, got {steps}")
+    if micro_batch is not None and micro_batch < 1:
+        raise LayerPruneError(f"the learnable micro-batch must be at least 1 sample, got {micro_batch}")
     groups = depth // size
     candidates = candidate_masks(size, removed)
 
@@ -179,6 +218,15 @@ def learnable(
     generator = torch.Generator().manual_seed(seed)
     channels = scan.family.latent_channels(student.config)
     device = next(student.parameters()).device
+    latents0 = data[0][0]  # [T, B, C, H, W]
+    patch = int(getattr(student.config, "patch_size", None) or 1)
+    tokens = latents0.shape[-1] * latents0.shape[-2] // (patch * patch)
+    samples = latents0.shape[0] * latents0.shape[1]
+    per_pass, checkpointing = pass_plan(samples, tokens, _width(student), depth, micro_batch)
+    if checkpointing and getattr(student, "_supports_gradient_checkpointing", False):
+        student.enable_gradient_checkpointing()
+    else:
+        checkpointing = False
     losses = []
     try:
         for step in range(steps):
@@ -187,22 +235,31 @@ def learnable(
             soft = F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
             hard = F.one_hot(soft.argmax(-1), len(candidates)).to(soft.dtype)
             sample = hard - soft.detach() + soft  # straight-through: hard forward, soft gradient
-            hooks.masks = (sample @ candidates).reshape(depth).to(device)
+            masks = (sample @ candidates).reshape(depth)
+            # The passes share one mask sample: their gradients meet at a leaf, sent to the logits once per step.
+            hooks.masks = masks.detach().to(device).requires_grad_(True)
             # One prompt batch at all its probe timesteps: [T * B] samples per step.
             latents, timesteps, text_batch, target = data[step % len(data)]
             repeat = latents.shape[0]
-            text = {k: v.repeat(repeat, *[1] * (v.dim() - 1)) for k, v in text_batch.items()}
-            out = scan.family.forward(  # the family's forward arguments
-                student, latents.flatten(0, 1).to(device), timesteps.flatten().to(device),
-                to_device(text, device, torch.float32),
-            )  # fmt: skip
-            # Relative to the teacher's own output energy: the loss means the same at any scale.
+            text = to_device({k: v.repeat(repeat, *[1] * (v.dim() - 1)) for k, v in text_batch.items()}, device,
+                             torch.float32)  # fmt: skip
+            latents, timesteps = latents.flatten(0, 1).to(device), timesteps.flatten().to(device)
             target = target.flatten(0, 1).to(device)
-            loss = F.mse_loss(out[:, :channels].float(), target) / target.pow(2).mean().clamp_min(1e-12)
+            # Relative to the teacher's own output energy: the loss means the same at any scale.
+            scale = target.pow(2).mean().clamp_min(1e-12) * target.numel()
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            total = 0.0
+            for start in range(0, len(latents), per_pass):
+                part = slice(start, start + per_pass)
+                out = scan.family.forward(  # the family's forward arguments
+                    student, latents[part], timesteps[part], {k: v[part] for k, v in text.items()}
+                )
+                loss = F.mse_loss(out[:, :channels].float(), target[part], reduction="sum") / scale
+                loss.backward()
+                total += float(loss.detach())
+            masks.backward(hooks.masks.grad.to(masks.device))
             optimiser.step()
-            losses.append(float(loss.detach()))
+            losses.append(total)
     finally:
         hooks.remove()
 
@@ -233,7 +290,10 @@ def learnable(
                 "loss_first": float(np.mean(losses[:window])),
                 "loss_last": float(np.mean(losses[-window:])),
                 "images": len(scan.prompts),
-                "student_passes": steps,
+                "student_passes": steps * -(-samples // per_pass),
+                "samples_per_step": samples,
+                "micro_batch": per_pass,
+                "gradient_checkpointing": checkpointing,
             }
         },
     )
@@ -244,5 +304,5 @@ CRITERION = Criterion(
     compute=learnable,
     summary="TinyFusion: per-group categorical keep-masks (Gumbel-softmax) learned jointly with a recovery LoRA by "
     "distillation towards the full model",
-    options=("remove", "group_size", "steps"),
+    options=("remove", "group_size", "steps", "micro_batch"),
 )

@@ -45,6 +45,7 @@ def score_blocks(
     bootstrap: int = 1000,
     group_size: int | None = None,
     learn_steps: int | None = None,
+    learn_micro_batch: int | None = None,
     dtype: str = "auto",
     revision: str | None = None,
     base_model: str | None = None,
@@ -72,6 +73,8 @@ def score_blocks(
         bootstrap: resamples of the prompts for the stability report (0: no report).
         group_size, learn_steps: for ``learnable``: blocks per group (must divide the depth; default: the largest
             group with at most 4096 keep-masks) and training steps (default 200).
+        learn_micro_batch: for ``learnable``: samples per forward/backward pass (default: as many as fit 8 GiB of
+            activations, with gradient checkpointing when needed; the gradients of a step are accumulated).
         log: called with each line of the summary (``print`` in the CLI); ``None`` prints nothing.
 
     Returns the :class:`~diffusers_layerprune.importance.LayerImportance` on every process. Under
@@ -101,7 +104,11 @@ def score_blocks(
             raise LayerPruneError(f"--{name} must be at least 1, got {value}")
     if bootstrap < 0:
         raise LayerPruneError(f"--bootstrap must be at least 0, got {bootstrap}")
-    for name, value, option in (("--group-size", group_size, "group_size"), ("--learn-steps", learn_steps, "steps")):
+    for name, value, option in (
+        ("--group-size", group_size, "group_size"),
+        ("--learn-steps", learn_steps, "steps"),
+        ("--learn-micro-batch", learn_micro_batch, "micro_batch"),
+    ):
         if value is not None and option not in spec.options:
             learned = ", ".join(n for n, c in _all_criteria().items() if option in c.options)
             raise LayerPruneError(f"{name} goes with a learned selection (--criterion {learned})")
@@ -190,7 +197,7 @@ def score_blocks(
             scan, k, round_prompts=round_prompts, confidence=confidence, tolerance=tolerance
         )
     else:
-        given = {"remove": k, "group_size": group_size, "steps": learn_steps}
+        given = {"remove": k, "group_size": group_size, "steps": learn_steps, "micro_batch": learn_micro_batch}
         options = {name: given[name] for name in spec.options if given.get(name) is not None}
         importance = compute_importance(spec.name, scan, **options)
     if greedy_steps:
