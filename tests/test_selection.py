@@ -452,6 +452,8 @@ def test_learnable_micro_batches_and_checkpointing_give_the_same_step(monkeypatc
          "evenly over 2 groups of 3"),
         (["--criterion", "preference", "--group-size", "3"], "--group-size goes with a learned selection "
          "(--criterion learnable)"),
+        (["--criterion", "block_influence", "--learn-micro-batch", "4"], "--learn-micro-batch goes with a learned "
+         "selection (--criterion learnable)"),
     ],
 )  # fmt: skip
 def test_learnable_bad_input_one_line_exit_2_nothing_written(
