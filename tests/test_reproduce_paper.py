@@ -111,6 +111,7 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
         "--learn-batch-size", "2",
         "--budget-steps", "2",
         "--budget-ratios", "0.2",
+        "--ablations", "no_feature",
         "--output", str(out),
         "--results", str(tmp_path / "results.json"),
         "--doc", str(tmp_path / "docs" / "results.md"),
@@ -120,8 +121,9 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     lines = (out / "cells.jsonl").read_text().splitlines()
     stages = [json.loads(line)["stage"] for line in lines]
     # per seed: 4 importance timings + 1 learnable training, the teacher, one cell per distinct pruned set (<= 5),
-    # 1 distilled cell, and 1 longer distillation of the best distilled criterion (the budget curve)
-    assert stages.count("score") == 10 and stages.count("teacher") == 2 and stages.count("distilled") == 4
+    # 1 distilled cell, 1 longer distillation of the best distilled criterion (the budget curve) and 1 without the
+    # feature loss (the ablation)
+    assert stages.count("score") == 10 and stages.count("teacher") == 2 and stages.count("distilled") == 6
     assert 2 <= stages.count("pruned") <= 10
     assert f"{len(lines)} cells computed" in first
     result = json.loads((tmp_path / "results.json").read_text())
@@ -143,6 +145,10 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     # the longer runs are also judged on training captions, against the teacher there (is it the data that limits?)
     assert budget["steps"]["2"]["train_overall"]["n"] == 2 and "train_overall" not in budget["steps"]["1"]
     assert result["teacher_train"]["n"] == 2 and stages.count("teacher_train") == 2
+    ablation = budget["ablations"]["no_feature"]
+    assert ablation["seeds"] == [0, 1] and ablation["label"] == "without the feature loss"
+    keys = [json.loads(line)["key"] for line in lines]
+    assert sum("-no_feature]|" in k for k in keys) == 2  # its own slot: never mixed with the full-loss cells
     assert (
         result["selection_cost"]["learnable-k2"]["remove"] == 2
         and result["selection_cost"]["preference"]["seconds"] > 0
@@ -153,6 +159,7 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     assert "--distill-criteria random" in doc and "## Before distillation" in doc and "| random |" in doc
     assert (tmp_path / "docs" / "results.png").stat().st_size > 10_000
     assert "## Distillation budget" in doc and "| 20% (2 of 12) | random |" in doc and "learnable (remove 2)" in doc
+    assert "| without the feature loss |" in doc
     assert (tmp_path / "docs" / "results_budget.png").stat().st_size > 10_000
 
     rp.main(args)  # everything is reused
@@ -165,7 +172,7 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
 
     # another distillation budget in the same folder uses its own slot: the 2-step cells the budget curve made are
     # what a --distill-steps 2 run reads, so nothing is computed again
-    rp.main([*args, "--distill-steps", "2", "--budget-steps", ""])  # argparse keeps the last value
+    rp.main([*args, "--distill-steps", "2", "--budget-steps", "", "--ablations", ""])  # argparse keeps the last
     assert "0 cells computed" in capsys.readouterr().out
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["settings"]["distill_steps"] == 2 and "budget" not in result
@@ -197,6 +204,7 @@ def test_bad_arguments_exit_2_and_write_nothing(rp, tmp_path, capsys):
         (["--budget-steps", "many"], "--budget-steps takes step counts"),
         (["--budget-steps", "0"], "--budget-steps must be positive"),
         (["--learn-steps", "0"], "--learn-steps must be at least 1"),
+        (["--ablations", "no_task"], "unknown --ablations no_task; choose among no_feature, output_only"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             rp.main([*bad, "--output", str(tmp_path / "out")])

@@ -24,6 +24,7 @@ def distil(
     seed: int,
     log: Path,
     max_train_samples: int | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> float:
     """Distil ``student`` from ``teacher`` into ``output`` (skipped when it is finished); the seconds it took.
     The child imports this checkout's package first; its output goes to ``log``, whose tail a failure shows."""
@@ -48,6 +49,7 @@ def distil(
         "--seed", str(seed),
         "--report_to", "none",
         *(["--max_train_samples", str(max_train_samples)] if max_train_samples else []),
+        *extra_args,
         *resume,
     ]  # fmt: skip
     start = time.perf_counter()

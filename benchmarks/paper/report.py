@@ -350,9 +350,50 @@ def _budget_section(result: dict) -> str:
                     f"({kept(held_row):.0%}), n={m['n']}"
                 )
             lines.append(f"| {_ratio_label(r, depth)} | {entry['criterion']} | " + " | ".join(cells) + " |")
+    lines += _ablation_lines(result, budget, depth)
     lines += ["", *verdicts, ""] if verdicts else [""]
     lines += ["![accuracy against distillation steps](results_budget.png)", ""]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_lines(result: dict, budget: dict, depth: int) -> list[str]:
+    """The loss ablations: the best criterion's {distill_steps}-step run with loss terms removed, against the run
+    with every term on the same seeds."""
+    names = sorted({a for entry in budget.values() for a in entry.get("ablations", {})})
+    if not names:
+        return []
+    n = result["settings"]["distill_steps"]
+    labels = {a: entry["ablations"][a]["label"] for entry in budget.values() for a in entry.get("ablations", {})}
+    lines = [
+        "",
+        f"What limits it, the loss terms: the same {n}-step runs with terms of the distillation loss removed (every "
+        "term weighs 1.0 in the recipe: task, output KD, variance, block features). Cells: all four right, mean ± std "
+        "(n), and the difference to the run with every term on the same seeds:",
+        "",
+        f"| removed | criterion | every term ({n} steps) | " + " | ".join(labels[a] for a in names) + " |",
+        "|---" * (len(names) + 3) + "|",
+    ]
+    for r, entry in sorted(budget.items(), key=lambda item: float(item[0])):
+        base = entry["steps"].get(str(n))
+        if base is None or not entry.get("ablations"):
+            continue
+        by_seed = dict(zip(base["seeds"], base["overall"]["values"], strict=True))
+        cells = []
+        for a in names:
+            row = entry["ablations"].get(a)
+            if row is None:
+                cells.append("-")
+                continue
+            m = row["overall"]
+            same = [by_seed[s] for s in row["seeds"] if s in by_seed]
+            diff = m["mean"] - sum(same) / len(same) if same else float("nan")
+            cells.append(f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} (n={m['n']}; {100 * diff:+.1f})")
+        m = base["overall"]
+        lines.append(
+            f"| {_ratio_label(r, depth)} | {entry['criterion']} | {100 * m['mean']:.1f} ± {100 * m['std']:.1f} "
+            f"(n={m['n']}) | " + " | ".join(cells) + " |"
+        )
+    return lines
 
 
 def _cost_section(result: dict) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .cells import Cells, cell_key, mean_std, write_text
 from .claims import (
+    ABLATIONS,
     BUDGET_RATIOS,
     BUDGET_STEPS,
     CRITERIA,
@@ -81,6 +82,12 @@ def parse_args(argv=None, description: str | None = None):
         "--budget-seeds", default=None, help="seeds of the budget curve (default: all of --seeds; its runs are long)"
     )
     p.add_argument("--budget-ratios", default=",".join(map(str, BUDGET_RATIOS)), help="ratios of the budget curve")
+    p.add_argument(
+        "--ablations",
+        default=",".join(ABLATIONS),
+        help="what limits the distilled models: the best criterion at --budget-ratios distilled again (seeds of the "
+        f'budget curve, --distill-steps) with loss terms removed; of {", ".join(ABLATIONS)} ("" skips them)',
+    )
     p.add_argument("--output", default="runs/reproduce_paper", help="cells, importance files, distilled models")
     p.add_argument("--results", default="benchmarks/results/reproduce_paper.json")
     p.add_argument("--doc", default="docs/results.md", help="the generated page; its plot goes next to it (.png)")
@@ -138,6 +145,14 @@ class Experiment:
             if value < 1:
                 raise LayerPruneError(f"{name} must be at least 1, got {value}")
         self.budget_steps = [n for n in self.budget_steps if n != args.distill_steps]
+        self.ablations = _names(args.ablations)
+        unknown = [a for a in self.ablations if a not in ABLATIONS]
+        if unknown:
+            raise LayerPruneError(f"unknown --ablations {', '.join(unknown)}; choose among {', '.join(ABLATIONS)}")
+        if self.ablations and not self.distill_criteria:
+            raise LayerPruneError(
+                "--ablations needs --distill-criteria (they distil the best distilled criterion again)"
+            )
         self.budget_seeds = self.seeds if args.budget_seeds is None else [int(x) for x in _names(args.budget_seeds)]
         if not set(self.budget_seeds) <= set(self.seeds):
             raise LayerPruneError(f"--budget-seeds {args.budget_seeds} must be among --seeds {args.seeds}")
@@ -146,11 +161,13 @@ class Experiment:
         self.started = time.time()
         self._pipe = None
 
-    def tag(self, steps: int) -> str:
+    def tag(self, steps: int, ablation: str = "") -> str:
         """Names the distillation settings in a cell's key, so cells of other budgets are never mixed up."""
         a = self.args
-        return f"steps{steps}-bs{a.distill_batch_size}-lr{a.learning_rate:g}" + (
-            f"-n{a.distill_samples}" if a.distill_samples else ""
+        return (
+            f"steps{steps}-bs{a.distill_batch_size}-lr{a.learning_rate:g}"
+            + (f"-n{a.distill_samples}" if a.distill_samples else "")
+            + (f"-{ablation}" if ablation else "")
         )
 
     # -- models and data (loaded on first use, so --report-only needs nothing) ------------------------------------
@@ -312,24 +329,25 @@ class Experiment:
         return plans_for(importances, self.ratios, self.depth, learned)
 
     # -- step 3: distillation ---------------------------------------------------------------------------------
-    def distilled(self, seed: int, dropped, steps: int | None = None) -> dict:
+    def distilled(self, seed: int, dropped, steps: int | None = None, ablation: str = "") -> dict:
         import shutil
 
         from diffusers_layerprune.modeling import load_pipeline, prune_pipeline, save_pruned_pipeline
 
         tag = "drop-" + "-".join(map(str, dropped))
         steps = steps or self.args.distill_steps
-        folder = self.output / f"seed-{seed}" / "models" / self.tag(steps) / tag
+        folder = self.output / f"seed-{seed}" / "models" / self.tag(steps, ablation) / tag
         pruned, final = folder / "pruned", folder / "distilled"
         if not (pruned / "model_index.json").is_file():
             save_pruned_pipeline(prune_pipeline(self.pipe, pruned_layers=list(dropped)), pruned, overwrite=True)
         train_seconds = 0.0
         if not (final / "model_index.json").is_file():
-            print(f"  distilling {tag} (seed {seed}, {steps} steps)", flush=True)
+            print(f"  distilling {tag} (seed {seed}, {steps} steps{', ' + ablation if ablation else ''})", flush=True)
             train_seconds = distil(
                 self.args.model, pruned, final, steps=steps, batch_size=self.args.distill_batch_size,
                 learning_rate=self.args.learning_rate, seed=seed, log=folder / "train.log",
                 max_train_samples=self.args.distill_samples,
+                extra_args=ABLATIONS[ablation]["args"] if ablation else (),
             )  # fmt: skip
             print(f"  distilled {tag} in {train_seconds:.0f} s", flush=True)
         student = load_pipeline(str(final))
@@ -416,6 +434,17 @@ class Experiment:
                         "distilled", seed, dropped,
                         lambda d=dropped, s=seed, n=steps: self.distilled(s, d, n), self.tag(steps),
                     )  # fmt: skip
+        # What limits it: the same best criterion and budget with loss terms removed.
+        for seed in self.budget_seeds:
+            for ablation in self.ablations:
+                for ratio in self.budget_ratios:
+                    best = best_criterion(per_seed, f"{ratio:.2f}", self.distill_criteria)
+                    dropped = all_plans[seed][ratio][best]
+                    self.cell(
+                        "distilled", seed, dropped,
+                        lambda d=dropped, s=seed, a=ablation: self.distilled(s, d, None, a),
+                        self.tag(self.args.distill_steps, ablation),
+                    )  # fmt: skip
 
     # -- report ---------------------------------------------------------------------------------------------------
     def collect(self) -> dict:
@@ -461,6 +490,9 @@ class Experiment:
         budget_cells = [*budget.pop("teacher_train_cells", [])]
         budget_cells += [
             c for e in budget.values() if "steps" in e for row in e["steps"].values() for c in row.pop("cells")
+        ]
+        budget_cells += [
+            c for e in budget.values() for row in e.get("ablations", {}).values() for c in row.pop("cells")
         ]
         used = {id(c) for c in teacher_cells} | {id(c) for c in budget_cells} | {
             id(c) for by_ratio in per_seed.values() for by_c in by_ratio.values() for cells in by_c.values() for c in cells.values()
@@ -543,6 +575,22 @@ class Experiment:
                         "toy_score": mean_std([c["toy_score"] for c in cells]),
                         "seeds": [c["seed"] for c in cells],
                         "train_seconds": mean_std([c.get("train_seconds", 0.0) for c in cells]),
+                        "cells": cells,
+                    }
+            for ablation in self.ablations:
+                cells = [
+                    c
+                    for seed, dropped in sorted(plans[best][r].items())
+                    if int(seed) in self.budget_seeds
+                    for c in [self.cells.get(cell_key("distilled", int(seed), dropped, self.tag(self.args.distill_steps, ablation)))]
+                    if c
+                ]  # fmt: skip
+                if cells:
+                    entry.setdefault("ablations", {})[ablation] = {
+                        "label": ABLATIONS[ablation]["label"],
+                        "overall": mean_std([c["accuracy"]["overall"] for c in cells]),
+                        "toy_score": mean_std([c["toy_score"] for c in cells]),
+                        "seeds": [c["seed"] for c in cells],
                         "cells": cells,
                     }
             budget[r] = entry
