@@ -487,5 +487,11 @@ def _budget_limit(result: dict) -> str:
     return (
         f"Every criterion got the same {result['settings']['distill_steps']} distillation steps; the longer budgets "
         f"({', '.join(str(n) for n in steps if n != result['settings']['distill_steps'])}) only the best criterion, "
-        "at the budget ratios. Full fine-tuning only (LoRA at this scale: docs/distillation.md)."
+        "at the budget ratios"
+        + (
+            f", as did the loss ablations ({result['settings']['distill_steps']} steps)"
+            if any(e.get("ablations") for e in budget.values())
+            else ""
+        )
+        + ". Full fine-tuning only (LoRA at this scale: docs/distillation.md)."
     )
