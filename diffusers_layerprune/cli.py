@@ -397,7 +397,7 @@ def _quiet_library_logs() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .launch import follow_parent
-    from .validation import debug_enabled
+    from .validation import check_model_path, debug_enabled
 
     follow_parent()  # started by `layerprune run` under accelerate launch: stop with it
 
@@ -410,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_library_logs()
     debug = args.debug or debug_enabled([])
     try:
+        # a mistyped model path costs nothing: refused before torch and diffusers are imported (~12 CPU-seconds)
+        check_model_path(getattr(args, "model", None))
         return args.func(args)
     except LayerPruneError as error:
         if debug:

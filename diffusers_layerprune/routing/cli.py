@@ -16,7 +16,7 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``layerprune route`` on the CLI's subparsers."""
     from ..arguments import add_model_args
     from ..validation import any_int, non_negative_int, positive_int
-    from .transport import MARGINALS
+    from . import MARGINALS
 
     parser = subparsers.add_parser(
         "route",
