@@ -1,12 +1,15 @@
-"""Command-line options shared by several commands (``layerprune prune/score/eval``).
+"""Command-line pieces shared by the ``layerprune`` commands (prune, score, eval, sparsify, route): the model,
+device and output options, and the wrapper that turns a user's mistake into one line and exit status 2.
 
-A module of its own so that the command modules (``cli``, ``importance.cli``) import it without importing each
-other.
+A module of its own so that the command modules (``cli``, ``importance.cli``, ``sparsity.cli``, ``routing.cli``)
+import it without importing each other. It imports no torch: ``--help`` and argument errors stay instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
 DEFAULT_MODEL = "toy"
 
@@ -33,3 +36,38 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="weights dtype (default: auto, the model's: bfloat16 for PixArt-Sigma, float32 for the toy world; "
         "a pruned model takes its source's)",
     )
+
+
+def add_device_arg(parser: argparse.ArgumentParser, help: str = "torch device (default: cpu)") -> None:
+    """``--device`` (default ``None``: the CPU)."""
+    parser.add_argument("--device", default=None, help=help)
+
+
+def add_output_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--output DIR`` (required: the folder to write ``what`` to) and ``--overwrite``."""
+    parser.add_argument("--output", required=True, metavar="DIR", help=f"folder to write {what} to")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, name: str, debug: bool) -> int:
+    """Run a parsed command: a :class:`LayerPruneError` or an ``OSError`` (a full disk, a folder without write
+    permission) is printed as ``name: error: ...`` on one line and returns 2, Ctrl-C returns 130; with ``debug`` the
+    traceback is shown instead."""
+    from .errors import LayerPruneError
+
+    try:
+        return func(args)
+    except LayerPruneError as error:
+        if debug:
+            raise
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the system's own words, one line
+        if debug:
+            raise
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"{name}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130

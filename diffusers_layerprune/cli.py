@@ -13,9 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .arguments import DEFAULT_MODEL
+from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, run_command
 from .arguments import add_model_args as _add_model_args
-from .errors import LayerPruneError
 from .validation import non_negative_float, non_negative_int, positive_int
 
 
@@ -212,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which.add_argument("--drop", type=_index_list, metavar="I,J,...", help="source block indices to remove, e.g. 2,5")
     add_prune_importance_args(prune, which)
-    prune.add_argument("--output", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
-    prune.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    add_output_args(prune, "the pruned pipeline")
     prune.add_argument(
         "--transformer-only",
         action="store_true",
@@ -233,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and on the toy world the judge's accuracies. Writes report.json, report.md and an image grid.",
     )
     _add_model_args(evaluate)
-    evaluate.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    add_device_arg(evaluate, "torch device, e.g. cuda (default: cpu)")
     evaluate.add_argument("--teacher", default=None, help="teacher pipeline (default: the model's source_model)")
     evaluate.add_argument("--no-teacher", action="store_true", help="evaluate the model alone")
     evaluate.add_argument("--prompts", default=None, help="prompt set: toy:heldout, hpdv2[:style], a file or a dataset")
@@ -397,7 +395,7 @@ def _quiet_library_logs() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .launch import follow_parent
-    from .validation import debug_enabled
+    from .validation import check_model_path, debug_enabled
 
     follow_parent()  # started by `layerprune run` under accelerate launch: stop with it
 
@@ -409,22 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         _quiet_library_logs()
     debug = args.debug or debug_enabled([])
-    try:
+
+    def checked(args: argparse.Namespace) -> int:
+        # a mistyped model path costs nothing: refused before torch and diffusers are imported (~12 CPU-seconds)
+        check_model_path(getattr(args, "model", None))
         return args.func(args)
-    except LayerPruneError as error:
-        if debug:
-            raise
-        print(f"layerprune {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a full disk, a folder without write permission: the system's own words, one line
-        if debug:
-            raise
-        where = f": {error.filename}" if getattr(error, "filename", None) else ""
-        print(f"layerprune {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"layerprune {args.command}: interrupted", file=sys.stderr)
-        return 130
+
+    return run_command(checked, args, f"layerprune {args.command}", debug)
 
 
 if __name__ == "__main__":

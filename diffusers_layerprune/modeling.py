@@ -26,6 +26,9 @@ from .families.sana import PrunedSanaTransformer
 from .families.sd3 import PrunedSD3Transformer
 from .outputs import atomic_output_dir
 from .pruned import PrunedTransformerMixin, check_kept_layers
+from .validation import is_transformer_folder  # noqa: F401 (public here before it moved)
+from .validation import looks_like_path as _looks_like_path  # noqa: F401
+from .validation import resolve_local_model as _resolve_local
 
 # Kept for callers of the PixArt-only API.
 STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
@@ -299,34 +302,6 @@ def generate_from_conditioning(
         if progress is not None:
             progress(stop - start)
     return torch.cat(out)
-
-
-def _looks_like_path(name: str) -> bool:
-    # A Hub id is "name" or "owner/name"; anything else that does not exist is a mistyped local path.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def is_transformer_folder(path: str | os.PathLike) -> bool:
-    """A single-model folder (``config.json`` + weights, no ``model_index.json``): a transformer saved alone, as
-    ``--transformer-only`` writes it."""
-    path = Path(path).expanduser()
-    return (path / "config.json").is_file() and not (path / "model_index.json").is_file()
-
-
-def _resolve_local(name: str) -> Path | None:
-    """The local pipeline or transformer folder ``name`` points to, ``None`` for a Hub id; raises for a broken
-    local path."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file() and not is_transformer_folder(path):
-            raise LayerPruneError(
-                f"{name} is not a diffusers pipeline folder (no model_index.json) nor a transformer folder "
-                "(no config.json)"
-            )
-        return path
-    if _looks_like_path(name):
-        raise LayerPruneError(f"model path {name} does not exist")
-    return None
 
 
 def read_transformer_config(model: str | os.PathLike, *, revision: str | None = None) -> dict | None:

@@ -3,24 +3,95 @@ and the final tables; ``--verbose`` brings back the libraries' INFO lines and th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib.abc
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+
+def _quiet_diffusers() -> None:
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _quiet_hub() -> None:
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+
+
+def _quiet_datasets() -> None:
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+
+
+_QUIETERS: dict[str, Callable[[], None]] = {
+    "huggingface_hub": _quiet_hub,
+    "transformers": _quiet_transformers,
+    "diffusers": _quiet_diffusers,
+    "datasets": _quiet_datasets,
+}
+
+
+class _WhenImported(importlib.abc.MetaPathFinder):
+    """Runs a function right after a top-level package is first imported: the command line quiets the libraries
+    without importing them, so a command that stops at a one-line error never pays for them (~10 CPU-seconds)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Callable[[], None]] = {}
+
+    def find_spec(self, fullname, path=None, target=None):
+        # Libraries probe each other with importlib.util.find_spec without importing: act only when the module runs.
+        if fullname not in self.pending:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if finder is not self and find else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_quiet(module) -> None:
+            exec_module(module)
+            action = self.pending.pop(fullname, None)
+            if not self.pending and self in sys.meta_path:
+                sys.meta_path.remove(self)
+            if action is not None:
+                action()
+
+        loader.exec_module = exec_then_quiet
+        return spec
+
+
+_hook = _WhenImported()
 
 
 def quiet_libraries() -> None:
     """diffusers and transformers log errors only; their bars (loading components and weights, writing shards) and
-    those of huggingface_hub and datasets are off. For the rest of the process."""
-    import datasets
-    import huggingface_hub
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-    datasets.disable_progress_bars()
+    those of huggingface_hub and datasets are off. For the rest of the process. A library not imported yet is
+    quieted when it is first imported (this call imports none of them)."""
+    for name, apply in _QUIETERS.items():
+        if name in sys.modules:
+            apply()
+        else:
+            _hook.pending[name] = apply
+    if _hook.pending and _hook not in sys.meta_path:
+        sys.meta_path.insert(0, _hook)
 
 
 @contextmanager

@@ -22,60 +22,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler
-from diffusers.optimization import get_scheduler
-from tqdm.auto import tqdm
-
-from diffusers_layerprune import LayerPruneError
-from diffusers_layerprune.data import (
-    CACHE_DTYPES,
-    CacheCollator,
-    default_cache_dir,
-    image_latents_dataset,
-    load_hf_dataset,
-    load_prompts,
-    teacher_latents_dataset,
-)
-from diffusers_layerprune.distill import (
-    FEATURE_LOSSES,
-    DistillConfig,
-    KDWeights,
-    block_pairs,
-    check_checkpoint,
-    check_student_teacher,
-    checkpoint_identity,
-    checkpoints,
-    flow_noising,
-    kd_step_losses,
-    move_into,
-    read_student_config,
-    remove_old_checkpoints,
-    step_noise,
-    student_location,
-    task_target,
-    write_checkpoint_record,
-)
-from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
-from diffusers_layerprune.families.base import to_device
-from diffusers_layerprune.modeling import (
-    check_resolution_for,
-    generation_defaults,
-    load_pipeline,
-    read_transformer_config,
-    resolve_dtype,
-    save_pruned_pipeline,
-    save_pruned_transformer,
-    with_transformer,
-)
-from diffusers_layerprune.outputs import check_training_output_dir, prepare_training_output_dir, write_marker
-from diffusers_layerprune.provenance import full_local, local_inputs, public_name, restore_local_source
-from diffusers_layerprune.sparsity.keep import WeightMasks
-from diffusers_layerprune.sparsity.record import FILE_NAME as SPARSITY_FILE
-from diffusers_layerprune.sparsity.record import read_sparsity_record
 from diffusers_layerprune.validation import (
     OneLineArgumentParser,
     beta,
@@ -85,8 +31,10 @@ from diffusers_layerprune.validation import (
     positive_int,
 )
 
-logger = get_logger(__name__)
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
+# The keys of data.CACHE_DTYPES and distill.FEATURE_LOSSES, here so that --help imports no torch (checked below).
+CACHE_DTYPE_NAMES = ("bfloat16", "float16", "float32")
+FEATURE_LOSS_NAMES = ("mse", "normalized")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--cache_dtype",
         default="bfloat16",
-        choices=list(CACHE_DTYPES),
+        choices=list(CACHE_DTYPE_NAMES),
         help="dtype of the cached text embeddings and latents (default bfloat16; float32 stores them exactly)",
     )
 
@@ -175,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--lambda_feat", type=non_negative_float, default=1.0, help="weight of the summed block-feature losses"
     )
     g.add_argument(
-        "--feature_loss", default="mse", choices=FEATURE_LOSSES, help="mse (BK-SDM) or normalized (LAPTOP-Diff)"
+        "--feature_loss", default="mse", choices=FEATURE_LOSS_NAMES, help="mse (BK-SDM) or normalized (LAPTOP-Diff)"
     )
 
     g = p.add_argument_group("optimisation")
@@ -267,6 +215,71 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lora_alpha is None:
         args.lora_alpha = float(args.rank)
     return args
+
+
+if __name__ == "__main__":  # python -m ...: --help and argument mistakes answer before torch loads (~12 CPU-s)
+    parse_args()
+
+# ruff: noqa: E402 (the imports below come after the early parse on purpose)
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from diffusers_layerprune import LayerPruneError
+from diffusers_layerprune.data import (
+    CACHE_DTYPES,
+    CacheCollator,
+    default_cache_dir,
+    image_latents_dataset,
+    load_hf_dataset,
+    load_prompts,
+    teacher_latents_dataset,
+)
+from diffusers_layerprune.distill import (
+    FEATURE_LOSSES,
+    DistillConfig,
+    KDWeights,
+    block_pairs,
+    check_checkpoint,
+    check_student_teacher,
+    checkpoint_identity,
+    checkpoints,
+    flow_noising,
+    kd_step_losses,
+    move_into,
+    read_student_config,
+    remove_old_checkpoints,
+    step_noise,
+    student_location,
+    task_target,
+    write_checkpoint_record,
+)
+from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
+from diffusers_layerprune.families.base import to_device
+from diffusers_layerprune.modeling import (
+    check_resolution_for,
+    generation_defaults,
+    load_pipeline,
+    read_transformer_config,
+    resolve_dtype,
+    save_pruned_pipeline,
+    save_pruned_transformer,
+    with_transformer,
+)
+from diffusers_layerprune.outputs import check_training_output_dir, prepare_training_output_dir, write_marker
+from diffusers_layerprune.provenance import full_local, local_inputs, public_name, restore_local_source
+from diffusers_layerprune.sparsity.keep import WeightMasks
+from diffusers_layerprune.sparsity.record import FILE_NAME as SPARSITY_FILE
+from diffusers_layerprune.sparsity.record import read_sparsity_record
+
+if tuple(CACHE_DTYPES) != CACHE_DTYPE_NAMES or tuple(FEATURE_LOSSES) != FEATURE_LOSS_NAMES:
+    raise ImportError("train_distill's --cache_dtype / --feature_loss choices differ from data.py / distill.py")
+
+logger = get_logger(__name__)
 
 
 def build_dataset(args, pipe, defaults, cache_dir, accelerator):

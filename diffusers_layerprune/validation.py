@@ -131,6 +131,47 @@ def vae_scale_factor_of(pipeline_folder: str | os.PathLike | None) -> int | None
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Model paths (no torch: a mistyped path is refused before any heavy import)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def looks_like_path(name: str) -> bool:
+    """A Hub id is ``name`` or ``owner/name``; anything else that does not exist is a mistyped local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def is_transformer_folder(path: str | os.PathLike) -> bool:
+    """A single-model folder (``config.json`` + weights, no ``model_index.json``): a transformer saved alone, as
+    ``--transformer-only`` writes it."""
+    path = Path(path).expanduser()
+    return (path / "config.json").is_file() and not (path / "model_index.json").is_file()
+
+
+def resolve_local_model(name: str) -> Path | None:
+    """The local pipeline or transformer folder ``name`` points to, ``None`` for a Hub id; raises for a broken
+    local path. Short names (``toy``) are the caller's to handle first."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file() and not is_transformer_folder(path):
+            raise LayerPruneError(
+                f"{name} is not a diffusers pipeline folder (no model_index.json) nor a transformer folder "
+                "(no config.json)"
+            )
+        return path
+    if looks_like_path(name):
+        raise LayerPruneError(f"model path {name} does not exist")
+    return None
+
+
+def check_model_path(model: str | os.PathLike | None) -> None:
+    """Refuse a model argument that is written as a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) but is missing
+    or not a model folder. Imports nothing heavy, so the command line runs it before loading torch; short names and
+    Hub ids are checked when they are loaded."""
+    if model is not None and looks_like_path(str(model)):
+        resolve_local_model(str(model))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Integrity of pruned model folders
 # ----------------------------------------------------------------------------------------------------------------
 

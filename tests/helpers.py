@@ -43,3 +43,27 @@ def write_accelerate_config(folder: Path) -> Path:
     path = Path(folder) / "accelerate.yaml"
     path.write_text(ACCELERATE_CONFIG)
     return path
+
+
+def train_in_this_process(monkeypatch) -> list[list[str]]:
+    """Make the library's one-process distillation launches (``accelerate launch -m diffusers_layerprune.train_distill``
+    from ``distill_student`` / ``layerprune run``) run the training script's ``main`` in this process instead.
+
+    A launch costs two fresh interpreters (the launcher and the script), ~18 CPU-seconds of imports before any work.
+    For tests of what happens around training (stage reuse, settings, records); the launch itself keeps real
+    processes in test_recipe.py, test_packaging.py and test_train_distill.py. Returns the argument lists run here.
+    """
+    import diffusers_layerprune.launch as launch
+
+    real = launch.run_launched
+    calls: list[list[str]] = []
+
+    def run_launched(module, args, settings, *, what):
+        settings = settings or launch.LaunchSettings()
+        if module != launch.TRAIN_MODULE or settings.resolved_num_processes() != 1:
+            return real(module, args, settings, what=what)
+        calls.append([str(a) for a in args])
+        run_train_distill(calls[-1])
+
+    monkeypatch.setattr(launch, "run_launched", run_launched)
+    return calls

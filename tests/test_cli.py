@@ -92,3 +92,65 @@ def test_help(argv, capsys):
     text = capsys.readouterr().out
     assert "usage: layerprune" in text
     assert ("--keep" in text and "--overwrite" in text) if argv[0] == "prune" else "prune" in text
+
+
+CHEAP = """
+import sys
+from diffusers_layerprune.cli import main
+
+codes = [main(argv) for argv in ARGVS]
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets") if m in sys.modules)
+print(codes, heavy)
+"""
+
+
+def test_help_and_mistakes_before_any_work_import_no_torch(tmp_path):
+    """--help, argument errors and a mistyped model path end before torch or diffusers load (~12 CPU-seconds per
+    process: the difference between an instant answer and a wait, and most of a suite's subprocess time)."""
+    missing, not_a_model = str(tmp_path / "missing"), str(tmp_path)
+    argvs = [
+        ["--help"],
+        ["score", "--help"],
+        ["route", "--help"],
+        ["sparsify", "--help"],
+        ["prune", "--drop", "one", "--output", "x"],
+        ["prune", "--model", missing, "--drop", "1", "--output", str(tmp_path / "out")],
+        ["score", "--model", missing, "--output", str(tmp_path / "imp.json")],
+        ["eval", "--model", not_a_model],
+        ["route", "--model", missing, "--num-codes", "2", "--budget", "0.5", "--output", str(tmp_path / "r")],
+        ["sparsify", "--model", missing, "--component", "transformer", "--output", str(tmp_path / "s")],
+        ["run", "--model", missing, "--output", str(tmp_path / "run")],
+        ["score", "--criterion", "nope", "--output", str(tmp_path / "imp.json")],
+    ]
+    script = f"ARGVS = {argvs!r}\n" + CHEAP
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str([0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2]) + " []"
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 8 and "model path" in errors[1] and "not a diffusers pipeline folder" in errors[3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_library_logs_are_quieted_when_the_library_is_imported_later(tmp_path, monkeypatch):
+    """The command line quiets diffusers/transformers/datasets without importing them: the setting is applied when
+    a library is first imported (a probe with importlib.util.find_spec, as libraries do, runs nothing)."""
+    import importlib.util
+
+    from diffusers_layerprune import quiet
+
+    (tmp_path / "fakelib").mkdir()
+    (tmp_path / "fakelib" / "__init__.py").write_text("LEVEL = 'info'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(quiet._QUIETERS, "fakelib", lambda: setattr(sys.modules["fakelib"], "LEVEL", "error"))
+    monkeypatch.delitem(sys.modules, "fakelib", raising=False)
+    try:
+        quiet.quiet_libraries()
+        assert quiet._hook in sys.meta_path and "fakelib" not in sys.modules
+        assert importlib.util.find_spec("fakelib") is not None and "fakelib" not in sys.modules
+        import fakelib
+
+        assert fakelib.LEVEL == "error"
+        assert "fakelib" not in quiet._hook.pending  # done once (the hook leaves the import path when none is left)
+    finally:
+        quiet._hook.pending.pop("fakelib", None)
+        sys.modules.pop("fakelib", None)

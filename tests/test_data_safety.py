@@ -30,7 +30,7 @@ from diffusers_layerprune.provenance import public_name
 from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
-from helpers import ROOT, distill_args, run_train_distill
+from helpers import ROOT, distill_args, run_train_distill, train_in_this_process
 
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross"]
 
@@ -438,13 +438,7 @@ def test_run_refuses_folders_it_did_not_make(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
-@pytest.fixture
-def subprocess_sees_this_checkout(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def test_changed_distillation_settings_start_fresh(tmp_path, subprocess_sees_this_checkout, capfd):
+def test_changed_distillation_settings_start_fresh(tmp_path, capfd, monkeypatch):
     """A finished run whose learning rate changes distils again from scratch (the old bug resumed the old run's
     last checkpoint and kept its weights). Adding LoRA to a finished run: tests/test_recipe.py's reuse test."""
     from diffusers_layerprune.recipe import Recipe, run_recipe
@@ -467,6 +461,7 @@ def test_changed_distillation_settings_start_fresh(tmp_path, subprocess_sees_thi
     def weights(folder):
         return load_file(folder / "distilled" / "transformer" / "diffusion_pytorch_model.safetensors")
 
+    trained = train_in_this_process(monkeypatch)  # the recipe's launch itself: tests/test_recipe.py
     run, fresh = tmp_path / "run", tmp_path / "fresh"
     run_recipe(recipe(run), log=lambda _: None)
     first = weights(run)
@@ -482,6 +477,7 @@ def test_changed_distillation_settings_start_fresh(tmp_path, subprocess_sees_thi
     for key in reference:
         torch.testing.assert_close(changed[key], reference[key], atol=1e-6, rtol=0)
     assert json.loads((run / "distilled" / "distill_config.json").read_text())["learning_rate"] == 1e-3
+    assert len(trained) == 3  # every distillation ran (none was reused), and in this process
 
 
 PARENT = textwrap.dedent(

@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.recipe import Recipe, run_recipe
 
-from helpers import ROOT
+from helpers import ROOT, train_in_this_process
 
 
 @pytest.fixture
@@ -92,7 +92,9 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     # scoring and pruning do not
     logs.clear()
     recipe.distill_steps, recipe.use_lora, recipe.rank = 3, True, 4
+    trained = train_in_this_process(monkeypatch)  # the launch was checked above; spare two more processes
     run_recipe(recipe, log=logs.append)
+    assert len(trained) == 1 and "--use_lora" in trained[0]
     assert [line.split()[0] for line in logs if "reusing" in line] == ["[1/5]", "[2/5]", "[4/5]"]
     # the reused pruned report takes the new measurement too: both still show one speed-up
     assert len(measured) == 2

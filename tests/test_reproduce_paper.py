@@ -1,7 +1,9 @@
 """benchmarks/reproduce_paper.py (the package benchmarks/paper/): the claim checks on known numbers, and a tiny end-to-end run on the toy world."""
 
+import contextlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,8 +95,34 @@ def test_claims_report_where_they_fail(rp):
     assert "**Partly holds**" in markdown
 
 
+def _train_in_this_process(monkeypatch) -> list[list[str]]:
+    """paper/distil.py runs ``python training/train_distill.py ...`` in a new process; run that script's ``main`` here
+    instead (a fresh process costs ~13 CPU-seconds of imports; the command line it builds is still what runs)."""
+    import subprocess
+    import types
+
+    import paper.distil
+    import torch
+
+    from helpers import run_train_distill
+
+    calls = []
+
+    def run(cmd, stdout=None, stderr=None, env=None):
+        assert cmd[:2] == [sys.executable, str(paper.distil.TRAIN_SCRIPT)], cmd
+        calls.append(cmd[2:])
+        # a new process starts with autograd on; the benchmark calls distil() inside torch.no_grad()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout), torch.enable_grad():
+            run_train_distill(cmd[2:])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(paper.distil, "subprocess", types.SimpleNamespace(run=run, STDOUT=subprocess.STDOUT))
+    return calls
+
+
 def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))  # the training subprocess's teacher latents
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))  # the training's teacher latents
+    trained = _train_in_this_process(monkeypatch)
     out = tmp_path / "out"
     args = [
         "--seeds", "0,1",
@@ -124,6 +152,8 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     # 1 distilled cell, 1 longer distillation of the best distilled criterion (the budget curve) and 1 without the
     # feature loss (the ablation)
     assert stages.count("score") == 10 and stages.count("teacher") == 2 and stages.count("distilled") == 6
+    assert len(trained) == 6 and all("--resume_from_checkpoint" not in args for args in trained)
+    assert sum(args[-2:] == ["--lambda_feat", "0"] for args in trained) == 2  # the ablation's command line
     assert 2 <= stages.count("pruned") <= 10
     assert f"{len(lines)} cells computed" in first
     result = json.loads((tmp_path / "results.json").read_text())

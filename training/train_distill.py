@@ -7,7 +7,8 @@
 ``--help`` lists every flag.
 """
 
-from diffusers_layerprune.train_distill import cli
+import runpy
 
 if __name__ == "__main__":
-    cli()
+    # as `python -m diffusers_layerprune.train_distill`: --help and argument mistakes answer before torch loads
+    runpy.run_module("diffusers_layerprune.train_distill", run_name="__main__", alter_sys=True)

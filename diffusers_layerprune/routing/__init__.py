@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from importlib import import_module
 
+MARGINALS = ("uniform", "budget", "none")
+"""Balance of the prompt -> code assignment: ``uniform``: every code gets the same share; ``budget``: the most even
+shares whose mean depth is the budget (:func:`budget_marginals`); ``none``: no optimal transport (the router's own
+softmax is the target). Defined here, not in ``transport``, so that building the CLI parser imports no torch."""
+
 _EXPORTS = {
     "RoutedPixArtSigmaPipeline": "pipeline",
     "RoutedPipelineOutput": "pipeline",

@@ -14,9 +14,9 @@ def _budget(text: str) -> float:
 
 def add_route_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``layerprune route`` on the CLI's subparsers."""
-    from ..arguments import add_model_args
+    from ..arguments import add_device_arg, add_model_args, add_output_args
     from ..validation import any_int, non_negative_int, positive_int
-    from .transport import MARGINALS
+    from . import MARGINALS
 
     parser = subparsers.add_parser(
         "route",
@@ -64,9 +64,8 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--finetune-learning-rate", type=float, default=2e-4, help="fine-tuning learning rate")
     parser.add_argument("--seed", type=any_int, default=0, help="seed of every random draw (default 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder to write the routed pipeline to")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    add_device_arg(parser)
+    add_output_args(parser, "the routed pipeline")
     parser.set_defaults(func=cmd_route)
     return parser
 

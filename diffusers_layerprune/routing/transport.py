@@ -9,10 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LayerPruneError
-
-MARGINALS = ("uniform", "budget", "none")
-"""``uniform``: every code gets the same share; ``budget``: the most even shares whose mean depth is the budget
-(:func:`budget_marginals`); ``none``: no optimal transport (the router's own softmax is the target)."""
+from . import MARGINALS  # noqa: F401 (re-exported: the names of the balance options)
 
 
 def sinkhorn(

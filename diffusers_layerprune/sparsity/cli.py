@@ -10,7 +10,7 @@ from .registry import METHOD_MODULES
 
 def add_sparsify_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``layerprune sparsify`` on the CLI's subparsers."""
-    from ..cli import _add_model_args
+    from ..arguments import add_device_arg, add_model_args, add_output_args
     from ..validation import any_int, positive_int
 
     parser = subparsers.add_parser(
@@ -22,7 +22,7 @@ def add_sparsify_parser(subparsers) -> argparse.ArgumentParser:
         "sparsity per component and layer, and the calibration prompts. Zeros are stored densely: the folder is as "
         "large as the dense one (docs/sparsity.md). Works on depth-pruned models too.",
     )
-    _add_model_args(parser)
+    add_model_args(parser)
     parser.add_argument(
         "--component", required=True, metavar="NAME", help="text_encoder, transformer or both: the components to prune"
     )
@@ -69,9 +69,8 @@ def add_sparsify_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=any_int, default=0, help="calibration prompt i uses seed SEED+i (default: 0)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per calibration batch (default: 8)")
-    parser.add_argument("--device", default=None, help="torch device for calibration and scoring (default: cpu)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder to write the sparsified pipeline to")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    add_device_arg(parser, "torch device for calibration and scoring (default: cpu)")
+    add_output_args(parser, "the sparsified pipeline")
     parser.set_defaults(func=cmd_sparsify)
     return parser
 
