@@ -524,6 +524,11 @@ def proxy_entry(args, runner: Runner, ks: list[int], steps: int) -> dict:
     return entry
 
 
+def difference(d: dict) -> str:
+    """A difference in the share of images with all four right, in points, with its standard error."""
+    return f"{100 * d['overall_difference']:+.1f} ± {100 * d['overall_difference_se']:.1f}"
+
+
 def render(result: dict) -> str:
     s = result["settings"]
     lines = [
@@ -543,7 +548,7 @@ def render(result: dict) -> str:
         lines.append(
             f"| {c['remove']} ({c['ratio']:.0%}) | {c['seed']} | {e['selection']} | {e['bootstrap_probability']:.0%} | "
             f"{100 * e['overall']:.1f}% | {a['selection']} | {a['images']} / {e['images']} ({c['image_ratio']:.0%}) | "
-            f"{100 * a['overall']:.1f}% | {100 * c['overall_difference']:+.1f} ± {100 * c['overall_difference_se']:.1f} |"
+            f"{100 * a['overall']:.1f}% | {difference(c)} |"
         )
     lines += ["", "| removed | images (mean share) | same blocks | all four right: exhaustive | adaptive | difference ± se |",
               "|---|---|---|---|---|---|"]  # fmt: skip
@@ -551,7 +556,7 @@ def render(result: dict) -> str:
         lines.append(
             f"| {m['remove']} ({float(ratio):.0%}) | {m['image_ratio_mean']:.0%} | {m['same_selection']} of {m['n']} | "
             f"{100 * m['exhaustive_overall_mean']:.1f}% | {100 * m['adaptive_overall_mean']:.1f}% | "
-            f"{100 * m['overall_difference']:+.1f} ± {100 * m['overall_difference_se']:.1f} points |"
+            f"{difference(m)} points |"
         )
     if result.get("tolerance_sweep"):
         ratios = s["ratios"]
@@ -566,10 +571,7 @@ def render(result: dict) -> str:
             "|---|---|---|" + "---|" * len(ratios),
         ]
         for e in result["tolerance_sweep"]:
-            diffs = " | ".join(
-                f"{100 * e[str(r)]['overall_difference']:+.1f} ± {100 * e[str(r)]['overall_difference_se']:.1f}"
-                for r in ratios
-            )
+            diffs = " | ".join(difference(e[str(r)]) for r in ratios)
             lines.append(f"| {e['tolerance']:g} | {e['image_ratio_mean']:.0%} | {e['same_selection']} | {diffs} |")
     if result.get("proxies"):
         ratios = s["ratios"]
@@ -588,10 +590,7 @@ def render(result: dict) -> str:
         for e in result["proxies"]:
             for kind in ("exhaustive", "adaptive"):
                 p = e[kind]
-                diffs = " | ".join(
-                    f"{100 * p[str(r)]['overall_difference']:+.1f} ± {100 * p[str(r)]['overall_difference_se']:.1f}"
-                    for r in ratios
-                )
+                diffs = " | ".join(difference(p[str(r)]) for r in ratios)
                 lines.append(
                     f"| {kind} | {e['steps']} of {e['full_steps']} | {e['spearman_mean']:.3f}, {e['spearman_min']:.3f} | "
                     f"{p['cost_mean']:.0%} | {p['same_selection']} | {diffs} |"
@@ -643,12 +642,7 @@ def render(result: dict) -> str:
         for o in result["options"]:
             v = o["versus_spread"]
             lines.append(
-                f"| {o['name']} | {o['cost']:.0%} | "
-                + " | ".join(
-                    f"{100 * v[str(r)]['overall_difference']:+.1f} ± {100 * v[str(r)]['overall_difference_se']:.1f}"
-                    for r in s["ratios"]
-                )
-                + " |"
+                f"| {o['name']} | {o['cost']:.0%} | " + " | ".join(difference(v[str(r)]) for r in s["ratios"]) + " |"
             )
     if "met_by" in result["target"]:
         met_by = result["target"]["met_by"]

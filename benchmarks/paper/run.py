@@ -425,25 +425,18 @@ class Experiment:
         self.plans_by_seed = all_plans
         # The budget curve: the criterion that distilled best at each budget ratio, with longer distillation.
         per_seed = self.collect()["per_seed"]
+        # Then what limits it: the same budget with loss terms removed.
+        runs = [(steps, "") for steps in self.budget_steps]
+        runs += [(self.args.distill_steps, ablation) for ablation in self.ablations]
         for seed in self.budget_seeds:
-            for steps in self.budget_steps:
+            for steps, ablation in runs:
                 for ratio in self.budget_ratios:
                     best = best_criterion(per_seed, f"{ratio:.2f}", self.distill_criteria)
                     dropped = all_plans[seed][ratio][best]
                     self.cell(
                         "distilled", seed, dropped,
-                        lambda d=dropped, s=seed, n=steps: self.distilled(s, d, n), self.tag(steps),
-                    )  # fmt: skip
-        # What limits it: the same best criterion and budget with loss terms removed.
-        for seed in self.budget_seeds:
-            for ablation in self.ablations:
-                for ratio in self.budget_ratios:
-                    best = best_criterion(per_seed, f"{ratio:.2f}", self.distill_criteria)
-                    dropped = all_plans[seed][ratio][best]
-                    self.cell(
-                        "distilled", seed, dropped,
-                        lambda d=dropped, s=seed, a=ablation: self.distilled(s, d, None, a),
-                        self.tag(self.args.distill_steps, ablation),
+                        lambda d=dropped, s=seed, n=steps, a=ablation: self.distilled(s, d, n, a),
+                        self.tag(steps, ablation),
                     )  # fmt: skip
 
     # -- report ---------------------------------------------------------------------------------------------------
