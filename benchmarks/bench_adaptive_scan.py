@@ -1,7 +1,7 @@
 """Adaptive vs exhaustive preference scan on the toy world: images generated, and the judged quality of the blocks
 each one removes. Writes benchmarks/results/bench_adaptive_scan.json and the generated section of docs/criteria.md.
 
-For each seed ``s`` (0, 1, 2) and each removal count (25% and 40% of the 12 blocks: 3 and 5):
+For each seed ``s`` (0-5) and each removal count (25% and 40% of the 12 blocks: 3 and 5):
 
 1. The prompt budget: ``--score-prompts`` training captions drawn with seed ``s``, noise seeds ``1000 s + i`` (as in
    benchmarks/reproduce_paper.py).
@@ -9,10 +9,13 @@ For each seed ``s`` (0, 1, 2) and each removal count (25% and 40% of the 12 bloc
    (bootstrap probability of the same selection) for each removal count.
 3. Adaptive: ``layerprune score --adaptive`` for each removal count on the same budget (rounds of
    ``--round-prompts``, ``--tolerance`` and ``--confidence`` as given); the images it generates are the images of
-   its rounds (full model + the blocks still undecided, per prompt).
+   its rounds (the blocks still undecided, per prompt, and the full model in the first round).
 4. Quality: drop each scan's selection from the teacher and judge the 216 held-out captions (noise seeds
    ``100000 + 1000 s + i``, never used in scoring): overall accuracy (colour, position, shape and size all right).
    Difference adaptive - exhaustive with its standard error from the per-caption paired differences.
+
+``--confirmation-seeds`` (3, 4, 5) were scanned only after the configurations compared (tolerances, proxies) had
+been fixed by looking at the others: every configuration is also judged on them alone, as a check that was not tuned.
 
 Both scans go through one ImportanceScan with a progress file, so they share units (the adaptive scan's images are a
 subset of the exhaustive scan's) and a killed run resumes; importance files and judged cells in ``--output`` are
@@ -47,7 +50,15 @@ EVAL_SEED = 100_000
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    p.add_argument(
+        "--confirmation-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds (of --seeds) scanned only after the configurations were fixed; every configuration is also judged "
+        "on them alone (default: those of 3, 4, 5 in --seeds)",
+    )
     p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.40])
     p.add_argument("--score-prompts", type=int, default=64, help="the prompt budget of both scans")
     p.add_argument("--round-prompts", type=int, default=8)
@@ -57,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--sweep-tolerances",
         type=float,
         nargs="*",
-        default=[0.02, 0.1],
+        default=[0.02, 0.075, 0.1],
         help="also run the adaptive scan with these tolerances on the same budget (its images come from the progress "
         "files, so only the judging of new selections costs time): the images/quality trade-off",
     )
@@ -83,7 +94,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_adaptive_scan.json")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "criteria.md")
     p.add_argument("--report-only", action="store_true", help="rebuild the JSON and the docs section from --output")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.confirmation_seeds is None:
+        args.confirmation_seeds = [seed for seed in (3, 4, 5) if seed in args.seeds]
+    if not set(args.confirmation_seeds) <= set(args.seeds):
+        p.error(f"--confirmation-seeds {args.confirmation_seeds} must be among --seeds {args.seeds}")
+    return args
 
 
 def tag(args, tolerance: float | None = None) -> str:
@@ -316,7 +332,7 @@ def run(args) -> dict:
             "same_selection": sum(c["adaptive"]["selection"] == c["exhaustive"]["selection"] for c in rows),
             "n": len(rows),
         }
-    sweep = []
+    sweep, option_rows = [], {}
     for tolerance in sorted({*args.sweep_tolerances, args.tolerance}):
         rows = []
         for seed in args.seeds:
@@ -332,6 +348,7 @@ def run(args) -> dict:
                         "ratio": ratio,
                         "overall": judged_a["overall"],
                         "image_ratio": imps[k].extra["adaptive"]["images"] / ((depth + 1) * args.score_prompts),
+                        "cost": imps[k].extra["adaptive"]["images"] / ((depth + 1) * args.score_prompts),
                         "same": chosen_a == chosen_e,
                         "d": [
                             float(x) - float(y) for x, y in zip(judged_a["correct"], judged_e["correct"], strict=True)
@@ -348,7 +365,16 @@ def run(args) -> dict:
                 "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
             }
         sweep.append(entry)
-    proxies = [proxy_entry(args, runner, ks, steps) for steps in args.proxy_steps]
+        option_rows[f"adaptive, tolerance {tolerance:g}"] = rows
+    proxies = []
+    for steps in args.proxy_steps:
+        entry, rows = proxy_entry(args, runner, ks, steps)
+        proxies.append(entry)
+        for kind in ("exhaustive", "adaptive"):
+            name = f"{kind} at {steps} of {entry['full_steps']} sampler steps" + (
+                f", tolerance {args.tolerance:g}" if kind == "adaptive" else ""
+            )
+            option_rows[name] = [{"seed": r["seed"], "ratio": r["ratio"]} | r[kind] for r in rows]
     spread = {}
     if args.spread_draws:
         for seed in args.seeds:
@@ -358,30 +384,14 @@ def run(args) -> dict:
                 spread[(seed, ratio)] = exhaustive_spread(args, runner, seed, exhaustive, k)
     all_ratio = statistics.mean(c["image_ratio"] for c in cells)
     options = []
-    for e in sweep:
-        options.append(
-            {
-                "name": f"adaptive, tolerance {e['tolerance']:g}",
-                "cost": e["image_ratio_mean"],
-                "within_noise": all(within_noise(e[str(r)]) for r in args.ratios),
-                "versus_spread": versus_spread(e["per_cell"], spread, args.ratios),
-            }
-        )
-    for e in proxies:
-        for kind in ("exhaustive", "adaptive"):
-            options.append(
-                {
-                    "name": f"{kind} at {e['steps']} of {e['full_steps']} sampler steps"
-                    + (f", tolerance {args.tolerance:g}" if kind == "adaptive" else ""),
-                    "cost": e[kind]["cost_mean"],
-                    "within_noise": all(within_noise(e[kind][str(r)]) for r in args.ratios),
-                    "versus_spread": versus_spread(e[kind]["cells"], spread, args.ratios),
-                }
-            )
-    for o in options:
-        o["within_spread"] = bool(o["versus_spread"]) and all(within_noise(v) for v in o["versus_spread"].values())
+    for name, rows in option_rows.items():
+        option = {"name": name} | judged_option(rows, args.ratios, spread)
+        if args.confirmation_seeds:
+            option["confirmation"] = judged_option(rows, args.ratios, spread, args.confirmation_seeds)
+        options.append(option)
     good = sorted((o for o in options if o["cost"] <= 1 / 3 and o["within_noise"]), key=lambda o: o["cost"])
     good_spread = sorted((o for o in options if o["cost"] <= 1 / 3 and o["within_spread"]), key=lambda o: o["cost"])
+    confirmed = [o for o in options if "confirmation" in o and o["confirmation"]["cost"] <= 1 / 3]
     return {
         "benchmark": "bench_adaptive_scan",
         "settings": {
@@ -410,9 +420,38 @@ def run(args) -> dict:
             "met": all_ratio <= 1 / 3,
             "met_by": [o["name"] for o in good],
             "met_by_against_the_spread": [o["name"] for o in good_spread],
+            "confirmation_seeds": args.confirmation_seeds,
+            "met_by_on_confirmation_seeds": [o["name"] for o in confirmed if o["confirmation"]["within_noise"]],
+            "met_by_against_the_spread_on_confirmation_seeds": [
+                o["name"] for o in confirmed if o["confirmation"]["within_spread"]
+            ],
             "note": "cost: generations at the full setting's sampler steps, as a share of the exhaustive scan's; "
             "within noise: the difference to the exhaustive choice is above -2 standard errors at every removal count",
         },
+    }
+
+
+def judged_option(rows: list[dict], ratios, spread: dict, seeds=None) -> dict:
+    """A configuration's cost and quality over ``rows`` (``seed``, ``ratio``, ``cost``, ``overall`` and ``d``, the
+    per-caption differences to the exhaustive choice), on ``seeds`` only when given: its mean cost, the difference to
+    the exhaustive choice per removal count (seeds pooled), the difference to the exhaustive choice's expected accuracy
+    (``versus_spread``), and whether each is within noise at every removal count."""
+    rows = [r for r in rows if seeds is None or r["seed"] in seeds]
+    differences = {}
+    for ratio in ratios:
+        d = [x for r in rows if r["ratio"] == ratio for x in r["d"]]
+        differences[str(ratio)] = {
+            "overall_difference": statistics.mean(d),
+            "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
+        }
+    spread_ = versus_spread(rows, spread, ratios)
+    return {
+        "seeds": sorted({r["seed"] for r in rows}),
+        "cost": statistics.mean(r["cost"] for r in rows),
+        "differences": differences,
+        "within_noise": all(within_noise(v) for v in differences.values()),
+        "versus_spread": spread_,
+        "within_spread": bool(spread_) and all(within_noise(v) for v in spread_.values()),
     }
 
 
@@ -466,8 +505,9 @@ def versus_spread(rows: list[dict], spread: dict, ratios) -> dict:
     return out
 
 
-def proxy_entry(args, runner: Runner, ks: list[int], steps: int) -> dict:
-    """The proxies with ``steps`` sampler steps against the full exhaustive scan, seeds pooled."""
+def proxy_entry(args, runner: Runner, ks: list[int], steps: int) -> tuple[dict, list[dict]]:
+    """The proxies with ``steps`` sampler steps against the full exhaustive scan, seeds pooled; and the rows per seed
+    and removal count (with the per-caption differences ``d``)."""
     from diffusers_layerprune.importance.stability import rank_agreement
 
     depth = 12
@@ -521,7 +561,7 @@ def proxy_entry(args, runner: Runner, ks: list[int], steps: int) -> dict:
                 "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
             }
         entry[kind] = e
-    return entry
+    return entry, rows
 
 
 def difference(d: dict) -> str:
@@ -660,6 +700,45 @@ def render(result: dict) -> str:
             "Costing at most 1/3 and not worse than the exhaustive choice's expected accuracy beyond its spread "
             "(above -2 standard errors at every removal count): " + (", ".join(met_by) if met_by else "none") + ".",
         ]
+    confirmation = result["target"].get("confirmation_seeds")
+    if confirmation and all("confirmation" in o for o in result["options"]):
+        seeds = ", ".join(map(str, confirmation))
+        lines += [
+            "",
+            f"The same on the confirmation seeds alone ({seeds}: scanned only after every configuration above had been "
+            "fixed by looking at the other seeds; differences to this draw's exhaustive choice, then to its expected "
+            "accuracy over draws):",
+            "",
+            "| scan | cost (mean share) | "
+            + " | ".join(f"{r:.0%} removed" for r in s["ratios"])
+            + " | "
+            + " | ".join(f"{r:.0%} removed, against the spread" for r in s["ratios"])
+            + " |",
+            "|---|---|" + "---|" * (2 * len(s["ratios"])),
+        ]
+        for o in result["options"]:
+            c = o["confirmation"]
+            lines.append(
+                f"| {o['name']} | {c['cost']:.0%} | "
+                + " | ".join(difference(c["differences"][str(r)]) for r in s["ratios"])
+                + " | "
+                + " | ".join(
+                    difference(c["versus_spread"][str(r)]) if c["versus_spread"] else "not measured"
+                    for r in s["ratios"]
+                )
+                + " |"
+            )
+        for key, what in (
+            ("met_by_on_confirmation_seeds", "the exhaustive choice"),
+            ("met_by_against_the_spread_on_confirmation_seeds", "the exhaustive choice's expected accuracy"),
+        ):
+            met_by = result["target"][key]
+            lines += [
+                "",
+                f"On seeds {seeds}, costing at most 1/3 and not worse than {what} beyond noise: "
+                + (", ".join(met_by) if met_by else "none")
+                + ".",
+            ]
     lines += [
         "",
         END,

@@ -234,7 +234,10 @@ def test_bad_arguments_exit_2_and_write_nothing(rp, tmp_path, capsys):
         (["--budget-steps", "many"], "--budget-steps takes step counts"),
         (["--budget-steps", "0"], "--budget-steps must be positive"),
         (["--learn-steps", "0"], "--learn-steps must be at least 1"),
-        (["--ablations", "no_task"], "unknown --ablations no_task; choose among no_feature, output_only"),
+        (
+            ["--ablations", "no_task"],
+            "unknown --ablations no_task; choose among no_feature, output_only, lr_x4, lr_quarter",
+        ),
     ):
         with pytest.raises(SystemExit) as exit_info:
             rp.main([*bad, "--output", str(tmp_path / "out")])

@@ -11,7 +11,7 @@ import torch
 from diffusers_layerprune.blocks import get_blocks
 from diffusers_layerprune.errors import LayerPruneError
 from diffusers_layerprune.importance import ImportanceScan, LayerImportance, ScanSettings, compute_importance
-from diffusers_layerprune.importance.adaptive import adaptive_preference, adaptive_rounds
+from diffusers_layerprune.importance.adaptive import adaptive_preference, adaptive_rounds, drops_against_reference
 from diffusers_layerprune.importance.runner import progress_files
 from diffusers_layerprune.importance.stability import (
     bootstrap_probability,
@@ -127,15 +127,17 @@ def test_stability_is_saved_and_plotted(tmp_path):
 
 
 def synthetic_measure(means, noise, num_prompts, seed=0):
-    """Per-prompt drops ``means[b] + noise * e[b, p]``, with a log of what was measured."""
-    table = np.asarray(means, dtype=np.float64)[:, None] + noise * np.random.default_rng(seed).standard_normal(
-        (len(means), num_prompts)
-    )
+    """Per-prompt drops ``means[b] + noise * e[b, p]`` (scores ``difficulty(p) - drop``, the full model scoring
+    ``difficulty(p)``), with a log of what was measured."""
+    rng = np.random.default_rng(seed)
+    table = np.asarray(means, dtype=np.float64)[:, None] + noise * rng.standard_normal((len(means), num_prompts))
+    difficulty = 10.0 + rng.standard_normal(num_prompts)
     log = []
 
-    def measure(blocks, prompts):
-        log.append((list(blocks), prompts))
-        return table[blocks][:, prompts.start : prompts.stop]
+    def measure(blocks, prompts, reference):
+        log.append((list(blocks), prompts, reference))
+        span = slice(prompts.start, prompts.stop)
+        return (difficulty[span] if reference else None), difficulty[span] - table[blocks][:, span]
 
     return table, measure, log
 
@@ -145,9 +147,30 @@ def test_adaptive_stops_generating_a_clearly_important_block_early():
     table, measure, log = synthetic_measure(means, 0.3, 64)
     per_prompt, rounds, _ = adaptive_rounds(measure, 8, 3, 64, 8)
     assert rounds[0]["blocks"] == list(range(8)) and len(rounds) > 1
-    assert all(0 not in blocks for blocks, _ in log[1:])  # block 0 only in the first round
+    assert all(0 not in blocks for blocks, _, _ in log[1:])  # block 0 only in the first round
+    assert [reference for _, _, reference in log] == [True] + [False] * (len(log) - 1)  # the full model too
     assert np.isfinite(per_prompt[0, :8]).all() and np.isnan(per_prompt[0, 8:]).all()
-    assert np.array_equal(per_prompt[0, :8], table[0, :8])
+    assert np.allclose(per_prompt[0, :8], table[0, :8])
+    # Where the full model was not generated, the paired differences are exactly the measured ones.
+    later = np.isfinite(per_prompt[1]) & np.isfinite(per_prompt[2])
+    later[:8] = False
+    assert later.any()
+    assert np.allclose(per_prompt[2, later] - per_prompt[1, later], table[2, later] - table[1, later])
+
+
+def test_drops_against_an_estimated_reference_follow_the_prompt_difficulty():
+    # Additive scores (difficulty(p) - drop_b) with the full model measured on the first 4 prompts only: the
+    # estimated full-model score on the others recovers the difficulty, so the drops are the true ones.
+    drop = np.array([3.0, 0.5, 1.0, 2.0])
+    difficulty = np.array([5.0, 7.0, 6.0, 9.0, 4.0, 8.0, 5.5, 6.5])
+    scores = difficulty[None, :] - drop[:, None]
+    scores[0, 4:] = np.nan  # block 0 settled after the first round
+    scores[3, 6:] = np.nan
+    reference = np.where(np.arange(8) < 4, difficulty, np.nan)
+    drops = drops_against_reference(scores, reference)
+    expected = np.where(np.isfinite(scores), drop[:, None], np.nan)
+    assert np.allclose(drops, expected, equal_nan=True)
+    assert np.isnan(drops_against_reference(scores, np.full(8, np.nan))[:, :0]).all()  # nothing to fix: no error
 
 
 def test_adaptive_gives_the_exhaustive_answer_when_blocks_are_far_apart():
@@ -158,7 +181,7 @@ def test_adaptive_gives_the_exhaustive_answer_when_blocks_are_far_apart():
         per_prompt, rounds, settled = adaptive_rounds(measure, 12, k, 64, 8, tolerance=0.0)
         means_seen = [float(np.nanmean(row)) for row in per_prompt]
         assert settled and sorted(np.argsort(means_seen, kind="stable")[:k].tolist()) == exhaustive
-        images = sum((1 + len(r["blocks"])) * (r["prompts"][1] - r["prompts"][0]) for r in rounds)
+        images = sum((r["reference"] + len(r["blocks"])) * (r["prompts"][1] - r["prompts"][0]) for r in rounds)
         assert images <= 13 * 64 / 3
 
 
@@ -223,27 +246,40 @@ def world():
 def test_adaptive_scan_on_a_pipeline_resumes_with_identical_numbers(world, tmp_path):
     pipe, scorer = world
     scan = ImportanceScan(pipe, PROMPTS, SETTINGS, scorer=scorer, show_progress=False)
-    result = adaptive_preference(scan, 2, round_prompts=4, tolerance=0.0)
+    result = adaptive_preference(scan, 1, round_prompts=4, tolerance=0.0)
     a = result.extra["adaptive"]
-    assert result.least_important(2) == [2, 3] and a["settled"]
+    # Blocks 2 and 3 do nothing: tied exactly, so with no tolerance they are generated until the prompts run out.
+    assert result.least_important(1) in ([2], [3]) and not a["settled"]
+    assert [r["blocks"] for r in a["rounds"]] == [list(range(6)), [2, 3], [2, 3], [2, 3]]
     assert scan.units_computed * SETTINGS.batch_size == a["images"] < a["exhaustive_images"]
     assert a["prompts_per_block"][0] == 4  # the amplified block: one round only
+    assert len(a["rounds"]) > 1 and a["reference_prompts"] == 4  # the full model: first round only
     # The units are the exhaustive scan's: it reuses them and agrees where both measured.
     exhaustive = compute_importance("preference", scan)
     assert exhaustive.least_important(2) == [2, 3]
     assert scan.units_computed == 7 * 8
     measured = np.isfinite(np.asarray(result.per_prompt))
-    assert np.array_equal(np.asarray(result.per_prompt)[measured], np.asarray(exhaustive.per_prompt)[measured])
+    first = np.zeros_like(measured)
+    first[:, :4] = True  # the first round, where the full model was generated: the drops are the exhaustive ones
+    assert measured[:, :4].all()
+    assert np.array_equal(np.asarray(result.per_prompt)[first], np.asarray(exhaustive.per_prompt)[first])
+    # Later, paired differences between blocks measured on the same prompt are exactly the exhaustive scan's.
+    ours, theirs = np.asarray(result.per_prompt), np.asarray(exhaustive.per_prompt)
+    later = [(i, j) for i in range(6) for j in range(i) if (measured[i, 4:] & measured[j, 4:]).any()]
+    assert later
+    for i, j in later:
+        both = measured[i] & measured[j]
+        assert np.allclose(ours[i, both] - ours[j, both], theirs[i, both] - theirs[j, both])
 
     output = tmp_path / "imp.json"
     first = ImportanceScan(pipe, PROMPTS, SETTINGS, scorer=scorer, progress_path=output, show_progress=False)
-    adaptive_preference(first, 2, round_prompts=4, tolerance=0.0)
+    adaptive_preference(first, 1, round_prompts=4, tolerance=0.0)
     [progress] = progress_files(output)
     lines = progress.read_text().splitlines()
     kept = len(lines) // 2
     progress.write_text("\n".join(lines[:kept]) + '\n{"key": "')  # killed mid-run, a line cut short
     resumed_scan = ImportanceScan(pipe, PROMPTS, SETTINGS, scorer=scorer, progress_path=output, show_progress=False)
-    resumed = adaptive_preference(resumed_scan, 2, round_prompts=4, tolerance=0.0)
+    resumed = adaptive_preference(resumed_scan, 1, round_prompts=4, tolerance=0.0)
     assert resumed_scan.units_computed == len(lines) - kept
     assert json.dumps(resumed.per_prompt) == json.dumps(result.per_prompt)
     assert resumed.values == result.values and resumed.stderr == result.stderr

@@ -27,13 +27,16 @@ BUDGET_STEPS = (1600, 4000)
 BUDGET_RATIOS = (0.25, 0.40)
 GOALS = {"0.25": 0.97, "0.40": 0.90}
 # What limits the distilled models: the same run with loss terms removed (training/train_distill.py's weights; the
-# recipe's own run has every term at 1.0: task, output KD, variance, block features).
+# recipe's own run has every term at 1.0: task, output KD, variance, block features), or with the learning rate
+# scaled (``lr_scale``: times --learning-rate, same cosine schedule and warm-up).
 ABLATIONS = {
     "no_feature": {"args": ("--lambda_feat", "0"), "label": "without the feature loss"},
     "output_only": {
         "args": ("--lambda_task", "0", "--lambda_feat", "0"),
         "label": "output KD only (no task, no feature)",
     },
+    "lr_x4": {"args": (), "lr_scale": 4.0, "label": "learning rate x4"},
+    "lr_quarter": {"args": (), "lr_scale": 0.25, "label": "learning rate x1/4"},
 }
 
 

@@ -366,9 +366,10 @@ def _ablation_lines(result: dict, budget: dict, depth: int) -> list[str]:
     labels = {a: entry["ablations"][a]["label"] for entry in budget.values() for a in entry.get("ablations", {})}
     lines = [
         "",
-        f"What limits it, the loss terms: the same {n}-step runs with terms of the distillation loss removed (every "
-        "term weighs 1.0 in the recipe: task, output KD, variance, block features). Cells: all four right, mean ± std "
-        "(n), and the difference to the run with every term on the same seeds:",
+        f"What limits it, the loss terms and the learning rate: the same {n}-step runs with terms of the distillation "
+        "loss removed (every term weighs 1.0 in the recipe: task, output KD, variance, block features) or with the "
+        f"learning rate ({result['settings']['learning_rate']:g}, cosine) scaled. Cells: all four right, mean ± std "
+        "(n), and the difference to the recipe's run on the same seeds:",
         "",
         f"| removed | criterion | every term ({n} steps) | " + " | ".join(labels[a] for a in names) + " |",
         "|---" * (len(names) + 3) + "|",

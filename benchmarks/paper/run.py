@@ -345,7 +345,8 @@ class Experiment:
             print(f"  distilling {tag} (seed {seed}, {steps} steps{', ' + ablation if ablation else ''})", flush=True)
             train_seconds = distil(
                 self.args.model, pruned, final, steps=steps, batch_size=self.args.distill_batch_size,
-                learning_rate=self.args.learning_rate, seed=seed, log=folder / "train.log",
+                learning_rate=self.args.learning_rate * (ABLATIONS[ablation].get("lr_scale", 1.0) if ablation else 1.0),
+                seed=seed, log=folder / "train.log",
                 max_train_samples=self.args.distill_samples,
                 extra_args=ABLATIONS[ablation]["args"] if ablation else (),
             )  # fmt: skip

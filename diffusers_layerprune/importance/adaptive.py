@@ -12,8 +12,15 @@ DiT ruins every image). The adaptive scan takes the prompts in rounds of ``round
    ``tolerance`` less, so removing ``i`` rather than ``j`` costs at most ``tolerance``. This is the epsilon-PAC
    stopping rule of subset selection in bandits (LUCB, Kalyanakrishnan et al., ICML 2012) with paired differences;
    ``tolerance = 0`` asks for certainty and never settles blocks whose drops are equal;
-3. generates the next round only for the blocks of unresolved pairs (plus the full model, the reference of the
-   drops). A block clearly above the cut, or clearly below it, stops being generated.
+3. generates the next round only for the blocks of unresolved pairs. A block clearly above the cut, or clearly
+   below it, stops being generated.
+
+The full model (the reference of the drops) is generated in the first round only: the decisions rest on paired
+differences ``drop_j(p) - drop_i(p) = score_i(p) - score_j(p)``, in which the reference cancels. Where it was not
+generated, the per-prompt drops are taken against an estimate of the full model's score on that prompt, from the
+additive model ``score_b(p) = mu(p) - drop_b`` (prompt difficulty plus block effect: least squares over the blocks
+measured on the prompt, with ``mu(p)`` fixed to the full model's score where it was generated), so that means over
+different prompts still compare like with like; the paired differences are exactly the measured ones.
 
 It stops when no pair is unresolved (*settled*) or the prompt budget (the prompt set) is spent. Decisions depend only
 on finished units, which go through :meth:`ImportanceScan.run` like the exhaustive scan's (same progress files, same
@@ -83,7 +90,7 @@ def check_adaptive_options(
 
 
 def adaptive_rounds(
-    measure: Callable[[list[int], range], np.ndarray],
+    measure: Callable[[list[int], range, bool], tuple[np.ndarray | None, np.ndarray]],
     num_layers: int,
     k: int,
     num_prompts: int,
@@ -95,39 +102,75 @@ def adaptive_rounds(
     """The adaptive loop, independent of how drops are measured.
 
     Args:
-        measure: ``measure(blocks, prompts) -> drops [len(blocks), len(prompts)]``: the per-prompt drop (higher =
-            more important) of each block over a contiguous range of prompt indices.
+        measure: ``measure(blocks, prompts, reference) -> (reference_scores [len(prompts)] or None, scores
+            [len(blocks), len(prompts)])``: the per-prompt score of the model with each block skipped over a
+            contiguous range of prompt indices, and of the full model when ``reference`` is true (first round only).
+            The drop of a block is ``reference - score`` (higher = more important).
         num_layers, k: blocks in the model, blocks to remove.
         num_prompts: the budget; round ``r`` covers prompts ``[r R, (r + 1) R)`` (the last round may be shorter).
         round_prompts: ``R``.
         confidence, tolerance: as in the module docstring; ``tolerance`` in the units of the drops, or a function
             returning it, called after each round's measurements.
 
-    Returns ``(per_prompt [L, num_prompts] with NaN where not measured, rounds, settled)``; each round is
-    ``{"prompts": [start, stop], "blocks": [...], "unresolved_after": n}``.
+    Returns ``(per_prompt [L, num_prompts] drops with NaN where not measured, rounds, settled)``; each round is
+    ``{"prompts": [start, stop], "blocks": [...], "reference": bool, "unresolved_after": n}``.
     """
     if not 0 < k < num_layers:
         raise LayerPruneError(f"the number of blocks to remove must be between 1 and {num_layers - 1}, got {k}")
-    per_prompt = np.full((num_layers, num_prompts), np.nan)
+    scores = np.full((num_layers, num_prompts), np.nan)
+    reference = np.full(num_prompts, np.nan)
     z = z_value(confidence, k * (num_layers - k))
     active = list(range(num_layers))
     rounds: list[dict] = []
     settled = False
     for start in range(0, num_prompts, round_prompts):
         prompts = range(start, min(start + round_prompts, num_prompts))
-        drops = np.asarray(measure(active, prompts), dtype=np.float64)
-        per_prompt[active, prompts.start : prompts.stop] = drops
+        first = start == 0
+        full, measured = measure(active, prompts, first)
+        if first:
+            reference[prompts.start : prompts.stop] = np.asarray(full, dtype=np.float64)
+        scores[active, prompts.start : prompts.stop] = np.asarray(measured, dtype=np.float64)
+        per_prompt = drops_against_reference(scores, reference)
         selection = _selection(per_prompt, k)
         epsilon = float(tolerance() if callable(tolerance) else tolerance)
         unresolved = _unresolved(per_prompt, selection, z, epsilon)
         rounds.append(
-            {"prompts": [prompts.start, prompts.stop], "blocks": list(active), "unresolved_after": len(unresolved)}
+            {
+                "prompts": [prompts.start, prompts.stop],
+                "blocks": list(active),
+                "reference": first,
+                "unresolved_after": len(unresolved),
+            }
         )
         active = sorted({b for pair in unresolved for b in pair})
         if not active:
             settled = True
             break
     return per_prompt, rounds, settled
+
+
+def drops_against_reference(scores: np.ndarray, reference: np.ndarray, iterations: int = 200) -> np.ndarray:
+    """Per-prompt drops ``mu(p) - scores[b, p]`` (NaN where a block was not measured), with ``mu(p)`` the full
+    model's score where it was measured (``reference`` finite) and elsewhere the least-squares estimate under the
+    additive model ``score_b(p) = mu(p) - drop_b``, found by alternating the two means to a fixed point.
+    Deterministic, so a resumed scan gets identical drops."""
+    seen = np.isfinite(scores)
+    estimate = ~np.isfinite(reference) & seen.any(axis=0)
+    mu = np.where(np.isfinite(reference), reference, np.nan)
+    if estimate.any():
+        block_drop = np.zeros(scores.shape[0])
+        for _ in range(iterations):
+            known = np.isfinite(mu)
+            for b in range(scores.shape[0]):
+                rows = seen[b] & known
+                block_drop[b] = float(np.mean(mu[rows] - scores[b, rows])) if rows.any() else 0.0
+            filled = np.where(seen, scores + block_drop[:, None], 0.0)
+            new = filled[:, estimate].sum(axis=0) / seen[:, estimate].sum(axis=0)
+            previous = mu[estimate]
+            mu[estimate] = new
+            if np.isfinite(previous).all() and np.max(np.abs(new - previous)) < 1e-12:
+                break
+    return np.where(seen, mu[None, :] - scores, np.nan)
 
 
 def _selection(per_prompt: np.ndarray, k: int) -> list[int]:
@@ -166,10 +209,13 @@ def adaptive_preference(
     tolerance: float = 0.05,
 ) -> LayerImportance:
     """The ``preference`` criterion measured adaptively for removing ``k`` blocks; the prompt set of ``scan`` is the
-    budget. ``tolerance`` is relative to the full model's mean preference score over the prompts so far (0.05:
-    removing a block rather than another may cost at most 5% of the full model's score, at ``confidence``). Returns a ``preference`` :class:`LayerImportance` (NaN per-prompt drops where a block was not generated)
-    with ``extra["adaptive"]``: ``remove``, ``round_prompts``, ``confidence``, ``tolerance``, ``rounds``,
-    ``settled``, ``images`` (generated), ``exhaustive_images`` (``(L + 1) N``) and ``prompts_per_block``."""
+    budget. ``tolerance`` is relative to the full model's mean preference score over the first round (0.05:
+    removing a block rather than another may cost at most 5% of the full model's score, at ``confidence``). Returns
+    a ``preference`` :class:`LayerImportance` (NaN per-prompt drops where a block was not generated; drops after the
+    first round against the estimated full-model score, see the module docstring) with ``extra["adaptive"]``:
+    ``remove``, ``round_prompts``, ``confidence``, ``tolerance``, ``rounds``, ``settled``, ``images`` (generated,
+    the full model's included), ``exhaustive_images`` (``(L + 1) N``), ``reference_prompts`` (prompts the full model
+    was generated for) and ``prompts_per_block``."""
     from .preference import variant_scores
 
     if scan.scorer is None:
@@ -179,12 +225,13 @@ def adaptive_preference(
 
     full: list[np.ndarray] = []
 
-    def measure(blocks: list[int], prompts: range) -> np.ndarray:
+    def measure(blocks: list[int], prompts: range, reference: bool) -> tuple[np.ndarray | None, np.ndarray]:
         batches = range(prompts.start // size, -(-prompts.stop // size))
-        variants = [(), *[(b,) for b in blocks]]
+        variants = [(), *[(b,) for b in blocks]] if reference else [(b,) for b in blocks]
         scores = variant_scores(scan, variants, batches=batches)
-        full.append(scores[()])
-        return np.stack([scores[()] - scores[(b,)] for b in blocks])
+        if reference:
+            full.append(scores[()])
+        return (scores[()] if reference else None), np.stack([scores[(b,)] for b in blocks])
 
     def epsilon() -> float:
         return tolerance * abs(float(np.concatenate(full).mean()))
@@ -198,7 +245,7 @@ def adaptive_preference(
         row = row[np.isfinite(row)]
         values.append(float(row.mean()))
         stderr.append(float(row.std(ddof=1) / math.sqrt(len(row))) if len(row) > 1 else 0.0)
-    images = sum((1 + len(r["blocks"])) * (r["prompts"][1] - r["prompts"][0]) for r in rounds)
+    images = sum((r["reference"] + len(r["blocks"])) * (r["prompts"][1] - r["prompts"][0]) for r in rounds)
     adaptive = {
         "remove": k,
         "round_prompts": round_prompts,
@@ -209,6 +256,7 @@ def adaptive_preference(
         "settled": settled,
         "images": images,
         "exhaustive_images": (scan.num_layers + 1) * n,
+        "reference_prompts": rounds[0]["prompts"][1] - rounds[0]["prompts"][0],
         "prompts_per_block": [int(c) for c in counts],
     }
     return LayerImportance(
