@@ -928,8 +928,22 @@ def settings_from_cells(cells: list[dict], args, started: float | None = None) -
         "machine": f"{os.cpu_count()}-core CPU shared with other jobs, {args.threads} torch thread(s)",
         "minutes": busy / 60,
         "wall_minutes_this_run": None if started is None else (time.time() - started) / 60,
-        "command_args": " ".join(a for a in (sys.argv[1:]) if a not in ("--report-only", "--from-cells")),
+        "command_args": command_args(sys.argv[1:]),
     }
+
+
+def command_args(argv: list[str]) -> str:
+    """The options of this run as the page shows them: without --report-only / --from-cells, and without --output
+    (a folder on the machine that ran it: the page gives the default)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--output":
+            skip = True
+        elif not a.startswith("--output=") and a not in ("--report-only", "--from-cells"):
+            out.append(a)
+    return " ".join(out)
 
 
 def main(argv=None) -> None:
