@@ -82,3 +82,8 @@ def test_budget_rows_pair_each_router_with_its_plain_routing_and_render(rt):
     assert "1 of 2 routers run over it, the most 0.04 blocks per caption (B9-K2-s1-uniform)" in text
     assert "| 9.00, 2 moved; 40.0% (-1.0) |" in text and "8.72, unchanged" in text
     assert "all four right moves by -1.0 to -1.0 points" in text and "-3.0 to -1.0 points" in text
+
+
+def test_the_page_shows_the_command_without_this_machines_output_folder(rt):
+    argv = ["--output", "/home/me/cells", "--threads", "2", "--from-cells", "--output=/x", "--finetune-seeds", "0,1"]
+    assert rt.command_args(argv) == "--threads 2 --finetune-seeds 0,1"
