@@ -21,7 +21,7 @@ Both scans go through one ImportanceScan with a progress file, so they share uni
 subset of the exhaustive scan's) and a killed run resumes; importance files and judged cells in ``--output`` are
 reused, so only missing work runs. ``--report-only`` rebuilds the JSON and the docs section from them.
 
-    python benchmarks/bench_adaptive_scan.py                 # ~20-30 min on the shared 2-core CPU
+    python benchmarks/bench_adaptive_scan.py                 # ~1 h from nothing on the shared 2-core CPU
     python benchmarks/bench_adaptive_scan.py --report-only
 """
 
