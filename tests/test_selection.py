@@ -23,7 +23,9 @@ from diffusers_layerprune.importance.stability import (
 
 def importance_of(per_prompt) -> LayerImportance:
     per_prompt = np.asarray(per_prompt, dtype=np.float64)
-    return LayerImportance(values=per_prompt.mean(axis=1), criterion="preference", per_prompt=per_prompt.tolist())
+    return LayerImportance(
+        values=np.nanmean(per_prompt, axis=1), criterion="preference", per_prompt=per_prompt.tolist()
+    )
 
 
 def standardised(n: int, seed: int) -> np.ndarray:
@@ -83,6 +85,22 @@ def test_orientation_and_prompts_a_block_was_not_measured_on():
     sparse = np.arange(4)[:, None] * 1.0 + np.zeros((4, 20))
     sparse[3, 5:] = np.nan
     assert bootstrap_probability(sparse, [0, 1], draws=200) == 1.0
+
+
+def test_an_adaptive_scans_unused_budget_is_not_part_of_the_sample():
+    # The close pair of the normal-theory case, measured on its 100 prompts of a budget of 400: the 300 prompts never
+    # generated change neither the probability nor the suggested count, and the message counts 100 prompts.
+    n, s = 100, 1.0
+    common = np.random.default_rng(1).normal(0.0, 3.0, n)
+    d = s / math.sqrt(n) + s * standardised(n, 2)
+    per_prompt = np.stack([10.0 + common, common, common + d])
+    budget = np.full((3, 4 * n), np.nan)
+    budget[:, :n] = per_prompt
+    measured, adaptive = (selection_stability(importance_of(x), 1, draws=2000) for x in (per_prompt, budget))
+    assert adaptive["num_prompts"] == n
+    assert adaptive["probability"] == measured["probability"]
+    assert adaptive["suggested_num_prompts"] == measured["suggested_num_prompts"] == 200
+    assert "of the 100 prompts" in adaptive["message"]
 
 
 def test_stability_needs_per_prompt_values():

@@ -145,7 +145,8 @@ def selection_stability(
         target: the bootstrap probability below which the selection is called unstable.
         seed: of the resampling (the result is deterministic).
 
-    Returns a JSON-ready dict: ``remove`` (k), ``selection`` (sorted blocks), ``num_prompts``, ``draws``,
+    Returns a JSON-ready dict: ``remove`` (k), ``selection`` (sorted blocks), ``num_prompts`` (the prompts measured:
+    an adaptive scan's unused budget does not count), ``draws``,
     ``probability`` (bootstrap probability of the same selection), ``tied`` (sorted blocks of unresolved pairs),
     ``tied_pairs`` (``[selected, unselected, mean difference, stderr]``), ``stable`` (probability >= target),
     ``suggested_num_prompts`` (int, or None when no count up to 64x separates them; absent when stable) and a
@@ -159,6 +160,9 @@ def selection_stability(
     importance._check_k(k)
     sign = 1.0 if importance.higher_is_more_important else -1.0
     per_prompt = sign * np.asarray(importance.per_prompt, dtype=np.float64)
+    if per_prompt.ndim == 2:
+        # An adaptive scan leaves the prompts after its last round unmeasured: they are not part of the sample.
+        per_prompt = per_prompt[:, np.isfinite(per_prompt).any(axis=0)]
     if per_prompt.ndim != 2 or per_prompt.shape[1] < 2:
         raise LayerPruneError("stability needs per-prompt values of at least 2 prompts")
     selection = importance.least_important(k)
