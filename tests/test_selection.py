@@ -356,6 +356,21 @@ def test_score_reports_stability_and_runs_adaptively(tiny_pipeline_dir, assets, 
     )
 
 
+def test_an_adaptive_scan_settled_on_an_unstable_selection_points_at_the_tolerance():
+    from diffusers_layerprune.importance.scoring import _summary
+
+    adaptive = {"settled": True, "tolerance": 0.1, "tolerance_units": 0.088, "images": 104, "exhaustive_images": 416,
+                "rounds": [{}], "prompts_per_block": [8, 8, 8]}  # fmt: skip
+    for stable, expected in ((False, True), (True, False)):
+        imp = LayerImportance([3.0, 1.0, 2.0], "preference", per_prompt=[[3.0, 3.0], [1.0, 1.0], [2.0, 2.0]])
+        imp.extra = {"adaptive": adaptive, "stability": {"selection": [1], "tied": [], "stable": stable, "message": ""}}
+        lines = []
+        _summary(imp, "m", None, lines.append, 1)
+        hint = [line for line in lines if line.startswith("settled although unstable")]
+        assert bool(hint) == expected
+        assert not hint or "--tolerance 0.1 (0.088 in score units)" in hint[0]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

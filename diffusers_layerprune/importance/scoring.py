@@ -268,6 +268,12 @@ def _summary(importance, model: str, output: Path | None, log, k: int) -> None:
             f"adaptive scan: {adaptive['images']} images of the exhaustive {adaptive['exhaustive_images']} "
             f"({adaptive['images'] / adaptive['exhaustive_images']:.0%}), {len(adaptive['rounds'])} rounds, {state}"
         )
+        if adaptive["settled"] and stability and not stability["stable"]:
+            log(
+                f"settled although unstable: the blocks tied at the cut differ by less than --tolerance "
+                f"{adaptive['tolerance']:g} ({adaptive['tolerance_units']:.3g} in score units), so removing one rather "
+                "than another costs at most that; a lower --tolerance spends more images on a sharper choice"
+            )
     if "additivity" in importance.extra:
         a = importance.extra["additivity"]
         log(
