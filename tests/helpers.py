@@ -6,6 +6,21 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
 
 
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (its folder on ``sys.path``: the scripts import the ``paper`` package
+    that lives there), for testing its rules on known numbers."""
+    import importlib.util
+    import sys
+
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_train_distill(args) -> None:
     """Run training/train_distill.py's main() in this process; accelerate keeps global state between
     Accelerators, so reset it first."""

@@ -1,21 +1,13 @@
 """benchmarks/bench_adaptive_scan.py: how a configuration is judged, on known numbers (no model runs)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_adaptive_scan.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports reproduce_paper's cell store
-    spec = importlib.util.spec_from_file_location("bench_adaptive_scan", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_adaptive_scan")
 
 
 def row(seed, ratio, cost, overall, d):

@@ -1,22 +1,17 @@
 """benchmarks/reproduce_paper.py (the package benchmarks/paper/): the claim checks on known numbers, and a tiny end-to-end run on the toy world."""
 
 import contextlib
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_paper.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def rp():
-    spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reproduce_paper")
 
 
 def _markdown(claims: list[dict]) -> str:

@@ -1,21 +1,13 @@
 """benchmarks/routing_toy.py: the verdict, balance and code-analysis rules on known numbers (no model runs)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "routing_toy.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def rt():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports reproduce_paper's cell store
-    spec = importlib.util.spec_from_file_location("routing_toy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("routing_toy")
 
 
 def _entry(static_pruned: dict, static_distilled: dict, routed: dict, finetuned: dict) -> dict:

@@ -331,13 +331,9 @@ def test_record_round_trip_and_refusals(tmp_path):
 
 
 def test_benchmark_claim_rules():
-    import importlib.util
+    from helpers import load_benchmark
 
-    from helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("sparsity_toy", ROOT / "benchmarks" / "sparsity_toy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("sparsity_toy")
 
     levels = [round(0.1 * i, 1) for i in range(1, 10)]
     te = dict(zip(levels, [0.6] * 6 + [0.3, 0.1, 0.0], strict=True))  # kept to 60%, collapsed at 80%: sudden
