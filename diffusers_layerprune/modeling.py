@@ -27,7 +27,6 @@ from .families.sd3 import PrunedSD3Transformer
 from .outputs import atomic_output_dir
 from .pruned import PrunedTransformerMixin, check_kept_layers
 from .validation import is_transformer_folder  # noqa: F401 (public here before it moved)
-from .validation import looks_like_path as _looks_like_path  # noqa: F401
 from .validation import resolve_local_model as _resolve_local
 
 # Kept for callers of the PixArt-only API.

@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LayerPruneError
+from . import MARGINALS
 from .codes import RoutingCodes, straight_through_one_hot
 from .gating import gated_blocks
 from .record import CodeStats, Routing, RoutingRecord, transformer_fingerprint
 from .router import PromptRouter, pooled_text_embedding
-from .transport import MARGINALS, code_marginals, sinkhorn
+from .transport import code_marginals, sinkhorn
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LayerPruneError
-from . import MARGINALS  # noqa: F401 (re-exported: the names of the balance options)
+from . import MARGINALS
 
 
 def sinkhorn(

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from ..errors import LayerPruneError
+from ..validation import is_transformer_folder
+from ..validation import resolve_local_model as _resolve_local
 from .layers import COMPONENTS, count_zeros, sparsifiable_layers
 from .masks import Pattern, global_masks, layer_mask, n_m_mask, parse_pattern, row_mask
 from .record import FILE_NAME, ComponentSparsity, SparsityRecord, read_sparsity_record
@@ -306,7 +308,7 @@ def _calibrate(pipe, plan, prompts, steps, guidance, max_length, resolution, see
 def model_components(model: str | os.PathLike, *, revision: str | None = None) -> set[str] | None:
     """Components ``model`` holds, read from its ``model_index.json`` without loading weights (``{"transformer"}``
     for a transformer folder; ``None`` for short names built in code)."""
-    from ..modeling import ALIAS_FOLDERS, MODEL_ALIASES, _first_line, _resolve_local, is_transformer_folder
+    from ..modeling import ALIAS_FOLDERS, MODEL_ALIASES, _first_line
 
     name = str(model)
     if name in MODEL_ALIASES:
@@ -332,7 +334,6 @@ def model_components(model: str | os.PathLike, *, revision: str | None = None) -
 
 def check_model_components(model: str | os.PathLike, components, *, revision: str | None = None) -> None:
     """Raise before loading when ``model`` lacks one of ``components``."""
-    from ..modeling import _resolve_local, is_transformer_folder
 
     held = model_components(model, revision=revision)
     if held is None:
@@ -385,7 +386,7 @@ def sparsify_to_folder(
     (:func:`~diffusers_layerprune.data.load_prompts`), the first ``num_prompts`` of it are used.
     """
     from ..data import load_prompts
-    from ..modeling import _resolve_local, is_transformer_folder, load_pipeline, resolve_dtype, save_pruned_pipeline
+    from ..modeling import load_pipeline, resolve_dtype, save_pruned_pipeline
     from ..outputs import atomic_output_dir, check_output_dir
 
     log = log or (lambda *a: None)
