@@ -36,6 +36,7 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,8 +328,7 @@ def run(args) -> dict:
             "image_ratio_mean": statistics.mean(c["image_ratio"] for c in rows),
             "exhaustive_overall_mean": statistics.mean(c["exhaustive"]["overall"] for c in rows),
             "adaptive_overall_mean": statistics.mean(c["adaptive"]["overall"] for c in rows),
-            "overall_difference": statistics.mean(d_all),
-            "overall_difference_se": statistics.stdev(d_all) / math.sqrt(len(d_all)),
+            **mean_and_se(d_all),
             "same_selection": sum(c["adaptive"]["selection"] == c["exhaustive"]["selection"] for c in rows),
             "n": len(rows),
         }
@@ -347,7 +347,6 @@ def run(args) -> dict:
                         "seed": seed,
                         "ratio": ratio,
                         "overall": judged_a["overall"],
-                        "image_ratio": imps[k].extra["adaptive"]["images"] / ((depth + 1) * args.score_prompts),
                         "cost": imps[k].extra["adaptive"]["images"] / ((depth + 1) * args.score_prompts),
                         "same": chosen_a == chosen_e,
                         "d": [
@@ -355,15 +354,10 @@ def run(args) -> dict:
                         ],
                     }
                 )
-        entry = {"tolerance": tolerance, "image_ratio_mean": statistics.mean(r["image_ratio"] for r in rows)}
+        entry = {"tolerance": tolerance, "image_ratio_mean": statistics.mean(r["cost"] for r in rows)}
         entry["per_cell"] = [{key: r[key] for key in ("seed", "ratio", "overall")} for r in rows]
         entry["same_selection"] = f"{sum(r['same'] for r in rows)} of {len(rows)}"
-        for ratio in args.ratios:
-            d = [x for r in rows if r["ratio"] == ratio for x in r["d"]]
-            entry[str(ratio)] = {
-                "overall_difference": statistics.mean(d),
-                "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
-            }
+        entry |= per_ratio(rows, args.ratios)
         sweep.append(entry)
         option_rows[f"adaptive, tolerance {tolerance:g}"] = rows
     proxies = []
@@ -437,13 +431,7 @@ def judged_option(rows: list[dict], ratios, spread: dict, seeds=None) -> dict:
     the exhaustive choice per removal count (seeds pooled), the difference to the exhaustive choice's expected accuracy
     (``versus_spread``), and whether each is within noise at every removal count."""
     rows = [r for r in rows if seeds is None or r["seed"] in seeds]
-    differences = {}
-    for ratio in ratios:
-        d = [x for r in rows if r["ratio"] == ratio for x in r["d"]]
-        differences[str(ratio)] = {
-            "overall_difference": statistics.mean(d),
-            "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
-        }
+    differences = per_ratio(rows, ratios)
     spread_ = versus_spread(rows, spread, ratios)
     return {
         "seeds": sorted({r["seed"] for r in rows}),
@@ -453,6 +441,17 @@ def judged_option(rows: list[dict], ratios, spread: dict, seeds=None) -> dict:
         "versus_spread": spread_,
         "within_spread": bool(spread_) and all(within_noise(v) for v in spread_.values()),
     }
+
+
+def mean_and_se(d: list[float]) -> dict:
+    """Mean and standard error of per-caption differences, as the JSON names them."""
+    return {"overall_difference": statistics.mean(d), "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d))}
+
+
+def per_ratio(rows: list[dict], ratios) -> dict:
+    """``{str(ratio): mean_and_se}`` of the per-caption differences ``d`` of ``rows`` (``ratio``, ``d``), seeds
+    pooled."""
+    return {str(ratio): mean_and_se([x for r in rows if r["ratio"] == ratio for x in r["d"]]) for ratio in ratios}
 
 
 def within_noise(d: dict) -> bool:
@@ -473,9 +472,7 @@ def exhaustive_spread(args, runner: Runner, seed: int, exhaustive, k: int, cover
     n = per_prompt.shape[1]
     draws = np.random.default_rng(seed).integers(0, n, size=(args.spread_draws, n))
     means = per_prompt[:, draws].mean(axis=2).T  # [draws, L]
-    counts: dict[tuple, int] = {}
-    for row in _smallest_k(means, k):
-        counts[tuple(int(b) for b in row)] = counts.get(tuple(int(b) for b in row), 0) + 1
+    counts = Counter(tuple(int(b) for b in row) for row in _smallest_k(means, k))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     judged, covered = [], 0
     for selection, count in ranked:
@@ -553,13 +550,7 @@ def proxy_entry(args, runner: Runner, ks: list[int], steps: int) -> tuple[dict, 
                 | {key: v for key, v in r[kind].items() if key != "d"}
                 for r in rows
             ],
-        }
-        for ratio in args.ratios:
-            d = [x for r in rows if r["ratio"] == ratio for x in r[kind]["d"]]
-            e[str(ratio)] = {
-                "overall_difference": statistics.mean(d),
-                "overall_difference_se": statistics.stdev(d) / math.sqrt(len(d)),
-            }
+        } | per_ratio([{"ratio": r["ratio"], "d": r[kind]["d"]} for r in rows], args.ratios)
         entry[kind] = e
     return entry, rows
 
