@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import LayerPruneError
+from .validation import CACHE_DTYPE_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -514,7 +515,7 @@ def pad_embeddings(
 # float16 keeps 3 more mantissa bits for in-range values; float32 stores exactly what the encoder produced.
 
 CACHE_FORMAT_VERSION = 2
-CACHE_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+CACHE_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in CACHE_DTYPE_NAMES}
 _ARROW_TYPES = {"bfloat16": "int16", "float16": "float16", "float32": "float32"}
 # what rows come back as (datasets' torch format otherwise widens int16 to int64 and float16 to float32)
 _READ_DTYPES = {"int16": torch.int16, "float16": torch.float16, "float32": torch.float32}

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import LayerPruneError
+from .validation import FEATURE_LOSS_NAMES
 
-FEATURE_LOSSES = ("mse", "normalized")
+FEATURE_LOSSES = FEATURE_LOSS_NAMES
 
 
 def block_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int]]:

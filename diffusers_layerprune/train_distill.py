@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 from diffusers_layerprune.validation import (
+    CACHE_DTYPE_NAMES,
+    FEATURE_LOSS_NAMES,
     OneLineArgumentParser,
     beta,
     non_negative_float,
@@ -32,9 +34,6 @@ from diffusers_layerprune.validation import (
 )
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
-# The keys of data.CACHE_DTYPES and distill.FEATURE_LOSSES, here so that --help imports no torch (checked below).
-CACHE_DTYPE_NAMES = ("bfloat16", "float16", "float32")
-FEATURE_LOSS_NAMES = ("mse", "normalized")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -231,7 +230,6 @@ from tqdm.auto import tqdm
 
 from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.data import (
-    CACHE_DTYPES,
     CacheCollator,
     default_cache_dir,
     image_latents_dataset,
@@ -240,7 +238,6 @@ from diffusers_layerprune.data import (
     teacher_latents_dataset,
 )
 from diffusers_layerprune.distill import (
-    FEATURE_LOSSES,
     DistillConfig,
     KDWeights,
     block_pairs,
@@ -275,9 +272,6 @@ from diffusers_layerprune.provenance import full_local, local_inputs, public_nam
 from diffusers_layerprune.sparsity.keep import WeightMasks
 from diffusers_layerprune.sparsity.record import FILE_NAME as SPARSITY_FILE
 from diffusers_layerprune.sparsity.record import read_sparsity_record
-
-if tuple(CACHE_DTYPES) != CACHE_DTYPE_NAMES or tuple(FEATURE_LOSSES) != FEATURE_LOSS_NAMES:
-    raise ImportError("train_distill's --cache_dtype / --feature_loss choices differ from data.py / distill.py")
 
 logger = get_logger(__name__)
 

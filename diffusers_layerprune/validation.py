@@ -100,6 +100,16 @@ def _int(text: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Names of choices the training script offers (here, without torch, so that its --help stays instant)
+# ----------------------------------------------------------------------------------------------------------------
+
+CACHE_DTYPE_NAMES = ("bfloat16", "float16", "float32")
+"""Dtypes the cached text embeddings and latents may be stored in (``data.CACHE_DTYPES`` maps them to torch's)."""
+FEATURE_LOSS_NAMES = ("mse", "normalized")
+"""Block-feature losses of the distillation (``distill.FEATURE_LOSSES``)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Sizes a model can produce
 # ----------------------------------------------------------------------------------------------------------------
 
