@@ -357,8 +357,8 @@ def _budget_section(result: dict) -> str:
 
 
 def _ablation_lines(result: dict, budget: dict, depth: int) -> list[str]:
-    """The loss ablations: the best criterion's {distill_steps}-step run with loss terms removed, against the run
-    with every term on the same seeds."""
+    """The ablations: the best criterion's {distill_steps}-step run with loss terms removed or the learning rate
+    scaled, against the recipe's run on the same seeds."""
     names = sorted({a for entry in budget.values() for a in entry.get("ablations", {})})
     if not names:
         return []
@@ -490,7 +490,7 @@ def _budget_limit(result: dict) -> str:
         f"({', '.join(str(n) for n in steps if n != result['settings']['distill_steps'])}) only the best criterion, "
         "at the budget ratios"
         + (
-            f", as did the loss ablations ({result['settings']['distill_steps']} steps)"
+            f", as did the ablations of the loss terms and the learning rate ({result['settings']['distill_steps']} steps)"
             if any(e.get("ablations") for e in budget.values())
             else ""
         )

@@ -86,7 +86,7 @@ def parse_args(argv=None, description: str | None = None):
         "--ablations",
         default=",".join(ABLATIONS),
         help="what limits the distilled models: the best criterion at --budget-ratios distilled again (seeds of the "
-        f'budget curve, --distill-steps) with loss terms removed; of {", ".join(ABLATIONS)} ("" skips them)',
+        f'budget curve, --distill-steps) with loss terms removed or the learning rate scaled; of {", ".join(ABLATIONS)} ("" skips them)',
     )
     p.add_argument("--output", default="runs/reproduce_paper", help="cells, importance files, distilled models")
     p.add_argument("--results", default="benchmarks/results/reproduce_paper.json")
@@ -336,6 +336,7 @@ class Experiment:
 
         tag = "drop-" + "-".join(map(str, dropped))
         steps = steps or self.args.distill_steps
+        changed = ABLATIONS[ablation] if ablation else {}
         folder = self.output / f"seed-{seed}" / "models" / self.tag(steps, ablation) / tag
         pruned, final = folder / "pruned", folder / "distilled"
         if not (pruned / "model_index.json").is_file():
@@ -345,10 +346,9 @@ class Experiment:
             print(f"  distilling {tag} (seed {seed}, {steps} steps{', ' + ablation if ablation else ''})", flush=True)
             train_seconds = distil(
                 self.args.model, pruned, final, steps=steps, batch_size=self.args.distill_batch_size,
-                learning_rate=self.args.learning_rate * (ABLATIONS[ablation].get("lr_scale", 1.0) if ablation else 1.0),
-                seed=seed, log=folder / "train.log",
-                max_train_samples=self.args.distill_samples,
-                extra_args=ABLATIONS[ablation]["args"] if ablation else (),
+                learning_rate=self.args.learning_rate * changed.get("lr_scale", 1.0), seed=seed,
+                log=folder / "train.log", max_train_samples=self.args.distill_samples,
+                extra_args=changed.get("args", ()),
             )  # fmt: skip
             print(f"  distilled {tag} in {train_seconds:.0f} s", flush=True)
         student = load_pipeline(str(final))
@@ -426,7 +426,7 @@ class Experiment:
         self.plans_by_seed = all_plans
         # The budget curve: the criterion that distilled best at each budget ratio, with longer distillation.
         per_seed = self.collect()["per_seed"]
-        # Then what limits it: the same budget with loss terms removed.
+        # Then what limits it: the same budget with loss terms removed or the learning rate scaled.
         runs = [(steps, "") for steps in self.budget_steps]
         runs += [(self.args.distill_steps, ablation) for ablation in self.ablations]
         for seed in self.budget_seeds:
