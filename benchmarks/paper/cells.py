@@ -64,3 +64,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
     with atomic_output_file(path) as tmp:
         tmp.write_text(text)
+
+
+def replace_section(path: str | os.PathLike, begin: str, end: str, section: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the generated section of the
+    page ``path``, atomically; a page without both markers is refused, saying where they go."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} has no generated section markers; add\n{begin}\n{end}\nwhere the results go")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end + "\n", 1) if end + "\n" in rest else rest.split(end, 1)
+    write_text(path, head + section + tail)
