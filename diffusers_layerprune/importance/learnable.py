@@ -26,8 +26,9 @@ Memory at real scale. A step's samples are split into micro-batches whose gradie
 same as one pass over all samples, up to float rounding), and the student's blocks are recomputed in the backward
 pass (gradient checkpointing) when its activations would not fit :data:`ACTIVATION_BUDGET`. Measured with autograd's
 saved tensors on the meta device at PixArt-Sigma-XL's true sizes (``benchmarks/rehearse_learnable_memory.py``,
-docs/scale.md): one 1024 px sample stores ~15 GiB of activations in float32 without checkpointing (8 prompts x 4
-timesteps: ~485 GiB, on no GPU), ~0.5 GiB with it (plus one block's ~0.5 GiB while it is recomputed). Tiny models stay in one pass without checkpointing.
+docs/criteria.md): one 1024 px sample stores ~15 GiB of activations in float32 without checkpointing (8 prompts x 4
+timesteps: ~485 GiB, on no GPU), ~0.5 GiB with it (plus one block's ~0.5 GiB while it is recomputed). Tiny models
+stay in one pass without checkpointing.
 
 ``values``: ``1 + P(keep)`` for the blocks the learned masks keep and ``P(keep)`` for those they remove (``P(keep)``:
 the block's keep probability under the learned distributions), so ``least_important(k)`` is exactly the learned
