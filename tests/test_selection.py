@@ -39,6 +39,14 @@ def standardised(n: int, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def close_pair(n: int, s: float) -> np.ndarray:
+    """Block 0 matters a lot; blocks 1 and 2 differ on every prompt by ``d_p``, exactly of mean ``s / sqrt(n)`` and
+    standard deviation ``s``, on top of a prompt difficulty shared by all three (it cancels in paired differences)."""
+    common = np.random.default_rng(1).normal(0.0, 3.0, n)
+    d = s / math.sqrt(n) + s * standardised(n, 2)
+    return np.stack([10.0 + common, common, common + d])
+
+
 def test_bootstrap_probability_of_two_close_blocks_follows_the_normal_theory():
     # Block 0 matters a lot; blocks 1 and 2 differ on every prompt by d_p with mean m = s / sqrt(n): the bootstrap
     # mean of d is ~ N(m, s^2 / n), so block 1 stays the least important in Phi(1) = 84% of resamples, the pair is
@@ -46,9 +54,7 @@ def test_bootstrap_probability_of_two_close_blocks_follows_the_normal_theory():
     # M = 165 on, so the doubling search suggests 200.
     n, s = 100, 1.0
     m = s / math.sqrt(n)
-    common = np.random.default_rng(1).normal(0.0, 3.0, n)  # prompt difficulty: cancels in paired differences
-    d = m + s * standardised(n, 2)
-    per_prompt = np.stack([10.0 + common, common, common + d])
+    per_prompt = close_pair(n, s)
     result = selection_stability(importance_of(per_prompt), 1, draws=4000)
     assert result["selection"] == [1]
     assert result["probability"] == pytest.approx(NormalDist().cdf(1.0), abs=0.03)
@@ -90,10 +96,8 @@ def test_orientation_and_prompts_a_block_was_not_measured_on():
 def test_an_adaptive_scans_unused_budget_is_not_part_of_the_sample():
     # The close pair of the normal-theory case, measured on its 100 prompts of a budget of 400: the 300 prompts never
     # generated change neither the probability nor the suggested count, and the message counts 100 prompts.
-    n, s = 100, 1.0
-    common = np.random.default_rng(1).normal(0.0, 3.0, n)
-    d = s / math.sqrt(n) + s * standardised(n, 2)
-    per_prompt = np.stack([10.0 + common, common, common + d])
+    n = 100
+    per_prompt = close_pair(n, 1.0)
     budget = np.full((3, 4 * n), np.nan)
     budget[:, :n] = per_prompt
     measured, adaptive = (selection_stability(importance_of(x), 1, draws=2000) for x in (per_prompt, budget))
