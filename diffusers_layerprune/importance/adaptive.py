@@ -119,6 +119,7 @@ def adaptive_rounds(
         raise LayerPruneError(f"the number of blocks to remove must be between 1 and {num_layers - 1}, got {k}")
     scores = np.full((num_layers, num_prompts), np.nan)
     reference = np.full(num_prompts, np.nan)
+    per_prompt = scores.copy()  # the drops, after each round
     z = z_value(confidence, k * (num_layers - k))
     active = list(range(num_layers))
     rounds: list[dict] = []
@@ -156,7 +157,7 @@ def drops_against_reference(scores: np.ndarray, reference: np.ndarray, iteration
     Deterministic, so a resumed scan gets identical drops."""
     seen = np.isfinite(scores)
     estimate = ~np.isfinite(reference) & seen.any(axis=0)
-    mu = np.where(np.isfinite(reference), reference, np.nan)
+    mu = np.array(reference, dtype=np.float64)
     if estimate.any():
         block_drop = np.zeros(scores.shape[0])
         for _ in range(iterations):
