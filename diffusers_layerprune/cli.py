@@ -137,8 +137,12 @@ def _cmd_push(args: argparse.Namespace) -> int:
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"wrote model card {args.folder}/README.md")
     print(f"{verb} {len(result['files'])} files ({total / 2**20:.1f} MiB) to {args.repo_id}:")
+    rewritten = dict(result["rewritten"])
     for path, size in result["files"]:
-        print(f"  {size:>12,d}  {path}")
+        changes = "; ".join(f"{old} -> {new}" for old, new in dict(rewritten.get(path, [])).items())
+        print(f"  {size:>12,d}  {path}" + (f"  (local paths rewritten: {changes})" if changes else ""))
+    for path, local in result["left_out"]:
+        print(f"left out {path}: it holds a local path ({local}) and cannot be rewritten")
     if result["commit_url"]:
         print(f"commit: {result['commit_url']}")
     return 0

@@ -475,20 +475,46 @@ def write_model_card(folder: Path, card: str) -> Path:
     return path
 
 
-def check_no_local_paths(folder: Path, card: str, files: list[str]) -> None:
-    """Refuse to upload when the card or any of ``files`` holds an absolute path of this machine."""
-    from .provenance import find_local_path, find_local_paths, local_path_needles
+def _source_aliases(folder: Path, base_model: str | None) -> dict[str, str]:
+    """Public name of the recorded source -> ``base_model``: with ``--base-model`` a config's ``_name_or_path`` that
+    named the local source folder names the source's Hub id instead of a folder name."""
+    if not base_model:
+        return {}
+    from .modeling import read_transformer_config
+    from .provenance import public_name
 
-    needles = local_path_needles(folder)
-    found = ("README.md", find_local_path(card, needles))
-    if found[1] is None:
-        found = find_local_paths(folder, [f for f in files if f != "README.md"], needles)
-    if found:
-        rel, needle = found
-        raise LayerPruneError(
-            f"{folder / rel} holds a local path ({needle}...), which push never uploads: remove it from the file or "
-            "re-create the file with this version of diffusers-layerprune (nothing was uploaded)"
-        )
+    recorded = (read_transformer_config(folder) or {}).get("source_model")
+    return {public_name(recorded): base_model} if recorded else {}
+
+
+def review_upload(
+    folder: Path, plan: list[tuple[str, str, int]], *, aliases: dict[str, str] | None = None
+) -> list[dict]:
+    """What each file of ``plan`` (:func:`upload_plan`) sends, after searching it for absolute paths of a machine
+    (:func:`~diffusers_layerprune.provenance.find_machine_paths`: every JSON key and value, nested, and every text).
+
+    Returns one dict per file, in plan order: ``rel``, ``target``, ``size``, ``verdict`` (``"as is"``,
+    ``"rewritten"``: ``data`` holds the bytes that go up, with each path replaced by its public name, or the Hub id
+    in ``aliases`` for a source key; ``"left out"``: a log or image holding a path, not sent) and ``changes``
+    (``(old, new)`` pairs). A weights or tokenizer file holding a path is refused: one :class:`LayerPruneError`
+    naming the file and the path, before anything is sent. The folder's own files are never changed.
+    """
+    from .provenance import _roots_of, clean_upload_file
+
+    roots = _roots_of(folder)
+    rows = []
+    for rel, target, size in plan:
+        verdict, data, changes = clean_upload_file(Path(folder) / rel, rel, roots, aliases or {})
+        if verdict == "refused":
+            raise LayerPruneError(
+                f"{Path(folder) / rel} holds a local path ({changes[0][0]}) that push cannot rewrite in a weights "
+                "or tokenizer file: re-save the file without it (nothing was uploaded)"
+            )
+        rows.append(
+            dict(rel=rel, target=target, size=len(data) if data is not None else size, verdict=verdict, data=data,
+                 changes=changes)
+        )  # fmt: skip
+    return rows
 
 
 def push_pipeline(
@@ -530,10 +556,26 @@ def push_pipeline(
         if not token:
             raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
     card = render_model_card(folder, repo_id, license=license, base_model=base_model, transformer_only=transformer_only)
-    check_no_local_paths(folder, card, [rel for rel, _, _ in upload_plan(folder, transformer_only=transformer_only)])
-    write_model_card(folder, card)
+    from .provenance import _rewrite_text, _roots_of
+
+    card = _rewrite_text(card, _roots_of(folder), [])  # the card names models by public names; this is the net
     plan = upload_plan(folder, transformer_only=transformer_only)
-    result = {"repo_id": repo_id, "files": [(target, size) for _, target, size in plan], "commit_url": None}
+    if not any(rel == "README.md" for rel, _, _ in plan):
+        plan = sorted([*plan, ("README.md", "README.md", len(card.encode()))], key=lambda row: row[1])
+    aliases = _source_aliases(folder, base_model)
+    # Every file is reviewed before the card is written: a refusal leaves the folder as it was.
+    review = review_upload(folder, [row for row in plan if row[0] != "README.md"], aliases=aliases)
+    write_model_card(folder, card)
+    review += review_upload(folder, [row for row in plan if row[0] == "README.md"], aliases=aliases)
+    review.sort(key=lambda row: row["target"])
+    sent = [row for row in review if row["verdict"] != "left out"]
+    result = {
+        "repo_id": repo_id,
+        "files": [(row["target"], row["size"]) for row in sent],
+        "rewritten": [(row["target"], row["changes"]) for row in sent if row["verdict"] == "rewritten"],
+        "left_out": [(row["target"], row["changes"][0][0]) for row in review if row["verdict"] == "left out"],
+        "commit_url": None,
+    }
     if dry_run:
         return result
 
@@ -545,7 +587,7 @@ def push_pipeline(
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     routed = (folder / "routing.json").is_file()
     message = commit_message or f"Upload {'prompt-routed' if routed else 'pruned'} pipeline with diffusers-layerprune"
-    if all(rel == target for rel, target, _ in plan):
+    if all(row["rel"] == row["target"] and row["verdict"] == "as is" for row in review):
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
@@ -554,11 +596,15 @@ def push_pipeline(
             commit_message=message,
             ignore_patterns=UPLOAD_IGNORE,
         )
-    else:  # files move (transformer/* to the top): one commit of explicit additions
+    else:  # files move (transformer/* to the top) or were rewritten: one commit of explicit additions
         from huggingface_hub import CommitOperationAdd
 
         operations = [
-            CommitOperationAdd(path_in_repo=target, path_or_fileobj=str(folder / rel)) for rel, target, _ in plan
+            CommitOperationAdd(
+                path_in_repo=row["target"],
+                path_or_fileobj=row["data"] if row["data"] is not None else str(folder / row["rel"]),
+            )
+            for row in sent
         ]
         info = api.create_commit(
             repo_id=repo_id, operations=operations, commit_message=message, repo_type="model", revision=revision

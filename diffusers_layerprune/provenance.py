@@ -142,56 +142,166 @@ def restore_local_source(transformer, folder: str | os.PathLike, *fallbacks: str
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Upload check
+# Upload check: every file that push would send is searched for absolute paths of a machine
 # ----------------------------------------------------------------------------------------------------------------
 
+# Top-level folders that hold a user's or a run's own files on the usual systems (Linux, macOS, clusters, notebooks):
+# a path under one of them names someone's machine even when it does not exist here.
+PRIVATE_ROOTS = frozenset(
+    {"root", "home", "Users", "tmp", "var", "private", "work", "workspace", "mnt", "media", "scratch", "data",
+     "content", "kaggle", "nfs", "gpfs", "lustre", "srv", "opt", "storage", "shared", "run", "Volumes"}
+)  # fmt: skip
+# A path part: no blanks, quotes, brackets, separators or characters that end a path in prose or code.
+_PART = r"[^\s\"'`<>|;,()\[\]{}*?=:/\\]+"
+# /a/b... not preceded by a character that makes it part of a URL, a fraction or a word (http://x/y, 1/2, a/b).
+_POSIX = re.compile(rf"(?<![\w.:/\\~@+%-])/{_PART}(?:/{_PART})+/?")
+_WINDOWS = re.compile(rf"(?<![\w])[A-Za-z]:(?:\\\\|\\|/){_PART}(?:(?:\\\\|\\|/){_PART})*")
+_UNC = re.compile(rf"(?<![\w\\])\\\\{_PART}(?:\\{_PART})+")
+_TILDE = re.compile(rf"(?<![\w/])~[\w.-]*/{_PART}(?:/{_PART})*")
+_FILE_URL = re.compile(r"file:/+[^\s\"'<>]+")
+# Trailing characters that end a sentence, not a path ("saved in /tmp/run.").
+_TRAILING = ".,"
 
-def _prefix(path: Path) -> str | None:
-    """The first two components of an absolute path (``/home/alice``, ``/tmp/pytest-of-alice``), or ``None``."""
-    parts = path.parts
-    return str(Path(*parts[:3])) if len(parts) >= 3 else None
+
+def _is_machine_path(candidate: str, roots: frozenset[str]) -> bool:
+    """Whether a POSIX-looking ``/a/b...`` names a machine's files: under a private root (``/home/x``, ``/root/...``,
+    ``/tmp/...``) or under a top-level folder that exists on this machine (``/usr/...``, a cluster's ``/gpfs``)."""
+    first = candidate.split("/")[1]
+    return first in roots or os.path.isdir("/" + first)
 
 
-def local_path_needles(folder: str | os.PathLike, extra: Iterable[str] = ()) -> list[str]:
-    """Path prefixes that identify this machine's files for ``folder``: those of the folder (as given and resolved),
-    the home and current folders, this package's install location, and the full local paths kept in the marker."""
+def find_machine_paths(text: str, roots: Iterable[str] = ()) -> list[str]:
+    """Every absolute path of a machine in ``text``, in order: POSIX paths of at least two parts under a private or
+    existing top-level folder, Windows drive and UNC paths, ``~`` paths and ``file:`` URLs. URLs (``https://...``),
+    Hub ids (``org/name``) and fractions are not paths. ``roots`` adds top-level folders to treat as private."""
+    roots = PRIVATE_ROOTS | frozenset(roots)
+    found: list[tuple[int, str]] = []
+    taken: list[range] = []
+    for pattern in (_FILE_URL, _WINDOWS, _UNC, _TILDE, _POSIX):
+        for match in pattern.finditer(text):
+            span = range(match.start(), match.end())
+            if any(match.start() in t for t in taken):
+                continue
+            value = match.group().rstrip(_TRAILING)
+            if pattern is _POSIX and not _is_machine_path(value, roots):
+                continue
+            found.append((match.start(), value))
+            taken.append(span)
+    return [value for _, value in sorted(found)]
+
+
+def path_replacement(path: str) -> str:
+    """What an uploaded file says instead of the machine path ``path``: its public name (``/root/models/teacher`` ->
+    ``teacher``, a Hub cache path -> ``org/name``, ``file:///x/y.txt`` -> ``y.txt``)."""
+    text = re.sub(r"^file:/+", "/", path)
+    return public_name(text) or "."
+
+
+def _roots_of(folder: str | os.PathLike, extra: Iterable[str] = ()) -> frozenset[str]:
+    """Top-level folders of the paths this folder is known to come from: the folder itself, the home and current
+    folders, the package's install location and the full local paths kept in the marker (never uploaded)."""
     from .outputs import read_marker
 
     folder = Path(folder)
-    paths = [Path(os.path.abspath(folder)), folder.resolve(), Path.home(), Path.cwd(), Path(__file__).resolve()]
+    paths = [os.path.abspath(folder), str(folder.resolve()), str(Path.home()), os.getcwd(), __file__]
     marker = read_marker(folder) or {}
-    paths += [Path(v) for v in [*marker.get("local", {}).values(), *extra] if os.path.isabs(str(v))]
-    needles = {_prefix(p) for p in paths}
-    return sorted(n for n in needles if n)
+    paths += [str(v) for v in [*marker.get("local", {}).values(), *extra] if os.path.isabs(str(v))]
+    return frozenset(Path(p).parts[1] for p in paths if len(Path(p).parts) > 1)
 
 
-def _readable_bytes(path: Path, limit: int = 64 * 2**20) -> bytes:
-    """The whole file, or for a large ``.safetensors`` file its header (where metadata strings live)."""
-    size = path.stat().st_size
-    if size <= limit:
-        return path.read_bytes()
+def _rewrite_text(text: str, roots: frozenset[str], changes: list[tuple[str, str]]) -> str:
+    """``text`` with every machine path replaced by :func:`path_replacement`; ``changes`` collects (old, new)."""
+    for path in dict.fromkeys(find_machine_paths(text, roots)):
+        new = path_replacement(path)
+        changes.append((path, new))
+        text = text.replace(path, new)
+    return text
+
+
+def _rewrite_json(value, roots: frozenset[str], changes: list, aliases: dict[str, str], key: str | None = None):
+    """``value`` (parsed JSON) with machine paths in every string, key and nested value rewritten; a source key
+    (``_name_or_path``, ``source_model``) whose public name has a Hub id in ``aliases`` gets that id."""
+    if isinstance(value, dict):
+        return {
+            _rewrite_text(k, roots, changes): _rewrite_json(v, roots, changes, aliases, key=k) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_rewrite_json(v, roots, changes, aliases) for v in value]
+    if isinstance(value, str):
+        if key in SOURCE_KEYS and find_machine_paths(value, roots):
+            new = aliases.get(public_name(value)) or public_name(value)
+            changes.append((value, new))
+            return new
+        return _rewrite_text(value, roots, changes)
+    return value
+
+
+# Files an upload cannot do without: a machine path in them refuses the push (they cannot be rewritten safely).
+ESSENTIAL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".model", ".msgpack", ".h5")
+# Text files whose format is known well enough to rewrite paths in place.
+TEXT_SUFFIXES = (".md", ".txt", ".py", ".yaml", ".yml", ".csv", ".tsv", ".cfg", ".ini", ".toml", ".html", ".svg")
+
+
+def binary_strings(data: bytes, suffix: str) -> str:
+    """What of a binary file's bytes may hold a path: a ``.safetensors`` file's header (its metadata), else its runs
+    of six or more printable ASCII characters, one per line (as ``strings`` shows them: random bytes of weights or
+    images do not make paths)."""
+    if suffix == ".safetensors":
+        size = int.from_bytes(data[:8], "little")
+        return data[8 : 8 + size].decode("utf-8", errors="replace")
+    return "\n".join(run.decode("ascii") for run in re.findall(rb"[\x20-\x7e]{6,}", data))
+
+
+def _binary_strings(path: Path, limit: int = 64 * 2**20) -> str:
+    """:func:`binary_strings` of ``path``, reading a ``.safetensors`` file's header only and at most ``limit`` bytes of
+    another; pickles (``.bin``, ``.pt``) are not read: weights hold no metadata strings to leak."""
+    suffix = path.suffix.lower()
+    if suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        return ""
     with path.open("rb") as f:
-        if path.suffix == ".safetensors":
-            header = int.from_bytes(f.read(8), "little")
-            return f.read(min(header, limit))
-        return f.read(limit)
+        if suffix == ".safetensors":
+            head = f.read(8)
+            return binary_strings(head + f.read(min(int.from_bytes(head, "little"), limit)), suffix)
+        return binary_strings(f.read(limit), suffix)
 
 
-def find_local_path(data: bytes | str, needles: Iterable[str]) -> str | None:
-    """The first needle that occurs in ``data`` as a path (followed by a separator, a quote or the end)."""
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-    for needle in needles:
-        for variant in {needle, needle.replace("/", "\\/")}:  # JSON may escape slashes
-            if re.search(re.escape(variant) + r"(?![\w.-])", text):
-                return needle
-    return None
+def clean_upload_file(
+    path: Path, rel: str, roots: frozenset[str], aliases: dict[str, str]
+) -> tuple[str, bytes | None, list[tuple[str, str]]]:
+    """How ``path`` (``rel`` in the folder) goes up, decided by what it holds.
 
-
-def find_local_paths(folder: Path, files: Iterable[str], needles: Iterable[str]) -> tuple[str, str] | None:
-    """``(relative file, needle)`` for the first of ``files`` (relative to ``folder``) holding a local path."""
-    needles = list(needles)
-    for rel in files:
-        found = find_local_path(_readable_bytes(folder / rel), needles)
-        if found:
-            return rel, found
-    return None
+    Returns ``(verdict, data, changes)``: ``("as is", None, [])``; ``("rewritten", new bytes, [(old, new)])`` for a
+    JSON or text file whose machine paths were replaced by public names; ``("left out", None, [(path, "")])`` for
+    another file holding one (a log, an image); ``("refused", None, [(path, "")])`` for a weights or tokenizer file
+    holding one, which an upload cannot do without.
+    """
+    suffix = path.suffix.lower()
+    raw = path.read_bytes() if suffix in (".json", *TEXT_SUFFIXES) or path.stat().st_size < 2**20 else None
+    text = None
+    if raw is not None and suffix not in ESSENTIAL_SUFFIXES:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+    if text is not None and "\x00" not in text:
+        changes: list[tuple[str, str]] = []
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                data = None
+            if data is not None:
+                fixed = _rewrite_json(data, roots, changes, aliases)
+                if not changes:
+                    return "as is", None, []
+                return "rewritten", (json.dumps(fixed, indent=2, ensure_ascii=False) + "\n").encode(), changes
+        fixed = _rewrite_text(text, roots, changes)
+        if not changes:
+            return "as is", None, []
+        return "rewritten", fixed.encode(), changes
+    found = find_machine_paths(_binary_strings(path), roots)
+    if not found:
+        return "as is", None, []
+    top = rel.split("/", 1)[0]
+    essential = suffix in ESSENTIAL_SUFFIXES or top in COMPONENT_FOLDERS or "/" not in rel and suffix == ".safetensors"
+    return ("refused" if essential else "left out"), None, [(found[0], "")]

@@ -334,13 +334,16 @@ def test_push_refuses_a_symbolic_link_to_a_file_outside_the_folder(sandbox, caps
     assert secret.read_text() == "PRIVATE KEY"
 
 
-def test_push_refuses_a_file_holding_a_local_path_and_a_foreign_readme(sandbox, capsys):
+def test_push_rewrites_a_local_path_and_refuses_a_foreign_readme(sandbox, capsys):
     ours = sandbox / "ours"
     (ours / "notes.json").write_text(json.dumps({"data": str(sandbox / "my-data")}))
     before = snapshot(sandbox)
-    refused(capsys, ["push", ours, "--repo-id", "me/x", "--dry-run"], "notes.json", "local path")
-    assert snapshot(sandbox) == before
+    capsys.readouterr()
+    assert cli(["push", str(ours), "--repo-id", "me/x", "--dry-run"]) == 0  # tests/test_upload_paths.py: the rest
+    assert f"notes.json  (local paths rewritten: {sandbox / 'my-data'} -> my-data)" in capsys.readouterr().out
+    assert {k for k in snapshot(sandbox) if snapshot(sandbox)[k] != before.get(k)} == {"ours/README.md"}
     (ours / "notes.json").unlink()
+    (ours / "README.md").unlink()
     (ours / "README.md").write_text("# My own write-up\n")
     before = snapshot(sandbox)
     refused(capsys, ["push", ours, "--repo-id", "me/x", "--dry-run"], "README.md", "not written by layerprune")
