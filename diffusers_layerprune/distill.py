@@ -406,14 +406,33 @@ def checkpoint_identity(
     lora_alpha: float | None = None,
     lora_target_modules: Sequence[str] = (),
     use_ema: bool = False,
+    settings: Mapping | None = None,
 ) -> dict:
     """What a checkpoint must match to be resumed by a run: the student's structure (which teacher blocks it kept,
-    its widths), what is trained (all weights or which LoRA adapters) and whether an EMA copy is kept."""
-    return {
+    its widths), what is trained (all weights or which LoRA adapters), whether an EMA copy is kept, and
+    ``settings``: every option that shapes the optimizer state and the data it saw, by flag name (learning rate,
+    batch size, schedule, losses, data and its content, teacher, seed...; see ``train_distill.run_settings``)."""
+    identity = {
         "student": {k: student_config.get(k) for k in _IDENTITY_KEYS},
         "lora": {"rank": rank, "alpha": lora_alpha, "target_modules": list(lora_target_modules)} if use_lora else None,
         "ema": bool(use_ema),
     }
+    if settings is not None:  # as JSON gives it back (tuples as lists), so a record compares equal to itself
+        identity["settings"] = json.loads(json.dumps(dict(settings)))
+    return identity
+
+
+class CheckpointMismatch(LayerPruneError):
+    """A checkpoint that another run (other student, LoRA, EMA or settings) saved. ``reason`` says what differs,
+    without the fix, for a run that starts over instead (``--resume_mismatch restart``)."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason}; {fix}")
+        self.reason = reason
+
+
+def _shown(value) -> str:
+    return "(not set)" if value is None else str(value)
 
 
 def write_checkpoint_record(folder: str | os.PathLike, identity: dict, step: int) -> None:
@@ -436,22 +455,39 @@ def check_checkpoint(path: str | os.PathLike, identity: dict) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LayerPruneError(f"checkpoint {path} has an unreadable {CHECKPOINT_RECORD} ({error})") from error
     mine, theirs = identity["student"], record.get("student", {})
+    new_dir = "start a new --output_dir, or pass --resume_mismatch restart to start over in this one"
     for key in _IDENTITY_KEYS:
         if theirs.get(key) != mine.get(key):
-            raise LayerPruneError(
+            raise CheckpointMismatch(
                 f"checkpoint {path} belongs to another run: its student has {key} {theirs.get(key)}, this student "
-                f"{mine.get(key)}; resume with the student it was trained from, or start a new --output_dir"
+                f"{mine.get(key)}",
+                f"resume with the student it was trained from, or {new_dir}",
             )
     if record.get("lora") != identity["lora"]:
         what = lambda lora: f"LoRA {lora}" if lora else "full fine-tuning"  # noqa: E731
-        raise LayerPruneError(
+        raise CheckpointMismatch(
             f"checkpoint {path} belongs to another run ({what(record.get('lora'))}, this run: "
-            f"{what(identity['lora'])}); pass the same LoRA options or start a new --output_dir"
+            f"{what(identity['lora'])})",
+            f"pass the same LoRA options, or {new_dir}",
         )
     if bool(record.get("ema")) != identity["ema"]:
-        raise LayerPruneError(
-            f"checkpoint {path} was saved {'with' if record.get('ema') else 'without'} --use_ema; resume it "
-            f"{'with' if record.get('ema') else 'without'} --use_ema or start a new --output_dir"
+        raise CheckpointMismatch(
+            f"checkpoint {path} was saved {'with' if record.get('ema') else 'without'} --use_ema",
+            f"resume it {'with' if record.get('ema') else 'without'} --use_ema, or {new_dir}",
+        )
+    saved, now = record.get("settings"), identity.get("settings")
+    if saved is None or now is None:
+        return  # an earlier version recorded no settings: only the checks above can be made
+    # A setting this version records and the checkpoint's did not is not a difference.
+    changed = [key for key in now if key in saved and saved[key] != now[key]]
+    if changed:
+        key = changed[0]
+        more = f" (and {', '.join('--' + k for k in changed[1:])})" if changed[1:] else ""
+        raise CheckpointMismatch(
+            f"checkpoint {path} was trained with --{key} {_shown(saved[key])}, this run has "
+            f"{_shown(now[key])}{more}: resuming would continue its optimizer state and data order under other "
+            "settings",
+            f"resume with the same value, or {new_dir}",
         )
 
 

@@ -185,6 +185,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="keep at most this many checkpoints; older ones are removed once a new one is complete",
     )
     g.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint folder or "latest"')
+    g.add_argument(
+        "--resume_mismatch",
+        default="refuse",
+        choices=["refuse", "restart"],
+        help="when the checkpoint to resume was saved under other settings (learning rate, batch size, data, "
+        "schedule, losses, student, LoRA...): refuse, naming the setting (default), or restart: start over in "
+        "--output_dir, whose earlier run is removed",
+    )
     g.add_argument("--validation_prompts", nargs="*", default=None)
     g.add_argument("--num_validation_images", type=positive_int, default=1)
     g.add_argument("--validation_steps", type=positive_int, default=None, help="default: at each checkpoint")
@@ -238,6 +246,7 @@ from diffusers_layerprune.data import (
     teacher_latents_dataset,
 )
 from diffusers_layerprune.distill import (
+    CheckpointMismatch,
     DistillConfig,
     KDWeights,
     block_pairs,
@@ -348,6 +357,57 @@ def check_args(args) -> None:
         )
 
 
+# Options that shape a checkpoint's optimizer state and the data it saw: a resume must use the values it was saved
+# with. Left out on purpose: what only changes how a run is watched or saved (checkpointing, validation, logging,
+# push, save dtype, workers, gradient checkpointing, TF32), and --max_train_steps / --num_train_epochs under a
+# constant schedule (training longer is a legitimate resume; a decaying schedule depends on the length).
+SHAPING_OPTIONS = (
+    "teacher_model", "revision", "variant", "student_model", "student_revision",
+    "prompts", "exclude_prompts", "dataset_name", "dataset_config_name", "train_data_dir", "image_column",
+    "caption_column", "prompt_column", "max_train_samples", "resolution", "max_sequence_length",
+    "teacher_inference_steps", "teacher_guidance_scale", "cache_dtype",
+    "lambda_task", "lambda_out", "lambda_var", "lambda_feat", "feature_loss",
+    "train_batch_size", "gradient_accumulation_steps", "learning_rate", "scale_lr", "lr_scheduler",
+    "lr_warmup_steps", "use_8bit_adam", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
+    "max_grad_norm", "mixed_precision", "seed",
+)  # fmt: skip
+LOCAL_OPTIONS = ("teacher_model", "student_model", "prompts", "exclude_prompts", "train_data_dir")
+
+
+def _content_digest(path: Path) -> str | None:
+    """A digest of a local data file's bytes (a folder: its files' names and sizes), so an edited prompt file under
+    the same name is a different setting; ``None`` for anything that is not a local file or folder."""
+    import hashlib
+
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    if path.is_dir():
+        listing = sorted((p.relative_to(path).as_posix(), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    return None
+
+
+def run_settings(args) -> dict:
+    """The settings a checkpoint of this run records and a resume must match (:data:`SHAPING_OPTIONS`), by flag
+    name: local paths made absolute, the content digest of local data files under ``<flag> content``, the number
+    of processes (the global batch), the EMA decay with --use_ema and the run length under a decaying schedule."""
+    settings = {}
+    for name in SHAPING_OPTIONS:
+        value = getattr(args, name)
+        settings[name] = full_local(value) if name in LOCAL_OPTIONS else value
+        if name in ("prompts", "exclude_prompts", "train_data_dir") and value is not None:
+            digest = _content_digest(Path(str(value)).expanduser())
+            if digest is not None:
+                settings[f"{name} content"] = digest
+    settings["num_processes"] = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch for each process
+    if args.use_ema:
+        settings["ema_decay"] = args.ema_decay
+    if args.lr_scheduler not in ("constant", "constant_with_warmup"):
+        settings["max_train_steps"] = args.max_train_steps
+        settings["num_train_epochs"] = None if args.max_train_steps else args.num_train_epochs
+    return settings
+
+
 def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names: ``latest`` in ``--output_dir`` (``None`` when there is
     none), a checkpoint folder, or a ``checkpoint-N`` name inside ``--output_dir``."""
@@ -418,10 +478,24 @@ def main(argv=None) -> None:
         lora_alpha=args.lora_alpha,
         lora_target_modules=lora_targets,
         use_ema=args.use_ema,
+        settings=run_settings(args),
     )
     resume_path = find_resume_checkpoint(args, output_dir)
     if resume_path is not None:
-        check_checkpoint(resume_path, identity)
+        try:
+            check_checkpoint(resume_path, identity)
+        except CheckpointMismatch as mismatch:
+            if args.resume_mismatch != "restart":
+                raise
+            # Start over, not resume: the earlier run's checkpoints would otherwise sit beside the new ones and a
+            # later "latest" could pick one of them.
+            if os.environ.get("RANK", "0") == "0":
+                print(
+                    f"{mismatch.reason}: starting over (--resume_mismatch restart)"
+                    + ("; the earlier run in --output_dir is removed" if output_action == "resume" else "")
+                )
+            output_action = "overwrite" if output_action == "resume" else output_action
+            resume_path, args.resume_from_checkpoint = None, None
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
