@@ -375,6 +375,10 @@ def _render_model_card(
         repo_id=repo_id,
         transformer_only=transformer_only,
         base_id=base or source or "BASE_MODEL_ID",
+        # real checkpoints run in their family's half precision; tiny ones (the toy world) in float32, as layerprune
+        # runs them
+        dtype=family.defaults.get("dtype", "bfloat16") if family.real_size(config) else "float32",
+        call_args="".join(f", {k}={v!r}" for k, v in family.card_call_args(config).items()),
         config_path="config.json" if transformer_only else "transformer/config.json",
         citations=[CITATIONS[c] for c in dict.fromkeys(cites)],
         version=__version__,

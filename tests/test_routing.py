@@ -337,7 +337,7 @@ def test_routed_card_says_what_the_folder_is_and_push_publishes_it_without_local
     # the three ways to load it: routed with the plugin, routed with custom_pipeline (and what to trust), full depth
     assert 'RoutedPixArtSigmaPipeline.from_pretrained("me/routed")' in card
     assert 'custom_pipeline="pipeline_routed_pixart", trust_remote_code=True' in card and "execute" in card
-    assert 'DiffusionPipeline.from_pretrained("me/routed", torch_dtype' in card and "all 6 blocks" in card
+    assert 'DiffusionPipeline.from_pretrained("me/routed", dtype' in card and "all 6 blocks" in card
     assert "DiT-Pruner" not in card and "Not All Prompts Are Made Equal" in card
     sent = {path for path, _ in result["files"]}
     assert {"README.md", "routing.json", "router.safetensors", "pipeline_routed_pixart.py", "model_index.json"} <= sent

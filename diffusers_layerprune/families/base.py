@@ -85,6 +85,9 @@ class ModelFamily:
         real_size: ``config -> bool``: a checkpoint of the real widths (run in ``defaults["dtype"]``), not a tiny test
             model (kept in float32 so its numbers are exact).
         native_resolution: ``pipe -> int``: the pixel size the pipeline generates by default.
+        card_call_args: ``config -> dict``: what a stock pipeline call needs beyond a prompt for this transformer
+            (the model card's snippet runs as printed): PixArt's and Sana's default resolution binning knows only
+            the real sample sizes.
         defaults: sampler settings, prompt sets, scorers and dtype a real checkpoint of the family is used with.
         hub_ids: known checkpoints (documentation and ``source_model`` tags).
         references: citation keys of the family's papers (model cards).
@@ -110,6 +113,7 @@ class ModelFamily:
     native_resolution: Callable[[object], int] = lambda pipe: int(
         pipe.transformer.config.sample_size * pipe.vae_scale_factor
     )
+    card_call_args: Callable[[Mapping], dict] = lambda config: {}
     defaults: dict = field(default_factory=dict)
     hub_ids: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
@@ -173,6 +177,12 @@ def encode_masked(pipe, prompts, max_sequence_length: int, device) -> dict[str, 
         max_sequence_length=max_sequence_length,
     )
     return {"prompt_embeds": embeds.cpu(), "prompt_attention_mask": mask.cpu()}
+
+
+def binning_call_args(sample_sizes: tuple[int, ...]) -> Callable[[Mapping], dict]:
+    """``card_call_args`` of a pipeline whose default resolution binning exists only for ``sample_sizes`` (it raises
+    "Invalid sample size" for others, e.g. tiny models): binning off for those."""
+    return lambda config: {} if config.get("sample_size") in sample_sizes else {"use_resolution_binning": False}
 
 
 def masked_call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:

@@ -12,7 +12,14 @@ from diffusers.loaders import PeftAdapterMixin
 
 from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, encode_masked, masked_call_kwargs, masked_random_text
+from .base import (
+    BlockStack,
+    ModelFamily,
+    binning_call_args,
+    encode_masked,
+    masked_call_kwargs,
+    masked_random_text,
+)
 
 # PixArt's forward needs these unless sample_size == 128 (the 1024 px model's micro-conditions are unused).
 ADDED_COND = {"resolution": None, "aspect_ratio": None}
@@ -111,6 +118,7 @@ FAMILY = ModelFamily(
     encode=encode_masked,
     random_text=masked_random_text("caption_channels"),
     call_kwargs=masked_call_kwargs,
+    card_call_args=binning_call_args((32, 64, 128, 256)),  # PixArtSigmaPipeline's aspect-ratio bins
     real_size=lambda config: (config.get("caption_channels") or 0) >= 4096,  # T5-XXL conditioning
     defaults=dict(
         max_sequence_length=300,

@@ -11,7 +11,14 @@ from diffusers.configuration_utils import register_to_config
 
 from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, encode_masked, masked_call_kwargs, masked_random_text
+from .base import (
+    BlockStack,
+    ModelFamily,
+    binning_call_args,
+    encode_masked,
+    masked_call_kwargs,
+    masked_random_text,
+)
 
 # SanaPipeline's default (distilled-guidance Sana-Sprint checkpoints only read it when guidance_embeds is set).
 GUIDANCE = 4.5
@@ -104,6 +111,7 @@ FAMILY = ModelFamily(
     encode=encode_masked,
     random_text=masked_random_text("caption_channels"),
     call_kwargs=masked_call_kwargs,
+    card_call_args=binning_call_args((16, 32, 64, 128)),  # SanaPipeline's aspect-ratio bins
     objective="flow",
     real_size=lambda config: (config.get("caption_channels") or 0) >= 2304,  # Gemma-2-2B conditioning
     defaults=dict(

@@ -365,7 +365,7 @@ def routing_card_section(record: RoutingRecord, repo_id: str, custom_pipeline: s
         "import torch",
         "from diffusers import DiffusionPipeline",
         "",
-        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", torch_dtype=torch.bfloat16)',
+        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16)',
         "```",
         "",
     ]
