@@ -111,12 +111,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     print(render_report_md(report))
     print(f"wrote {output}, {output.with_suffix('.md')} and {grid_path(output)}")
+    if output.resolve().parent != Path(args.model).expanduser().resolve():
+        print(f"to show it in the model card: layerprune push {args.model} --repo-id USER/NAME --report {output}")
     return 0
 
 
 def _default_report_path(model: str) -> Path:
-    folder = Path(model).expanduser()
-    return folder / "report.json" if (folder / "model_index.json").is_file() else Path("report.json")
+    """``<name>-report.json`` in the working directory: never inside the model folder that eval reads."""
+    from .provenance import public_name
+
+    return Path(f"{public_name(model).replace('/', '--')}-report.json")
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -132,6 +136,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         license=args.license,
         base_model=args.base_model,
         transformer_only=args.transformer_only,
+        report=args.report,
     )
     total = sum(size for _, size in result["files"])
     verb = "would upload" if args.dry_run else "uploaded"
@@ -252,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--latency-repeats", type=positive_int, default=5, help="timed repeats per model (after warm-up)"
     )
-    evaluate.add_argument("--output", default=None, help="report path (default: MODEL/report.json for local folders)")
+    evaluate.add_argument(
+        "--output", default=None, help="report path (default: ./NAME-report.json, never inside the model folder)"
+    )
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
     evaluate.add_argument(
         "--no-teacher-cache",
@@ -281,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORG/NAME",
         help="Hub id of the source model for the card, when it was pruned from a local folder (files name local "
         "sources by folder name only)",
+    )
+    push.add_argument(
+        "--report",
+        default=None,
+        metavar="JSON",
+        help="evaluation report written by layerprune eval (with its .md and grid)",
     )
     push.add_argument("--dry-run", action="store_true", help="write the card and list the files; upload nothing")
     push.add_argument(

@@ -256,14 +256,30 @@ def environment() -> dict:
     }
 
 
+def grid_captions(prompts: Sequence[str], width: int = 40) -> list[str]:
+    """One caption per prompt, at most about ``width`` characters, and no two alike: prompts that share their first
+    ``width`` characters show their start and end, and a prompt given twice gets its number."""
+    short = [p if len(p) <= width else p[: width - 3] + "..." for p in prompts]
+    half = (width - 3) // 2
+    alike = {text for text in short if short.count(text) > 1}
+    short = [
+        p[:half] + "..." + p[-half:] if t in alike and len(p) > width else t
+        for p, t in zip(prompts, short, strict=True)
+    ]
+    return [f"{i + 1}. {text}" if short.count(text) > 1 else text for i, text in enumerate(short)]
+
+
 def image_grid(rows: dict[str, torch.Tensor], prompts: Sequence[str], path: Path, max_columns: int = 8) -> None:
-    """Save a PNG grid: one row per model (e.g. teacher / student), one column per prompt, same seeds."""
+    """Save a PNG grid: one row per model, the teacher's first (the model card says so), one column per prompt,
+    same seeds; each column captioned by its own prompt (:func:`grid_captions`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = min(max_columns, len(prompts))
+    rows = {name: rows[name] for name in sorted(rows, key=lambda name: name != "teacher")}
+    captions = grid_captions(prompts[:n])
     fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n, 2.1 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         for c in range(n):
@@ -274,7 +290,7 @@ def image_grid(rows: dict[str, torch.Tensor], prompts: Sequence[str], path: Path
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
             if r == 0:
-                ax.set_title(prompts[c][:40] + ("..." if len(prompts[c]) > 40 else ""), fontsize=6)
+                ax.set_title(captions[c], fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
@@ -825,6 +841,7 @@ def evaluate(
                 record.pop("latency")
                 teacher_cache.put(cache_key, {"entry": record, "seconds": seconds["teacher"]}, images["teacher"])
         report_models[name] = entry
+    images = {name: images[name] for name in models}  # the teacher's row first, also when its images were cached
 
     teacher_cache_record = None
     if cache_key is not None:

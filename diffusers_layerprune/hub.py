@@ -193,13 +193,15 @@ def _render_model_card(
     license: str | None = None,
     base_model: str | None = None,
     transformer_only: bool = False,
+    report: str | os.PathLike | None = None,
 ) -> str:
     """The README.md for ``folder`` (see the module docstring for what it reads).
 
     ``base_model`` is the Hub id of the source model, for folders pruned from a local copy (their files name the
     source by its folder name only). Models, prompt sets and scorers appear by their public names (``provenance``).
     ``transformer_only`` (implied for a folder that holds only a transformer): the repo holds just the transformer,
-    and the card shows how to load it into the base pipeline.
+    and the card shows how to load it into the base pipeline. ``report``: an evaluation report written outside the
+    folder (``layerprune eval``'s default), shown instead of the folder's ``report.json``.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -235,7 +237,13 @@ def _render_model_card(
 
         LayerImportance.from_dict(importance, source=str(folder / "importance.json"))  # refuses a damaged file
     distill = DistillConfig.load(folder) if (folder / DISTILL_CONFIG).is_file() else None
-    report = EvalReport.load(folder / "report.json") if (folder / "report.json").is_file() else None
+    report_file = Path(report) if report is not None else folder / "report.json"
+    given, report = report, EvalReport.load(report_file) if report_file.is_file() else None
+    if given is not None and report is not None and report.student.kept_layers != config.get("kept_layers"):
+        raise LayerPruneError(
+            f"{report_file} evaluated a model that kept blocks {report.student.kept_layers}, not this one "
+            f"({config.get('kept_layers')}): pass the report of {folder}"
+        )
     params_after, _, params_before = _transformer_parameters(folder)
 
     cites = ["dit-pruner", *family.references]
@@ -371,7 +379,7 @@ def _render_model_card(
         loss_plot="loss_curve.png" if (folder / "loss_curve.png").is_file() else None,
         evaluation=evaluation,
         evaluation_settings=evaluation_settings,
-        grid="report_grid.png" if (folder / "report_grid.png").is_file() else None,
+        grid="report_grid.png" if report_extras(report_file)[1].is_file() else None,
         repo_id=repo_id,
         transformer_only=transformer_only,
         base_id=base or source or "BASE_MODEL_ID",
@@ -384,6 +392,26 @@ def _render_model_card(
         version=__version__,
     )
     return str(card)
+
+
+def report_extras(report_file: Path) -> tuple[Path, Path]:
+    """``report.md`` and the image grid written beside ``report_file`` (``layerprune eval`` names them after it)."""
+    from .evaluation import grid_path
+
+    return report_file.with_suffix(".md"), grid_path(report_file)
+
+
+def report_uploads(folder: Path, report: str | os.PathLike) -> list[tuple[str, str, int]]:
+    """Upload rows (:func:`upload_plan`'s form, with absolute sources) for an evaluation report kept outside
+    ``folder``: its JSON, Markdown and grid go up as ``report.json``, ``report.md`` and ``report_grid.png``."""
+    report = Path(report).expanduser()
+    if not report.is_file():
+        raise LayerPruneError(f"--report {report} does not exist; pass the report.json that layerprune eval wrote")
+    if (Path(folder) / "report.json").exists():
+        raise LayerPruneError(f"{folder} holds a report.json already; push without --report, or remove that one")
+    md, grid = report_extras(report)
+    pairs = [(report, "report.json"), (md, "report.md"), (grid, "report_grid.png")]
+    return [(str(path.resolve()), target, path.stat().st_size) for path, target in pairs if path.is_file()]
 
 
 def _ignored(rel: str) -> bool:
@@ -532,8 +560,12 @@ def push_pipeline(
     license: str | None = None,
     base_model: str | None = None,
     transformer_only: bool = False,
+    report: str | os.PathLike | None = None,
 ) -> dict:
     """Render ``README.md`` into ``folder`` and upload the folder to ``repo_id`` in one commit.
+
+    ``report``: an evaluation report kept outside the folder (``layerprune eval``'s default output): shown in the
+    card and uploaded with it as ``report.json`` / ``report.md`` / ``report_grid.png``.
 
     ``transformer_only`` uploads just the transformer (at the top of the repo) with the card and reports, not the
     text encoder, VAE, tokenizer or scheduler (see :func:`upload_plan`); a folder that holds only a transformer is
@@ -559,11 +591,14 @@ def push_pipeline(
         token = get_token()
         if not token:
             raise LayerPruneError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)")
-    card = render_model_card(folder, repo_id, license=license, base_model=base_model, transformer_only=transformer_only)
+    extra = report_uploads(folder, report) if report is not None else []
+    card = render_model_card(
+        folder, repo_id, license=license, base_model=base_model, transformer_only=transformer_only, report=report
+    )
     from .provenance import _rewrite_text, _roots_of
 
     card = _rewrite_text(card, _roots_of(folder), [])  # the card names models by public names; this is the net
-    plan = upload_plan(folder, transformer_only=transformer_only)
+    plan = upload_plan(folder, transformer_only=transformer_only) + extra
     if not any(rel == "README.md" for rel, _, _ in plan):
         plan = sorted([*plan, ("README.md", "README.md", len(card.encode()))], key=lambda row: row[1])
     aliases = _source_aliases(folder, base_model)

@@ -296,6 +296,10 @@ class FakeApi:
         FakeApi.uploads.append(kwargs)
         return type("Info", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/1"})()
 
+    def create_commit(self, **kwargs):
+        FakeApi.uploads.append(kwargs)
+        return type("Info", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/1"})()
+
 
 @pytest.fixture
 def fake_hub(monkeypatch):
@@ -308,8 +312,17 @@ def fake_hub(monkeypatch):
 
 
 def uploaded_files(upload: dict) -> dict[str, bytes]:
-    """What ``HfApi.upload_folder`` would send for ``upload`` (its own listing and filter), read as bytes."""
+    """What ``HfApi.upload_folder`` (its own listing and filter) or ``create_commit`` would send for ``upload``, read
+    as bytes."""
     from huggingface_hub.utils import filter_repo_objects
+
+    if "operations" in upload:
+        return {
+            op.path_in_repo: op.path_or_fileobj
+            if isinstance(op.path_or_fileobj, bytes)
+            else Path(op.path_or_fileobj).read_bytes()
+            for op in upload["operations"]
+        }
 
     folder = Path(upload["folder_path"]).resolve()
     files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("**/*")) if p.is_file()}
@@ -367,13 +380,15 @@ def test_no_uploaded_file_holds_the_local_path(world, tmp_path, fake_hub, capsys
     run_train_distill([*args, "--report_to", "none"])
     for suffix in (".json", ".png"):  # as `layerprune run` does
         shutil.copy(imp.with_suffix(suffix), distilled / f"importance{suffix}")
+    report_path = tmp_path / "distilled-report.json"  # outside the model folder, as eval's default
     argv = ["eval", "--model", distilled, "--scorers", clip, *common, "--guidance", 1.0, "--latency-repeats", 1]
-    assert cli([str(a) for a in argv]) == 0
-    report = json.loads((distilled / "report.json").read_text())
+    assert cli([str(a) for a in [*argv, "--output", report_path]]) == 0
+    report = json.loads(report_path.read_text())
     assert report["teacher"] == "teacher" and set(report["models"]) == {"teacher", "student"}
 
     base = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
-    assert cli(["push", str(distilled), "--repo-id", "me/tiny", "--base-model", base]) == 0
+    push = ["push", str(distilled), "--repo-id", "me/tiny", "--base-model", base, "--report", str(report_path)]
+    assert cli(push) == 0
     sent = uploaded_files(fake_hub[0])
     assert {"README.md", "report.json", "importance.json", "distill_config.json", "model_index.json"} <= set(sent)
     assert "transformer/config.json" in sent and "vae/config.json" in sent

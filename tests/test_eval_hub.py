@@ -50,6 +50,8 @@ def work(tmp_path_factory):
         "1.0",
         "--latency-repeats",
         "2",
+        "--output",  # the card shows the folder's report.json (eval's default is ./distilled-report.json)
+        str(root / "distilled" / "report.json"),
     ]
     assert cli(eval_args) == 0
     return root

@@ -1,0 +1,150 @@
+"""What a new user meets in the first ten minutes (issue 27, point 6): the evaluation grid shows the teacher in the
+top row, as the card says, whether the teacher's images were generated or cached; its captions differ per prompt;
+`eval` writes nothing into the model folder it reads, and `push --report` puts such a report into the card."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_layerprune.cli import main as cli
+from diffusers_layerprune.evaluation import grid_captions
+from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
+from diffusers_layerprune.testing import save_tiny_pixart_pipeline
+
+# the first two share their first 40 characters: their captions must still differ
+PROMPTS = [
+    "a photograph of a small red circle drawn in the middle of a white page",
+    "a photograph of a small red circle drawn in the corner of a white page",
+    "a large blue square",
+]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("first")
+    save_tiny_pixart_pipeline(root / "teacher", num_layers=4)
+    assert cli(["prune", "--model", str(root / "teacher"), "--drop", "1", "--output", str(root / "pruned")]) == 0
+    save_tiny_clip_folder(root / "clip")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return root
+
+
+def eval_args(work, *extra):
+    return [
+        "eval", "--model", str(work / "pruned"), "--prompts", str(work / "prompts.txt"), "--scorers",
+        str(work / "clip"), "--steps", "2", "--guidance", "1.0", "--latency-repeats", "1", *extra,
+    ]  # fmt: skip
+
+
+class GridSpy:
+    """What image_grid draws: per row of the figure its label and images, and the column titles."""
+
+    def __init__(self, monkeypatch):
+        import matplotlib.axes
+
+        import diffusers_layerprune.evaluation as evaluation
+
+        self.given, self.labels, self.images, self.titles = [], {}, {}, []
+        real_grid, axes = evaluation.image_grid, matplotlib.axes.Axes
+
+        def image_grid(rows, prompts, path, **kwargs):
+            self.given.append({name: images.clone() for name, images in rows.items()})
+            return real_grid(rows, prompts, path, **kwargs)
+
+        def row(ax):
+            return ax.get_subplotspec().rowspan.start
+
+        real_imshow, real_label, real_title = axes.imshow, axes.set_ylabel, axes.set_title
+        monkeypatch.setattr(evaluation, "image_grid", image_grid)
+        monkeypatch.setattr(
+            axes,
+            "imshow",
+            lambda ax, x, **kw: self.images.setdefault(row(ax), []).append(x) or real_imshow(ax, x, **kw),
+        )
+        monkeypatch.setattr(
+            axes, "set_ylabel", lambda ax, t, **kw: self.labels.update({row(ax): t}) or real_label(ax, t, **kw)
+        )
+        monkeypatch.setattr(axes, "set_title", lambda ax, t, **kw: self.titles.append(t) or real_title(ax, t, **kw))
+
+
+def test_the_grid_shows_the_teacher_on_top_generated_or_cached(work, tmp_path, monkeypatch, capsys):
+    runs = []
+    for name in ("first", "cached"):
+        with monkeypatch.context() as patched:
+            spy = GridSpy(patched)
+            assert cli(eval_args(work, "--output", str(tmp_path / f"{name}.json"))) == 0
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        runs.append((spy, report))
+    assert runs[0][1]["settings"]["teacher_cache"]["reused"] is False
+    assert runs[1][1]["settings"]["teacher_cache"]["reused"] is True
+    for spy, _ in runs:
+        assert spy.labels == {0: "teacher", 1: "student"}
+        (given,) = spy.given
+        for r, name in enumerate(("teacher", "student")):  # the top row draws the teacher's images
+            for c, drawn in enumerate(spy.images[r]):
+                np.testing.assert_allclose(drawn, given[name][c].permute(1, 2, 0).numpy(), atol=1e-6)
+    # the cached teacher row is the generated one (stored as 8-bit), and the student rows are equal
+    first, cached = runs[0][0].given[0], runs[1][0].given[0]
+    torch.testing.assert_close(cached["teacher"], first["teacher"], atol=1 / 255 + 1e-6, rtol=0)
+    torch.testing.assert_close(cached["student"], first["student"], atol=0, rtol=0)
+    titles = runs[0][0].titles
+    assert len(titles) == len(PROMPTS) == len(set(titles))
+    # the card says what the grid shows
+    folder = tmp_path / "pruned"
+    shutil.copytree(work / "pruned", folder)
+    assert cli(["push", str(folder), "--repo-id", "me/x", "--dry-run", "--report", str(tmp_path / "first.json")]) == 0
+    card = (folder / "README.md").read_text()
+    assert "![Teacher (top) vs this model (bottom), same prompts and seeds](report_grid.png)" in card
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        PROMPTS,
+        ["a cat", "a cat", "a dog"],  # the same prompt twice (another seed)
+        ["x" * 60 + "1", "x" * 60 + "2", "x" * 70],  # long prompts alike but for their end
+        ["short", "a" * 39, "b" * 41],
+    ],
+)
+def test_grid_captions_differ_per_prompt(prompts):
+    captions = grid_captions(prompts)
+    assert len(set(captions)) == len(prompts) and all(len(c) <= 44 for c in captions)
+
+
+def test_eval_writes_nothing_into_the_model_folder_and_push_report_puts_it_in_the_card(
+    work, tmp_path, monkeypatch, capsys
+):
+    folder = tmp_path / "pruned"
+    shutil.copytree(work / "pruned", folder)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    args = eval_args(work)
+    args[args.index("--model") + 1] = str(folder)
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # the model folder is as it was
+    report = tmp_path / "pruned-report.json"
+    assert (
+        report.is_file()
+        and (tmp_path / "pruned-report.md").is_file()
+        and (tmp_path / "pruned-report_grid.png").is_file()
+    )
+    assert f"layerprune push {folder} --repo-id USER/NAME --report pruned-report.json" in out
+
+    assert cli(["push", str(folder), "--repo-id", "me/x", "--dry-run", "--report", str(report)]) == 0
+    listed = capsys.readouterr().out
+    for name in ("report.json", "report.md", "report_grid.png"):
+        assert f"  {name}\n" in listed
+    card = (folder / "README.md").read_text()
+    assert "## Evaluation" in card and "(report_grid.png)" in card
+    # a report of another model is refused in one line
+    other = tmp_path / "other"
+    assert cli(["prune", "--model", str(work / "teacher"), "--drop", "2", "--output", str(other)]) == 0
+    capsys.readouterr()
+    assert cli(["push", str(other), "--repo-id", "me/x", "--dry-run", "--report", str(report)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "evaluated a model that kept blocks [0, 2, 3]" in err
+    assert not (other / "README.md").exists()
