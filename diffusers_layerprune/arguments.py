@@ -22,7 +22,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help=f"pipeline to load: a short name ({DEFAULT_MODEL}), a local pipeline folder, or a Hub id "
         f"(default: {DEFAULT_MODEL})",
     )
-    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    from .validation import revision_name
+
+    parser.add_argument(
+        "--revision", default=None, type=revision_name, help="Hub revision (branch, tag or commit) of a Hub --model"
+    )
     parser.add_argument(
         "--base-model",
         default=None,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, run_command
 from .arguments import add_model_args as _add_model_args
-from .validation import non_negative_float, non_negative_int, positive_int
+from .validation import non_negative_float, non_negative_int, positive_int, revision_name
 
 
 def _index_list(text: str) -> list[int]:
@@ -111,7 +111,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     print(render_report_md(report))
     print(f"wrote {output}, {output.with_suffix('.md')} and {grid_path(output)}")
-    if output.resolve().parent != Path(args.model).expanduser().resolve():
+    folder = Path(args.model).expanduser()
+    if folder.is_dir() and output.resolve().parent != folder.resolve():  # a local model folder: how to publish it
         print(f"to show it in the model card: layerprune push {args.model} --repo-id USER/NAME --report {output}")
     return 0
 
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("folder", metavar="DIR", help="pipeline folder (layerprune prune / train_distill.py output)")
     push.add_argument("--repo-id", required=True, help="user/name or org/name on the Hub")
     push.add_argument("--private", action="store_true", help="create the repo as private")
-    push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    push.add_argument("--revision", default=None, type=revision_name, help="branch to push to (created if missing)")
     push.add_argument("--commit-message", default=None)
     push.add_argument("--license", default=None, help="license for the card (default: the base model's, if readable)")
     push.add_argument(

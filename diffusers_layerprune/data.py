@@ -140,7 +140,11 @@ PROMPT_SETS["toy"] = _toy
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    from .errors import hub_error_fix
+
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    fix = hub_error_fix(error)
+    return fix.replace("REPO", "ORG/NAME --repo-type dataset") if fix else first  # the fix says what happened
 
 
 def _offline_hint() -> str:
@@ -287,6 +291,19 @@ def parse_prompt_spec(source: str) -> PromptSpec:
     return PromptSpec(name, config, split, column or None)
 
 
+def check_prompt_cells(prompts: Sequence, source: str) -> None:
+    """Refuse prompt cells that are not text (a number, a null, a list): turned into strings they would be prompts
+    such as ``"5"``, ``"None"`` or ``"['a', 'b']"``, trained and scored without a word."""
+    bad = [(i, cell) for i, cell in enumerate(prompts) if not isinstance(cell, str)]
+    if bad:
+        row, cell = bad[0]
+        raise LayerPruneError(
+            f"prompt set {source!r}: {len(bad)} of {len(prompts)} prompt cells are not text (row {row + 1}: "
+            f"{cell!r}, {type(cell).__name__}); every prompt must be a string: fix those rows or pick the text "
+            "column with SPEC@column"
+        )
+
+
 def load_prompts(
     source: str,
     *,
@@ -336,7 +353,8 @@ def load_prompts(
                     f"prompt set {source!r}: {error}; pass --prompts a local .txt/.jsonl/.csv file or dataset folder"
                 ) from error
             prompts = list(ds[_pick_column(ds.column_names, column, source)])
-        prompt_set = PromptSet([str(p) if p is not None else "" for p in prompts], source).cleaned()
+        check_prompt_cells(prompts, source)
+        prompt_set = PromptSet(list(prompts), source).cleaned()
         if len(prompt_set) == 1 and prompt_set.meta["rows"] > 1:
             raise LayerPruneError(
                 f"prompt set {source!r}: all {prompt_set.meta['rows']} rows are the same prompt; is it the right "

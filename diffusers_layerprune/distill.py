@@ -282,7 +282,9 @@ def _student_config(student: str | os.PathLike, revision: str | None) -> tuple[s
         config = _read_config(Path(config_file))
         check_transformer_config(config, f"{name}/{subfolder + '/' if subfolder else ''}config.json")
         return name, subfolder, config
-    first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+    from .modeling import _first_line
+
+    first = _first_line(failure, name)
     raise LayerPruneError(
         f"could not read the student {name!r} from the Hub (transformer/config.json or config.json"
         f"{f' at revision {revision}' if revision else ''}): {first}"

@@ -1013,6 +1013,8 @@ def evaluate_pipeline(
             raise LayerPruneError(f"--{name} must be at least 1, got {value}")
     if isinstance(scorers, str):
         scorers = [s.strip() for s in scorers.split(",") if s.strip()]
+        if not scorers:  # "" or "," would otherwise fall back to the default scorers without a word
+            raise LayerPruneError("--scorers names no scorer; give e.g. hpsv2.1,clip, or leave it out for the defaults")
 
     # Everything that can be wrong is checked before the (large) pipeline is loaded: path, family, device, prompts.
     check_resolution_for(model, resolution, read_transformer_config(model, revision=revision))

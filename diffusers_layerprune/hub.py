@@ -155,21 +155,28 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
     return total, first_block[0], total + removed
 
 
-def _base_license(source: str | None) -> str | None:
-    """The base model's license from its card (local folder or Hub), when it can be read; else None.
+def _base_license(source: str | None) -> dict:
+    """The base model's licence from its card (local folder or Hub), when it can be read: ``{"license": ...}``, with
+    ``license_name`` and ``license_link`` for a licence ``other`` (the Hub shows those for it); else ``{}``.
 
     Only a Hub id is looked up online: a short name such as ``toy`` is no repo, and asking the Hub for it cost the
     offline recipe ~23 s of retries."""
     local = Path(source) / "README.md" if source else None
     target = local if local is not None and local.is_file() else _hub_id(source)
     if target is None:
-        return None
+        return {}
     try:
         from huggingface_hub import ModelCard
 
-        return ModelCard.load(target).data.license
-    except Exception:
-        return None
+        data = ModelCard.load(target).data
+    except Exception:  # offline, gated, missing or unreadable: the card says nothing rather than guessing
+        return {}
+    if not data.license:
+        return {}
+    found = {"license": data.license}
+    if data.license == "other":
+        found.update({k: getattr(data, k, None) for k in ("license_name", "license_link") if getattr(data, k, None)})
+    return found
 
 
 def render_model_card(folder: str | os.PathLike, repo_id: str, **kwargs) -> str:
@@ -321,7 +328,11 @@ def _render_model_card(
             if key in CITATIONS:
                 cites.append(key)
 
-    license = license or _base_license(base_model or local)
+    # the weights were trained (distilled, or a routed pipeline's shared weights fine-tuned), or are the source's
+    trained = bool(distill) or bool(routing and routing.training.get("settings", {}).get("finetune_steps"))
+    if license is not None and not license.strip():
+        raise LayerPruneError("--license is empty; give an SPDX id such as apache-2.0, or leave it out")
+    licence = {"license": license} if license else _base_license(base_model or local)
     base = base_model or _hub_id(source)
     name = repo_id.split("/")[-1]
     eval_results = card_eval_results(report)
@@ -329,8 +340,12 @@ def _render_model_card(
         library_name="diffusers",
         pipeline_tag="text-to-image",
         base_model=base,
-        base_model_relation="finetune" if base else None,
-        license=license,
+        # The Hub knows four relations (adapter, merge, quantized, finetune) and infers "finetune" when none is
+        # given. A distilled model was trained: finetune. A pruned model without training is a compressed copy of
+        # the base's own weights, which is what the Hub files under "quantized" (its tree lists such copies as
+        # Quantizations); the card's summary says that it is pruned, not quantized.
+        base_model_relation=("finetune" if trained else "quantized") if base else None,
+        **licence,
         datasets=card_datasets(importance, distill, report) or None,
         tags=list(dict.fromkeys(tags)),
         model_name=name if eval_results else None,
@@ -340,6 +355,12 @@ def _render_model_card(
         f"A depth-pruned version of `{source or 'its source model'}`: {len(removed)} of {source_depth} transformer "
         f"blocks removed ({sum(depths)} kept)"
         + (", then fine-tuned by knowledge distillation from the full model." if distill else ".")
+        + (
+            " Its weights are the source's own, not trained further (the Hub lists it with the source's compressed "
+            "copies, as `quantized`, the closest of its relations; it is not quantized)."
+            if base and not trained
+            else ""
+        )
     )
     routing_section = None
     if routing is not None:

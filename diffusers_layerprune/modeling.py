@@ -310,11 +310,15 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
     """
     name = str(model)
     if name in MODEL_ALIASES:
-        if name not in ALIAS_FOLDERS:
-            return None
-        path = ALIAS_FOLDERS[name]()
+        path = ALIAS_FOLDERS[name]() if name in ALIAS_FOLDERS else None
     else:
         path = _resolve_local(name)
+    if revision is not None and (path is not None or name in MODEL_ALIASES):  # would be ignored without a word
+        raise LayerPruneError(
+            f"--revision {revision} picks a version of a Hub repo; {name} is a local or built-in model: leave it out"
+        )
+    if path is None and name in MODEL_ALIASES:
+        return None
     try:
         if path is not None:
             config_file = path / "config.json" if is_transformer_folder(path) else path / "transformer" / "config.json"
@@ -330,7 +334,9 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
     except LayerPruneError:
         raise
     except Exception as error:
-        raise LayerPruneError(f"could not read the transformer config of {name!r}: {_first_line(error)}") from error
+        raise LayerPruneError(
+            f"could not read the transformer config of {name!r}: {_first_line(error, name)}"
+        ) from error
     family = family_of_config(config, name)
     from .validation import check_transformer_config, check_weights_cover_blocks
 
@@ -358,10 +364,15 @@ def check_resolution_for(model: str | os.PathLike, resolution: int | None, confi
     check_resolution(resolution, config, vae_scale_factor_of(pipeline_folder(model)))
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: Exception, repo_id: str | None = None) -> str:
+    """The first line of ``error``'s message, and for a failed Hub download what fixes it (:func:`hub_error_fix`)."""
+    from .errors import hub_error_fix
+
     # We print no stack trace, so drop the library's pointer to one.
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return first.replace(" Please check out the root cause in the stacktrace above.", "")
+    first = first.replace(" Please check out the root cause in the stacktrace above.", "")
+    fix = hub_error_fix(error, repo_id)
+    return fix.replace("REPO", repo_id or "ORG/NAME") if fix else first  # the fix also says what happened
 
 
 def load_pipeline(
@@ -405,7 +416,7 @@ def load_pipeline(
                 str(local or name), dtype=torch_dtype, revision=revision, **components
             )
         except Exception as error:  # hub / network / format errors: one line with the cause
-            raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
+            raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error, name)}") from error
         transformer = getattr(pipe, "transformer", None)
         if local is not None and "transformer" not in components and find_family(transformer) is not None:
             from .provenance import restore_local_source
@@ -473,7 +484,7 @@ def load_transformer(
     except LayerPruneError:
         raise
     except Exception as error:
-        raise LayerPruneError(f"could not load the transformer of {name!r}: {_first_line(error)}") from error
+        raise LayerPruneError(f"could not load the transformer of {name!r}: {_first_line(error, name)}") from error
     if config.get("source_model") is None:  # record where it came from: a Hub id, or the folder
         transformer.register_to_config(_name_or_path=name)
     elif local is not None:

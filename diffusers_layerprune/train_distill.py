@@ -31,6 +31,7 @@ from diffusers_layerprune.validation import (
     non_negative_int,
     positive_float,
     positive_int,
+    revision_name,
 )
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
@@ -48,14 +49,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="toy",
         help="the teacher, a full pipeline: short name, folder or Hub id (default: toy)",
     )
-    g.add_argument("--revision", default=None, help="Hub revision of the teacher")
+    g.add_argument("--revision", default=None, type=revision_name, help="Hub revision of the teacher")
     g.add_argument("--variant", default=None, help="variant of the teacher's weight files, e.g. fp16")
     g.add_argument(
         "--student_model",
         required=True,
         help="the pruned student (layerprune prune): a pipeline or transformer folder, or a Hub id",
     )
-    g.add_argument("--student_revision", default=None, help="Hub revision of --student_model")
+    g.add_argument("--student_revision", default=None, type=revision_name, help="Hub revision of --student_model")
     g.add_argument("--output_dir", required=True, help="where the distilled pipeline, checkpoints and logs go")
     g.add_argument(
         "--overwrite_output_dir",
@@ -239,6 +240,7 @@ from tqdm.auto import tqdm
 from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.data import (
     CacheCollator,
+    check_prompt_cells,
     default_cache_dir,
     image_latents_dataset,
     load_hf_dataset,
@@ -311,7 +313,8 @@ def build_dataset(args, pipe, defaults, cache_dir, accelerator):
                 raise LayerPruneError(
                     f"dataset has no column {args.prompt_column!r}; columns: {', '.join(raw.column_names)}"
                 )
-            prompts = [str(x) for x in raw[args.prompt_column]]
+            prompts = list(raw[args.prompt_column])
+            check_prompt_cells(prompts, f"{args.dataset_name or args.train_data_dir}@{args.prompt_column}")
         else:
             return image_latents_dataset(
                 pipe,

@@ -84,6 +84,24 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def revision_name(text: str) -> str:
+    """A Hub revision: a branch, tag or commit name as git allows it. Refused: empty, ``..`` (a name that walks out of
+    the repo, and out of the download cache's folder), a leading or trailing ``/``, ``//``, backslashes, blanks and
+    the characters git forbids (``~^:?*[``)."""
+    bad = (
+        not text
+        or ".." in text
+        or text.startswith("/")
+        or text.endswith(("/", ".lock", "."))
+        or "//" in text
+        or any(c in text for c in "\\~^:?*[ \t\n")
+        or any(ord(c) < 32 or ord(c) == 127 for c in text)
+    )
+    if bad:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a branch, tag or commit name")
+    return text
+
+
 def beta(text: str) -> float:
     """An Adam beta in [0, 1)."""
     value = finite_float(text)

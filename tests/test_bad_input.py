@@ -46,6 +46,9 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
     root = tmp_path_factory.mktemp("bad")
     shutil.copytree(tiny_pipeline_dir, root / "model")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    for name, cell in (("number", 5), ("null", None), ("list", ["a", "b"])):  # prompt cells that are not text
+        rows = [{"prompt": PROMPTS[0]}, {"prompt": cell}, {"prompt": PROMPTS[1]}]
+        (root / f"cells_{name}.json").write_text(json.dumps(rows))
     assert cli(["prune", "--model", str(root / "model"), "--drop", "1,4", "--output", str(root / "pruned")]) == 0
     assert cli(["score", "--model", str(root / "model"), "--criterion", "weight_norm", "--output",
                 str(root / "imp.json")]) == 0  # fmt: skip
@@ -140,7 +143,17 @@ CASES = {
     "eval/damaged_model": ("eval", ["{garbage}"], "is damaged or not a safetensors file"),
     "eval/short_kept_layers": ("eval", ["{short_kept}"], "kept_layers in"),
     "eval/output_is_folder": ("eval", [P, "--output-override", "{ws}"], "is a folder"),
+    "eval/scorers_empty": ("eval", [P, "--scorers", ","], "--scorers names no scorer"),
+    "eval/prompt_cell_null": ("eval", [P, "--prompts", "{cells_null}"], "prompt cells are not text (row 2: None"),
+    "score/prompt_cell_number": ("score", [M, "--prompts", "{cells_number}"], "are not text (row 2: 5, int)"),
+    "score/prompt_cell_list": ("score", [M, "--prompts", "{cells_list}"], "are not text (row 2: ['a', 'b'], list)"),
+    "prune/revision_walks_out": ("prune", [M, "--drop", "0", "--revision", "../../etc"], "is not a branch, tag"),
+    "prune/revision_of_a_local_model": ("prune", [M, "--drop", "0", "--revision", "v1"], "--revision v1 picks a"),
+    "eval/revision_of_the_toy": ("eval", ["toy", "--revision", "main"], "toy is a local or built-in model"),
     # -- push --------------------------------------------------------------------------------------------------
+    "push/revision_walks_out": ("push", [P, "--repo-id", "me/x", "--dry-run", "--revision", "a/../b"], "is not a"),
+    "push/empty_license": ("push", [P, "--repo-id", "me/x", "--dry-run", "--license", ""], "--license is empty"),
+    "push/report_missing": ("push", [P, "--repo-id", "me/x", "--dry-run", "--report", "{ws}/no.json"], "--report"),
     "push/damaged_importance": (
         "push",
         ["{push_bad_importance}", "--repo-id", "me/x", "--dry-run"],

@@ -148,3 +148,88 @@ def test_eval_writes_nothing_into_the_model_folder_and_push_report_puts_it_in_th
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "evaluated a model that kept blocks [0, 2, 3]" in err
     assert not (other / "README.md").exists()
+
+
+def _http_error(cls, status: int):
+    import httpx2
+
+    request = httpx2.Request("GET", "https://huggingface.co/api/models/org/name")
+    return cls(f"{status} Client Error", response=httpx2.Response(status, request=request))
+
+
+def _hub_errors():
+    from huggingface_hub import errors
+
+    return {
+        "gated": (_http_error(errors.GatedRepoError, 403), "accept its licence on https://huggingface.co/org/name"),
+        "missing": (_http_error(errors.RepositoryNotFoundError, 404), "no such model on the Hub, or it is private"),
+        "revision": (_http_error(errors.RevisionNotFoundError, 404), "that revision does not exist"),
+        "unreachable": (
+            errors.LocalEntryNotFoundError("cannot find the requested files in the local cache"),
+            "check the connection",
+        ),
+        "denied": (_http_error(errors.HfHubHTTPError, 401), "log in with `hf auth login`"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["gated", "missing", "revision", "unreachable", "denied"])
+@pytest.mark.parametrize("command", ["prune", "eval", "score"])
+def test_hub_errors_end_with_the_fix(kind, command, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    error, fix = _hub_errors()[kind]
+
+    def download(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as a user online; the download itself is faked
+    out = tmp_path / "out"
+    argv = {
+        "prune": ["prune", "--model", "org/name", "--drop", "1", "--output", str(out)],
+        "eval": ["eval", "--model", "org/name", "--output", str(out) + ".json"],
+        "score": ["score", "--model", "org/name", "--output", str(out) + ".json"],
+    }[command]
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fix in err and "org/name" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_and_not_cached_says_hf_hub_offline(tmp_path, capsys):
+    # the tests run with HF_HUB_OFFLINE=1 (conftest): the real download refuses, nothing is faked
+    assert cli(["prune", "--model", "org/not-cached", "--drop", "1", "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "HF_HUB_OFFLINE=1 is set" in err and "hf download org/not-cached" in err
+
+
+def _card_meta(folder):
+    import yaml
+
+    return yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+
+
+def test_card_relation_and_other_licence_follow_the_source(work, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    base_card = "---\nlicense: other\nlicense_name: flux-1-dev-non-commercial-license\nlicense_link: LICENSE.md\n---\n"
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load", staticmethod(lambda target, *a, **k: ModelCard(base_card)))
+    folder = tmp_path / "pruned"
+    shutil.copytree(work / "pruned", folder)
+    assert cli(["push", str(folder), "--repo-id", "me/x", "--dry-run", "--base-model", "org/base"]) == 0
+    meta = _card_meta(folder)
+    # pruned, not trained: not a finetune (see hub.py for why quantized), and the card says what it is
+    assert meta["base_model"] == "org/base" and meta["base_model_relation"] == "quantized"
+    assert "not trained further" in (folder / "README.md").read_text()
+    assert meta["license"] == "other"
+    assert meta["license_name"] == "flux-1-dev-non-commercial-license" and meta["license_link"] == "LICENSE.md"
+    # an explicit licence wins; an empty one is refused in one line, nothing written
+    assert cli(["push", str(folder), "--repo-id", "me/x", "--dry-run", "--license", "mit"]) == 0
+    assert _card_meta(folder)["license"] == "mit" and "license_name" not in _card_meta(folder)
+    (folder / "README.md").unlink()
+    capsys.readouterr()
+    assert cli(["push", str(folder), "--repo-id", "me/x", "--dry-run", "--license", " "]) == 2
+    assert "--license is empty" in capsys.readouterr().err and not (folder / "README.md").exists()

@@ -328,7 +328,7 @@ def model_components(model: str | os.PathLike, *, revision: str | None = None) -
             index_file = hf_hub_download(name, "model_index.json", revision=revision)
         index = json.loads(Path(index_file).read_text())
     except Exception as error:
-        raise LayerPruneError(f"could not read the model_index.json of {name!r}: {_first_line(error)}") from error
+        raise LayerPruneError(f"could not read the model_index.json of {name!r}: {_first_line(error, name)}") from error
     return {k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None}
 
 
