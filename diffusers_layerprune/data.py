@@ -114,8 +114,8 @@ def _hpdv2(style: str | None) -> PromptSet:
             path = hf_hub_download("zhwang/HPDv2", f"{s}.json", subfolder="benchmark", repo_type="dataset")
         except Exception as error:
             raise LayerPruneError(
-                f"could not download the HPDv2 {s} prompts (dataset zhwang/HPDv2{_offline_hint()}): "
-                f"{_first_line(error)}; pass --prompts with a local prompt file instead"
+                f"could not download the HPDv2 {s} prompts (dataset zhwang/HPDv2): "
+                f"{_first_line(error, 'zhwang/HPDv2')}; or pass --prompts with a local prompt file"
             ) from error
         loaded = json.loads(Path(path).read_text())
         prompts += loaded
@@ -139,12 +139,15 @@ def _toy(split: str | None) -> PromptSet:
 PROMPT_SETS["toy"] = _toy
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, dataset: str | None = None) -> str:
+    """The first line of ``error``'s message, or for a failed Hub download what happened and what fixes it."""
     from .errors import hub_error_fix
 
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    fix = hub_error_fix(error)
-    return fix.replace("REPO", "ORG/NAME --repo-type dataset") if fix else first  # the fix says what happened
+    fix = hub_error_fix(error, dataset and f"datasets/{dataset}")
+    if fix is None:
+        return first + _offline_hint()
+    return fix.replace("REPO", f"{dataset or 'ORG/NAME'} --repo-type dataset")  # the fix says what happened
 
 
 def _offline_hint() -> str:
@@ -258,7 +261,7 @@ def load_hf_dataset(name: str | os.PathLike, config: str | None = None, split: s
     except LayerPruneError:
         raise
     except Exception as error:
-        raise LayerPruneError(f"could not load dataset {text!r}{_offline_hint()}: {_first_line(error)}") from error
+        raise LayerPruneError(f"could not load dataset {text!r}: {_first_line(error, text)}") from error
 
 
 @dataclass(frozen=True)

@@ -409,6 +409,10 @@ def load_pipeline(
         if torch_dtype is not None and torch_dtype != pipe.dtype:
             pipe.to(dtype=torch_dtype)
     else:
+        if local is not None:
+            from .validation import check_no_pickled_weights
+
+            check_no_pickled_weights(local)
         try:
             if variant is not None:
                 components["variant"] = variant

@@ -231,6 +231,23 @@ def check_transformer_config(config: dict, source: str, depth_keys: tuple[str, .
         raise LayerPruneError(f"kept_layers in {where}: {kept} out of range for a source of {total} blocks")
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_no_pickled_weights(folder: str | os.PathLike) -> None:
+    """Refuse a model folder (or any of its component folders) whose weights are pickles without a safetensors copy:
+    loading would unpickle them, and a pickle runs code when it is opened. Nothing is read but file names."""
+    folder = Path(folder)
+    for part in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        pickles = sorted(p for p in part.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+        if pickles and not any(part.glob("*.safetensors")):
+            raise LayerPruneError(
+                f"{pickles[0]} holds pickled weights, which layerprune never loads (opening a pickle can run code): "
+                "use the model's .safetensors files, or convert it where you trust its source "
+                "(from_pretrained(...).save_pretrained(...) writes safetensors)"
+            )
+
+
 def check_weights_cover_blocks(
     folder: str | os.PathLike, num_layers: int, block_attr: str = "transformer_blocks"
 ) -> None:
@@ -241,8 +258,7 @@ def check_weights_cover_blocks(
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        if any(folder.glob("*.bin")):
-            return  # legacy pickled weights: diffusers checks them when loading
+        check_no_pickled_weights(folder)
         raise LayerPruneError(f"{folder} has no .safetensors weights")
     blocks: set[int] = set()
     for file in files:

@@ -64,6 +64,11 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
     weights.write_bytes(weights.read_bytes()[:100])
     (pruned_copy("garbage") / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
     (pruned_copy("bad_config") / "transformer" / "config.json").write_text("{not json")
+    # pickles where safetensors belong: refused by name, never opened
+    weights = pruned_copy("pickled") / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    encoder = pruned_copy("pickled_encoder") / "text_encoder" / "model.safetensors"
+    encoder.rename(encoder.parent / "pytorch_model.bin")
 
     imp = json.loads((root / "imp.json").read_text())
     (root / "imp_nan.json").write_text(json.dumps({**imp, "values": [float("nan")] + imp["values"][1:]}))
@@ -113,6 +118,12 @@ CASES = {
     "prune/truncated_weights": ("prune", ["{truncated}", "--drop", "0"], "is damaged or not a safetensors file"),
     "prune/garbage_weights": ("prune", ["{garbage}", "--drop", "0"], "is damaged or not a safetensors file"),
     "prune/bad_config_json": ("prune", ["{bad_config}", "--drop", "0"], "could not read the transformer config"),
+    "prune/pickled_weights": ("prune", ["{pickled}", "--drop", "0"], "diffusion_pytorch_model.bin holds pickled"),
+    "eval/pickled_text_encoder": (
+        "eval",
+        ["{pickled_encoder}", "--prompts", "{prompts}"],
+        "pytorch_model.bin holds pickled weights",
+    ),
     "prune/output_under_a_file": (
         "prune",
         [M, "--drop", "0", "--output-override", "{a_file}/x"],
