@@ -17,16 +17,16 @@ def _quiet_diffusers() -> None:
 
 
 def _quiet_transformers() -> None:
+    from huggingface_hub.utils import enable_progress_bars
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    enable_progress_bars()  # transformers turns huggingface_hub's bars off too: downloads stay visible (see below)
 
 
-def _quiet_hub() -> None:
-    from huggingface_hub.utils import disable_progress_bars
-
-    disable_progress_bars()
+# huggingface_hub's bars are left on: they show downloads from the Hub, the longest wait of a real run (a
+# PixArt-Sigma pipeline is ~20 GB), and without them a first run looks frozen. They show nothing for cached files.
 
 
 def _quiet_datasets() -> None:
@@ -36,7 +36,6 @@ def _quiet_datasets() -> None:
 
 
 _QUIETERS: dict[str, Callable[[], None]] = {
-    "huggingface_hub": _quiet_hub,
     "transformers": _quiet_transformers,
     "diffusers": _quiet_diffusers,
     "datasets": _quiet_datasets,
@@ -83,7 +82,7 @@ _hook = _WhenImported()
 
 def quiet_libraries() -> None:
     """diffusers and transformers log errors only; their bars (loading components and weights, writing shards) and
-    those of huggingface_hub and datasets are off. For the rest of the process. A library not imported yet is
+    those of datasets are off; huggingface_hub's download bars stay on. For the rest of the process. A library not imported yet is
     quieted when it is first imported (this call imports none of them)."""
     for name, apply in _QUIETERS.items():
         if name in sys.modules:

@@ -233,3 +233,23 @@ def test_card_relation_and_other_licence_follow_the_source(work, tmp_path, monke
     capsys.readouterr()
     assert cli(["push", str(folder), "--repo-id", "me/x", "--dry-run", "--license", " "]) == 2
     assert "--license is empty" in capsys.readouterr().err and not (folder / "README.md").exists()
+
+
+def test_quiet_mode_keeps_hub_download_bars(tmp_path):
+    """The command line's quiet mode hides the libraries' loading bars but not the Hub's download bars (the longest
+    wait of a real run). A fresh interpreter: what counts is the order in which the libraries are first imported."""
+    import subprocess
+    import sys
+
+    script = (
+        "from diffusers_layerprune.quiet import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "import huggingface_hub, diffusers, transformers, datasets\n"
+        "from diffusers.utils import logging as d\n"
+        "from transformers.utils import logging as t\n"
+        "print(huggingface_hub.utils.are_progress_bars_disabled(), d.is_progress_bar_enabled(), "
+        "t.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "False", "False", "False"]
