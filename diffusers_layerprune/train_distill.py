@@ -411,6 +411,52 @@ def run_settings(args) -> dict:
     return settings
 
 
+def check_mixed_precision(mixed_precision: str | None) -> None:
+    """Refuse a --mixed_precision this machine cannot run, before anything is loaded (accelerate would stop later
+    with a traceback): fp16 needs a GPU, bf16 a GPU that supports it (or the CPU)."""
+    if mixed_precision == "fp16" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise LayerPruneError("--mixed_precision fp16 needs a GPU; on the CPU use --mixed_precision bf16 or no")
+    if mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise LayerPruneError(f"--mixed_precision bf16 is not supported by {torch.cuda.get_device_name()}; use fp16")
+
+
+def check_lora_targets(targets: list[str], location: str, subfolder: str | None) -> None:
+    """Refuse LoRA target modules that match no layer of a local student (peft's rule: a module whose name is the
+    target or ends with ``.target``), from the names in its safetensors headers: no weights are read."""
+    from safetensors import safe_open
+
+    folder = Path(location) / subfolder if subfolder else Path(location)
+    if not folder.is_dir():
+        return  # a Hub student: peft checks when the adapter is added
+    modules = set()
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            modules |= {key.rsplit(".", 1)[0] for key in f.keys()}
+    missing = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+    if missing or not targets:
+        linear = sorted({m.rsplit(".", 1)[-1] for m in modules if "." in m and not m.rsplit(".", 1)[-1].isdigit()})
+        raise LayerPruneError(
+            f"--lora_target_modules {','.join(missing) or '(empty)'} match no layer of the student; its layer names "
+            f"include {', '.join(linear[:12])}"
+        )
+
+
+def check_prompt_file(args) -> None:
+    """Load a local --prompts / --exclude_prompts set now (cheap) so that a bad file or cell is refused before the
+    teacher is loaded; Hub datasets are checked when they are downloaded."""
+    from diffusers_layerprune.data import parse_prompt_spec
+
+    for spec in (args.prompts, args.exclude_prompts):
+        if spec is None:
+            continue
+        name = parse_prompt_spec(spec).name
+        local = Path(name).expanduser().exists() or name.startswith((".", "/", "~"))
+        file_like = Path(name).suffix.lower() in (".txt", ".json", ".jsonl", ".csv", ".parquet")
+        downloads = name == "hpdv2" or ("/" in name and not local and not file_like)  # Hub datasets
+        if not downloads:
+            load_prompts(spec)
+
+
 def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names: ``latest`` in ``--output_dir`` (``None`` when there is
     none), a checkpoint folder, or a ``checkpoint-N`` name inside ``--output_dir``."""
@@ -473,7 +519,11 @@ def main(argv=None) -> None:
         overwrite=args.overwrite_output_dir,
         resume=bool(args.resume_from_checkpoint),
     )
-    lora_targets = [m.strip() for m in args.lora_target_modules.split(",")]
+    lora_targets = [m.strip() for m in args.lora_target_modules.split(",") if m.strip()]
+    if args.use_lora:
+        check_lora_targets(lora_targets, location, subfolder)
+    check_mixed_precision(args.mixed_precision)
+    check_prompt_file(args)
     identity = checkpoint_identity(
         student_cfg,
         use_lora=args.use_lora,

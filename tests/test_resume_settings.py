@@ -156,3 +156,34 @@ def test_resume_mismatch_restart_starts_over_and_says_so(work, tmp_path, capsys)
     for checkpoint in out.glob("checkpoint-*"):
         assert json.loads((checkpoint / CHECKPOINT_RECORD).read_text())["settings"]["learning_rate"] == 2e-3
     assert json.loads((out / "distill_config.json").read_text())["learning_rate"] == 2e-3
+
+
+EARLY = {
+    "lora_targets_match_nothing": (["--use_lora", "--lora_target_modules", "to_q,nope"], "--lora_target_modules nope"),
+    "fp16_without_gpu": (["--mixed_precision", "fp16"], "--mixed_precision fp16 needs a GPU"),
+    "prompt_cells_not_text": (["--prompts", "{cells}"], "prompt cells are not text (row 1: 3, int)"),
+    "prompt_file_missing": (["--prompts", "{missing}"], "does not exist"),
+    "exclude_file_missing": (["--exclude_prompts", "{missing}"], "does not exist"),
+    "revision_walks_out": (["--student_revision", "../x"], "is not a branch, tag or commit name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EARLY))
+def test_training_refuses_before_loading_the_teacher(work, tmp_path, capsys, monkeypatch, case):
+    import torch
+
+    import diffusers_layerprune.train_distill as train_distill
+
+    if case == "fp16_without_gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU runs fp16")
+    monkeypatch.setattr(train_distill, "load_pipeline", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    (tmp_path / "cells.json").write_text(json.dumps([{"prompt": 3}, {"prompt": "a red circle"}]))
+    extra, named = EARLY[case]
+    extra = [a.format(cells=tmp_path / "cells.json", missing=tmp_path / "none.txt") for a in extra]
+    out = tmp_path / "out"
+    args = [*base_args(work, out), *extra]
+    if "--prompts" in extra:
+        args = with_value(base_args(work, out), "--prompts", extra[1])
+    before = snapshot(tmp_path)
+    train_refused(capsys, args, named)
+    assert snapshot(tmp_path) == before and not out.exists()
