@@ -64,6 +64,7 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
     weights.write_bytes(weights.read_bytes()[:100])
     (pruned_copy("garbage") / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
     (pruned_copy("bad_config") / "transformer" / "config.json").write_text("{not json")
+    (pruned_copy("routed") / "routing.json").write_text("{}")  # a prompt-routed folder: pruning would drop the router
     # pickles where safetensors belong: refused by name, never opened
     weights = pruned_copy("pickled") / "transformer" / "diffusion_pytorch_model.safetensors"
     weights.rename(weights.with_suffix(".bin"))
@@ -118,6 +119,7 @@ CASES = {
     "prune/truncated_weights": ("prune", ["{truncated}", "--drop", "0"], "is damaged or not a safetensors file"),
     "prune/garbage_weights": ("prune", ["{garbage}", "--drop", "0"], "is damaged or not a safetensors file"),
     "prune/bad_config_json": ("prune", ["{bad_config}", "--drop", "0"], "could not read the transformer config"),
+    "prune/routed_folder": ("prune", ["{routed}", "--drop", "0"], "pruning it would drop its router"),
     "prune/pickled_weights": ("prune", ["{pickled}", "--drop", "0"], "diffusion_pytorch_model.bin holds pickled"),
     "eval/pickled_text_encoder": (
         "eval",
