@@ -267,3 +267,18 @@ def test_train_distill_bad_input(ws, case, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:") and "Traceback" not in err, err
     assert message in err, err
     assert snapshot(ws) == before
+
+
+@pytest.mark.parametrize(
+    "budget, accepted", [("1.0", False), ("1e0", False), ("1", True), ("0.75", True), ("9.5", True)]
+)
+def test_route_budget_one_point_zero_is_ambiguous(budget, accepted):
+    import argparse
+
+    from diffusers_layerprune.routing.cli import _budget
+
+    if accepted:
+        assert _budget(budget) == float(budget)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="is ambiguous"):
+            _budget(budget)

@@ -7,9 +7,17 @@ import argparse
 
 
 def _budget(text: str) -> float:
+    """A budget as written: ``1.0`` (or ``1e0``) is refused, since it reads as the whole depth (a fraction) as much
+    as one block (a count); ``1`` is one block."""
     from ..validation import finite_float
 
-    return finite_float(text)
+    value = finite_float(text)
+    if value == 1 and not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text} is ambiguous: a fraction (the whole depth, which saves nothing) or one block; write 1 for one "
+            "block, or a fraction below 1 such as 0.75"
+        )
+    return value
 
 
 def add_route_parser(subparsers) -> argparse.ArgumentParser:
