@@ -238,7 +238,15 @@ def check_no_pickled_weights(folder: str | os.PathLike) -> None:
     """Refuse a model folder (or any of its component folders) whose weights are pickles without a safetensors copy:
     loading would unpickle them, and a pickle runs code when it is opened. Nothing is read but file names."""
     folder = Path(folder)
-    for part in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+    parts = [folder]
+    index = folder / "model_index.json"
+    if index.is_file():  # the component folders diffusers loads (not checkpoints, logs or validation images)
+        try:
+            components = json.loads(index.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            components = {}
+        parts += [folder / k for k, v in components.items() if isinstance(v, list) and (folder / k).is_dir()]
+    for part in parts:
         pickles = sorted(p for p in part.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
         if pickles and not any(part.glob("*.safetensors")):
             raise LayerPruneError(
