@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from .config_record import expose_record
 from .errors import LayerPruneError
 
 # Shipped inside the package (model_cards/ at the top of a checkout links here), so a wheel install can render it.
@@ -131,7 +132,7 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
 
     from .families import family_of_config
 
-    config = _read_json(transformer_dir(folder) / "config.json")
+    config = expose_record(_read_json(transformer_dir(folder) / "config.json") or {})
     family = family_of_config(config, str(folder))
     firsts = [stack.attr + ".0." for stack in family.stacks]
     total, first_block = 0, [0] * len(firsts)
@@ -217,7 +218,7 @@ def _render_model_card(
             "without --transformer-only"
         )
     transformer_only = transformer_only or not (folder / "model_index.json").is_file()
-    config = _read_json(transformer_dir(folder) / "config.json")
+    config = expose_record(_read_json(transformer_dir(folder) / "config.json") or {})
     kept = config.get("kept_layers")
     from .families import family_of_config
 

@@ -4,7 +4,7 @@ A pruned transformer is its family's stock class with fewer blocks, renumbered `
 ``kept_layers`` (the source block each block came from), ``source_num_layers`` and ``source_model`` (see
 ``pruned.py``; the classes are :class:`PrunedPixArtTransformer`, :class:`PrunedSanaTransformer`,
 :class:`PrunedSD3Transformer`, :class:`PrunedFluxTransformer`). Folders it saves name the stock class, so stock
-diffusers loads them without this package (the extra config keys are kept, with one warning).
+diffusers loads them without this package, without a warning (the record is stored under ``_`` names: ``config_record``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .config_record import expose_record
 from .errors import LayerPruneError
 from .families import family_of, family_of_config, family_of_pipeline, find_family, supported_text
 from .families.base import expand, rows, to_device
@@ -47,6 +48,16 @@ def source_id(name_or_path: str | None) -> str | None:
     if cached:
         return f"{cached[1]}/{cached[2]}"
     return text.removesuffix("/transformer") or None
+
+
+def expose_record_of(model) -> None:
+    """Give a model that stock ``from_pretrained`` loaded its kept-block record under the plain names in memory
+    (``config.kept_layers``), as the pruned classes have it; saving stores it quietly again (``config_record``)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    exposed = expose_record(model.config)
+    if exposed != dict(model.config):
+        model._internal_dict = FrozenDict(exposed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,7 +337,7 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
             from huggingface_hub import hf_hub_download
 
             config_file = hf_hub_download(name, "config.json", subfolder="transformer", revision=revision)
-        config = json.loads(Path(config_file).read_text())
+        config = expose_record(json.loads(Path(config_file).read_text()))
     except LayerPruneError:
         raise
     except Exception as error:
@@ -407,6 +418,8 @@ def load_pipeline(
         except Exception as error:  # hub / network / format errors: one line with the cause
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
         transformer = getattr(pipe, "transformer", None)
+        if "transformer" not in components and find_family(transformer) is not None:
+            expose_record_of(transformer)
         if local is not None and "transformer" not in components and find_family(transformer) is not None:
             from .provenance import restore_local_source
 
@@ -422,7 +435,7 @@ def _load_with_base(folder: Path, base_model: str | None, *, torch_dtype=None, d
     """The base pipeline with the transformer saved alone in ``folder``."""
     from .provenance import local_source
 
-    config = json.loads((folder / "config.json").read_text())
+    config = expose_record(json.loads((folder / "config.json").read_text()))
     # the saved config names a local source by folder name only; the full path is in the folder's hidden marker
     base = base_model or local_source(folder) or config.get("source_model")
     if not base:

@@ -6,6 +6,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
 
 
+def read_config(path) -> dict:
+    """A saved transformer ``config.json`` as the package reads it (the kept-block record under its plain names)."""
+    import json
+
+    from diffusers_layerprune.config_record import expose_record
+
+    return expose_record(json.loads(Path(path).read_text()))
+
+
 def load_benchmark(name: str):
     """The module of ``benchmarks/<name>.py`` (its folder on ``sys.path``: the scripts import the ``paper`` package
     that lives there), for testing its rules on known numbers."""
