@@ -223,5 +223,5 @@ def test_distillation_trains_with_the_family_objective_and_saves_a_stock_loadabl
     stock_class = getattr(diffusers, get_family(family).transformer_class)
     stock, info = stock_class.from_pretrained(out, subfolder="transformer", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert stock.config.kept_layers == [0, 2, 3, 5]
+    assert stock.config._kept_layers == [0, 2, 3, 5]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2"]

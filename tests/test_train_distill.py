@@ -67,7 +67,7 @@ def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
 
     for checkpoint in ("checkpoint-2", "checkpoint-3"):
         stock = PixArtTransformer2DModel.from_pretrained(out / checkpoint / "transformer")
-        assert stock.config.kept_layers == [0, 2, 3, 5]
+        assert stock.config._kept_layers == [0, 2, 3, 5]
     last = dict(stock.state_dict())
     assert all(torch.equal(last[k], after[k]) for k in after)
     # the TensorBoard logs go to the Hub with the model, and hold no local path (push checks every file it sends)
