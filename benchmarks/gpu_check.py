@@ -12,14 +12,14 @@ loses at most the measurement in flight. A rerun skips finished sections (``--fo
 measurements. At the end every section is merged into ``gpu_<card>.json`` beside ``DIR``.
 
 a  pixart     PixArt-Sigma-XL transformer: latency and peak memory of the full model and of 25% / 40% pruned ones
-              (blocks evenly spread), speed-up against the ideal (the depth ratio).                      ~25 s
+              (blocks evenly spread), speed-up against the ideal (the depth ratio).                      ~20 s
 b  families   the same for every other family at its published config (Sana 1.6B, SD3.5 Medium, Flux.1-dev).
-                                                                                                           ~100 s
+                                                                                                            ~70 s
 c  kd         one knowledge-distillation step of PixArt-Sigma-XL pruned by 25% (``distill.kd_step_losses``:
               teacher forward keeping paired block outputs, student forward and backward, AdamW) against its
               floor (teacher forward + a plain student step), and each one's peak memory.              ~40 s
 d  sparsity   2:4 semi-structured sparsity (``torch.sparse.to_sparse_semi_structured``) of the T5-XXL encoder's
-              and of the PixArt-Sigma-XL transformer's linears: speed-up and output error.              ~80 s
+              and of the PixArt-Sigma-XL transformer's linears: speed-up and output error.              ~45 s
 e  stacking   depth x cache (diffusers.hooks First Block Cache, TaylorSeer) x int8 (torchao weight-only, when
               installed) on Flux.1-dev and PixArt-Sigma-XL: latency of a denoising loop.              ~180 s
 
@@ -31,7 +31,7 @@ what was allocated before it, plus the model's own weights (a pruned model share
 so its weights are counted by its own tensors).
 
 ``--smoke`` runs the same code on CPU in float32 with the package's tiny random models (their depth doubled so that
-25% and 40% pruning differ) and few repeats, in well under a minute. The CUDA-only parts fall back and say so in the
+25% and 40% pruning differ) and few repeats, in under a minute (about 20 CPU-seconds). The CUDA-only parts fall back and say so in the
 JSON: the wall clock instead of CUDA events, no peak memory (no allocator statistics), and 2:4 as a mask on dense
 weights (a dense matmul) instead of the sparse kernels. Smoke results are not measurements; ``--report-only`` refuses
 to write them into the repository's docs.
@@ -491,8 +491,10 @@ def make_steps(settings: Settings, family, teacher, batch: dict, students: dict)
     noisy, noise, timestep, text = batch["noisy"], batch["noise"], batch["timestep"], batch["text"]
     channels = noise.shape[1]
 
-    def autocast():
-        return torch.autocast("cuda", dtype=settings.torch_dtype) if settings.cuda else None
+    def autocast():  # mixed precision as train_distill runs it: float32 student weights, half-precision compute
+        if settings.torch_dtype == torch.float32:
+            return None
+        return torch.autocast(torch.device(settings.device).type, dtype=settings.torch_dtype)
 
     def cond(model, x):
         return family.forward(model, x, timestep, text)
@@ -587,7 +589,7 @@ def section_kd(settings: Settings, progress: Progress) -> dict:
         "spec": spec.jsonable(),
         "batch": batch_size,
         "kept_layers": kept,
-        "student_dtype": "float32 master weights" + (f", autocast {settings.dtype}" if settings.cuda else ""),
+        "student_dtype": "float32" + (f" weights, autocast {settings.dtype}" if settings.dtype != "float32" else ""),
         "teacher_dtype": settings.dtype,
         "optimizer": "AdamW",
         "losses": "task + output + variance + feature (KDWeights defaults)",
@@ -905,12 +907,12 @@ class Section:
 
 
 SECTIONS = (
-    Section("a", "pixart", "PixArt-Sigma-XL: depth-pruned latency and peak memory", 25, section_pixart),
+    Section("a", "pixart", "PixArt-Sigma-XL: depth-pruned latency and peak memory", 20, section_pixart),
     Section(
-        "b", "families", "Every family at its published config: depth-pruned latency and memory", 100, section_families
+        "b", "families", "Every family at its published config: depth-pruned latency and memory", 70, section_families
     ),  # fmt: skip
     Section("c", "kd", "One KD step at full size against its floor", 40, section_kd),
-    Section("d", "sparsity", "2:4 semi-structured sparsity: T5-XXL encoder and transformer", 80, section_sparsity),
+    Section("d", "sparsity", "2:4 semi-structured sparsity: T5-XXL encoder and transformer", 45, section_sparsity),
     Section("e", "stacking", "Depth x cache x int8: denoising-loop latency", 180, section_stacking),
 )
 
@@ -1151,7 +1153,7 @@ def render_scale(records: dict) -> str:
             "",
         ]
     lines.append(END)
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def render_families(records: dict) -> str:
@@ -1159,7 +1161,7 @@ def render_families(records: dict) -> str:
     a, b = records.get("a_pixart"), records.get("b_families")
     if b is None and a is None:
         lines += [NOT_MEASURED, "", END]
-        return "\n".join(lines)
+        return "\n".join(lines) + "\n"
     results = ([a["result"]] if a else []) + (list(b["result"]["families"].values()) if b else [])
     lines += [provenance(b or a), ""]
     lines += [
@@ -1175,7 +1177,7 @@ def render_families(records: dict) -> str:
         "",
         END,
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def render_stacking(records: dict) -> str:
@@ -1183,7 +1185,7 @@ def render_stacking(records: dict) -> str:
     e = records.get("e_stacking")
     if e is None:
         lines += [NOT_MEASURED, "", END]
-        return "\n".join(lines)
+        return "\n".join(lines) + "\n"
     lines += [provenance(e), ""]
     lines += [
         "A denoising loop of the transformer alone (random weights, so the values mean nothing) with each "
@@ -1210,7 +1212,7 @@ def render_stacking(records: dict) -> str:
                 f"{row['last_block_computed']} of {row['steps']} |"
             )
     lines += ["", END]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def render_gpu(records: dict) -> str:
@@ -1224,7 +1226,7 @@ def render_gpu(records: dict) -> str:
         ]
         lines += [f"| {s.letter} {s.name} | | | | |" for s in SECTIONS]
         lines += ["", END]
-        return "\n".join(lines)
+        return "\n".join(lines) + "\n"
     first = next(iter(records.values()))
     lines += [provenance(first), "", "| section | what | figure | section time |", "|---|---|---|---|"]
     for section in SECTIONS:
@@ -1237,7 +1239,7 @@ def render_gpu(records: dict) -> str:
             f"{record['seconds']:.0f} s (est. {section.expected_seconds} s) |"
         )
     lines += ["", "Full tables: [scale.md](scale.md), [families.md](families.md), [stacking.md](stacking.md).", "", END]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def headline(section: str, result: dict) -> str:
