@@ -69,6 +69,7 @@ from paper.cells import replace_section, write_text  # noqa: E402
 from diffusers_layerprune.evaluation import elapsed_seconds, latency_inputs, transformer_latency  # noqa: E402
 from diffusers_layerprune.families import FAMILIES, get_family  # noqa: E402
 from diffusers_layerprune.outputs import atomic_output_file  # noqa: E402
+from diffusers_layerprune.quiet import quiet  # noqa: E402
 
 SCHEMA = 1
 DOCS = ROOT / "docs"
@@ -789,7 +790,10 @@ def quantize_int8(model) -> str | None:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as error:
         return f"torchao not installed ({error})"
-    quantize_(model, Int8WeightOnlyConfig())
+    try:
+        quantize_(model, Int8WeightOnlyConfig())
+    except Exception as error:  # e.g. a torchao release built for another torch: the bf16 rows still count
+        return f"torchao int8 failed: {error!r}"[:300]
     return None
 
 
@@ -842,7 +846,12 @@ def section_stacking(settings: Settings, progress: Progress) -> dict:
                     if skipped:
                         row["skipped"] = skipped
                     else:
-                        row.update(time_loop(view, family, latents, batch, text, steps, cache, settings))
+                        try:
+                            row.update(time_loop(view, family, latents, batch, text, steps, cache, settings))
+                        except Exception as error:  # one combination failing (a cache on a model) leaves the rest
+                            if is_oom(error):
+                                raise
+                            row["skipped"] = f"failed: {error!r}"[:300]
                     progress.put(key(fraction, int8, cache), row)
             del view
             release()
@@ -1329,7 +1338,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if settings.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     started = time.perf_counter()
-    records = run_sections(sections, settings, output, args.force)
+    with quiet():  # the libraries' warnings about casting random models would bury the section lines
+        records = run_sections(sections, settings, output, args.force)
     merged = merge(output, Path(args.merged) if args.merged else None)
     print(f"total {time.perf_counter() - started:.0f} s; sections in {output}; merged: {merged}")
     return records
