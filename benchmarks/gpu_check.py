@@ -955,6 +955,11 @@ def check_folder(output: Path, env: dict, smoke: bool) -> None:
 
 def run_sections(sections: list[Section], settings: Settings, output: Path, force: bool) -> dict[str, dict]:
     env = environment(settings)
+    print(
+        f"{env['card']} (driver {env['driver']}, CUDA {env['cuda']}), torch {env['torch']}, diffusers "
+        f"{env['diffusers']}, torchao {env['torchao'] or 'not installed: int8 rows will say skipped'}",
+        flush=True,
+    )
     if not force:
         check_folder(output, env, settings.smoke)
     output.mkdir(parents=True, exist_ok=True)
