@@ -9,7 +9,9 @@ encoder from ``testing.T5_XXL_ENCODER``) with random weights (speed and memory d
 bfloat16, at 1024 px. Sections run in this order; each writes ``DIR/<section>.json`` (atomically) as soon as it ends,
 and the long ones also save each finished measurement in ``DIR/<section>.partial.json``, so a run that is cut off
 loses at most the measurement in flight. A rerun skips finished sections (``--force`` redoes them) and finished
-measurements. At the end every section is merged into ``gpu_<card>.json`` beside ``DIR``.
+measurements. At the end every section is merged into ``gpu_<card>.json`` beside ``DIR``. After ``--time-limit``
+seconds (420 by default on a GPU) no new section or measurement starts, so one call ends inside 8 minutes even
+when the estimates below are off; the rerun finishes the set.
 
 a  pixart     PixArt-Sigma-XL transformer: latency and peak memory of the full model and of 25% / 40% pruned ones
               (blocks evenly spread), speed-up against the ideal (the depth ratio).                      ~20 s
@@ -21,7 +23,7 @@ c  kd         one knowledge-distillation step of PixArt-Sigma-XL pruned by 25% (
 d  sparsity   2:4 semi-structured sparsity (``torch.sparse.to_sparse_semi_structured``) of the T5-XXL encoder's
               and of the PixArt-Sigma-XL transformer's linears: speed-up and output error.              ~45 s
 e  stacking   depth x cache (diffusers.hooks First Block Cache, TaylorSeer) x int8 (torchao weight-only, when
-              installed) on Flux.1-dev and PixArt-Sigma-XL: latency of a denoising loop.              ~180 s
+              installed) on Flux.1-dev and PixArt-Sigma-XL: latency of a denoising loop.              ~110 s
 
 The times are estimates for one H100 from FLOP counts (no GPU was available when this was written), start-up and
 model builds included; each section's JSON records its measured time. Timing: CUDA events around the timed work
@@ -79,6 +81,9 @@ STACK_FRACTION = 0.25  # section e: the pruned depth stacked with caches and int
 STACK_FAMILIES = ("flux", "pixart")
 CACHES = ("none", "first_block", "taylorseer")
 SMOKE_TEXT_TOKENS = 16
+# No new measurement starts after this (seconds): with the sections' estimates (~5 min) it keeps one call under
+# 8 minutes even when a measurement takes twice its estimate; a rerun measures what is left.
+GPU_TIME_LIMIT = 420.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -119,7 +124,7 @@ GPU = Settings(
     warmup=3,
     repeats=10,
     min_sample_seconds=0.05,
-    loop_repeats=2,
+    loop_repeats=1,  # one loop is already the mean of its steps (28 for Flux.1-dev)
     loop_steps=None,
     kd_batch=4,
     kd_warmup=2,
@@ -223,12 +228,18 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+class OutOfTime(Exception):
+    """The run's ``--time-limit`` has passed: what is finished is saved, a rerun measures the rest."""
+
+
 class Progress:
     """Finished measurements of one section, saved one by one to ``DIR/<section>.partial.json`` so a run that is cut
-    off keeps them; the next run of the section reuses them and measures only the rest."""
+    off keeps them; the next run of the section reuses them and measures only the rest. ``deadline`` (a
+    ``time.perf_counter`` value): :meth:`check_time` stops the section before it starts another measurement."""
 
-    def __init__(self, path: Path, identity: dict) -> None:
+    def __init__(self, path: Path, identity: dict, deadline: float | None = None) -> None:
         self.path = path
+        self.deadline = deadline
         saved = read_json(path) or {}
         # measurements of another card or mode are not reused
         self.done: dict = saved.get("done", {}) if saved.get("identity") == identity else {}
@@ -241,6 +252,10 @@ class Progress:
     def put(self, key: str, value) -> None:
         self.done[key] = value
         write_json(self.path, {"identity": self.identity, "done": self.done})
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise OutOfTime
 
 
 def release() -> None:
@@ -437,6 +452,7 @@ def section_families(settings: Settings, progress: Progress) -> dict:
             continue
         result = progress.get(name)
         if result is None:
+            progress.check_time()
             try:
                 result = depth_figures(name, settings)
             except Exception as error:  # out of memory in one family leaves the others measured
@@ -683,6 +699,7 @@ def section_sparsity(settings: Settings, progress: Progress) -> dict:
     spec = model_spec("pixart", settings)
     batch = get_family("pixart").step_batch  # prompt and negative prompt, as the pipeline encodes them
     if progress.get("text_encoder") is None:
+        progress.check_time()
         encoder = build_text_encoder(settings)
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(2, encoder.config.vocab_size, (batch, spec.text_tokens), generator=g).to(settings.device)
@@ -696,6 +713,7 @@ def section_sparsity(settings: Settings, progress: Progress) -> dict:
         release()
     out["text_encoder"] = progress.done["text_encoder"]
     if progress.get("transformer") is None:
+        progress.check_time()
         family = get_family("pixart")
         model = build_transformer(spec, settings)
         inputs = latency_inputs(
@@ -813,6 +831,7 @@ def section_stacking(settings: Settings, progress: Progress) -> dict:
         if all(progress.get(key(*c)) is not None for c in combos):  # finished before a cut-off
             out[name] = {"model": spec.model, "steps": steps, "rows": [progress.done[key(*c)] for c in combos]}
             continue
+        progress.check_time()
         full = build_transformer(spec, settings)
         batch = family.step_batch
         latents, _, text = latency_inputs(
@@ -836,6 +855,7 @@ def section_stacking(settings: Settings, progress: Progress) -> dict:
                 for cache in CACHES:
                     if (fraction, int8, cache) not in todo:
                         continue
+                    progress.check_time()
                     row = {
                         "depth": f"{round(100 * fraction)}% pruned" if fraction else "full",
                         "blocks": family.depth(view.config),
@@ -922,7 +942,7 @@ SECTIONS = (
     ),  # fmt: skip
     Section("c", "kd", "One KD step at full size against its floor", 40, section_kd),
     Section("d", "sparsity", "2:4 semi-structured sparsity: T5-XXL encoder and transformer", 45, section_sparsity),
-    Section("e", "stacking", "Depth x cache x int8: denoising-loop latency", 180, section_stacking),
+    Section("e", "stacking", "Depth x cache x int8: denoising-loop latency", 110, section_stacking),
 )
 
 
@@ -953,7 +973,12 @@ def check_folder(output: Path, env: dict, smoke: bool) -> None:
             )
 
 
-def run_sections(sections: list[Section], settings: Settings, output: Path, force: bool) -> dict[str, dict]:
+def run_sections(
+    sections: list[Section], settings: Settings, output: Path, force: bool, time_limit: float | None = None
+) -> dict[str, dict]:
+    """Run ``sections`` in order into ``output``; after ``time_limit`` seconds no new section or measurement starts
+    (finished ones are saved; a rerun measures the rest)."""
+    deadline = None if not time_limit else time.perf_counter() + time_limit
     env = environment(settings)
     print(
         f"{env['card']} (driver {env['driver']}, CUDA {env['cuda']}), torch {env['torch']}, diffusers "
@@ -975,11 +1000,23 @@ def run_sections(sections: list[Section], settings: Settings, output: Path, forc
             continue
         if force:
             partial.unlink(missing_ok=True)
+        if deadline is not None and time.perf_counter() > deadline:
+            left = ", ".join(s.letter for s in sections[sections.index(section) :])
+            print(f"time limit of {time_limit:.0f} s reached: sections {left} left for a rerun", flush=True)
+            break
         print(f"[{section.letter}] {section.title} (about {section.expected_seconds} s on an H100) ...", flush=True)
-        progress = Progress(partial, identity)
+        progress = Progress(partial, identity, deadline)
         started = time.perf_counter()
         try:
             result = section.run(settings, progress)
+        except OutOfTime:
+            release()
+            print(
+                f"[{section.letter}] time limit of {time_limit:.0f} s reached: {len(progress.done)} measurements "
+                f"saved in {partial.name}; rerun the same command to finish",
+                flush=True,
+            )
+            break
         except Exception as error:  # the next sections still run; the rerun retries this one
             release()
             write_json(
@@ -1330,6 +1367,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     p.add_argument("--force", action="store_true", help="redo sections (and measurements) already finished")
     p.add_argument("--merged", default=None, help="merged JSON (default: gpu_<card>.json beside --output)")
     p.add_argument("--docs", default=str(DOCS), help="folder of the pages --report-only rewrites")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help=f"seconds after which no new section or measurement starts (default: {GPU_TIME_LIMIT:.0f} on a GPU, "
+        "none with --smoke; 0: none); a rerun finishes the rest",
+    )
     args = p.parse_args(argv)
     output = Path(args.output)
     if args.report_only:
@@ -1344,7 +1388,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     started = time.perf_counter()
     with quiet():  # the libraries' warnings about casting random models would bury the section lines
-        records = run_sections(sections, settings, output, args.force)
+        limit = args.time_limit if args.time_limit is not None else (None if settings.smoke else GPU_TIME_LIMIT)
+        records = run_sections(sections, settings, output, args.force, limit)
     merged = merge(output, Path(args.merged) if args.merged else None)
     print(f"total {time.perf_counter() - started:.0f} s; sections in {output}; merged: {merged}")
     return records

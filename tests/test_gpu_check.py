@@ -213,3 +213,24 @@ def test_rehearsal_page_rebuild_keeps_the_gpu_section(tmp_path):
     rehearse.write_doc(result, page)
     text = page.read_text()
     assert text.startswith("# Real scale") and text.count(section) == 1 and text.endswith(rehearse.GPU_END + "\n")
+
+
+def test_time_limit_stops_before_new_work_and_keeps_what_is_finished(gpu_check, tmp_path):
+    import time
+
+    def slow(settings, progress):
+        progress.put("first", {"value": 1})
+        time.sleep(0.6)  # past the limit: the next measurement is not started
+        progress.check_time()
+        progress.put("second", {"value": 2})
+        return {}
+
+    def never(settings, progress):
+        raise AssertionError("a section started after the time limit")
+
+    sections = [gpu_check.Section("b", "families", "slow", 1, slow), gpu_check.Section("c", "kd", "never", 1, never)]
+    records = gpu_check.run_sections(sections, gpu_check.SMOKE, tmp_path, force=False, time_limit=0.5)
+    assert records == {}
+    saved = json.loads((tmp_path / "b_families.partial.json").read_text())["done"]
+    assert saved == {"first": {"value": 1}}  # kept for the rerun
+    assert not list(tmp_path.glob("*.error.json")) and not (tmp_path / "b_families.json").exists()
