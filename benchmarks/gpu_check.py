@@ -1096,16 +1096,17 @@ NOT_MEASURED = (
 )
 
 
-def provenance(record: dict) -> str:
+def provenance(record: dict, *, section_time: bool = True) -> str:
     env = record["environment"]
     where = (
         "**SMOKE RUN: tiny random models on CPU, float32. Not a measurement; it only shows the page's shape.**"
         if record.get("smoke")
         else f"Measured on {env['card']} (driver {env.get('driver') or 'unknown'}, CUDA {env.get('cuda')})"
     )
+    took = f"; section took {record['seconds']:.0f} s (`{record['section']}.json`)" if section_time else ""
     return (
         f"{where} torch {env['torch']}, diffusers {env['diffusers']}, {record['measured_at']}; timing: "
-        f"{record['timer']}; section took {record['seconds']:.0f} s (`{record['section']}.json`)."
+        f"{record['timer']}{took}."
     )
 
 
@@ -1272,14 +1273,19 @@ def render_gpu(records: dict) -> str:
         lines += [
             "Not measured yet. Filled in by `--report-only` from the JSON files once a GPU has run the check.",
             "",
-            "| section | card | what | figure | section time |",
-            "|---|---|---|---|---|",
+            "| section | what | figure | section time |",
+            "|---|---|---|---|",
         ]
-        lines += [f"| {s.letter} {s.name} | | | | |" for s in SECTIONS]
+        lines += [f"| {s.letter} {s.name} | {s.title} | | |" for s in SECTIONS]
         lines += ["", END]
         return "\n".join(lines) + "\n"
     first = next(iter(records.values()))
-    lines += [provenance(first), "", "| section | what | figure | section time |", "|---|---|---|---|"]
+    lines += [
+        provenance(first, section_time=False),
+        "",
+        "| section | what | figure | section time |",
+        "|---|---|---|---|",
+    ]
     for section in SECTIONS:
         record = records.get(section.file)
         if record is None:
