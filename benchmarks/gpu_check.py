@@ -69,7 +69,7 @@ from paper.cells import GPU_START as START  # noqa: E402
 from paper.cells import replace_section, write_text  # noqa: E402
 
 from diffusers_layerprune.evaluation import elapsed_seconds, latency_inputs, transformer_latency  # noqa: E402
-from diffusers_layerprune.families import FAMILIES, get_family  # noqa: E402
+from diffusers_layerprune.families import FAMILIES, family_of, get_family  # noqa: E402
 from diffusers_layerprune.outputs import atomic_output_file  # noqa: E402
 from diffusers_layerprune.quiet import quiet  # noqa: E402
 
@@ -336,17 +336,11 @@ def spread(total: int, keep: int) -> list[int]:
 def pruned_view(model, fraction: float):
     """A pruned transformer of ``model`` without ``fraction`` of its blocks (rounded half up, evenly spread), with
     its own modules over ``model``'s tensors; and the kept block indices."""
-    family = get_family_of(model)
+    family = family_of(model)
     total = family.depth(model.config)
     removed = int(total * fraction + 0.5)
     kept = spread(total, total - removed)
     return family.pruned_class().from_transformer(model, kept_layers=kept, copy_weights=False).eval(), kept
-
-
-def get_family_of(model):
-    from diffusers_layerprune.families import family_of
-
-    return family_of(model)
 
 
 def tensor_bytes(model) -> int:
@@ -360,7 +354,7 @@ def forward_memory(model, inputs, settings: Settings) -> dict:
     weights = tensor_bytes(model)
     if not settings.cuda:
         return {"weights_bytes": weights, "forward_extra_bytes": None, "peak_bytes": None}
-    family = get_family_of(model)
+    family = family_of(model)
     release()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
