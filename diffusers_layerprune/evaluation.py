@@ -84,30 +84,25 @@ def transformer_latency(
     runs read 1.06x and 1.34x). Per model: ``median_ms``, ``q1_ms`` / ``q3_ms`` (interquartile range), ``min_ms``,
     ``max_ms``, ``calls_per_sample``, ``samples_ms`` (one per repeat; for a pooled group the median of its models
     at that repeat) and ``pooled_with`` (the names sharing the latency, this one included).
+    On a GPU each sample is timed with CUDA events (:func:`elapsed_seconds`), elsewhere with the wall clock.
     """
     from .families import family_of
-    from .families.base import to_device
 
     first = next(iter(transformers.values()))
-    device, dtype = first.device, first.dtype
     family = family_of(first)  # the forward arguments and text widths are the family's
-    latent = resolution // vae_scale_factor
-    g = torch.Generator().manual_seed(0)
-    channels = family.latent_channels(first.config)
-    latents = torch.randn(batch_size, channels, latent, latent, generator=g).to(device, dtype)
-    text = to_device(family.random_text(first.config, batch_size, text_tokens, g), device, dtype)
-    timestep = torch.full((batch_size,), 500, device=device)
+    latents, timestep, text = latency_inputs(
+        first, resolution=resolution, vae_scale_factor=vae_scale_factor, text_tokens=text_tokens, batch_size=batch_size
+    )
     times: dict[str, list[float]] = {name: [] for name in transformers}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(model, calls: int) -> float:
         """Seconds per forward over ``calls`` back-to-back forwards."""
-        sync()
-        start = time.perf_counter()
-        for _ in range(calls):
-            family.forward(model, latents, timestep, text)
-        sync()
-        return (time.perf_counter() - start) / calls
+
+        def run():
+            for _ in range(calls):
+                family.forward(model, latents, timestep, text)
+
+        return elapsed_seconds(run, latents.device) / calls
 
     with torch.inference_mode():
         fastest = math.inf
@@ -139,6 +134,42 @@ def transformer_latency(
                 "pooled_with": list(names),
             }
     return {name: out[name] for name in transformers}
+
+
+def latency_inputs(
+    model: nn.Module, *, resolution: int, vae_scale_factor: int, text_tokens: int, batch_size: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Random inputs of one forward of ``model`` (any supported family) on its device and in its dtype:
+    ``(latents [B, C, h, w], timestep [B] = 500, text conditioning of the family's widths)``, ``h = w = resolution /
+    vae_scale_factor``. Speed does not depend on the values."""
+    from .families import family_of
+    from .families.base import to_device
+
+    family = family_of(model)
+    device, dtype = model.device, model.dtype
+    latent = resolution // vae_scale_factor
+    g = torch.Generator().manual_seed(seed)
+    channels = family.latent_channels(model.config)
+    latents = torch.randn(batch_size, channels, latent, latent, generator=g).to(device, dtype)
+    text = to_device(family.random_text(model.config, batch_size, text_tokens, g), device, dtype)
+    return latents, torch.full((batch_size,), 500, device=device), text
+
+
+def elapsed_seconds(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Seconds that ``fn()`` takes on ``device``. On a GPU: CUDA events recorded around it, after a synchronize so
+    work queued earlier is not counted, read after a synchronize (the kernels' time, not the launch time). Elsewhere:
+    the wall clock."""
+    if torch.device(device).type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float]:

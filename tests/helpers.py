@@ -26,6 +26,7 @@ def load_benchmark(name: str):
         sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 

@@ -86,6 +86,9 @@ class ModelFamily:
             model (kept in float32 so its numbers are exact).
         native_resolution: ``pipe -> int``: the pixel size the pipeline generates by default.
         defaults: sampler settings, prompt sets, scorers and dtype a real checkpoint of the family is used with.
+        step_batch: the transformer's batch for one image's denoising step at the family's default guidance: 2
+            with classifier-free guidance (conditional and unconditional halves), 1 where guidance is a model
+            input (Flux.1-dev); latency benchmarks time this batch.
         hub_ids: known checkpoints (documentation and ``source_model`` tags).
         references: citation keys of the family's papers (model cards).
     """
@@ -111,6 +114,7 @@ class ModelFamily:
         pipe.transformer.config.sample_size * pipe.vae_scale_factor
     )
     defaults: dict = field(default_factory=dict)
+    step_batch: int = 2
     hub_ids: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
 
