@@ -752,7 +752,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from .blocks import num_blocks
-    from .families import encode_text
+    from .families import encode_text, family_of
     from .modeling import generate_from_conditioning as generate
     from .provenance import public_name
 
@@ -813,7 +813,7 @@ def evaluate(
             resolution=resolution,
             vae_scale_factor=pipe.vae_scale_factor,
             text_tokens=max_sequence_length,
-            batch_size=2 if guidance_scale > 1 else 1,
+            batch_size=family_of(pipe.transformer).denoising_batch(guidance_scale),
             repeats=latency_repeats,
         )
     else:

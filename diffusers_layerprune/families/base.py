@@ -120,6 +120,11 @@ class ModelFamily:
 
     # -- block numbering ------------------------------------------------------------------------------------------
 
+    def denoising_batch(self, guidance_scale: float) -> int:
+        """The transformer's batch for one image's denoising step at ``guidance_scale``: ``step_batch`` with
+        classifier-free guidance (``guidance_scale > 1``), else 1. Latency measurements time this batch."""
+        return self.step_batch if guidance_scale > 1 else 1
+
     def stack_depths(self, config: Mapping) -> list[int]:
         """Depth of each stack according to ``config``."""
         return [int(config[stack.depth_key]) for stack in self.stacks]
