@@ -233,6 +233,7 @@ def two_process_env(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_to_identical_weights(work, two_process_env):
     """Two gloo processes of batch 1 train what one process of batch 2 trains (each sample gets the same noise and
     timestep, gradients are averaged): equal within float summation order. A run killed after a checkpoint and
