@@ -20,19 +20,13 @@ from pathlib import Path
 import torch
 
 from .errors import LayerPruneError
+from .prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS  # noqa: F401 (default corpora)
 from .validation import CACHE_DTYPE_NAMES
 
 logger = logging.getLogger(__name__)
 
 HPDV2_STYLES = ("anime", "concept-art", "paintings", "photo")
 PROMPT_COLUMNS = ("prompt", "text", "caption", "prompts", "captions")
-
-# Default prompt corpora of real (non-toy) models, as `--prompts` specs (see `load_prompts`). Pick-a-Pic prompts were
-# written by users of the Pick-a-Pic app (Kirstain et al., 2023; MIT license); HPDv2's benchmark prompts, used for
-# evaluation, come from COCO captions and DiffusionDB, so the two do not share a source. `layerprune run` also drops
-# any scoring/training prompt that equals an evaluation prompt.
-PICKAPIC_SCORING_PROMPTS = "yuvalkirstain/pickapic_v1_no_images:validation_unique@caption"  # 500 unique prompts
-PICKAPIC_TRAINING_PROMPTS = "yuvalkirstain/pickapic_v1_no_images:train@caption"  # ~584k rows, deduplicated on load
 
 
 def normalize_prompt(prompt: str) -> str:
@@ -794,7 +788,7 @@ def teacher_latents_dataset(
     """
     from tqdm.auto import tqdm
 
-    from .modeling import generate_from_embeddings
+    from .generation import generate_from_embeddings
 
     prompts = [str(p) for p in prompts]
     if not prompts:
@@ -865,7 +859,7 @@ def _pooled_teacher_latents(pipe, family, prompts, path, key, settings, cache_dt
     from tqdm.auto import tqdm
 
     from .families import encode_text
-    from .modeling import generate_from_conditioning
+    from .generation import generate_from_conditioning
 
     length, storage = gen["max_sequence_length"], CACHE_DTYPES[cache_dtype]
     negative = encode_text(pipe, [""], max_sequence_length=length) if gen["guidance_scale"] > 1 else None
