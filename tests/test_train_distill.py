@@ -289,3 +289,28 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(work, monkeypa
     with pytest.raises(LayerPruneError, match=r"non-finite loss at step 2 .*Last good checkpoint: .*checkpoint-2"):
         run_train_distill(base_args(work, out, steps=4) + ["--report_to", "none"])
     assert (out / "checkpoint-2").is_dir() and not (out / "model_index.json").exists()
+
+
+def test_a_base_install_without_tensorboard_trains_with_the_defaults(work, tmp_path, monkeypatch, capsys):
+    """`pip install diffusers-layerprune` has no tensorboard: the default tracker is tensorboard only where it is
+    installed; named but missing, it is refused in one line naming the extra."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a)
+    )
+    out = tmp_path / "base"
+    run_train_distill(base_args(work, out, steps=1))
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (out / "logs").exists()  # no tracker ran
+
+    from diffusers_layerprune.train_distill import cli as train_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli([str(a) for a in [*base_args(work, tmp_path / "named", steps=1), "--report_to", "tensorboard"]])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "diffusers-layerprune[train]" in err
+    assert not (tmp_path / "named").exists()
