@@ -255,6 +255,7 @@ from diffusers_layerprune.distill import (
     task_target,
     write_checkpoint_record,
 )
+from diffusers_layerprune.adapters.lora import read_trained_lora_state, save_trained_lora
 from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.modeling import (
@@ -706,8 +707,8 @@ def main(argv=None) -> None:
         final.eval()
         if ema is not None:  # the averaged weights are the model
             ema.copy_to(final.parameters())
-        if args.use_lora:
-            final.save_lora_adapter(str(output_dir / "lora"))
+        if args.use_lora:  # the format the family's stock loader reads (adapters/lora.py)
+            save_trained_lora(final, output_dir / "lora")
             final.fuse_lora()
             final.unload_lora()
             if masks is not None:  # the merged LoRA update is dense: keep the pruned weights at zero
@@ -802,7 +803,8 @@ def _local_record(args) -> dict:
 # Checkpoints: accelerate's state, with the student saved as a loadable transformer folder
 # ----------------------------------------------------------------------------------------------------------------
 
-LORA_STATE = "adapter_model.safetensors"
+LORA_STATE = "adapter_model.safetensors"  # a checkpoint's transformer_lora/ of earlier versions
+LORA_FOLDER = "lora"  # a checkpoint's LoRA, as the family's stock loader reads it
 
 
 def transformer_state_dict(model) -> dict[str, torch.Tensor]:
@@ -845,21 +847,16 @@ def save_transformer_folder(model, folder: Path) -> None:
 
 def register_checkpoint_hooks(accelerator, model, ema, *, use_lora: bool) -> None:
     """``save_state`` writes the student as ``transformer/`` (a transformer folder; LoRA merged), the trainable LoRA
-    weights as ``transformer_lora/`` and the EMA as ``transformer_ema/`` (diffusers' EMAModel folder);
-    ``load_state`` reads them back. Checkpoints of earlier versions (accelerate's ``model.safetensors``) still
-    load."""
+    as ``lora/`` (what the family's stock loader reads: ``pipe.load_lora_weights(checkpoint / "lora")``, PixArt's
+    a peft folder) and the EMA as ``transformer_ema/`` (diffusers' EMAModel folder); ``load_state`` reads them back.
+    Checkpoints of earlier versions (``transformer_lora/``; accelerate's ``model.safetensors``) still load."""
 
     def save_model_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             folder = Path(output_dir)
             save_transformer_folder(model, folder / "transformer")
             if use_lora:
-                from peft.utils import get_peft_model_state_dict
-                from safetensors.torch import save_file
-
-                (folder / "transformer_lora").mkdir(exist_ok=True)
-                lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-                save_file(lora, str(folder / "transformer_lora" / LORA_STATE))
+                save_trained_lora(model, folder / LORA_FOLDER)
             if ema is not None:
                 ema.save_pretrained(str(folder / "transformer_ema"))
         while weights:  # saved above: accelerate must not write them again
@@ -876,7 +873,11 @@ def register_checkpoint_hooks(accelerator, model, ema, *, use_lora: bool) -> Non
             if use_lora:
                 from peft.utils import set_peft_model_state_dict
 
-                set_peft_model_state_dict(target, load_file(str(folder / "transformer_lora" / LORA_STATE)))
+                if (folder / LORA_FOLDER).is_dir():
+                    state = read_trained_lora_state(folder / LORA_FOLDER)
+                else:
+                    state = load_file(str(folder / "transformer_lora" / LORA_STATE))
+                set_peft_model_state_dict(target, state)
             else:
                 state = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
                 target.load_state_dict(state, strict=True)

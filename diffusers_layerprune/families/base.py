@@ -88,6 +88,12 @@ class ModelFamily:
         defaults: sampler settings, prompt sets, scorers and dtype a real checkpoint of the family is used with.
         hub_ids: known checkpoints (documentation and ``source_model`` tags).
         references: citation keys of the family's papers (model cards).
+        lora_format: how stock tools read a LoRA of the family: ``diffusers`` (the pipeline's ``load_lora_weights``
+            reads ``pytorch_lora_weights.safetensors`` with ``transformer.``-prefixed keys, as
+            ``pipeline_classes[0].save_lora_weights`` writes it) or ``peft`` (diffusers has no loader: a folder that
+            ``peft.PeftModel.from_pretrained(pipe.transformer, folder)`` reads).
+        adapt_lora: ``(state, source_config, kept_by_stack) -> state``: :attr:`adapt_state` for LoRA weights (peft keys
+            ``<module>.lora_A.weight``, already renumbered), when a block changes structure by its new position.
     """
 
     name: str
@@ -113,6 +119,8 @@ class ModelFamily:
     defaults: dict = field(default_factory=dict)
     hub_ids: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
+    lora_format: str = "diffusers"
+    adapt_lora: Callable[..., dict] | None = None
 
     # -- block numbering ------------------------------------------------------------------------------------------
 
