@@ -175,6 +175,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rank", type=positive_int, default=16)
     g.add_argument("--lora_alpha", type=positive_float, default=None, help="default: equal to --rank")
     g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+    g.add_argument(
+        "--init_lora",
+        default=None,
+        metavar="LORA",
+        help="start the student's LoRA from this one (file, folder or Hub id; e.g. layerprune adapt-lora's output), "
+        "with its rank, alpha and target modules (--rank, --lora_alpha, --lora_target_modules are not used); "
+        "implies --use_lora",
+    )
+    g.add_argument(
+        "--teacher_lora",
+        default=None,
+        metavar="LORA",
+        help="fuse this LoRA of the teacher (the parent's LoRA: file, folder or Hub id; its transformer part) into "
+        "the teacher before distilling: with --init_lora, recovers the LoRA's effect on the pruned model",
+    )
 
     g = p.add_argument_group("checkpoints, validation, logging, Hub")
     g.add_argument("--checkpointing_steps", type=positive_int, default=500)
@@ -213,6 +228,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--push_to_hub needs --hub_model_id user/name")
     if args.lora_alpha is None:
         args.lora_alpha = float(args.rank)
+    if args.init_lora:
+        args.use_lora = True
     return args
 
 
@@ -229,6 +246,14 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_layerprune import LayerPruneError
+from diffusers_layerprune.adapters.lora import (
+    fuse_lora_into,
+    read_lora,
+    read_trained_lora_state,
+    resolve_lora_source,
+    save_trained_lora,
+    start_from_lora,
+)
 from diffusers_layerprune.data import (
     CacheCollator,
     default_cache_dir,
@@ -255,7 +280,6 @@ from diffusers_layerprune.distill import (
     task_target,
     write_checkpoint_record,
 )
-from diffusers_layerprune.adapters.lora import read_trained_lora_state, save_trained_lora
 from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.modeling import (
@@ -279,9 +303,12 @@ logger = get_logger(__name__)
 
 def build_dataset(args, pipe, defaults, cache_dir, accelerator):
     """The cached (prompt, prompt_embeds, prompt_attention_mask, latents) dataset; built by the main process."""
+    model_id = str(args.teacher_model)
+    if getattr(args, "teacher_lora_record", None):  # the teacher's latents depend on the LoRA fused into it
+        model_id += f"+lora:{args.teacher_lora_record['sha256']}"
     common = dict(
         cache_dir=cache_dir,
-        model_id=str(args.teacher_model),
+        model_id=model_id,
         resolution=args.resolution,
         max_sequence_length=args.max_sequence_length,
         cache_dtype=args.cache_dtype,
@@ -411,6 +438,14 @@ def main(argv=None) -> None:
         overwrite=args.overwrite_output_dir,
         resume=bool(args.resume_from_checkpoint),
     )
+    # LoRAs to start from / fuse into the teacher: read (and checked against the family) before anything is written
+    init_lora = teacher_lora = None
+    if args.init_lora:
+        path, _ = resolve_lora_source(args.init_lora)
+        init_lora = read_lora(family, path)
+    if args.teacher_lora:
+        path, args.teacher_lora_record = resolve_lora_source(args.teacher_lora)
+        teacher_lora = read_lora(family, path)
     lora_targets = [m.strip() for m in args.lora_target_modules.split(",")]
     identity = checkpoint_identity(
         student_cfg,
@@ -445,6 +480,8 @@ def main(argv=None) -> None:
 
     # 2. Teacher pipeline, generation defaults, data (main process first; the others read its cache).
     teacher = load_pipeline(args.teacher_model, torch_dtype=weight_dtype, revision=args.revision, variant=args.variant)
+    if teacher_lora is not None:  # the teacher is the parent with its LoRA fused
+        fuse_lora_into(teacher.transformer, teacher_lora, f"--teacher_lora {args.teacher_lora}")
     teacher.to(accelerator.device)
     teacher.set_progress_bar_config(disable=True)
     defaults = generation_defaults(args.teacher_model, teacher)
@@ -487,7 +524,10 @@ def main(argv=None) -> None:
         logger.info(f"keeping {masks.num_pruned():,d} pruned weights at zero (sparsity.json)", main_process_only=True)
     teacher_tf = teacher.transformer.requires_grad_(False).eval()
     pairs = block_pairs(student, teacher_tf)
-    if args.use_lora:
+    if init_lora is not None:
+        student.requires_grad_(False)
+        start_from_lora(student, init_lora, f"--init_lora {args.init_lora}")
+    elif args.use_lora:
         from peft import LoraConfig
 
         student.requires_grad_(False)

@@ -28,6 +28,7 @@ def add_lora_parsers(subparsers) -> None:
     adapt.add_argument("--output", required=True, metavar="OUT", help="new folder for the adapted LoRA")
     adapt.add_argument("--revision", default=None, help="Hub revision of LORA")
     adapt.add_argument("--weight-name", default=None, metavar="NAME", help="the weight file in a LoRA folder or repo")
+    adapt.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder layerprune wrote")
     adapt.set_defaults(func=cmd_adapt_lora)
 
     convert = subparsers.add_parser(
@@ -45,6 +46,7 @@ def add_lora_parsers(subparsers) -> None:
         metavar="FOLDER",
         help="the pruned model the LoRA was trained on (default: the training output around OLD)",
     )
+    convert.add_argument("--overwrite", action="store_true", help="replace a NEW folder layerprune wrote")
     convert.set_defaults(func=cmd_convert_lora)
 
 
@@ -52,7 +54,13 @@ def cmd_adapt_lora(args: argparse.Namespace) -> int:
     from .lora import adapt_lora_to_folder
 
     adapt_lora_to_folder(
-        args.lora, args.pruned, args.output, revision=args.revision, weight_name=args.weight_name, log=print
+        args.lora,
+        args.pruned,
+        args.output,
+        revision=args.revision,
+        weight_name=args.weight_name,
+        overwrite=args.overwrite,
+        log=print,
     )
     print(f"saved: {args.output}")
     return 0
@@ -61,6 +69,6 @@ def cmd_adapt_lora(args: argparse.Namespace) -> int:
 def cmd_convert_lora(args: argparse.Namespace) -> int:
     from .lora import convert_old_lora
 
-    convert_old_lora(args.old, args.output, model=args.model)
+    convert_old_lora(args.old, args.output, model=args.model, overwrite=args.overwrite)
     print(f"saved: {args.output}")
     return 0

@@ -542,6 +542,7 @@ def adapt_lora_to_folder(
     *,
     revision: str | None = None,
     weight_name: str | None = None,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> AdaptReport:
     """``layerprune adapt-lora``: read the parent's LoRA ``source``, renumber it to the blocks ``pruned`` kept and
@@ -553,7 +554,7 @@ def adapt_lora_to_folder(
     from ..provenance import local_inputs, public_name
 
     inputs = local_inputs(source, pruned)
-    check_output_dir(output, inputs=inputs)
+    check_output_dir(output, overwrite=overwrite, inputs=inputs)
     config = read_transformer_config(pruned)
     if config is None or config.get("kept_layers") is None:
         raise LayerPruneError(
@@ -574,12 +575,12 @@ def adapt_lora_to_folder(
         "kept_layers": list(config["kept_layers"]),
         **report.to_dict(),
     }
-    with atomic_output_dir(output, inputs=inputs, kind="lora") as tmp:
+    with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, kind="lora") as tmp:
         write_lora(family, adapted, tmp)
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     if log is not None:
         log(
-            f"LoRA layers kept: {report.layers_kept}, dropped (in removed blocks): {report.layers_dropped}; "
+            f"LoRA layers kept: {report.layers_kept}, dropped with the removed blocks: {report.layers_dropped}; "
             f"{report.removed_share:.1%} of the LoRA's weight-change norm (sum of ||scale*B@A||_F) was in removed blocks"
         )
     return report
@@ -590,7 +591,9 @@ def adapt_lora_to_folder(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def convert_old_lora(old: str | os.PathLike, output: str | os.PathLike, *, model: str | None = None) -> Path:
+def convert_old_lora(
+    old: str | os.PathLike, output: str | os.PathLike, *, model: str | None = None, overwrite: bool = False
+) -> Path:
     """Rewrite a LoRA folder written by an earlier ``train_distill --use_lora`` (``lora/`` with unprefixed keys, or a
     checkpoint's ``transformer_lora/``) as the family's stock tools read it. The family comes from ``model`` or the
     training output around ``old``."""
@@ -601,7 +604,7 @@ def convert_old_lora(old: str | os.PathLike, output: str | os.PathLike, *, model
     from ..outputs import atomic_output_dir, check_output_dir
 
     old = Path(old).expanduser()
-    check_output_dir(output, inputs=[str(old)])
+    check_output_dir(output, overwrite=overwrite, inputs=[str(old)])
     if not old.is_dir():
         raise LayerPruneError(f"{old} is not a LoRA folder")
     where = model or str(old.parent)
@@ -631,6 +634,67 @@ def convert_old_lora(old: str | os.PathLike, output: str | os.PathLike, *, model
         raise LayerPruneError(f"{old} holds no LoRA of an earlier train_distill ({LORA_WEIGHT_NAME} or checkpoint)")
     if not lora.state:
         raise LayerPruneError(f"{old} holds no transformer LoRA weights")
-    with atomic_output_dir(output, inputs=[str(old)], kind="lora") as tmp:
+    with atomic_output_dir(output, overwrite=overwrite, inputs=[str(old)], kind="lora") as tmp:
         write_lora(family, lora, tmp)
     return Path(output)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recovery training: a student starting from an adapted LoRA, a teacher with its LoRA fused
+# ----------------------------------------------------------------------------------------------------------------
+
+FUSED_ADAPTER = "layerprune_fused"
+
+
+def load_lora_for(model, source: str, *, revision: str | None = None) -> tuple[LoraWeights, dict]:
+    """Read ``source`` (file, folder or Hub id) as a LoRA of ``model``'s family; returns it and its source record."""
+    from ..families import family_of
+
+    family = family_of(model)
+    path, record = resolve_lora_source(source, revision=revision)
+    return read_lora(family, path), record
+
+
+def _inject(model, lora: LoraWeights, adapter_name: str, where: str) -> None:
+    """Add ``lora`` to ``model`` as adapter ``adapter_name`` with its weights; refuses weights that match nothing.
+    Models with diffusers' ``PeftAdapterMixin`` get it through ``add_adapter`` (which also records its config)."""
+    from peft import inject_adapter_in_model
+    from peft.utils import set_peft_model_state_dict
+
+    if not lora.state:
+        raise LayerPruneError(f"{where} holds no transformer LoRA weights")
+    config = lora.lora_config()
+    try:
+        if hasattr(model, "add_adapter"):
+            model.add_adapter(config, adapter_name=adapter_name)
+        else:
+            inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    except ValueError as error:  # peft: "Target modules ... not found in the base model"
+        raise LayerPruneError(f"{where} does not fit this model: {str(error).splitlines()[0]}") from error
+    result = set_peft_model_state_dict(model, lora.state, adapter_name=adapter_name)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise LayerPruneError(f"{where}: {len(unexpected)} LoRA weights match no layer of the model ({unexpected[0]})")
+
+
+def fuse_lora_into(model, lora: LoraWeights, where: str = "the LoRA") -> None:
+    """Merge ``lora`` into ``model``'s weights (``W += scale * B @ A``) and leave plain modules behind, as
+    ``pipe.fuse_lora(); pipe.unload_lora_weights()`` does (the teacher of ``train_distill --teacher_lora``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    _inject(model, lora, FUSED_ADAPTER, where)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                child.merge(adapter_names=[FUSED_ADAPTER])
+                setattr(module, child_name, child.get_base_layer())
+    if getattr(model, "peft_config", None) is not None:
+        model.peft_config.pop(FUSED_ADAPTER, None)
+        if not model.peft_config and hasattr(model, "_hf_peft_config_loaded"):
+            model._hf_peft_config_loaded = False
+
+
+def start_from_lora(model, lora: LoraWeights, where: str = "the LoRA", adapter_name: str = "default") -> None:
+    """Add ``lora`` to ``model`` (a pruned transformer) as the trainable adapter ``adapter_name``
+    (``train_distill --init_lora``): its rank, alpha and target modules come from the LoRA."""
+    _inject(model, lora, adapter_name, where)
