@@ -153,16 +153,25 @@ def old_format(ws):
         student.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["to_q", "to_v"]))
         student.save_lora_adapter(str(work / "old_run" / "lora"))
         out = work / "converted"
-        assert (
-            cli(
-                ["convert-lora", str(work / "old_run" / "lora"), "--model", str(work / "student"), "--output", str(out)]
-            )
-            == 0
-        )
+        model = ["--model", str(work / "student")]
+        assert cli(["convert-lora", str(work / "old_run" / "lora"), *model, "--output", str(out)]) == 0
+        # an earlier checkpoint: transformer_lora/ without metadata, rank and alpha in the checkpoint record
+        from peft.utils import get_peft_model_state_dict
+
+        checkpoint = work / "old_run" / "checkpoint-1"
+        (checkpoint / "transformer_lora").mkdir(parents=True)
+        state = {k: v.contiguous() for k, v in get_peft_model_state_dict(student).items()}
+        save_file(state, str(checkpoint / "transformer_lora" / "adapter_model.safetensors"))
+        record = {"step": 1, "lora": {"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_v"]}}
+        (checkpoint / "layerprune_checkpoint.json").write_text(json.dumps(record))
+        old = str(checkpoint / "transformer_lora")
+        assert cli(["convert-lora", old, *model, "--output", str(work / "converted_ckpt")]) == 0
         student.fuse_lora()
         student.unload_lora()
         pipe.transformer = student
-        runs[family] = dict(out=out, expected=pipe(PROMPT, **tiny_call_kwargs(pipe)).images.numpy())
+        runs[family] = dict(
+            out=out, checkpoint=work / "converted_ckpt", expected=pipe(PROMPT, **tiny_call_kwargs(pipe)).images.numpy()
+        )
     return runs
 
 
@@ -196,6 +205,7 @@ def stock(ws, trained, adapted, old_format):
         job(f"{family}-adapted-{metadata}", ws / family / "student", family, run["out"])
     for family, run in old_format.items():
         job(f"{family}-converted", ws / family / "student", family, run["out"])
+        job(f"{family}-converted-checkpoint", ws / family / "student", family, run["checkpoint"])
     (ws / "jobs.json").write_text(json.dumps(jobs))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
@@ -253,9 +263,10 @@ def test_adapted_parent_lora_equals_fusing_then_pruning(case, adapted, stock):
 
 @pytest.mark.parametrize("family", ["pixart", "sana"])
 def test_lora_of_an_earlier_version_converts_with_one_command(family, old_format, stock):
-    images, adapters = stock[f"{family}-converted"]
-    assert adapters
-    np.testing.assert_allclose(images, old_format[family]["expected"], atol=1e-4, rtol=0)
+    for name in (f"{family}-converted", f"{family}-converted-checkpoint"):
+        images, adapters = stock[name]
+        assert adapters
+        np.testing.assert_allclose(images, old_format[family]["expected"], atol=1e-4, rtol=0)
 
 
 def _bad_lora(ws: Path, name: str, state: dict) -> Path:
@@ -337,3 +348,61 @@ def test_adapt_lora_bad_input_one_line_exit_2_nothing_written(case, ws, capsys):
         "output_inside": "inside",
     }[case]
     assert expected in err, err
+
+
+@pytest.mark.parametrize(
+    "case", [("pixart", True), ("sd3", True), ("flux", False)], ids=["pixart", "sd3", "flux-plain"]
+)
+def test_recovery_starts_where_stock_tools_start(case, ws, adapted):
+    """train_distill --teacher_lora fuses like the stock loader, and --init_lora starts the student from the adapted
+    LoRA: both give the images of the parent with the LoRA fused, then pruned."""
+    from diffusers_layerprune.adapters.lora import fuse_lora_into, read_lora, start_from_lora
+
+    family, _ = case
+    run, work = adapted[case], ws / family
+    pipe = load_pipeline(work / "teacher")
+    pipe.set_progress_bar_config(disable=True)
+    fuse_lora_into(pipe.transformer, read_lora(get_family(family), run["lora"]))
+    assert not any("lora_" in name for name, _ in pipe.transformer.named_parameters())  # plain modules again
+    pruned = prune_pipeline(pipe, pruned_layers=DROP)
+    images = pruned(PROMPT, **tiny_call_kwargs(pruned)).images.numpy()
+    assert np.abs(images - run["expected"]).max() <= 1e-4
+
+    student = load_pipeline(work / "student")
+    student.set_progress_bar_config(disable=True)
+    student.transformer = get_family(family).pruned_class().from_pretrained(work / "student", subfolder="transformer")
+    student.transformer.requires_grad_(False)  # as train_distill does before adding the adapter
+    start_from_lora(student.transformer, read_lora(get_family(family), run["out"]))
+    trainable = [n for n, p in student.transformer.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # only the LoRA trains
+    images = student(PROMPT, **tiny_call_kwargs(student)).images.numpy()
+    assert np.abs(images - run["expected"]).max() <= 1e-4
+
+
+def test_lora_toy_benchmark_small_mode_runs_end_to_end(tmp_path):
+    """benchmarks/lora_toy.py --small: parent LoRA, prune, distil, adapt-lora, recovery with --init_lora and
+    --teacher_lora, judge; the wiring only (a few steps)."""
+    from helpers import load_benchmark
+
+    result = load_benchmark("lora_toy").main(
+        [
+            "--small",
+            "--output",
+            str(tmp_path / "run"),
+            "--results",
+            str(tmp_path / "r.json"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert list(result["table"]) == [
+        "parent",
+        "parent + LoRA",
+        "pruned (distilled)",
+        "pruned + adapted LoRA",
+        "+ recovery 1 steps",
+        "+ recovery 2 steps",
+    ]
+    assert all(0 <= r["effect"] <= 1 and 0 <= r["control"] <= 1 for r in result["table"].values())
+    assert result["adapted_lora"]["layers_dropped"] > 0 and 0 < result["adapted_lora"]["removed_share"] < 1
+    assert json.loads((tmp_path / "r.json").read_text())["pruned_blocks"] == result["pruned_blocks"]

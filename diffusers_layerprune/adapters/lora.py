@@ -255,6 +255,8 @@ def read_lora(family, path: str | os.PathLike) -> LoraWeights:
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.is_dir() and not (path / PEFT_CONFIG_NAME).is_file():  # a diffusers folder: its weight file
+        path = resolve_lora_source(str(path))[0]
     try:
         if path.is_dir():  # a peft folder
             config = json.loads((path / PEFT_CONFIG_NAME).read_text())
