@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -33,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
-def run(cmd: list[str]) -> float:
+def run(cmd: list[str], threads: int) -> float:
     start = time.perf_counter()
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": str(threads)})
     return time.perf_counter() - start
 
 
@@ -152,6 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--recovery-learning-rate", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-prompts", type=int, default=48, help="held-out captions per group (effect, control)")
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=1,
+        help="torch CPU threads here and in the runs (1 is robust on a shared box)",
+    )
     p.add_argument("--small", action="store_true", help="a few steps everywhere: the wiring, in seconds (tests)")
     p.add_argument("--output", default="runs/lora_toy")
     p.add_argument("--cache-dir", default="runs/lora_toy_cache", help="teacher latents, reused by later runs")
@@ -163,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.train_prompts = 8
     train_prompts = ["--max_train_samples", str(args.train_prompts)] if getattr(args, "train_prompts", None) else []
     recovery = sorted({int(s) for s in args.recovery_steps.split(",")})
+    import torch
+
+    torch.set_num_threads(args.num_threads)
 
     out = Path(args.output)
     if out.exists():
@@ -179,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     depth = 12
     drop = sorted(random.Random(args.seed).sample(range(depth), max(1, round(args.ratio * depth))))
     timings["prune s"] = run(
-        [*cli, "prune", "--model", "toy", "--drop", ",".join(map(str, drop)), "--output", str(out / "pruned")]
+        [*cli, "prune", "--model", "toy", "--drop", ",".join(map(str, drop)), "--output", str(out / "pruned")],
+        args.num_threads,
     )
     distill = [
         py, str(ROOT / "training" / "train_distill.py"), "--teacher_model", "toy", "--train_batch_size",
@@ -188,17 +199,17 @@ def main(argv: list[str] | None = None) -> dict:
     timings["distill s"] = run(
         [*distill, "--student_model", str(out / "pruned"), "--output_dir", str(out / "distilled"),
          "--max_train_steps", str(args.distill_steps), "--checkpointing_steps", str(args.distill_steps),
-         "--learning_rate", "2e-4", "--lr_scheduler", "cosine"]
+         "--learning_rate", "2e-4", "--lr_scheduler", "cosine"], args.num_threads
     )  # fmt: skip
     timings["adapt-lora s"] = run(
-        [*cli, "adapt-lora", str(out / "parent_lora"), "--pruned", str(out / "distilled"), "--output", str(out / "adapted")]
+        [*cli, "adapt-lora", str(out / "parent_lora"), "--pruned", str(out / "distilled"), "--output", str(out / "adapted")], args.num_threads
     )  # fmt: skip
     adapted_record = json.loads((out / "adapted" / "layerprune_lora.json").read_text())
     timings["recovery s"] = run(
         [*distill, "--student_model", str(out / "distilled"), "--output_dir", str(out / "recovered"),
          "--init_lora", str(out / "adapted"), "--teacher_lora", str(out / "parent_lora"),
          "--max_train_steps", str(max(recovery)), "--checkpointing_steps", str(min(recovery)),
-         "--learning_rate", str(args.recovery_learning_rate)]
+         "--learning_rate", str(args.recovery_learning_rate)], args.num_threads
     )  # fmt: skip
 
     from diffusers_layerprune.modeling import load_pipeline, load_transformer

@@ -69,14 +69,45 @@ def trained(ws):
     return ws
 
 
-def parent_lora(work: Path, family: str, *, metadata: bool = True) -> Path:
+# The parent LoRAs adapted: every family as diffusers' writer stores it (with adapter metadata); for Flux also one
+# without metadata (the loader derives rank and alpha) and one in kohya's layout (the loader converts it).
+CASES = [(f, "meta") for f in FAMILIES] + [("flux", "plain"), ("flux", "kohya")]
+
+
+def kohya_flux_lora(work: Path, transformer) -> Path:
+    """A Flux LoRA in kohya's layout (``lora_unet_double_blocks_N_img_attn_qkv.lora_down.weight``, alpha 2, rank 4):
+    fused q/k/v and output projections of the double blocks, the output projection of the single blocks."""
+    generator = torch.Generator().manual_seed(2)
+    dim, rank, state = transformer.inner_dim, 4, {}
+
+    def add(name, fan_in, fan_out):
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, fan_in, generator=generator) * 0.1
+        state[f"{name}.lora_up.weight"] = torch.randn(fan_out, rank, generator=generator) * 0.1
+        state[f"{name}.alpha"] = torch.tensor(2.0)
+
+    for i in range(transformer.config.num_layers):
+        add(f"lora_unet_double_blocks_{i}_img_attn_qkv", dim, 3 * dim)
+        add(f"lora_unet_double_blocks_{i}_img_attn_proj", dim, dim)
+    for i, block in enumerate(transformer.single_transformer_blocks):
+        add(f"lora_unet_single_blocks_{i}_linear2", block.proj_out.in_features, dim)
+    folder = work / "parent_lora_kohya"
+    folder.mkdir()
+    save_file(state, str(folder / "my_style.safetensors"))
+    return folder
+
+
+def parent_lora(work: Path, family: str, variant: str = "meta") -> Path:
     """A LoRA of the family's teacher (rank 4, alpha 8, random A and B), written by the stock writer users have:
-    ``Pipeline.save_lora_weights`` (a peft folder for PixArt)."""
+    ``Pipeline.save_lora_weights`` (a peft folder for PixArt); ``variant`` ``plain``: without adapter metadata,
+    ``kohya``: :func:`kohya_flux_lora`."""
     import diffusers
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
     pipe = load_pipeline(work / "teacher")
+    if variant == "kohya":
+        return kohya_flux_lora(work, pipe.transformer)
+    metadata = variant == "meta"
     targets = TARGETS + (SD3_TARGETS if family == "sd3" else [])
     config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets)
     model = inject_adapter_in_model(config, pipe.transformer)
@@ -121,18 +152,17 @@ def fused_then_pruned(work: Path, family: str, lora: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def adapted(ws):
-    """adapt-lora of a parent LoRA per family (Flux also one without adapter metadata), with its reference."""
+    """adapt-lora of each parent LoRA of CASES, with its reference."""
     runs = {}
-    cases = [(f, True) for f in FAMILIES] + [("flux", False)]
-    for family, metadata in cases:
+    for family, variant in CASES:
         work = ws / family
-        lora = parent_lora(work, family, metadata=metadata)
+        lora = parent_lora(work, family, variant)
         out = work / f"adapted-{lora.name}"
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             code = cli(["adapt-lora", str(lora), "--pruned", str(work / "student"), "--output", str(out)])
         assert code == 0
-        runs[(family, metadata)] = dict(
+        runs[(family, variant)] = dict(
             lora=lora, out=out, printed=printed.getvalue(), expected=fused_then_pruned(work, family, lora)
         )
     return runs
@@ -201,8 +231,8 @@ def stock(ws, trained, adapted, old_format):
         job(f"{family}-merged", work / "kd", family)
         job(f"{family}-own", work / "student", family, work / "kd" / "lora")
         job(f"{family}-checkpoint", work / "student", family, work / "kd" / "checkpoint-2" / "lora")
-    for (family, metadata), run in adapted.items():
-        job(f"{family}-adapted-{metadata}", ws / family / "student", family, run["out"])
+    for (family, variant), run in adapted.items():
+        job(f"{family}-adapted-{variant}", ws / family / "student", family, run["out"])
     for family, run in old_format.items():
         job(f"{family}-converted", ws / family / "student", family, run["out"])
         job(f"{family}-converted-checkpoint", ws / family / "student", family, run["checkpoint"])
@@ -242,17 +272,15 @@ def test_own_lora_loads_with_the_stock_loader_and_matches_the_merged_student(fam
     assert np.abs(own - plain).max() > 1e-3  # and the LoRA does change the images
 
 
-@pytest.mark.parametrize(
-    "case", [(f, True) for f in FAMILIES] + [("flux", False)], ids=lambda c: f"{c[0]}-{'meta' if c[1] else 'plain'}"
-)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(c))
 def test_adapted_parent_lora_equals_fusing_then_pruning(case, adapted, stock):
-    family, metadata = case
+    family, variant = case
     run = adapted[case]
-    images, adapters = stock[f"{family}-adapted-{metadata}"]
+    images, adapters = stock[f"{family}-adapted-{variant}"]
     assert adapters
     assert np.abs(images - run["expected"]).max() <= 1e-4
     record = json.loads((run["out"] / "layerprune_lora.json").read_text())
-    weights = run["lora"] / ("adapter_model.safetensors" if family == "pixart" else "pytorch_lora_weights.safetensors")
+    (weights,) = [p for p in run["lora"].glob("*.safetensors")]
     assert record["source_lora"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert record["kept_layers"] == [0, 2, 3, 4] and 0 < record["removed_share"] < 1
     assert record["layers_dropped"] > 0 and record["layers_kept"] > 0
@@ -351,7 +379,7 @@ def test_adapt_lora_bad_input_one_line_exit_2_nothing_written(case, ws, capsys):
 
 
 @pytest.mark.parametrize(
-    "case", [("pixart", True), ("sd3", True), ("flux", False)], ids=["pixart", "sd3", "flux-plain"]
+    "case", [("pixart", "meta"), ("sd3", "meta"), ("flux", "plain"), ("flux", "kohya")], ids=lambda c: "-".join(c)
 )
 def test_recovery_starts_where_stock_tools_start(case, ws, adapted):
     """train_distill --teacher_lora fuses like the stock loader, and --init_lora starts the student from the adapted

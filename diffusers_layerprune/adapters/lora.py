@@ -121,6 +121,12 @@ def _json_ready(config: Mapping) -> dict:
     return out
 
 
+def _own(tensor):
+    """A CPU copy with its own storage: converted layouts share one ``lora_A`` between q, k and v, which safetensors
+    refuses to write."""
+    return tensor.detach().to("cpu", copy=True).contiguous()
+
+
 def write_lora(family, lora: LoraWeights, folder: str | os.PathLike) -> list[str]:
     """Write ``lora`` into the existing ``folder`` in the format stock tools read for ``family``; returns the file
     names written."""
@@ -137,7 +143,7 @@ def write_lora(family, lora: LoraWeights, folder: str | os.PathLike) -> list[str
         config.base_model_name_or_path = None  # never a local path in a file that may be uploaded
         config.inference_mode = True
         config.save_pretrained(str(folder))
-        state = {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in lora.state.items()}
+        state = {PEFT_PREFIX + k: _own(v) for k, v in lora.state.items()}
         save_file(state, str(folder / PEFT_WEIGHT_NAME), metadata={"format": "pt"})
         return [PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME]
     if family.lora_format != "diffusers":
@@ -147,9 +153,9 @@ def write_lora(family, lora: LoraWeights, folder: str | os.PathLike) -> list[str
 
     # The writer Pipeline.save_lora_weights ends in, given the prefixed keys and metadata it would build: files of
     # other components and per-layer alphas go through unchanged.
-    state = {f"{TRANSFORMER}.{k}": v.detach().cpu().contiguous() for k, v in lora.state.items()}
+    state = {f"{TRANSFORMER}.{k}": _own(v) for k, v in lora.state.items()}
     state.update({f"{TRANSFORMER}.{k}": torch.tensor(float(v)) for k, v in lora.alphas.items()})
-    state.update({k: v.detach().cpu().contiguous() for k, v in lora.other.items()})
+    state.update({k: _own(v) for k, v in lora.other.items()})
     metadata = {f"{TRANSFORMER}.{k}": v for k, v in _json_ready(lora.config or {}).items()}
     metadata.update(lora.other_metadata)
     LoraBaseMixin.write_lora_layers(
