@@ -434,3 +434,14 @@ def test_lora_toy_benchmark_small_mode_runs_end_to_end(tmp_path):
     assert all(0 <= r["effect"] <= 1 and 0 <= r["control"] <= 1 for r in result["table"].values())
     assert result["adapted_lora"]["layers_dropped"] > 0 and 0 < result["adapted_lora"]["removed_share"] < 1
     assert json.loads((tmp_path / "r.json").read_text())["pruned_blocks"] == result["pruned_blocks"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_card_shows_how_to_load_the_lora_alone(family, trained):
+    from diffusers_layerprune.hub import render_model_card
+
+    text = render_model_card(trained / family / "kd", "me/pruned-lora")
+    if get_family(family).lora_format == "peft":
+        assert 'peft.PeftModel.from_pretrained(pipe.transformer, "me/pruned-lora", subfolder="lora")' in text
+    else:
+        assert 'pipe.load_lora_weights("me/pruned-lora", subfolder="lora")' in text
