@@ -301,6 +301,13 @@ def _render_model_card(
             + (f"; the weights are an EMA of the trained ones (decay {distill.ema_decay})" if distill.use_ema else ""),
             f"data: `{public_name(distill.data)}` ({distill.train_samples} samples)",
         ]
+        if distill.lora:  # the adapter alone, for the undistilled pruned model (these weights already hold it)
+            load = (
+                f'peft.PeftModel.from_pretrained(pipe.transformer, "{repo_id}", subfolder="lora")'
+                if family.lora_format == "peft"
+                else f'pipe.load_lora_weights("{repo_id}", subfolder="lora")'
+            )
+            distill_lines.append(f"the LoRA alone is in `lora/` (already merged here); on the pruned model: `{load}`")
         cites.append("bk-sdm")
         if w.feature_loss == "normalized":
             cites.append("output_loss")

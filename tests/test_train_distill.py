@@ -86,16 +86,15 @@ def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
 def test_lora_distillation_saves_merged_model_and_adapter_with_alpha(work):
     out = work / "lora"
     run_train_distill(base_args(work, out) + ["--use_lora", "--rank", 4, "--lora_alpha", 8, "--report_to", "none"])
-    adapter = out / "lora" / "pytorch_lora_weights.safetensors"
-    from safetensors import safe_open
-
-    with safe_open(adapter, "pt") as f:
-        meta = json.loads(f.metadata()["lora_adapter_metadata"])
-    assert meta["lora_alpha"] == 8 and meta["r"] == 4
+    # PixArt has no diffusers LoRA loader: the adapter is a peft folder (test_lora.py loads every family's stock)
+    config = json.loads((out / "lora" / "adapter_config.json").read_text())
+    assert config["lora_alpha"] == 8 and config["r"] == 4
 
     merged = PrunedPixArtTransformer.from_pretrained(out, subfolder="transformer")
+    from peft import PeftModel
+
     base = PrunedPixArtTransformer.from_pretrained(work / "student", subfolder="transformer")
-    base.load_lora_adapter(out / "lora", weight_name=adapter.name, use_safetensors=True, prefix=None)
+    PeftModel.from_pretrained(base, out / "lora")  # injects the adapter into base
     assert any("lora" in n for n, _ in base.named_parameters())
     g = torch.Generator().manual_seed(0)
     inputs = dict(

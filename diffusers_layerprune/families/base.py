@@ -91,6 +91,12 @@ class ModelFamily:
             input (Flux.1-dev); latency benchmarks time this batch.
         hub_ids: known checkpoints (documentation and ``source_model`` tags).
         references: citation keys of the family's papers (model cards).
+        lora_format: how stock tools read a LoRA of the family: ``diffusers`` (the pipeline's ``load_lora_weights``
+            reads ``pytorch_lora_weights.safetensors`` with ``transformer.``-prefixed keys, as
+            ``pipeline_classes[0].save_lora_weights`` writes it) or ``peft`` (diffusers has no loader: a folder that
+            ``peft.PeftModel.from_pretrained(pipe.transformer, folder)`` reads).
+        adapt_lora: ``(state, source_config, kept_by_stack) -> state``: :attr:`adapt_state` for LoRA weights (peft keys
+            ``<module>.lora_A.weight``, already renumbered), when a block changes structure by its new position.
     """
 
     name: str
@@ -117,6 +123,8 @@ class ModelFamily:
     step_batch: int = 2
     hub_ids: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
+    lora_format: str = "diffusers"
+    adapt_lora: Callable[..., dict] | None = None
 
     # -- block numbering ------------------------------------------------------------------------------------------
 

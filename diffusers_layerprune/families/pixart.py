@@ -125,4 +125,5 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",),
     references=("pixart-sigma",),
+    lora_format="peft",  # diffusers 0.42 has no PixArt LoRA loader
 )
