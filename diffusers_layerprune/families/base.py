@@ -47,6 +47,47 @@ class BlockStack:
     hidden_input_name: str = "hidden_states"
 
 
+@dataclass(frozen=True)
+class ControlNetStack:
+    """One list of a ControlNet's blocks: each block's image hidden states, through its own output projection, give
+    one residual ("sample") for the transformer stack at the same position in :attr:`ModelFamily.stacks`.
+
+    Attributes:
+        blocks: attribute (and state-dict prefix) of the ControlNet's transformer blocks (``transformer_blocks``).
+        projections: attribute of the per-block output projections (``controlnet_blocks``); sample ``k`` is
+            ``projections[k](hidden states after blocks[k])``.
+        depth_key: ControlNet config key holding the number of blocks (``num_layers``).
+    """
+
+    blocks: str
+    projections: str
+    depth_key: str
+
+
+@dataclass(frozen=True)
+class ControlNetLayout:
+    """How a family's stock ControlNet feeds residuals to the transformer's blocks (diffusers' own arithmetic).
+
+    Attributes:
+        model_class: the stock ControlNet class name (``FluxControlNetModel``).
+        pipeline_class: the stock pipeline that runs it (``FluxControlNetPipeline``).
+        stacks: one :class:`ControlNetStack` per transformer stack, in the same order.
+        sample_read: ``(stack, block, blocks, samples, controlnet_config) -> int | None``: which of ``samples``
+            residuals the transformer adds after its block ``block`` of ``blocks`` in stack ``stack``, exactly as the
+            stock forward and pipeline compute it, or ``None`` when that block receives none.
+        identity_gates: ``{parameter path inside a block: {number of chunks: gate chunks}}``: the rows of a block's
+            modulation ``Linear`` that gate every residual branch; zeroed, the block returns its inputs unchanged.
+        indexed_keys: ControlNet config keys that list block indices (renumbered when blocks move).
+    """
+
+    model_class: str
+    pipeline_class: str
+    stacks: tuple[ControlNetStack, ...]
+    sample_read: Callable[[int, int, int, int, Mapping], int | None]
+    identity_gates: Mapping[str, Mapping[int, tuple[int, ...]]]
+    indexed_keys: tuple[str, ...] = ()
+
+
 # Kept for callers of the one-stack API (``blocks.block_layout(model).attr``).
 BlockLayout = BlockStack
 
@@ -97,6 +138,7 @@ class ModelFamily:
             ``peft.PeftModel.from_pretrained(pipe.transformer, folder)`` reads).
         adapt_lora: ``(state, source_config, kept_by_stack) -> state``: :attr:`adapt_state` for LoRA weights (peft keys
             ``<module>.lora_A.weight``, already renumbered), when a block changes structure by its new position.
+        controlnet: how the family's stock ControlNet adds residuals to the blocks (``None``: diffusers has none).
     """
 
     name: str
@@ -125,6 +167,7 @@ class ModelFamily:
     references: tuple[str, ...] = ()
     lora_format: str = "diffusers"
     adapt_lora: Callable[..., dict] | None = None
+    controlnet: ControlNetLayout | None = None
 
     # -- block numbering ------------------------------------------------------------------------------------------
 

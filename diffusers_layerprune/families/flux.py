@@ -9,13 +9,15 @@ Black Forest Labs, FLUX.1 (2024); the MMDiT double-stream design is Esser et al.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, pooled_random_text, second_tensor
+from .base import BlockStack, ControlNetLayout, ControlNetStack, ModelFamily, pooled_random_text, second_tensor
 
 GUIDANCE = 3.5  # FluxPipeline's default distilled guidance for Flux.1-dev
 
@@ -79,6 +81,31 @@ def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> di
         width=resolution,
         max_sequence_length=max_sequence_length,
     )
+
+
+def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int:
+    """The residual ``FluxTransformer2DModel.forward`` adds after block ``block`` of a stack of ``blocks``: sample
+    ``block // ceil(blocks / samples)``, or for the double stack ``block % samples`` when ``FluxControlNetPipeline``
+    passes ``controlnet_blocks_repeat`` (a ControlNet with an ``input_hint_block``: XLabs' layout)."""
+    if stack == 0 and controlnet_config.get("conditioning_embedding_channels") is not None:
+        return block % samples
+    return block // int(math.ceil(blocks / samples))  # the float division and ceil of the stock forward
+
+
+CONTROLNET = ControlNetLayout(
+    model_class="FluxControlNetModel",
+    pipeline_class="FluxControlNetPipeline",
+    stacks=(
+        ControlNetStack(blocks="transformer_blocks", projections="controlnet_blocks", depth_key="num_layers"),
+        ControlNetStack(
+            blocks="single_transformer_blocks", projections="controlnet_single_blocks", depth_key="num_single_layers"
+        ),
+    ),
+    sample_read=controlnet_sample,
+    # AdaLayerNormZero chunks shift, scale, gate, shift_mlp, scale_mlp, gate_mlp (double blocks, both streams);
+    # AdaLayerNormZeroSingle chunks shift, scale, gate (single blocks: one gate over attention and MLP).
+    identity_gates={"norm1.linear": {6: (2, 5)}, "norm1_context.linear": {6: (2, 5)}, "norm.linear": {3: (2,)}},
+)
 
 
 class PrunedFluxTransformer(PrunedTransformerMixin, FluxTransformer2DModel):
@@ -161,4 +188,5 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
     references=("flux",),
+    controlnet=CONTROLNET,
 )

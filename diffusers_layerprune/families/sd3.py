@@ -21,7 +21,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, pooled_random_text, second_tensor
+from .base import BlockStack, ControlNetLayout, ControlNetStack, ModelFamily, pooled_random_text, second_tensor
 
 
 def forward(transformer, latents, timestep, text) -> torch.Tensor:
@@ -110,6 +110,27 @@ def adapt_lora(state, source_config, kept_by_stack) -> dict:
     return out
 
 
+def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int | None:
+    """The residual ``SD3Transformer2DModel.forward`` adds after block ``block`` of ``blocks``: sample
+    ``int(block / (blocks / samples))`` (float arithmetic, as the stock forward), none after the last block, which is
+    built ``context_pre_only``."""
+    if block == blocks - 1:
+        return None
+    return int(block / (blocks / samples))
+
+
+CONTROLNET = ControlNetLayout(
+    model_class="SD3ControlNetModel",
+    pipeline_class="StableDiffusion3ControlNetPipeline",
+    stacks=(ControlNetStack(blocks="transformer_blocks", projections="controlnet_blocks", depth_key="num_layers"),),
+    sample_read=controlnet_sample,
+    # AdaLayerNormZero chunks shift, scale, gate, shift_mlp, scale_mlp, gate_mlp; SD3.5's dual-attention
+    # SD35AdaLayerNormZeroX adds shift2, scale2, gate2. Every ControlNet joint block has a full context stream.
+    identity_gates={"norm1.linear": {6: (2, 5), 9: (2, 5, 8)}, "norm1_context.linear": {6: (2, 5)}},
+    indexed_keys=("dual_attention_layers",),
+)
+
+
 class PrunedSD3Transformer(PrunedTransformerMixin, SD3Transformer2DModel):
     """A depth-pruned ``SD3Transformer2DModel`` (SD3 and SD3.5); config keys as :class:`PrunedPixArtTransformer`.
     LoRA through the stock class's ``PeftAdapterMixin``."""
@@ -185,4 +206,5 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-3-medium-diffusers"),
     references=("sd3",),
+    controlnet=CONTROLNET,
 )
