@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,13 +55,12 @@ class StackPlan:
 
 
 def _chain(
-    required: Sequence[int | None], samples: int, need_final: bool, position: Callable[[int], int | None], length: int
+    required: Sequence[int | None], samples: int, need_final: bool, positions: Sequence[int | None], length: int
 ) -> StackPlan | None:
-    """A chain of ``length`` blocks in which the position the stock arithmetic gives kept block ``i`` holds the
-    hidden states after source block ``required[i]``, or ``None`` if there is none."""
+    """A chain of ``length`` blocks in which ``positions[i]`` (the position the stock arithmetic gives kept block
+    ``i``) holds the hidden states after source block ``required[i]``, or ``None`` if there is none."""
     constraint: dict[int, int | str] = {}
-    for i, want in enumerate(required):
-        p = position(i)
+    for want, p in zip(required, positions, strict=True):
         if p is None:
             if want is not None:
                 return None
@@ -133,15 +132,17 @@ def plan_controlnet(family, kept_layers: Sequence[int], source_depths: Sequence[
                     "parent: no rewritten ControlNet can feed it; keep that source block's successor (for SD3: "
                     "the last block) when pruning for ControlNet use (docs/controlnet.md)"
                 )
-        limit = (n + 1) * (samples + 1) + samples
-        for length in range(1, limit + 1):
-            plan = _chain(
-                required,
-                samples,
-                need_final,
-                lambda i, s=s, n=n, length=length: layout.sample_read(s, i, n, length, controlnet_config),
-                length,
-            )
+        # Longer chains spread the positions the kept blocks read (SD3) or add unread positions at the end; past
+        # (n + 1) * (samples + 1) + samples neither gives room for more, and a layout seen before fails again.
+        seen = set()
+        for length in range(1, (n + 1) * (samples + 1) + samples + 1):
+            positions = [layout.sample_read(s, i, n, length, controlnet_config) for i in range(n)]
+            last = max((p for p in positions if p is not None), default=-1)
+            key = (tuple(positions), min(length - 1 - last, samples + 1))
+            if key in seen:
+                continue
+            seen.add(key)
+            plan = _chain(required, samples, need_final, positions, length)
             if plan is not None:
                 plans[s] = plan
                 break
