@@ -1,14 +1,14 @@
 """Where a parent's ControlNet residuals land on a depth-pruned model, before and after ``layerprune adapt-controlnet``.
 
-For tiny random Flux and SD3 pipelines and ControlNets (fp32, CPU, 2 steps, 16 px): the parent is pruned with
-``prune_to_folder``; the stock ``FluxControlNetPipeline`` / ``StableDiffusion3ControlNetPipeline`` runs
+For tiny random Flux, SD3 and Sana pipelines and ControlNets (fp32, CPU, 2 steps, 16 px): the parent is pruned with
+``prune_to_folder``; the stock ``FluxControlNetPipeline`` / ``StableDiffusion3ControlNetPipeline`` / ``SanaControlNetPipeline`` runs
 
 - **reference**: the parent + its ControlNet with the removed blocks skipped, every kept block receiving the residual
   its source block receives in the full parent (``skip_blocks`` + ``residuals_as_in_parent``);
 - **stock**: the pruned folder + the unchanged ControlNet (what a user gets today);
 - **adapted**: the pruned folder + the ControlNet ``adapt_controlnet`` wrote, loaded by the stock class.
 
-It reports whether each runs, which parent sample each kept block receives (parent vs stock), the chain the adapted
+Sana's ControlNet feeds its sample k to block k + 1 (blocks beyond its depth get none). It reports whether each runs, which parent sample each kept block receives (parent vs stock), the chain the adapted
 ControlNet runs, and the max abs image difference to the reference. Cases that no exact remap covers are listed with
 the one-line refusal. Writes benchmarks/results/controlnet_routing.json.
 
@@ -39,6 +39,7 @@ from diffusers_layerprune.modeling import prune_to_folder  # noqa: E402
 from diffusers_layerprune.testing import (  # noqa: E402
     build_tiny_controlnet,
     build_tiny_flux_pipeline,
+    build_tiny_sana_pipeline,
     build_tiny_sd3_pipeline,
 )
 
@@ -79,20 +80,30 @@ CASES = [
     ),
     ("flux: the whole first double group removed (double 0-1)", build_tiny_flux_pipeline, (4, 8), (2, 3), {}, [0, 1]),
     ("sd3: the last block removed", build_tiny_sd3_pipeline, (6,), (3,), {}, [5]),
+    ("sana 6 blocks, ControlNet 3 (feeds blocks 1-3), drop 3 and 5", build_tiny_sana_pipeline, (6,), (3,), {}, [3, 5]),
+    ("sana: drop 5 only (beyond the ControlNet's blocks)", build_tiny_sana_pipeline, (6,), (3,), {}, [5]),
+    ("sana: drop 2 (inside the ControlNet's blocks)", build_tiny_sana_pipeline, (6,), (3,), {}, [2]),
+    ("sana: drop 0", build_tiny_sana_pipeline, (6,), (3,), {}, [0]),
 ]
 
+# Pixel size and extra call arguments of the tiny pipelines.
+CALLS = {"flux": (16, {}), "sd3": (16, {}), "sana": (32, {"use_resolution_binning": False, "clean_caption": False})}
 
-def generate(pipe, control) -> torch.Tensor:
+
+def generate(pipe, family: str) -> torch.Tensor:
+    size, extra = CALLS[family]
+    control = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)  # SD3's pipeline samples the control latents from the global generator
     return pipe(
         "a red circle",
         control_image=control,
         num_inference_steps=2,
-        height=16,
-        width=16,
+        height=size,
+        width=size,
         max_sequence_length=16,
         output_type="pt",
         generator=torch.Generator().manual_seed(0),
+        **extra,
     ).images
 
 
@@ -111,20 +122,24 @@ def run_case(work: Path, name, builder, args, cn_depths, cn_config, removed) -> 
     pruned_transformer = prune_to_folder(case / "parent", case / "pruned", pruned_layers=removed, dtype="float32")
     kept = list(pruned_transformer.config.kept_layers)
     depths = family.stack_depths(parent.transformer.config)
-    control = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     row = {"case": name, "family": family.name, "removed": removed, "kept": kept}
     row["routing"] = residual_routing(family, kept, depths, controlnet.config)
     row["wrong_blocks"] = [r["block"] for stack in row["routing"] for r in stack if r["parent"] != r["stock"]]
 
     with torch.no_grad():
         reference_pipe = pipe_class(**parent.components, controlnet=controlnet)
-        with skip_blocks(reference_pipe.transformer, removed), residuals_as_in_parent(controlnet, family, kept, depths):
-            reference = generate(reference_pipe, control)
+        try:
+            with skip_blocks(reference_pipe.transformer, removed):
+                with residuals_as_in_parent(controlnet, family, kept, depths):
+                    reference = generate(reference_pipe, family.name)
+        except LayerPruneError as error:  # a kept block takes a place no residual reaches (Sana's block 0)
+            reference, row["reference"] = None, str(error)
         pruned_pipe = pipe_class.from_pretrained(case / "pruned", controlnet=controlnet)
         try:
-            stock = generate(pruned_pipe, control)
+            stock = generate(pruned_pipe, family.name)
             row["stock_runs"] = True
-            row["stock_max_abs_diff"] = float((stock - reference).abs().max())
+            if reference is not None:
+                row["stock_max_abs_diff"] = float((stock - reference).abs().max())
         except Exception as error:  # what a user meets: report it, do not stop the benchmark
             row["stock_runs"] = False
             row["stock_error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
@@ -135,7 +150,7 @@ def run_case(work: Path, name, builder, args, cn_depths, cn_config, removed) -> 
             row["refused"] = str(error)
             return row
         adapted_cn = getattr(diffusers, layout.model_class).from_pretrained(case / "adapted")
-        adapted = generate(pipe_class.from_pretrained(case / "pruned", controlnet=adapted_cn), control)
+        adapted = generate(pipe_class.from_pretrained(case / "pruned", controlnet=adapted_cn), family.name)
     row["adapted"] = {
         "controlnet_blocks": [[o, p.length] for o, p in zip(result.original_depths, result.plans, strict=True)],
         "identity_blocks": [sum(p.identity) for p in result.plans],

@@ -7,6 +7,7 @@ fp32 models, 2 steps. Where no exact remap exists the command refuses in one lin
 """
 
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -59,30 +60,37 @@ def _simulate(family, plans, kept_layers, depths, config):
     return received
 
 
+# Families whose stock arithmetic reads every ControlNet position up to the last one it reads (no room to run a
+# ControlNet block whose sample no kept block reads); SD3's int(i / (n / samples)) skips positions when samples > n.
+READS_EVERY_POSITION = {"flux": True, "sana": True, "sd3": False}
+
+
 def _exact_remap_exists(family, kept_layers, depths, config) -> bool:
-    """The theory of docs/controlnet.md: a kept block the stock forward gives no residual must have had none, and the
-    samples the kept blocks read must start at 0 and never skip one (Flux reads every position; SD3 reads position
-    0 but can leave later positions unread, so there only the start matters)."""
+    """The theory of docs/controlnet.md: a kept block the stock forward gives no residual at any ControlNet depth
+    must have had none in the parent, and the samples the kept blocks read must start at 0 and, where the arithmetic
+    reads every position, never skip one."""
+    layout = family.controlnet
     for s, stack in enumerate(residual_routing(family, kept_layers, depths, config)):
         n = len(stack)
         for i, row in enumerate(stack):
-            if row["parent"] is not None and family.controlnet.sample_read(s, i, n, 1, config) is None:
+            never = all(layout.sample_read(s, i, n, k, config) is None for k in range(1, 4 * n * n + 8))
+            if row["parent"] is not None and never:
                 return False
         reads = [row["parent"] for row in stack if row["parent"] is not None]
         if reads and reads[0] != 0:
             return False
-        if family.name == "flux" and any(b - a > 1 for a, b in zip(reads, reads[1:], strict=False)):
+        if READS_EVERY_POSITION[family.name] and any(b - a > 1 for a, b in zip(reads, reads[1:], strict=False)):
             return False
     return True
 
 
-@pytest.mark.parametrize("family_name", ["flux", "sd3"])
+@pytest.mark.parametrize("family_name", ["flux", "sd3", "sana"])
 def test_plans_feed_every_kept_block_its_parent_residual(family_name):
     family = get_family(family_name)
     rng = random.Random(0)
     planned = refused = 0
     for _ in range(400):
-        depths = [rng.randint(2, 12)] if family_name == "sd3" else [rng.randint(1, 8), rng.randint(0, 12)]
+        depths = [rng.randint(1, 8), rng.randint(0, 12)] if family_name == "flux" else [rng.randint(2, 12)]
         total = sum(depths)
         kept = sorted(rng.sample(range(total), rng.randint(1, total - 1))) if total > 1 else [0]
         counts = [rng.randint(1, max(1, d)) for d in depths]
@@ -117,36 +125,47 @@ CASES = {
     # family: (pipeline builder args, ControlNet depths, ControlNet config, removed blocks)
     "flux": (dict(num_layers=4, num_single_layers=8), (2, 3), {}, [1, 8, 11]),
     "sd3": (dict(num_layers=6, dual_attention_layers=(0, 1, 2)), (3,), {"dual_attention_layers": (0, 1)}, [1]),
+    "sana": (dict(num_layers=6), (3,), {}, [3, 5]),  # blocks 1-3 read samples 0-2; block 3 removed: the tail
+}
+
+# Generation settings of the tiny pipelines: (pixel size, extra call arguments).
+CALLS = {
+    "flux": (16, {}),
+    "sd3": (16, {}),
+    "sana": (32, {"use_resolution_binning": False, "clean_caption": False}),
 }
 
 FRESH = textwrap.dedent(
     """
-    import sys, torch, diffusers
-    pruned, adapted, out, model_class, pipeline_class = sys.argv[1:6]
+    import json, sys, torch, diffusers
+    pruned, adapted, out, model_class, pipeline_class, size, extra = sys.argv[1:8]
     controlnet = getattr(diffusers, model_class).from_pretrained(adapted)
     pipe = getattr(diffusers, pipeline_class).from_pretrained(pruned, controlnet=controlnet)
-    control = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    size = int(size)
+    control = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
-    images = pipe("a red circle", control_image=control, num_inference_steps=2, height=16, width=16,
-                  max_sequence_length=16, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    images = pipe("a red circle", control_image=control, num_inference_steps=2, height=size, width=size,
+                  max_sequence_length=16, output_type="pt", generator=torch.Generator().manual_seed(0),
+                  **json.loads(extra)).images
     assert not any(name.startswith("diffusers_layerprune") for name in sys.modules)
     torch.save(images, out)
     """
 )
 
 
-def _generate(pipe):
-    control = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+def _generate(pipe, size, extra):
+    control = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)  # SD3's pipeline samples the control latents from the global generator
     return pipe(
         "a red circle",
         control_image=control,
         num_inference_steps=2,
-        height=16,
-        width=16,
+        height=size,
+        width=size,
         max_sequence_length=16,
         output_type="pt",
         generator=torch.Generator().manual_seed(0),
+        **extra,
     ).images
 
 
@@ -188,15 +207,17 @@ def test_stock_pipeline_with_adapted_controlnet_matches_parent(world, capsys):
         reference_pipe = pipe_class(**parent.components, controlnet=controlnet)
         with skip_blocks(reference_pipe.transformer, world["removed"]):
             with residuals_as_in_parent(controlnet, family, kept, depths):
-                reference = _generate(reference_pipe)
-            stock = _generate(pipe_class(**parent.components, controlnet=controlnet))  # today's silent misrouting
+                reference = _generate(reference_pipe, *CALLS[world["name"]])
+            stock = _generate(
+                pipe_class(**parent.components, controlnet=controlnet), *CALLS[world["name"]]
+            )  # today's silent misrouting
     assert (stock - reference).abs().max() > 1e-2  # the bug being fixed is there
 
     images = root / "images.pt"
     env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-c", FRESH, str(root / "pruned"), str(out), str(images), layout.model_class,
-         layout.pipeline_class],
+         layout.pipeline_class, str(CALLS[world["name"]][0]), json.dumps(CALLS[world["name"]][1])],
         cwd=root, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -124,18 +124,25 @@ def plan_controlnet(family, kept_layers: Sequence[int], source_depths: Sequence[
             continue
         need_final = any(plan.length for plan in plans[s + 1 :])
         n = len(kept[s])
+        lengths = range(1, (n + 1) * (samples + 1) + samples + 1)
         for i, want in enumerate(required):
-            if want is not None and layout.sample_read(s, i, n, 1, controlnet_config) is None:
+            if want is not None and all(layout.sample_read(s, i, n, k, controlnet_config) is None for k in lengths):
+                depth = source_depths[s]
+                needed = [
+                    b
+                    for b in range(depth)
+                    if all(layout.sample_read(s, b, depth, k, controlnet_config) is None for k in lengths)
+                ]
                 raise LayerPruneError(
-                    f"kept {kind} block {kept[s][i]} becomes the pruned model's {kind} block {i}, to which the stock "
-                    f"{family.transformer_class} adds no ControlNet residual, but it received sample {want} in the "
-                    "parent: no rewritten ControlNet can feed it; keep that source block's successor (for SD3: "
-                    "the last block) when pruning for ControlNet use (docs/controlnet.md)"
+                    f"kept {_named(kind)} {kept[s][i]} becomes the pruned model's {_named(kind)} {i}, to which the "
+                    f"stock {family.transformer_class} adds no ControlNet residual, but it received sample {want} in "
+                    f"the parent: no rewritten ControlNet can feed it; keep source {_named(kind)}(s) {needed} when "
+                    "pruning for ControlNet use (docs/controlnet.md)"
                 )
         # Longer chains spread the positions the kept blocks read (SD3) or add unread positions at the end; past
         # (n + 1) * (samples + 1) + samples neither gives room for more, and a layout seen before fails again.
         seen = set()
-        for length in range(1, (n + 1) * (samples + 1) + samples + 1):
+        for length in lengths:
             positions = [layout.sample_read(s, i, n, length, controlnet_config) for i in range(n)]
             last = max((p for p in positions if p is not None), default=-1)
             key = (tuple(positions), min(length - 1 - last, samples + 1))
@@ -153,18 +160,23 @@ def plan_controlnet(family, kept_layers: Sequence[int], source_depths: Sequence[
     return plans
 
 
+def _named(kind: str) -> str:
+    """``double block`` for a stack kind, ``block`` for one-stack families whose kind is ``block``."""
+    return kind if kind == "block" else f"{kind} block"
+
+
 def _gap_message(family, s, kept, required, depth, samples, need_final, config) -> str:
     layout, kind = family.controlnet, family.stacks[s].kind
     read = sorted({k for k in required if k is not None})
     top = samples - 1 if need_final else (read[-1] if read else -1)
     missing = [k for k in range(top + 1) if k not in read]
     fed = {k: [b for b in range(depth) if layout.sample_read(s, b, depth, samples, config) == k] for k in missing}
-    groups = "; ".join(f"sample {k}: source {kind} blocks {blocks}" for k, blocks in fed.items())
+    groups = "; ".join(f"sample {k}: source {_named(kind)}s {blocks}" for k, blocks in fed.items())
     return (
-        f"no exact ControlNet remap for the kept {kind} blocks {list(kept)}: no kept block reads ControlNet sample(s) "
-        f"{missing}, but the samples after them need their ControlNet blocks to run, and the stock "
-        f"{family.transformer_class} index arithmetic gives every ControlNet position up to the last one it reads to "
-        f"some kept block; keep at least one block of each group ({groups}) when pruning (docs/controlnet.md)"
+        f"no exact ControlNet remap for the kept {_named(kind)}s {list(kept)}: no kept block reads ControlNet sample(s) "
+        f"{missing}, but the samples after them need their ControlNet blocks to run, and under the stock "
+        f"{family.transformer_class} index arithmetic the positions the kept blocks read leave them no room; keep at "
+        f"least one block of each group ({groups}) when pruning (docs/controlnet.md)"
     )
 
 
@@ -198,10 +210,24 @@ def residuals_as_in_parent(controlnet, family, kept_layers, source_depths) -> It
     layout = family.controlnet
     kept = family.split(kept_layers, source_depths)
     config = controlnet.config
-    for s, blocks in enumerate(kept):  # with as many samples as blocks, the stock arithmetic must read sample i at i
-        n = len(blocks)
-        if any(layout.sample_read(s, i, n, n, config) not in (i, None) for i in range(n)):
-            raise LayerPruneError(f"{layout.model_class}: the stock arithmetic does not read one sample per block")
+    # Per stack: the samples list the skipped parent reads, as (list position, parent sample) pairs: with as many
+    # samples as kept blocks, the stock arithmetic gives kept block i position positions[i].
+    routes = []
+    for s, (stack, blocks) in enumerate(zip(layout.stacks, kept, strict=True)):
+        n, samples = len(blocks), int(config.get(stack.depth_key) or 0)
+        picks = _reads(layout, s, blocks, source_depths[s], samples, config)
+        positions = _reads(layout, s, range(n), n, n, config)
+        route: dict[int, int | None] = {}
+        for i, (block, pick, q) in enumerate(zip(blocks, picks, positions, strict=True)):
+            if q is None and pick is not None and i == n - 1 > 0 and i not in positions:
+                # a skipped parent keeps its blocks' structure (SD3's last kept block is no context_pre_only block
+                # when the source's last block is removed), so it reads its own position where a pruned one reads none
+                q = i
+            if q is None and pick is not None or route.setdefault(q, pick) != pick:
+                raise LayerPruneError(
+                    f"{layout.model_class}: the skipped parent cannot receive its source block {block}'s residual"
+                )
+        routes.append((n, route))
     original = controlnet.forward
 
     def forward(*args, **kwargs):
@@ -209,12 +235,12 @@ def residuals_as_in_parent(controlnet, family, kept_layers, source_depths) -> It
         if not isinstance(out, tuple):
             raise TypeError("call the ControlNet with return_dict=False, as the stock pipelines do")
         routed = []
-        for s, samples in enumerate(out):
+        for samples, (n, route) in zip(out, routes, strict=True):
             if samples is None:
                 routed.append(None)
                 continue
-            picks = _reads(layout, s, kept[s], source_depths[s], len(samples), config)
-            routed.append([torch.zeros_like(samples[0]) if k is None else samples[k] for k in picks])
+            zero = torch.zeros_like(samples[0])
+            routed.append([zero if route.get(q) is None else samples[route[q]] for q in range(n)])
         return tuple(routed)
 
     controlnet.forward = forward
@@ -390,7 +416,7 @@ class AdaptedControlNet:
         ):
             wrong = sum(r["parent"] != r["stock"] for r in routing)
             lines.append(
-                f"{stack.kind} blocks: the unchanged ControlNet feeds {wrong} of {len(routing)} kept blocks another "
+                f"{_named(stack.kind)}s: the unchanged ControlNet feeds {wrong} of {len(routing)} kept blocks another "
                 f"residual than in the parent; rewritten: {original} -> {plan.length} ControlNet blocks "
                 f"({sum(plan.identity)} identity copies)"
             )

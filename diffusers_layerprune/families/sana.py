@@ -11,7 +11,15 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, encode_masked, masked_call_kwargs, masked_random_text
+from .base import (
+    BlockStack,
+    ControlNetLayout,
+    ControlNetStack,
+    ModelFamily,
+    encode_masked,
+    masked_call_kwargs,
+    masked_random_text,
+)
 
 # SanaPipeline's default (distilled-guidance Sana-Sprint checkpoints only read it when guidance_embeds is set).
 GUIDANCE = 4.5
@@ -93,6 +101,23 @@ class PrunedSanaTransformer(PrunedTransformerMixin, SanaTransformer2DModel):
         self._check_pruned(kept_layers, [num_layers], source_num_layers)
 
 
+def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int | None:
+    """The residual ``SanaTransformer2DModel.forward`` adds after block ``block``: sample ``block - 1`` for blocks
+    ``1..samples``, none after block 0 and after the blocks beyond the ControlNet's depth."""
+    return block - 1 if 0 < block <= samples else None
+
+
+CONTROLNET = ControlNetLayout(
+    model_class="SanaControlNetModel",
+    pipeline_class="SanaControlNetPipeline",
+    stacks=(ControlNetStack(blocks="transformer_blocks", projections="controlnet_blocks", depth_key="num_layers"),),
+    sample_read=controlnet_sample,
+    # Sana's gates add the shared timestep embedding to a per-block table and its cross-attention is not gated, so a
+    # block passes its input on when the output projections of its three branches are zero.
+    identity_gates={"attn1.to_out.0": {1: (0,)}, "attn2.to_out.0": {1: (0,)}, "ff.conv_point": {1: (0,)}},
+)
+
+
 FAMILY = ModelFamily(
     name="sana",
     title="Sana",
@@ -118,4 +143,5 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("Efficient-Large-Model/Sana_1600M_1024px_diffusers",),
     references=("sana",),
+    controlnet=CONTROLNET,
 )
