@@ -277,3 +277,27 @@ def test_bad_input_one_line_exit_2_nothing_written(flux_inputs, capsys, controln
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert _tree(root) == before
+
+
+def test_help_and_mistyped_paths_answer_before_torch_loads(tmp_path):
+    """`adapt-controlnet --help` and mistyped paths end before torch or diffusers load (an instant answer)."""
+    (tmp_path / "pruned").mkdir()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from diffusers_layerprune.cli import main
+        missing, folder, out = {str(tmp_path / "missing")!r}, {str(tmp_path / "pruned")!r}, {str(tmp_path / "out")!r}
+        codes = [
+            main(["adapt-controlnet", "--help"]),
+            main(["adapt-controlnet", missing, "--pruned", folder, "--output", out]),
+            main(["adapt-controlnet", folder, "--pruned", missing, "--output", out]),
+        ]
+        print(codes, sorted(m for m in ("torch", "diffusers") if m in sys.modules))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[0, 2, 2] []"
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert "ControlNet" in errors[0] and "does not exist" in errors[0] and "is not a folder" in errors[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]

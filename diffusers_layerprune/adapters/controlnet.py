@@ -288,6 +288,15 @@ def read_pruned(folder: str | os.PathLike) -> PrunedRecord:
     return PrunedRecord(family, tuple(int(k) for k in kept), tuple(int(d) for d in depths), dict(config))
 
 
+def check_paths(controlnet: str | os.PathLike, pruned: str | os.PathLike) -> None:
+    """Mistyped paths, refused before torch or diffusers load."""
+    if not Path(pruned).is_dir():
+        raise LayerPruneError(f"--pruned {pruned} is not a folder; give the folder `layerprune prune` wrote")
+    name = str(controlnet)
+    if not Path(name).expanduser().exists() and (name.count("/") != 1 or name.startswith((".", "/", "~"))):
+        raise LayerPruneError(f"ControlNet {name} does not exist (give a ControlNet folder or a Hub id user/name)")
+
+
 def resolve_controlnet(name: str, revision: str | None = None) -> Path:
     """A ControlNet's local folder: ``name`` itself, or the Hub snapshot of the repository ``name``."""
     path = Path(name).expanduser()
@@ -295,8 +304,8 @@ def resolve_controlnet(name: str, revision: str | None = None) -> Path:
         if not (path / "config.json").is_file():
             raise LayerPruneError(f"{name} has no config.json: give a ControlNet folder that from_pretrained reads")
         return path
-    if name.count("/") != 1 or name.startswith((".", "/")):
-        raise LayerPruneError(f"ControlNet {name} is neither a local folder nor a Hub id (user/name)")
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise LayerPruneError(f"ControlNet {name} does not exist (give a ControlNet folder or a Hub id user/name)")
     from huggingface_hub import snapshot_download
 
     try:
@@ -438,12 +447,13 @@ def adapt_controlnet(
     (:func:`residuals_as_in_parent`). Raises :class:`LayerPruneError` (nothing written) for a ControlNet of another
     family or width, a folder without a kept-block record, an output that exists or lies in an input, or a pruning
     no ControlNet can follow exactly."""
-    from safetensors.torch import load_file, save_file
-
     from ..outputs import atomic_output_dir, check_output_dir
 
     inputs = [str(controlnet), str(pruned)]
     check_output_dir(output, overwrite=overwrite, inputs=inputs)
+    check_paths(controlnet, pruned)
+    from safetensors.torch import load_file, save_file  # after the cheap checks: it imports torch
+
     record = read_pruned(pruned)
     folder = resolve_controlnet(str(controlnet), revision)
     check_output_dir(output, overwrite=overwrite, inputs=[*inputs, str(folder)])
