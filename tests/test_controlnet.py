@@ -202,6 +202,9 @@ def test_stock_pipeline_with_adapted_controlnet_matches_parent(world, capsys):
     )
     printed = capsys.readouterr().out
     assert "another residual than in the parent" in printed and f"{layout.model_class}.from_pretrained" in printed
+    record = json.loads((out / "controlnet_adaptation.json").read_text())  # what it came from, beside the output
+    assert record["kept_layers"] == kept and record["source_controlnet"] == str(root / "controlnet")
+    assert list(record["source_sha256"]) == ["diffusion_pytorch_model.safetensors"]
 
     with torch.no_grad():
         reference_pipe = pipe_class(**parent.components, controlnet=controlnet)

@@ -1,8 +1,8 @@
 """A parent's ControlNet on its depth-pruned model: ``layerprune adapt-controlnet``.
 
-Flux and SD3 ControlNets hand the transformer one residual ("sample") per ControlNet block, and the transformer picks
-the sample for its block ``i`` by arithmetic on its own depth (Flux: ``i // ceil(blocks / samples)``, SD3:
-``int(i / (blocks / samples))``; the family's :class:`~diffusers_layerprune.families.ControlNetLayout` holds the
+Flux, SD3 and Sana ControlNets hand the transformer one residual ("sample") per ControlNet block, and the transformer
+picks the sample for its block ``i`` by arithmetic on its own depth (Flux: ``i // ceil(blocks / samples)``, SD3:
+``int(i / (blocks / samples))``, Sana: ``i - 1``; the family's :class:`~diffusers_layerprune.families.ControlNetLayout` holds the
 exact rule). A pruned transformer has fewer blocks, so the stock pipeline silently sends residuals to other blocks.
 
 :func:`adapt_controlnet` rewrites the ControlNet so that, under the stock arithmetic on the pruned depth, every kept
@@ -318,6 +318,16 @@ def resolve_controlnet(name: str, revision: str | None = None) -> Path:
         raise LayerPruneError(f"could not fetch ControlNet {name}: {str(error).splitlines()[0]}") from error
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / f"{WEIGHTS_NAME}.index.json"
     if index.is_file():
@@ -465,8 +475,10 @@ def adapt_controlnet(
     layout = record.family.controlnet
     plans = plan_controlnet(record.family, record.kept_layers, record.source_depths, config)
     state: dict = {}
+    digests = {}
     for file in _weight_files(folder):
         state.update(load_file(file))
+        digests[file.name] = _sha256(file)
     dim = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
     new_state = adapt_state_dict(state, layout, plans, dim, str(controlnet))
     new_config = adapt_config(config, layout, plans)
@@ -477,6 +489,7 @@ def adapt_controlnet(
         "format_version": 1,
         "source_controlnet": str(controlnet),
         "revision": revision,
+        "source_sha256": digests,
         "pruned_model": Path(pruned).name,
         "family": record.family.name,
         "kept_layers": list(record.kept_layers),
