@@ -437,7 +437,7 @@ class AdaptedControlNet:
             lines.append(
                 f"{_named(stack.kind)}s: the unchanged ControlNet feeds {wrong} of {len(routing)} kept blocks another "
                 f"residual than in the parent; rewritten: {original} -> {plan.length} ControlNet blocks "
-                f"({sum(plan.identity)} identity copies)"
+                f"(identity copies: {sum(plan.identity)})"
             )
         return lines
 
