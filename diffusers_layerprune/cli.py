@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill, evaluate.",
     )
     from . import __version__
+    from .export import add_export_parser
     from .importance.cli import add_prune_importance_args, add_score_parser
     from .routing.cli import add_route_parser
     from .sparsity.cli import add_sparsify_parser
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_parser(sub)
     add_sparsify_parser(sub)
     add_route_parser(sub)
+    add_export_parser(sub)
 
     evaluate = sub.add_parser(
         "eval",
