@@ -5,11 +5,9 @@ match" when transformers is installed (docs/DESIGN notes). bitsandbytes needs CU
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -17,21 +15,13 @@ from diffusers_layerprune.hub import render_model_card
 from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
+from helpers import stock_env
+
 pytest.importorskip("torchao", reason="the [quant] extra (torchao) is not installed")
 pytest.importorskip("optimum.quanto", reason="the [quant] extra (optimum-quanto) is not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
 # Images are in [0, 1]; int8 weight-only on tiny random models moved them by at most 0.078 (quanto, Sana).
 TOLERANCE = 0.1
-
-
-def stock_env() -> dict:
-    """The environment of a user's process: this checkout off the path (extra paths a user set stay)."""
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(paths),
-    }
 
 
 @pytest.fixture(scope="module")
