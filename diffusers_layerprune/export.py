@@ -89,13 +89,13 @@ class ExportPlan:
         return {key: value for key, value in data.items() if value}
 
 
-def _weights_dir(folder: Path) -> Path:
+def weights_dir_of(folder: Path) -> Path:
     from .validation import is_transformer_folder
 
     return folder if is_transformer_folder(folder) else folder / "transformer"
 
 
-def _weight_files(weights_dir: Path) -> list[Path]:
+def weight_files(weights_dir: Path) -> list[Path]:
     index = weights_dir / "diffusion_pytorch_model.safetensors.index.json"
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -145,6 +145,37 @@ def _check_choice(fmt: str, quant: str | None) -> str | None:
     return DEFAULT_GGUF_QUANT if fmt == "gguf" and quant is None else quant
 
 
+def parse_export_spec(spec: str) -> tuple[str, str | None]:
+    """``gguf:Q8_0`` / ``gguf`` / ``single-file`` / ``single-file:BF16`` -> ``(format, quant)``."""
+    fmt, _, quant = str(spec).partition(":")
+    quant = _check_choice(fmt, quant or None)
+    return fmt, quant
+
+
+def export_file_name(fmt: str, quant: str | None) -> str:
+    """The name an exported file takes beside the pipeline (``transformer-Q8_0.gguf``, ``transformer.safetensors``):
+    top-level files, which ``DiffusionPipeline.from_pretrained`` neither reads nor downloads."""
+    return f"transformer{'-' + quant if quant else ''}{FORMATS[fmt]}"
+
+
+def exported_files(folder: str | os.PathLike) -> list[Path]:
+    """The exported files beside a pipeline (``transformer*.gguf`` / ``transformer*.safetensors`` at its top)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob("transformer*") if p.is_file() and p.suffix in FORMATS.values())
+
+
+def check_exportable(config: Mapping, where: str) -> None:
+    """Refuse, before any work, a model whose family (or width) cannot be read back from one file."""
+    from .families import family_of_config
+
+    family = family_of_config(config, where)
+    if family.single_file is None:
+        raise LayerPruneError(f"{family.title} cannot be exported as one file: {family.single_file_refusal}")
+    reason = family.single_file.check(config)
+    if reason:
+        raise LayerPruneError(f"{where} cannot be exported as one file: {reason}")
+
+
 def check_export_output(output: str | os.PathLike, fmt: str) -> Path:
     """Refuse an output that exists, is a link, has the wrong suffix for ``fmt`` or whose folder cannot be written."""
     from .outputs import check_not_symlink, check_output_parent
@@ -178,14 +209,10 @@ def plan_export(folder: str | os.PathLike, fmt: str, quant: str | None = None) -
             f"{folder} was not pruned by layerprune (its transformer config records no kept_layers); prune it first "
             "with `layerprune prune`"
         )
+    check_exportable(config, str(folder))
     layout = family.single_file
-    if layout is None:
-        raise LayerPruneError(f"{family.title} cannot be exported as one file: {family.single_file_refusal}")
-    reason = layout.check(config)
-    if reason:
-        raise LayerPruneError(f"{folder} cannot be exported as one file: {reason}; share the folder instead")
-    weights_dir = _weights_dir(folder)
-    headers = _headers(_weight_files(weights_dir))
+    weights_dir = weights_dir_of(folder)
+    headers = _headers(weight_files(weights_dir))
     pieces = layout.pieces(config, list(headers))
     used = [source for piece in pieces.values() for source in piece.sources]
     left = sorted(set(headers) - set(used))
@@ -302,7 +329,7 @@ def _source_tensors(plan: ExportPlan):
     from safetensors import safe_open
 
     stack = ExitStack()
-    handles = [stack.enter_context(safe_open(p, framework="pt")) for p in _weight_files(plan.weights_dir)]
+    handles = [stack.enter_context(safe_open(p, framework="pt")) for p in weight_files(plan.weights_dir)]
     where = {key: h for h in handles for key in h.keys()}
     return stack, lambda key: where[key].get_tensor(key)
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -290,3 +291,81 @@ def test_a_failed_write_leaves_no_file(folders, monkeypatch):
     with pytest.raises(OSError):
         export.export_transformer(made["sd3"], root / "files" / "t.safetensors")
     assert list((root / "files").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# layerprune run --export, the card, push
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_run_export_stage_writes_reuses_and_replaces_files_beside_the_model(exported, tmp_path):
+    import shutil
+
+    from diffusers_layerprune.hub import files_to_upload
+    from diffusers_layerprune.outputs import foreign_entries
+    from diffusers_layerprune.recipe import _export_files
+
+    final = tmp_path / "distilled"
+    shutil.copytree(exported["sd3"]["folder"], final)
+    logs = []
+    _export_files(final, ["gguf:Q8_0", "single-file"], logs.append)
+    names = ["transformer-Q8_0.gguf", "transformer.safetensors"]
+    assert sorted(p.name for p in final.glob("transformer*.*")) == names
+    assert not foreign_entries(final)  # the package's own files: --overwrite may replace the folder later
+    assert {rel for rel, _ in files_to_upload(final)} >= set(names)  # push uploads them beside the pipeline
+    # the same exports again: reused; a spec dropped: its file goes; new weights: exported again
+    logs.clear()
+    _export_files(final, ["gguf:Q8_0"], logs.append)
+    assert logs == [f"[5/5] reusing {final / names[0]}"] and not (final / names[1]).exists()
+    weights = final / "transformer" / "diffusion_pytorch_model.safetensors"
+    later = time.time() + 10  # the model was trained again after the export
+    os.utime(weights, (later, later))
+    logs.clear()
+    _export_files(final, ["gguf:Q8_0"], logs.append)
+    assert logs == [f"[5/5] exporting {final / names[0]}"]
+
+
+def test_card_lists_exported_files_and_its_snippet_loads_them_in_a_fresh_process(exported, tmp_path):
+    import shutil
+
+    from diffusers_layerprune.hub import render_model_card
+
+    folder = tmp_path / "pruned"
+    shutil.copytree(exported["sd3"]["folder"], folder)
+    shutil.copyfile(exported["sd3"]["gguf"], folder / "transformer-Q8_0.gguf")
+    card = render_model_card(folder, "me/tiny")
+    size = (folder / "transformer-Q8_0.gguf").stat().st_size
+    assert (
+        f"| [`transformer-Q8_0.gguf`](https://huggingface.co/me/tiny/blob/main/transformer-Q8_0.gguf) | GGUF Q8_0 | {size / 1e3:.1f} kB |"
+        in card
+    )
+    assert "ComfyUI" in card and "models/unet" in card
+    snippet = card.split("## One-file versions")[1].split("```python")[1].split("```")[0]
+    snippet = snippet.replace("https://huggingface.co/me/tiny/blob/main/", f"{folder}/").replace(
+        '"me/tiny"', repr(str(folder))
+    )
+    script = (
+        snippet + "\nprint(type(transformer).__name__, transformer.transformer_blocks[0].attn.to_q.weight.quant_type)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stock_env_for_test())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["SD3Transformer2DModel", "8"]  # GGMLQuantizationType.Q8_0
+
+
+def stock_env_for_test():
+    from helpers import stock_env
+
+    return stock_env()
+
+
+def test_run_refuses_an_export_the_model_cannot_take_before_any_work(capsys, tmp_path):
+    for model, spec, fragment in (
+        ("tiny-random-sd3", "gguf:Q3_K", "unknown quantization type 'Q3_K'"),
+        ("tiny-random-sd3", "safetensors", "unknown export format 'safetensors'"),
+        ("tiny-random", "gguf:Q8_0", "no from_single_file in diffusers"),
+    ):
+        capsys.readouterr()
+        assert cli(["run", "--model", model, "--export", spec, "--output", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and fragment in err, err
+        assert not (tmp_path / "run").exists()
