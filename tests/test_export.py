@@ -369,3 +369,44 @@ def test_run_refuses_an_export_the_model_cannot_take_before_any_work(capsys, tmp
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and fragment in err, err
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("quant, tolerance", [("Q8_0", 0.01), ("Q5_0", 0.05), ("Q4_0", 0.1)])
+def test_gguf_block_types_decode_with_diffusers_reader_to_the_original_layout(folders, quant, tolerance, tmp_path):
+    """Every --quant block type: diffusers' own GGUF reader and dequantizer give back the original-layout tensors
+    (relative error of the Linear weights bounded by the type's precision; F32 tensors exact)."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+    from safetensors.torch import load_file
+
+    from diffusers_layerprune.export import export_transformer
+
+    root, made = folders
+    wide = widened(build_tiny_sd3_pipeline(4), attention_head_dim=32, caption_projection_dim=64)
+    folder = save_pruned_pipeline(prune_pipeline(wide, pruned_layers=[1]), tmp_path / "sd3")
+    reference = tmp_path / "t.safetensors"
+    export_transformer(folder, reference)
+    path = export_transformer(folder, tmp_path / "t.gguf", fmt="gguf", quant=quant)
+    original = load_file(reference)
+    loaded = load_gguf_checkpoint(str(path))
+    assert set(loaded) == set(original)
+    types = set()
+    for key, value in loaded.items():
+        decoded = dequantize_gguf_tensor(value).float() if hasattr(value, "quant_type") else value.float()
+        types.add(getattr(value, "quant_type", None))
+        error = (decoded - original[key]).norm() / original[key].norm().clamp_min(1e-12)
+        assert error <= (tolerance if hasattr(value, "quant_type") else 1e-3), (key, error.item())
+    import gguf
+
+    assert int(gguf.GGMLQuantizationType[quant]) in types
+
+
+def test_single_file_bf16_casts_every_weight(folders, tmp_path):
+    from safetensors import safe_open
+
+    from diffusers_layerprune.export import export_transformer
+
+    root, made = folders
+    path = export_transformer(made["sd3"], tmp_path / "t.safetensors", quant="BF16")
+    with safe_open(path, framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
