@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsify_parser(sub)
     add_route_parser(sub)
     add_export_parser(sub)
+    from .adapters.cli import add_lora_parsers
+
+    add_lora_parsers(sub)
 
     evaluate = sub.add_parser(
         "eval",

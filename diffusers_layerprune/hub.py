@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from .config_record import expose_record
 from .errors import LayerPruneError
 
 # Shipped inside the package (model_cards/ at the top of a checkout links here), so a wheel install can render it.
@@ -131,7 +132,7 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
 
     from .families import family_of_config
 
-    config = _read_json(transformer_dir(folder) / "config.json")
+    config = expose_record(_read_json(transformer_dir(folder) / "config.json") or {})
     family = family_of_config(config, str(folder))
     firsts = [stack.attr + ".0." for stack in family.stacks]
     total, first_block = 0, [0] * len(firsts)
@@ -217,7 +218,7 @@ def _render_model_card(
             "without --transformer-only"
         )
     transformer_only = transformer_only or not (folder / "model_index.json").is_file()
-    config = _read_json(transformer_dir(folder) / "config.json")
+    config = expose_record(_read_json(transformer_dir(folder) / "config.json") or {})
     kept = config.get("kept_layers")
     from .families import family_of_config
 
@@ -300,6 +301,13 @@ def _render_model_card(
             + (f"; the weights are an EMA of the trained ones (decay {distill.ema_decay})" if distill.use_ema else ""),
             f"data: `{public_name(distill.data)}` ({distill.train_samples} samples)",
         ]
+        if distill.lora:  # the adapter alone, for the undistilled pruned model (these weights already hold it)
+            load = (
+                f'peft.PeftModel.from_pretrained(pipe.transformer, "{repo_id}", subfolder="lora")'
+                if family.lora_format == "peft"
+                else f'pipe.load_lora_weights("{repo_id}", subfolder="lora")'
+            )
+            distill_lines.append(f"the LoRA alone is in `lora/` (already merged here); on the pruned model: `{load}`")
         cites.append("bk-sdm")
         if w.feature_loss == "normalized":
             cites.append("output_loss")

@@ -497,7 +497,7 @@ def _measure_latency(folders: dict[str, Path], recipe: Recipe, log) -> dict[str,
     prompt). Models of one architecture share both numbers."""
     from .data import load_prompts
     from .evaluation import pipeline_seconds, transformer_latency
-    from .families import encode_text
+    from .families import encode_text, family_of
     from .modeling import generation_defaults, load_pipeline, model_defaults, resolve_dtype
 
     names = {"eval_pruned": "pruned", "eval_distilled": "distilled"}
@@ -522,7 +522,7 @@ def _measure_latency(folders: dict[str, Path], recipe: Recipe, log) -> dict[str,
         resolution=defaults["resolution"],
         vae_scale_factor=student.vae_scale_factor,
         text_tokens=msl,
-        batch_size=2 if guidance > 1 else 1,
+        batch_size=family_of(student.transformer).denoising_batch(guidance),
         repeats=LATENCY_REPEATS,
     )
     prompt = load_prompts(recipe.eval_prompts or model_defaults(str(first))["eval_prompts"], limit=1).prompts

@@ -509,6 +509,7 @@ FLUX1_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev
 )
 # family -> (config, VAE downsampling factor, text tokens the pipeline pads to)
 PUBLISHED_TRANSFORMERS = {
+    "pixart": (PIXART_SIGMA_XL_TRANSFORMER, 8, 300),  # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS
     "sana": (SANA_1600M_TRANSFORMER, 32, 300),
     "sd3": (SD35_MEDIUM_TRANSFORMER, 8, 333),  # 77 CLIP tokens + 256 T5 tokens
     "flux": (FLUX1_DEV_TRANSFORMER, 8, 512),

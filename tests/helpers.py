@@ -16,6 +16,15 @@ def stock_env() -> dict:
     }
 
 
+def read_config(path) -> dict:
+    """A saved transformer ``config.json`` as the package reads it (the kept-block record under its plain names)."""
+    import json
+
+    from diffusers_layerprune.config_record import expose_record
+
+    return expose_record(json.loads(Path(path).read_text()))
+
+
 def load_benchmark(name: str):
     """The module of ``benchmarks/<name>.py`` (its folder on ``sys.path``: the scripts import the ``paper`` package
     that lives there), for testing its rules on known numbers."""
@@ -27,6 +36,7 @@ def load_benchmark(name: str):
         sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 

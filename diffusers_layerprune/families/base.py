@@ -124,10 +124,19 @@ class ModelFamily:
             model (kept in float32 so its numbers are exact).
         native_resolution: ``pipe -> int``: the pixel size the pipeline generates by default.
         defaults: sampler settings, prompt sets, scorers and dtype a real checkpoint of the family is used with.
+        step_batch: the transformer's batch for one image's denoising step at the family's default guidance: 2
+            with classifier-free guidance (conditional and unconditional halves), 1 where guidance is a model
+            input (Flux.1-dev); latency benchmarks time this batch.
         hub_ids: known checkpoints (documentation and ``source_model`` tags).
         references: citation keys of the family's papers (model cards).
         single_file: the original single-file layout (``layerprune export``), or ``None`` with
             ``single_file_refusal`` saying why the family cannot be exported.
+        lora_format: how stock tools read a LoRA of the family: ``diffusers`` (the pipeline's ``load_lora_weights``
+            reads ``pytorch_lora_weights.safetensors`` with ``transformer.``-prefixed keys, as
+            ``pipeline_classes[0].save_lora_weights`` writes it) or ``peft`` (diffusers has no loader: a folder that
+            ``peft.PeftModel.from_pretrained(pipe.transformer, folder)`` reads).
+        adapt_lora: ``(state, source_config, kept_by_stack) -> state``: :attr:`adapt_state` for LoRA weights (peft keys
+            ``<module>.lora_A.weight``, already renumbered), when a block changes structure by its new position.
     """
 
     name: str
@@ -151,12 +160,20 @@ class ModelFamily:
         pipe.transformer.config.sample_size * pipe.vae_scale_factor
     )
     defaults: dict = field(default_factory=dict)
+    step_batch: int = 2
     hub_ids: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
     single_file: SingleFileLayout | None = None
     single_file_refusal: str = "diffusers has no single-file loader for it"
+    lora_format: str = "diffusers"
+    adapt_lora: Callable[..., dict] | None = None
 
     # -- block numbering ------------------------------------------------------------------------------------------
+
+    def denoising_batch(self, guidance_scale: float) -> int:
+        """The transformer's batch for one image's denoising step at ``guidance_scale``: ``step_batch`` with
+        classifier-free guidance (``guidance_scale > 1``), else 1. Latency measurements time this batch."""
+        return self.step_batch if guidance_scale > 1 else 1
 
     def stack_depths(self, config: Mapping) -> list[int]:
         """Depth of each stack according to ``config``."""

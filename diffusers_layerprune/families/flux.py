@@ -13,7 +13,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.configuration_utils import register_to_config
 
-from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
 from .base import (
     BlockStack,
@@ -226,6 +226,7 @@ FAMILY = ModelFamily(
     random_text=pooled_random_text,
     call_kwargs=call_kwargs,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
+    step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input
     unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
     objective="flow",
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),

@@ -19,7 +19,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from diffusers.configuration_utils import register_to_config
 
-from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
 from .base import (
     BlockStack,
@@ -163,6 +163,26 @@ def original_pieces(config, keys) -> dict[str, Piece]:
     return pieces
 
 
+def adapt_lora(state, source_config, kept_by_stack) -> dict:
+    """:func:`adapt_state` for LoRA weights: the new last joint block loses the LoRA of its context-output modules
+    (no later block reads them) and its ``norm1_context`` LoRA rows are reordered like the norm's weight rows."""
+    (kept,) = kept_by_stack
+    if kept[-1] == source_config["num_layers"] - 1:
+        return state
+    prefix = f"transformer_blocks.{len(kept) - 1}."
+    dim = int(source_config["num_attention_heads"]) * int(source_config["attention_head_dim"])
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            if rest.startswith(("attn.to_add_out.", "ff_context.", "norm2_context.")):
+                continue
+            if rest.startswith("norm1_context.linear.lora_B."):  # output rows: shift, scale, ... -> scale, shift
+                value = torch.cat([value[dim : 2 * dim], value[:dim]])
+        out[key] = value
+    return out
+
+
 class PrunedSD3Transformer(PrunedTransformerMixin, SD3Transformer2DModel):
     """A depth-pruned ``SD3Transformer2DModel`` (SD3 and SD3.5); config keys as :class:`PrunedPixArtTransformer`.
     LoRA through the stock class's ``PeftAdapterMixin``."""
@@ -222,6 +242,7 @@ FAMILY = ModelFamily(
     call_kwargs=call_kwargs,
     prune_config=prune_config,
     adapt_state=adapt_state,
+    adapt_lora=adapt_lora,
     objective="flow",
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning

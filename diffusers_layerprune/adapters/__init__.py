@@ -1,0 +1,1 @@
+"""Adapters across pruning: LoRAs (``lora``); each kind one module with its CLI in ``cli``."""
