@@ -17,7 +17,19 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ControlNetLayout, ControlNetStack, ModelFamily, pooled_random_text, second_tensor
+from .base import (
+    BlockStack,
+    ControlNetLayout,
+    ControlNetStack,
+    ModelFamily,
+    Piece,
+    SingleFileLayout,
+    block_count,
+    fused,
+    pooled_random_text,
+    renamed,
+    second_tensor,
+)
 
 GUIDANCE = 3.5  # FluxPipeline's default distilled guidance for Flux.1-dev
 
@@ -106,6 +118,77 @@ CONTROLNET = ControlNetLayout(
     # AdaLayerNormZeroSingle chunks shift, scale, gate (single blocks: one gate over attention and MLP).
     identity_gates={"norm1.linear": {6: (2, 5)}, "norm1_context.linear": {6: (2, 5)}, "norm.linear": {3: (2,)}},
 )
+# diffusers 0.42's Flux converter splits each single block's fused projection at Flux.1's widths (3 x 3072 + 12288
+# rows), whatever the config says: other widths cannot be read back from one file.
+SINGLE_FILE_WIDTH = 3072
+
+
+def original_pieces(config, keys) -> dict[str, Piece]:
+    """Black Forest Labs' Flux.1 checkpoint layout (``double_blocks.N`` then ``single_blocks.N``, each renumbered
+    from 0), the inverse of diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``."""
+    keys = set(keys)
+    pieces = renamed(
+        {
+            "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+            "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+            "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+            "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+            "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",  # Flux.1-dev only
+            "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+            "txt_in": "context_embedder",
+            "img_in": "x_embedder",
+            "final_layer.linear": "proj_out",
+        },
+        keys,
+    )
+    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
+    for i in range(block_count(keys, "transformer_blocks")):
+        d, o = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        pieces.update(fused(f"{o}.img_attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
+        pieces.update(
+            fused(f"{o}.txt_attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
+        )
+        pieces.update(
+            renamed(
+                {
+                    f"{o}.img_mod.lin": f"{d}.norm1.linear",
+                    f"{o}.txt_mod.lin": f"{d}.norm1_context.linear",
+                    f"{o}.img_attn.proj": f"{d}.attn.to_out.0",
+                    f"{o}.txt_attn.proj": f"{d}.attn.to_add_out",
+                    f"{o}.img_mlp.0": f"{d}.ff.net.0.proj",
+                    f"{o}.img_mlp.2": f"{d}.ff.net.2",
+                    f"{o}.txt_mlp.0": f"{d}.ff_context.net.0.proj",
+                    f"{o}.txt_mlp.2": f"{d}.ff_context.net.2",
+                },
+                keys,
+            )
+        )
+        for original, source in (
+            (f"{o}.img_attn.norm.query_norm", f"{d}.attn.norm_q"),
+            (f"{o}.img_attn.norm.key_norm", f"{d}.attn.norm_k"),
+            (f"{o}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q"),
+            (f"{o}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k"),
+        ):
+            pieces[f"{original}.scale"] = Piece((f"{source}.weight",))
+    for i in range(block_count(keys, "single_transformer_blocks")):
+        d, o = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        pieces.update(
+            fused(f"{o}.linear1", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp"], keys)
+        )
+        pieces.update(renamed({f"{o}.modulation.lin": f"{d}.norm.linear", f"{o}.linear2": f"{d}.proj_out"}, keys))
+        pieces[f"{o}.norm.query_norm.scale"] = Piece((f"{d}.attn.norm_q.weight",))
+        pieces[f"{o}.norm.key_norm.scale"] = Piece((f"{d}.attn.norm_k.weight",))
+    return pieces
+
+
+def single_file_check(config) -> str | None:
+    width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    if width != SINGLE_FILE_WIDTH:
+        return (
+            f"diffusers' Flux single-file converter only reads Flux.1's width {SINGLE_FILE_WIDTH} "
+            f"(this model is {width} wide)"
+        )
+    return None
 
 
 class PrunedFluxTransformer(PrunedTransformerMixin, FluxTransformer2DModel):
@@ -189,4 +272,10 @@ FAMILY = ModelFamily(
     hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
     references=("flux",),
     controlnet=CONTROLNET,
+    single_file=SingleFileLayout(
+        pieces=original_pieces,
+        converter="convert_flux_transformer_checkpoint_to_diffusers",
+        gguf_arch="flux",
+        check=single_file_check,
+    ),
 )

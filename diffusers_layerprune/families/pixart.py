@@ -125,5 +125,7 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",),
     references=("pixart-sigma",),
+    single_file_refusal="PixArtTransformer2DModel has no from_single_file in diffusers 0.42 (no FromOriginalModelMixin), "
+    "so no stock loader reads a single file of it; share the folder (DiffusionPipeline.from_pretrained reads it)",
     lora_format="peft",  # diffusers 0.42 has no PixArt LoRA loader
 )

@@ -21,7 +21,19 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ControlNetLayout, ControlNetStack, ModelFamily, pooled_random_text, second_tensor
+from .base import (
+    BlockStack,
+    ControlNetLayout,
+    ControlNetStack,
+    ModelFamily,
+    Piece,
+    SingleFileLayout,
+    block_count,
+    fused,
+    pooled_random_text,
+    renamed,
+    second_tensor,
+)
 
 
 def forward(transformer, latents, timestep, text) -> torch.Tensor:
@@ -88,6 +100,69 @@ def adapt_state(state, student, source_config, kept_by_stack) -> dict:
                 value = torch.cat([value[dim : 2 * dim], value[:dim]])
         out[key] = value
     return out
+
+
+def original_pieces(config, keys) -> dict[str, Piece]:
+    """The SD3 / SD3.5 reference checkpoint layout (``joint_blocks.N.x_block`` / ``.context_block``), the inverse of
+    diffusers' ``convert_sd3_transformer_checkpoint_to_diffusers``. The last joint block is ``context_pre_only``: its
+    context stream has no output projection or MLP, and its adaptive norm emits ``shift, scale`` in the original."""
+    keys = set(keys)
+    pieces = {"pos_embed": Piece(("pos_embed.pos_embed",))}
+    pieces.update(
+        renamed(
+            {
+                "x_embedder.proj": "pos_embed.proj",
+                "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+                "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+                "context_embedder": "context_embedder",
+                "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+                "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+                "final_layer.linear": "proj_out",
+            },
+            keys,
+        )
+    )
+    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
+    depth = block_count(keys, "transformer_blocks")
+    for i in range(depth):
+        d, x, c = f"transformer_blocks.{i}", f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        last = i == depth - 1
+        pieces.update(fused(f"{x}.attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
+        pieces.update(
+            fused(f"{c}.attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
+        )
+        plain = {
+            f"{x}.attn.ln_q": f"{d}.attn.norm_q",
+            f"{x}.attn.ln_k": f"{d}.attn.norm_k",
+            f"{c}.attn.ln_q": f"{d}.attn.norm_added_q",
+            f"{c}.attn.ln_k": f"{d}.attn.norm_added_k",
+            f"{x}.attn.proj": f"{d}.attn.to_out.0",
+            f"{x}.adaLN_modulation.1": f"{d}.norm1.linear",
+            f"{x}.mlp.fc1": f"{d}.ff.net.0.proj",
+            f"{x}.mlp.fc2": f"{d}.ff.net.2",
+        }
+        if not last:
+            plain.update(
+                {
+                    f"{c}.attn.proj": f"{d}.attn.to_add_out",
+                    f"{c}.adaLN_modulation.1": f"{d}.norm1_context.linear",
+                    f"{c}.mlp.fc1": f"{d}.ff_context.net.0.proj",
+                    f"{c}.mlp.fc2": f"{d}.ff_context.net.2",
+                }
+            )
+        if f"{d}.attn2.to_q.weight" in keys:  # SD3.5's dual-attention blocks
+            pieces.update(fused(f"{x}.attn2.qkv", [f"{d}.attn2.to_q", f"{d}.attn2.to_k", f"{d}.attn2.to_v"], keys))
+            plain.update(
+                {
+                    f"{x}.attn2.ln_q": f"{d}.attn2.norm_q",
+                    f"{x}.attn2.ln_k": f"{d}.attn2.norm_k",
+                    f"{x}.attn2.proj": f"{d}.attn2.to_out.0",
+                }
+            )
+        pieces.update(renamed(plain, keys))
+        if last:
+            pieces.update(fused(f"{c}.adaLN_modulation.1", [f"{d}.norm1_context.linear"], keys, swap_halves=True))
+    return pieces
 
 
 def adapt_lora(state, source_config, kept_by_stack) -> dict:
@@ -207,4 +282,7 @@ FAMILY = ModelFamily(
     hub_ids=("stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-3-medium-diffusers"),
     references=("sd3",),
     controlnet=CONTROLNET,
+    single_file=SingleFileLayout(
+        pieces=original_pieces, converter="convert_sd3_transformer_checkpoint_to_diffusers", gguf_arch="sd3"
+    ),
 )
