@@ -187,7 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
         "distill, evaluate.",
     )
     from . import __version__
-    from .adapters.controlnet import add_adapt_controlnet_parser
     from .export import add_export_parser
     from .importance.cli import add_prune_importance_args, add_score_parser
     from .routing.cli import add_route_parser
@@ -227,10 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsify_parser(sub)
     add_route_parser(sub)
     add_export_parser(sub)
-    from .adapters.cli import add_lora_parsers
+    from .adapters.cli import add_controlnet_parser, add_lora_parsers
 
     add_lora_parsers(sub)
-    add_adapt_controlnet_parser(sub)
+    add_controlnet_parser(sub)
 
     evaluate = sub.add_parser(
         "eval",

@@ -18,7 +18,6 @@ Where no chain works under the stock arithmetic, the command refuses in one line
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -423,15 +422,17 @@ class AdaptedControlNet:
     """What :func:`adapt_controlnet` wrote: the output folder, the plan per stack and the routing it fixed."""
 
     output: Path
+    family: object
     plans: tuple[StackPlan, ...]
     source_depths: tuple[int, ...]
     original_depths: tuple[int, ...]
     routing: list
 
-    def summary(self, family) -> list[str]:
+    def summary(self) -> list[str]:
+        """One line per block stack: how many kept blocks the unchanged ControlNet misroutes, the new depth."""
         lines = []
         for stack, plan, original, routing in zip(
-            family.stacks, self.plans, self.original_depths, self.routing, strict=True
+            self.family.stacks, self.plans, self.original_depths, self.routing, strict=True
         ):
             wrong = sum(r["parent"] != r["stock"] for r in routing)
             lines.append(
@@ -506,40 +507,4 @@ def adapt_controlnet(
         save_file(new_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
         (tmp / ADAPTATION_FILE).write_text(json.dumps(adaptation, indent=2) + "\n")
-    return AdaptedControlNet(Path(output), tuple(plans), record.source_depths, original, routing)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def add_adapt_controlnet_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``layerprune adapt-controlnet`` on the CLI's subparsers."""
-    from ..arguments import add_output_args
-
-    parser = subparsers.add_parser(
-        "adapt-controlnet",
-        help="rewrite a parent's Flux / SD3 ControlNet so the stock pipeline feeds each kept block its own residual",
-        description="Stock ControlNet pipelines pick each transformer block's residual by arithmetic on the "
-        "transformer's depth, so on a pruned model the residuals land on other blocks. This writes a ControlNet "
-        "(stock class, stock loading) whose residuals reach every kept block exactly as in the parent "
-        "(docs/controlnet.md). Refuses in one line where no exact remap exists.",
-    )
-    parser.add_argument("controlnet", metavar="CONTROLNET", help="the parent's ControlNet: a folder or a Hub id")
-    parser.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
-    parser.add_argument("--revision", default=None, help="revision of a Hub ControlNet")
-    add_output_args(parser, "the rewritten ControlNet")
-    parser.set_defaults(func=cmd_adapt_controlnet)
-    return parser
-
-
-def cmd_adapt_controlnet(args: argparse.Namespace) -> int:
-    result = adapt_controlnet(
-        args.controlnet, args.pruned, args.output, revision=args.revision, overwrite=args.overwrite
-    )
-    family = read_pruned(args.pruned).family
-    for line in result.summary(family):
-        print(line)
-    print(f"wrote {result.output} (load it with {family.controlnet.model_class}.from_pretrained)")
-    return 0
+    return AdaptedControlNet(Path(output), record.family, tuple(plans), record.source_depths, original, routing)
