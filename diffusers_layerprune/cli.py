@@ -43,10 +43,18 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     inputs = local_inputs(args.model, args.importance)
     check_output_dir(args.output, overwrite=args.overwrite, inputs=inputs)
 
+    from .errors import LayerPruneError
     from .families import family_of_config
-    from .modeling import prune_to_folder, read_transformer_config
+    from .modeling import pipeline_folder, prune_to_folder, read_transformer_config
     from .pruned import check_selection
+    from .routing.record import has_routing
 
+    local = pipeline_folder(args.model)
+    if local is not None and has_routing(local):  # its router picks blocks of these weights: a pruned copy loses it
+        raise LayerPruneError(
+            f"{args.model} is a prompt-routed pipeline (routing.json); pruning it would drop its router: prune the "
+            "model it was routed from, then route the pruned one (layerprune route --model PRUNED)"
+        )
     config = read_transformer_config(args.model, revision=args.revision)
     if config is None:  # short names built in code: the depth is known once built (cheap for those)
         from .modeling import load_transformer

@@ -411,18 +411,7 @@ def prune_to_folder(
 ) -> PrunedTransformerMixin:
     """Load ``model``, keep (or drop) the given blocks and save the result to ``output_dir``: the whole pipeline, or
     with ``transformer_only`` just the pruned transformer (then only the transformer is loaded). ``dtype`` ``"auto"``
-    is the model's (bfloat16 for PixArt-Sigma, float32 for the toy world). Returns the pruned transformer.
-
-    A prompt-routed folder (``routing.json``) is refused: its router picks blocks of these weights, and a pruned copy
-    would silently lose it (a sparsified folder's ``sparsity.json`` is carried over instead)."""
-    from .routing.record import FILE_NAME as ROUTING_FILE
-
-    local = pipeline_folder(model)
-    if local is not None and (Path(local) / ROUTING_FILE).is_file():
-        raise LayerPruneError(
-            f"{model} is a prompt-routed pipeline ({ROUTING_FILE}); pruning it would drop its router: prune the model "
-            "it was routed from, then route the pruned one (layerprune route --model PRUNED)"
-        )
+    is the model's (bfloat16 for PixArt-Sigma, float32 for the toy world). Returns the pruned transformer."""
     torch_dtype = resolve_dtype(dtype, model)
     if transformer_only:
         transformer = load_transformer(model, torch_dtype=torch_dtype, revision=revision)
