@@ -94,6 +94,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_pipeline, grid_path, render_report_md
 
+    if args.no_teacher and (args.teacher or args.no_teacher_cache):  # both would be ignored without a word
+        from .errors import LayerPruneError
+
+        flag = "--teacher" if args.teacher else "--no-teacher-cache"
+        raise LayerPruneError(f"{flag} sets up the teacher, which --no-teacher leaves out: pass one of them")
     output = Path(args.output) if args.output else _default_report_path(args.model)
     report = evaluate_pipeline(
         args.model,

@@ -268,6 +268,11 @@ def load_pipeline(
 
     name = str(model)
     local = None if name in MODEL_ALIASES else _resolve_local(name)
+    if base_model is not None and not (local is not None and is_transformer_folder(local)):  # would be ignored
+        raise LayerPruneError(
+            f"--base-model applies to a --model folder that holds only a transformer; {name} is a whole pipeline: "
+            "leave --base-model out"
+        )
     if local is not None and is_transformer_folder(local):
         return _load_with_base(local, base_model, torch_dtype=torch_dtype, device=device, **components)
     if name in MODEL_ALIASES:

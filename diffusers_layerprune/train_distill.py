@@ -236,11 +236,46 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--prompts (prompt-only KD) cannot be combined with --dataset_name/--train_data_dir")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id user/name")
-    if args.lora_alpha is None:
-        args.lora_alpha = float(args.rank)
     if args.init_lora:
         args.use_lora = True
+    check_ignored_flags(p, args)
+    if args.lora_alpha is None:
+        args.lora_alpha = float(args.rank)
     return args
+
+
+# Flags that do something only together with another one: given without it, they would be ignored without a word.
+ONLY_WITH = {
+    "use_lora": ("rank", "lora_alpha", "lora_target_modules"),
+    "use_ema": ("ema_decay",),
+    "push_to_hub": ("hub_private_repo",),
+    "validation_prompts": ("validation_steps", "num_validation_images", "validation_inference_steps"),
+    "resume_from_checkpoint": ("resume_mismatch",),
+}
+
+
+def check_ignored_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (one line, exit 2) a flag set to a value of its own where the chosen path ignores it: LoRA settings
+    without --use_lora, dataset columns in prompt-only mode, teacher sampling with an image-caption dataset..."""
+    for needs, flags in ONLY_WITH.items():
+        if not getattr(args, needs):
+            given = [f for f in flags if getattr(args, f) != parser.get_default(f)]
+            if given:
+                parser.error(f"--{given[0]} applies only with --{needs}: add --{needs} or leave it out")
+    dataset = bool(args.dataset_name or args.train_data_dir)
+    images = dataset and not args.prompt_column  # image-caption data: the teacher does not generate
+    if not dataset:
+        if args.prompt_column is not None or args.dataset_config_name is not None:
+            flag = "prompt_column" if args.prompt_column is not None else "dataset_config_name"
+            parser.error(f"--{flag} applies to --dataset_name/--train_data_dir; for a prompt file use --prompts")
+    elif args.exclude_prompts:
+        parser.error("--exclude_prompts applies to prompt sets (--prompts), not to --dataset_name/--train_data_dir")
+    columns = [f for f in ("image_column", "caption_column") if getattr(args, f) != parser.get_default(f)]
+    if columns and not images:
+        parser.error(f"--{columns[0]} applies to image-caption datasets; prompt-only data uses --prompt_column")
+    sampling = [f for f in ("teacher_inference_steps", "teacher_guidance_scale") if getattr(args, f) is not None]
+    if sampling and images:
+        parser.error(f"--{sampling[0]} applies to prompt-only data (the teacher generates); this dataset has images")
 
 
 if __name__ == "__main__":  # python -m ...: --help and argument mistakes answer before torch loads (~12 CPU-s)

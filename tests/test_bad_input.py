@@ -156,6 +156,8 @@ CASES = {
     "eval/damaged_model": ("eval", ["{garbage}"], "is damaged or not a safetensors file"),
     "eval/short_kept_layers": ("eval", ["{short_kept}"], "kept_layers in"),
     "eval/output_is_folder": ("eval", [P, "--output-override", "{ws}"], "is a folder"),
+    "eval/teacher_and_no_teacher": ("eval", [P, "--teacher", "{model}", "--no-teacher"], "--no-teacher leaves out"),
+    "prune/base_model_of_a_pipeline": ("prune", [M, "--drop", "0", "--base-model", "org/x"], "--base-model applies"),
     "eval/scorers_empty": ("eval", [P, "--scorers", ","], "--scorers names no scorer"),
     "eval/prompt_cell_null": ("eval", [P, "--prompts", "{cells_null}"], "prompt cells are not text (row 2: None"),
     "score/prompt_cell_number": ("score", [M, "--prompts", "{cells_number}"], "are not text (row 2: 5, int)"),
@@ -242,6 +244,13 @@ TRAIN_CASES = {
     "student_short_kept": (["--student_model", "{short_kept}"], "kept_layers in"),
     "student_damaged_weights": (["--student_model", "{garbage}"], "is damaged or not a safetensors file"),
     "student_is_teacher": (["--student_model", "{model}"], "has no kept_layers"),
+    # flags the chosen path would ignore
+    "rank_without_lora": (["--rank", "8"], "--rank applies only with --use_lora"),
+    "ema_decay_without_ema": (["--ema_decay", "0.99"], "--ema_decay applies only with --use_ema"),
+    "validation_steps_without_prompts": (["--validation_steps", "5"], "applies only with --validation_prompts"),
+    "resume_mismatch_without_resume": (["--resume_mismatch", "restart"], "only with --resume_from_checkpoint"),
+    "prompt_column_without_dataset": (["--prompt_column", "text"], "--prompt_column applies to --dataset_name"),
+    "image_column_prompt_only": (["--image_column", "img"], "--image_column applies to image-caption datasets"),
 }
 
 

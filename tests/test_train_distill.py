@@ -123,8 +123,9 @@ def test_image_caption_dataset(work):
     (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     out = work / "images-out"
     args = [a for a in base_args(work, out, steps=2)]
-    i = args.index("--prompts")
-    del args[i : i + 2]
+    for flag in ("--prompts", "--teacher_inference_steps", "--teacher_guidance_scale"):  # prompt-only settings
+        i = args.index(flag)
+        del args[i : i + 2]
     run_train_distill(args + ["--train_data_dir", data, "--report_to", "none"])
     assert PrunedPixArtTransformer.from_pretrained(out, subfolder="transformer").config.kept_layers == [0, 2, 3, 5]
     recipe = json.loads((out / "distill_config.json").read_text())
