@@ -72,7 +72,14 @@ def train_parent_lora(args, folder: Path) -> dict:
     embeds, masks = encode_captions(pipe, [a.caption() for a in attrs])
     null_embed, null_mask = encode_captions(pipe, [""])
     rng = np.random.default_rng(args.seed)
-    picks = rng.integers(0, len(attrs), size=args.lora_renders)
+    # half the renders are squares: only they carry the LoRA's lesson, the others keep the rest of the world intact
+    squares = np.array([i for i, a in enumerate(attrs) if a.shape == "square"])
+    others = np.array([i for i, a in enumerate(attrs) if a.shape != "square"])
+    picks = np.where(
+        rng.random(args.lora_renders) < 0.5,
+        rng.choice(squares, size=args.lora_renders),
+        rng.choice(others, size=args.lora_renders),
+    )
     seeds = rng.integers(0, 2**31 - 1, size=args.lora_renders)
     latents = encode_renders(pipe.vae, [effect_target(attrs[int(i)]) for i in picks], [int(s) for s in seeds])
     caption_index = torch.from_numpy(picks).long()
@@ -145,13 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ratio", type=float, default=0.25, help="fraction of blocks to remove")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--lora-steps", type=int, default=400)
+    p.add_argument("--lora-steps", type=int, default=500)
     p.add_argument("--lora-renders", type=int, default=4000)
-    p.add_argument("--lora-learning-rate", type=float, default=2e-3)
+    p.add_argument("--lora-learning-rate", type=float, default=5e-3)
     p.add_argument("--distill-steps", type=int, default=300)
     p.add_argument("--recovery-steps", default="100,300", help="checkpoints of the recovery run that are judged")
     p.add_argument("--recovery-learning-rate", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="batch of every training run")
     p.add_argument("--num-prompts", type=int, default=48, help="held-out captions per group (effect, control)")
     p.add_argument(
         "--num-threads",
@@ -186,6 +193,17 @@ def main(argv: list[str] | None = None) -> dict:
     lora_run = train_parent_lora(args, out / "parent_lora")
     timings["parent LoRA s"] = time.perf_counter() - start
 
+    from diffusers_layerprune.modeling import load_pipeline, load_transformer
+
+    pipe = load_pipeline("toy")
+    teacher = pipe.transformer
+    effect, control = evaluation_pairs(args.num_prompts)
+    rows = {
+        "parent": judge_model(pipe, teacher, None, effect, control),
+        "parent + LoRA": judge_model(pipe, teacher, out / "parent_lora", effect, control),
+    }
+    print(f"parent + LoRA: effect {100 * rows['parent + LoRA']['effect']:.1f}%", flush=True)
+
     depth = 12
     drop = sorted(random.Random(args.seed).sample(range(depth), max(1, round(args.ratio * depth))))
     timings["prune s"] = run(
@@ -212,18 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
          "--learning_rate", str(args.recovery_learning_rate)], args.num_threads
     )  # fmt: skip
 
-    from diffusers_layerprune.modeling import load_pipeline, load_transformer
-
-    pipe = load_pipeline("toy")
-    teacher = pipe.transformer
     student = load_transformer(str(out / "distilled"))
-    effect, control = evaluation_pairs(args.num_prompts)
-    rows = {
-        "parent": judge_model(pipe, teacher, None, effect, control),
-        "parent + LoRA": judge_model(pipe, teacher, out / "parent_lora", effect, control),
-        "pruned (distilled)": judge_model(pipe, student, None, effect, control),
-        "pruned + adapted LoRA": judge_model(pipe, student, out / "adapted", effect, control),
-    }
+    rows["pruned (distilled)"] = judge_model(pipe, student, None, effect, control)
+    rows["pruned + adapted LoRA"] = judge_model(pipe, student, out / "adapted", effect, control)
     for steps in recovery:
         rows[f"+ recovery {steps} steps"] = judge_model(
             pipe, student, out / "recovered" / f"checkpoint-{steps}" / "lora", effect, control
