@@ -147,6 +147,35 @@ def judge_model(pipe, transformer, lora_path, effect, control) -> dict:
     return {"effect": effect_report.accuracy["colour"], "control": control_report.accuracy["colour"]}
 
 
+def train_the_rest(args, out: Path, drop: list[int], recovery: list[int], py: str, cli: list[str]) -> dict:
+    """Prune, distil, adapt-lora, recover; returns the timings."""
+    timings = {}
+    train_prompts = ["--max_train_samples", str(args.train_prompts)] if getattr(args, "train_prompts", None) else []
+    timings["prune s"] = run(
+        [*cli, "prune", "--model", "toy", "--drop", ",".join(map(str, drop)), "--output", str(out / "pruned")],
+        args.num_threads,
+    )
+    distill = [
+        py, str(ROOT / "training" / "train_distill.py"), "--teacher_model", "toy", "--train_batch_size",
+        str(args.batch_size), "--seed", str(args.seed), "--report_to", "none", "--cache_dir", args.cache_dir, *train_prompts,
+    ]  # fmt: skip
+    timings["distill s"] = run(
+        [*distill, "--student_model", str(out / "pruned"), "--output_dir", str(out / "distilled"),
+         "--max_train_steps", str(args.distill_steps), "--checkpointing_steps", str(args.distill_steps),
+         "--learning_rate", "2e-4", "--lr_scheduler", "cosine"], args.num_threads
+    )  # fmt: skip
+    timings["adapt-lora s"] = run(
+        [*cli, "adapt-lora", str(out / "parent_lora"), "--pruned", str(out / "distilled"), "--output", str(out / "adapted")], args.num_threads
+    )  # fmt: skip
+    timings["recovery s"] = run(
+        [*distill, "--student_model", str(out / "distilled"), "--output_dir", str(out / "recovered"),
+         "--init_lora", str(out / "adapted"), "--teacher_lora", str(out / "parent_lora"),
+         "--max_train_steps", str(max(recovery)), "--checkpointing_steps", str(min(recovery)),
+         "--learning_rate", str(args.recovery_learning_rate)], args.num_threads
+    )  # fmt: skip
+    return timings
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratio", type=float, default=0.25, help="fraction of blocks to remove")
@@ -166,6 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=1,
         help="torch CPU threads here and in the runs (1 is robust on a shared box)",
     )
+    p.add_argument(
+        "--judge-only",
+        action="store_true",
+        help="judge the models of an earlier run in --output again (its settings read from --results), e.g. with "
+        "another --num-prompts",
+    )
     p.add_argument("--small", action="store_true", help="a few steps everywhere: the wiring, in seconds (tests)")
     p.add_argument("--output", default="runs/lora_toy")
     p.add_argument("--cache-dir", default="runs/lora_toy_cache", help="teacher latents, reused by later runs")
@@ -175,61 +210,42 @@ def main(argv: list[str] | None = None) -> dict:
         args.lora_steps, args.lora_renders, args.distill_steps = 3, 16, 2
         args.recovery_steps, args.num_prompts, args.batch_size = "1,2", 2, 4
         args.train_prompts = 8
-    train_prompts = ["--max_train_samples", str(args.train_prompts)] if getattr(args, "train_prompts", None) else []
     recovery = sorted({int(s) for s in args.recovery_steps.split(",")})
     import torch
 
     torch.set_num_threads(args.num_threads)
 
     out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     py = sys.executable
     cli = [py, "-m", "diffusers_layerprune.cli"]
-    timings = {}
-
-    start = time.perf_counter()
-    lora_run = train_parent_lora(args, out / "parent_lora")
-    timings["parent LoRA s"] = time.perf_counter() - start
-
     from diffusers_layerprune.modeling import load_pipeline, load_transformer
 
     pipe = load_pipeline("toy")
     teacher = pipe.transformer
     effect, control = evaluation_pairs(args.num_prompts)
+    rows = {}
+    if args.judge_only:  # the runs of an earlier call, judged again (e.g. on more prompts)
+        earlier = json.loads(Path(args.results).read_text())
+        drop, lora_run, timings = earlier["pruned_blocks"], earlier["parent_lora"], earlier["timings_s"]
+        args = argparse.Namespace(**{**earlier["settings"], "num_prompts": args.num_prompts, "judge_only": True})
+        recovery = sorted({int(s) for s in args.recovery_steps.split(",")})
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        timings = {}
+        start = time.perf_counter()
+        lora_run = train_parent_lora(args, out / "parent_lora")
+        timings["parent LoRA s"] = time.perf_counter() - start
+        rows["parent + LoRA"] = judge_model(pipe, teacher, out / "parent_lora", effect, control)
+        print(f"parent + LoRA: effect {100 * rows['parent + LoRA']['effect']:.1f}%", flush=True)
+        drop = sorted(random.Random(args.seed).sample(range(12), max(1, round(args.ratio * 12))))
+        timings.update(train_the_rest(args, out, drop, recovery, py, cli))
+    adapted_record = json.loads((out / "adapted" / "layerprune_lora.json").read_text())
     rows = {
         "parent": judge_model(pipe, teacher, None, effect, control),
-        "parent + LoRA": judge_model(pipe, teacher, out / "parent_lora", effect, control),
+        "parent + LoRA": rows.get("parent + LoRA") or judge_model(pipe, teacher, out / "parent_lora", effect, control),
     }
-    print(f"parent + LoRA: effect {100 * rows['parent + LoRA']['effect']:.1f}%", flush=True)
-
-    depth = 12
-    drop = sorted(random.Random(args.seed).sample(range(depth), max(1, round(args.ratio * depth))))
-    timings["prune s"] = run(
-        [*cli, "prune", "--model", "toy", "--drop", ",".join(map(str, drop)), "--output", str(out / "pruned")],
-        args.num_threads,
-    )
-    distill = [
-        py, str(ROOT / "training" / "train_distill.py"), "--teacher_model", "toy", "--train_batch_size",
-        str(args.batch_size), "--seed", str(args.seed), "--report_to", "none", "--cache_dir", args.cache_dir, *train_prompts,
-    ]  # fmt: skip
-    timings["distill s"] = run(
-        [*distill, "--student_model", str(out / "pruned"), "--output_dir", str(out / "distilled"),
-         "--max_train_steps", str(args.distill_steps), "--checkpointing_steps", str(args.distill_steps),
-         "--learning_rate", "2e-4", "--lr_scheduler", "cosine"], args.num_threads
-    )  # fmt: skip
-    timings["adapt-lora s"] = run(
-        [*cli, "adapt-lora", str(out / "parent_lora"), "--pruned", str(out / "distilled"), "--output", str(out / "adapted")], args.num_threads
-    )  # fmt: skip
-    adapted_record = json.loads((out / "adapted" / "layerprune_lora.json").read_text())
-    timings["recovery s"] = run(
-        [*distill, "--student_model", str(out / "distilled"), "--output_dir", str(out / "recovered"),
-         "--init_lora", str(out / "adapted"), "--teacher_lora", str(out / "parent_lora"),
-         "--max_train_steps", str(max(recovery)), "--checkpointing_steps", str(min(recovery)),
-         "--learning_rate", str(args.recovery_learning_rate)], args.num_threads
-    )  # fmt: skip
-
     student = load_transformer(str(out / "distilled"))
     rows["pruned (distilled)"] = judge_model(pipe, student, None, effect, control)
     rows["pruned + adapted LoRA"] = judge_model(pipe, student, out / "adapted", effect, control)
