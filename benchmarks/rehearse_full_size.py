@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from paper.cells import GPU_END, GPU_START, generated_section  # noqa: E402  (the page's GPU section is kept)
 
 PROMPTS = [
     "a photo of an astronaut riding a horse on the moon, detailed, dramatic light",
@@ -357,7 +360,9 @@ def write_doc(result: dict, path: Path) -> None:
         "float32); 10k teacher latents at 1024 px are 10k x 4 x 128 x 128 x 2 bytes = 1.3 GB.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    # the page's GPU section is benchmarks/gpu_check.py's: kept as it is
+    kept = generated_section(path, GPU_START, GPU_END)
+    path.write_text("\n".join(lines) + (f"\n{kept}\n" if kept else ""))
 
 
 def main(argv=None) -> None:

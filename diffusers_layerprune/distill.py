@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_record import expose_record
 from .errors import LayerPruneError
 from .validation import FEATURE_LOSS_NAMES
 
@@ -296,7 +297,7 @@ def _read_config(path: Path) -> dict:
         raise LayerPruneError(f"{path} is not a readable JSON config ({error})") from error
     if not isinstance(config, dict):
         raise LayerPruneError(f"{path} is not a model config")
-    return config
+    return expose_record(config)
 
 
 def student_config_path(student: str | os.PathLike) -> tuple[Path, str | None]:

@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from .config_record import expose_record
 from .errors import LayerPruneError
 
 # Shipped inside the package (model_cards/ at the top of a checkout links here), so a wheel install can render it.
@@ -131,7 +132,7 @@ def _transformer_parameters(folder: Path) -> tuple[int, int, int]:
 
     from .families import family_of_config
 
-    config = _read_json(transformer_dir(folder) / "config.json")
+    config = expose_record(_read_json(transformer_dir(folder) / "config.json") or {})
     family = family_of_config(config, str(folder))
     firsts = [stack.attr + ".0." for stack in family.stacks]
     total, first_block = 0, [0] * len(firsts)
@@ -217,7 +218,7 @@ def _render_model_card(
             "without --transformer-only"
         )
     transformer_only = transformer_only or not (folder / "model_index.json").is_file()
-    config = _read_json(transformer_dir(folder) / "config.json")
+    config = expose_record(_read_json(transformer_dir(folder) / "config.json") or {})
     kept = config.get("kept_layers")
     from .families import family_of_config
 
@@ -348,9 +349,18 @@ def _render_model_card(
         summary = routing_summary(routing)
         custom = CUSTOM_PIPELINE if (folder / f"{CUSTOM_PIPELINE}.py").is_file() else None
         routing_section = routing_card_section(routing, repo_id, custom_pipeline=custom)
+    from .export import exported_files
+
+    exports = [
+        dict(name=f.name, size=_size_text(f.stat().st_size), kind=_export_kind(f)) for f in
+        exported_files(folder)
+    ]  # fmt: skip
     card = ModelCard.from_template(
         data,
         template_path=str(TEMPLATE),
+        exports=exports,
+        export_example=next((e for e in exports if e["name"].endswith(".gguf")), exports[0] if exports else None),
+        family_title=family.title,
         title=f"{name}",
         summary=summary,
         show_removed=routing is None or bool(routing.kept_layers),
@@ -387,6 +397,28 @@ def _render_model_card(
         version=__version__,
     )
     return str(card)
+
+
+def _size_text(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def _export_kind(path: Path) -> str:
+    """``GGUF Q8_0`` / ``safetensors BF16``: the file's type, read from the file (GGUF file type; safetensors dtype)."""
+    if path.suffix == ".gguf":
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        file_type = reader.fields["general.file_type"].contents()
+        return f"GGUF {gguf.LlamaFileType(file_type).name.removeprefix('MOSTLY_')}"
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        dtypes = sorted({f.get_slice(k).get_dtype() for k in f.keys()})
+    return f"safetensors {'/'.join(dtypes)}"
 
 
 def _ignored(rel: str) -> bool:

@@ -4,26 +4,27 @@ A pruned transformer is its family's stock class with fewer blocks, renumbered `
 ``kept_layers`` (the source block each block came from), ``source_num_layers`` and ``source_model`` (see
 ``pruned.py``; the classes are :class:`PrunedPixArtTransformer`, :class:`PrunedSanaTransformer`,
 :class:`PrunedSD3Transformer`, :class:`PrunedFluxTransformer`). Folders it saves name the stock class, so stock
-diffusers loads them without this package (the extra config keys are kept, with one warning).
+diffusers loads them without this package, without a warning (the record is stored under ``_`` names: ``config_record``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
+from .aliases import ALIAS_FOLDERS, MODEL_ALIASES
+from .config_record import expose_record, source_id  # noqa: F401 (source_id: public here before it moved)
 from .errors import LayerPruneError
 from .families import family_of, family_of_config, family_of_pipeline, find_family, supported_text
-from .families.base import expand, rows, to_device
 from .families.flux import PrunedFluxTransformer
 from .families.pixart import PrunedPixArtTransformer
 from .families.sana import PrunedSanaTransformer
 from .families.sd3 import PrunedSD3Transformer
+from .generation import generate_from_conditioning, generate_from_embeddings  # noqa: F401 (public here before)
 from .outputs import atomic_output_dir
 from .pruned import PrunedTransformerMixin, check_kept_layers
 from .validation import is_transformer_folder  # noqa: F401 (public here before it moved)
@@ -34,70 +35,19 @@ STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
 _check_kept_layers = check_kept_layers
 
 
-def source_id(name_or_path: str | None) -> str | None:
-    """The Hub id or folder a model was loaded from, given a ``_name_or_path``.
+def expose_record_of(model) -> None:
+    """Give a model that stock ``from_pretrained`` loaded its kept-block record under the plain names in memory
+    (``config.kept_layers``), as the pruned classes have it; saving stores it quietly again (``config_record``)."""
+    from diffusers.configuration_utils import FrozenDict
 
-    Models loaded as part of a pipeline record ``<folder>/transformer``, and from the Hub a cache path
-    ``.../models--org--name/snapshots/<sha>/transformer``: map those back to ``<folder>`` and ``org/name``.
-    """
-    if not name_or_path:
-        return None
-    text = str(name_or_path).rstrip("/")
-    cached = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", text)
-    if cached:
-        return f"{cached[1]}/{cached[2]}"
-    return text.removesuffix("/transformer") or None
+    exposed = expose_record(model.config)
+    if exposed != dict(model.config):
+        model._internal_dict = FrozenDict(exposed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pipelines
 # ----------------------------------------------------------------------------------------------------------------
-
-# Short model names resolved before hub ids / paths. Values build the pipeline (or return a local folder path).
-MODEL_ALIASES: dict[str, Callable] = {}
-
-
-def _tiny_random_pipeline(**kwargs):
-    from .testing import build_tiny_pixart_pipeline
-
-    return build_tiny_pixart_pipeline(**kwargs)
-
-
-MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
-
-
-def _tiny_random_family(family: str) -> Callable:
-    def build(**kwargs):
-        from .testing import TINY_BUILDERS
-
-        return TINY_BUILDERS[family](**kwargs)
-
-    return build
-
-
-# One tiny random pipeline per non-PixArt family (``tiny-random`` stays PixArt-Sigma).
-for _family in ("sana", "sd3", "flux"):
-    MODEL_ALIASES[f"tiny-random-{_family}"] = _tiny_random_family(_family)
-
-
-def _toy_pipeline(**kwargs):
-    from .toy import load_toy_pipeline
-
-    return load_toy_pipeline(**kwargs)
-
-
-MODEL_ALIASES["toy"] = _toy_pipeline
-
-
-def _toy_folder() -> Path:
-    from .toy import toy_pipeline_path
-
-    return toy_pipeline_path()
-
-
-# Short names whose pipeline is a folder on disk: their config can be read without building the pipeline.
-ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {"toy": _toy_folder}
-
 
 # Settings a model is meant to be used with, by short name; anything else gets its family's (ModelFamily.defaults). Prompt sets are
 # `--prompts` specs (data.load_prompts): blocks are scored on `score_prompts`, distillation trains on
@@ -222,87 +172,6 @@ def with_transformer(pipe, transformer):
     return replaced
 
 
-def generate_from_embeddings(
-    pipe,
-    embeds: torch.Tensor,
-    masks: torch.Tensor,
-    negative: tuple[torch.Tensor, torch.Tensor] | None,
-    *,
-    seeds,
-    num_inference_steps: int,
-    guidance_scale: float,
-    resolution: int,
-    max_sequence_length: int,
-    batch_size: int = 8,
-    output_type: str = "pt",
-    progress=None,
-) -> torch.Tensor:
-    """Generate from precomputed prompt embeddings ``[N, L, D]`` / masks ``[N, L]`` (PixArt, Sana: the families
-    whose conditioning is an embedding and a mask); prompt ``i`` uses ``seeds[i]``. See
-    :func:`generate_from_conditioning`, which this calls, for every family."""
-    text = {"prompt_embeds": embeds, "prompt_attention_mask": masks}
-    neg = None if negative is None else {"prompt_embeds": negative[0], "prompt_attention_mask": negative[1]}
-    return generate_from_conditioning(
-        pipe,
-        text,
-        neg,
-        seeds=seeds,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        resolution=resolution,
-        max_sequence_length=max_sequence_length,
-        batch_size=batch_size,
-        output_type=output_type,
-        progress=progress,
-    )
-
-
-def generate_from_conditioning(
-    pipe,
-    text: dict[str, torch.Tensor],
-    negative: dict[str, torch.Tensor] | None,
-    *,
-    seeds,
-    num_inference_steps: int,
-    guidance_scale: float,
-    resolution: int,
-    max_sequence_length: int,
-    batch_size: int = 8,
-    output_type: str = "pt",
-    progress=None,
-) -> torch.Tensor:
-    """Generate from cached text conditioning (``ModelFamily.encode``'s dict, ``N`` prompts); prompt ``i`` uses
-    ``seeds[i]``. The pipeline's call arguments come from the family (``ModelFamily.call_kwargs``).
-
-    Each image's initial noise depends on its own seed only, so results do not change with ``batch_size``.
-    ``negative`` is the encoded empty prompt (one row), used when ``guidance_scale > 1``.
-    Returns images ``[N, 3, R, R]`` in [0, 1] (``output_type="pt"``) or latents (``"latent"``), float32 on the CPU.
-    ``progress(n)`` is called after each batch.
-    """
-    family = family_of_pipeline(pipe)
-    device, dtype = pipe.transformer.device, pipe.transformer.dtype
-    total = len(text["prompt_embeds"])
-    out = []
-    for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        batch = to_device(rows(text, start, stop), device, dtype)
-        neg = None
-        if guidance_scale > 1 and negative is not None:
-            neg = to_device(expand(negative, stop - start), device, dtype)
-        result = pipe(
-            **family.call_kwargs(batch, neg, resolution, max_sequence_length),
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=[torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]],
-            output_type=output_type,
-        ).images
-        result = result.float().cpu()
-        out.append(result.clamp(0, 1) if output_type == "pt" else result)
-        if progress is not None:
-            progress(stop - start)
-    return torch.cat(out)
-
-
 def read_transformer_config(model: str | os.PathLike, *, revision: str | None = None) -> dict | None:
     """The pipeline's ``transformer/config.json`` without loading weights (``None`` for short names built in code).
 
@@ -326,7 +195,7 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
             from huggingface_hub import hf_hub_download
 
             config_file = hf_hub_download(name, "config.json", subfolder="transformer", revision=revision)
-        config = json.loads(Path(config_file).read_text())
+        config = expose_record(json.loads(Path(config_file).read_text()))
     except LayerPruneError:
         raise
     except Exception as error:
@@ -407,6 +276,8 @@ def load_pipeline(
         except Exception as error:  # hub / network / format errors: one line with the cause
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error)}") from error
         transformer = getattr(pipe, "transformer", None)
+        if "transformer" not in components and find_family(transformer) is not None:
+            expose_record_of(transformer)
         if local is not None and "transformer" not in components and find_family(transformer) is not None:
             from .provenance import restore_local_source
 
@@ -422,7 +293,7 @@ def _load_with_base(folder: Path, base_model: str | None, *, torch_dtype=None, d
     """The base pipeline with the transformer saved alone in ``folder``."""
     from .provenance import local_source
 
-    config = json.loads((folder / "config.json").read_text())
+    config = expose_record(json.loads((folder / "config.json").read_text()))
     # the saved config names a local source by folder name only; the full path is in the folder's hidden marker
     base = base_model or local_source(folder) or config.get("source_model")
     if not base:

@@ -63,6 +63,8 @@ OWN_ENTRIES = (
     "summary.json",
     "pruned",
     "distilled",
+    "transformer*.gguf",  # layerprune export beside the pipeline
+    "transformer*.safetensors",
     ".*.tmp-*",
     ".*.old-*",
 )

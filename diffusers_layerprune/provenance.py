@@ -16,10 +16,12 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from .config_record import hide_record, is_model_config, stored_name
+
 # Pipeline component folders: ``<pipeline>/vae`` is named after ``<pipeline>``.
 COMPONENT_FOLDERS = {"transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"}
 # Config keys in which diffusers / transformers / this package record where a model was loaded from.
-SOURCE_KEYS = ("_name_or_path", "name_or_path", "source_model")
+SOURCE_KEYS = ("_name_or_path", "name_or_path", "source_model", stored_name("source_model"))
 _HUB_CACHE = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
 
 
@@ -68,7 +70,8 @@ def public_name(value: str | os.PathLike | None) -> str | None:
 
 def publish_configs(folder: str | os.PathLike) -> list[Path]:
     """Replace local paths in the source keys (``_name_or_path``, ``source_model``) of a saved pipeline's JSON
-    configs (``model_index.json``, ``<component>/*.json``) by their public names; returns the files changed."""
+    configs (``model_index.json``, ``<component>/*.json``) by their public names, and store a model config's
+    kept-block record under its quiet names (``config_record``); returns the files changed."""
     folder = Path(folder)
     changed = []
     for path in [*folder.glob("*.json"), *folder.glob("*/*.json")]:
@@ -81,6 +84,8 @@ def publish_configs(folder: str | os.PathLike) -> list[Path]:
         if not isinstance(data, dict):
             continue
         fixed = {k: public_name(v) if k in SOURCE_KEYS and isinstance(v, str) else v for k, v in data.items()}
+        if path.name == "config.json" and is_model_config(fixed):  # a stock class saved it: store the record quietly
+            fixed = hide_record(fixed)
         if fixed != data:
             path.write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n")
             changed.append(path)
@@ -90,7 +95,7 @@ def publish_configs(folder: str | os.PathLike) -> list[Path]:
 def local_inputs(*models: str | os.PathLike | None) -> list[str]:
     """The local paths a command reads (models, files), which its outputs must stay apart from: each given value,
     and for the short name ``toy`` the bundled pipeline's folder."""
-    from .modeling import ALIAS_FOLDERS, MODEL_ALIASES
+    from .aliases import ALIAS_FOLDERS, MODEL_ALIASES
 
     inputs = []
     for model in filter(None, models):
@@ -106,7 +111,7 @@ def full_local(value: str | os.PathLike | None) -> str | None:
     """An existing local path made absolute (links kept), anything else (Hub id, short name) as given."""
     if value is None:
         return None
-    from .modeling import MODEL_ALIASES
+    from .aliases import MODEL_ALIASES
 
     if str(value) in MODEL_ALIASES:  # a short name stays one, whatever folders the working directory holds
         return str(value)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from .blocks import resolve_kept_layers
+from .config_record import expose_record, hide_record, source_id
 from .errors import LayerPruneError
 from .families import family_of, get_family
 
@@ -79,8 +80,6 @@ class PrunedTransformerMixin:
         source_num_layers = transformer.config.get("source_num_layers") or sum(depths)
         recorded = [parent_kept[i] for i in kept] if parent_kept is not None else kept
         if source_model is None:
-            from .modeling import source_id
-
             source_model = transformer.config.get("source_model") or source_id(transformer.config.get("_name_or_path"))
 
         init_keys = cls._get_init_keys(cls) - {"self", "kwargs"}
@@ -139,9 +138,15 @@ class PrunedTransformerMixin:
             )
         return (model, info) if want_info else model
 
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # The record is saved under underscore names (config_record): give them back to __init__.
+        return super().extract_init_dict(expose_record(config_dict), **kwargs)
+
     def to_json_string(self) -> str:
-        # Name the stock class so that AutoModel / DiffusionPipeline load our folders without this package.
-        config = json.loads(super().to_json_string())
+        # Name the stock class so that AutoModel / DiffusionPipeline load our folders without this package, and
+        # store the record under names stock loading passes over without a warning.
+        config = hide_record(json.loads(super().to_json_string()))
         config["_class_name"] = self.family_record().transformer_class
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 

@@ -206,9 +206,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--validation_inference_steps", type=positive_int, default=None)
     g.add_argument(
         "--report_to",
-        default="tensorboard",
+        default=None,
         choices=REPORT_TO,
-        help="tracker for losses and validation images (tensorboard logs are uploaded with the model)",
+        help="tracker for losses and validation images (tensorboard logs are uploaded with the model); default: "
+        "tensorboard when it is installed (pip install 'diffusers-layerprune[train]'), else none",
     )
     g.add_argument("--logging_dir", default="logs")
     g.add_argument("--tracker_project_name", default="layerprune-distill")
@@ -369,10 +370,15 @@ def check_args(args) -> None:
         raise LayerPruneError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or leave the flag out)")
     if args.use_ema and args.use_lora:
         raise LayerPruneError("--use_ema averages all student weights; it does not go with --use_lora")
-    # "all" means every tracker that is installed (accelerate's meaning); a named one must be installed
-    if args.report_to in ("tensorboard", "wandb") and importlib.util.find_spec(args.report_to) is None:
+    # "all" means every tracker that is installed (accelerate's meaning); a named one must be installed, while the
+    # default uses tensorboard only where it is, so a base install trains as it is.
+    if args.report_to is None:
+        args.report_to = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    elif args.report_to in ("tensorboard", "wandb") and importlib.util.find_spec(args.report_to) is None:
+        extra = " (or pip install 'diffusers-layerprune[train]')" if args.report_to == "tensorboard" else ""
         raise LayerPruneError(
-            f"--report_to {args.report_to} needs {args.report_to}: pip install {args.report_to} (or --report_to none)"
+            f"--report_to {args.report_to} needs {args.report_to}: pip install {args.report_to}{extra}, or "
+            "--report_to none"
         )
 
 

@@ -1,9 +1,28 @@
 """Helpers shared by test modules (pytest puts tests/ on sys.path)."""
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
+
+
+def stock_env() -> dict:
+    """The environment of a user's process: this checkout off the path (extra paths a user set stay)."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
+
+
+def read_config(path) -> dict:
+    """A saved transformer ``config.json`` as the package reads it (the kept-block record under its plain names)."""
+    import json
+
+    from diffusers_layerprune.config_record import expose_record
+
+    return expose_record(json.loads(Path(path).read_text()))
 
 
 def load_benchmark(name: str):
@@ -17,6 +36,7 @@ def load_benchmark(name: str):
         sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 

@@ -1,10 +1,11 @@
-import json
 import subprocess
 import sys
 
 import pytest
 
 from diffusers_layerprune.cli import main
+
+from helpers import read_config
 
 
 def test_prune_writes_a_full_pipeline(tiny_pipeline_dir, tmp_path, capsys):
@@ -13,7 +14,7 @@ def test_prune_writes_a_full_pipeline(tiny_pipeline_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "6 -> 3 blocks" in printed and "[0, 2, 5]" in printed
     assert {p.name for p in out.iterdir()} >= {"model_index.json", "transformer", "vae", "text_encoder", "tokenizer"}
-    config = json.loads((out / "transformer" / "config.json").read_text())
+    config = read_config(out / "transformer" / "config.json")
     assert config["kept_layers"] == [0, 2, 5] and config["source_num_layers"] == 6
     assert config["source_model"] == tiny_pipeline_dir.name  # the full local path stays in the hidden marker
 
@@ -21,7 +22,7 @@ def test_prune_writes_a_full_pipeline(tiny_pipeline_dir, tmp_path, capsys):
     assert main(["prune", "--model", str(tiny_pipeline_dir), "--keep", "0,1", "--output", str(out)]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main(["prune", "--model", str(tiny_pipeline_dir), "--keep", "0,1", "--output", str(out), "--overwrite"]) == 0
-    assert json.loads((out / "transformer" / "config.json").read_text())["kept_layers"] == [0, 1]
+    assert read_config(out / "transformer" / "config.json")["kept_layers"] == [0, 1]
 
 
 @pytest.mark.parametrize(

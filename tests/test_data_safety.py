@@ -30,7 +30,7 @@ from diffusers_layerprune.provenance import public_name
 from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
-from helpers import ROOT, distill_args, run_train_distill, train_in_this_process
+from helpers import ROOT, distill_args, read_config, run_train_distill, train_in_this_process
 
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross"]
 
@@ -128,7 +128,7 @@ def test_overwrite_replaces_only_an_output_of_ours(world, sandbox, capsys):
     ours = sandbox / "ours"
     refused(capsys, prune_argv(world, ours), "already exists; pass --overwrite")
     assert cli([str(a) for a in prune_argv(world, ours, "--overwrite")]) == 0
-    assert json.loads((ours / "transformer" / "config.json").read_text())["kept_layers"] == [0, 1, 3, 4, 5]
+    assert read_config(ours / "transformer" / "config.json")["kept_layers"] == [0, 1, 3, 4, 5]
     assert json.loads((ours / MARKER).read_text())["kind"] == "pipeline"
     assert sorted(p.name for p in sandbox.iterdir()) == ["ours"]  # no temporary or old copy left
 
@@ -391,7 +391,7 @@ def test_the_toy_pipeline_records_no_install_path(tmp_path):
     for path in out.rglob("*.json"):
         if path.name != MARKER:
             assert package not in path.read_text() and str(tmp_path) not in path.read_text(), path
-    assert json.loads((out / "vae" / "config.json").read_text())["_name_or_path"] == "toy"
+    assert read_config(out / "vae" / "config.json")["_name_or_path"] == "toy"
 
 
 @pytest.mark.parametrize(
@@ -438,6 +438,7 @@ def test_run_refuses_folders_it_did_not_make(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_changed_distillation_settings_start_fresh(tmp_path, capfd, monkeypatch):
     """A finished run whose learning rate changes distils again from scratch (the old bug resumed the old run's
     last checkpoint and kept its weights). Adding LoRA to a finished run: tests/test_recipe.py's reuse test."""

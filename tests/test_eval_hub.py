@@ -304,7 +304,7 @@ def test_dry_run_folder_loads_in_fresh_stock_process(work, tmp_path, capsys):
         f"pipe = DiffusionPipeline.from_pretrained({str(folder)!r})\n"
         "img = pipe('a red circle', num_inference_steps=2, height=16, width=16, use_resolution_binning=False,"
         " max_sequence_length=16, clean_caption=False, output_type='pt').images\n"
-        "assert 'diffusers_layerprune' not in sys.modules\nprint(tuple(img.shape), pipe.transformer.config.kept_layers)\n"
+        "assert 'diffusers_layerprune' not in sys.modules\nprint(tuple(img.shape), pipe.transformer.config._kept_layers)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],

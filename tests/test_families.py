@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,13 +14,17 @@ from torch import nn
 
 from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.blocks import block_names, capture_block_features, get_blocks, num_blocks, skip_blocks
+from diffusers_layerprune.config_record import expose_record
 from diffusers_layerprune.families import FAMILIES, family_of, get_family
 from diffusers_layerprune.modeling import (
     PrunedFluxTransformer,
+    PrunedPixArtTransformer,
     PrunedSanaTransformer,
     PrunedSD3Transformer,
     load_pipeline,
+    load_transformer,
     prune_pipeline,
+    read_transformer_config,
     save_pruned_pipeline,
 )
 from diffusers_layerprune.testing import (
@@ -32,7 +37,13 @@ from diffusers_layerprune.testing import (
 
 PROMPT = "a small red circle at the top left"
 FAMILY_NAMES = ["sana", "sd3", "flux"]
-PRUNED = {"sana": PrunedSanaTransformer, "sd3": PrunedSD3Transformer, "flux": PrunedFluxTransformer}
+PRUNED = {
+    "pixart": PrunedPixArtTransformer,
+    "sana": PrunedSanaTransformer,
+    "sd3": PrunedSD3Transformer,
+    "flux": PrunedFluxTransformer,
+}
+STOCK_FAMILIES = ["pixart", *FAMILY_NAMES]  # stock loading is checked for every family, PixArt included
 
 
 def tiny_transformer(family: str, **kwargs):
@@ -87,7 +98,8 @@ def test_round_trip_ours_and_stock_without_missing_or_unexpected_keys(family, tm
     stock_name = get_family(family).transformer_class
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["_class_name"] == stock_name
-    assert config["kept_layers"] == student.config.kept_layers
+    # the record is stored under underscore names, which stock loaders pass over without a warning
+    assert config["_kept_layers"] == student.config.kept_layers and "kept_layers" not in config
 
     ours, info = PRUNED[family].from_pretrained(tmp_path, output_loading_info=True)
     assert type(ours) is PRUNED[family]
@@ -107,8 +119,8 @@ def stock_process(tmp_path_factory):
     process (one interpreter start instead of one per family). Returns, per family, what the test checks."""
     root = tmp_path_factory.mktemp("stock")
     runs = {}
-    for family in FAMILY_NAMES:
-        pipe = load_pipeline(f"tiny-random-{family}")
+    for family in STOCK_FAMILIES:
+        pipe = load_pipeline("tiny-random" if family == "pixart" else f"tiny-random-{family}")
         pipe.set_progress_bar_config(disable=True)
         depth = num_blocks(pipe.transformer)
         pruned = prune_pipeline(pipe, pruned_layers=[1, depth - 1])
@@ -121,21 +133,27 @@ def stock_process(tmp_path_factory):
         )
     script = textwrap.dedent(
         f"""
-        import sys, numpy as np, torch
+        import logging, sys, numpy as np, torch
         from diffusers import DiffusionPipeline
+        warned = []  # every warning diffusers logs while loading (e.g. "config attributes ... will be ignored")
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: warned.append(record.getMessage().replace("\\n", " "))
+        logging.getLogger("diffusers").addHandler(handler)
         for family, folder, size in {[(f, str(r["out"]), TINY_RESOLUTION[f]) for f, r in runs.items()]!r}:
+            warned.clear()
             pipe = DiffusionPipeline.from_pretrained(folder)
+            loading_warnings = list(warned)
             pipe.set_progress_bar_config(disable=True)
             # Weights read from safetensors can sit at addresses that are not 64-byte aligned, and CPU matmul
             # kernels then round differently (measured: 2e-7 on Flux's images); copies are aligned as the in-memory
             # model's are.
             for p in pipe.transformer.parameters():
                 p.data = p.data.clone()
-            extra = dict(use_resolution_binning=False, clean_caption=False) if family == "sana" else {{}}
+            extra = dict(use_resolution_binning=False, clean_caption=False) if family in ("pixart", "sana") else {{}}
             images = pipe({PROMPT!r}, num_inference_steps=2, height=size, width=size, max_sequence_length=16,
                           output_type="pt", generator=torch.Generator().manual_seed(0), **extra).images
             np.save(f"{root}/{{family}}.npy", images.numpy())
-            print(family, type(pipe.transformer).__name__, pipe.transformer.config.kept_layers)
+            print(family, type(pipe.transformer).__name__, pipe.transformer.config._kept_layers, loading_warnings)
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
         """
     )
@@ -147,7 +165,24 @@ def stock_process(tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", STOCK_FAMILIES)
+def test_folders_of_earlier_versions_with_plain_record_keys_still_load(family, stock_process, tmp_path):
+    """Before the record was stored under ``_`` names, config.json held ``kept_layers`` etc. plainly."""
+    run = stock_process[family]
+    old = tmp_path / "old"
+    shutil.copytree(run["out"], old)
+    config_path = old / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert "_kept_layers" in config
+    config_path.write_text(json.dumps(expose_record(config)))
+    kept = [i for i in range(run["depth"]) if i not in (1, run["depth"] - 1)]
+    assert load_pipeline(old).transformer.config.kept_layers == kept
+    transformer = load_transformer(old)
+    assert type(transformer) is PRUNED[family] and transformer.config.kept_layers == kept
+    assert read_transformer_config(old)["kept_layers"] == kept
+
+
+@pytest.mark.parametrize("family", STOCK_FAMILIES)
 def test_pruned_pipeline_loads_in_fresh_stock_diffusers_process(family, stock_process):
     run = stock_process[family]
     depth, out = run["depth"], run["out"]
@@ -160,7 +195,8 @@ def test_pruned_pipeline_loads_in_fresh_stock_diffusers_process(family, stock_pr
     result = run["result"]
     assert result.returncode == 0, result.stderr[-2000:]
     kept = [i for i in range(depth) if i not in (1, depth - 1)]
-    assert run["printed"] == f"{stock_name} {kept}"
+    # the kept-block record is in the stock model's config, and loading printed no warning
+    assert run["printed"] == f"{stock_name} {kept} []"
     np.testing.assert_array_equal(np.load(run["stock"]), run["expected"])
 
 

@@ -11,6 +11,8 @@ import pytest
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.importance.registry import CRITERIA_MODULES
 
+from helpers import read_config
+
 FAMILY_NAMES = ["sana", "sd3", "flux"]
 PROMPTS = "a small red circle\na large blue square\n"
 
@@ -62,7 +64,7 @@ def test_prune_from_importance_then_eval_and_card(family, prompts, tmp_path, cap
     pruned = tmp_path / "pruned"
     args = ["prune", "--model", f"tiny-random-{family}", "--importance", str(imp), "--remove", "2"]
     assert cli([*args, "--output", str(pruned)]) == 0
-    config = json.loads((pruned / "transformer" / "config.json").read_text())
+    config = read_config(pruned / "transformer" / "config.json")
     ranked = sorted(range(6), key=lambda i: json.loads(imp.read_text())["values"][i])
     assert config["kept_layers"] == [i for i in range(6) if i not in ranked[:2]]
     if family == "flux":
@@ -221,5 +223,5 @@ def test_distillation_trains_with_the_family_objective_and_saves_a_stock_loadabl
     stock_class = getattr(diffusers, get_family(family).transformer_class)
     stock, info = stock_class.from_pretrained(out, subfolder="transformer", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert stock.config.kept_layers == [0, 2, 3, 5]
+    assert stock.config._kept_layers == [0, 2, 3, 5]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2"]

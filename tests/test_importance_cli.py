@@ -1,6 +1,5 @@
 """`layerprune score`, `layerprune prune --importance`, bad input, and the two-process accelerate run."""
 
-import json
 import os
 import signal
 import socket
@@ -18,6 +17,8 @@ from diffusers_layerprune.importance import LayerImportance
 from diffusers_layerprune.importance.cli import PLAN_NAMES
 from diffusers_layerprune.importance.plans import PLANS
 from diffusers_layerprune.importance.registry import CRITERIA_MODULES
+
+from helpers import read_config
 
 WORKTREE = Path(__file__).resolve().parents[1]
 PROMPTS = "a red circle\na blue square\na green star\na small yellow cross\na large white triangle\n"
@@ -93,7 +94,7 @@ def test_score_writes_json_and_png_then_prune_drops_the_least_important(tiny_pip
     pruned = tmp_path / "pruned"
     assert main(["prune", "--model", str(tiny_pipeline_dir), "--importance", str(output), "--ratio", "0.34",
                  "--output", str(pruned)]) == 0  # fmt: skip
-    config = json.loads((pruned / "transformer" / "config.json").read_text())
+    config = read_config(pruned / "transformer" / "config.json")
     assert config["kept_layers"] == importance.kept_layers(2) and config["num_layers"] == 4
 
 
@@ -106,7 +107,7 @@ def test_score_greedy_order_and_span_plan_through_prune(tiny_pipeline_dir, asset
     assert len(order) == 2 and order[0] == importance.ranking()[0]
     assert main(["prune", "--model", str(tiny_pipeline_dir), "--importance", str(greedy_file), "--remove", "2",
                  "--plan", "greedy", "--output", str(tmp_path / "g")]) == 0  # fmt: skip
-    kept = json.loads((tmp_path / "g" / "transformer" / "config.json").read_text())["kept_layers"]
+    kept = read_config(tmp_path / "g" / "transformer" / "config.json")["kept_layers"]
     assert sorted(set(range(6)) - set(kept)) == sorted(order)
 
     span_file = tmp_path / "ang.json"
@@ -114,7 +115,7 @@ def test_score_greedy_order_and_span_plan_through_prune(tiny_pipeline_dir, asset
     best = LayerImportance.load(span_file).extra["best_span"]["3"]
     assert main(["prune", "--model", str(tiny_pipeline_dir), "--importance", str(span_file), "--num-layers", "3",
                  "--plan", "span", "--output", str(tmp_path / "s")]) == 0  # fmt: skip
-    kept = json.loads((tmp_path / "s" / "transformer" / "config.json").read_text())["kept_layers"]
+    kept = read_config(tmp_path / "s" / "transformer" / "config.json")["kept_layers"]
     assert sorted(set(range(6)) - set(kept)) == [best, best + 1, best + 2]
 
 
@@ -244,6 +245,7 @@ def subprocess_runs(tmp_path_factory, tiny_pipeline_dir, assets):
     return run, LayerImportance.load(reference)
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_match_one_process(subprocess_runs, tiny_pipeline_dir, assets, tmp_path):
     run, one = subprocess_runs
     double = tmp_path / "double.json"
@@ -255,6 +257,7 @@ def test_two_accelerate_processes_match_one_process(subprocess_runs, tiny_pipeli
     assert sorted(p.name for p in tmp_path.iterdir()) == ["double.json", "double.png"]
 
 
+@pytest.mark.slow
 def test_a_killed_scan_restarts_and_ends_with_identical_numbers(subprocess_runs, tiny_pipeline_dir, assets, tmp_path):
     run, reference = subprocess_runs
     output = tmp_path / "imp.json"
@@ -301,5 +304,5 @@ def test_prune_num_layers_is_the_pruned_depth(tiny_pipeline_dir, weight_norm_fil
         assert (
             main(["prune", "--model", str(tiny_pipeline_dir), "--importance", imp, *flags, "--output", str(out)]) == 0
         )
-        config = json.loads((out / "transformer" / "config.json").read_text())
+        config = read_config(out / "transformer" / "config.json")
         assert config["num_layers"] == depth == len(config["kept_layers"])

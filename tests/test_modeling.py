@@ -90,7 +90,8 @@ def test_save_load_round_trip_ours_and_stock(tiny_transformer, transformer_input
     student.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["_class_name"] == "PixArtTransformer2DModel"  # stock loaders find the class in diffusers
-    assert config["kept_layers"] == [0, 2, 3, 5] and config["num_layers"] == 4
+    assert config["_kept_layers"] == [0, 2, 3, 5] and config["num_layers"] == 4
+    assert not {"kept_layers", "source_num_layers", "source_model"} & set(config)  # quiet for stock loaders
 
     ours, info = PrunedPixArtTransformer.from_pretrained(tmp_path, output_loading_info=True)
     assert type(ours) is PrunedPixArtTransformer
@@ -101,7 +102,7 @@ def test_save_load_round_trip_ours_and_stock(tiny_transformer, transformer_input
     stock, info = PixArtTransformer2DModel.from_pretrained(tmp_path, output_loading_info=True)
     assert type(stock) is PixArtTransformer2DModel
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert stock.config.kept_layers == [0, 2, 3, 5]  # stock diffusers keeps the extra keys
+    assert stock.config._kept_layers == [0, 2, 3, 5]  # stock diffusers keeps the record (under its stored name)
     assert torch.equal(run(stock, transformer_inputs), expected)
 
 

@@ -2,7 +2,6 @@
 target, and from a folder outside the checkout run a short recipe (score -> prune -> distil -> eval -> card) and a
 dry-run push. Everything read at run time (model card template, training script, toy world) must be in the wheel."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, read_config
 
 _IGNORE = shutil.ignore_patterns(".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".*cache")
 
@@ -46,6 +45,7 @@ def installed(tmp_path_factory):
     return site, env
 
 
+@pytest.mark.slow
 def test_wheel_runs_the_recipe_and_a_dry_run_push_outside_the_checkout(installed, tmp_path):
     site, env = installed
     where = subprocess.run(
@@ -82,7 +82,7 @@ def test_wheel_runs_the_recipe_and_a_dry_run_push_outside_the_checkout(installed
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "would upload" in result.stdout and "transformer/diffusion_pytorch_model.safetensors" in result.stdout
-    kept = json.loads((distilled / "transformer" / "config.json").read_text())["kept_layers"]
+    kept = read_config(distilled / "transformer" / "config.json")["kept_layers"]
     assert len(kept) == 9
 
 

@@ -42,7 +42,7 @@ def test_pruned_pipeline_loads_in_fresh_stock_diffusers_process(tiny_pipeline_di
                       generator=torch.Generator().manual_seed(0)).images
         np.save({str(tmp_path / "stock.npy")!r}, images.numpy())
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
-        print(type(pipe.transformer).__name__, pipe.transformer.config.num_layers, pipe.transformer.config.kept_layers)
+        print(type(pipe.transformer).__name__, pipe.transformer.config.num_layers, pipe.transformer.config._kept_layers)
         """
     )
     result = subprocess.run(

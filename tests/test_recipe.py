@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.recipe import Recipe, run_recipe
 
-from helpers import ROOT, train_in_this_process
+from helpers import ROOT, read_config, train_in_this_process
 
 
 @pytest.fixture
@@ -19,6 +19,7 @@ def subprocess_sees_this_checkout(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.mark.slow
 def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout, capfd, monkeypatch):
     import diffusers_layerprune.evaluation as evaluation
 
@@ -45,7 +46,7 @@ def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checko
     assert list(state) == ["score", "prune", "distill", "eval_pruned", "eval_distilled"]
     drop = state["prune"]["settings"]["drop"]
     assert len(drop) == 3 and (run / "importance.png").is_file()
-    kept = json.loads((run / "distilled" / "transformer" / "config.json").read_text())["kept_layers"]
+    kept = read_config(run / "distilled" / "transformer" / "config.json")["kept_layers"]
     assert kept == [i for i in range(12) if i not in drop]
     assert [r["model"] for r in rows] == ["teacher", "pruned", "pruned + distilled"]
     assert [r["blocks"] for r in rows] == [12, 9, 9]
@@ -133,6 +134,7 @@ def test_run_num_layers_is_the_pruned_depth(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_this_checkout, capfd):
     """`layerprune run --num-processes 2 --accelerate-config FILE`: the scan and the distillation each run as two
     gloo processes under accelerate launch; the global batch is split over them. The recipe is also

@@ -177,7 +177,7 @@ def _stock_images(folders, tmp_path):
                           max_sequence_length=16, clean_caption=False, output_type="pt",
                           generator=torch.Generator().manual_seed(0)).images
             np.save(f"{tmp_path}/stock-{{i}}.npy", images.numpy())
-            out[folder] = pipe.transformer.config.get("kept_layers")
+            out[folder] = pipe.transformer.config.get("_kept_layers")
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
         print(json.dumps(out))
         """

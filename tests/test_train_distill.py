@@ -67,7 +67,7 @@ def test_full_distillation_writes_a_loadable_pruned_pipeline(work):
 
     for checkpoint in ("checkpoint-2", "checkpoint-3"):
         stock = PixArtTransformer2DModel.from_pretrained(out / checkpoint / "transformer")
-        assert stock.config.kept_layers == [0, 2, 3, 5]
+        assert stock.config._kept_layers == [0, 2, 3, 5]
     last = dict(stock.state_dict())
     assert all(torch.equal(last[k], after[k]) for k in after)
     # the TensorBoard logs go to the Hub with the model, and hold no local path (push checks every file it sends)
@@ -232,6 +232,7 @@ def two_process_env(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_to_identical_weights(work, two_process_env):
     """Two gloo processes of batch 1 train what one process of batch 2 trains (each sample gets the same noise and
     timestep, gradients are averaged): equal within float summation order. A run killed after a checkpoint and
@@ -287,3 +288,28 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(work, monkeypa
     with pytest.raises(LayerPruneError, match=r"non-finite loss at step 2 .*Last good checkpoint: .*checkpoint-2"):
         run_train_distill(base_args(work, out, steps=4) + ["--report_to", "none"])
     assert (out / "checkpoint-2").is_dir() and not (out / "model_index.json").exists()
+
+
+def test_a_base_install_without_tensorboard_trains_with_the_defaults(work, tmp_path, monkeypatch, capsys):
+    """`pip install diffusers-layerprune` has no tensorboard: the default tracker is tensorboard only where it is
+    installed; named but missing, it is refused in one line naming the extra."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a)
+    )
+    out = tmp_path / "base"
+    run_train_distill(base_args(work, out, steps=1))
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (out / "logs").exists()  # no tracker ran
+
+    from diffusers_layerprune.train_distill import cli as train_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli([str(a) for a in [*base_args(work, tmp_path / "named", steps=1), "--report_to", "tensorboard"]])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "diffusers-layerprune[train]" in err
+    assert not (tmp_path / "named").exists()

@@ -13,6 +13,8 @@ from diffusers_layerprune.cli import main
 from diffusers_layerprune.modeling import load_pipeline
 from diffusers_layerprune.testing import tiny_generation_kwargs
 
+from helpers import read_config
+
 
 def test_prune_transformer_only_loads_only_the_transformer_and_stock_diffusers_uses_it(
     tiny_pipeline_dir, tmp_path, monkeypatch, capsys
@@ -30,7 +32,7 @@ def test_prune_transformer_only_loads_only_the_transformer_and_stock_diffusers_u
     monkeypatch.undo()
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # .layerprune.json: never uploaded
     assert visible == ["config.json", "diffusion_pytorch_model.safetensors"]
-    config = json.loads((out / "config.json").read_text())
+    config = read_config(out / "config.json")
     assert config["_class_name"] == "PixArtTransformer2DModel" and config["kept_layers"] == [0, 2, 3, 5]
 
     # the way the model card tells users to load it: stock classes only
@@ -61,14 +63,14 @@ def test_transformer_folder_without_base(tiny_pipeline_dir, tmp_path, capsys):
         == 0
     )
     # the config names a local source by folder name; the full path is in the hidden marker, so it loads here
-    assert json.loads((out / "config.json").read_text())["source_model"] == tiny_pipeline_dir.name
+    assert read_config(out / "config.json")["source_model"] == tiny_pipeline_dir.name
     assert load_pipeline(out).transformer.config.kept_layers == [1, 2, 3, 4, 5]
     # downloaded elsewhere (no marker) and with no source recorded: the base must be given
     downloaded = tmp_path / "downloaded"
     downloaded.mkdir()
     for name in ("config.json", "diffusion_pytorch_model.safetensors"):
         (downloaded / name).write_bytes((out / name).read_bytes())
-    config = json.loads((downloaded / "config.json").read_text())
+    config = read_config(downloaded / "config.json")
     config["source_model"] = None
     (downloaded / "config.json").write_text(json.dumps(config))
     with pytest.raises(LayerPruneError, match="pass --base-model"):
@@ -77,7 +79,7 @@ def test_transformer_folder_without_base(tiny_pipeline_dir, tmp_path, capsys):
     # pruning a transformer folder again keeps counting blocks in the source's numbering
     again = tmp_path / "again"
     assert main(["prune", "--model", str(out), "--drop", "0", "--transformer-only", "--output", str(again)]) == 0
-    assert json.loads((again / "config.json").read_text())["kept_layers"] == [2, 3, 4, 5]
+    assert read_config(again / "config.json")["kept_layers"] == [2, 3, 4, 5]
 
 
 def test_dtype_flag_sets_the_saved_dtype(tmp_path):

@@ -76,3 +76,18 @@ def replace_section(path: str | os.PathLike, begin: str, end: str, section: str)
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end + "\n", 1) if end + "\n" in rest else rest.split(end, 1)
     write_text(path, head + section + tail)
+
+
+# The GPU section of a page (benchmarks/gpu_check.py --report-only writes it); pages another script writes whole keep
+# it with generated_section.
+GPU_START, GPU_END = "<!-- gpu_check:start -->", "<!-- gpu_check:end -->"
+
+
+def generated_section(path: str | os.PathLike, begin: str, end: str) -> str:
+    """The generated section of the page ``path``, markers included, or ``""`` when the page or a marker is missing:
+    what a script that rewrites the whole page carries over so another script's section survives."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    if begin not in text or end not in text.split(begin, 1)[1]:
+        return ""
+    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end

@@ -1,1 +1,2 @@
-"""Adapters across pruning: LoRAs (``lora``); each kind one module with its CLI in ``cli``."""
+"""Adapters across pruning: LoRAs (``lora``), ControlNets (``controlnet``); each kind one module with its CLI in
+``cli``."""

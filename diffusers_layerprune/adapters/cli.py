@@ -1,5 +1,6 @@
-"""``layerprune adapt-lora`` (a parent's LoRA on a pruned model) and ``layerprune convert-lora`` (a LoRA folder of an
-earlier ``train_distill`` in the format stock loaders read)."""
+"""``layerprune adapt-lora`` (a parent's LoRA on a pruned model), ``layerprune convert-lora`` (a LoRA folder of an
+earlier ``train_distill`` in the format stock loaders read) and ``layerprune adapt-controlnet`` (a parent's ControlNet
+on a pruned model)."""
 
 from __future__ import annotations
 
@@ -71,4 +72,37 @@ def cmd_convert_lora(args: argparse.Namespace) -> int:
 
     convert_old_lora(args.old, args.output, model=args.model, overwrite=args.overwrite)
     print(f"saved: {args.output}")
+    return 0
+
+
+def add_controlnet_parser(subparsers) -> None:
+    """Register ``adapt-controlnet`` on the CLI's subparsers."""
+    from ..arguments import add_output_args
+
+    parser = subparsers.add_parser(
+        "adapt-controlnet",
+        help="rewrite a parent's Flux / SD3 / Sana ControlNet so that the stock pipeline feeds each kept block its "
+        "parent residual (exact)",
+        description="Stock ControlNet pipelines pick each transformer block's residual by arithmetic on the "
+        "transformer's depth, so on a pruned model the residuals land on other blocks. This writes a ControlNet "
+        "(stock class, stock loading) whose residuals reach every kept block exactly as in the parent "
+        "(docs/controlnet.md); OUTPUT/controlnet_adaptation.json records the source and the plan. Refuses in one "
+        "line where no exact remap exists.",
+    )
+    parser.add_argument("controlnet", metavar="CONTROLNET", help="the parent's ControlNet: a folder or a Hub id")
+    parser.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
+    parser.add_argument("--revision", default=None, help="Hub revision of CONTROLNET")
+    add_output_args(parser, "the rewritten ControlNet")
+    parser.set_defaults(func=cmd_adapt_controlnet)
+
+
+def cmd_adapt_controlnet(args: argparse.Namespace) -> int:
+    from .controlnet import adapt_controlnet
+
+    result = adapt_controlnet(
+        args.controlnet, args.pruned, args.output, revision=args.revision, overwrite=args.overwrite
+    )
+    for line in result.summary():
+        print(line)
+    print(f"saved: {args.output} (load it with {result.family.controlnet.model_class}.from_pretrained)")
     return 0
