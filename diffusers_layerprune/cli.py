@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill, evaluate.",
     )
     from . import __version__
+    from .adapters.ip_adapter import add_ip_adapter_parser
     from .importance.cli import add_prune_importance_args, add_score_parser
     from .routing.cli import add_route_parser
     from .sparsity.cli import add_sparsify_parser
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the text encoder and VAE stay in the base model",
     )
     prune.set_defaults(func=_cmd_prune)
+    add_ip_adapter_parser(sub)
     add_score_parser(sub)
     add_sparsify_parser(sub)
     add_route_parser(sub)

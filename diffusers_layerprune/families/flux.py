@@ -15,7 +15,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, pooled_random_text, second_tensor
+from .base import BlockStack, IPAdapterLayout, ModelFamily, pooled_random_text, second_tensor
 
 GUIDANCE = 3.5  # FluxPipeline's default distilled guidance for Flux.1-dev
 
@@ -81,6 +81,31 @@ def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> di
     )
 
 
+def ip_adapter_widths(config, state) -> str | None:
+    """Whether a Flux IP-Adapter fits ``config``: ``FluxIPAdapterAttnProcessor`` projects the image tokens (of the
+    text width ``joint_attention_dim``) to the attention width with biased ``to_k_ip`` / ``to_v_ip``, and the
+    ``ImageProjection`` (``proj``, ``norm``) makes tokens of the text width."""
+    inner = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    text = int(config["joint_attention_dim"])
+    for key, value in state["ip_adapter"].items():
+        want = (inner, text) if key.endswith(".weight") else (inner,)
+        if tuple(value.shape) != want:
+            return f"layer {key} has shape {list(value.shape)} where this model (width {inner}, text width {text}) needs {list(want)}"
+    norm = state["image_proj"].get("norm.weight")
+    if "proj.weight" not in state["image_proj"] or norm is None:
+        return "its image_proj has no proj.weight / norm.weight (the ImageProjection diffusers' Flux loader builds)"
+    if tuple(norm.shape) != (text,):
+        return f"its image_proj makes tokens of width {norm.shape[0]}; this model's text width is {text}"
+    return None
+
+
+IP_ADAPTER = IPAdapterLayout(
+    stack="transformer_blocks",  # FluxTransformer2DLoadersMixin: double-stream blocks only, counted in order
+    layer_names=frozenset({"to_k_ip.weight", "to_k_ip.bias", "to_v_ip.weight", "to_v_ip.bias"}),
+    check_widths=ip_adapter_widths,
+)
+
+
 class PrunedFluxTransformer(PrunedTransformerMixin, FluxTransformer2DModel):
     """A depth-pruned ``FluxTransformer2DModel``. ``kept_layers`` is in the source's global numbering (doubles
     first); ``source_stack_depths`` holds the source's ``[num_layers, num_single_layers]``. LoRA through the stock
@@ -143,6 +168,7 @@ FAMILY = ModelFamily(
     random_text=pooled_random_text,
     call_kwargs=call_kwargs,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
+    ip_adapter=IP_ADAPTER,
     step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input
     unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
     objective="flow",
