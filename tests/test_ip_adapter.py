@@ -1,0 +1,190 @@
+"""IP-Adapters across pruning (``layerprune adapt-ip-adapter``), Flux.1 and SD3: the families with a stock
+``load_ip_adapter`` in diffusers.
+
+Exactness is the contract: in a fresh process that never imports this package, the stock pipeline on the pruned folder
+with the adapted IP-Adapter (``pipe.load_ip_adapter``) generates what the parent with the original IP-Adapter
+generates with the removed blocks skipped. The same process shows what the stock loader does with the parent's
+IP-Adapter unadapted (Flux: loads and generates something else; SD3: fails), which is why the command exists.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusers_layerprune.cli import main as cli
+
+PROMPT = "a small red circle"
+
+
+def flux_ip_adapter(n_double: int, *, text_width: int = 32, width: int = 16, clip: int = 8, xlabs: bool = False):
+    """A random Flux IP-Adapter file's tensors for a model of ``width`` and ``text_width``: ``ImageProjection``
+    (``proj`` to 4 tokens, ``norm``) and per double block biased ``to_k_ip`` / ``to_v_ip``; in diffusers' key layout,
+    or in XLabs' original one (``xlabs``), which diffusers' Flux loader converts."""
+    g = torch.Generator().manual_seed(11)
+
+    def r(*shape, scale=0.3):
+        return torch.randn(*shape, generator=g) * scale
+
+    proj = {"proj.weight": r(4 * text_width, clip), "proj.bias": r(4 * text_width)}
+    proj.update({"norm.weight": 1 + r(text_width, scale=0.1), "norm.bias": r(text_width, scale=0.1)})
+    layers = {
+        f"{i}.to_{kv}_ip.{p}": r(width, text_width) if p == "weight" else r(width)
+        for i in range(n_double)
+        for kv in "kv"
+        for p in ("weight", "bias")
+    }
+    if xlabs:
+        out = {f"ip_adapter_proj_model.{k}": v for k, v in proj.items()}
+        for key, value in layers.items():
+            i, name = key.split(".", 1)
+            name = name.replace("to_k_ip", "ip_adapter_double_stream_k_proj").replace(
+                "to_v_ip", "ip_adapter_double_stream_v_proj"
+            )
+            out[f"double_blocks.{i}.processor.{name}"] = value
+        return out
+    return {**{f"image_proj.{k}": v for k, v in proj.items()}, **{f"ip_adapter.{k}": v for k, v in layers.items()}}
+
+
+def sd3_ip_adapter(n_blocks: int, *, width: int = 16, head_dim: int = 8, embed: int = 8, hidden: int = 16):
+    """A random SD3 IP-Adapter file's tensors: an ``IPAdapterTimeImageProjection`` (the shapes diffusers' loader
+    infers: depth 4, 64-channel heads) and one ``SD3IPAdapterJointAttnProcessor2_0`` layer per joint block."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterTimeImageProjection
+
+    g = torch.Generator().manual_seed(12)
+    proj = IPAdapterTimeImageProjection(
+        embed_dim=embed, output_dim=width, hidden_dim=hidden, heads=1, num_queries=4, timestep_in_dim=32
+    )
+    out = {f"image_proj.{k}": torch.randn(v.shape, generator=g) * 0.3 for k, v in proj.state_dict().items()}
+    layer = SD3IPAdapterJointAttnProcessor2_0(
+        hidden_size=width, ip_hidden_states_dim=width, head_dim=head_dim, timesteps_emb_dim=hidden
+    )
+    for i in range(n_blocks):
+        for k, v in layer.state_dict().items():
+            out[f"ip_adapter.{i}.{k}"] = torch.randn(v.shape, generator=g) * 0.3
+    return out
+
+
+# family -> (tiny pipeline builder, kept global blocks, IP-Adapter tensors, image embeds for the pipeline call)
+# Flux: 4 double + 2 single blocks, doubles 0 and 2 removed; SD3: 4 joint blocks, 0 and the last (3) removed, so the
+# kept block 2 becomes the context_pre_only last block.
+CASES = {
+    "flux": (4, 2, [1, 3, 4, 5], lambda: flux_ip_adapter(4)),
+    "flux-xlabs": (4, 2, [1, 3, 4, 5], lambda: flux_ip_adapter(4, xlabs=True)),
+    "sd3": (4, None, [1, 2], lambda: sd3_ip_adapter(4)),
+}
+
+
+def _embeds(case: str):
+    g = torch.Generator().manual_seed(5)
+    if case.startswith("flux"):  # one IP-Adapter: a list of [batch, images, clip width]
+        return {"ip_adapter_image_embeds": [torch.randn(1, 1, 8, generator=g)],
+                "negative_ip_adapter_image_embeds": [torch.zeros(1, 1, 8)]}  # fmt: skip
+    return {"ip_adapter_image_embeds": torch.randn(2, 6, 8, generator=g)}  # SD3, CFG: negative and positive halves
+
+
+def _build(case: str):
+    from diffusers_layerprune.testing import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
+
+    depth, single, _, _ = CASES[case]
+    return build_tiny_flux_pipeline(depth, single) if case.startswith("flux") else build_tiny_sd3_pipeline(depth)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def workspace(request, tmp_path_factory):
+    """Parent pipeline, pruned pipeline (by ``layerprune prune``), the parent's IP-Adapter file and image embeds."""
+    case = request.param
+    root = tmp_path_factory.mktemp(case)
+    _build(case).save_pretrained(root / "parent")
+    kept = CASES[case][2]
+    assert cli(["prune", "--model", str(root / "parent"), "--keep", ",".join(map(str, kept)),
+                "--output", str(root / "pruned")]) == 0  # fmt: skip
+    (root / "ip").mkdir()
+    save_file(CASES[case][3](), str(root / "ip" / "ip-adapter.safetensors"))
+    torch.save(_embeds(case), root / "embeds.pt")
+    return case, root
+
+
+def _generate(pipe, embeds) -> torch.Tensor:
+    from diffusers_layerprune.testing import tiny_call_kwargs
+
+    return pipe(PROMPT, **embeds, **tiny_call_kwargs(pipe)).images
+
+
+# Run by a fresh interpreter: only diffusers and torch, as a user would after `layerprune adapt-ip-adapter`.
+STOCK_SCRIPT = r"""
+import json, sys, torch
+from diffusers import DiffusionPipeline
+root = sys.argv[1]
+out = {}
+
+def generate(pipe):
+    embeds = torch.load(f"{root}/embeds.pt", weights_only=True)
+    kwargs = dict(num_inference_steps=2, height=16, width=16, max_sequence_length=16, output_type="pt",
+                  generator=torch.Generator().manual_seed(0))
+    return pipe("a small red circle", **embeds, **kwargs).images
+
+for name, folder in (("adapted", "adapted"), ("unadapted", "ip")):
+    pipe = DiffusionPipeline.from_pretrained(f"{root}/pruned")
+    try:
+        pipe.load_ip_adapter(f"{root}/{folder}", weight_name="ip-adapter.safetensors",
+                             **({"image_encoder_folder": None} if "StableDiffusion3" in type(pipe).__name__
+                                else {"image_encoder_pretrained_model_name_or_path": None}))
+        torch.save(generate(pipe), f"{root}/{name}.pt")
+        out[name] = "ok"
+    except Exception as error:
+        out[name] = f"{type(error).__name__}: {error}"
+out["imported_layerprune"] = any(m.startswith("diffusers_layerprune") for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def test_adapted_ip_adapter_on_stock_pruned_pipeline_equals_parent_with_blocks_skipped(workspace, capsys):
+    from diffusers import DiffusionPipeline
+
+    from diffusers_layerprune.blocks import skip_blocks
+
+    case, root = workspace
+    embeds = torch.load(root / "embeds.pt", weights_only=True)
+    parent = DiffusionPipeline.from_pretrained(root / "parent")
+    depth = len(parent.transformer.transformer_blocks) + len(
+        getattr(parent.transformer, "single_transformer_blocks", [])
+    )
+    removed = [i for i in range(depth) if i not in CASES[case][2]]
+    with torch.no_grad(), skip_blocks(parent.transformer, removed):
+        without_ip = _generate(parent, {})
+    encoder = {"image_encoder_folder": None} if case == "sd3" else {"image_encoder_pretrained_model_name_or_path": None}
+    parent.load_ip_adapter(str(root / "ip"), weight_name="ip-adapter.safetensors", **encoder)
+    with torch.no_grad(), skip_blocks(parent.transformer, removed):
+        reference = _generate(parent, embeds)
+    assert (reference - without_ip).abs().max() > 1e-3  # the IP-Adapter changes the images: the check can fail
+    torch.save({"reference": reference, "without_ip": without_ip}, root / "reference.pt")  # for docs/ip_adapter.md
+
+    capsys.readouterr()
+    assert cli(["adapt-ip-adapter", str(root / "ip"), "--pruned", str(root / "pruned"), "--output",
+                str(root / "adapted")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "IP-Adapter layers kept" in printed
+    assert ("[1, 3]" if case.startswith("flux") else "[1, 2]") in printed
+    record = json.loads((root / "adapted" / "layerprune_ip_adapter.json").read_text())
+    assert record["source_ip_adapter"]["sha256"] and record["ip_layers_dropped"] == (
+        [0, 2] if case != "sd3" else [0, 3]
+    )
+
+    done = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, str(root)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["imported_layerprune"] is False
+    assert result["adapted"] == "ok", result
+    adapted = torch.load(root / "adapted.pt", weights_only=True)
+    assert (adapted - reference).abs().max() <= 1e-4
+    # Without adapting, the stock loader gives kept blocks the wrong layers (Flux) or fails (SD3): docs/ip_adapter.md.
+    if case == "sd3":
+        assert result["unadapted"].startswith("KeyError"), result
+    else:
+        assert result["unadapted"] == "ok"
+        assert (torch.load(root / "unadapted.pt", weights_only=True) - reference).abs().max() > 1e-3
