@@ -188,3 +188,72 @@ def test_adapted_ip_adapter_on_stock_pruned_pipeline_equals_parent_with_blocks_s
     else:
         assert result["unadapted"] == "ok"
         assert (torch.load(root / "unadapted.pt", weights_only=True) - reference).abs().max() > 1e-3
+
+
+def _tree(root) -> dict:
+    """Every path under ``root`` with its bytes' hash: a refused command must leave it unchanged."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_ws(tmp_path_factory, tiny_pipeline_dir):
+    """A pruned Flux transformer folder (4 + 2 blocks, doubles 0 and 2 removed), its parent, a pruned PixArt
+    pipeline, and IP-Adapters that do not fit."""
+    from diffusers_layerprune.families import family_of
+    from diffusers_layerprune.modeling import save_pruned_transformer
+    from diffusers_layerprune.testing import build_tiny_flux_pipeline
+
+    root = tmp_path_factory.mktemp("bad_ip")
+    parent = build_tiny_flux_pipeline(4, 2).transformer
+    parent.save_pretrained(root / "flux_parent")
+    pruned = family_of(parent).pruned_class().from_transformer(parent, [1, 3, 4, 5])
+    save_pruned_transformer(pruned, root / "flux_pruned")
+    assert (
+        cli(["prune", "--model", str(tiny_pipeline_dir), "--drop", "1", "--output", str(root / "pixart_pruned")]) == 0
+    )
+    files = {
+        "good": flux_ip_adapter(4),
+        "sd3": sd3_ip_adapter(4),
+        "wide": flux_ip_adapter(4, text_width=64),
+        "deep": flux_ip_adapter(6),
+        "short": flux_ip_adapter(3),
+        "not_ip": {"transformer.blocks.0.lora_A.weight": torch.zeros(2, 2)},
+    }
+    for name, tensors in files.items():
+        save_file(tensors, str(root / f"{name}.safetensors"))
+    (root / "taken").mkdir()
+    (root / "taken" / "notes.txt").write_text("mine")
+    return root
+
+
+# case -> (IP_ADAPTER, --pruned, --output, words the one-line error must hold)
+BAD = {
+    "other_family": ("sd3.safetensors", "flux_pruned", "out", "is not a Flux.1 IP-Adapter"),
+    "other_width": ("wide.safetensors", "flux_pruned", "out", "does not fit this Flux.1 model"),
+    "beyond_parent_depth": ("deep.safetensors", "flux_pruned", "out", "double blocks [4, 5] beyond the parent's depth"),
+    "missing_blocks": ("short.safetensors", "flux_pruned", "out", "no layers for double blocks [3]"),
+    "not_an_ip_adapter": ("not_ip.safetensors", "flux_pruned", "out", "is not an IP-Adapter"),
+    "no_such_file": ("nothing.safetensors", "flux_pruned", "out", "does not exist"),
+    "no_kept_record": ("good.safetensors", "flux_parent", "out", "records no kept blocks"),
+    "family_without_loader": ("good.safetensors", "pixart_pruned", "out", "no IP-Adapter loader for PixArt-Sigma"),
+    "output_exists": ("good.safetensors", "flux_pruned", "taken", "holds files layerprune did not write"),
+    "output_inside_input": ("good.safetensors", "flux_pruned", "flux_pruned/ip", "is inside the input"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_refused_in_one_line_and_writes_nothing(bad_ws, case, capsys):
+    ip, pruned, out, words = BAD[case]
+    before = _tree(bad_ws)
+    capsys.readouterr()
+    code = cli(["adapt-ip-adapter", str(bad_ws / ip), "--pruned", str(bad_ws / pruned), "--output", str(bad_ws / out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("layerprune adapt-ip-adapter: error:"), err
+    assert words in err, err
+    assert _tree(bad_ws) == before
