@@ -257,3 +257,40 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(bad_ws, case, capsy
     assert len(err.splitlines()) == 1 and err.startswith("layerprune adapt-ip-adapter: error:"), err
     assert words in err, err
     assert _tree(bad_ws) == before
+
+
+SD35_LARGE_TRANSFORMER = dict(  # stabilityai/stable-diffusion-3.5-large (InstantX/SD3.5-Large-IP-Adapter's base)
+    num_layers=38, attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
+    caption_projection_dim=2432, pooled_projection_dim=2048, dual_attention_layers=(),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("family_name", ["flux", "sd3"])
+def test_published_widths_fit_and_other_widths_do_not(family_name):
+    """The width checks accept an IP-Adapter shaped as diffusers' loader builds it for the published checkpoint
+    (Flux.1-dev: XLabs' layout; SD3.5 Large: InstantX's), and refuse it for a model of another width (a narrower
+    Flux; SD3.5 Medium). Shapes only: meta tensors."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterTimeImageProjection
+
+    from diffusers_layerprune.families import get_family
+    from diffusers_layerprune.testing import FLUX1_DEV_TRANSFORMER, SD35_MEDIUM_TRANSFORMER
+
+    layout = get_family(family_name).ip_adapter
+    with torch.device("meta"):
+        if family_name == "flux":
+            inner, text = 3072, 4096
+            image_proj = {"proj.weight": torch.empty(4 * text, 768), "proj.bias": torch.empty(4 * text),
+                          "norm.weight": torch.empty(text), "norm.bias": torch.empty(text)}  # fmt: skip
+            layer = {f"to_{kv}_ip.{p}": torch.empty((inner, text) if p == "weight" else (inner,))
+                     for kv in "kv" for p in ("weight", "bias")}  # fmt: skip
+            config, other = FLUX1_DEV_TRANSFORMER, dict(FLUX1_DEV_TRANSFORMER, num_attention_heads=12)
+        else:
+            image_proj = IPAdapterTimeImageProjection(embed_dim=1152, output_dim=2432, hidden_dim=1280, heads=20)
+            image_proj = image_proj.state_dict()
+            layer = SD3IPAdapterJointAttnProcessor2_0(2432, 2432, 64, 1280).state_dict()
+            config, other = SD35_LARGE_TRANSFORMER, dict(SD35_MEDIUM_TRANSFORMER, dual_attention_layers=())
+    state = {"image_proj": image_proj, "ip_adapter": {f"{i}.{k}": v for i in range(2) for k, v in layer.items()}}
+    assert set(layer) == layout.layer_names
+    assert layout.check_widths(config, state) is None
+    assert "needs" in layout.check_widths(other, state)
