@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from diffusers_layerprune.cli import main as cli
@@ -69,7 +70,7 @@ def sd3_ip_adapter(n_blocks: int, *, width: int = 16, head_dim: int = 8, embed: 
     return out
 
 
-# family -> (tiny pipeline builder, kept global blocks, IP-Adapter tensors, image embeds for the pipeline call)
+# family -> (blocks of the tiny pipeline (double or joint, single), kept global blocks, the IP-Adapter file's tensors)
 # Flux: 4 double + 2 single blocks, doubles 0 and 2 removed; SD3: 4 joint blocks, 0 and the last (3) removed, so the
 # kept block 2 becomes the context_pre_only last block.
 CASES = {
@@ -79,12 +80,32 @@ CASES = {
 }
 
 
-def _embeds(case: str):
-    g = torch.Generator().manual_seed(5)
-    if case.startswith("flux"):  # one IP-Adapter: a list of [batch, images, clip width]
-        return {"ip_adapter_image_embeds": [torch.randn(1, 1, 8, generator=g)],
-                "negative_ip_adapter_image_embeds": [torch.zeros(1, 1, 8)]}  # fmt: skip
-    return {"ip_adapter_image_embeds": torch.randn(2, 6, 8, generator=g)}  # SD3, CFG: negative and positive halves
+def _save_image_encoder(case: str, folder) -> None:
+    """A tiny image encoder of the kind the family's ``load_ip_adapter`` loads from a folder: CLIP with projection
+    (Flux: 8-wide image embeds, the IP-Adapter's ``proj`` input) or SigLIP and its processor (SD3: 8-wide tokens)."""
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    torch.manual_seed(3)
+    size = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32)
+    if case.startswith("flux"):
+        config = CLIPVisionConfig(**size, patch_size=8, projection_dim=8)
+        CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    else:
+        SiglipVisionModel(SiglipVisionConfig(**dict(size, hidden_size=8), patch_size=8)).save_pretrained(folder)
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+def _load_kwargs(case: str, root) -> dict:
+    """``load_ip_adapter`` arguments that take the image encoder from the workspace (the same in STOCK_SCRIPT)."""
+    if case.startswith("flux"):
+        return dict(image_encoder_pretrained_model_name_or_path=f"{root}/encoder", image_encoder_dtype=torch.float32)
+    return dict(image_encoder_folder=f"{root}/encoder")
 
 
 def _build(case: str):
@@ -96,7 +117,8 @@ def _build(case: str):
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def workspace(request, tmp_path_factory):
-    """Parent pipeline, pruned pipeline (by ``layerprune prune``), the parent's IP-Adapter file and image embeds."""
+    """Parent pipeline, pruned pipeline (by ``layerprune prune``), the parent's IP-Adapter file, a tiny image encoder
+    folder of the family's kind and an image prompt."""
     case = request.param
     root = tmp_path_factory.mktemp(case)
     _build(case).save_pretrained(root / "parent")
@@ -105,35 +127,39 @@ def workspace(request, tmp_path_factory):
                 "--output", str(root / "pruned")]) == 0  # fmt: skip
     (root / "ip").mkdir()
     save_file(CASES[case][3](), str(root / "ip" / "ip-adapter.safetensors"))
-    torch.save(_embeds(case), root / "embeds.pt")
+    _save_image_encoder(case, root / "encoder")
+    pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(5))
+    Image.fromarray((pixels * 255).to(torch.uint8).numpy()).save(root / "image.png")
     return case, root
 
 
-def _generate(pipe, embeds) -> torch.Tensor:
+def _generate(pipe, image=None) -> torch.Tensor:
     from diffusers_layerprune.testing import tiny_call_kwargs
 
-    return pipe(PROMPT, **embeds, **tiny_call_kwargs(pipe)).images
+    return pipe(PROMPT, **({"ip_adapter_image": image} if image else {}), **tiny_call_kwargs(pipe)).images
 
 
 # Run by a fresh interpreter: only diffusers and torch, as a user would after `layerprune adapt-ip-adapter`.
 STOCK_SCRIPT = r"""
 import json, sys, torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 root = sys.argv[1]
 out = {}
 
 def generate(pipe):
-    embeds = torch.load(f"{root}/embeds.pt", weights_only=True)
     kwargs = dict(num_inference_steps=2, height=16, width=16, max_sequence_length=16, output_type="pt",
                   generator=torch.Generator().manual_seed(0))
-    return pipe("a small red circle", **embeds, **kwargs).images
+    return pipe("a small red circle", ip_adapter_image=Image.open(f"{root}/image.png"), **kwargs).images
 
 for name, folder in (("adapted", "adapted"), ("unadapted", "ip")):
     pipe = DiffusionPipeline.from_pretrained(f"{root}/pruned")
+    if "Flux" in type(pipe).__name__:  # FluxIPAdapterMixin: a CLIP encoder (fp16 by default)
+        encoder = dict(image_encoder_pretrained_model_name_or_path=f"{root}/encoder", image_encoder_dtype=torch.float32)
+    else:  # SD3IPAdapterMixin: a SigLIP encoder and processor folder
+        encoder = dict(image_encoder_folder=f"{root}/encoder")
     try:
-        pipe.load_ip_adapter(f"{root}/{folder}", weight_name="ip-adapter.safetensors",
-                             **({"image_encoder_folder": None} if "StableDiffusion3" in type(pipe).__name__
-                                else {"image_encoder_pretrained_model_name_or_path": None}))
+        pipe.load_ip_adapter(f"{root}/{folder}", weight_name="ip-adapter.safetensors", **encoder)
         torch.save(generate(pipe), f"{root}/{name}.pt")
         out[name] = "ok"
     except Exception as error:
@@ -149,7 +175,7 @@ def test_adapted_ip_adapter_on_stock_pruned_pipeline_equals_parent_with_blocks_s
     from diffusers_layerprune.blocks import skip_blocks
 
     case, root = workspace
-    embeds = torch.load(root / "embeds.pt", weights_only=True)
+    image = Image.open(root / "image.png")
     parent = DiffusionPipeline.from_pretrained(root / "parent")
     depth = len(parent.transformer.transformer_blocks) + len(
         getattr(parent.transformer, "single_transformer_blocks", [])
@@ -157,10 +183,9 @@ def test_adapted_ip_adapter_on_stock_pruned_pipeline_equals_parent_with_blocks_s
     removed = [i for i in range(depth) if i not in CASES[case][2]]
     with torch.no_grad(), skip_blocks(parent.transformer, removed):
         without_ip = _generate(parent, {})
-    encoder = {"image_encoder_folder": None} if case == "sd3" else {"image_encoder_pretrained_model_name_or_path": None}
-    parent.load_ip_adapter(str(root / "ip"), weight_name="ip-adapter.safetensors", **encoder)
+    parent.load_ip_adapter(str(root / "ip"), weight_name="ip-adapter.safetensors", **_load_kwargs(case, root))
     with torch.no_grad(), skip_blocks(parent.transformer, removed):
-        reference = _generate(parent, embeds)
+        reference = _generate(parent, image)
     assert (reference - without_ip).abs().max() > 1e-3  # the IP-Adapter changes the images: the check can fail
     torch.save({"reference": reference, "without_ip": without_ip}, root / "reference.pt")  # for docs/ip_adapter.md
 
