@@ -231,7 +231,7 @@ def bad_ws(tmp_path_factory, tiny_pipeline_dir):
     pipeline, and IP-Adapters that do not fit."""
     from diffusers_layerprune.families import family_of
     from diffusers_layerprune.modeling import save_pruned_transformer
-    from diffusers_layerprune.testing import build_tiny_flux_pipeline
+    from diffusers_layerprune.testing import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
 
     root = tmp_path_factory.mktemp("bad_ip")
     parent = build_tiny_flux_pipeline(4, 2).transformer
@@ -241,6 +241,8 @@ def bad_ws(tmp_path_factory, tiny_pipeline_dir):
     assert (
         cli(["prune", "--model", str(tiny_pipeline_dir), "--drop", "1", "--output", str(root / "pixart_pruned")]) == 0
     )
+    medium = build_tiny_sd3_pipeline(4, dual_attention_layers=(0, 1)).transformer  # SD3.5-Medium-like
+    save_pruned_transformer(family_of(medium).pruned_class().from_transformer(medium, [0, 1, 3]), root / "sd35m_pruned")
     files = {
         "good": flux_ip_adapter(4),
         "sd3": sd3_ip_adapter(4),
@@ -266,9 +268,33 @@ BAD = {
     "no_such_file": ("nothing.safetensors", "flux_pruned", "out", "does not exist"),
     "no_kept_record": ("good.safetensors", "flux_parent", "out", "records no kept blocks"),
     "family_without_loader": ("good.safetensors", "pixart_pruned", "out", "no IP-Adapter loader for PixArt-Sigma"),
+    "sd3_dual_attention": ("sd3.safetensors", "sd35m_pruned", "out", "dual-attention blocks are not supported"),
     "output_exists": ("good.safetensors", "flux_pruned", "taken", "holds files layerprune did not write"),
     "output_inside_input": ("good.safetensors", "flux_pruned", "flux_pruned/ip", "is inside the input"),
 }
+
+
+def test_bin_file_is_read_like_the_stock_loader_reads_it(bad_ws, tmp_path):
+    """A ``.bin`` IP-Adapter (the two-part dict ``load_ip_adapter`` reads with ``torch.load``) adapts to the same
+    file as its ``.safetensors`` twin."""
+    from safetensors.torch import load_file
+
+    from diffusers_layerprune.adapters.ip_adapter import read_ip_adapter
+
+    state = read_ip_adapter(bad_ws / "good.safetensors")
+    torch.save(state, tmp_path / "ip-adapter.bin")
+    for name in ("ip-adapter.bin", "good.safetensors"):
+        folder = tmp_path if name.endswith(".bin") else bad_ws
+        out = tmp_path / f"out-{name}"
+        assert (
+            cli(["adapt-ip-adapter", str(folder / name), "--pruned", str(bad_ws / "flux_pruned"), "--output", str(out)])
+            == 0
+        )
+    from_bin = load_file(tmp_path / "out-ip-adapter.bin" / "ip-adapter.safetensors")
+    from_safetensors = load_file(tmp_path / "out-good.safetensors" / "ip-adapter.safetensors")
+    assert from_bin.keys() == from_safetensors.keys() and len(from_bin) == 4 + 2 * 4
+    assert all(torch.equal(from_bin[k], from_safetensors[k]) for k in from_bin)
+    assert torch.equal(from_bin["ip_adapter.0.to_k_ip.weight"], state["ip_adapter"]["1.to_k_ip.weight"])
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -173,20 +173,27 @@ def _layers(state: Mapping, where: str) -> dict[int, dict]:
     return layers
 
 
+def ip_adapter_layout(family, config: Mapping, where: str = "the IP-Adapter"):
+    """The family's :class:`~diffusers_layerprune.families.base.IPAdapterLayout`, or a :class:`LayerPruneError` when
+    diffusers has no IP-Adapter loader for the family or for this configuration of it."""
+    layout = family.ip_adapter
+    if layout is None:
+        raise LayerPruneError(
+            f"diffusers has no IP-Adapter loader for {family.title} (load_ip_adapter exists for Flux.1 and SD3 only)"
+        )
+    problem = layout.unsupported(config)
+    if problem:
+        raise LayerPruneError(f"cannot adapt {where}: {problem}")
+    return layout
+
+
 def adapt_ip_adapter(state: Mapping, family, pruned_config: Mapping, where: str = "the IP-Adapter") -> tuple:
     """The parent's IP-Adapter ``state`` (as :func:`read_ip_adapter` returns it) for the pruned model of
     ``pruned_config``: the image projection unchanged, the layers of kept blocks renumbered to their new positions.
 
     Returns ``(adapted_state, IPAdaptReport)``. Raises :class:`LayerPruneError` for an IP-Adapter of another family
     or width, one naming blocks beyond the parent's depth or missing some, and families without a stock loader."""
-    layout = family.ip_adapter
-    if layout is None:
-        raise LayerPruneError(
-            f"diffusers has no IP-Adapter loader for {family.title} (load_ip_adapter exists for Flux.1 and SD3 only)"
-        )
-    problem = layout.unsupported(pruned_config)
-    if problem:
-        raise LayerPruneError(f"cannot adapt {where}: {problem}")
+    layout = ip_adapter_layout(family, pruned_config, where)
     layers = _layers(state, where)
     foreign = {name for layer in layers.values() for name in layer} ^ layout.layer_names
     if foreign:
@@ -280,8 +287,7 @@ def adapt_ip_adapter_to_folder(
             f"{pruned} records no kept blocks (kept_layers): give a folder written by layerprune prune"
         )
     family = family_of_config(config, str(pruned))
-    if family.ip_adapter is None:  # before reading a possibly large file
-        adapt_ip_adapter({}, family, config)
+    ip_adapter_layout(family, config)  # before reading a possibly large file
     path, source_record = resolve_ip_adapter_source(source, revision=revision, weight_name=weight_name)
     adapted, report = adapt_ip_adapter(read_ip_adapter(path), family, config, f"IP-Adapter {source_record['source']}")
     record = {

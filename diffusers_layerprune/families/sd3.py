@@ -115,7 +115,7 @@ def ip_adapter_widths(config, state) -> str | None:
 
 def ip_adapter_unsupported(config) -> str | None:
     # The loader gives layer i to the i-th attention processor; a dual-attention block (SD3.5 Medium) has two, so
-    # layer numbers stop matching block numbers, and no such IP-Adapter is published to check the loader against.
+    # layer numbers stop matching block numbers (the IP-Adapters diffusers documents are for SD3.5 Large).
     if config.get("dual_attention_layers"):
         return "SD3.5-Medium-style dual-attention blocks are not supported for IP-Adapters (diffusers' loader numbers attention processors, two per such block)"
     return None
