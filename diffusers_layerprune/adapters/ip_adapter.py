@@ -252,11 +252,9 @@ def write_ip_adapter(state: Mapping, path: str | os.PathLike) -> None:
     ``ip_adapter.<i>.<name>``)."""
     from safetensors.torch import save_file
 
-    flat = {
-        f"{part}.{key}": value.contiguous()
-        for part in ("image_proj", "ip_adapter")
-        for key, value in state[part].items()
-    }
+    # clone: tensors read from a .bin may share storage (slices of one buffer), which save_file refuses
+    flat = {f"{part}.{key}": value.detach().contiguous().clone() for part in ("image_proj", "ip_adapter")
+            for key, value in state[part].items()}  # fmt: skip
     save_file(flat, str(path))
 
 
