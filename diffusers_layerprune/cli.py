@@ -169,6 +169,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     given.update({flag: True for flag in ("use_lora", "use_ema", "push", "transformer_only") if getattr(args, flag)})
+    if args.export:
+        given["export"] = args.export
     if any(v is not None for v in (args.num_layers, args.remove, args.ratio)):  # a depth flag replaces all three
         given.update(num_layers=args.num_layers, remove=args.remove, ratio=args.ratio)
     recipe = Recipe.from_yaml(args.recipe, **given) if args.recipe else Recipe(**given)
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill, evaluate.",
     )
     from . import __version__
-    from .adapters.ip_adapter import add_ip_adapter_parser
+    from .export import add_export_parser
     from .importance.cli import add_prune_importance_args, add_score_parser
     from .routing.cli import add_route_parser
     from .sparsity.cli import add_sparsify_parser
@@ -220,10 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the text encoder and VAE stay in the base model",
     )
     prune.set_defaults(func=_cmd_prune)
-    add_ip_adapter_parser(sub)
     add_score_parser(sub)
     add_sparsify_parser(sub)
     add_route_parser(sub)
+    add_export_parser(sub)
+    from .adapters.cli import add_controlnet_parser, add_ip_adapter_parser, add_lora_parsers
+
+    add_lora_parsers(sub)
+    add_controlnet_parser(sub)
+    add_ip_adapter_parser(sub)
 
     evaluate = sub.add_parser(
         "eval",
@@ -377,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/toy)")
     run.add_argument("--repo-id", default=None, help="Hub repo for the card's usage snippet and --push")
     run.add_argument("--push", action="store_true", help="upload the final model with its card")
+    run.add_argument(
+        "--export",
+        action="append",
+        default=None,
+        metavar="FORMAT[:TYPE]",
+        help="also write the final transformer as one file beside it, listed in the card and uploaded with it: "
+        "gguf:Q8_0, gguf:Q4_0, single-file, single-file:BF16 ... (repeatable; see layerprune export)",
+    )
     run.add_argument(
         "--base-model",
         default=None,

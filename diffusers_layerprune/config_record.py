@@ -14,6 +14,7 @@ This module imports nothing of the package: every writer and reader of configs u
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 RECORD_KEYS = ("kept_layers", "source_num_layers", "source_model", "source_stack_depths")
@@ -49,3 +50,18 @@ def expose_record(config: Mapping) -> dict:
 def is_model_config(config: Mapping) -> bool:
     """A diffusers model ``config.json`` (the files whose record is stored hidden), not one of our JSON records."""
     return "_class_name" in config and "_diffusers_version" in config
+
+
+def source_id(name_or_path: str | None) -> str | None:
+    """The Hub id or folder a model was loaded from, given a ``_name_or_path``.
+
+    Models loaded as part of a pipeline record ``<folder>/transformer``, and from the Hub a cache path
+    ``.../models--org--name/snapshots/<sha>/transformer``: map those back to ``<folder>`` and ``org/name``.
+    """
+    if not name_or_path:
+        return None
+    text = str(name_or_path).rstrip("/")
+    cached = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", text)
+    if cached:
+        return f"{cached[1]}/{cached[2]}"
+    return text.removesuffix("/transformer") or None

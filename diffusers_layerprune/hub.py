@@ -301,6 +301,13 @@ def _render_model_card(
             + (f"; the weights are an EMA of the trained ones (decay {distill.ema_decay})" if distill.use_ema else ""),
             f"data: `{public_name(distill.data)}` ({distill.train_samples} samples)",
         ]
+        if distill.lora:  # the adapter alone, for the undistilled pruned model (these weights already hold it)
+            load = (
+                f'peft.PeftModel.from_pretrained(pipe.transformer, "{repo_id}", subfolder="lora")'
+                if family.lora_format == "peft"
+                else f'pipe.load_lora_weights("{repo_id}", subfolder="lora")'
+            )
+            distill_lines.append(f"the LoRA alone is in `lora/` (already merged here); on the pruned model: `{load}`")
         cites.append("bk-sdm")
         if w.feature_loss == "normalized":
             cites.append("output_loss")
@@ -342,9 +349,18 @@ def _render_model_card(
         summary = routing_summary(routing)
         custom = CUSTOM_PIPELINE if (folder / f"{CUSTOM_PIPELINE}.py").is_file() else None
         routing_section = routing_card_section(routing, repo_id, custom_pipeline=custom)
+    from .export import exported_files
+
+    exports = [
+        dict(name=f.name, size=_size_text(f.stat().st_size), kind=_export_kind(f)) for f in
+        exported_files(folder)
+    ]  # fmt: skip
     card = ModelCard.from_template(
         data,
         template_path=str(TEMPLATE),
+        exports=exports,
+        export_example=next((e for e in exports if e["name"].endswith(".gguf")), exports[0] if exports else None),
+        family_title=family.title,
         title=f"{name}",
         summary=summary,
         show_removed=routing is None or bool(routing.kept_layers),
@@ -381,6 +397,28 @@ def _render_model_card(
         version=__version__,
     )
     return str(card)
+
+
+def _size_text(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def _export_kind(path: Path) -> str:
+    """``GGUF Q8_0`` / ``safetensors BF16``: the file's type, read from the file (GGUF file type; safetensors dtype)."""
+    if path.suffix == ".gguf":
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        file_type = reader.fields["general.file_type"].contents()
+        return f"GGUF {gguf.LlamaFileType(file_type).name.removeprefix('MOSTLY_')}"
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        dtypes = sorted({f.get_slice(k).get_dtype() for k in f.keys()})
+    return f"safetensors {'/'.join(dtypes)}"
 
 
 def _ignored(rel: str) -> bool:

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from .config_record import expose_record
+from .aliases import ALIAS_FOLDERS, MODEL_ALIASES
+from .config_record import expose_record, source_id  # noqa: F401 (source_id: public here before it moved)
 from .errors import LayerPruneError
 from .families import family_of, family_of_config, family_of_pipeline, find_family, supported_text
-from .families.base import expand, rows, to_device
 from .families.flux import PrunedFluxTransformer
 from .families.pixart import PrunedPixArtTransformer
 from .families.sana import PrunedSanaTransformer
 from .families.sd3 import PrunedSD3Transformer
+from .generation import generate_from_conditioning, generate_from_embeddings  # noqa: F401 (public here before)
 from .outputs import atomic_output_dir
 from .pruned import PrunedTransformerMixin, check_kept_layers
 from .validation import is_transformer_folder  # noqa: F401 (public here before it moved)
@@ -33,21 +33,6 @@ from .validation import resolve_local_model as _resolve_local
 # Kept for callers of the PixArt-only API.
 STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
 _check_kept_layers = check_kept_layers
-
-
-def source_id(name_or_path: str | None) -> str | None:
-    """The Hub id or folder a model was loaded from, given a ``_name_or_path``.
-
-    Models loaded as part of a pipeline record ``<folder>/transformer``, and from the Hub a cache path
-    ``.../models--org--name/snapshots/<sha>/transformer``: map those back to ``<folder>`` and ``org/name``.
-    """
-    if not name_or_path:
-        return None
-    text = str(name_or_path).rstrip("/")
-    cached = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", text)
-    if cached:
-        return f"{cached[1]}/{cached[2]}"
-    return text.removesuffix("/transformer") or None
 
 
 def expose_record_of(model) -> None:
@@ -63,52 +48,6 @@ def expose_record_of(model) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Pipelines
 # ----------------------------------------------------------------------------------------------------------------
-
-# Short model names resolved before hub ids / paths. Values build the pipeline (or return a local folder path).
-MODEL_ALIASES: dict[str, Callable] = {}
-
-
-def _tiny_random_pipeline(**kwargs):
-    from .testing import build_tiny_pixart_pipeline
-
-    return build_tiny_pixart_pipeline(**kwargs)
-
-
-MODEL_ALIASES["tiny-random"] = _tiny_random_pipeline
-
-
-def _tiny_random_family(family: str) -> Callable:
-    def build(**kwargs):
-        from .testing import TINY_BUILDERS
-
-        return TINY_BUILDERS[family](**kwargs)
-
-    return build
-
-
-# One tiny random pipeline per non-PixArt family (``tiny-random`` stays PixArt-Sigma).
-for _family in ("sana", "sd3", "flux"):
-    MODEL_ALIASES[f"tiny-random-{_family}"] = _tiny_random_family(_family)
-
-
-def _toy_pipeline(**kwargs):
-    from .toy import load_toy_pipeline
-
-    return load_toy_pipeline(**kwargs)
-
-
-MODEL_ALIASES["toy"] = _toy_pipeline
-
-
-def _toy_folder() -> Path:
-    from .toy import toy_pipeline_path
-
-    return toy_pipeline_path()
-
-
-# Short names whose pipeline is a folder on disk: their config can be read without building the pipeline.
-ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {"toy": _toy_folder}
-
 
 # Settings a model is meant to be used with, by short name; anything else gets its family's (ModelFamily.defaults). Prompt sets are
 # `--prompts` specs (data.load_prompts): blocks are scored on `score_prompts`, distillation trains on
@@ -231,87 +170,6 @@ def with_transformer(pipe, transformer):
     if pipe.name_or_path:
         replaced.register_to_config(_name_or_path=pipe.name_or_path)
     return replaced
-
-
-def generate_from_embeddings(
-    pipe,
-    embeds: torch.Tensor,
-    masks: torch.Tensor,
-    negative: tuple[torch.Tensor, torch.Tensor] | None,
-    *,
-    seeds,
-    num_inference_steps: int,
-    guidance_scale: float,
-    resolution: int,
-    max_sequence_length: int,
-    batch_size: int = 8,
-    output_type: str = "pt",
-    progress=None,
-) -> torch.Tensor:
-    """Generate from precomputed prompt embeddings ``[N, L, D]`` / masks ``[N, L]`` (PixArt, Sana: the families
-    whose conditioning is an embedding and a mask); prompt ``i`` uses ``seeds[i]``. See
-    :func:`generate_from_conditioning`, which this calls, for every family."""
-    text = {"prompt_embeds": embeds, "prompt_attention_mask": masks}
-    neg = None if negative is None else {"prompt_embeds": negative[0], "prompt_attention_mask": negative[1]}
-    return generate_from_conditioning(
-        pipe,
-        text,
-        neg,
-        seeds=seeds,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        resolution=resolution,
-        max_sequence_length=max_sequence_length,
-        batch_size=batch_size,
-        output_type=output_type,
-        progress=progress,
-    )
-
-
-def generate_from_conditioning(
-    pipe,
-    text: dict[str, torch.Tensor],
-    negative: dict[str, torch.Tensor] | None,
-    *,
-    seeds,
-    num_inference_steps: int,
-    guidance_scale: float,
-    resolution: int,
-    max_sequence_length: int,
-    batch_size: int = 8,
-    output_type: str = "pt",
-    progress=None,
-) -> torch.Tensor:
-    """Generate from cached text conditioning (``ModelFamily.encode``'s dict, ``N`` prompts); prompt ``i`` uses
-    ``seeds[i]``. The pipeline's call arguments come from the family (``ModelFamily.call_kwargs``).
-
-    Each image's initial noise depends on its own seed only, so results do not change with ``batch_size``.
-    ``negative`` is the encoded empty prompt (one row), used when ``guidance_scale > 1``.
-    Returns images ``[N, 3, R, R]`` in [0, 1] (``output_type="pt"``) or latents (``"latent"``), float32 on the CPU.
-    ``progress(n)`` is called after each batch.
-    """
-    family = family_of_pipeline(pipe)
-    device, dtype = pipe.transformer.device, pipe.transformer.dtype
-    total = len(text["prompt_embeds"])
-    out = []
-    for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        batch = to_device(rows(text, start, stop), device, dtype)
-        neg = None
-        if guidance_scale > 1 and negative is not None:
-            neg = to_device(expand(negative, stop - start), device, dtype)
-        result = pipe(
-            **family.call_kwargs(batch, neg, resolution, max_sequence_length),
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=[torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]],
-            output_type=output_type,
-        ).images
-        result = result.float().cpu()
-        out.append(result.clamp(0, 1) if output_type == "pt" else result)
-        if progress is not None:
-            progress(stop - start)
-    return torch.cat(out)
 
 
 def read_transformer_config(model: str | os.PathLike, *, revision: str | None = None) -> dict | None:

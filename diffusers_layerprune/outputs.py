@@ -55,10 +55,16 @@ OWN_ENTRIES = (
     "logs",
     "validation",
     "lora",
+    "pytorch_lora_weights.safetensors",  # LoRA folders (adapters/lora.py)
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "layerprune_lora.json",
     "run.json",
     "summary.json",
     "pruned",
     "distilled",
+    "transformer*.gguf",  # layerprune export beside the pipeline
+    "transformer*.safetensors",
     ".*.tmp-*",
     ".*.old-*",
 )

@@ -95,7 +95,7 @@ def publish_configs(folder: str | os.PathLike) -> list[Path]:
 def local_inputs(*models: str | os.PathLike | None) -> list[str]:
     """The local paths a command reads (models, files), which its outputs must stay apart from: each given value,
     and for the short name ``toy`` the bundled pipeline's folder."""
-    from .modeling import ALIAS_FOLDERS, MODEL_ALIASES
+    from .aliases import ALIAS_FOLDERS, MODEL_ALIASES
 
     inputs = []
     for model in filter(None, models):
@@ -111,7 +111,7 @@ def full_local(value: str | os.PathLike | None) -> str | None:
     """An existing local path made absolute (links kept), anything else (Hub id, short name) as given."""
     if value is None:
         return None
-    from .modeling import MODEL_ALIASES
+    from .aliases import MODEL_ALIASES
 
     if str(value) in MODEL_ALIASES:  # a short name stays one, whatever folders the working directory holds
         return str(value)

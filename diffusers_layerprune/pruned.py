@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from .blocks import resolve_kept_layers
-from .config_record import expose_record, hide_record
+from .config_record import expose_record, hide_record, source_id
 from .errors import LayerPruneError
 from .families import family_of, get_family
 
@@ -80,8 +80,6 @@ class PrunedTransformerMixin:
         source_num_layers = transformer.config.get("source_num_layers") or sum(depths)
         recorded = [parent_kept[i] for i in kept] if parent_kept is not None else kept
         if source_model is None:
-            from .modeling import source_id
-
             source_model = transformer.config.get("source_model") or source_id(transformer.config.get("_name_or_path"))
 
         init_keys = cls._get_init_keys(cls) - {"self", "kwargs"}

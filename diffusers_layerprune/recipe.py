@@ -58,6 +58,7 @@ class Recipe:
     accelerate_config: str | None = None  # accelerate config file (multi-GPU, FSDP, DeepSpeed); None: the default
     mixed_precision: str | None = None  # no, fp16, bf16 for distillation; None: the accelerate config's (no)
     use_ema: bool = False  # distil with an EMA of the student's weights (the EMA is saved and evaluated)
+    export: list[str] = field(default_factory=list)  # one-file exports beside the final model: gguf:Q8_0, single-file
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
@@ -104,6 +105,17 @@ class Recipe:
 
             family = family_of_config(config, str(self.model))
             num_to_remove(family.depth(config), self.num_layers, self.ratio, remove=self.remove)
+        if self.export:
+            from .export import check_exportable, parse_export_spec
+
+            for spec in self.export:
+                parse_export_spec(spec)
+            if config is None:  # short names built in code: their config is known once built (cheap for those)
+                from .modeling import load_transformer
+
+                transformer = load_transformer(self.model)
+                config = dict(transformer.config, _class_name=type(transformer).__name__)
+            check_exportable(config, str(self.model))
         if self.distill_steps < 0:
             raise LayerPruneError("distill_steps must be >= 0 (0 skips distillation)")
         if self.distill_batch_size < 1:
@@ -442,7 +454,11 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
                 write_report_files(report, report_path)
         reports[stage] = report
 
-    # 5. Model card (and push).
+    # 5. One-file exports beside the final model (listed in its card, uploaded with it).
+    if recipe.export:
+        _export_files(final, recipe.export, log)
+
+    # 6. Model card (and push).
     from .hub import push_pipeline, render_model_card, write_model_card
 
     repo_id = recipe.repo_id or f"your-name/{Path(recipe.output).name}"
@@ -583,6 +599,31 @@ def _score(
         if common[name] is not None:
             args += [flag, str(common[name])]
     run_launched(CLI_MODULE, args, launch, what="scoring")
+
+
+def _export_files(final: Path, specs: list[str], log) -> None:
+    """Write each export of ``specs`` into ``final``, replacing exports of an earlier run (they are ours and may hold
+    weights the final model no longer has); unchanged files newer than the weights are reused."""
+    from .export import (
+        export_file_name,
+        export_transformer,
+        exported_files,
+        parse_export_spec,
+        weight_files,
+        weights_dir_of,
+    )
+
+    weights = max(p.stat().st_mtime for p in weight_files(weights_dir_of(final)))
+    wanted = {export_file_name(*parse_export_spec(spec)): parse_export_spec(spec) for spec in specs}
+    for path in exported_files(final):
+        if path.name not in wanted or path.stat().st_mtime < weights:
+            path.unlink()
+    for name, (fmt, quant) in wanted.items():
+        if (final / name).is_file():
+            log(f"[5/5] reusing {final / name}")
+            continue
+        log(f"[5/5] exporting {final / name}")
+        export_transformer(final, final / name, fmt=fmt, quant=quant)
 
 
 def _is_model_folder(folder: Path) -> bool:

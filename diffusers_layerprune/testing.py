@@ -514,3 +514,28 @@ PUBLISHED_TRANSFORMERS = {
     "sd3": (SD35_MEDIUM_TRANSFORMER, 8, 333),  # 77 CLIP tokens + 256 T5 tokens
     "flux": (FLUX1_DEV_TRANSFORMER, 8, 512),
 }
+
+
+def build_tiny_controlnet(transformer, *depths: int, seed: int = 0, **config):
+    """A stock ControlNet of the transformer's family (``FluxControlNetModel``, ``SD3ControlNetModel``) with the tiny
+    transformer's widths and ``depths`` blocks per ControlNet block list, random weights. The parameters diffusers
+    initialises to zero (the residual projections, the condition embedding) get small random values, so that every
+    residual changes the image. ``config``: further ControlNet config values."""
+    import diffusers
+
+    from .families import family_of
+
+    layout = family_of(transformer).controlnet
+    cls = getattr(diffusers, layout.model_class)
+    accepted = set(cls.extract_init_dict(dict(transformer.config))[0])  # the widths the ControlNet shares
+    values = {k: v for k, v in transformer.config.items() if k in accepted}
+    values.update({stack.depth_key: depth for stack, depth in zip(layout.stacks, depths, strict=False)})
+    values.update(config)
+    torch.manual_seed(seed)
+    model = cls.from_config(values).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model

@@ -175,6 +175,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rank", type=positive_int, default=16)
     g.add_argument("--lora_alpha", type=positive_float, default=None, help="default: equal to --rank")
     g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+    g.add_argument(
+        "--init_lora",
+        default=None,
+        metavar="LORA",
+        help="start the student's LoRA from this one (file, folder or Hub id; e.g. layerprune adapt-lora's output), "
+        "with its rank, alpha and target modules (--rank, --lora_alpha, --lora_target_modules are not used); "
+        "implies --use_lora",
+    )
+    g.add_argument(
+        "--teacher_lora",
+        default=None,
+        metavar="LORA",
+        help="fuse this LoRA of the teacher (the parent's LoRA: file, folder or Hub id; its transformer part) into "
+        "the teacher before distilling: with --init_lora, recovers the LoRA's effect on the pruned model",
+    )
 
     g = p.add_argument_group("checkpoints, validation, logging, Hub")
     g.add_argument("--checkpointing_steps", type=positive_int, default=500)
@@ -191,9 +206,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--validation_inference_steps", type=positive_int, default=None)
     g.add_argument(
         "--report_to",
-        default="tensorboard",
+        default=None,
         choices=REPORT_TO,
-        help="tracker for losses and validation images (tensorboard logs are uploaded with the model)",
+        help="tracker for losses and validation images (tensorboard logs are uploaded with the model); default: "
+        "tensorboard when it is installed (pip install 'diffusers-layerprune[train]'), else none",
     )
     g.add_argument("--logging_dir", default="logs")
     g.add_argument("--tracker_project_name", default="layerprune-distill")
@@ -213,6 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--push_to_hub needs --hub_model_id user/name")
     if args.lora_alpha is None:
         args.lora_alpha = float(args.rank)
+    if args.init_lora:
+        args.use_lora = True
     return args
 
 
@@ -229,6 +247,14 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from diffusers_layerprune import LayerPruneError
+from diffusers_layerprune.adapters.lora import (
+    fuse_lora_into,
+    read_lora,
+    read_trained_lora_state,
+    resolve_lora_source,
+    save_trained_lora,
+    start_from_lora,
+)
 from diffusers_layerprune.data import (
     CacheCollator,
     default_cache_dir,
@@ -278,9 +304,12 @@ logger = get_logger(__name__)
 
 def build_dataset(args, pipe, defaults, cache_dir, accelerator):
     """The cached (prompt, prompt_embeds, prompt_attention_mask, latents) dataset; built by the main process."""
+    model_id = str(args.teacher_model)
+    if getattr(args, "teacher_lora_record", None):  # the teacher's latents depend on the LoRA fused into it
+        model_id += f"+lora:{args.teacher_lora_record['sha256']}"
     common = dict(
         cache_dir=cache_dir,
-        model_id=str(args.teacher_model),
+        model_id=model_id,
         resolution=args.resolution,
         max_sequence_length=args.max_sequence_length,
         cache_dtype=args.cache_dtype,
@@ -341,10 +370,15 @@ def check_args(args) -> None:
         raise LayerPruneError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or leave the flag out)")
     if args.use_ema and args.use_lora:
         raise LayerPruneError("--use_ema averages all student weights; it does not go with --use_lora")
-    # "all" means every tracker that is installed (accelerate's meaning); a named one must be installed
-    if args.report_to in ("tensorboard", "wandb") and importlib.util.find_spec(args.report_to) is None:
+    # "all" means every tracker that is installed (accelerate's meaning); a named one must be installed, while the
+    # default uses tensorboard only where it is, so a base install trains as it is.
+    if args.report_to is None:
+        args.report_to = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    elif args.report_to in ("tensorboard", "wandb") and importlib.util.find_spec(args.report_to) is None:
+        extra = " (or pip install 'diffusers-layerprune[train]')" if args.report_to == "tensorboard" else ""
         raise LayerPruneError(
-            f"--report_to {args.report_to} needs {args.report_to}: pip install {args.report_to} (or --report_to none)"
+            f"--report_to {args.report_to} needs {args.report_to}: pip install {args.report_to}{extra}, or "
+            "--report_to none"
         )
 
 
@@ -410,6 +444,14 @@ def main(argv=None) -> None:
         overwrite=args.overwrite_output_dir,
         resume=bool(args.resume_from_checkpoint),
     )
+    # LoRAs to start from / fuse into the teacher: read (and checked against the family) before anything is written
+    init_lora = teacher_lora = None
+    if args.init_lora:
+        path, _ = resolve_lora_source(args.init_lora)
+        init_lora = read_lora(family, path)
+    if args.teacher_lora:
+        path, args.teacher_lora_record = resolve_lora_source(args.teacher_lora)
+        teacher_lora = read_lora(family, path)
     lora_targets = [m.strip() for m in args.lora_target_modules.split(",")]
     identity = checkpoint_identity(
         student_cfg,
@@ -444,6 +486,8 @@ def main(argv=None) -> None:
 
     # 2. Teacher pipeline, generation defaults, data (main process first; the others read its cache).
     teacher = load_pipeline(args.teacher_model, torch_dtype=weight_dtype, revision=args.revision, variant=args.variant)
+    if teacher_lora is not None:  # the teacher is the parent with its LoRA fused
+        fuse_lora_into(teacher.transformer, teacher_lora, f"--teacher_lora {args.teacher_lora}")
     teacher.to(accelerator.device)
     teacher.set_progress_bar_config(disable=True)
     defaults = generation_defaults(args.teacher_model, teacher)
@@ -486,7 +530,10 @@ def main(argv=None) -> None:
         logger.info(f"keeping {masks.num_pruned():,d} pruned weights at zero (sparsity.json)", main_process_only=True)
     teacher_tf = teacher.transformer.requires_grad_(False).eval()
     pairs = block_pairs(student, teacher_tf)
-    if args.use_lora:
+    if init_lora is not None:
+        student.requires_grad_(False)
+        start_from_lora(student, init_lora, f"--init_lora {args.init_lora}")
+    elif args.use_lora:
         from peft import LoraConfig
 
         student.requires_grad_(False)
@@ -706,8 +753,8 @@ def main(argv=None) -> None:
         final.eval()
         if ema is not None:  # the averaged weights are the model
             ema.copy_to(final.parameters())
-        if args.use_lora:
-            final.save_lora_adapter(str(output_dir / "lora"))
+        if args.use_lora:  # the format the family's stock loader reads (adapters/lora.py)
+            save_trained_lora(final, output_dir / "lora")
             final.fuse_lora()
             final.unload_lora()
             if masks is not None:  # the merged LoRA update is dense: keep the pruned weights at zero
@@ -802,7 +849,8 @@ def _local_record(args) -> dict:
 # Checkpoints: accelerate's state, with the student saved as a loadable transformer folder
 # ----------------------------------------------------------------------------------------------------------------
 
-LORA_STATE = "adapter_model.safetensors"
+LORA_STATE = "adapter_model.safetensors"  # a checkpoint's transformer_lora/ of earlier versions
+LORA_FOLDER = "lora"  # a checkpoint's LoRA, as the family's stock loader reads it
 
 
 def transformer_state_dict(model) -> dict[str, torch.Tensor]:
@@ -845,21 +893,16 @@ def save_transformer_folder(model, folder: Path) -> None:
 
 def register_checkpoint_hooks(accelerator, model, ema, *, use_lora: bool) -> None:
     """``save_state`` writes the student as ``transformer/`` (a transformer folder; LoRA merged), the trainable LoRA
-    weights as ``transformer_lora/`` and the EMA as ``transformer_ema/`` (diffusers' EMAModel folder);
-    ``load_state`` reads them back. Checkpoints of earlier versions (accelerate's ``model.safetensors``) still
-    load."""
+    as ``lora/`` (what the family's stock loader reads: ``pipe.load_lora_weights(checkpoint / "lora")``, PixArt's
+    a peft folder) and the EMA as ``transformer_ema/`` (diffusers' EMAModel folder); ``load_state`` reads them back.
+    Checkpoints of earlier versions (``transformer_lora/``; accelerate's ``model.safetensors``) still load."""
 
     def save_model_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             folder = Path(output_dir)
             save_transformer_folder(model, folder / "transformer")
             if use_lora:
-                from peft.utils import get_peft_model_state_dict
-                from safetensors.torch import save_file
-
-                (folder / "transformer_lora").mkdir(exist_ok=True)
-                lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-                save_file(lora, str(folder / "transformer_lora" / LORA_STATE))
+                save_trained_lora(model, folder / LORA_FOLDER)
             if ema is not None:
                 ema.save_pretrained(str(folder / "transformer_ema"))
         while weights:  # saved above: accelerate must not write them again
@@ -876,7 +919,11 @@ def register_checkpoint_hooks(accelerator, model, ema, *, use_lora: bool) -> Non
             if use_lora:
                 from peft.utils import set_peft_model_state_dict
 
-                set_peft_model_state_dict(target, load_file(str(folder / "transformer_lora" / LORA_STATE)))
+                if (folder / LORA_FOLDER).is_dir():
+                    state = read_trained_lora_state(folder / LORA_FOLDER)
+                else:
+                    state = load_file(str(folder / "transformer_lora" / LORA_STATE))
+                set_peft_model_state_dict(target, state)
             else:
                 state = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
                 target.load_state_dict(state, strict=True)

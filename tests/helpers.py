@@ -1,9 +1,19 @@
 """Helpers shared by test modules (pytest puts tests/ on sys.path)."""
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train_distill.py"
+
+
+def stock_env() -> dict:
+    """The environment of a user's process: this checkout off the path (extra paths a user set stay)."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
 
 
 def read_config(path) -> dict:

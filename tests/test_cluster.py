@@ -144,6 +144,7 @@ KILL_WHILE_SAVING = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_kill_while_saving_never_leaves_zero_checkpoints(work, tmp_path):
     """With --checkpoints_total_limit 1, checkpoint-1 is removed only once checkpoint-2 is complete: a run killed
     (SIGKILL) while writing checkpoint-2 keeps checkpoint-1 and resumes from it."""

@@ -438,6 +438,7 @@ def test_run_refuses_folders_it_did_not_make(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_changed_distillation_settings_start_fresh(tmp_path, capfd, monkeypatch):
     """A finished run whose learning rate changes distils again from scratch (the old bug resumed the old run's
     last checkpoint and kept its weights). Adding LoRA to a finished run: tests/test_recipe.py's reuse test."""

@@ -245,6 +245,7 @@ def subprocess_runs(tmp_path_factory, tiny_pipeline_dir, assets):
     return run, LayerImportance.load(reference)
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_match_one_process(subprocess_runs, tiny_pipeline_dir, assets, tmp_path):
     run, one = subprocess_runs
     double = tmp_path / "double.json"
@@ -256,6 +257,7 @@ def test_two_accelerate_processes_match_one_process(subprocess_runs, tiny_pipeli
     assert sorted(p.name for p in tmp_path.iterdir()) == ["double.json", "double.png"]
 
 
+@pytest.mark.slow
 def test_a_killed_scan_restarts_and_ends_with_identical_numbers(subprocess_runs, tiny_pipeline_dir, assets, tmp_path):
     run, reference = subprocess_runs
     output = tmp_path / "imp.json"

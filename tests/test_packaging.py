@@ -45,6 +45,7 @@ def installed(tmp_path_factory):
     return site, env
 
 
+@pytest.mark.slow
 def test_wheel_runs_the_recipe_and_a_dry_run_push_outside_the_checkout(installed, tmp_path):
     site, env = installed
     where = subprocess.run(

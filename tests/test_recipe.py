@@ -19,6 +19,7 @@ def subprocess_sees_this_checkout(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.mark.slow
 def test_run_chains_stages_and_reuses_them(tmp_path, subprocess_sees_this_checkout, capfd, monkeypatch):
     import diffusers_layerprune.evaluation as evaluation
 
@@ -133,6 +134,7 @@ def test_run_num_layers_is_the_pruned_depth(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_run_on_two_processes_from_the_command_line(tmp_path, subprocess_sees_this_checkout, capfd):
     """`layerprune run --num-processes 2 --accelerate-config FILE`: the scan and the distillation each run as two
     gloo processes under accelerate launch; the global batch is split over them. The recipe is also

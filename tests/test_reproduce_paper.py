@@ -115,6 +115,7 @@ def _train_in_this_process(monkeypatch) -> list[list[str]]:
     return calls
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))  # the training's teacher latents
     trained = _train_in_this_process(monkeypatch)

@@ -422,6 +422,7 @@ def test_other_marginals_train_and_meet_the_budget(marginals):
     assert sum(c.share for c in record.codes) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_finetune_script_one_and_two_processes_train_alike(ws, tmp_path):
     """The accelerate entry point: one process in-process, then two gloo processes under accelerate launch; both
     start from the same weights and draw the same global batches, so their losses agree and the saved folders load

@@ -400,6 +400,7 @@ def test_score_selection_bad_input_one_line_exit_2_nothing_written(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_adaptive_scan_split_across_two_accelerate_processes_matches_one(tiny_pipeline_dir, assets, tmp_path):
     # Same environment as tests/test_importance_cli.py's two-process test: one thread, MKL_CBWR=COMPATIBLE.
     import os

@@ -1,1 +1,2 @@
-"""Carry what users made for the parent model (LoRAs, ControlNets, IP-Adapters) over to a pruned model."""
+"""Adapters across pruning: LoRAs (``lora``), ControlNets (``controlnet``), IP-Adapters (``ip_adapter``); each kind
+one module with its CLI in ``cli``."""

@@ -9,12 +9,12 @@ blocks, renumbered in the loader's order, and writes them in the file format bot
 recording the source beside it.
 
 Which stack carries IP-Adapter layers, which names a layer holds and which widths fit a model are family facts:
-:class:`~diffusers_layerprune.families.base.IPAdapterLayout` in each family's module.
+:class:`~diffusers_layerprune.families.base.IPAdapterLayout` in each family's module. The command's parser lives in
+:mod:`diffusers_layerprune.adapters.cli` with the other adapters'.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -310,48 +310,3 @@ def adapt_ip_adapter_to_folder(
             "weight norm (sum of ||to_k_ip||_F + ||to_v_ip||_F) was in removed blocks; image_proj kept unchanged"
         )
     return report
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def add_ip_adapter_parser(subparsers) -> None:
-    """Register ``adapt-ip-adapter`` on the CLI's subparsers."""
-    adapt = subparsers.add_parser(
-        "adapt-ip-adapter",
-        help="carry an IP-Adapter made for the parent model over to a pruned model (Flux.1, SD3; exact on kept blocks)",
-        description="diffusers' load_ip_adapter numbers IP-Adapter layers by the transformer's attention processors, "
-        "so on a pruned Flux the kept blocks silently get the parent's first blocks' layers and on a pruned SD3 "
-        "loading fails. This keeps the image projection and the layers of the kept blocks, renumbered, and writes "
-        f"OUTPUT/{WEIGHT_NAME}: load it with pipe.load_ip_adapter(OUTPUT, weight_name='{WEIGHT_NAME}', ...) and the "
-        "pruned model computes what the parent with the IP-Adapter computes with the removed blocks skipped. "
-        f"OUTPUT/{RECORD_NAME} records the source (name, Hub revision, sha256).",
-    )
-    adapt.add_argument(
-        "ip_adapter",
-        metavar="IP_ADAPTER",
-        help="the parent's IP-Adapter: a .safetensors or .bin file, a folder or a Hub id (diffusers layout; XLabs' "
-        "Flux layout is read too)",
-    )
-    adapt.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
-    adapt.add_argument("--output", required=True, metavar="OUT", help="new folder for the adapted IP-Adapter")
-    adapt.add_argument("--revision", default=None, help="Hub revision of IP_ADAPTER")
-    adapt.add_argument("--weight-name", default=None, metavar="NAME", help="the weight file in a folder or Hub repo")
-    adapt.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder layerprune wrote")
-    adapt.set_defaults(func=cmd_adapt_ip_adapter)
-
-
-def cmd_adapt_ip_adapter(args: argparse.Namespace) -> int:
-    adapt_ip_adapter_to_folder(
-        args.ip_adapter,
-        args.pruned,
-        args.output,
-        revision=args.revision,
-        weight_name=args.weight_name,
-        overwrite=args.overwrite,
-        log=print,
-    )
-    print(f"saved: {args.output}/{WEIGHT_NAME} (pipe.load_ip_adapter({args.output!r}, weight_name={WEIGHT_NAME!r}))")
-    return 0

@@ -72,8 +72,87 @@ class IPAdapterLayout:
     unsupported: Callable[[Mapping], str | None] = lambda config: None
 
 
+@dataclass(frozen=True)
+class ControlNetStack:
+    """One list of a ControlNet's blocks: each block's image hidden states, through its own output projection, give
+    one residual ("sample") for the transformer stack at the same position in :attr:`ModelFamily.stacks`.
+
+    Attributes:
+        blocks: attribute (and state-dict prefix) of the ControlNet's transformer blocks (``transformer_blocks``).
+        projections: attribute of the per-block output projections (``controlnet_blocks``); sample ``k`` is
+            ``projections[k](hidden states after blocks[k])``.
+        depth_key: ControlNet config key holding the number of blocks (``num_layers``).
+    """
+
+    blocks: str
+    projections: str
+    depth_key: str
+
+
+@dataclass(frozen=True)
+class ControlNetLayout:
+    """How a family's stock ControlNet feeds residuals to the transformer's blocks (diffusers' own arithmetic).
+
+    Attributes:
+        model_class: the stock ControlNet class name (``FluxControlNetModel``).
+        pipeline_class: the stock pipeline that runs it (``FluxControlNetPipeline``).
+        stacks: one :class:`ControlNetStack` per transformer stack, in the same order.
+        sample_read: ``(stack, block, blocks, samples, controlnet_config) -> int | None``: which of ``samples``
+            residuals the transformer adds after its block ``block`` of ``blocks`` in stack ``stack``, exactly as the
+            stock forward and pipeline compute it, or ``None`` when that block receives none.
+        identity_gates: ``{parameter path inside a block: {number of chunks: gate chunks}}``: the rows of a block's
+            modulation ``Linear`` that gate every residual branch; zeroed, the block returns its inputs unchanged.
+        indexed_keys: ControlNet config keys that list block indices (renumbered when blocks move).
+    """
+
+    model_class: str
+    pipeline_class: str
+    stacks: tuple[ControlNetStack, ...]
+    sample_read: Callable[[int, int, int, int, Mapping], int | None]
+    identity_gates: Mapping[str, Mapping[int, tuple[int, ...]]]
+    indexed_keys: tuple[str, ...] = ()
+
+
 # Kept for callers of the one-stack API (``blocks.block_layout(model).attr``).
 BlockLayout = BlockStack
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One tensor of a family's original (single-file) checkpoint, made from the diffusers state dict.
+
+    Attributes:
+        sources: diffusers keys whose tensors are concatenated along dim 0 (the original fuses ``q, k, v`` into one
+            ``qkv`` projection); one key for a plain rename.
+        swap_halves: the two halves along dim 0 change places (the original's adaptive norms emit ``shift, scale``
+            where diffusers' emit ``scale, shift``).
+        fill: no diffusers source: a zero tensor of this shape, for a key the original layout holds and diffusers'
+            converter reads and drops (Sana's ``pos_embed``); ``sources`` is empty then.
+    """
+
+    sources: tuple[str, ...] = ()
+    swap_halves: bool = False
+    fill: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SingleFileLayout:
+    """How a family's transformer is written as one file in its original checkpoint layout (the layout ComfyUI,
+    Forge and diffusers' ``from_single_file`` read).
+
+    Attributes:
+        pieces: ``(config, diffusers keys) -> {original key: Piece}``; the pieces' sources must cover the diffusers
+            state dict exactly (the exporter checks it, so a key the converter would drop is refused, not lost).
+        converter: name of diffusers' converter in ``diffusers.loaders.single_file_utils`` that reads the layout back
+            (this layout is its inverse; tests hold it to that).
+        gguf_arch: ``general.architecture`` of a GGUF file (the name ComfyUI-GGUF detects the model by).
+        check: ``config -> None | str``: why this config cannot be read back from a single file (``None``: it can).
+    """
+
+    pieces: Callable[[Mapping, Sequence[str]], dict[str, Piece]]
+    converter: str
+    gguf_arch: str
+    check: Callable[[Mapping], str | None] = lambda config: None
 
 
 @dataclass(frozen=True)
@@ -118,6 +197,15 @@ class ModelFamily:
             IP-Adapter loader for the family).
         hub_ids: known checkpoints (documentation and ``source_model`` tags).
         references: citation keys of the family's papers (model cards).
+        single_file: the original single-file layout (``layerprune export``), or ``None`` with
+            ``single_file_refusal`` saying why the family cannot be exported.
+        lora_format: how stock tools read a LoRA of the family: ``diffusers`` (the pipeline's ``load_lora_weights``
+            reads ``pytorch_lora_weights.safetensors`` with ``transformer.``-prefixed keys, as
+            ``pipeline_classes[0].save_lora_weights`` writes it) or ``peft`` (diffusers has no loader: a folder that
+            ``peft.PeftModel.from_pretrained(pipe.transformer, folder)`` reads).
+        adapt_lora: ``(state, source_config, kept_by_stack) -> state``: :attr:`adapt_state` for LoRA weights (peft keys
+            ``<module>.lora_A.weight``, already renumbered), when a block changes structure by its new position.
+        controlnet: how the family's stock ControlNet adds residuals to the blocks (``None``: diffusers has none).
     """
 
     name: str
@@ -145,6 +233,11 @@ class ModelFamily:
     ip_adapter: IPAdapterLayout | None = None
     hub_ids: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
+    single_file: SingleFileLayout | None = None
+    single_file_refusal: str = "diffusers has no single-file loader for it"
+    lora_format: str = "diffusers"
+    adapt_lora: Callable[..., dict] | None = None
+    controlnet: ControlNetLayout | None = None
 
     # -- block numbering ------------------------------------------------------------------------------------------
 
@@ -249,3 +342,27 @@ def pooled_random_text(config, batch: int, tokens: int, generator: torch.Generat
         "prompt_embeds": torch.randn(batch, tokens, int(config["joint_attention_dim"]), generator=generator),
         "pooled_prompt_embeds": torch.randn(batch, int(config["pooled_projection_dim"]), generator=generator),
     }
+
+
+def fused(original: str, sources: Sequence[str], keys, *, swap_halves: bool = False) -> dict[str, Piece]:
+    """``{original.weight: Piece, original.bias: Piece}`` from the diffusers modules ``sources`` (their tensors
+    concatenated along dim 0), for each of ``weight`` / ``bias`` / ``scale`` the first source holds in ``keys``."""
+    out = {}
+    for suffix in ("weight", "bias"):
+        if f"{sources[0]}.{suffix}" in keys:
+            out[f"{original}.{suffix}"] = Piece(tuple(f"{s}.{suffix}" for s in sources), swap_halves=swap_halves)
+    return out
+
+
+def renamed(mapping: Mapping[str, str], keys) -> dict[str, Piece]:
+    """Plain renames ``{original module: diffusers module}`` (weight and bias where the diffusers module has them)."""
+    out = {}
+    for original, source in mapping.items():
+        out.update(fused(original, [source], keys))
+    return out
+
+
+def block_count(keys, prefix: str) -> int:
+    """Blocks ``prefix.N.*`` in ``keys`` (numbered 0..count-1 in a pruned or stock save)."""
+    found = {int(key[len(prefix) + 1 :].split(".", 1)[0]) for key in keys if key.startswith(prefix + ".")}
+    return max(found) + 1 if found else 0

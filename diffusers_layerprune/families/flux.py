@@ -9,13 +9,28 @@ Black Forest Labs, FLUX.1 (2024); the MMDiT double-stream design is Esser et al.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.configuration_utils import register_to_config
 
-from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, IPAdapterLayout, ModelFamily, pooled_random_text, second_tensor
+from .base import (
+    BlockStack,
+    ControlNetLayout,
+    ControlNetStack,
+    IPAdapterLayout,
+    ModelFamily,
+    Piece,
+    SingleFileLayout,
+    block_count,
+    fused,
+    pooled_random_text,
+    renamed,
+    second_tensor,
+)
 
 GUIDANCE = 3.5  # FluxPipeline's default distilled guidance for Flux.1-dev
 
@@ -106,6 +121,102 @@ IP_ADAPTER = IPAdapterLayout(
 )
 
 
+def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int:
+    """The residual ``FluxTransformer2DModel.forward`` adds after block ``block`` of a stack of ``blocks``: sample
+    ``block // ceil(blocks / samples)``, or for the double stack ``block % samples`` when ``FluxControlNetPipeline``
+    passes ``controlnet_blocks_repeat`` (a ControlNet with an ``input_hint_block``: XLabs' layout)."""
+    if stack == 0 and controlnet_config.get("conditioning_embedding_channels") is not None:
+        return block % samples
+    return block // int(math.ceil(blocks / samples))  # the float division and ceil of the stock forward
+
+
+CONTROLNET = ControlNetLayout(
+    model_class="FluxControlNetModel",
+    pipeline_class="FluxControlNetPipeline",
+    stacks=(
+        ControlNetStack(blocks="transformer_blocks", projections="controlnet_blocks", depth_key="num_layers"),
+        ControlNetStack(
+            blocks="single_transformer_blocks", projections="controlnet_single_blocks", depth_key="num_single_layers"
+        ),
+    ),
+    sample_read=controlnet_sample,
+    # AdaLayerNormZero chunks shift, scale, gate, shift_mlp, scale_mlp, gate_mlp (double blocks, both streams);
+    # AdaLayerNormZeroSingle chunks shift, scale, gate (single blocks: one gate over attention and MLP).
+    identity_gates={"norm1.linear": {6: (2, 5)}, "norm1_context.linear": {6: (2, 5)}, "norm.linear": {3: (2,)}},
+)
+# diffusers 0.42's Flux converter splits each single block's fused projection at Flux.1's widths (3 x 3072 + 12288
+# rows), whatever the config says: other widths cannot be read back from one file.
+SINGLE_FILE_WIDTH = 3072
+
+
+def original_pieces(config, keys) -> dict[str, Piece]:
+    """Black Forest Labs' Flux.1 checkpoint layout (``double_blocks.N`` then ``single_blocks.N``, each renumbered
+    from 0), the inverse of diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``."""
+    keys = set(keys)
+    pieces = renamed(
+        {
+            "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+            "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+            "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+            "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+            "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",  # Flux.1-dev only
+            "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+            "txt_in": "context_embedder",
+            "img_in": "x_embedder",
+            "final_layer.linear": "proj_out",
+        },
+        keys,
+    )
+    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
+    for i in range(block_count(keys, "transformer_blocks")):
+        d, o = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        pieces.update(fused(f"{o}.img_attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
+        pieces.update(
+            fused(f"{o}.txt_attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
+        )
+        pieces.update(
+            renamed(
+                {
+                    f"{o}.img_mod.lin": f"{d}.norm1.linear",
+                    f"{o}.txt_mod.lin": f"{d}.norm1_context.linear",
+                    f"{o}.img_attn.proj": f"{d}.attn.to_out.0",
+                    f"{o}.txt_attn.proj": f"{d}.attn.to_add_out",
+                    f"{o}.img_mlp.0": f"{d}.ff.net.0.proj",
+                    f"{o}.img_mlp.2": f"{d}.ff.net.2",
+                    f"{o}.txt_mlp.0": f"{d}.ff_context.net.0.proj",
+                    f"{o}.txt_mlp.2": f"{d}.ff_context.net.2",
+                },
+                keys,
+            )
+        )
+        for original, source in (
+            (f"{o}.img_attn.norm.query_norm", f"{d}.attn.norm_q"),
+            (f"{o}.img_attn.norm.key_norm", f"{d}.attn.norm_k"),
+            (f"{o}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q"),
+            (f"{o}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k"),
+        ):
+            pieces[f"{original}.scale"] = Piece((f"{source}.weight",))
+    for i in range(block_count(keys, "single_transformer_blocks")):
+        d, o = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        pieces.update(
+            fused(f"{o}.linear1", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp"], keys)
+        )
+        pieces.update(renamed({f"{o}.modulation.lin": f"{d}.norm.linear", f"{o}.linear2": f"{d}.proj_out"}, keys))
+        pieces[f"{o}.norm.query_norm.scale"] = Piece((f"{d}.attn.norm_q.weight",))
+        pieces[f"{o}.norm.key_norm.scale"] = Piece((f"{d}.attn.norm_k.weight",))
+    return pieces
+
+
+def single_file_check(config) -> str | None:
+    width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    if width != SINGLE_FILE_WIDTH:
+        return (
+            f"diffusers' Flux single-file converter only reads Flux.1's width {SINGLE_FILE_WIDTH} "
+            f"(this model is {width} wide)"
+        )
+    return None
+
+
 class PrunedFluxTransformer(PrunedTransformerMixin, FluxTransformer2DModel):
     """A depth-pruned ``FluxTransformer2DModel``. ``kept_layers`` is in the source's global numbering (doubles
     first); ``source_stack_depths`` holds the source's ``[num_layers, num_single_layers]``. LoRA through the stock
@@ -187,4 +298,11 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
     references=("flux",),
+    controlnet=CONTROLNET,
+    single_file=SingleFileLayout(
+        pieces=original_pieces,
+        converter="convert_flux_transformer_checkpoint_to_diffusers",
+        gguf_arch="flux",
+        check=single_file_check,
+    ),
 )

@@ -10,7 +10,7 @@ from diffusers import PixArtTransformer2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.loaders import PeftAdapterMixin
 
-from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
 from .base import BlockStack, ModelFamily, encode_masked, masked_call_kwargs, masked_random_text
 
@@ -125,4 +125,7 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",),
     references=("pixart-sigma",),
+    single_file_refusal="PixArtTransformer2DModel has no from_single_file in diffusers 0.42 (no FromOriginalModelMixin), "
+    "so no stock loader reads a single file of it; share the folder (DiffusionPipeline.from_pretrained reads it)",
+    lora_format="peft",  # diffusers 0.42 has no PixArt LoRA loader
 )

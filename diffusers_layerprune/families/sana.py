@@ -9,9 +9,22 @@ import torch
 from diffusers import SanaTransformer2DModel
 from diffusers.configuration_utils import register_to_config
 
-from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, encode_masked, masked_call_kwargs, masked_random_text
+from .base import (
+    BlockStack,
+    ControlNetLayout,
+    ControlNetStack,
+    ModelFamily,
+    Piece,
+    SingleFileLayout,
+    block_count,
+    encode_masked,
+    fused,
+    masked_call_kwargs,
+    masked_random_text,
+    renamed,
+)
 
 # SanaPipeline's default (distilled-guidance Sana-Sprint checkpoints only read it when guidance_embeds is set).
 GUIDANCE = 4.5
@@ -31,6 +44,60 @@ def forward(transformer, latents, timestep, text) -> torch.Tensor:
         guidance=guidance,
         return_dict=False,
     )[0]
+
+
+# Length of the original checkpoint's learned null caption (``y_embedder.y_embedding``, the model's max text length).
+NULL_CAPTION_TOKENS = 300
+
+
+def original_pieces(config, keys) -> dict[str, Piece]:
+    """NVlabs' Sana checkpoint layout (``blocks.N``), the inverse of diffusers' ``convert_sana_transformer_to_diffusers``.
+
+    The original also holds a positional-embedding buffer and the learned null caption used for caption dropout in
+    training; diffusers' converter reads and drops both (the diffusers model holds neither), so they are written as
+    zeros of the original shapes."""
+    keys = set(keys)
+    width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    tokens = (int(config["sample_size"]) // int(config["patch_size"])) ** 2
+    pieces = {
+        "pos_embed": Piece(fill=(1, tokens, width)),
+        "y_embedder.y_embedding": Piece(fill=(NULL_CAPTION_TOKENS, int(config["caption_channels"]))),
+        "attention_y_norm.weight": Piece(("caption_norm.weight",)),
+        "final_layer.scale_shift_table": Piece(("scale_shift_table",)),
+    }
+    pieces.update(
+        renamed(
+            {
+                "x_embedder.proj": "patch_embed.proj",
+                "t_embedder.mlp.0": "time_embed.emb.timestep_embedder.linear_1",
+                "t_embedder.mlp.2": "time_embed.emb.timestep_embedder.linear_2",
+                "t_block.1": "time_embed.linear",
+                "y_embedder.y_proj.fc1": "caption_projection.linear_1",
+                "y_embedder.y_proj.fc2": "caption_projection.linear_2",
+                "final_layer.linear": "proj_out",
+            },
+            keys,
+        )
+    )
+    for i in range(block_count(keys, "transformer_blocks")):
+        d, o = f"transformer_blocks.{i}", f"blocks.{i}"
+        pieces[f"{o}.scale_shift_table"] = Piece((f"{d}.scale_shift_table",))
+        pieces.update(fused(f"{o}.attn.qkv", [f"{d}.attn1.to_q", f"{d}.attn1.to_k", f"{d}.attn1.to_v"], keys))
+        pieces.update(fused(f"{o}.cross_attn.kv_linear", [f"{d}.attn2.to_k", f"{d}.attn2.to_v"], keys))
+        pieces.update(
+            renamed(
+                {
+                    f"{o}.attn.proj": f"{d}.attn1.to_out.0",
+                    f"{o}.cross_attn.q_linear": f"{d}.attn2.to_q",
+                    f"{o}.cross_attn.proj": f"{d}.attn2.to_out.0",
+                    f"{o}.mlp.inverted_conv.conv": f"{d}.ff.conv_inverted",
+                    f"{o}.mlp.depth_conv.conv": f"{d}.ff.conv_depth",
+                    f"{o}.mlp.point_conv.conv": f"{d}.ff.conv_point",
+                },
+                keys,
+            )
+        )
+    return pieces
 
 
 class PrunedSanaTransformer(PrunedTransformerMixin, SanaTransformer2DModel):
@@ -93,6 +160,23 @@ class PrunedSanaTransformer(PrunedTransformerMixin, SanaTransformer2DModel):
         self._check_pruned(kept_layers, [num_layers], source_num_layers)
 
 
+def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int | None:
+    """The residual ``SanaTransformer2DModel.forward`` adds after block ``block``: sample ``block - 1`` for blocks
+    ``1..samples``, none after block 0 and after the blocks beyond the ControlNet's depth."""
+    return block - 1 if 0 < block <= samples else None
+
+
+CONTROLNET = ControlNetLayout(
+    model_class="SanaControlNetModel",
+    pipeline_class="SanaControlNetPipeline",
+    stacks=(ControlNetStack(blocks="transformer_blocks", projections="controlnet_blocks", depth_key="num_layers"),),
+    sample_read=controlnet_sample,
+    # Sana's gates add the shared timestep embedding to a per-block table and its cross-attention is not gated, so a
+    # block passes its input on when the output projections of its three branches are zero.
+    identity_gates={"attn1.to_out.0": {1: (0,)}, "attn2.to_out.0": {1: (0,)}, "ff.conv_point": {1: (0,)}},
+)
+
+
 FAMILY = ModelFamily(
     name="sana",
     title="Sana",
@@ -118,4 +202,8 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("Efficient-Large-Model/Sana_1600M_1024px_diffusers",),
     references=("sana",),
+    controlnet=CONTROLNET,
+    single_file=SingleFileLayout(
+        pieces=original_pieces, converter="convert_sana_transformer_to_diffusers", gguf_arch="sana"
+    ),
 )

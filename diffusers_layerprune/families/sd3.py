@@ -19,9 +19,22 @@ import torch
 from diffusers import SD3Transformer2DModel
 from diffusers.configuration_utils import register_to_config
 
-from ..data import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, IPAdapterLayout, ModelFamily, pooled_random_text, second_tensor
+from .base import (
+    BlockStack,
+    ControlNetLayout,
+    ControlNetStack,
+    IPAdapterLayout,
+    ModelFamily,
+    Piece,
+    SingleFileLayout,
+    block_count,
+    fused,
+    pooled_random_text,
+    renamed,
+    second_tensor,
+)
 
 
 def forward(transformer, latents, timestep, text) -> torch.Tensor:
@@ -139,6 +152,110 @@ IP_ADAPTER = IPAdapterLayout(
 )
 
 
+def original_pieces(config, keys) -> dict[str, Piece]:
+    """The SD3 / SD3.5 reference checkpoint layout (``joint_blocks.N.x_block`` / ``.context_block``), the inverse of
+    diffusers' ``convert_sd3_transformer_checkpoint_to_diffusers``. The last joint block is ``context_pre_only``: its
+    context stream has no output projection or MLP, and its adaptive norm emits ``shift, scale`` in the original."""
+    keys = set(keys)
+    pieces = {"pos_embed": Piece(("pos_embed.pos_embed",))}
+    pieces.update(
+        renamed(
+            {
+                "x_embedder.proj": "pos_embed.proj",
+                "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+                "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+                "context_embedder": "context_embedder",
+                "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+                "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+                "final_layer.linear": "proj_out",
+            },
+            keys,
+        )
+    )
+    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
+    depth = block_count(keys, "transformer_blocks")
+    for i in range(depth):
+        d, x, c = f"transformer_blocks.{i}", f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        last = i == depth - 1
+        pieces.update(fused(f"{x}.attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
+        pieces.update(
+            fused(f"{c}.attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
+        )
+        plain = {
+            f"{x}.attn.ln_q": f"{d}.attn.norm_q",
+            f"{x}.attn.ln_k": f"{d}.attn.norm_k",
+            f"{c}.attn.ln_q": f"{d}.attn.norm_added_q",
+            f"{c}.attn.ln_k": f"{d}.attn.norm_added_k",
+            f"{x}.attn.proj": f"{d}.attn.to_out.0",
+            f"{x}.adaLN_modulation.1": f"{d}.norm1.linear",
+            f"{x}.mlp.fc1": f"{d}.ff.net.0.proj",
+            f"{x}.mlp.fc2": f"{d}.ff.net.2",
+        }
+        if not last:
+            plain.update(
+                {
+                    f"{c}.attn.proj": f"{d}.attn.to_add_out",
+                    f"{c}.adaLN_modulation.1": f"{d}.norm1_context.linear",
+                    f"{c}.mlp.fc1": f"{d}.ff_context.net.0.proj",
+                    f"{c}.mlp.fc2": f"{d}.ff_context.net.2",
+                }
+            )
+        if f"{d}.attn2.to_q.weight" in keys:  # SD3.5's dual-attention blocks
+            pieces.update(fused(f"{x}.attn2.qkv", [f"{d}.attn2.to_q", f"{d}.attn2.to_k", f"{d}.attn2.to_v"], keys))
+            plain.update(
+                {
+                    f"{x}.attn2.ln_q": f"{d}.attn2.norm_q",
+                    f"{x}.attn2.ln_k": f"{d}.attn2.norm_k",
+                    f"{x}.attn2.proj": f"{d}.attn2.to_out.0",
+                }
+            )
+        pieces.update(renamed(plain, keys))
+        if last:
+            pieces.update(fused(f"{c}.adaLN_modulation.1", [f"{d}.norm1_context.linear"], keys, swap_halves=True))
+    return pieces
+
+
+def adapt_lora(state, source_config, kept_by_stack) -> dict:
+    """:func:`adapt_state` for LoRA weights: the new last joint block loses the LoRA of its context-output modules
+    (no later block reads them) and its ``norm1_context`` LoRA rows are reordered like the norm's weight rows."""
+    (kept,) = kept_by_stack
+    if kept[-1] == source_config["num_layers"] - 1:
+        return state
+    prefix = f"transformer_blocks.{len(kept) - 1}."
+    dim = int(source_config["num_attention_heads"]) * int(source_config["attention_head_dim"])
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            if rest.startswith(("attn.to_add_out.", "ff_context.", "norm2_context.")):
+                continue
+            if rest.startswith("norm1_context.linear.lora_B."):  # output rows: shift, scale, ... -> scale, shift
+                value = torch.cat([value[dim : 2 * dim], value[:dim]])
+        out[key] = value
+    return out
+
+
+def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int | None:
+    """The residual ``SD3Transformer2DModel.forward`` adds after block ``block`` of ``blocks``: sample
+    ``int(block / (blocks / samples))`` (float arithmetic, as the stock forward), none after the last block, which is
+    built ``context_pre_only``."""
+    if block == blocks - 1:
+        return None
+    return int(block / (blocks / samples))
+
+
+CONTROLNET = ControlNetLayout(
+    model_class="SD3ControlNetModel",
+    pipeline_class="StableDiffusion3ControlNetPipeline",
+    stacks=(ControlNetStack(blocks="transformer_blocks", projections="controlnet_blocks", depth_key="num_layers"),),
+    sample_read=controlnet_sample,
+    # AdaLayerNormZero chunks shift, scale, gate, shift_mlp, scale_mlp, gate_mlp; SD3.5's dual-attention
+    # SD35AdaLayerNormZeroX adds shift2, scale2, gate2. Every ControlNet joint block has a full context stream.
+    identity_gates={"norm1.linear": {6: (2, 5), 9: (2, 5, 8)}, "norm1_context.linear": {6: (2, 5)}},
+    indexed_keys=("dual_attention_layers",),
+)
+
+
 class PrunedSD3Transformer(PrunedTransformerMixin, SD3Transformer2DModel):
     """A depth-pruned ``SD3Transformer2DModel`` (SD3 and SD3.5); config keys as :class:`PrunedPixArtTransformer`.
     LoRA through the stock class's ``PeftAdapterMixin``."""
@@ -199,6 +316,7 @@ FAMILY = ModelFamily(
     prune_config=prune_config,
     adapt_state=adapt_state,
     ip_adapter=IP_ADAPTER,
+    adapt_lora=adapt_lora,
     objective="flow",
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
@@ -214,4 +332,8 @@ FAMILY = ModelFamily(
     ),
     hub_ids=("stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-3-medium-diffusers"),
     references=("sd3",),
+    controlnet=CONTROLNET,
+    single_file=SingleFileLayout(
+        pieces=original_pieces, converter="convert_sd3_transformer_checkpoint_to_diffusers", gguf_arch="sd3"
+    ),
 )

@@ -27,7 +27,7 @@ _EXPORTS = {
     "train_routed": "train",
     "route_to_folder": "train",
     "RoutingSettings": "train",
-    "budget_blocks": "train",
+    "budget_blocks": "record",
     "Routing": "record",
     "RoutingRecord": "record",
     "CodeStats": "record",

@@ -5,6 +5,7 @@ beside a folder that stock diffusers loads as the full-depth (shared-weight) pip
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +146,6 @@ class Routing:
         device = next(self.router.parameters()).device
         if enforce_budget is False or enforce_budget is None:
             return self.router.route(pooled.to(device)).cpu()
-        from .train import budget_blocks
         from .transport import budgeted_assignment
 
         budget = self.record.budget if enforce_budget is True else budget_blocks(enforce_budget, self.record.num_layers)
@@ -370,3 +370,21 @@ def routing_card_section(record: RoutingRecord, repo_id: str, custom_pipeline: s
         "",
     ]
     return "\n".join(lines)
+
+
+def budget_blocks(budget: float, num_layers: int) -> float:
+    """The budget as a mean number of blocks: a fraction in (0, 1) of ``num_layers``, or a count in [1, depth)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
+        raise LayerPruneError(f"--budget must be a number, got {budget!r}")
+    if budget <= 0:
+        raise LayerPruneError(
+            f"--budget {budget:g} must be positive: a fraction of the {num_layers} blocks (e.g. 0.75) or a mean block "
+            "count (e.g. 9)"
+        )
+    blocks = round(budget * num_layers, 6) if budget < 1 else float(budget)
+    if blocks >= num_layers:
+        raise LayerPruneError(
+            f"--budget {budget:g} is the full depth or more ({num_layers} blocks): routing saves nothing; give fewer, "
+            f"e.g. {0.75 * num_layers:g} or 0.75"
+        )
+    return blocks

@@ -21,7 +21,6 @@ until it does not: the saved routing meets the budget on its training prompts by
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from ..errors import LayerPruneError
 from . import MARGINALS
 from .codes import RoutingCodes, straight_through_one_hot
 from .gating import gated_blocks
-from .record import CodeStats, Routing, RoutingRecord, transformer_fingerprint
+from .record import CodeStats, Routing, RoutingRecord, budget_blocks, transformer_fingerprint
 from .router import PromptRouter, pooled_text_embedding
 from .transport import code_marginals, sinkhorn
 
@@ -80,24 +79,6 @@ class RoutingSettings:
     guidance_scale: float | None = None
     num_closest: int = 3
     seed: int = 0
-
-
-def budget_blocks(budget: float, num_layers: int) -> float:
-    """The budget as a mean number of blocks: a fraction in (0, 1) of ``num_layers``, or a count in [1, depth)."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
-        raise LayerPruneError(f"--budget must be a number, got {budget!r}")
-    if budget <= 0:
-        raise LayerPruneError(
-            f"--budget {budget:g} must be positive: a fraction of the {num_layers} blocks (e.g. 0.75) or a mean block "
-            "count (e.g. 9)"
-        )
-    blocks = round(budget * num_layers, 6) if budget < 1 else float(budget)
-    if blocks >= num_layers:
-        raise LayerPruneError(
-            f"--budget {budget:g} is the full depth or more ({num_layers} blocks): routing saves nothing; give fewer, "
-            f"e.g. {0.75 * num_layers:g} or 0.75"
-        )
-    return blocks
 
 
 def check_settings(settings: RoutingSettings, num_layers: int) -> float:

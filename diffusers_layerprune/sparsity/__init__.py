@@ -20,7 +20,7 @@ _EXPORTS = {
     "sparsify_pipeline": "core",
     "sparsify_to_folder": "core",
     "plan_sparsity": "core",
-    "measure_sparsity": "core",
+    "measure_sparsity": "record",
     "SparsityPlan": "core",
     "SparsityRecord": "record",
     "ComponentSparsity": "record",

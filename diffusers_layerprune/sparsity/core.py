@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import torch
 from ..errors import LayerPruneError
 from ..validation import is_transformer_folder
 from ..validation import resolve_local_model as _resolve_local
-from .layers import COMPONENTS, count_zeros, sparsifiable_layers
+from .layers import COMPONENTS, sparsifiable_layers
 from .masks import Pattern, global_masks, layer_mask, n_m_mask, parse_pattern, row_mask
-from .record import FILE_NAME, ComponentSparsity, SparsityRecord, read_sparsity_record
+from .record import FILE_NAME, ComponentSparsity, SparsityRecord, _module_of, measure_sparsity, read_sparsity_record  # noqa: F401
 from .registry import METHOD_MODULES, get_method
 
 SCOPES = ("layer", "global")
@@ -119,42 +118,11 @@ def plan_sparsity(
     return SparsityPlan(method, targets, pattern, scope, include_final_projection)
 
 
-def _module_of(pipe_or_components, component: str):
-    if isinstance(pipe_or_components, Mapping):
-        return pipe_or_components.get(component)
-    return getattr(pipe_or_components, component, None)
-
-
 def check_components(pipe_or_components, components, model_name: str = "the pipeline") -> None:
     """Raise when the pipeline lacks one of ``components`` (e.g. a pipeline saved without its text encoder)."""
     for name in components:
         if _module_of(pipe_or_components, name) is None:
             raise LayerPruneError(f"{model_name} has no {name} to sparsify; choose another --component")
-
-
-def measure_sparsity(
-    pipe_or_components,
-    targets: Mapping[str, float],
-    *,
-    include_final_projection: bool = False,
-    missing_ok: bool = False,
-) -> dict[str, ComponentSparsity]:
-    """Zero weights of each component's pruned layers, as :class:`ComponentSparsity` with the given targets."""
-    measured = {}
-    for name, target in targets.items():
-        module = _module_of(pipe_or_components, name)
-        if module is None:
-            if missing_ok:
-                continue
-            raise LayerPruneError(f"the pipeline has no {name} to measure")
-        counts = count_zeros(sparsifiable_layers(module, name, include_final_projection=include_final_projection))
-        measured[name] = ComponentSparsity(
-            target=float(target),
-            zeros=sum(z for z, _ in counts.values()),
-            weights=sum(n for _, n in counts.values()),
-            layers={layer: [z, n] for layer, (z, n) in counts.items()},
-        )
-    return measured
 
 
 def _prune_component(module, component: str, sparsity: float, plan: SparsityPlan, norms: dict | None) -> None:
@@ -308,7 +276,8 @@ def _calibrate(pipe, plan, prompts, steps, guidance, max_length, resolution, see
 def model_components(model: str | os.PathLike, *, revision: str | None = None) -> set[str] | None:
     """Components ``model`` holds, read from its ``model_index.json`` without loading weights (``{"transformer"}``
     for a transformer folder; ``None`` for short names built in code)."""
-    from ..modeling import ALIAS_FOLDERS, MODEL_ALIASES, _first_line
+    from ..aliases import ALIAS_FOLDERS, MODEL_ALIASES
+    from ..modeling import _first_line
 
     name = str(model)
     if name in MODEL_ALIASES:
@@ -454,7 +423,7 @@ def sparsify_to_folder(
 
 
 def _aliases():
-    from ..modeling import MODEL_ALIASES
+    from ..aliases import MODEL_ALIASES
 
     return MODEL_ALIASES
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import LayerPruneError
 from ..outputs import atomic_output_file
+from .layers import count_zeros, sparsifiable_layers
 
 FORMAT = "diffusers-layerprune/sparsity"
 FORMAT_VERSION = 1
@@ -132,8 +134,6 @@ class SparsityRecord:
         """This record with every component measured again on ``pipe_or_components`` (a pipeline, or
         ``{component: module}``) and ``event`` appended to the history (e.g. after depth pruning or distillation).
         Components the new owner does not hold are dropped."""
-        from .core import measure_sparsity
-
         targets = {name: c.target for name, c in self.components.items()}
         measured = measure_sparsity(
             pipe_or_components, targets, include_final_projection=self.include_final_projection, missing_ok=True
@@ -160,3 +160,34 @@ def read_sparsity_record(folder: str | os.PathLike | None) -> SparsityRecord | N
     except json.JSONDecodeError as error:
         raise LayerPruneError(f"{path} is not valid JSON ({error})") from error
     return SparsityRecord.from_dict(data, str(path))
+
+
+def _module_of(pipe_or_components, component: str):
+    if isinstance(pipe_or_components, Mapping):
+        return pipe_or_components.get(component)
+    return getattr(pipe_or_components, component, None)
+
+
+def measure_sparsity(
+    pipe_or_components,
+    targets: Mapping[str, float],
+    *,
+    include_final_projection: bool = False,
+    missing_ok: bool = False,
+) -> dict[str, ComponentSparsity]:
+    """Zero weights of each component's pruned layers, as :class:`ComponentSparsity` with the given targets."""
+    measured = {}
+    for name, target in targets.items():
+        module = _module_of(pipe_or_components, name)
+        if module is None:
+            if missing_ok:
+                continue
+            raise LayerPruneError(f"the pipeline has no {name} to measure")
+        counts = count_zeros(sparsifiable_layers(module, name, include_final_projection=include_final_projection))
+        measured[name] = ComponentSparsity(
+            target=float(target),
+            zeros=sum(z for z, _ in counts.values()),
+            weights=sum(n for _, n in counts.values()),
+            layers={layer: [z, n] for layer, (z, n) in counts.items()},
+        )
+    return measured
