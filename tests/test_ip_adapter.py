@@ -250,6 +250,7 @@ def bad_ws(tmp_path_factory, tiny_pipeline_dir):
         "deep": flux_ip_adapter(6),
         "short": flux_ip_adapter(3),
         "not_ip": {"transformer.blocks.0.lora_A.weight": torch.zeros(2, 2)},
+        "damaged": {k: v for k, v in flux_ip_adapter(4).items() if k != "ip_adapter.2.to_v_ip.bias"},
     }
     for name, tensors in files.items():
         save_file(tensors, str(root / f"{name}.safetensors"))
@@ -264,6 +265,7 @@ BAD = {
     "other_width": ("wide.safetensors", "flux_pruned", "out", "does not fit this Flux.1 model"),
     "beyond_parent_depth": ("deep.safetensors", "flux_pruned", "out", "double blocks [4, 5] beyond the parent's depth"),
     "missing_blocks": ("short.safetensors", "flux_pruned", "out", "no layers for double blocks [3]"),
+    "damaged_layer": ("damaged.safetensors", "flux_pruned", "out", "its layer 2 has no to_v_ip.bias"),
     "not_an_ip_adapter": ("not_ip.safetensors", "flux_pruned", "out", "is not an IP-Adapter"),
     "no_such_file": ("nothing.safetensors", "flux_pruned", "out", "does not exist"),
     "no_kept_record": ("good.safetensors", "flux_parent", "out", "records no kept blocks"),

@@ -195,12 +195,17 @@ def adapt_ip_adapter(state: Mapping, family, pruned_config: Mapping, where: str 
     or width, one naming blocks beyond the parent's depth or missing some, and families without a stock loader."""
     layout = ip_adapter_layout(family, pruned_config, where)
     layers = _layers(state, where)
-    foreign = {name for layer in layers.values() for name in layer} ^ layout.layer_names
-    if foreign:
+    names = set().union(*layers.values())
+    if names ^ layout.layer_names:
         raise LayerPruneError(
-            f"{where} is not a {family.title} IP-Adapter: its layers hold {sorted(set().union(*layers.values()))[:4]}, "
+            f"{where} is not a {family.title} IP-Adapter: its layers hold {sorted(names)[:4]}, "
             f"diffusers' {family.title} loader reads {sorted(layout.layer_names)[:4]}"
         )
+    incomplete = {i: sorted(layout.layer_names - set(layer)) for i, layer in sorted(layers.items())}
+    incomplete = {i: missing for i, missing in incomplete.items() if missing}
+    if incomplete:  # the stock loader loads each layer strictly
+        i, missing = next(iter(incomplete.items()))
+        raise LayerPruneError(f"{where} is damaged: its layer {i} has no {', '.join(missing)}")
     problem = layout.check_widths(pruned_config, state)
     if problem:
         raise LayerPruneError(f"{where} does not fit this {family.title} model: {problem}")
