@@ -1,6 +1,6 @@
 """``layerprune adapt-lora`` (a parent's LoRA on a pruned model), ``layerprune convert-lora`` (a LoRA folder of an
-earlier ``train_distill`` in the format stock loaders read) and ``layerprune adapt-controlnet`` (a parent's ControlNet
-on a pruned model)."""
+earlier ``train_distill`` in the format stock loaders read), ``layerprune adapt-controlnet`` (a parent's ControlNet
+on a pruned model) and ``layerprune adapt-ip-adapter`` (a parent's IP-Adapter on a pruned model)."""
 
 from __future__ import annotations
 
@@ -105,4 +105,48 @@ def cmd_adapt_controlnet(args: argparse.Namespace) -> int:
     for line in result.summary():
         print(line)
     print(f"saved: {args.output} (load it with {result.family.controlnet.model_class}.from_pretrained)")
+    return 0
+
+
+def add_ip_adapter_parser(subparsers) -> None:
+    """Register ``adapt-ip-adapter`` on the CLI's subparsers."""
+    from .ip_adapter import RECORD_NAME, WEIGHT_NAME
+
+    adapt = subparsers.add_parser(
+        "adapt-ip-adapter",
+        help="carry an IP-Adapter made for the parent model over to a pruned model (Flux.1, SD3; exact on kept blocks)",
+        description="diffusers' load_ip_adapter numbers IP-Adapter layers by the transformer's attention processors, "
+        "so on a pruned Flux the kept blocks silently get the parent's first blocks' layers and on a pruned SD3 "
+        "loading fails. This keeps the image projection and the layers of the kept blocks, renumbered, and writes "
+        f"OUTPUT/{WEIGHT_NAME}: load it with pipe.load_ip_adapter(OUTPUT, weight_name='{WEIGHT_NAME}', ...) and the "
+        "pruned model computes what the parent with the IP-Adapter computes with the removed blocks skipped. "
+        f"OUTPUT/{RECORD_NAME} records the source (name, Hub revision, sha256).",
+    )
+    adapt.add_argument(
+        "ip_adapter",
+        metavar="IP_ADAPTER",
+        help="the parent's IP-Adapter: a .safetensors or .bin file, a folder or a Hub id (diffusers layout; XLabs' "
+        "Flux layout is read too)",
+    )
+    adapt.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
+    adapt.add_argument("--output", required=True, metavar="OUT", help="new folder for the adapted IP-Adapter")
+    adapt.add_argument("--revision", default=None, help="Hub revision of IP_ADAPTER")
+    adapt.add_argument("--weight-name", default=None, metavar="NAME", help="the weight file in a folder or Hub repo")
+    adapt.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder layerprune wrote")
+    adapt.set_defaults(func=cmd_adapt_ip_adapter)
+
+
+def cmd_adapt_ip_adapter(args: argparse.Namespace) -> int:
+    from .ip_adapter import WEIGHT_NAME, adapt_ip_adapter_to_folder
+
+    adapt_ip_adapter_to_folder(
+        args.ip_adapter,
+        args.pruned,
+        args.output,
+        revision=args.revision,
+        weight_name=args.weight_name,
+        overwrite=args.overwrite,
+        log=print,
+    )
+    print(f"saved: {args.output}/{WEIGHT_NAME} (pipe.load_ip_adapter({args.output!r}, weight_name={WEIGHT_NAME!r}))")
     return 0
