@@ -7,6 +7,20 @@ from __future__ import annotations
 import argparse
 
 
+def add_adapt_args(parser: argparse.ArgumentParser, source: str, what: str, *, weight_name: bool = True) -> None:
+    """The options every ``adapt-*`` command shares: ``--pruned``, ``--output`` / ``--overwrite`` (``arguments``),
+    ``--revision`` of the ``source`` on the Hub and, for single-file adapters, ``--weight-name``."""
+    from ..arguments import add_output_args
+
+    parser.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
+    parser.add_argument("--revision", default=None, help=f"Hub revision of {source}")
+    if weight_name:
+        parser.add_argument(
+            "--weight-name", default=None, metavar="NAME", help=f"the weight file in a {source} folder or repo"
+        )
+    add_output_args(parser, what)
+
+
 def add_lora_parsers(subparsers) -> None:
     """Register ``adapt-lora`` and ``convert-lora`` on the CLI's subparsers."""
     adapt = subparsers.add_parser(
@@ -25,11 +39,7 @@ def add_lora_parsers(subparsers) -> None:
         help="the parent's LoRA: a .safetensors file, a folder (diffusers or peft) or a Hub id; layouts the "
         "family's load_lora_weights converts (kohya, original keys for Flux) are read too",
     )
-    adapt.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
-    adapt.add_argument("--output", required=True, metavar="OUT", help="new folder for the adapted LoRA")
-    adapt.add_argument("--revision", default=None, help="Hub revision of LORA")
-    adapt.add_argument("--weight-name", default=None, metavar="NAME", help="the weight file in a LoRA folder or repo")
-    adapt.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder layerprune wrote")
+    add_adapt_args(adapt, "LORA", "the adapted LoRA")
     adapt.set_defaults(func=cmd_adapt_lora)
 
     convert = subparsers.add_parser(
@@ -77,8 +87,6 @@ def cmd_convert_lora(args: argparse.Namespace) -> int:
 
 def add_controlnet_parser(subparsers) -> None:
     """Register ``adapt-controlnet`` on the CLI's subparsers."""
-    from ..arguments import add_output_args
-
     parser = subparsers.add_parser(
         "adapt-controlnet",
         help="rewrite a parent's Flux / SD3 / Sana ControlNet so that the stock pipeline feeds each kept block its "
@@ -90,9 +98,7 @@ def add_controlnet_parser(subparsers) -> None:
         "line where no exact remap exists.",
     )
     parser.add_argument("controlnet", metavar="CONTROLNET", help="the parent's ControlNet: a folder or a Hub id")
-    parser.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
-    parser.add_argument("--revision", default=None, help="Hub revision of CONTROLNET")
-    add_output_args(parser, "the rewritten ControlNet")
+    add_adapt_args(parser, "CONTROLNET", "the rewritten ControlNet", weight_name=False)
     parser.set_defaults(func=cmd_adapt_controlnet)
 
 
@@ -128,11 +134,7 @@ def add_ip_adapter_parser(subparsers) -> None:
         help="the parent's IP-Adapter: a .safetensors or .bin file, a folder or a Hub id (diffusers layout; XLabs' "
         "Flux layout is read too)",
     )
-    adapt.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
-    adapt.add_argument("--output", required=True, metavar="OUT", help="new folder for the adapted IP-Adapter")
-    adapt.add_argument("--revision", default=None, help="Hub revision of IP_ADAPTER")
-    adapt.add_argument("--weight-name", default=None, metavar="NAME", help="the weight file in a folder or Hub repo")
-    adapt.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder layerprune wrote")
+    add_adapt_args(adapt, "IP_ADAPTER", "the adapted IP-Adapter")
     adapt.set_defaults(func=cmd_adapt_ip_adapter)
 
 
