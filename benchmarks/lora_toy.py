@@ -72,7 +72,14 @@ def train_parent_lora(args, folder: Path) -> dict:
     embeds, masks = encode_captions(pipe, [a.caption() for a in attrs])
     null_embed, null_mask = encode_captions(pipe, [""])
     rng = np.random.default_rng(args.seed)
-    picks = rng.integers(0, len(attrs), size=args.lora_renders)
+    # half the renders are squares: only they carry the LoRA's lesson, the others keep the rest of the world intact
+    squares = np.array([i for i, a in enumerate(attrs) if a.shape == "square"])
+    others = np.array([i for i, a in enumerate(attrs) if a.shape != "square"])
+    picks = np.where(
+        rng.random(args.lora_renders) < 0.5,
+        rng.choice(squares, size=args.lora_renders),
+        rng.choice(others, size=args.lora_renders),
+    )
     seeds = rng.integers(0, 2**31 - 1, size=args.lora_renders)
     latents = encode_renders(pipe.vae, [effect_target(attrs[int(i)]) for i in picks], [int(s) for s in seeds])
     caption_index = torch.from_numpy(picks).long()
@@ -140,54 +147,10 @@ def judge_model(pipe, transformer, lora_path, effect, control) -> dict:
     return {"effect": effect_report.accuracy["colour"], "control": control_report.accuracy["colour"]}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ratio", type=float, default=0.25, help="fraction of blocks to remove")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--lora-steps", type=int, default=400)
-    p.add_argument("--lora-renders", type=int, default=4000)
-    p.add_argument("--lora-learning-rate", type=float, default=2e-3)
-    p.add_argument("--distill-steps", type=int, default=300)
-    p.add_argument("--recovery-steps", default="100,300", help="checkpoints of the recovery run that are judged")
-    p.add_argument("--recovery-learning-rate", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-prompts", type=int, default=48, help="held-out captions per group (effect, control)")
-    p.add_argument(
-        "--num-threads",
-        type=int,
-        default=1,
-        help="torch CPU threads here and in the runs (1 is robust on a shared box)",
-    )
-    p.add_argument("--small", action="store_true", help="a few steps everywhere: the wiring, in seconds (tests)")
-    p.add_argument("--output", default="runs/lora_toy")
-    p.add_argument("--cache-dir", default="runs/lora_toy_cache", help="teacher latents, reused by later runs")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lora_toy.json"))
-    args = p.parse_args(argv)
-    if args.small:
-        args.lora_steps, args.lora_renders, args.distill_steps = 3, 16, 2
-        args.recovery_steps, args.num_prompts, args.batch_size = "1,2", 2, 4
-        args.train_prompts = 8
-    train_prompts = ["--max_train_samples", str(args.train_prompts)] if getattr(args, "train_prompts", None) else []
-    recovery = sorted({int(s) for s in args.recovery_steps.split(",")})
-    import torch
-
-    torch.set_num_threads(args.num_threads)
-
-    out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    py = sys.executable
-    cli = [py, "-m", "diffusers_layerprune.cli"]
+def train_the_rest(args, out: Path, drop: list[int], recovery: list[int], py: str, cli: list[str]) -> dict:
+    """Prune, distil, adapt-lora, recover; returns the timings."""
     timings = {}
-
-    start = time.perf_counter()
-    lora_run = train_parent_lora(args, out / "parent_lora")
-    timings["parent LoRA s"] = time.perf_counter() - start
-
-    depth = 12
-    drop = sorted(random.Random(args.seed).sample(range(depth), max(1, round(args.ratio * depth))))
+    train_prompts = ["--max_train_samples", str(args.train_prompts)] if getattr(args, "train_prompts", None) else []
     timings["prune s"] = run(
         [*cli, "prune", "--model", "toy", "--drop", ",".join(map(str, drop)), "--output", str(out / "pruned")],
         args.num_threads,
@@ -204,26 +167,88 @@ def main(argv: list[str] | None = None) -> dict:
     timings["adapt-lora s"] = run(
         [*cli, "adapt-lora", str(out / "parent_lora"), "--pruned", str(out / "distilled"), "--output", str(out / "adapted")], args.num_threads
     )  # fmt: skip
-    adapted_record = json.loads((out / "adapted" / "layerprune_lora.json").read_text())
     timings["recovery s"] = run(
         [*distill, "--student_model", str(out / "distilled"), "--output_dir", str(out / "recovered"),
          "--init_lora", str(out / "adapted"), "--teacher_lora", str(out / "parent_lora"),
          "--max_train_steps", str(max(recovery)), "--checkpointing_steps", str(min(recovery)),
          "--learning_rate", str(args.recovery_learning_rate)], args.num_threads
     )  # fmt: skip
+    return timings
 
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ratio", type=float, default=0.25, help="fraction of blocks to remove")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--lora-steps", type=int, default=500)
+    p.add_argument("--lora-renders", type=int, default=4000)
+    p.add_argument("--lora-learning-rate", type=float, default=5e-3)
+    p.add_argument("--distill-steps", type=int, default=300)
+    p.add_argument("--recovery-steps", default="100,300", help="checkpoints of the recovery run that are judged")
+    p.add_argument("--recovery-learning-rate", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=16, help="batch of every training run")
+    p.add_argument("--num-prompts", type=int, default=48, help="held-out captions per group (effect, control)")
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=1,
+        help="torch CPU threads here and in the runs (1 is robust on a shared box)",
+    )
+    p.add_argument(
+        "--judge-only",
+        action="store_true",
+        help="judge the models of an earlier run in --output again (its settings read from --results), e.g. with "
+        "another --num-prompts",
+    )
+    p.add_argument("--small", action="store_true", help="a few steps everywhere: the wiring, in seconds (tests)")
+    p.add_argument("--output", default="runs/lora_toy")
+    p.add_argument("--cache-dir", default="runs/lora_toy_cache", help="teacher latents, reused by later runs")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lora_toy.json"))
+    args = p.parse_args(argv)
+    if args.small:
+        args.lora_steps, args.lora_renders, args.distill_steps = 3, 16, 2
+        args.recovery_steps, args.num_prompts, args.batch_size = "1,2", 2, 4
+        args.train_prompts = 8
+    recovery = sorted({int(s) for s in args.recovery_steps.split(",")})
+    import torch
+
+    torch.set_num_threads(args.num_threads)
+
+    out = Path(args.output)
+    py = sys.executable
+    cli = [py, "-m", "diffusers_layerprune.cli"]
     from diffusers_layerprune.modeling import load_pipeline, load_transformer
 
     pipe = load_pipeline("toy")
     teacher = pipe.transformer
-    student = load_transformer(str(out / "distilled"))
     effect, control = evaluation_pairs(args.num_prompts)
+    rows = {}
+    if args.judge_only:  # the runs of an earlier call, judged again (e.g. on more prompts)
+        earlier = json.loads(Path(args.results).read_text())
+        drop, lora_run, timings = earlier["pruned_blocks"], earlier["parent_lora"], earlier["timings_s"]
+        args = argparse.Namespace(**{**earlier["settings"], "num_prompts": args.num_prompts, "judge_only": True})
+        recovery = sorted({int(s) for s in args.recovery_steps.split(",")})
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        timings = {}
+        start = time.perf_counter()
+        lora_run = train_parent_lora(args, out / "parent_lora")
+        timings["parent LoRA s"] = time.perf_counter() - start
+        rows["parent + LoRA"] = judge_model(pipe, teacher, out / "parent_lora", effect, control)
+        print(f"parent + LoRA: effect {100 * rows['parent + LoRA']['effect']:.1f}%", flush=True)
+        drop = sorted(random.Random(args.seed).sample(range(12), max(1, round(args.ratio * 12))))
+        timings.update(train_the_rest(args, out, drop, recovery, py, cli))
+    adapted_record = json.loads((out / "adapted" / "layerprune_lora.json").read_text())
     rows = {
         "parent": judge_model(pipe, teacher, None, effect, control),
-        "parent + LoRA": judge_model(pipe, teacher, out / "parent_lora", effect, control),
-        "pruned (distilled)": judge_model(pipe, student, None, effect, control),
-        "pruned + adapted LoRA": judge_model(pipe, student, out / "adapted", effect, control),
+        "parent + LoRA": rows.get("parent + LoRA") or judge_model(pipe, teacher, out / "parent_lora", effect, control),
     }
+    student = load_transformer(str(out / "distilled"))
+    rows["pruned (distilled)"] = judge_model(pipe, student, None, effect, control)
+    rows["pruned + adapted LoRA"] = judge_model(pipe, student, out / "adapted", effect, control)
     for steps in recovery:
         rows[f"+ recovery {steps} steps"] = judge_model(
             pipe, student, out / "recovered" / f"checkpoint-{steps}" / "lora", effect, control

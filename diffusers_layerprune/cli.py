@@ -249,10 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsify_parser(sub)
     add_route_parser(sub)
     add_export_parser(sub)
-    from .adapters.cli import add_controlnet_parser, add_lora_parsers
+    from .adapters.cli import add_controlnet_parser, add_ip_adapter_parser, add_lora_parsers
 
     add_lora_parsers(sub)
     add_controlnet_parser(sub)
+    add_ip_adapter_parser(sub)
 
     evaluate = sub.add_parser(
         "eval",

@@ -4,6 +4,7 @@ and the final tables; ``--verbose`` brings back the libraries' INFO lines and th
 from __future__ import annotations
 
 import importlib.abc
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -79,11 +80,19 @@ class _WhenImported(importlib.abc.MetaPathFinder):
 
 _hook = _WhenImported()
 
+# Loggers that speak while a library is being imported, before any quieting after the import can act: torchao's CPU
+# builds report their CUDA-only kernels as "Failed to load ...so", torch warns about torchao's Enum registrations, and
+# diffusers says it cannot use torchao's tensor types. Environment noise, not about the user's model; a level set on
+# these loggers before the import holds.
+IMPORT_TIME_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+
 
 def quiet_libraries() -> None:
     """diffusers and transformers log errors only; their bars (loading components and weights, writing shards) and
     those of datasets are off; huggingface_hub's download bars stay on. For the rest of the process. A library not imported yet is
     quieted when it is first imported (this call imports none of them)."""
+    for name in IMPORT_TIME_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     for name, apply in _QUIETERS.items():
         if name in sys.modules:
             apply()

@@ -223,7 +223,7 @@ def test_a_build_that_dies_midway_leaves_nothing_that_is_reused(pipe, tmp_path, 
 
 
 def test_teacher_latents_cache_streams_keys_and_survives_a_failed_build(pipe, tmp_path, monkeypatch):
-    from diffusers_layerprune import modeling
+    from diffusers_layerprune import generation  # where the cache generates from (data imports it there)
 
     settings = dict(
         cache_dir=tmp_path,
@@ -235,7 +235,7 @@ def test_teacher_latents_cache_streams_keys_and_survives_a_failed_build(pipe, tm
         batch_size=2,
         progress=False,
     )
-    real = modeling.generate_from_embeddings
+    real = generation.generate_from_embeddings
     seen = []
 
     def fails_on_second_batch(pipe_, embeds, masks, *args, **kwargs):
@@ -244,11 +244,11 @@ def test_teacher_latents_cache_streams_keys_and_survives_a_failed_build(pipe, tm
             raise RuntimeError("killed")
         return real(pipe_, embeds, masks, *args, **kwargs)
 
-    monkeypatch.setattr(modeling, "generate_from_embeddings", fails_on_second_batch)
+    monkeypatch.setattr(generation, "generate_from_embeddings", fails_on_second_batch)
     with pytest.raises(RuntimeError, match="killed"):
         cache.teacher_latents_dataset(pipe, PROMPTS[:5], **settings)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(modeling, "generate_from_embeddings", real)
+    monkeypatch.setattr(generation, "generate_from_embeddings", real)
 
     dataset = cache.teacher_latents_dataset(pipe, PROMPTS[:5], **settings)
     assert dataset.column_names == ["prompt", "prompt_embeds", "latents"] and len(dataset) == 5

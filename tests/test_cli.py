@@ -17,6 +17,14 @@ def test_prune_writes_a_full_pipeline(tiny_pipeline_dir, tmp_path, capsys):
     config = read_config(out / "transformer" / "config.json")
     assert config["kept_layers"] == [0, 2, 5] and config["source_num_layers"] == 6
     assert config["source_model"] == tiny_pipeline_dir.name  # the full local path stays in the hidden marker
+    # the text encoder is not pruned: textual inversions and text-encoder adapters of the parent still apply
+    from safetensors.torch import load_file
+
+    encoder_files = sorted((tiny_pipeline_dir / "text_encoder").glob("*.safetensors"))
+    assert encoder_files
+    for source in encoder_files:
+        before, after = load_file(source), load_file(out / "text_encoder" / source.name)
+        assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
 
     # same folder again: refused without --overwrite, replaced with it
     assert main(["prune", "--model", str(tiny_pipeline_dir), "--keep", "0,1", "--output", str(out)]) == 2

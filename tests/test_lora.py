@@ -407,6 +407,7 @@ def test_recovery_starts_where_stock_tools_start(case, ws, adapted):
     assert np.abs(images - run["expected"]).max() <= 1e-4
 
 
+@pytest.mark.slow  # four fresh processes and two short trainings: about a CPU-minute
 def test_lora_toy_benchmark_small_mode_runs_end_to_end(tmp_path):
     """benchmarks/lora_toy.py --small: parent LoRA, prune, distil, adapt-lora, recovery with --init_lora and
     --teacher_lora, judge; the wiring only (a few steps)."""

@@ -1,2 +1,2 @@
-"""Adapters across pruning: LoRAs (``lora``), ControlNets (``controlnet``); each kind one module with its CLI in
-``cli``."""
+"""Adapters across pruning: LoRAs (``lora``), ControlNets (``controlnet``), IP-Adapters (``ip_adapter``); each kind
+one module with its CLI in ``cli``."""

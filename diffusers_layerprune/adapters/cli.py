@@ -1,10 +1,24 @@
 """``layerprune adapt-lora`` (a parent's LoRA on a pruned model), ``layerprune convert-lora`` (a LoRA folder of an
-earlier ``train_distill`` in the format stock loaders read) and ``layerprune adapt-controlnet`` (a parent's ControlNet
-on a pruned model)."""
+earlier ``train_distill`` in the format stock loaders read), ``layerprune adapt-controlnet`` (a parent's ControlNet
+on a pruned model) and ``layerprune adapt-ip-adapter`` (a parent's IP-Adapter on a pruned model)."""
 
 from __future__ import annotations
 
 import argparse
+
+
+def add_adapt_args(parser: argparse.ArgumentParser, source: str, what: str, *, weight_name: bool = True) -> None:
+    """The options every ``adapt-*`` command shares: ``--pruned``, ``--output`` / ``--overwrite`` (``arguments``),
+    ``--revision`` of the ``source`` on the Hub and, for single-file adapters, ``--weight-name``."""
+    from ..arguments import add_output_args
+
+    parser.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
+    parser.add_argument("--revision", default=None, help=f"Hub revision of {source}")
+    if weight_name:
+        parser.add_argument(
+            "--weight-name", default=None, metavar="NAME", help=f"the weight file in a {source} folder or repo"
+        )
+    add_output_args(parser, what)
 
 
 def add_lora_parsers(subparsers) -> None:
@@ -25,11 +39,7 @@ def add_lora_parsers(subparsers) -> None:
         help="the parent's LoRA: a .safetensors file, a folder (diffusers or peft) or a Hub id; layouts the "
         "family's load_lora_weights converts (kohya, original keys for Flux) are read too",
     )
-    adapt.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
-    adapt.add_argument("--output", required=True, metavar="OUT", help="new folder for the adapted LoRA")
-    adapt.add_argument("--revision", default=None, help="Hub revision of LORA")
-    adapt.add_argument("--weight-name", default=None, metavar="NAME", help="the weight file in a LoRA folder or repo")
-    adapt.add_argument("--overwrite", action="store_true", help="replace an OUTPUT folder layerprune wrote")
+    add_adapt_args(adapt, "LORA", "the adapted LoRA")
     adapt.set_defaults(func=cmd_adapt_lora)
 
     convert = subparsers.add_parser(
@@ -77,8 +87,6 @@ def cmd_convert_lora(args: argparse.Namespace) -> int:
 
 def add_controlnet_parser(subparsers) -> None:
     """Register ``adapt-controlnet`` on the CLI's subparsers."""
-    from ..arguments import add_output_args
-
     parser = subparsers.add_parser(
         "adapt-controlnet",
         help="rewrite a parent's Flux / SD3 / Sana ControlNet so that the stock pipeline feeds each kept block its "
@@ -90,9 +98,7 @@ def add_controlnet_parser(subparsers) -> None:
         "line where no exact remap exists.",
     )
     parser.add_argument("controlnet", metavar="CONTROLNET", help="the parent's ControlNet: a folder or a Hub id")
-    parser.add_argument("--pruned", required=True, metavar="FOLDER", help="the pruned pipeline or transformer folder")
-    parser.add_argument("--revision", default=None, help="Hub revision of CONTROLNET")
-    add_output_args(parser, "the rewritten ControlNet")
+    add_adapt_args(parser, "CONTROLNET", "the rewritten ControlNet", weight_name=False)
     parser.set_defaults(func=cmd_adapt_controlnet)
 
 
@@ -105,4 +111,44 @@ def cmd_adapt_controlnet(args: argparse.Namespace) -> int:
     for line in result.summary():
         print(line)
     print(f"saved: {args.output} (load it with {result.family.controlnet.model_class}.from_pretrained)")
+    return 0
+
+
+def add_ip_adapter_parser(subparsers) -> None:
+    """Register ``adapt-ip-adapter`` on the CLI's subparsers."""
+    from .ip_adapter import RECORD_NAME, WEIGHT_NAME
+
+    adapt = subparsers.add_parser(
+        "adapt-ip-adapter",
+        help="carry an IP-Adapter made for the parent model over to a pruned model (Flux.1, SD3; exact on kept blocks)",
+        description="diffusers' load_ip_adapter numbers IP-Adapter layers by the transformer's attention processors, "
+        "so on a pruned Flux the kept blocks silently get the parent's first blocks' layers and on a pruned SD3 "
+        "loading fails. This keeps the image projection and the layers of the kept blocks, renumbered, and writes "
+        f"OUTPUT/{WEIGHT_NAME}: load it with pipe.load_ip_adapter(OUTPUT, weight_name='{WEIGHT_NAME}', ...) and the "
+        "pruned model computes what the parent with the IP-Adapter computes with the removed blocks skipped. "
+        f"OUTPUT/{RECORD_NAME} records the source (name, Hub revision, sha256).",
+    )
+    adapt.add_argument(
+        "ip_adapter",
+        metavar="IP_ADAPTER",
+        help="the parent's IP-Adapter: a .safetensors or .bin file, a folder or a Hub id (diffusers layout; XLabs' "
+        "Flux layout is read too)",
+    )
+    add_adapt_args(adapt, "IP_ADAPTER", "the adapted IP-Adapter")
+    adapt.set_defaults(func=cmd_adapt_ip_adapter)
+
+
+def cmd_adapt_ip_adapter(args: argparse.Namespace) -> int:
+    from .ip_adapter import WEIGHT_NAME, adapt_ip_adapter_to_folder
+
+    adapt_ip_adapter_to_folder(
+        args.ip_adapter,
+        args.pruned,
+        args.output,
+        revision=args.revision,
+        weight_name=args.weight_name,
+        overwrite=args.overwrite,
+        log=print,
+    )
+    print(f"saved: {args.output}/{WEIGHT_NAME} (pipe.load_ip_adapter({args.output!r}, weight_name={WEIGHT_NAME!r}))")
     return 0

@@ -48,6 +48,31 @@ class BlockStack:
 
 
 @dataclass(frozen=True)
+class IPAdapterLayout:
+    """Where diffusers' IP-Adapter loader of a family (``pipe.load_ip_adapter`` ->
+    ``transformer._load_ip_adapter_weights``) puts an IP-Adapter's weights.
+
+    The loader reads ``{"image_proj": {...}, "ip_adapter": {"<i>.<name>": tensor}}`` and gives layer ``i`` to the
+    ``i``-th attention processor it walks that carries IP-Adapter weights, whatever block that processor sits in: on a
+    pruned model without renumbering, kept blocks get the weights of the parent's first blocks.
+
+    Attributes:
+        stack: attribute of the block stack whose blocks carry one IP-Adapter layer each, layer ``i`` in block ``i``
+            (other stacks carry none: Flux's single-stream blocks).
+        layer_names: the names every layer holds (``to_k_ip.weight``, ...); an IP-Adapter whose layers hold other
+            names belongs to another family.
+        check_widths: ``(config, state) -> problem or None``: whether the IP-Adapter's tensor shapes fit a transformer
+            of ``config`` (``state`` as the loader reads it).
+        unsupported: ``config -> problem or None``: a configuration of the family the loader cannot serve.
+    """
+
+    stack: str
+    layer_names: frozenset[str]
+    check_widths: Callable[[Mapping, Mapping], str | None]
+    unsupported: Callable[[Mapping], str | None] = lambda config: None
+
+
+@dataclass(frozen=True)
 class ControlNetStack:
     """One list of a ControlNet's blocks: each block's image hidden states, through its own output projection, give
     one residual ("sample") for the transformer stack at the same position in :attr:`ModelFamily.stacks`.
@@ -171,6 +196,8 @@ class ModelFamily:
         step_batch: the transformer's batch for one image's denoising step at the family's default guidance: 2
             with classifier-free guidance (conditional and unconditional halves), 1 where guidance is a model
             input (Flux.1-dev); latency benchmarks time this batch.
+        ip_adapter: how diffusers' IP-Adapter loader addresses the family's blocks (``None``: diffusers has no
+            IP-Adapter loader for the family).
         hub_ids: known checkpoints (documentation and ``source_model`` tags).
         references: citation keys of the family's papers (model cards).
         single_file: the original single-file layout (``layerprune export``), or ``None`` with
@@ -207,6 +234,7 @@ class ModelFamily:
     card_call_args: Callable[[Mapping], dict] = lambda config: {}
     defaults: dict = field(default_factory=dict)
     step_batch: int = 2
+    ip_adapter: IPAdapterLayout | None = None
     hub_ids: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
     single_file: SingleFileLayout | None = None

@@ -21,6 +21,7 @@ from .base import (
     BlockStack,
     ControlNetLayout,
     ControlNetStack,
+    IPAdapterLayout,
     ModelFamily,
     Piece,
     SingleFileLayout,
@@ -93,6 +94,31 @@ def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> di
         width=resolution,
         max_sequence_length=max_sequence_length,
     )
+
+
+def ip_adapter_widths(config, state) -> str | None:
+    """Whether a Flux IP-Adapter fits ``config``: ``FluxIPAdapterAttnProcessor`` projects the image tokens (of the
+    text width ``joint_attention_dim``) to the attention width with biased ``to_k_ip`` / ``to_v_ip``, and the
+    ``ImageProjection`` (``proj``, ``norm``) makes tokens of the text width."""
+    inner = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    text = int(config["joint_attention_dim"])
+    for key, value in state["ip_adapter"].items():
+        want = (inner, text) if key.endswith(".weight") else (inner,)
+        if tuple(value.shape) != want:
+            return f"layer {key} has shape {list(value.shape)} where this model (width {inner}, text width {text}) needs {list(want)}"
+    norm = state["image_proj"].get("norm.weight")
+    if "proj.weight" not in state["image_proj"] or norm is None:
+        return "its image_proj has no proj.weight / norm.weight (the ImageProjection diffusers' Flux loader builds)"
+    if tuple(norm.shape) != (text,):
+        return f"its image_proj makes tokens of width {norm.shape[0]}; this model's text width is {text}"
+    return None
+
+
+IP_ADAPTER = IPAdapterLayout(
+    stack="transformer_blocks",  # FluxTransformer2DLoadersMixin: double-stream blocks only, counted in order
+    layer_names=frozenset({"to_k_ip.weight", "to_k_ip.bias", "to_v_ip.weight", "to_v_ip.bias"}),
+    check_widths=ip_adapter_widths,
+)
 
 
 def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int:
@@ -253,6 +279,7 @@ FAMILY = ModelFamily(
     random_text=pooled_random_text,
     call_kwargs=call_kwargs,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
+    ip_adapter=IP_ADAPTER,
     step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input
     unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
     objective="flow",

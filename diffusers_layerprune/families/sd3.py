@@ -25,6 +25,7 @@ from .base import (
     BlockStack,
     ControlNetLayout,
     ControlNetStack,
+    IPAdapterLayout,
     ModelFamily,
     Piece,
     SingleFileLayout,
@@ -100,6 +101,55 @@ def adapt_state(state, student, source_config, kept_by_stack) -> dict:
                 value = torch.cat([value[dim : 2 * dim], value[:dim]])
         out[key] = value
     return out
+
+
+def ip_adapter_widths(config, state) -> str | None:
+    """Whether an SD3 IP-Adapter fits ``config``: ``SD3IPAdapterJointAttnProcessor2_0`` maps image tokens of the
+    attention width to it (``to_k_ip`` / ``to_v_ip`` without bias), RMS-normalises per head, and modulates with
+    ``norm_ip`` (``2 * width`` rows); ``IPAdapterTimeImageProjection`` makes tokens of the attention width."""
+    inner = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    head = int(config["attention_head_dim"])
+    for key, value in state["ip_adapter"].items():
+        name = key.split(".", 1)[1]
+        want = {"to_k_ip.weight": (inner, inner), "to_v_ip.weight": (inner, inner), "norm_ip.linear.bias": (2 * inner,)}
+        want = want.get(name, (head,) if name.startswith("norm_") and name != "norm_ip.linear.weight" else None)
+        shape = tuple(value.shape)
+        if name == "norm_ip.linear.weight" and shape[0] != 2 * inner:
+            return f"layer {key} has {shape[0]} rows where this model (width {inner}) needs {2 * inner}"
+        if want is not None and shape != want:
+            return f"layer {key} has shape {list(shape)} where this model (width {inner}) needs {list(want)}"
+    proj_out = state["image_proj"].get("proj_out.weight")
+    if proj_out is None:
+        return "its image_proj has no proj_out.weight (the IPAdapterTimeImageProjection diffusers' SD3 loader builds)"
+    if proj_out.shape[0] != inner:
+        return f"its image_proj makes tokens of width {proj_out.shape[0]}; this model's attention width is {inner}"
+    return None
+
+
+def ip_adapter_unsupported(config) -> str | None:
+    # The loader gives layer i to the i-th attention processor; a dual-attention block (SD3.5 Medium) has two, so
+    # layer numbers stop matching block numbers (the IP-Adapters diffusers documents are for SD3.5 Large).
+    if config.get("dual_attention_layers"):
+        return "SD3.5-Medium-style dual-attention blocks are not supported for IP-Adapters (diffusers' loader numbers attention processors, two per such block)"
+    return None
+
+
+IP_ADAPTER = IPAdapterLayout(
+    stack="transformer_blocks",  # SD3Transformer2DLoadersMixin: one layer per attention processor, in block order
+    layer_names=frozenset(
+        {
+            "norm_ip.linear.weight",
+            "norm_ip.linear.bias",
+            "to_k_ip.weight",
+            "to_v_ip.weight",
+            "norm_q.weight",
+            "norm_k.weight",
+            "norm_ip_k.weight",
+        }
+    ),
+    check_widths=ip_adapter_widths,
+    unsupported=ip_adapter_unsupported,
+)
 
 
 def original_pieces(config, keys) -> dict[str, Piece]:
@@ -265,6 +315,7 @@ FAMILY = ModelFamily(
     call_kwargs=call_kwargs,
     prune_config=prune_config,
     adapt_state=adapt_state,
+    ip_adapter=IP_ADAPTER,
     adapt_lora=adapt_lora,
     objective="flow",
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
