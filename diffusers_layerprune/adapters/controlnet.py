@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import LayerPruneError
+from .sources import file_sha256
 
 ADAPTATION_FILE = "controlnet_adaptation.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -317,16 +318,6 @@ def resolve_controlnet(name: str, revision: str | None = None) -> Path:
         raise LayerPruneError(f"could not fetch ControlNet {name}: {str(error).splitlines()[0]}") from error
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / f"{WEIGHTS_NAME}.index.json"
     if index.is_file():
@@ -479,7 +470,7 @@ def adapt_controlnet(
     digests = {}
     for file in _weight_files(folder):
         state.update(load_file(file))
-        digests[file.name] = _sha256(file)
+        digests[file.name] = file_sha256(file)
     dim = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
     new_state = adapt_state_dict(state, layout, plans, dim, str(controlnet))
     new_config = adapt_config(config, layout, plans)

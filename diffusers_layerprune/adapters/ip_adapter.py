@@ -15,7 +15,6 @@ Which stack carries IP-Adapter layers, which names a layer holds and which width
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LayerPruneError
+from .sources import file_sha256, local_or_hub
 
 WEIGHT_NAME = "ip-adapter.safetensors"  # SD3IPAdapterMixin.load_ip_adapter's default weight_name
 RECORD_NAME = "layerprune_ip_adapter.json"
@@ -88,17 +88,9 @@ def resolve_ip_adapter_source(
 
     ``source``: a file; a folder (``weight_name`` picks the file, else its one ``.safetensors`` or ``.bin`` file);
     or a Hub repo id (``weight_name`` required unless the repo holds one weight file)."""
-    from ..provenance import public_name
-
-    path = Path(source).expanduser()
-    record: dict = {"source": public_name(source)}
-    if not path.exists():
-        if str(source).count("/") != 1 or str(source).startswith((".", "/", "~")):
-            raise LayerPruneError(f"IP-Adapter {source} does not exist (give a file, a folder or a Hub id)")
-        path = _download(source, revision, weight_name)
-        parts = path.parts
-        if "snapshots" in parts:
-            record["revision"] = parts[parts.index("snapshots") + 1]
+    path, record = local_or_hub(
+        source, "IP-Adapter", "give a file, a folder or a Hub id", lambda: _download(source, revision, weight_name)
+    )
     if path.is_dir():
         if weight_name:
             weights = path / weight_name
@@ -112,11 +104,7 @@ def resolve_ip_adapter_source(
             weights = found[0]
     else:
         weights = path
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    record.update(weight_name=weights.name, sha256=digest.hexdigest())
+    record.update(weight_name=weights.name, sha256=file_sha256(weights))
     return weights, record
 
 

@@ -17,7 +17,6 @@ Formats (the family record's ``lora_format``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LayerPruneError
+from .sources import file_sha256, local_or_hub
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -296,17 +296,12 @@ def resolve_lora_source(
 
     ``source``: a ``.safetensors`` file; a folder holding ``pytorch_lora_weights.safetensors``, a peft adapter or one
     ``.safetensors`` file; or a Hub repo id (``weight_name`` picks the file; default ``pytorch_lora_weights``)."""
-    from ..provenance import public_name
-
-    path = Path(source).expanduser()
-    record: dict = {"source": public_name(source)}
-    if not path.exists():
-        if str(source).count("/") != 1 or str(source).startswith((".", "/", "~")):
-            raise LayerPruneError(f"LoRA {source} does not exist (give a .safetensors file, a folder or a Hub id)")
-        path = _download(source, revision, weight_name)
-        parts = path.parts
-        if "snapshots" in parts:
-            record["revision"] = parts[parts.index("snapshots") + 1]
+    path, record = local_or_hub(
+        source,
+        "LoRA",
+        "give a .safetensors file, a folder or a Hub id",
+        lambda: _download(source, revision, weight_name),
+    )
     if path.is_dir():
         if (path / PEFT_CONFIG_NAME).is_file():
             weights = path / PEFT_WEIGHT_NAME
@@ -328,11 +323,7 @@ def resolve_lora_source(
         weights = path
         if path.suffix != ".safetensors":
             raise LayerPruneError(f"LoRA {source} is not a .safetensors file (only safetensors LoRAs are read)")
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    record.update(weight_name=weights.name, sha256=digest.hexdigest())
+    record.update(weight_name=weights.name, sha256=file_sha256(weights))
     return (path if path.is_dir() and weights.name == PEFT_WEIGHT_NAME else weights), record
 
 
