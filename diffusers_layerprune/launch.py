@@ -58,8 +58,8 @@ class LaunchSettings:
             raise LayerPruneError(
                 f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
             )
-        if self.accelerate_config is not None:
-            read_accelerate_config(self.accelerate_config)
+        config = read_accelerate_config(self.accelerate_config) if self.accelerate_config is not None else None
+        check_mixed_precision(self.mixed_precision or getattr(config, "mixed_precision", None))
 
     def config_file(self) -> str | None:
         """The config file accelerate will read: the given one, else its default file if it exists."""
@@ -81,6 +81,20 @@ class LaunchSettings:
         import torch
 
         return max(1, torch.cuda.device_count())
+
+
+def check_mixed_precision(mixed_precision: str | None) -> None:
+    """Refuse a mixed precision this machine cannot run, before anything is loaded or written (the training process
+    would otherwise stop with a traceback after the earlier stages ran): fp16 needs a GPU, bf16 a GPU that supports
+    it (or the CPU)."""
+    if mixed_precision not in ("fp16", "bf16"):
+        return
+    import torch
+
+    if mixed_precision == "fp16" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise LayerPruneError("--mixed_precision fp16 needs a GPU; on the CPU use --mixed_precision bf16 or no")
+    if mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise LayerPruneError(f"--mixed_precision bf16 is not supported by {torch.cuda.get_device_name()}; use fp16")
 
 
 def read_accelerate_config(path: str | os.PathLike):

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from diffusers_layerprune.launch import check_mixed_precision
 from diffusers_layerprune.validation import (
     CACHE_DTYPE_NAMES,
     FEATURE_LOSS_NAMES,
@@ -480,15 +481,6 @@ def run_settings(args) -> dict:
     return settings
 
 
-def check_mixed_precision(mixed_precision: str | None) -> None:
-    """Refuse a --mixed_precision this machine cannot run, before anything is loaded (accelerate would stop later
-    with a traceback): fp16 needs a GPU, bf16 a GPU that supports it (or the CPU)."""
-    if mixed_precision == "fp16" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        raise LayerPruneError("--mixed_precision fp16 needs a GPU; on the CPU use --mixed_precision bf16 or no")
-    if mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise LayerPruneError(f"--mixed_precision bf16 is not supported by {torch.cuda.get_device_name()}; use fp16")
-
-
 def check_lora_targets(targets: list[str], location: str, subfolder: str | None) -> None:
     """Refuse LoRA target modules that match no layer of a local student (peft's rule: a module whose name is the
     target or ends with ``.target``), from the names in its safetensors headers: no weights are read."""
@@ -599,7 +591,8 @@ def main(argv=None) -> None:
     lora_targets = [m.strip() for m in args.lora_target_modules.split(",") if m.strip()]
     if args.use_lora:
         check_lora_targets(lora_targets, location, subfolder)
-    check_mixed_precision(args.mixed_precision)
+    # accelerate launch --mixed_precision reaches the script as ACCELERATE_MIXED_PRECISION, not as the flag
+    check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION"))
     check_prompt_file(args)
     identity = checkpoint_identity(
         student_cfg,

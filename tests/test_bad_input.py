@@ -191,6 +191,8 @@ CASES = {
     "run/recipe_unknown": ("run", ["--recipe", "{recipe_unknown}"], "unknown field(s) ['modle']"),
     "run/recipe_tag": ("run", ["--recipe", "{recipe_tag}"], "could not determine a constructor"),
     "run/recipe_missing": ("run", ["--recipe", "{ws}/none.yaml"], "does not exist"),
+    # before the scan and pruning, not when the training process starts (CPU machines: fp16 needs a GPU)
+    "run/fp16_on_cpu": ("run", ["--mixed-precision", "fp16"], "--mixed_precision fp16 needs a GPU"),
     "run/bad_model_path": ("run", ["--model", "{ws}/nothing"], "does not exist"),
     "run/damaged_run_record": ("run", ["--output-override", "{old_run}"], "run.json is damaged"),
 }

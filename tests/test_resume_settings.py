@@ -161,6 +161,8 @@ def test_resume_mismatch_restart_starts_over_and_says_so(work, tmp_path, capsys)
 EARLY = {
     "lora_targets_match_nothing": (["--use_lora", "--lora_target_modules", "to_q,nope"], "--lora_target_modules nope"),
     "fp16_without_gpu": (["--mixed_precision", "fp16"], "--mixed_precision fp16 needs a GPU"),
+    # `accelerate launch --mixed_precision fp16` (what layerprune run starts) passes it in the environment
+    "fp16_from_the_launcher": ([], "--mixed_precision fp16 needs a GPU"),
     "prompt_cells_not_text": (["--prompts", "{cells}"], "prompt cells are not text (row 1: 3, int)"),
     "prompt_file_missing": (["--prompts", "{missing}"], "does not exist"),
     "exclude_file_missing": (["--exclude_prompts", "{missing}"], "does not exist"),
@@ -174,8 +176,10 @@ def test_training_refuses_before_loading_the_teacher(work, tmp_path, capsys, mon
 
     import diffusers_layerprune.train_distill as train_distill
 
-    if case == "fp16_without_gpu" and torch.cuda.is_available():
+    if case.startswith("fp16") and torch.cuda.is_available():
         pytest.skip("a GPU runs fp16")
+    if case == "fp16_from_the_launcher":
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     monkeypatch.setattr(train_distill, "load_pipeline", lambda *a, **k: pytest.fail("the teacher was loaded"))
     (tmp_path / "cells.json").write_text(json.dumps([{"prompt": 3}, {"prompt": "a red circle"}]))
     extra, named = EARLY[case]
