@@ -186,6 +186,7 @@ def world(request, tmp_path_factory):
     return dict(name=name, root=root, parent=parent, controlnet=controlnet, removed=removed)
 
 
+@pytest.mark.slow  # a fresh stock process per family, ~100 s together
 def test_stock_pipeline_with_adapted_controlnet_matches_parent(world, capsys):
     import diffusers
 

@@ -49,6 +49,7 @@ PUBLISHED = {
 ORIGINAL_BLOCKS = {"flux": ("double_blocks", "single_blocks"), "sd3": ("joint_blocks",), "sana": ("blocks",)}
 
 
+@pytest.mark.slow  # published sizes: ~50 s for SD3.5 Medium's row counts
 @pytest.mark.parametrize("family", list(PUBLISHED))
 def test_diffusers_converter_maps_the_original_layout_back_to_the_exact_state_dict(family):
     import diffusers
