@@ -102,3 +102,24 @@ def train_in_this_process(monkeypatch) -> list[list[str]]:
 
     monkeypatch.setattr(launch, "run_launched", run_launched)
     return calls
+
+
+def train_refused(capsys, args, *fragments) -> str:
+    """The training script's command-line entry point refuses ``args`` with exit code 2 and one line holding every
+    fragment; returns the line. (accelerate keeps global state between Accelerators, so it is reset first.)"""
+    import pytest
+    from accelerate.state import AcceleratorState, GradientState
+
+    from diffusers_layerprune.train_distill import cli as train_cli
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli([str(a) for a in args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:"), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err

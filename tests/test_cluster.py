@@ -23,7 +23,7 @@ from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
-from helpers import ROOT, distill_args, run_train_distill, write_accelerate_config
+from helpers import ROOT, distill_args, run_train_distill, train_refused, write_accelerate_config
 
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross", "a star"]
 PACKAGE = ROOT / "diffusers_layerprune"
@@ -243,23 +243,6 @@ def test_validation_images_go_to_wandb_when_it_is_the_tracker(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, nothing written
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def train_refused(capsys, args, *fragments) -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    from diffusers_layerprune.train_distill import cli as train_cli
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli([str(a) for a in args])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:"), err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_training_bad_input_is_one_line_and_writes_nothing(work, tmp_path, capsys):

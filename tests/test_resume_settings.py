@@ -15,7 +15,7 @@ from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.distill import CHECKPOINT_RECORD
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
-from helpers import distill_args, run_train_distill
+from helpers import distill_args, run_train_distill, train_refused
 
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross"]
 
@@ -49,24 +49,6 @@ def with_value(args: list, flag: str, value) -> list:
 
 def snapshot(root: Path) -> dict:
     return {p: p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
-
-
-def train_refused(capsys, args, *fragments) -> str:
-    from accelerate.state import AcceleratorState, GradientState
-
-    from diffusers_layerprune.train_distill import cli as train_cli
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli([str(a) for a in args])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:"), err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def test_every_checkpoint_records_its_settings(work):
