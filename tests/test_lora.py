@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.families import get_family
@@ -446,3 +446,40 @@ def test_card_shows_how_to_load_the_lora_alone(family, trained):
         assert 'peft.PeftModel.from_pretrained(pipe.transformer, "me/pruned-lora", subfolder="lora")' in text
     else:
         assert 'pipe.load_lora_weights("me/pruned-lora", subfolder="lora")' in text
+
+
+def test_adapt_lora_reads_a_hub_id_from_the_hub_cache_and_records_its_commit(ws, tmp_path, monkeypatch, capsys):
+    """A parent LoRA given as a Hub id (here served offline from huggingface_hub's cache layout) adapts to the same
+    file as the local copy, and the record names the repo and its commit, not a local path."""
+    import importlib
+    import json
+    import shutil
+
+    sana = ws / "sana"
+    local = sana / "parent_lora" / "pytorch_lora_weights.safetensors"
+    if not local.exists():
+        parent_lora(sana, "sana")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--sana-style-lora"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    shutil.copyfile(local, repo / "snapshots" / commit / local.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    importlib.reload(huggingface_hub.constants)  # the cache folder and offline mode are read at import
+    try:
+        from_hub, from_file = tmp_path / "from-hub", tmp_path / "from-file"
+        args = ["--pruned", str(sana / "student"), "--weight-name", local.name]
+        assert cli(["adapt-lora", "someone/sana-style-lora", *args, "--output", str(from_hub)]) == 0
+        assert cli(["adapt-lora", str(local), *args, "--output", str(from_file)]) == 0
+    finally:
+        monkeypatch.undo()
+        importlib.reload(huggingface_hub.constants)
+    record = json.loads((from_hub / "layerprune_lora.json").read_text())
+    assert record["source_lora"]["source"] == "someone/sana-style-lora" and record["source_lora"]["revision"] == commit
+    assert str(tmp_path) not in json.dumps(record)  # no path of this machine
+    a, b = load_file(from_hub / local.name), load_file(from_file / local.name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
