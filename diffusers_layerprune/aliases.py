@@ -1,4 +1,4 @@
-"""Short model names (``toy``, ``tiny-random``, ``tiny-random-flux``), resolved before Hub ids and paths.
+"""Short model names (``toy``, ``toy-flux``, ``tiny-random``, ``tiny-random-flux``), resolved before Hub ids and paths.
 
 Each name maps to the function that builds its pipeline; names whose pipeline is a folder on disk also map to that
 folder (:data:`ALIAS_FOLDERS`), so its config can be read without building anything. The builders live in modules
@@ -30,7 +30,11 @@ MODEL_ALIASES: dict[str, Callable] = {
     "tiny-random-sd3": _imported(".testing", "build_tiny_sd3_pipeline"),
     "tiny-random-flux": _imported(".testing", "build_tiny_flux_pipeline"),
     "toy": _imported(".toy", "load_toy_pipeline"),
+    "toy-flux": _imported(".toy", "load_toy_flux_pipeline"),
 }
 
 # Short names whose pipeline is a folder on disk: their config can be read without building the pipeline.
-ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {"toy": _imported(".toy", "toy_pipeline_path")}
+ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {
+    "toy": _imported(".toy", "toy_pipeline_path"),
+    "toy-flux": _imported(".toy", "toy_flux_pipeline_path"),
+}

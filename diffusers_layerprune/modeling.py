@@ -64,6 +64,17 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         scorers=["toy"],
         dtype="float32",
     ),
+    # toy-flux has no guidance embedding and layerprune does not run true CFG: guidance_scale 1 says so.
+    "toy-flux": dict(
+        max_sequence_length=16,
+        num_inference_steps=20,
+        guidance_scale=1.0,
+        score_prompts="toy:train",
+        train_prompts="toy:train",
+        eval_prompts="toy:heldout",
+        scorers=["toy"],
+        dtype="float32",
+    ),
     "tiny-random": dict(
         max_sequence_length=16,
         num_inference_steps=4,
