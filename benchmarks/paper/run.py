@@ -185,9 +185,15 @@ class Experiment:
         )
 
     # -- models and data (loaded on first use, so --report-only needs nothing) ------------------------------------
+    def encode(self, captions) -> dict:
+        """The text conditioning of ``captions`` as the model's family encodes it (``ModelFamily.encode``)."""
+        from diffusers_layerprune.families import family_of_pipeline
+
+        family = family_of_pipeline(self.pipe)
+        return family.encode(self.pipe, list(captions), self.settings.max_sequence_length, self.pipe.device)
+
     def setup(self) -> None:
         from diffusers_layerprune.blocks import num_blocks
-        from diffusers_layerprune.data import encode_prompts
         from diffusers_layerprune.importance import ScanSettings
         from diffusers_layerprune.modeling import generation_defaults, load_pipeline
         from diffusers_layerprune.scorers import load_scorer
@@ -206,17 +212,15 @@ class Experiment:
         self.scorer = load_scorer("toy")
         self.train_captions = world.captions("train")
         self.captions = world.captions("heldout")[: self.args.eval_prompts]
-        length = self.settings.max_sequence_length
-        self.embeds = encode_prompts(self.pipe, self.captions, max_sequence_length=length)
-        self.negative = encode_prompts(self.pipe, [""], max_sequence_length=length)
+        self.embeds = self.encode(self.captions)
+        self.negative = self.encode([""])
         self.depth = num_blocks(self.pipe.transformer)  # every stack (Flux: double then single blocks)
 
     def judge(self, pipe, dropped, seed: int, train: bool = False) -> dict:
         """Judge ``pipe`` with ``dropped`` skipped on the held-out captions, or (``train``) on as many training
         captions (the first ones; the distillation trained on them), with the same noise seeds."""
         from diffusers_layerprune.blocks import skip_blocks
-        from diffusers_layerprune.data import encode_prompts
-        from diffusers_layerprune.modeling import generate_from_embeddings
+        from diffusers_layerprune.generation import generate_from_conditioning
         from diffusers_layerprune.toy.judge import judge
 
         start = time.perf_counter()
@@ -225,13 +229,13 @@ class Experiment:
         if train:
             captions = self.train_captions[: len(self.captions)]
             if getattr(self, "train_embeds", None) is None:
-                self.train_embeds = encode_prompts(self.pipe, captions, max_sequence_length=s.max_sequence_length)
+                self.train_embeds = self.encode(captions)
             embeds = self.train_embeds
         seeds = [self.args.eval_seed + 1000 * seed + i for i in range(len(captions))]
         with skip_blocks(pipe.transformer, list(dropped)):
-            images = generate_from_embeddings(
+            images = generate_from_conditioning(
                 pipe,
-                *embeds,
+                embeds,
                 self.negative,
                 seeds=seeds,
                 num_inference_steps=s.num_inference_steps,

@@ -112,8 +112,10 @@ class StackExperiment(Experiment):
                         self.cell("pruned", seed, dropped, lambda d=dropped, s=seed: self.judge(self.pipe, d, s))
                         if (criterion, plan) in self.distill_plans:
                             jobs.append((seed, dropped))
-        for seed, dropped in dict.fromkeys(jobs):  # the long part last; a plan shared by two criteria runs once
-            self.cell("distilled", seed, dropped, lambda d=dropped, s=seed: self.distilled(s, d), self.distill_tag)
+        for seed, dropped in dict.fromkeys((s, tuple(d)) for s, d in jobs):  # the long part last; shared plans run once
+            self.cell(
+                "distilled", seed, list(dropped), lambda d=list(dropped), s=seed: self.distilled(s, d), self.distill_tag
+            )
 
     def collect(self) -> dict:
         from diffusers_layerprune.importance import LayerImportance

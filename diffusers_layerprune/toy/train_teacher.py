@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--init_from",
         default=None,
-        help="a pipeline folder this script wrote: start from its transformer's weights (continue a run)",
+        help="a pipeline folder this script wrote: continue training its transformer (--seed then only picks the "
+        "new run's data and noise)",
     )
     parser.add_argument(
         "--num_threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared 2-core box)"
@@ -319,12 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
     pipe = recipe.build(tokenizer, text_encoder, vae)
     transformer = pipe.transformer
-    if args.init_from:
-        from safetensors.torch import load_file
-
-        transformer.load_state_dict(
-            load_file(Path(args.init_from) / "transformer" / "diffusion_pytorch_model.safetensors")
-        )
+    if args.init_from:  # continue that run: its transformer and its (frozen) text encoders and VAE
+        pipe = type(pipe).from_pretrained(args.init_from, local_files_only=True)
+        transformer, vae = pipe.transformer, pipe.vae
 
     train_attrs = world.split_attributes("train")
     texts = recipe.encode(pipe, [a.caption() for a in train_attrs])
