@@ -328,6 +328,6 @@ def test_tiny_toy_flux_run_writes_the_stack_page(rp, tmp_path, monkeypatch):
     plans = result["table"]["0.25"]["block_influence"]
     assert set(plans) == {"mixed", "double only", "single only"}
     assert all(b >= 4 for b in plans["single only"]["dropped"]["0"]) and len(trained) == 1
-    assert plans["single only"]["distilled"] and not plans["mixed"]["distilled"]
+    assert plans["single only"]["distilled"] and not plans["double only"]["distilled"]
     page = (tmp_path / "results_flux.md").read_text()
     assert "double only" in page and "${" not in page and (tmp_path / "results_flux.png").is_file()
