@@ -276,6 +276,42 @@ def write_stack_plot(result: dict, path: Path) -> None:
 
 
 TEMPLATE = Path(__file__).with_name("results_flux.md.in")
+GOAL = {"0.25": 0.97}  # share of the teacher's all-four accuracy the distilled 25%-shallower model should keep
+WEIGHTING_PENDING = (
+    "Pending: this run distils with `train_distill`'s defaults (uniform timesteps). The logit-normal row needs "
+    "`--weighting_scheme` (issue 30.2), which this branch does not have; with it, distil the same pruned model "
+    "(`layerprune prune --model toy-flux --drop BLOCKS --output runs/flux25`) both ways and judge each:\n\n"
+    "```bash\n"
+    "python training/train_distill.py --teacher_model toy-flux --student_model runs/flux25 --output_dir "
+    "runs/flux25-logitnormal --max_train_steps 400 --train_batch_size 16 --learning_rate 2e-4 --lr_scheduler cosine "
+    "--lr_warmup_steps 20 --seed 0 --report_to none --weighting_scheme logit_normal --logit_mean 0 --logit_std 1\n"
+    "layerprune eval --model runs/flux25-logitnormal\n"
+    "```"
+)
+
+
+def _verdict_lines(result: dict) -> list[str]:
+    """One line per ratio: the plans ordered by accuracy before and after distillation, and the goal."""
+    teacher = result["teacher"]["overall"]["mean"]
+    lines = []
+    for r in sorted(result["table"], key=float):
+        k = blocks_to_drop(float(r), result["num_layers"])
+        for criterion, by_plan in result["table"][r].items():
+            for stage in ("pruned", "distilled"):
+                rows = {plan: e[stage] for plan, e in by_plan.items() if e.get(stage)}
+                if not rows:
+                    continue
+                order = sorted(rows, key=lambda plan: -rows[plan]["overall"]["mean"])
+                ranked = " > ".join(f"{plan} {100 * rows[plan]['overall']['mean']:.1f}%" for plan in order)
+                line = f"- {k} of {result['num_layers']} removed, {criterion}, {stage}: {ranked}"
+                if stage == "distilled":
+                    best = rows[order[0]]["overall"]["mean"] / teacher
+                    goal = GOAL.get(r)
+                    line += f"; the best keeps {100 * best:.0f}% of the teacher"
+                    if goal:
+                        line += f" (goal {100 * goal:.0f}%: {'met' if best >= goal else 'not met'})"
+                lines.append(line + ".")
+    return lines or ["- No cells yet."]
 
 
 def render_stack_results(result: dict, plot_name: str) -> str:
@@ -327,6 +363,8 @@ def render_stack_results(result: dict, plot_name: str) -> str:
                 )
     s = result["settings"]
     fields = {
+        "verdict": "\n".join(_verdict_lines(result)),
+        "weighting": WEIGHTING_PENDING,
         "command": result["command"],
         "minutes": f"{result['total_minutes']:.0f}",
         "seeds": ", ".join(map(str, result["seeds"])),
