@@ -137,7 +137,9 @@ class PixArtRecipe:
     """The ``toy`` teacher: ``PixArtSigmaPipeline``, DDPM-trained, x0 (or epsilon) prediction, min-SNR weighting."""
 
     output_dir = "pipeline"
-    defaults = dict(num_layers=12, num_single_layers=0, max_steps=6000, batch_size=48, learning_rate=1e-3)
+    defaults = dict(
+        num_layers=12, num_single_layers=0, max_steps=6000, batch_size=48, learning_rate=1e-3, num_renders=12000
+    )
 
     def __init__(self, args):
         self.args = args
@@ -195,7 +197,10 @@ class FluxRecipe:
     Timesteps: logit-normal (SD3's default sampling, mean 0, std 1)."""
 
     output_dir = "pipeline_flux"
-    defaults = dict(num_layers=4, num_single_layers=8, max_steps=1500, batch_size=32, learning_rate=1e-3)
+    # The shipped toy-flux's first stage; its second continues it (--init_from, docs/toy_world.md).
+    defaults = dict(
+        num_layers=4, num_single_layers=8, max_steps=800, batch_size=32, learning_rate=2e-3, num_renders=6000
+    )
 
     def __init__(self, args):
         self.args = args
@@ -275,9 +280,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--patch_size", type=int, default=4, help="pixart only (Flux packs 2x2)")
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--max_steps", type=int, default=None, help="pixart 6000; flux 1500")
+    parser.add_argument("--max_steps", type=int, default=None, help="pixart 6000; flux 800")
     parser.add_argument("--batch_size", type=int, default=None, help="pixart 48; flux 32")
-    parser.add_argument("--learning_rate", type=float, default=None, help="1e-3")
+    parser.add_argument("--learning_rate", type=float, default=None, help="pixart 1e-3; flux 2e-3")
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--ema_decay", type=float, default=0.998)
     parser.add_argument(
@@ -289,7 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--min_snr_gamma", type=float, default=5.0, help="pixart only")
     parser.add_argument("--caption_dropout", type=float, default=0.1)
-    parser.add_argument("--num_renders", type=int, default=12000, help="training images, VAE-encoded once")
+    parser.add_argument(
+        "--num_renders", type=int, default=None, help="training images, VAE-encoded once (pixart 12000; flux 6000)"
+    )
     parser.add_argument("--eval_every", type=int, default=0, help="judge the EMA on 36 held-out captions every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
