@@ -298,12 +298,17 @@ def _verdict_lines(result: dict) -> list[str]:
         k = blocks_to_drop(float(r), result["num_layers"])
         for criterion, by_plan in result["table"][r].items():
             for stage in ("pruned", "distilled"):
-                rows = {plan: e[stage] for plan, e in by_plan.items() if e.get(stage)}
+                # Plans that remove the same blocks are one model: name them together.
+                same: dict = {}
+                for plan, e in by_plan.items():
+                    if e.get(stage):
+                        same.setdefault(json.dumps(e["dropped"]), []).append(plan)
+                rows = {" = ".join(plans): by_plan[plans[0]][stage] for plans in same.values()}
                 if not rows:
                     continue
                 order = sorted(rows, key=lambda plan: -rows[plan]["overall"]["mean"])
-                ranked = " > ".join(f"{plan} {100 * rows[plan]['overall']['mean']:.1f}%" for plan in order)
-                line = f"- {k} of {result['num_layers']} removed, {criterion}, {stage}: {ranked}"
+                ranked = ", ".join(f"{plan} {100 * rows[plan]['overall']['mean']:.1f}%" for plan in order)
+                line = f"- {k} of {result['num_layers']} removed, {criterion}, {stage} (best first): {ranked}"
                 if stage == "distilled":
                     best = rows[order[0]]["overall"]["mean"] / teacher
                     goal = GOAL.get(r)
