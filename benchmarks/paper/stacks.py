@@ -230,11 +230,11 @@ def write_stack_plot(result: dict, path: Path) -> None:
     teacher = result["teacher"]["overall"]["mean"]
     blocks = list(range(depth))
     width = 0.8 / (1 + len(result["criteria"]))
-    if result["skip_one_block"]:
-        drops = [teacher - result["skip_one_block"][str(b) if str(b) in result["skip_one_block"] else b]["overall"]["mean"]
-                 for b in blocks]  # fmt: skip
-        top = max(max(drops), 1e-9)
-        left.bar([b - 0.4 + width / 2 for b in blocks], [d / top for d in drops], width,
+    skip = {int(b): row for b, row in result["skip_one_block"].items()}
+    if skip:  # the blocks judged so far (the table may be partial)
+        drops = {b: teacher - row["overall"]["mean"] for b, row in skip.items()}
+        top = max(max(drops.values()), 1e-9)
+        left.bar([b - 0.4 + width / 2 for b in drops], [d / top for d in drops.values()], width,
                  label=f"judge: accuracy lost when skipped (max {100 * top:.0f} points)")  # fmt: skip
     for i, criterion in enumerate(result["criteria"], start=1):
         per_seed = list(result["importance"][criterion].values())
@@ -339,6 +339,10 @@ def render_stack_results(result: dict, plot_name: str) -> str:
         if row:
             cells = " | ".join(f"{100 * row[m]['mean']:.1f}" for m in ("colour", "position", "shape", "size"))
             skip_rows.append(f"| {label(b)} | {_pct(row)} | {cells} |")
+    if len(skip_rows) - 2 < depth:
+        skip_rows.append(
+            f"\n{len(skip_rows) - 2} of {depth} blocks judged (the run was cut short; `--skip-table` adds the rest)."
+        )
     importance_rows = [
         "| block | " + " | ".join(result["criteria"]) + " |",
         "|---" * (1 + len(result["criteria"])) + "|",
