@@ -659,6 +659,9 @@ def _non_default_args(args) -> str:
         if name in ("report_only", "derived") or value == defaults[name] or derived.get(name) == value:
             continue
         flag = "--" + name.replace("_", "-")
+        if value is False:  # a --flag / --no-flag switch turned off
+            parts.append("--no-" + name.replace("_", "-"))
+            continue
         parts += [flag] if value is True else [flag, str(value)]
     return "".join(" " + shlex.quote(p) for p in parts)
 
