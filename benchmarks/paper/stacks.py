@@ -254,13 +254,14 @@ def write_stack_plot(result: dict, path: Path) -> None:
     for j, plan in enumerate(plans):
         for stage, hatch, alpha in (("pruned", "", 0.5), ("distilled", "//", 1.0)):
             rows = [result["table"][r].get(criterion, {}).get(plan, {}).get(stage) for r in ratios]
-            xs = [i + (j - 1) * 0.27 for i, row in zip(x, rows, strict=True) if row]
+            shift = -0.065 if stage == "pruned" else 0.065  # side by side within the plan's slot
+            xs = [i + (j - 1) * 0.27 + shift for i, row in zip(x, rows, strict=True) if row]
             if not xs:
                 continue
             vals = [100 * row["overall"]["mean"] for row in rows if row]
             err = [[100 * (row["overall"]["mean"] - row["overall"]["low"]) for row in rows if row],
                    [100 * (row["overall"]["high"] - row["overall"]["mean"]) for row in rows if row]]  # fmt: skip
-            right.bar(xs, vals, 0.25, yerr=err, capsize=3, alpha=alpha, hatch=hatch, color=f"C{j}",
+            right.bar(xs, vals, 0.13, yerr=err, capsize=3, alpha=alpha, hatch=hatch, color=f"C{j}",
                       label=f"{plan}, {stage}")  # fmt: skip
     right.axhline(100 * teacher, color="black", ls=":", lw=1, label="teacher")
     depth_labels = [f"{blocks_to_drop(float(r), depth)} of {depth} ({float(r):.0%})" for r in ratios]
