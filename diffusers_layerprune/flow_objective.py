@@ -235,6 +235,33 @@ def resolve_objective(args, family, student_config: Mapping) -> None:
         args.guidance_scale = float(family.defaults.get("guidance_scale", 3.5))
 
 
+def check_resume_objective(checkpoint, args) -> None:
+    """A checkpoint saved before these flags existed records no objective: it was trained with uniform, unshifted,
+    unweighted noise levels. Resuming it under another objective (SD3's default now) is a changed setting like any
+    other (:class:`~diffusers_layerprune.distill.CheckpointMismatch`, so ``--resume_mismatch restart`` applies)."""
+    import json
+    from pathlib import Path
+
+    from .distill import CHECKPOINT_RECORD, CheckpointMismatch
+
+    try:
+        settings = json.loads((Path(checkpoint) / CHECKPOINT_RECORD).read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return  # no record (or an unreadable one, refused by distill.check_checkpoint)
+    if not isinstance(settings, dict) or "weighting_scheme" in settings or args.weighting_scheme is None:
+        return
+    legacy = {f: FLOW_DEFAULTS[f] for f in ("weighting_scheme", "precondition_outputs", "timestep_shift")}
+    now = {f: getattr(args, f) for f in legacy}
+    if now != legacy:
+        earlier = " ".join(f"--{k} {v}" for k, v in legacy.items())
+        raise CheckpointMismatch(
+            f"checkpoint {checkpoint} was saved by an earlier version, which trained with {earlier}; this run has "
+            + " ".join(f"--{k} {v}" for k, v in now.items()),
+            f"resume with {earlier}, or start a new --output_dir, or pass --resume_mismatch restart to start over in "
+            "this one",
+        )
+
+
 def objective_record(args) -> dict | None:
     """The objective as ``distill_config.json`` keeps it (``None`` for a DDPM family)."""
     if args.weighting_scheme is None:

@@ -345,6 +345,7 @@ from diffusers_layerprune.flow_objective import (
     FlowSchedule,
     build_optimizer,
     check_optimizer_args,
+    check_resume_objective,
     objective_record,
     optimizer_record,
     resolve_objective,
@@ -626,6 +627,7 @@ def main(argv=None) -> None:
     if resume_path is not None:
         try:
             check_checkpoint(resume_path, identity)
+            check_resume_objective(resume_path, args)
         except CheckpointMismatch as mismatch:
             if args.resume_mismatch != "restart":
                 raise

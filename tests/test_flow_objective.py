@@ -189,18 +189,45 @@ RECORDED = {
     "flux": {"weighting_scheme": "logit_normal", "logit_mean": 0.5, "logit_std": 0.8, "precondition_outputs": 1,
              "timestep_shift": "scheduler", "guidance_scale": 5.0},
 }  # fmt: skip
+TINY_LATENT = {"sana": 16, "sd3": 8, "flux": 8}  # latent side at the tiny pipelines' resolution
 COMMON = ["--use_lora", "--rank", "2", "--lora_dropout", "0.1", "--optimizer", "prodigy", "--learning_rate", "1.0",
           "--prodigy_beta3", "0.9", "--prodigy_decouple", "false", "--prodigy_use_bias_correction", "false",
           "--prodigy_safeguard_warmup", "false"]  # fmt: skip
 
 
 @pytest.mark.parametrize("family", FLOW_FAMILIES)
-def test_examples_flags_train_each_flow_family(work, family):
-    """Every flag of the examples on each flow family: the run trains with them (its losses differ from the
-    family's default objective at the same step, on the same data) and records them in each checkpoint's settings
-    (a resume must match them) and in distill_config.json."""
+def test_examples_flags_train_each_flow_family(work, family, monkeypatch):
+    """Every flag of the examples on each flow family: the models get the noise levels the objective draws (and
+    Flux the guidance asked for), the losses differ from the family's default objective at the same step on the same
+    data, and the settings are recorded in each checkpoint (a resume must match them) and in distill_config.json."""
+    import diffusers
+
     out, default = work / family / "flags", work / family / "default"
+    stock = getattr(diffusers, get_family(family).transformer_class)
+    real, calls = stock.forward, []
+
+    def spy(self, *args, **kwargs):
+        calls.append({k: kwargs.get(k) for k in ("timestep", "guidance")})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(stock, "forward", spy)
     run_train_distill(family_args(work, family, out) + FLAGS[family] + COMMON)
+    monkeypatch.setattr(stock, "forward", real)
+    # the levels the objective draws for step 0's batch of 2 (teacher and student forwards alike)
+    values = {k: (float(v) if k not in ("weighting_scheme", "timestep_shift") else v) for k, v in zip(
+        (f[2:] for f in FLAGS[family][::2]), FLAGS[family][1::2], strict=True)}  # fmt: skip
+    values["precondition_outputs"] = int(values.get("precondition_outputs", RECORDED[family]["precondition_outputs"]))
+    values["timestep_shift"] = RECORDED[family]["timestep_shift"]
+    teacher = work / family / "teacher"
+    config = json.loads((teacher / "transformer" / "config.json").read_text())
+    flow = schedule(family, json.loads((teacher / "scheduler" / "scheduler_config.json").read_text()), config, **values)
+    hw = TINY_LATENT[family]
+    expected = flow.sigmas(0, 0, global_batch_size=2, offset=0, batch=2, hw=(hw, hw)) * 1000
+    unit = 1000.0 if family == "flux" else 1.0  # Flux's transformer takes timestep / 1000
+    trained = calls[-2:]  # teacher then student (earlier calls: the teacher generating the cached latents)
+    assert all(torch.allclose(c["timestep"].float() * unit, expected) for c in trained), calls
+    if family == "flux":
+        assert all(torch.equal(c["guidance"], torch.full((2,), 5.0)) for c in trained)
     run_train_distill(family_args(work, family, default) + ["--use_lora", "--rank", "2"])
     (flagged,), (plain,) = ([json.loads(x) for x in (o / "train_log.jsonl").read_text().splitlines()] for o in (
         out, default))  # fmt: skip
@@ -230,6 +257,28 @@ def test_resume_refuses_a_changed_objective(work, capsys):
         "--weighting_scheme logit_normal, this run has none",
     )
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_resuming_an_earlier_versions_sd3_checkpoint_under_the_new_default_is_refused(work, capsys):
+    """SD3's default objective changed; a checkpoint of an earlier version (no objective in its settings) was trained
+    uniform: continuing it under logit_normal is refused naming the flags, and continues with them."""
+    out = work / "sd3" / "earlier"
+    legacy = ["--weighting_scheme", "none", "--precondition_outputs", "0", "--timestep_shift", "none"]
+    run_train_distill(family_args(work, "sd3", out) + legacy)
+    record_file = out / "checkpoint-1" / CHECKPOINT_RECORD
+    record = json.loads(record_file.read_text())
+    for key in ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "precondition_outputs",
+                "timestep_shift", "guidance_scale", "optimizer", "prodigy_beta3", "prodigy_decouple",
+                "prodigy_use_bias_correction", "prodigy_safeguard_warmup", "lora_dropout"):  # fmt: skip
+        del record["settings"][key]  # what an earlier version wrote
+    record_file.write_text(json.dumps(record))
+    resume = family_args(work, "sd3", out, steps=2) + ["--resume_from_checkpoint", "latest"]
+    train_refused(
+        capsys, resume, "was saved by an earlier version, which trained with --weighting_scheme none "
+        "--precondition_outputs 0 --timestep_shift none; this run has --weighting_scheme logit_normal",
+    )  # fmt: skip
+    run_train_distill(resume + legacy)
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
 REFUSED = [
@@ -290,3 +339,115 @@ def test_out_of_range_values_are_refused_by_the_parser(flag, value, message, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image-caption data for every family (issue 30, point 3)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def image_folder(folder, *, size=20):
+    """Four captioned images: RGB at the wrong size, RGBA, greyscale, and one palette image."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)
+    images = [
+        Image.fromarray(pixels),
+        Image.fromarray(np.concatenate([pixels, np.full((size, size + 4, 1), 128, np.uint8)], axis=2), "RGBA"),
+        Image.fromarray(pixels[..., 0], "L"),
+        Image.fromarray(pixels).convert("P"),
+    ]
+    rows = []
+    for i, (image, caption) in enumerate(zip(images, PROMPTS.splitlines(), strict=True)):
+        image.save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def image_args(work, family, out, data, steps=1):
+    args = family_args(work, family, out, steps=steps)
+    for flag in ("--prompts", "--teacher_inference_steps", "--teacher_guidance_scale"):  # prompt-only settings
+        i = args.index(flag)
+        del args[i : i + 2]
+    return [*args, "--train_data_dir", data]
+
+
+@pytest.mark.parametrize("family", FLOW_FAMILIES)
+def test_image_caption_data_trains_every_flow_family(work, family, caplog):
+    """--train_data_dir trains Sana (DC-AE), SD3 and Flux (AutoencoderKL with shift and scale): each image is
+    encoded once into the cache the way the family's pipeline decodes it back (latents / scaling + shift), with the
+    family's text conditioning; images of another mode or size are converted and a warning says so; a resume
+    reuses the cache."""
+    from datasets import load_from_disk
+    from diffusers import DiffusionPipeline
+
+    from diffusers_layerprune.data import decode_cached, with_cache_format
+    from diffusers_layerprune.testing import TINY_RESOLUTION
+
+    data = image_folder(work / family / "images")
+    out, cache = work / family / "images-out", work / family / "cache"
+    with caplog.at_level("WARNING", logger="diffusers_layerprune.data"):
+        run_train_distill(image_args(work, family, out, data))
+    assert "4 of 4 training images were not 32x32" in caplog.text or family != "sana"
+    assert "3 of 4 training images were not RGB (converted to RGB)" in caplog.text
+    recipe = DistillConfig.load(out)
+    assert recipe.train_samples == 4 and recipe.data == "images"
+    (folder,) = cache.glob("image-latents-*")
+    rows = with_cache_format(load_from_disk(str(folder)))
+    pipe = DiffusionPipeline.from_pretrained(work / family / "teacher")
+    size = TINY_RESOLUTION[family]
+    latents = torch.stack([decode_cached(r["latents"]) for r in rows]).float()
+    assert latents.shape == (4, 4, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
+    # the pipeline's decoding step inverts the cached latents to the VAE's own latent of the image
+    from PIL import Image
+
+    from diffusers_layerprune.data import _image_to_tensor
+
+    image = _image_to_tensor(Image.open(data / "0.png"), size)[None]
+    with torch.no_grad():
+        encoded = pipe.vae.encode(image)
+        own = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latent
+    config = pipe.vae.config
+    back = latents[:1] / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+    torch.testing.assert_close(back, own, atol=0.02, rtol=0.02)  # bfloat16 cache
+    pooled = "pooled_prompt_embeds" in get_family(family).text_keys
+    assert ("pooled_prompt_embeds" in rows.column_names) == pooled
+    assert list(rows["prompt"]) == PROMPTS.splitlines()
+    # a resume continues on the cached latents (nothing re-encoded)
+    stamp = (folder / "data-00000-of-00001.arrow").stat().st_mtime_ns
+    run_train_distill(image_args(work, family, out, data, steps=2) + ["--resume_from_checkpoint", "latest"])
+    log = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log == [1, 2] and (folder / "data-00000-of-00001.arrow").stat().st_mtime_ns == stamp
+
+
+BAD_FOLDERS = {
+    "no_row": ("3.png", "has no caption (no row in metadata)"),
+    "empty_caption": ("1.png", "has no caption (an empty 'text')"),
+    "unreadable": ("2.png", "cannot be read"),
+    "listed_missing": ("9.png", "is listed in the metadata but does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FOLDERS))
+def test_bad_image_folder_is_refused_naming_the_first_bad_file(work, case, capsys):
+    data = image_folder(work / "flux" / f"bad-{case}")
+    rows = [json.loads(x) for x in (data / "metadata.jsonl").read_text().splitlines()]
+    if case == "no_row":
+        rows = rows[:3]
+    elif case == "empty_caption":
+        rows[1]["text"] = " "
+    elif case == "unreadable":
+        (data / "2.png").write_bytes(b"not an image")
+    else:
+        rows.append({"file_name": "9.png", "text": "a ghost"})
+    (data / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    name, message = BAD_FOLDERS[case]
+    out = work / "flux" / f"bad-out-{case}"
+    before = sorted((work / "flux").rglob("*"))
+    err = train_refused(capsys, image_args(work, "flux", out, data), message)
+    assert str(data / name) in err
+    assert sorted((work / "flux").rglob("*")) == before and not out.exists()
