@@ -451,3 +451,26 @@ def test_bad_image_folder_is_refused_naming_the_first_bad_file(work, case, capsy
     err = train_refused(capsys, image_args(work, "flux", out, data), message)
     assert str(data / name) in err
     assert sorted((work / "flux").rglob("*")) == before and not out.exists()
+
+
+def test_hub_style_image_dataset_trains_sd3(work):
+    """--dataset_name (a datasets folder with an Image column, as a Hub dataset loads) goes through the same
+    encoding: SD3's latents and pooled text conditioning are cached and trained on."""
+    from datasets import Dataset, Features, Image, Value, load_from_disk
+
+    folder = image_folder(work / "sd3" / "hub-images")
+    captions = PROMPTS.splitlines()
+    ds = Dataset.from_dict(
+        {"image": [str(folder / f"{i}.png") for i in range(4)], "caption": captions},
+        features=Features({"image": Image(), "caption": Value("string")}),
+    )
+    ds.save_to_disk(str(work / "sd3" / "hub-dataset"))
+    out = work / "sd3" / "hub-out"
+    args = image_args(work, "sd3", out, folder)
+    i = args.index("--train_data_dir")
+    args[i : i + 2] = ["--dataset_name", work / "sd3" / "hub-dataset", "--caption_column", "caption"]
+    run_train_distill(args + ["--cache_dir", work / "sd3" / "hub-cache"])
+    (cache,) = (work / "sd3" / "hub-cache").glob("image-latents-*")
+    rows = load_from_disk(str(cache))
+    assert list(rows["prompt"]) == captions and "pooled_prompt_embeds" in rows.column_names
+    assert DistillConfig.load(out).train_samples == 4
