@@ -197,12 +197,12 @@ COMMON = ["--use_lora", "--rank", "2", "--lora_dropout", "0.1", "--optimizer", "
 
 @pytest.mark.parametrize("family", FLOW_FAMILIES)
 def test_examples_flags_train_each_flow_family(work, family, monkeypatch):
-    """Every flag of the examples on each flow family: the models get the noise levels the objective draws (and
-    Flux the guidance asked for), the losses differ from the family's default objective at the same step on the same
-    data, and the settings are recorded in each checkpoint (a resume must match them) and in distill_config.json."""
+    """Every flag of the examples on each flow family: the teacher and the student get the noise levels the
+    objective draws (and Flux the guidance asked for), and the settings are recorded in each checkpoint (a resume must
+    match them) and in distill_config.json."""
     import diffusers
 
-    out, default = work / family / "flags", work / family / "default"
+    out = work / family / "flags"
     stock = getattr(diffusers, get_family(family).transformer_class)
     real, calls = stock.forward, []
 
@@ -210,7 +210,16 @@ def test_examples_flags_train_each_flow_family(work, family, monkeypatch):
         calls.append({k: kwargs.get(k) for k in ("timestep", "guidance")})
         return real(self, *args, **kwargs)
 
+    import diffusers_layerprune.distill as distill
+
+    real_losses, weighted = distill.kd_losses, []
+
+    def losses_spy(*args):
+        weighted.append(args[7])  # the per-sample loss weights
+        return real_losses(*args)
+
     monkeypatch.setattr(stock, "forward", spy)
+    monkeypatch.setattr(distill, "kd_losses", losses_spy)
     run_train_distill(family_args(work, family, out) + FLAGS[family] + COMMON)
     monkeypatch.setattr(stock, "forward", real)
     # the levels the objective draws for step 0's batch of 2 (teacher and student forwards alike)
@@ -228,11 +237,13 @@ def test_examples_flags_train_each_flow_family(work, family, monkeypatch):
     assert all(torch.allclose(c["timestep"].float() * unit, expected) for c in trained), calls
     if family == "flux":
         assert all(torch.equal(c["guidance"], torch.full((2,), 5.0)) for c in trained)
-    run_train_distill(family_args(work, family, default) + ["--use_lora", "--rank", "2"])
-    (flagged,), (plain,) = ([json.loads(x) for x in (o / "train_log.jsonl").read_text().splitlines()] for o in (
-        out, default))  # fmt: skip
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in (flagged, plain))
-    assert flagged["output"] != plain["output"]
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    (weights,) = weighted  # one step; the scheme's weights of the drawn levels reach the task and output losses
+    scheme = RECORDED[family]["weighting_scheme"]
+    torch.testing.assert_close(weights, compute_loss_weighting_for_sd3(scheme, expected / 1000).float())
+    (logged,) = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert torch.isfinite(torch.tensor(logged["loss"]))
     settings = json.loads((out / "checkpoint-1" / CHECKPOINT_RECORD).read_text())["settings"]
     recipe = DistillConfig.load(out)
     assert {k: settings[k] for k in RECORDED[family]} == RECORDED[family]
@@ -242,14 +253,16 @@ def test_examples_flags_train_each_flow_family(work, family, monkeypatch):
     assert settings["optimizer"] == "prodigy" and {k: settings[k] for k in prodigy} == prodigy
     assert recipe.optimizer == {"name": "prodigy", **prodigy}
     assert settings["lora_dropout"] == recipe.lora_dropout == 0.1
-    plain_recipe = DistillConfig.load(default)
-    assert plain_recipe.optimizer == {"name": "adamw"} and plain_recipe.lora_dropout == 0.0
 
 
 def test_resume_refuses_a_changed_objective(work, capsys):
     """A checkpoint trained with one weighting scheme does not continue under another (the resume settings)."""
     out = work / "sd3" / "resume"
     run_train_distill(family_args(work, "sd3", out))
+    recipe = DistillConfig.load(out)  # the defaults: SD3's example objective, AdamW
+    assert recipe.optimizer == {"name": "adamw"} and recipe.lora_dropout is None
+    assert recipe.objective == {"weighting_scheme": "logit_normal", "precondition_outputs": 1,
+                                "timestep_shift": "scheduler", "logit_mean": 0.0, "logit_std": 1.0}  # fmt: skip
     before = sorted(p.name for p in out.rglob("*"))
     train_refused(
         capsys,
@@ -474,3 +487,18 @@ def test_hub_style_image_dataset_trains_sd3(work):
     rows = load_from_disk(str(cache))
     assert list(rows["prompt"]) == captions and "pooled_prompt_embeds" in rows.column_names
     assert DistillConfig.load(out).train_samples == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lora_dropout", "0.1"], "--lora_dropout applies only with --use_lora"),
+        (["--init_lora", "l.safetensors", "--lora_dropout", "0.1"], "--lora_dropout applies to a new adapter"),
+    ],
+)
+def test_lora_dropout_needs_a_new_adapter(extra, message, capsys, tmp_path):
+    from diffusers_layerprune.train_distill import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--student_model", "s", "--output_dir", str(tmp_path / "o"), *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
