@@ -567,6 +567,11 @@ def _image_to_tensor(image, resolution: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # transparent pixels on white, not on whatever colour they happen to hold
+        rgba = image.convert("RGBA")
+        image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image.alpha_composite(rgba)
     image = image.convert("RGB")
     scale = resolution / min(image.size)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
@@ -591,12 +596,16 @@ def image_latents_dataset(
     cache_dtype: str = "bfloat16",
     progress: bool = True,
 ):
-    """Image-caption KD data: VAE-encode each image (posterior mean x scaling factor) once and cache it.
+    """Image-caption KD data: VAE-encode each image once (:func:`vae_latents`) and cache it with its caption's text
+    conditioning, for every family: the family's VAE and its scaling / shift factors, the family's text encoders
+    (trimmed embeddings and a mask, or untrimmed and pooled embeddings for SD3 / Flux), latents stored unpacked
+    ``[C, h, w]`` (Flux's forward packs them 2x2, as for teacher latents).
 
-    ``dataset`` is a ``datasets.Dataset`` with a PIL image column and a caption column. Captions and images are
-    encoded and written ``batch_size`` rows at a time. Same output columns, storage and caching as
-    :func:`teacher_latents_dataset` (keyed by the dataset's fingerprint and size, the model, resolution, sequence
-    length and dtypes).
+    ``dataset`` is a ``datasets.Dataset`` with a PIL image column and a caption column. Images that are not RGB or not
+    ``resolution`` square are converted (transparency on white) and resized / centre-cropped, and a warning says how
+    many. Captions and images are encoded and written ``batch_size`` rows at a time. Same output columns, storage and
+    caching as :func:`teacher_latents_dataset` (keyed by the dataset's fingerprint and size, the model, resolution,
+    sequence length and dtypes).
     """
     from tqdm.auto import tqdm
 
@@ -623,10 +632,14 @@ def image_latents_dataset(
     if cached is not None:
         return cached
 
-    vae = pipe.vae
-    stream = iter_prompt_embeddings(
-        pipe, captions, max_sequence_length=max_sequence_length, dtype=CACHE_DTYPES[cache_dtype]
-    )
+    from .families import encode_text, family_of_pipeline
+
+    vae, storage = pipe.vae, CACHE_DTYPES[cache_dtype]
+    pooled = "pooled_prompt_embeds" in family_of_pipeline(pipe).text_keys
+    stream = None
+    if not pooled:
+        stream = iter_prompt_embeddings(pipe, captions, max_sequence_length=max_sequence_length, dtype=storage)
+    converted = {"mode": 0, "size": 0}
     with (
         torch.no_grad(),
         tqdm(total=len(captions), desc="encode images", unit="image", disable=not progress) as bar,
@@ -634,10 +647,111 @@ def image_latents_dataset(
     ):
         for start in range(0, len(captions), batch_size):
             chunk = captions[start : start + batch_size]
-            rows = dataset[start : start + len(chunk)][image_column]
-            pixels = torch.stack([_image_to_tensor(im, resolution) for im in rows]).to(vae.device, vae.dtype)
-            latents = (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).float().cpu()
-            embeds = list(itertools.islice(stream, len(chunk)))
-            sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
+            pixels = []
+            for i in range(start, start + len(chunk)):
+                image = _dataset_image(dataset, i, image_column, dataset_id)
+                converted["mode"] += image.mode != "RGB"
+                converted["size"] += image.size != (resolution, resolution)
+                pixels.append(_image_to_tensor(image, resolution))
+            latents = vae_latents(vae, torch.stack(pixels).to(vae.device, vae.dtype)).float().cpu()
+            if pooled:  # SD3 / Flux: every token and the pooled embedding, as prompt-only caches store them
+                text = encode_text(pipe, chunk, max_sequence_length=max_sequence_length)
+                row = {
+                    "prompt_embeds": list(text["prompt_embeds"].to(storage)),
+                    "pooled_prompt_embeds": [p[None] for p in text["pooled_prompt_embeds"].to(storage)],
+                }
+            else:
+                row = {"prompt_embeds": list(itertools.islice(stream, len(chunk)))}
+            sink.write({"prompt": chunk, **row, "latents": list(latents)})
             bar.update(len(chunk))
+    for what, done in (
+        ("not RGB (converted to RGB)", converted["mode"]),
+        (f"not {resolution}x{resolution} (resized and centre-cropped)", converted["size"]),
+    ):
+        if done:
+            logger.warning("%d of %d training images were %s", done, len(captions), what)
     return _load_cache(path, key)
+
+
+def vae_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents of images ``[B, 3, H, W]`` in [-1, 1] as the model denoises them: the VAE's posterior mean
+    (``AutoencoderKL``) or its latent (``AutoencoderDC``: Sana), minus the VAE config's ``shift_factor`` (SD3, Flux;
+    none for PixArt and Sana), times its ``scaling_factor``: the inverse of what the pipelines do before decoding."""
+    encoded = vae.encode(pixels)
+    latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latent
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        latents = latents - shift
+    return latents * vae.config.scaling_factor
+
+
+def _dataset_image(dataset, index: int, image_column: str, dataset_id: str):
+    """Row ``index``'s image, decoded; one line naming the file (or row) that cannot be read."""
+    try:
+        image = dataset[index][image_column]
+        image.load()
+    except Exception as error:  # PIL raises many types for a damaged or foreign file
+        raise LayerPruneError(
+            f"training image {index} of {dataset_id} cannot be read ({type(error).__name__}: {error}); remove or "
+            "replace it"
+        ) from error
+    if not hasattr(image, "convert"):
+        raise LayerPruneError(f"row {index} of {dataset_id} holds no image in its {image_column!r} column")
+    return image
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+
+
+def check_image_folder(folder: str | os.PathLike, caption_column: str = "text") -> int:
+    """Check an image-caption folder (``datasets``' imagefolder layout: images plus ``metadata.jsonl`` or
+    ``metadata.csv`` rows ``{"file_name": ..., "<caption_column>": ...}``) before any model is loaded: every image
+    has a non-empty caption, every listed file exists and opens as an image. Raises :class:`LayerPruneError` naming
+    the first bad file; returns the number of images."""
+    import csv
+
+    from PIL import Image
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise LayerPruneError(f"--train_data_dir {folder} is not a folder")
+    captions: dict[Path, object] = {}
+    metadata = sorted(p for name in METADATA_FILES for p in root.rglob(name))
+    if not metadata:
+        raise LayerPruneError(
+            f"{folder} has no metadata.jsonl: write one line per image, "
+            f'{{"file_name": "0.png", "{caption_column}": "a caption"}}'
+        )
+    for meta in metadata:
+        try:
+            if meta.suffix == ".jsonl":
+                rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+            else:
+                with meta.open(newline="") as f:
+                    rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise LayerPruneError(f"{meta} cannot be read ({error})") from error
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                raise LayerPruneError(f"{meta} line {n} has no file_name")
+            captions[(meta.parent / row["file_name"]).resolve()] = row.get(caption_column)
+    images = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for image in images:
+        caption = captions.get(image.resolve())
+        if not isinstance(caption, str) or not caption.strip():
+            where = "no row in metadata" if image.resolve() not in captions else f"an empty {caption_column!r}"
+            raise LayerPruneError(f"training image {image} has no caption ({where}); add it or remove the image")
+    for path in sorted(captions):
+        if not path.is_file():
+            raise LayerPruneError(f"training image {path} is listed in the metadata but does not exist")
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as error:  # PIL raises many types for a damaged or foreign file
+            raise LayerPruneError(
+                f"training image {path} cannot be read ({type(error).__name__}: {error}); remove or replace it"
+            ) from error
+    if not captions:
+        raise LayerPruneError(f"{folder} lists no images in its metadata")
+    return len(captions)

@@ -169,6 +169,7 @@ def kd_losses(
     teacher_features: Mapping[int, torch.Tensor],
     pairs: Sequence[tuple[int, int]],
     weights: KDWeights,
+    sample_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted sum ``"loss"``.
 
@@ -177,12 +178,20 @@ def kd_losses(
             half is the learned variance.
         target: the task target (:func:`task_target`; the added noise for PixArt's epsilon prediction),
             ``[B, C_pred, H, W]``.
+        sample_weights: ``[B]`` weights of each sample's task and output losses (a flow-matching weighting scheme,
+            ``flow_objective``): ``mean_b(w_b * mean(diff_b ** 2))``, as diffusers' examples weight their loss.
     """
     c = target.shape[1]
     pred_s, pred_t = student_out[:, :c].float(), teacher_out[:, :c].detach().float()
+
+    def mse(a, b):
+        if sample_weights is None:
+            return F.mse_loss(a, b)
+        return (sample_weights.to(a.device, torch.float32) * (a - b).pow(2).flatten(1).mean(1)).mean()
+
     parts = {
-        "task": F.mse_loss(pred_s, target.float()),
-        "output": F.mse_loss(pred_s, pred_t),
+        "task": mse(pred_s, target.float()),
+        "output": mse(pred_s, pred_t),
     }
     if student_out.shape[1] > c:
         parts["variance"] = F.mse_loss(student_out[:, c:].float(), teacher_out[:, c:].detach().float())
@@ -204,6 +213,7 @@ def kd_step_losses(
     *,
     student_blocks: nn.Module | None = None,
     autocast=None,
+    sample_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One distillation forward: the teacher without gradients (keeping the outputs of its paired blocks), the
     student with them, and :func:`kd_losses`. What ``train_distill`` runs each step and ``bench_train`` times.
@@ -212,6 +222,7 @@ def kd_step_losses(
     watched (the unwrapped model; default ``student``); ``autocast`` a context for the student's forward (mixed
     precision). ``cond`` is the transformer's keyword arguments besides ``noisy``, or ``(model, noisy) ->
     prediction`` (a family's forward, ``ModelFamily.forward``, with the batch's timesteps and text bound).
+    ``sample_weights``: per-sample loss weights, see :func:`kd_losses`.
     """
     from contextlib import nullcontext
 
@@ -226,7 +237,7 @@ def kd_step_losses(
     with capture_block_features(watched, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
         with autocast or nullcontext():
             student_out = run(student)
-    return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
+    return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights, sample_weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -534,6 +545,9 @@ class DistillConfig:
             gradient_accumulation_steps`` (:attr:`global_batch_size`).
         use_ema / ema_decay: whether the saved weights are an exponential moving average of the trained ones.
         prompt_set: the prompt-set record (source, count, fingerprint) for prompt-only KD.
+        objective: flow-matching families: the weighting scheme and its parameters, preconditioning, timestep shift
+            and guidance trained with (``flow_objective.objective_record``); ``None`` for DDPM families.
+        optimizer: ``{"name": "adamw"}`` or Prodigy with its flags.
     """
 
     teacher_model: str | None
@@ -565,6 +579,9 @@ class DistillConfig:
     teacher_variant: str | None = None
     student_revision: str | None = None
     sparsity_masks_kept: bool = False
+    objective: dict | None = None
+    optimizer: dict | None = None
+    lora_dropout: float | None = None
 
     @property
     def global_batch_size(self) -> int | None:

@@ -110,6 +110,14 @@ def beta(text: str) -> float:
     return value
 
 
+def dropout(text: str) -> float:
+    """A dropout probability in [0, 1)."""
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

@@ -209,6 +209,11 @@ class ModelFamily:
         adapt_lora: ``(state, source_config, kept_by_stack) -> state``: :attr:`adapt_state` for LoRA weights (peft keys
             ``<module>.lora_A.weight``, already renumbered), when a block changes structure by its new position.
         controlnet: how the family's stock ControlNet adds residuals to the blocks (``None``: diffusers has none).
+        training_objective: flow families: the objective ``train_distill`` defaults to (``weighting_scheme``,
+            ``precondition_outputs``, ``timestep_shift``; missing keys: uniform, unweighted, unshifted), the family's
+            diffusers training example's (``flow_objective``; docs/families.md says why).
+        image_tokens: ``(config, h, w) -> int``: image tokens of an ``h x w`` latent grid, the sequence length a
+            resolution-dependent timestep shift reads (Flux packs 2x2 whatever its ``patch_size``).
     """
 
     name: str
@@ -242,6 +247,10 @@ class ModelFamily:
     lora_format: str = "diffusers"
     adapt_lora: Callable[..., dict] | None = None
     controlnet: ControlNetLayout | None = None
+    training_objective: Mapping[str, object] = field(default_factory=dict)
+    image_tokens: Callable[[Mapping, int, int], int] = lambda config, h, w: (
+        (h // int(config.get("patch_size") or 1)) * (w // int(config.get("patch_size") or 1))
+    )
 
     # -- block numbering ------------------------------------------------------------------------------------------
 

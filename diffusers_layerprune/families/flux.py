@@ -55,14 +55,15 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
     return ids.reshape(-1, 3).to(device, dtype)
 
 
-def forward(transformer, latents, timestep, text) -> torch.Tensor:
+def forward(transformer, latents, timestep, text, guidance: float = GUIDANCE) -> torch.Tensor:
     """Flow (velocity) prediction on unpacked latents ``[B, C, h, w]``; ``timestep`` in 0..1000 (the pipeline's
-    scheduler units; the transformer takes it divided by 1000)."""
+    scheduler units; the transformer takes it divided by 1000). ``guidance``: the guidance-distilled model's guidance
+    input (Flux.1-dev; unused by models without a guidance embedding)."""
     _, _, h, w = latents.shape
     embeds = text["prompt_embeds"]
-    guidance = None
+    scale, guidance = guidance, None
     if getattr(transformer, "module", transformer).config.get("guidance_embeds"):  # DDP wraps the model
-        guidance = torch.full((latents.shape[0],), GUIDANCE, device=latents.device, dtype=torch.float32)
+        guidance = torch.full((latents.shape[0],), scale, device=latents.device, dtype=torch.float32)
     out = transformer(
         hidden_states=pack(latents),
         encoder_hidden_states=embeds,
@@ -283,6 +284,9 @@ FAMILY = ModelFamily(
     step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input
     unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
     objective="flow",
+    # train_dreambooth_lora_flux.py trains uniform and unshifted (its use_dynamic_shifting table is unshifted)
+    training_objective=dict(weighting_scheme="none", precondition_outputs=0, timestep_shift="none"),
+    image_tokens=lambda config, h, w: (h // 2) * (w // 2),  # FluxPipeline's packed sequence length
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),

@@ -31,12 +31,13 @@ from .base import (
 GUIDANCE = 4.5
 
 
-def forward(transformer, latents, timestep, text) -> torch.Tensor:
-    """Flow (velocity) prediction ``[B, out_channels, h, w]``; ``timestep`` in 0..1000 as the pipeline passes it."""
+def forward(transformer, latents, timestep, text, guidance: float = GUIDANCE) -> torch.Tensor:
+    """Flow (velocity) prediction ``[B, out_channels, h, w]``; ``timestep`` in 0..1000 as the pipeline passes it;
+    ``guidance``: the guidance input of guidance-distilled checkpoints (Sana-Sprint; unused by the others)."""
     config = getattr(transformer, "module", transformer).config  # DDP wraps the model
-    guidance = None
+    scale, guidance = guidance, None
     if config.get("guidance_embeds"):
-        guidance = torch.full((latents.shape[0],), GUIDANCE, device=latents.device, dtype=latents.dtype)
+        guidance = torch.full((latents.shape[0],), scale, device=latents.device, dtype=latents.dtype)
     return transformer(
         hidden_states=latents,
         encoder_hidden_states=text["prompt_embeds"],
@@ -191,6 +192,8 @@ FAMILY = ModelFamily(
     call_kwargs=masked_call_kwargs,
     card_call_args=binning_call_args((16, 32, 64, 128)),  # SanaPipeline's aspect-ratio bins
     objective="flow",
+    # train_dreambooth_lora_sana.py trains uniform and unshifted (its table ignores the DPM-Solver's flow_shift)
+    training_objective=dict(weighting_scheme="none", precondition_outputs=0, timestep_shift="none"),
     real_size=lambda config: (config.get("caption_channels") or 0) >= 2304,  # Gemma-2-2B conditioning
     defaults=dict(
         max_sequence_length=300,

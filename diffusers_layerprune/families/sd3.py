@@ -318,6 +318,9 @@ FAMILY = ModelFamily(
     ip_adapter=IP_ADAPTER,
     adapt_lora=adapt_lora,
     objective="flow",
+    # train_dreambooth_lora_sd3.py's defaults: logit-normal noise levels (Esser et al.'s best), EDM preconditioning,
+    # and the scheduler's shift (3.0), which its noise-level table carries
+    training_objective=dict(weighting_scheme="logit_normal", precondition_outputs=1, timestep_shift="scheduler"),
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     defaults=dict(
