@@ -35,6 +35,7 @@ from .prompts import (  # noqa: F401 (public here before the split)
     normalize_prompt,
     parse_prompt_spec,
 )
+from .records import Record, read_json
 from .validation import CACHE_DTYPE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -317,11 +318,30 @@ class _ArrowSink:
         }
         (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
         (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
-        (folder / _MANIFEST).write_text(json.dumps({**manifest, "rows": self.rows}, indent=2, sort_keys=True) + "\n")
+        CacheManifest(**manifest, rows=self.rows).save(folder / _MANIFEST)
 
     def close(self) -> None:
         if self._writer is not None and self._writer.pa_writer is not None:
             self._writer.close()
+
+
+@dataclass
+class CacheManifest(Record):
+    """``layerprune_cache.json``: what a cache folder holds (``key``: the fingerprint of everything that shaped it;
+    ``settings``: those inputs in words; ``rows``: samples) -- written last, so a folder without it is incomplete."""
+
+    KIND = "cache-manifest"
+    SCHEMA_VERSION = CACHE_FORMAT_VERSION
+    WRITES_FORMAT_VERSION = True
+    SORT_KEYS = True
+    WHAT = "cache manifest"
+    FIX = "delete the cache folder to rebuild it"
+    REQUIRED = {"key": str, "cache_dtype": str, "settings": dict, "rows": int}
+
+    key: str
+    cache_dtype: str
+    settings: dict
+    rows: int
 
 
 @contextmanager
@@ -335,8 +355,7 @@ def _building(path: Path, key: str, cache_dtype: str, settings: dict) -> Iterato
             yield sink
             if sink.rows == 0:
                 raise LayerPruneError("nothing to cache: no prompts")
-            manifest = {"format_version": CACHE_FORMAT_VERSION, "key": key, "cache_dtype": cache_dtype}
-            sink.finish(tmp, {**manifest, "settings": settings})
+            sink.finish(tmp, {"key": key, "cache_dtype": cache_dtype, "settings": settings})
         finally:
             sink.close()
 
@@ -346,10 +365,13 @@ def _load_cache(path: Path, key: str):
     from datasets import load_from_disk
 
     try:
-        manifest = json.loads((path / _MANIFEST).read_text())
-    except (OSError, ValueError):
+        data = read_json(path / _MANIFEST)
+        if not isinstance(data, dict) or data.get("format_version") != CACHE_FORMAT_VERSION:
+            return None  # another layout: rebuilt
+        manifest = CacheManifest.from_dict(data, str(path / _MANIFEST))
+    except LayerPruneError:  # missing or damaged: rebuilt
         return None
-    if manifest.get("format_version") != CACHE_FORMAT_VERSION or manifest.get("key") != key:
+    if manifest.key != key:
         return None
     return with_cache_format(load_from_disk(str(path)))
 

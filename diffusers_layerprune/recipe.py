@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import LayerPruneError
 from .launch import TRAIN_MODULE, LaunchSettings, run_child  # noqa: F401  (run_child: imported from here before)
+from .records import Record
 
 
 @dataclass
@@ -188,24 +189,56 @@ DOWNSTREAM = {
 }
 
 
+@dataclass
+class RunRecord(Record):
+    """``run.json``: per stage, the settings and results of its last finished run (``stages``) and the settings of
+    its last started attempt (``attempts``)."""
+
+    KIND = "run"
+    WHAT = "run record"
+    FIX = "delete it to run every stage again (outputs are replaced)"
+    REQUIRED = {"stages": dict}
+    OPTIONAL = {"attempts": dict}
+
+    stages: dict = field(default_factory=dict)
+    attempts: dict | None = None
+
+    def body(self) -> dict:
+        return {"stages": self.stages} if self.attempts is None else {"stages": self.stages, "attempts": self.attempts}
+
+    @classmethod
+    def from_body(cls, data: dict) -> RunRecord:
+        for name, entry in data["stages"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("settings", {}), dict):
+                raise LayerPruneError(f"stage {name!r} holds no settings")
+        return cls(data["stages"], data.get("attempts"))
+
+
+@dataclass
+class RunSummary(Record):
+    """``summary.json``: the final model, the table of the run (one row per evaluated model) and each stage's
+    status and seconds."""
+
+    KIND = "run-summary"
+    WHAT = "run summary"
+    FIX = "run `layerprune run` again to write it"
+    REQUIRED = {"final_model": str, "rows": list, "stages": dict}
+    OPTIONAL = {"teacher_seconds_saved": float}
+
+    final_model: str
+    rows: list
+    stages: dict
+    teacher_seconds_saved: float = 0.0
+
+
 class RunState:
-    """``run.json``: settings and results of finished stages."""
+    """``run.json`` (:class:`RunRecord`) as a run reads and updates it."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "run.json"
         self.data = {"stages": {}}
         if self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise LayerPruneError(
-                    f"{self.path} is damaged ({error}); delete it to run every stage again (outputs are replaced)"
-                ) from error
-            stages = self.data.get("stages") if isinstance(self.data, dict) else None
-            if not isinstance(stages, dict) or not all(
-                isinstance(v, dict) and isinstance(v.get("settings", {}), dict) for v in stages.values()
-            ):
-                raise LayerPruneError(f"{self.path} is not a run record; delete it to run every stage again")
+            self.data = RunRecord.load(self.path).body()
 
     def done(self, stage: str, settings: dict) -> bool:
         entry = self.data["stages"].get(stage)
@@ -236,10 +269,7 @@ class RunState:
         self._save()
 
     def _save(self) -> None:
-        from .outputs import atomic_output_file
-
-        with atomic_output_file(self.path) as tmp:
-            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        RunRecord(self.data["stages"], self.data.get("attempts")).save(self.path)
 
     def get(self, stage: str) -> dict:
         return self.data["stages"][stage]
@@ -473,16 +503,12 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     rows = _summary_rows(reports)
     log(_format_summary(rows))
     log(_format_stages(timings, saved))
-    from .outputs import atomic_output_file
-
-    summary = {
-        "final_model": str(final),
-        "rows": rows,
-        "stages": {name: {"status": status, "seconds": round(sec, 1)} for name, (status, sec) in timings.items()},
-        "teacher_seconds_saved": round(saved, 1),
-    }
-    with atomic_output_file(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    RunSummary(
+        final_model=str(final),
+        rows=rows,
+        stages={name: {"status": status, "seconds": round(sec, 1)} for name, (status, sec) in timings.items()},
+        teacher_seconds_saved=round(saved, 1),
+    ).save(out / "summary.json")
     return rows
 
 

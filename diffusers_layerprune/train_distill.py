@@ -318,24 +318,26 @@ from diffusers_layerprune.data import (
     load_prompts,
     teacher_latents_dataset,
 )
-from diffusers_layerprune.distill import (
+from diffusers_layerprune.checkpoints import (
     CheckpointMismatch,
+    check_checkpoint,
+    checkpoint_identity,
+    checkpoints,
+    move_into,
+    remove_old_checkpoints,
+    write_checkpoint_record,
+)
+from diffusers_layerprune.distill import (
     DistillConfig,
     KDWeights,
     block_pairs,
-    check_checkpoint,
     check_student_teacher,
-    checkpoint_identity,
-    checkpoints,
     flow_noising,
     kd_step_losses,
-    move_into,
     read_student_config,
-    remove_old_checkpoints,
     step_noise,
     student_location,
     task_target,
-    write_checkpoint_record,
 )
 from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import LayerPruneError
+from ..records import Record, read_json
 from .router import PromptRouter
 
 FORMAT = "diffusers-layerprune/routing"
@@ -70,7 +71,7 @@ class CodeStats:
 
 
 @dataclass
-class RoutingRecord:
+class RoutingRecord(Record):
     """Everything but the router's weights.
 
     Attributes:
@@ -85,6 +86,20 @@ class RoutingRecord:
         training: settings and losses of the run (public names only).
     """
 
+    KIND = "routing"
+    SCHEMA_VERSION = FORMAT_VERSION
+    FORMAT = FORMAT
+    WHAT = "layerprune routing file"
+    FIX = "write it again with layerprune route"
+    REQUIRED = {"num_layers": int, "budget": float, "codes": list, "router": dict, "transformer_sha256": str}
+    OPTIONAL = {
+        "mean_blocks": float,
+        "source_model": str,
+        "source_num_layers": int,
+        "kept_layers": list,
+        "training": dict,
+    }
+
     num_layers: int
     budget: float
     codes: list[CodeStats]
@@ -95,8 +110,6 @@ class RoutingRecord:
     source_num_layers: int | None = None
     kept_layers: list[int] | None = None
     training: dict = field(default_factory=dict)
-    format: str = FORMAT
-    format_version: int = FORMAT_VERSION
 
     @property
     def num_codes(self) -> int:
@@ -106,24 +119,16 @@ class RoutingRecord:
         kept = set(self.codes[code].kept_layers)
         return [i for i in range(self.num_layers) if i not in kept]
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
     @classmethod
-    def from_dict(cls, data: dict, where: str) -> RoutingRecord:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LayerPruneError(f"{where} is not a layerprune routing file")
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise LayerPruneError(f"{where} was written by a newer layerprune; upgrade diffusers-layerprune")
-        try:
-            codes = [CodeStats(**c) for c in data.pop("codes")]
-            record = cls(codes=codes, **data)
-        except (TypeError, KeyError) as error:
-            raise LayerPruneError(f"{where} is malformed ({error}); write it again with layerprune route") from None
+    def from_body(cls, data: dict) -> RoutingRecord:
+        record = cls(**{**data, "codes": [CodeStats(**c) for c in data["codes"]]})
         for k, c in enumerate(record.codes):
             if not c.kept_layers or any(not 0 <= i < record.num_layers for i in c.kept_layers):
-                raise LayerPruneError(f"{where}: code {k} has blocks outside 0..{record.num_layers - 1}")
+                raise LayerPruneError(f"code {k} has blocks outside 0..{record.num_layers - 1}")
         return record
+
+    def model_name(self) -> str | None:
+        return self.source_model
 
 
 @dataclass
@@ -160,7 +165,7 @@ class Routing:
         folder = Path(folder)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.router.state_dict().items()}
         save_file(state, str(folder / ROUTER_FILE), metadata={"format": FORMAT})
-        (folder / FILE_NAME).write_text(self.record.to_json())
+        self.record.save(folder / FILE_NAME)
 
 
 def has_routing(folder: str | os.PathLike) -> bool:
@@ -173,11 +178,7 @@ def read_routing_record(folder: str | os.PathLike) -> RoutingRecord:
     path = path / FILE_NAME if path.is_dir() else path
     if not path.is_file():
         raise LayerPruneError(f"{path} not found: the folder holds no router (make one with layerprune route)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayerPruneError(f"{path} is not readable JSON ({error})") from None
-    return RoutingRecord.from_dict(data, str(path))
+    return RoutingRecord.from_dict(read_json(path, "routing file", RoutingRecord.FIX), str(path))
 
 
 def load_routing(folder: str | os.PathLike, transformer=None, *, device=None) -> Routing:
