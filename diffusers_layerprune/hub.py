@@ -373,11 +373,30 @@ def _render_model_card(
     routing_section = None
     if routing is not None:
         from .routing.pipeline import CUSTOM_PIPELINE
-        from .routing.record import routing_card_section, routing_summary
+        from .routing.record import routing_summary
 
         summary = routing_summary(routing)
-        custom = CUSTOM_PIPELINE if (folder / f"{CUSTOM_PIPELINE}.py").is_file() else None
-        routing_section = routing_card_section(routing, repo_id, custom_pipeline=custom)
+        routing_section = dict(
+            num_layers=routing.num_layers,
+            num_codes=routing.num_codes,
+            finetune_steps=routing.training.get("settings", {}).get("finetune_steps") or 0,
+            mean_blocks=routing.mean_blocks,
+            num_prompts=routing.training.get("num_prompts", ""),
+            budget=routing.budget,
+            codes=[
+                dict(
+                    blocks=len(c.kept_layers),
+                    skipped=routing.skipped_layers(k),
+                    share=c.share,
+                    closest=c.closest_prompts,
+                )
+                for k, c in enumerate(routing.codes)
+            ],
+            kept_layers=routing.kept_layers,
+            source_model=routing.source_model,
+            source_num_layers=routing.source_num_layers,
+            custom_pipeline=CUSTOM_PIPELINE if (folder / f"{CUSTOM_PIPELINE}.py").is_file() else None,
+        )
     from .export import exported_files
 
     exports = [
