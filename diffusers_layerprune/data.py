@@ -20,19 +20,13 @@ from pathlib import Path
 import torch
 
 from .errors import LayerPruneError
-from .prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS  # noqa: F401 (default corpora)
-from .prompts import (  # noqa: F401 (public here before the split)
-    BENCHMARK_SETS,
-    DATA_FILE_BUILDERS,
-    HPDV2_STYLES,
-    PROMPT_COLUMNS,
+from .prompts import (  # noqa: F401 (imported from here by the training script, routing and the benchmarks)
     PromptSet,
     PromptSpec,
     check_prompt_cells,
     encode_prompts,
     load_hf_dataset,
     load_prompts,
-    normalize_prompt,
     parse_prompt_spec,
 )
 from .records import Record, read_json

@@ -24,34 +24,21 @@ from torch import nn
 
 from .data import PromptSet
 from .errors import LayerPruneError
-from .eval_report import (  # noqa: F401 (public here before the split)
-    REPORT_FORMAT,
-    REPORT_FORMAT_VERSION,
+from .eval_report import (
     EvalReport,
     EvalSettings,
-    Latency,
     ModelEval,
     ScoreSummary,
     check_report_output,
-    format_count,
     grid_path,
-    is_report_file,
     latency_entries,
-    metrics_table,
     render_report_md,
-    settings_sentence,
-    summarize,
-    with_latency,
 )
-from .latency import (  # noqa: F401 (public here before the split)
-    architecture_signature,
-    count_parameters,
+from .latency import (  # noqa: F401 (elapsed_seconds, latency_inputs: benchmarks/gpu_check.py imports them from here)
     elapsed_seconds,
     latency_inputs,
     pipeline_parameters,
     pipeline_seconds,
-    quartiles,
-    shared_latency,
     transformer_latency,
 )
 from .records import Record

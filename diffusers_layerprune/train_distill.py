@@ -308,6 +308,15 @@ from diffusers_layerprune.adapters.lora import (
     save_trained_lora,
     start_from_lora,
 )
+from diffusers_layerprune.checkpoints import (
+    CheckpointMismatch,
+    check_checkpoint,
+    checkpoint_identity,
+    checkpoints,
+    move_into,
+    remove_old_checkpoints,
+    write_checkpoint_record,
+)
 from diffusers_layerprune.data import (
     CacheCollator,
     check_image_folder,
@@ -317,15 +326,6 @@ from diffusers_layerprune.data import (
     load_hf_dataset,
     load_prompts,
     teacher_latents_dataset,
-)
-from diffusers_layerprune.checkpoints import (
-    CheckpointMismatch,
-    check_checkpoint,
-    checkpoint_identity,
-    checkpoints,
-    move_into,
-    remove_old_checkpoints,
-    write_checkpoint_record,
 )
 from diffusers_layerprune.distill import (
     DistillConfig,

@@ -18,9 +18,9 @@ from diffusers_layerprune.distill import DistillConfig, KDWeights
 from diffusers_layerprune.eval_report import EvalReport, EvalSettings, Latency, ModelEval, ScoreSummary
 from diffusers_layerprune.evaluation import TeacherCacheEntry
 from diffusers_layerprune.importance.result import LayerImportance
-from diffusers_layerprune.recipe import RunRecord, RunSummary
 from diffusers_layerprune.records import Record
 from diffusers_layerprune.routing.record import CodeStats, RoutingRecord
+from diffusers_layerprune.run_state import RunRecord, RunSummary
 from diffusers_layerprune.sparsity.record import ComponentSparsity, SparsityRecord
 
 

@@ -318,8 +318,9 @@ def test_cli_route_writes_routed_folder(ws, tmp_path, capsys):
 def test_routed_card_says_what_the_folder_is_and_push_publishes_it_without_local_paths(ws, tmp_path):
     import yaml
 
-    from diffusers_layerprune.hub import push_pipeline, upload_plan
+    from diffusers_layerprune.hub import push_pipeline
     from diffusers_layerprune.routing import read_routing_record
+    from diffusers_layerprune.upload import upload_plan
 
     out = tmp_path / "routed"
     args = ["route", "--model", str(ws / "model"), "--num-codes", "2", "--budget", "4", "--prompts",
