@@ -8,6 +8,7 @@ the card, never invented. The token comes from huggingface_hub's usual sources a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -299,35 +300,23 @@ def _render_model_card(
             cites.append(criterion)
         if meta.get("scorer", "") and str(meta.get("scorer")).startswith("hps"):
             cites.append("hps")
-    distill_lines = []
+    distillation = None
     if distill:
         tags.append("knowledge-distillation")
-        w = distill.weights
-        accumulation = distill.gradient_accumulation_steps
-        distill_lines = [
-            f"teacher: `{public_name(distill.teacher_model)}`; student block i distilled from teacher block "
-            "kept_layers[i]",
-            f"steps: {distill.steps}, batch size {distill.train_batch_size} x {distill.num_processes} processes"
-            + (f" x {accumulation} accumulation steps" if accumulation > 1 else "")
-            + f", learning rate {distill.learning_rate}",
-            f"loss: {w.task} x task MSE + {w.output} x output KD + {w.variance} x variance KD + "
-            f"{w.feature} x feature KD (`{w.feature_loss}`)",
-            "training: "
-            + (
-                f"LoRA (rank {distill.rank}, alpha {distill.lora_alpha}), merged into the weights"
-                if distill.lora
-                else "all student weights"
-            )
-            + (f"; the weights are an EMA of the trained ones (decay {distill.ema_decay})" if distill.use_ema else ""),
-            f"data: `{public_name(distill.data)}` ({distill.train_samples} samples)",
-        ]
+        load = None
         if distill.lora:  # the adapter alone, for the undistilled pruned model (these weights already hold it)
             load = (
                 f'peft.PeftModel.from_pretrained(pipe.transformer, "{repo_id}", subfolder="lora")'
                 if family.lora_format == "peft"
                 else f'pipe.load_lora_weights("{repo_id}", subfolder="lora")'
             )
-            distill_lines.append(f"the LoRA alone is in `lora/` (already merged here); on the pruned model: `{load}`")
+        distillation = {
+            **dataclasses.asdict(distill),
+            "teacher": public_name(distill.teacher_model),
+            "data": public_name(distill.data),
+            "lora_load": load,
+        }
+        w = distill.weights
         cites.append("bk-sdm")
         if w.feature_loss == "normalized":
             cites.append("output_loss")
@@ -437,7 +426,7 @@ def _render_model_card(
         pipeline_params_after=format_count(report.student.parameters["total"]) if report else None,
         importance=importance_lines,
         importance_plot="importance.png" if (folder / "importance.png").is_file() else None,
-        distillation=distill_lines,
+        distillation=distillation,
         loss_plot="loss_curve.png" if (folder / "loss_curve.png").is_file() else None,
         evaluation=evaluation,
         evaluation_settings=evaluation_settings,
