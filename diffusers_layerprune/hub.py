@@ -295,7 +295,7 @@ def _render_model_card(
             elif key == "scorer":
                 value = public_name(value)
             if value is not None:
-                importance_lines.append(f"{label}: `{value}`")
+                importance_lines.append((label, value))
         if criterion in CITATIONS:
             cites.append(criterion)
         if meta.get("scorer", "") and str(meta.get("scorer")).startswith("hps"):
