@@ -9,7 +9,7 @@ still read new files. It is written atomically (a temporary file renamed into pl
 is not JSON or cut short, a missing key, a key of the wrong type, a schema newer than this package reads, a record of
 another kind, and a record of another model than the one asked for each raise one
 :class:`~diffusers_layerprune.errors.LayerPruneError` of one line naming the file and the fix. Files written before
-the header existed (no ``schema_version``) read as version 1.
+the header existed (no ``schema_version``) read as version 1 (or as their ``format_version``).
 
 This module imports nothing of the package but its errors and atomic writers, so every layer may use it.
 """
