@@ -226,4 +226,6 @@ def read_json(path: str | os.PathLike, what: str = "file", fix: str = "write it 
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         reason = getattr(error, "msg", None) or str(error)
-        raise LayerPruneError(f"{what} {path} is damaged: not valid JSON, or cut short ({reason}); {fix}") from error
+        raise LayerPruneError(
+            f"{what} {path} is damaged: it is not valid JSON, or cut short ({reason}); {fix}"
+        ) from error
