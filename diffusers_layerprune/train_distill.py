@@ -319,10 +319,8 @@ from diffusers_layerprune.checkpoints import (
 )
 from diffusers_layerprune.data import (
     CacheCollator,
-    check_image_folder,
     check_prompt_cells,
     default_cache_dir,
-    image_latents_dataset,
     load_hf_dataset,
     load_prompts,
     teacher_latents_dataset,
@@ -352,6 +350,7 @@ from diffusers_layerprune.flow_objective import (
     optimizer_record,
     resolve_objective,
 )
+from diffusers_layerprune.image_data import check_image_folder, image_latents_dataset
 from diffusers_layerprune.modeling import (
     check_resolution_for,
     generation_defaults,
