@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from diffusers_layerprune.checkpoints import CHECKPOINT_RECORD
 from diffusers_layerprune.cli import main as cli
-from diffusers_layerprune.distill import CHECKPOINT_RECORD, DistillConfig
+from diffusers_layerprune.distill import DistillConfig
 from diffusers_layerprune.families import get_family
 from diffusers_layerprune.flow_objective import FlowSchedule, resolve_objective
 
