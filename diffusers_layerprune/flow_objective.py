@@ -238,16 +238,15 @@ def resolve_objective(args, family, student_config: Mapping) -> None:
 def check_resume_objective(checkpoint, args) -> None:
     """A checkpoint saved before these flags existed records no objective: it was trained with uniform, unshifted,
     unweighted noise levels. Resuming it under another objective (SD3's default now) is a changed setting like any
-    other (:class:`~diffusers_layerprune.distill.CheckpointMismatch`, so ``--resume_mismatch restart`` applies)."""
-    import json
+    other (:class:`~diffusers_layerprune.checkpoints.CheckpointMismatch`, so ``--resume_mismatch restart`` applies)."""
     from pathlib import Path
 
-    from .distill import CHECKPOINT_RECORD, CheckpointMismatch
+    from .checkpoints import CHECKPOINT_RECORD, CheckpointMismatch, CheckpointRecord
 
     try:
-        settings = json.loads((Path(checkpoint) / CHECKPOINT_RECORD).read_text()).get("settings")
-    except (OSError, ValueError, AttributeError):
-        return  # no record (or an unreadable one, refused by distill.check_checkpoint)
+        settings = CheckpointRecord.load(Path(checkpoint) / CHECKPOINT_RECORD).settings
+    except ValueError:  # LayerPruneError: no record, or one refused by checkpoints.check_checkpoint
+        return
     if not isinstance(settings, dict) or "weighting_scheme" in settings or args.weighting_scheme is None:
         return
     legacy = {f: FLOW_DEFAULTS[f] for f in ("weighting_scheme", "precondition_outputs", "timestep_shift")}

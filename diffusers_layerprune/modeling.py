@@ -26,13 +26,12 @@ from .families.sana import PrunedSanaTransformer
 from .families.sd3 import PrunedSD3Transformer
 from .generation import generate_from_conditioning, generate_from_embeddings  # noqa: F401 (public here before)
 from .outputs import atomic_output_dir
-from .pruned import PrunedTransformerMixin, check_kept_layers
+from .pruned import PrunedTransformerMixin
 from .validation import is_transformer_folder  # noqa: F401 (public here before it moved)
 from .validation import resolve_local_model as _resolve_local
 
 # Kept for callers of the PixArt-only API.
 STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
-_check_kept_layers = check_kept_layers
 
 
 def expose_record_of(model) -> None:

@@ -3,7 +3,7 @@ folders this package wrote are ever replaced, and nothing is written through a s
 
 Every folder the package creates (pruned pipelines, distillation runs, recipe runs, caches) holds a small hidden
 marker, ``.layerprune.json``: what wrote it, its top-level entries, and a ``local`` record (full local paths of the
-models it came from) that never leaves the machine (hidden files are not uploaded, see ``hub.UPLOAD_IGNORE``).
+models it came from) that never leaves the machine (hidden files are not uploaded, see ``upload.UPLOAD_IGNORE``).
 ``--overwrite`` replaces a folder only when it carries the marker and holds nothing but entries this package writes.
 
 Temporary names are ``.NAME.tmp-PID-XXXX`` (being written) and ``.NAME.old-PID`` (being replaced): the next run

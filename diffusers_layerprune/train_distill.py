@@ -308,34 +308,34 @@ from diffusers_layerprune.adapters.lora import (
     save_trained_lora,
     start_from_lora,
 )
+from diffusers_layerprune.checkpoints import (
+    CheckpointMismatch,
+    check_checkpoint,
+    checkpoint_identity,
+    checkpoints,
+    move_into,
+    remove_old_checkpoints,
+    write_checkpoint_record,
+)
 from diffusers_layerprune.data import (
     CacheCollator,
-    check_image_folder,
     check_prompt_cells,
     default_cache_dir,
-    image_latents_dataset,
     load_hf_dataset,
     load_prompts,
     teacher_latents_dataset,
 )
 from diffusers_layerprune.distill import (
-    CheckpointMismatch,
     DistillConfig,
     KDWeights,
     block_pairs,
-    check_checkpoint,
     check_student_teacher,
-    checkpoint_identity,
-    checkpoints,
     flow_noising,
     kd_step_losses,
-    move_into,
     read_student_config,
-    remove_old_checkpoints,
     step_noise,
     student_location,
     task_target,
-    write_checkpoint_record,
 )
 from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
@@ -350,6 +350,7 @@ from diffusers_layerprune.flow_objective import (
     optimizer_record,
     resolve_objective,
 )
+from diffusers_layerprune.image_data import check_image_folder, image_latents_dataset
 from diffusers_layerprune.modeling import (
     check_resolution_for,
     generation_defaults,

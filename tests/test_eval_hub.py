@@ -13,9 +13,10 @@ from huggingface_hub import ModelCard
 
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.evaluation import hpdv2_summary
-from diffusers_layerprune.hub import files_to_upload, render_model_card
+from diffusers_layerprune.hub import render_model_card
 from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
+from diffusers_layerprune.upload import files_to_upload
 
 from helpers import distill_args, run_train_distill
 

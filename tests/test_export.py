@@ -302,9 +302,9 @@ def test_a_failed_write_leaves_no_file(folders, monkeypatch):
 def test_run_export_stage_writes_reuses_and_replaces_files_beside_the_model(exported, tmp_path):
     import shutil
 
-    from diffusers_layerprune.hub import files_to_upload
     from diffusers_layerprune.outputs import foreign_entries
     from diffusers_layerprune.recipe import _export_files
+    from diffusers_layerprune.upload import files_to_upload
 
     final = tmp_path / "distilled"
     shutil.copytree(exported["sd3"]["folder"], final)

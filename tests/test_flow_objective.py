@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from diffusers_layerprune.checkpoints import CHECKPOINT_RECORD
 from diffusers_layerprune.cli import main as cli
-from diffusers_layerprune.distill import CHECKPOINT_RECORD, DistillConfig
+from diffusers_layerprune.distill import DistillConfig
 from diffusers_layerprune.families import get_family
 from diffusers_layerprune.flow_objective import FlowSchedule, resolve_objective
 
@@ -403,7 +404,7 @@ def test_image_caption_data_trains_every_flow_family(work, family, caplog):
 
     data = image_folder(work / family / "images")
     out, cache = work / family / "images-out", work / family / "cache"
-    with caplog.at_level("WARNING", logger="diffusers_layerprune.data"):
+    with caplog.at_level("WARNING", logger="diffusers_layerprune.image_data"):
         run_train_distill(image_args(work, family, out, data))
     assert "4 of 4 training images were not 32x32" in caplog.text or family != "sana"
     assert "3 of 4 training images were not RGB (converted to RGB)" in caplog.text
@@ -418,7 +419,7 @@ def test_image_caption_data_trains_every_flow_family(work, family, caplog):
     # the pipeline's decoding step inverts the cached latents to the VAE's own latent of the image
     from PIL import Image
 
-    from diffusers_layerprune.data import _image_to_tensor
+    from diffusers_layerprune.image_data import _image_to_tensor
 
     image = _image_to_tensor(Image.open(data / "0.png"), size)[None]
     with torch.no_grad():

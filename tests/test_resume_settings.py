@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from diffusers_layerprune.checkpoints import CHECKPOINT_RECORD
 from diffusers_layerprune.cli import main as cli
-from diffusers_layerprune.distill import CHECKPOINT_RECORD
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
 from helpers import distill_args, run_train_distill, train_refused

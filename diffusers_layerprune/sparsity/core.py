@@ -22,7 +22,7 @@ from ..validation import is_transformer_folder
 from ..validation import resolve_local_model as _resolve_local
 from .layers import COMPONENTS, sparsifiable_layers
 from .masks import Pattern, global_masks, layer_mask, n_m_mask, parse_pattern, row_mask
-from .record import FILE_NAME, ComponentSparsity, SparsityRecord, _module_of, measure_sparsity, read_sparsity_record  # noqa: F401
+from .record import FILE_NAME, SparsityRecord, _module_of, measure_sparsity, read_sparsity_record
 from .registry import METHOD_MODULES, get_method
 
 SCOPES = ("layer", "global")
