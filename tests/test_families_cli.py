@@ -187,7 +187,7 @@ def test_train_distill_refuses_image_datasets_for_other_families_before_writing(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:"), err
-    assert "is a Flux.1 model: image-caption datasets are encoded with PixArt's VAE conventions only" in err
+    assert "is a Flux.1 model: image-caption datasets are encoded with the VAE conventions of PixArt-Sigma only" in err
     assert snapshot(ws) == before
 
 
