@@ -26,6 +26,7 @@ FAMILIES: dict[str, str] = {
     "sd3": ".sd3",
     "flux": ".flux",
     "flux2": ".flux2",
+    "qwenimage": ".qwenimage",
 }
 
 # The family of ``tiny-random`` and of configs without a class name (layerprune's first family).
