@@ -398,7 +398,8 @@ def save_pruned_transformer(
 
     if not isinstance(transformer, PrunedTransformerMixin):
         raise LayerPruneError(
-            f"expected a pruned transformer (e.g. PrunedPixArtTransformer), got {type(transformer).__name__}"
+            f"expected a pruned transformer (a family's pruned class, as prune_pipeline makes), got "
+            f"{type(transformer).__name__}"
         )
     source = transformer.config.get("source_model")
     local = {"source_model": source} if source else None

@@ -144,7 +144,7 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_flux2_pipeline(num_layers: int = 2, num_single_layers: int = 2, *, seed: int = 0):
+def build_tiny_flux2_pipeline(num_layers: int = 2, num_single_layers: int = 4, *, seed: int = 0):
     """A complete tiny ``Flux2Pipeline`` (Mistral-3 text encoder, ``AutoencoderKLFlux2``, ``Flux2Transformer2DModel``
     with ``num_layers`` double-stream then ``num_single_layers`` single-stream blocks), random weights, offline.
 

@@ -163,7 +163,7 @@ def build_tiny_qwen_tokenizer():
     return tokenizer
 
 
-def build_tiny_qwenimage_pipeline(num_layers: int = 4, *, seed: int = 0):
+def build_tiny_qwenimage_pipeline(num_layers: int = 6, *, seed: int = 0):
     """A complete tiny ``QwenImagePipeline`` (Qwen2.5-VL text encoder of width 16, ``AutoencoderKLQwenImage`` with
     factor 2, ``QwenImageTransformer2DModel`` of width 32), random weights, offline. Generate at 16 px."""
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
