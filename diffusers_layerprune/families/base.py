@@ -38,6 +38,8 @@ class BlockStack:
         kind: the block kind users see in tables and JSON (``block``, ``joint``, ``double``, ``single``).
         hidden_from_output: maps a block's return value to its image-token hidden states ``[B, N, D]``.
         hidden_input_name: keyword name of the hidden-states argument, when it is not passed positionally.
+        hidden_from_input: ``(args, kwargs) -> [B, N, D]``: a block's input hidden states when they are more than one
+            argument (FLUX.2's double blocks: the joint ``[text; image]`` sequence, as its single blocks see it).
     """
 
     attr: str
@@ -45,6 +47,7 @@ class BlockStack:
     kind: str = "block"
     hidden_from_output: Callable[[object], torch.Tensor] = field(default=first_tensor)
     hidden_input_name: str = "hidden_states"
+    hidden_from_input: Callable[[tuple, dict], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

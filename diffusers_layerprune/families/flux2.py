@@ -4,8 +4,9 @@ Small 3 text (three hidden layers stacked), ``AutoencoderKLFlux2``.
 
 Blocks are addressed by one global index in execution order (doubles first): FLUX.2-dev's 8 + 48 blocks are 0..7
 (double) and 8..55 (single). The modulation is shared by all blocks of a stack (it lives on the model), so removing
-blocks needs no other change. A single-stream block reads and returns the joint ``[text; image]`` sequence, so its
-hidden states (block features, feature distillation) hold the text tokens too.
+blocks needs no other change. A single-stream block reads and returns the joint ``[text; image]`` sequence, so the
+hidden states of every block (block features, importance criteria, feature distillation) are that joint sequence:
+a double block's two streams are concatenated in the same order.
 
 Latents here are the pipeline's patchified grid ``[B, 4C, h/2, w/2]`` (the VAE's latents in 2x2 patches,
 batch-norm normalised), which the transformer reads as one token per cell.
@@ -21,9 +22,21 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, PublishedConfig, first_tensor, second_tensor
+from .base import BlockStack, ModelFamily, PublishedConfig, first_tensor
 
 GUIDANCE = 4.0  # Flux2Pipeline's default guidance (distilled into the model: an input, not a second forward)
+
+
+def joint_input(args, kwargs) -> torch.Tensor:
+    """A double block's input as the joint ``[text; image]`` sequence the single blocks read."""
+    image = args[0] if args else kwargs["hidden_states"]  # positional under gradient checkpointing
+    text = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
+    return torch.cat([text, image], dim=1)
+
+
+def joint_output(output) -> torch.Tensor:
+    """A double block's ``(text, image)`` output as the joint ``[text; image]`` sequence."""
+    return torch.cat([output[0], output[1]], dim=1)
 
 
 def grid_ids(h: int, w: int, device) -> torch.Tensor:
@@ -237,7 +250,13 @@ FAMILY = ModelFamily(
     transformer_class="Flux2Transformer2DModel",
     pipeline_classes=("Flux2Pipeline",),
     stacks=(
-        BlockStack(attr="transformer_blocks", depth_key="num_layers", kind="double", hidden_from_output=second_tensor),
+        BlockStack(
+            attr="transformer_blocks",
+            depth_key="num_layers",
+            kind="double",
+            hidden_from_output=joint_output,
+            hidden_from_input=joint_input,
+        ),
         BlockStack(
             attr="single_transformer_blocks",
             depth_key="num_single_layers",
