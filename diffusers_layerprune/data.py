@@ -548,6 +548,7 @@ def teacher_latents_dataset(
                 batch_size=len(chunk),
                 output_type="latent",
             )
+            latents = family.unpack_latents(latents, resolution, pipe.vae_scale_factor)  # packed tokens -> grid
             sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
             bar.update(len(chunk))
     return _load_cache(path, key)
