@@ -32,6 +32,8 @@ def stack_names(family: str) -> list[str] | None:
     record = get_family(family)
     depths = [len(getattr(record.tiny_pipeline().transformer, s.attr)) for s in record.stacks]
     return record.block_names(depths) if len(record.stacks) > 1 else None
+
+
 PROMPTS = "a small red circle\na large blue square\n"
 
 
@@ -242,3 +244,17 @@ def test_distillation_trains_with_the_family_objective_and_saves_a_stock_loadabl
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert stock.config._kept_layers == [0, 2, 3, 5]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2"]
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILIES if get_family(name).single_file is None])
+def test_export_refuses_families_without_a_single_file_layout_in_one_line(family, tmp_path, capsys):
+    """``layerprune export`` of a family with no original-layout writer: one line naming why, exit 2, no file."""
+    folder = tmp_path / "pruned"
+    assert cli(["prune", "--model", f"tiny-random-{family}", "--drop", "1", "--output", str(folder)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "model.safetensors"
+    assert cli(["export", str(folder), "--format", "single-file", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("layerprune export: error:"), err
+    assert get_family(family).single_file_refusal in err and get_family(family).title in err
+    assert not out.exists() and not list(tmp_path.glob("model*"))
