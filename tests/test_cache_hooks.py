@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 
-from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.families import get_family
+from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
 from helpers import stock_env

@@ -198,7 +198,9 @@ def old_format(ws):
         student.unload_lora()
         pipe.transformer = student
         runs[family] = dict(
-            out=out, checkpoint=work / "converted_ckpt", expected=pipe(prompt=PROMPT, **tiny_call_kwargs(pipe)).images.numpy()
+            out=out,
+            checkpoint=work / "converted_ckpt",
+            expected=pipe(prompt=PROMPT, **tiny_call_kwargs(pipe)).images.numpy(),
         )
     return runs
 

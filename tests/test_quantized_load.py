@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
+from diffusers_layerprune.families import get_family
 from diffusers_layerprune.hub import render_model_card
 from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
-from diffusers_layerprune.families import get_family
 from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
 from helpers import stock_env
