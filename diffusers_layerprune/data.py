@@ -82,6 +82,12 @@ def iter_prompt_embeddings(
     tokenizer, encoder = getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)
     if tokenizer is None or encoder is None:
         raise LayerPruneError("the pipeline has no tokenizer/text encoder to encode the prompts with")
+    from .families import find_family
+
+    family = find_family(getattr(pipe, "transformer", None))
+    if family is not None and not family.encode_by_tokens:
+        yield from _encoded_embeddings(pipe, prompts, max_sequence_length, batch_size, dtype, progress)
+        return
     # The pipeline's own preprocessing (PixArt: lower-case and strip) keeps the tokens identical to encode_prompt's.
     preprocess = getattr(pipe, "_text_preprocessing", None)
     window = batch_size * 8 if sort_by_length else batch_size
@@ -126,6 +132,36 @@ def iter_prompt_embeddings(
             len(prompts),
             max_sequence_length,
         )
+
+
+def _encoded_embeddings(pipe, prompts, max_sequence_length: int, batch_size: int, dtype, progress):
+    """:func:`iter_prompt_embeddings` for families whose text encoding is more than a tokenizer and one encoder
+    output (chat templates, dropped prefixes, stacked layers): the family's own ``encode``, each prompt's embedding
+    kept where its mask is set (all of it where the transformer reads every token)."""
+    from .families import encode_text
+
+    for start in range(0, len(prompts), batch_size):
+        batch = [str(p) for p in prompts[start : start + batch_size]]
+        text = encode_text(pipe, batch, max_sequence_length=max_sequence_length, batch_size=batch_size)
+        embeds, mask = text["prompt_embeds"], text.get("prompt_attention_mask")
+        for j in range(len(batch)):
+            row = embeds[j] if mask is None else embeds[j][mask[j].bool()]
+            yield row.to(dtype or row.dtype)
+        if progress is not None:
+            progress(len(batch))
+
+
+def negative_embeddings(pipe, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The empty prompt's ``(prompt_embeds [1, L, D], prompt_attention_mask [1, L])`` as the pipeline encodes it
+    (a mask of ones where the family's transformer reads every token)."""
+    from .families import encode_text, find_family
+
+    family = find_family(getattr(pipe, "transformer", None))
+    if family is None or family.encode_by_tokens:
+        return encode_prompts(pipe, [""], max_sequence_length=max_sequence_length)
+    text = encode_text(pipe, [""], max_sequence_length=max_sequence_length)
+    embeds = text["prompt_embeds"]
+    return embeds, text.get("prompt_attention_mask", torch.ones(embeds.shape[:2], dtype=torch.long))
 
 
 def pad_embeddings(
@@ -503,7 +539,7 @@ def teacher_latents_dataset(
                 resolution=resolution, max_sequence_length=max_sequence_length,
             ),
         )  # fmt: skip
-    negative = encode_prompts(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
+    negative = negative_embeddings(pipe, max_sequence_length) if guidance_scale > 1 else None
     stream = iter_prompt_embeddings(
         pipe, prompts, max_sequence_length=max_sequence_length, dtype=CACHE_DTYPES[cache_dtype]
     )
@@ -528,6 +564,7 @@ def teacher_latents_dataset(
                 batch_size=len(chunk),
                 output_type="latent",
             )
+            latents = family.unpack_latents(latents, resolution, pipe.vae_scale_factor)  # packed tokens -> grid
             sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
             bar.update(len(chunk))
     return _load_cache(path, key)

@@ -55,12 +55,12 @@ def check_student_teacher(student_config: Mapping, teacher_config: Mapping, fami
     if kept is None:
         raise LayerPruneError(
             "the student's config has no kept_layers: prune it with `layerprune prune` or "
-            "PrunedPixArtTransformer.from_transformer so each block knows its teacher block"
+            "the family's pruned class (from_transformer) so each block knows its teacher block"
         )
-    from .families import family_by_class_name, get_family
+    from .families import DEFAULT_FAMILY, family_by_class_name, get_family
 
-    if family is None:  # from the config's class name; configs without one are PixArt's (one stack, num_layers)
-        family = family_by_class_name(str(teacher_config.get("_class_name"))) or get_family("pixart")
+    if family is None:  # from the config's class name; configs without one are the first family's (one stack)
+        family = family_by_class_name(str(teacher_config.get("_class_name"))) or get_family(DEFAULT_FAMILY)
     teacher_depth = family.depth(teacher_config)  # global numbering over all stacks (Flux: double + single)
     source_depth = student_config.get("source_num_layers")
     if source_depth is not None and source_depth != teacher_depth:

@@ -29,17 +29,11 @@ from .upload import (
 # Shipped inside the package (model_cards/ at the top of a checkout links here), so a wheel install can render it.
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "pruned_pixart.md"
 
-# Hub tag of each family's base models.
-FAMILY_TAGS = {"pixart": "pixart-sigma", "sana": "sana", "sd3": "sd3", "flux": "flux"}
 
+# Citations of the method and the scorers; each family's papers are in its module (``ModelFamily.citations``).
 CITATIONS = {
     "dit-pruner": "DiT-Pruner: pruning Diffusion Transformers guided by human preference (HPS), with knowledge "
     "distillation; PixArt-Sigma (ECCV 2024 workshop).",
-    "pixart-sigma": "Chen et al., PixArt-Sigma: Weak-to-Strong Training of Diffusion Transformer for 4K "
-    "Text-to-Image Generation, ECCV 2024.",
-    "sana": "Xie et al., SANA: Efficient High-Resolution Image Synthesis with Linear Diffusion Transformers, ICLR 2025.",
-    "sd3": "Esser et al., Scaling Rectified Flow Transformers for High-Resolution Image Synthesis, ICML 2024.",
-    "flux": "Black Forest Labs, FLUX.1 (2024), https://github.com/black-forest-labs/flux.",
     "hps": "Wu et al., Human Preference Score v2: A Solid Benchmark for Evaluating Human Preferences of "
     "Text-to-Image Synthesis, 2023.",
     "pickscore": "Kirstain et al., Pick-a-Pic: An Open Dataset of User Preferences for Text-to-Image Generation, 2023.",
@@ -261,10 +255,10 @@ def _render_model_card(
     params_after, _, params_before = _transformer_parameters(folder)
 
     cites = ["dit-pruner", *family.references]
-    tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image", FAMILY_TAGS[family.name]]
+    tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image", family.hub_tag]
     if routing is not None:  # a routed pipeline: shared full-depth weights + router; "pruned" only if they are
         cites = ([] if not routing.kept_layers else ["dit-pruner"]) + [*family.references, "aptp"]
-        tags = ["prompt-routing", "dynamic-depth", "diffusers-layerprune", "text-to-image", FAMILY_TAGS[family.name]]
+        tags = ["prompt-routing", "dynamic-depth", "diffusers-layerprune", "text-to-image", family.hub_tag]
         if routing.kept_layers:
             tags[2:2] = ["pruned", "layer-pruning"]
     stacks = kept_by_stack = None
@@ -437,9 +431,10 @@ def _render_model_card(
         # real checkpoints run in their family's half precision; tiny ones (the toy world) in float32, as layerprune
         # runs them
         dtype=family.defaults.get("dtype", "bfloat16") if family.real_size(config) else "float32",
+        prompt_keyword="prompt=" if family.prompt_keyword else "",
         call_args="".join(f", {k}={v!r}" for k, v in family.card_call_args(config).items()),
         config_path="config.json" if transformer_only else "transformer/config.json",
-        citations=[CITATIONS[c] for c in dict.fromkeys(cites)],
+        citations=[{**CITATIONS, **family.citations}[c] for c in dict.fromkeys(cites)],
         version=__version__,
     )
     return str(card)

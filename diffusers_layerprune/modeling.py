@@ -2,8 +2,8 @@
 
 A pruned transformer is its family's stock class with fewer blocks, renumbered ``0..N-1``, whose config also records
 ``kept_layers`` (the source block each block came from), ``source_num_layers`` and ``source_model`` (see
-``pruned.py``; the classes are :class:`PrunedPixArtTransformer`, :class:`PrunedSanaTransformer`,
-:class:`PrunedSD3Transformer`, :class:`PrunedFluxTransformer`). Folders it saves name the stock class, so stock
+``pruned.py``; each family module defines its pruned class, re-exported here by name: ``Pruned<Family>Transformer``).
+Folders it saves name the stock class, so stock
 diffusers loads them without this package, without a warning (the record is stored under ``_`` names: ``config_record``).
 """
 
@@ -19,19 +19,25 @@ import torch
 from .aliases import ALIAS_FOLDERS, MODEL_ALIASES
 from .config_record import expose_record, source_id  # noqa: F401 (source_id: public here before it moved)
 from .errors import LayerPruneError
-from .families import family_of, family_of_config, family_of_pipeline, find_family, supported_text
-from .families.flux import PrunedFluxTransformer
-from .families.pixart import PrunedPixArtTransformer
-from .families.sana import PrunedSanaTransformer
-from .families.sd3 import PrunedSD3Transformer
+from .families import (
+    DEFAULT_FAMILY,
+    exported,
+    family_of,
+    family_of_config,
+    family_of_pipeline,
+    find_family,
+    get_family,
+    supported_text,
+    tiny_names,
+)
 from .generation import generate_from_conditioning, generate_from_embeddings  # noqa: F401 (public here before)
 from .outputs import atomic_output_dir
 from .pruned import PrunedTransformerMixin
 from .validation import is_transformer_folder  # noqa: F401 (public here before it moved)
 from .validation import resolve_local_model as _resolve_local
 
-# Kept for callers of the PixArt-only API.
-STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
+# Kept for callers of the first family's API (before there were others).
+STOCK_CLASS = ("diffusers", get_family(DEFAULT_FAMILY).transformer_class)
 
 
 def expose_record_of(model) -> None:
@@ -74,10 +80,13 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         dtype="float32",
     ),
 }
-for _family, _size in (("sana", 32), ("sd3", 16), ("flux", 16)):  # testing.TINY_RESOLUTION
-    GENERATION_DEFAULTS[f"tiny-random-{_family}"] = dict(GENERATION_DEFAULTS["tiny-random"], resolution=_size)
-# Kept for callers of the PixArt-only API: the PixArt family's defaults.
-PIXART_SIGMA_DEFAULTS = dict(__import__("diffusers_layerprune.families.pixart", fromlist=["FAMILY"]).FAMILY.defaults)
+for _name, _family in tiny_names().items():  # every other tiny pipeline: the same, at its family's tiny resolution
+    if _name != "tiny-random":
+        GENERATION_DEFAULTS[_name] = dict(
+            GENERATION_DEFAULTS["tiny-random"], resolution=get_family(_family).tiny_resolution
+        )
+# Kept for callers of the first family's API: its defaults.
+PIXART_SIGMA_DEFAULTS = dict(get_family(DEFAULT_FAMILY).defaults)
 DTYPES = ("float32", "float16", "bfloat16")
 REAL_SIZE_CAPTION_CHANNELS = 4096  # T5-XXL's width: transformers conditioned on it are real-size PixArt-Sigma
 
@@ -388,7 +397,8 @@ def save_pruned_transformer(
 
     if not isinstance(transformer, PrunedTransformerMixin):
         raise LayerPruneError(
-            f"expected a pruned transformer (e.g. PrunedPixArtTransformer), got {type(transformer).__name__}"
+            f"expected a pruned transformer (a family's pruned class, as prune_pipeline makes), got "
+            f"{type(transformer).__name__}"
         )
     source = transformer.config.get("source_model")
     local = {"source_model": source} if source else None
@@ -506,11 +516,15 @@ def save_pruned_pipeline(
     return Path(output_dir)
 
 
+def __getattr__(name: str):
+    """Each family's exported names (its pruned class: ``Pruned<Family>Transformer``), importable from here."""
+    value = exported(name)
+    if value is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return value
+
+
 __all__ = [
-    "PrunedPixArtTransformer",
-    "PrunedSanaTransformer",
-    "PrunedSD3Transformer",
-    "PrunedFluxTransformer",
     "generate_from_conditioning",
     "load_pipeline",
     "load_transformer",

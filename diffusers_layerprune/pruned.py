@@ -113,6 +113,14 @@ class PrunedTransformerMixin:
                 module = student.get_submodule(module_name) if module_name else student
                 value = source_buffers[_renamed(name, family, prefixes, inverse)]
                 setattr(module, buffer_name, value.clone() if copy_weights else value)
+        # Tensors kept as plain attributes (Qwen-Image's rotary tables) are neither: take them over as well.
+        for module_name, module in student.named_modules():
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, torch.Tensor) and value.is_meta:
+                    full = f"{module_name}.{attr}" if module_name else attr
+                    owner, _, leaf = _renamed(full, family, prefixes, inverse).rpartition(".")
+                    value = getattr(transformer.get_submodule(owner) if owner else transformer, leaf)
+                    setattr(module, attr, value.clone() if copy_weights else value)
         leftover = [n for n, t in [*student.named_parameters(), *student.named_buffers()] if t.is_meta]
         if leftover:  # would mean a parameter the state dict does not cover: never ship uninitialised weights
             raise RuntimeError(f"pruned model has uninitialised tensors: {leftover[:5]}")

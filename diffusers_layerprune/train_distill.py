@@ -337,7 +337,7 @@ from diffusers_layerprune.distill import (
     student_location,
     task_target,
 )
-from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
+from diffusers_layerprune.families import all_families, encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.flow_objective import (
     OBJECTIVE_FLAGS,
@@ -588,6 +588,12 @@ def main(argv=None) -> None:
         depth = student_cfg["num_layers"]
         student_cfg = {**student_cfg, "kept_layers": list(range(depth)), "source_num_layers": depth}
     family = family_of_config(student_cfg, args.student_model)
+    if not family.caption_images and (args.dataset_name or args.train_data_dir) and not args.prompt_column:
+        raise LayerPruneError(  # before anything is loaded or written
+            f"{args.student_model} is a {family.title} model: image-caption datasets are encoded with the VAE "
+            f"conventions of {' and '.join(f.title for f in all_families() if f.caption_images)} only; distil it on "
+            "prompts (--prompts, or --prompt_column of the dataset)"
+        )
     resolve_objective(args, family, student_cfg)  # a flag the family does not train with is refused here
     if args.train_data_dir and not args.prompt_column:  # captions and images readable, before anything is loaded
         check_image_folder(args.train_data_dir, args.caption_column)
@@ -1177,7 +1183,7 @@ def run_validation(args, teacher, student, validation, step, accelerator):
                 out = pipe(
                     **call,
                     num_inference_steps=args.validation_inference_steps,
-                    guidance_scale=args.teacher_guidance_scale,
+                    **family.guidance_args(args.teacher_guidance_scale),
                     generator=torch.Generator().manual_seed(args.seed + j),
                 ).images[0]
                 out.save(folder / f"prompt{i}-{j}.png")

@@ -2,8 +2,8 @@
 
 Each card is rendered by `layerprune push --dry-run`; its Python block is run unchanged in one fresh interpreter that
 never imports this package, offline (`HF_HUB_OFFLINE=1`), with the repo id resolved from a Hub cache that holds
-exactly the files push would upload (as a user's machine holds them after a download). The tiny Sana and Flux test
-pipelines generate at their pipelines' default sizes (512 and 1024 px: minutes on a CPU), so their snippets run with
+exactly the files push would upload (as a user's machine holds them after a download). The tiny Sana, Flux, FLUX.2 and
+Qwen-Image test pipelines generate at their pipelines' default sizes (256 to 1024 px: minutes on a CPU), so their snippets run with
 a smaller size and two steps added to the call, and nothing else changed.
 """
 
@@ -20,12 +20,21 @@ from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.hub import push_pipeline
 from diffusers_layerprune.toy.paths import assets_dir
 
-MODELS = {"toy": "toy", "sana": "tiny-random-sana", "sd3": "tiny-random-sd3", "flux": "tiny-random-flux"}
+MODELS = {
+    "toy": "toy",
+    "sana": "tiny-random-sana",
+    "sd3": "tiny-random-sd3",
+    "flux": "tiny-random-flux",
+    "flux2": "tiny-random-flux2",
+    "qwenimage": "tiny-random-qwenimage",
+}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PROMPT = '"a small cactus with a happy face in the Sahara desert"'
 SMALLER = {
     "sana": ", height=32, width=32, num_inference_steps=2",
     "flux": ", height=16, width=16, num_inference_steps=2",
+    "flux2": ", height=16, width=16, num_inference_steps=2",
+    "qwenimage": ", height=16, width=16, num_inference_steps=2",
 }
 
 RUN_SNIPPETS = """

@@ -88,9 +88,10 @@ class RoutedPixArtSigmaPipeline:
         ``outputs.atomic_output_dir``)."""
         import json
 
-        from ..modeling import STOCK_CLASS, PrunedPixArtTransformer
+        from ..families import family_of
         from ..outputs import atomic_output_dir
         from ..provenance import publish_configs
+        from ..pruned import PrunedTransformerMixin
 
         pipe = self.pipeline
         source = pipe.transformer.config.get("source_model")
@@ -99,8 +100,8 @@ class RoutedPixArtSigmaPipeline:
             pipe.save_pretrained(tmp, safe_serialization=True)
             index_path = tmp / "model_index.json"
             index = json.loads(index_path.read_text())
-            if isinstance(pipe.transformer, PrunedPixArtTransformer):
-                index["transformer"] = list(STOCK_CLASS)
+            if isinstance(pipe.transformer, PrunedTransformerMixin):
+                index["transformer"] = ["diffusers", family_of(pipe.transformer).transformer_class]
                 index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             self.routing.save(tmp)
             import shutil
