@@ -125,7 +125,7 @@ def add_objective_arguments(parser: argparse.ArgumentParser) -> None:
         type=timestep_shift,
         default=None,
         help="shift of the noise levels: scheduler (the teacher scheduler's shift; Flux's use_dynamic_shifting: by "
-        "the image sequence length, as FluxPipeline), none, or a number (default: the family's: scheduler for "
+        "the image sequence length, as the pipeline does), none, or a number (default: the family's: scheduler for "
         "SD3, none for Flux and Sana, as their examples train)",
     )
     g.add_argument(
