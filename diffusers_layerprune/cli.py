@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsify_parser(sub)
     add_route_parser(sub)
     add_export_parser(sub)
+    from .elastic import add_extract_parser
+
+    add_extract_parser(sub)
     from .adapters.cli import add_controlnet_parser, add_ip_adapter_parser, add_lora_parsers
 
     add_lora_parsers(sub)

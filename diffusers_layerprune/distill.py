@@ -534,6 +534,8 @@ class DistillConfig:
             gradient_accumulation_steps`` (:attr:`global_batch_size`).
         use_ema / ema_decay: whether the saved weights are an exponential moving average of the trained ones.
         prompt_set: the prompt-set record (source, count, fingerprint) for prompt-only KD.
+        elastic: for an elastic-depth run, its depths and their kept blocks; for a depth extracted from one, also
+            ``extracted_depth``.
     """
 
     teacher_model: str | None
@@ -565,6 +567,7 @@ class DistillConfig:
     teacher_variant: str | None = None
     student_revision: str | None = None
     sparsity_masks_kept: bool = False
+    elastic: dict | None = None  # elastic-depth runs (elastic.py): depths, their kept blocks, extracted depth
 
     @property
     def global_batch_size(self) -> int | None:

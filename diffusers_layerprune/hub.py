@@ -316,6 +316,10 @@ def _render_model_card(
             + (f"; the weights are an EMA of the trained ones (decay {distill.ema_decay})" if distill.use_ema else ""),
             f"data: `{public_name(distill.data)}` ({distill.train_samples} samples)",
         ]
+        if distill.elastic:  # one run trained several nested depths (elastic.py)
+            from .elastic import card_line
+
+            distill_lines.append(card_line(distill.elastic))
         if distill.lora:  # the adapter alone, for the undistilled pruned model (these weights already hold it)
             load = (
                 f'peft.PeftModel.from_pretrained(pipe.transformer, "{repo_id}", subfolder="lora")'

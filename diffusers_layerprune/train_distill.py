@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from diffusers_layerprune.elastic import add_elastic_args, check_elastic_flags
 from diffusers_layerprune.launch import check_mixed_precision
 from diffusers_layerprune.validation import (
     CACHE_DTYPE_NAMES,
@@ -229,6 +230,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--verbose", action="store_true", help="INFO logs of accelerate (each checkpoint's files) and loading bars"
     )
+    add_elastic_args(p)
     args = p.parse_args(argv)
 
     if args.dataset_name and args.train_data_dir:
@@ -240,6 +242,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.init_lora:
         args.use_lora = True
     check_ignored_flags(p, args)
+    check_elastic_flags(p, args)
     if args.lora_alpha is None:
         args.lora_alpha = float(args.rank)
     return args
@@ -328,6 +331,8 @@ from diffusers_layerprune.distill import (
     task_target,
     write_checkpoint_record,
 )
+from diffusers_layerprune.elastic import distill_record as elastic_distill_record
+from diffusers_layerprune.elastic import elastic_settings, elastic_step_losses, plan_from_args, save_elastic_record
 from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.modeling import (
@@ -478,6 +483,7 @@ def run_settings(args) -> dict:
     if args.lr_scheduler not in ("constant", "constant_with_warmup"):
         settings["max_train_steps"] = args.max_train_steps
         settings["num_train_epochs"] = None if args.max_train_steps else args.num_train_epochs
+    settings.update(elastic_settings(args))
     return settings
 
 
@@ -574,6 +580,7 @@ def main(argv=None) -> None:
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
     check_resolution_for(args.teacher_model, args.resolution, teacher_cfg)
+    elastic = plan_from_args(args, student_cfg, family)  # nested depths (elastic.py); None for one depth
     output_action = check_training_output_dir(
         output_dir,
         inputs=local_inputs(args.student_model, args.teacher_model),
@@ -839,17 +846,34 @@ def main(argv=None) -> None:
                 def cond(model, x, timesteps=timesteps, text=text):
                     return forward(model, x, timesteps, text)
 
-                parts = kd_step_losses(
-                    student,
-                    teacher_tf,
-                    noisy,
-                    cond,
-                    target,
-                    pairs,
-                    weights,
-                    student_blocks=unwrapped,
-                    autocast=accelerator.autocast(),
-                )
+                if elastic is not None:  # the step's depths, each with its dropped blocks skipped
+                    parts = elastic_step_losses(
+                        student,
+                        teacher_tf,
+                        noisy,
+                        cond,
+                        target,
+                        pairs,
+                        weights,
+                        elastic,
+                        seed=args.seed,
+                        step=global_step,
+                        inplace_distill=args.elastic_inplace_distill,
+                        student_blocks=unwrapped,
+                        autocast=accelerator.autocast,
+                    )
+                else:
+                    parts = kd_step_losses(
+                        student,
+                        teacher_tf,
+                        noisy,
+                        cond,
+                        target,
+                        pairs,
+                        weights,
+                        student_blocks=unwrapped,
+                        autocast=accelerator.autocast(),
+                    )
                 finite = accelerator.gather(torch.isfinite(parts["loss"].detach()).reshape(1)).all()
                 if not finite:
                     last = checkpoints(output_dir)
@@ -943,6 +967,8 @@ def main(argv=None) -> None:
                     extra[SPARSITY_FILE] = sparsity.remeasured(pipe, event).to_json()
                 save_pruned_pipeline(pipe, Path(tmp) / "pipeline", extra_files=extra)
                 move_into(Path(tmp) / "pipeline", output_dir)
+        if elastic is not None:  # the depths and their nested blocks, beside the largest depth's model
+            save_elastic_record(output_dir, elastic, final.config, args=args, steps=global_step)
         write_marker(output_dir, "distillation", local=_local_record(args), entries=())
         # distill_config.json is uploaded with the model: models and data by public name (full paths in the marker).
         DistillConfig(
@@ -975,6 +1001,11 @@ def main(argv=None) -> None:
             teacher_variant=args.variant,
             student_revision=args.student_revision,
             sparsity_masks_kept=masks is not None,
+            elastic=None
+            if elastic is None
+            else elastic_distill_record(
+                elastic, inplace_distill=args.elastic_inplace_distill, importance=args.importance_record
+            ),
         ).save(output_dir)
         plot_losses(log_path, output_dir / "loss_curve.png")
         if args.push_to_hub:
