@@ -274,3 +274,24 @@ def test_extract_refuses_bad_input_in_one_line_and_writes_nothing(case, pixart, 
     assert all(m in err for m in messages if m), err
     assert (snapshot(pixart), snapshot(foreign_elastic)) == before
     assert case == "existing_output" or not output.exists()
+
+
+def test_eval_of_an_elastic_folder_evaluates_every_depth_and_plots_quality_against_depth(pixart, tmp_path, capsys):
+    from diffusers_layerprune.eval_report import EvalReport
+    from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
+
+    save_tiny_clip_folder(tmp_path / "clip")
+    argv = ["eval", "--model", str(pixart / "out"), "--prompts", str(pixart / "prompts.txt"), "--scorers",
+            str(tmp_path / "clip"), "--steps", "2", "--guidance", "1.0", "--latency-repeats", "1",
+            "--output", str(tmp_path / "el.json")]  # fmt: skip
+    assert cli(argv) == 0
+    summary = json.loads((tmp_path / "el-depths.json").read_text())
+    assert summary["depths"] == [5, 4, 3] and (tmp_path / "el-depths.png").stat().st_size > 0
+    for depth, kept in ((5, [0, 2, 3, 4, 5]), (4, [0, 2, 4, 5]), (3, [0, 2, 4])):
+        report = EvalReport.load(tmp_path / f"el-depth{depth}.json")  # each depth as the model extract writes
+        assert report.student.num_layers == depth and report.student.kept_layers == kept
+        assert summary["by_depth"][str(depth)]["kept_layers"] == kept
+    teacher = [EvalReport.load(tmp_path / f"el-depth{d}.json").teacher_entry.scores for d in (5, 3)]
+    assert teacher[0].keys() == teacher[1].keys()  # one teacher, the same images for every depth
+    assert all(teacher[0][k].mean == teacher[1][k].mean for k in teacher[0])
+    assert "(3 blocks)" in capsys.readouterr().out
