@@ -295,3 +295,35 @@ def test_eval_of_an_elastic_folder_evaluates_every_depth_and_plots_quality_again
     assert teacher[0].keys() == teacher[1].keys()  # one teacher, the same images for every depth
     assert all(teacher[0][k].mean == teacher[1][k].mean for k in teacher[0])
     assert "(3 blocks)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_elastic_run_on_two_processes_trains_what_one_process_trains(pixart, tmp_path, monkeypatch):
+    """The depths' losses are summed and back-propagated once per step, so DDP's step is the ordinary one: two gloo
+    processes of batch 1 end where one process of batch 2 ends, within float summation order (the bound of the
+    one-depth test in test_train_distill.py)."""
+    from safetensors.torch import load_file
+
+    from diffusers_layerprune.distill import distill_student
+    from diffusers_layerprune.launch import LaunchSettings
+
+    from helpers import ROOT, write_accelerate_config
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    extra = ["--prompts", pixart / "prompts.txt", "--cache_dir", pixart / "cache", "--max_sequence_length", 16,
+             "--teacher_inference_steps", 2, "--teacher_guidance_scale", 1.0, "--max_train_samples", 4,
+             "--elastic_depths", "5,4,3", "--importance", pixart / "importance.json", "--elastic_inplace_distill"]  # fmt: skip
+    weights = {}
+    for n in (1, 2):
+        distill_student(
+            pixart / "teacher", pixart / "student", tmp_path / f"p{n}", max_train_steps=3, global_batch_size=2,
+            learning_rate=1e-3, lr_scheduler="linear", checkpointing_steps=3,
+            launch=LaunchSettings(num_processes=n, accelerate_config=str(write_accelerate_config(tmp_path))),
+            extra_args=[str(a) for a in extra],
+        )  # fmt: skip
+        weights[n] = load_file(tmp_path / f"p{n}" / "transformer" / "diffusion_pytorch_model.safetensors")
+    start = load_file(pixart / "student" / "transformer" / "diffusion_pytorch_model.safetensors")
+    diff = max((weights[1][k] - weights[2][k]).abs().max().item() for k in start)
+    moved = max((weights[1][k] - start[k]).abs().max().item() for k in start)
+    assert diff < 5e-5 and diff < 0.02 * moved, (diff, moved)
