@@ -187,6 +187,7 @@ def plot_quality_against_depth(summary: dict, path: Path) -> Path:
         teacher = (summary.get("teacher_scores") or {}).get(kind, {}).get(name)
         if teacher is not None:
             ax.axhline(teacher, linestyle=":", color="grey", label=f"teacher ({summary['source_num_layers']} blocks)")
+        ax.set_xticks(depths)
         ax.set_xlabel("blocks")
         ax.set_title("judge: all four right" if kind == "checks" else name)
         ax.legend(fontsize=7)
