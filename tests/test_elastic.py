@@ -150,16 +150,16 @@ def test_resuming_with_other_elastic_depths_is_refused(pixart, capsys):
 
 
 def test_flux_elastic_run_across_both_stacks_and_extract(tmp_path):
-    """Flux, 2 double + 4 single blocks (global 0..5): the student keeps 5, depth 3 keeps one double block even
-    though both are ranked least important; the extracted depth, loaded by the stock class, computes what the
-    elastic student computes at that depth."""
+    """Flux, 2 double + 4 single blocks (global 0..5), LoRA training: the student keeps 5, depth 3 keeps one double
+    block even though both are ranked least important; the extracted depth, loaded by the stock class, computes
+    what the elastic student (LoRA merged) computes at that depth."""
     import diffusers
 
     from diffusers_layerprune.blocks import skip_blocks
     from diffusers_layerprune.modeling import load_transformer
 
     work = make_workspace(tmp_path, "flux", [0.0, 1.0, 5.0, 2.0, 4.0, 3.0], 5)  # student drops block 0
-    run_train_distill(elastic_args(work, work / "out", "5,3") + ["--resolution", "16"])
+    run_train_distill(elastic_args(work, work / "out", "5,3") + ["--resolution", "16", "--use_lora"])  # LoRA too
     record = json.loads((work / "out" / "elastic.json").read_text())
     assert record["kept_layers"] == {"5": [1, 2, 3, 4, 5], "3": [1, 2, 4]}  # double 1 stays; then 3, 5 go
     assert cli(["extract", str(work / "out"), "--num-layers", "3", "--output", str(tmp_path / "d3")]) == 0
