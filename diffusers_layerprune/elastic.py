@@ -458,8 +458,6 @@ def save_elastic_record(
 def check_elastic_folder(folder: str | os.PathLike) -> tuple[ElasticRecord, dict]:
     """The record and transformer config of an elastic run's folder, checked against each other (the record must
     describe this folder's model: same source, source depth and largest-depth blocks). Loads no weights."""
-    from .modeling import read_transformer_config
-
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise LayerPruneError(f"{folder} does not exist or is not a folder")
@@ -469,6 +467,8 @@ def check_elastic_folder(folder: str | os.PathLike) -> tuple[ElasticRecord, dict
             f"{folder} is not an elastic run (no {RECORD_FILE}); extract applies to the output of "
             "train_distill --elastic_depths (an ordinary pruned folder already is one depth)"
         )
+    from .modeling import read_transformer_config
+
     config = read_transformer_config(str(path))
     if config is None or config.get("kept_layers") is None:
         raise LayerPruneError(f"{folder} holds no pruned transformer (no kept_layers record)")

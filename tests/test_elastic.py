@@ -327,3 +327,17 @@ def test_elastic_run_on_two_processes_trains_what_one_process_trains(pixart, tmp
     diff = max((weights[1][k] - weights[2][k]).abs().max().item() for k in start)
     moved = max((weights[1][k] - start[k]).abs().max().item() for k in start)
     assert diff < 5e-5 and diff < 0.02 * moved, (diff, moved)
+
+
+def test_extract_help_and_a_folder_that_is_not_elastic_answer_before_torch_loads(tmp_path):
+    script = (
+        "import sys\n"
+        "from diffusers_layerprune.cli import main\n"
+        f"codes = [main(['extract', '--help']), main(['extract', {str(tmp_path)!r}, '--num-layers', '3', "
+        f"'--output', {str(tmp_path / 'out')!r}])]\n"
+        "print(codes, sorted(m for m in ('torch', 'diffusers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[0, 2] []"
+    assert "is not an elastic run (no elastic.json)" in done.stderr and not (tmp_path / "out").exists()
