@@ -165,6 +165,22 @@ class ElasticPlan:
         keep = set(self.kept[depth])
         return [i for i, source in enumerate(self.student_kept) if source in keep]
 
+    def step(self, args, step: int, autocast: Callable | None = None) -> Callable[..., dict]:
+        """The loss function of optimisation step ``step`` of ``train_distill`` (``args``: its options), with
+        :func:`~diffusers_layerprune.distill.kd_step_losses`'s signature: :func:`elastic_step_losses` bound to this
+        plan. ``autocast`` returns a fresh mixed-precision context per forward (``accelerator.autocast``); the
+        single context the caller passes is not entered."""
+
+        factory = autocast
+
+        def losses(student, teacher, noisy, cond, target, pairs, weights, *, student_blocks=None, autocast=None):
+            return elastic_step_losses(
+                student, teacher, noisy, cond, target, pairs, weights, self, seed=args.seed, step=step,
+                inplace_distill=args.elastic_inplace_distill, student_blocks=student_blocks, autocast=factory,
+            )  # fmt: skip
+
+        return losses
+
     def depths_for_step(self, seed: int, step: int) -> list[int]:
         """The depths trained at optimisation step ``step``: largest, smallest and (with three or more depths) one
         middle depth drawn from ``(seed, step)``, so a resumed run draws what an uninterrupted one does."""
@@ -422,14 +438,16 @@ def elastic_step_losses(
     return totals
 
 
-def distill_record(plan: ElasticPlan, *, inplace_distill: bool, importance: dict | None) -> dict:
-    """The ``elastic`` entry of the run's ``distill_config.json``."""
+def distill_record(plan: ElasticPlan | None, args) -> dict | None:
+    """The ``elastic`` entry of the run's ``distill_config.json`` (``None`` for a one-depth run)."""
+    if plan is None:
+        return None
     return {
         "depths": list(plan.depths),
         "kept_layers": {str(d): list(plan.kept[d]) for d in plan.depths},
         "schedule": SCHEDULE,
-        "inplace_distill": inplace_distill,
-        "importance_criterion": (importance or {}).get("criterion"),
+        "inplace_distill": bool(args.elastic_inplace_distill),
+        "importance_criterion": getattr(args, "importance_record", {}).get("criterion"),
     }
 
 

@@ -332,7 +332,7 @@ from diffusers_layerprune.distill import (
     write_checkpoint_record,
 )
 from diffusers_layerprune.elastic import distill_record as elastic_distill_record
-from diffusers_layerprune.elastic import elastic_settings, elastic_step_losses, plan_from_args, save_elastic_record
+from diffusers_layerprune.elastic import elastic_settings, plan_from_args, save_elastic_record
 from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.modeling import (
@@ -846,34 +846,19 @@ def main(argv=None) -> None:
                 def cond(model, x, timesteps=timesteps, text=text):
                     return forward(model, x, timesteps, text)
 
-                if elastic is not None:  # the step's depths, each with its dropped blocks skipped
-                    parts = elastic_step_losses(
-                        student,
-                        teacher_tf,
-                        noisy,
-                        cond,
-                        target,
-                        pairs,
-                        weights,
-                        elastic,
-                        seed=args.seed,
-                        step=global_step,
-                        inplace_distill=args.elastic_inplace_distill,
-                        student_blocks=unwrapped,
-                        autocast=accelerator.autocast,
-                    )
-                else:
-                    parts = kd_step_losses(
-                        student,
-                        teacher_tf,
-                        noisy,
-                        cond,
-                        target,
-                        pairs,
-                        weights,
-                        student_blocks=unwrapped,
-                        autocast=accelerator.autocast(),
-                    )
+                # elastic depth (elastic.py): the step's nested depths, each with its dropped blocks skipped
+                losses = kd_step_losses if elastic is None else elastic.step(args, global_step, accelerator.autocast)
+                parts = losses(
+                    student,
+                    teacher_tf,
+                    noisy,
+                    cond,
+                    target,
+                    pairs,
+                    weights,
+                    student_blocks=unwrapped,
+                    autocast=accelerator.autocast(),
+                )
                 finite = accelerator.gather(torch.isfinite(parts["loss"].detach()).reshape(1)).all()
                 if not finite:
                     last = checkpoints(output_dir)
@@ -1001,11 +986,7 @@ def main(argv=None) -> None:
             teacher_variant=args.variant,
             student_revision=args.student_revision,
             sparsity_masks_kept=masks is not None,
-            elastic=None
-            if elastic is None
-            else elastic_distill_record(
-                elastic, inplace_distill=args.elastic_inplace_distill, importance=args.importance_record
-            ),
+            elastic=elastic_distill_record(elastic, args),
         ).save(output_dir)
         plot_losses(log_path, output_dir / "loss_curve.png")
         if args.push_to_hub:
