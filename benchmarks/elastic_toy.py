@@ -51,6 +51,8 @@ from paper.distil import distil  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "elastic_toy.json"
 EVAL_SEED = 100000
+# Elastic-training variants (--variant): extra train_distill arguments of the elastic run
+VARIANTS = {"": [], "featlargest": ["--elastic_feature_kd", "largest"]}
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
@@ -65,7 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-prompts", type=int, default=216)
     p.add_argument("--max-trainings", type=int, default=None, help="stop after this many training runs")
     p.add_argument("--work", default="runs/elastic_toy", help="cells, importance file, models")
+    p.add_argument("--variant", default="", choices=list(VARIANTS), help="elastic-training variant")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--results", default=str(RESULTS), help="the JSON to write")
     return p.parse_args(argv)
 
 
@@ -168,6 +172,9 @@ class Bench:
         print(f"  trained {output.name}: {cpu:.0f} CPU-s, {wall:.0f} s wall", flush=True)
         return cost
 
+    def tag(self, budget: int) -> str:
+        return f"steps{budget}" + (f"-{self.args.variant}" if self.args.variant else "")
+
     # -- the grid -------------------------------------------------------------------------------------------------
     def run(self) -> bool:
         """True when every cell is done."""
@@ -204,11 +211,13 @@ class Bench:
 
                 complete &= self.cell(key, separate) is not None
             for budget in self.budgets:
-                out = folder / f"elastic-{'-'.join(map(str, self.depths))}-steps{budget}"
-                keys = {d: f"elastic-{d}[steps{budget}]|seed={seed}" for d in self.depths}
+                tag = self.tag(budget)
+                out = folder / f"elastic-{'-'.join(map(str, self.depths))}-{tag}"
+                keys = {d: f"elastic-{d}[{tag}]|seed={seed}" for d in self.depths}
                 if all(self.cells.get(k) for k in keys.values()):
                     continue
                 extra = ["--elastic_depths", ",".join(map(str, self.depths)), "--importance", imp]
+                extra += VARIANTS[self.args.variant]
                 cost = self.train(pruned[self.depths[0]], out, budget, seed, extra)
                 if cost is None:
                     complete = False
@@ -308,13 +317,14 @@ class Bench:
             separate = [get(f"separate-{depth}[steps{self.args.steps}]", s) for s in seeds]
             table[f"separate-{depth}"] = _summary(separate)
             for budget in self.budgets:
-                elastic = [get(f"elastic-{depth}[steps{budget}]", s) for s in seeds]
-                table[f"elastic-{depth}[steps{budget}]"] = _summary(elastic)
+                elastic = [get(f"elastic-{depth}[{self.tag(budget)}]", s) for s in seeds]
+                table[f"elastic-{depth}[{self.tag(budget)}]"] = _summary(elastic)
                 if all(separate) and all(elastic) and seeds:
                     comparisons.append(
                         {
                             "depth": depth,
                             "elastic_steps": budget,
+                            "variant": self.args.variant,
                             "separate_steps": self.args.steps,
                             **_paired(separate, elastic),
                         }  # fmt: skip
@@ -324,7 +334,7 @@ class Bench:
             ratios_cpu, ratios_wall = [], []
             for s in seeds:
                 sep = [get(f"separate-{d}[steps{self.args.steps}]", s) for d in self.depths]
-                el = get(f"elastic-{self.depths[0]}[steps{budget}]", s)
+                el = get(f"elastic-{self.depths[0]}[{self.tag(budget)}]", s)
                 if all(sep) and el:
                     ratios_cpu.append(el["train"]["cpu_seconds"] / sum(r["train"]["cpu_seconds"] for r in sep))
                     ratios_wall.append(el["train"]["wall_seconds"] / sum(r["train"]["wall_seconds"] for r in sep))
@@ -352,7 +362,9 @@ class Bench:
             "depths": self.depths,
             "kept_layers": {str(d): self.kept[d] for d in self.depths},
             "importance": {"criterion": self.importance.criterion, "ranking": self.importance.ranking()},
-            "settings": {k: v for k, v in vars(self.args).items() if k not in ("report_only", "max_trainings", "work")},
+            "settings": {
+                k: v for k, v in vars(self.args).items() if k not in ("report_only", "max_trainings", "work", "results")
+            },
             "seeds": seeds,
             "table": table,
             "comparisons": comparisons,
@@ -430,6 +442,35 @@ def print_report(report: dict) -> None:
     print(f"  goal: {report['goal']}")
 
 
+def markdown_table(report: dict) -> str:
+    """The table docs/elastic.md shows: accuracy (mean ± std over seeds) and, for elastic, the paired difference."""
+    t, lines = report["table"], []
+    lines.append("| model | training steps | all four right (%) | toy score | elastic - separate (points, 95% CI) |")
+    lines.append("|---|---|---|---|---|")
+
+    def cell(row):
+        o, toy = row["overall"], row["toy_score"]
+        return f"{100 * o['mean']:.1f} ± {100 * o['std']:.1f} | {toy['mean']:.3f}"
+
+    lines.append(f"| teacher ({report['source_depth']} blocks) | - | {cell(t['teacher'])} | |")
+    by = {(c["depth"], c["elastic_steps"]): c for c in report["comparisons"]}
+    for depth in report["depths"]:
+        lines.append(f"| depth {depth}, pruned | 0 | {cell(t[f'pruned-{depth}'])} | |")
+        lines.append(
+            f"| depth {depth}, distilled separately | {report['settings']['steps']} | {cell(t[f'separate-{depth}'])} | |"
+        )
+        for key, row in t.items():
+            if row and key.startswith(f"elastic-{depth}["):
+                steps = int(key.split("steps")[1].split("-")[0].rstrip("]"))
+                c = by.get((depth, steps))
+                diff = ""
+                if c:
+                    lo, hi = c["bootstrap_95"]
+                    diff = f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                lines.append(f"| depth {depth}, elastic | {steps} | {cell(row)} | {diff} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     bench = Bench(args)
@@ -441,9 +482,10 @@ def main(argv=None) -> None:
     else:
         bench.setup()
     report = bench.report()
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+    Path(args.results).write_text(json.dumps(report, indent=1) + "\n")
     print_report(report)
-    print(f"wrote {RESULTS}")
+    print(markdown_table(report))
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

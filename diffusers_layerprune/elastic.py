@@ -177,6 +177,7 @@ class ElasticPlan:
             return elastic_step_losses(
                 student, teacher, noisy, cond, target, pairs, weights, self, seed=args.seed, step=step,
                 inplace_distill=args.elastic_inplace_distill, student_blocks=student_blocks, autocast=factory,
+                feature_kd=args.elastic_feature_kd,
             )  # fmt: skip
 
         return losses
@@ -320,6 +321,13 @@ def add_elastic_args(parser: argparse.ArgumentParser) -> None:
         "student's least important blocks first",
     )
     g.add_argument(
+        "--elastic_feature_kd",
+        default="all",
+        choices=["all", "largest"],
+        help="with --elastic_depths: which depths learn the teacher's block features (default all; largest: the "
+        "smaller depths learn the outputs only, so their feature errors do not pull the shared blocks)",
+    )
+    g.add_argument(
         "--elastic_inplace_distill",
         action="store_true",
         help="with --elastic_depths: the smaller depths also learn the largest depth's prediction",
@@ -329,8 +337,8 @@ def add_elastic_args(parser: argparse.ArgumentParser) -> None:
 def check_elastic_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line refusals of flags that need each other (before anything loads)."""
     if args.elastic_depths is None:
-        for flag in ("importance", "elastic_inplace_distill"):
-            if getattr(args, flag):
+        for flag in ("importance", "elastic_inplace_distill", "elastic_feature_kd"):
+            if getattr(args, flag) not in (None, False, "all"):
                 parser.error(f"--{flag} applies only with --elastic_depths: add --elastic_depths or leave it out")
     elif not args.importance:
         parser.error("--elastic_depths needs --importance FILE (the order in which smaller depths drop blocks)")
@@ -346,6 +354,7 @@ def elastic_settings(args: argparse.Namespace) -> dict:
     from .provenance import full_local
 
     settings = {"elastic_depths": args.elastic_depths, "elastic_inplace_distill": bool(args.elastic_inplace_distill)}
+    settings["elastic_feature_kd"] = args.elastic_feature_kd
     settings["importance"] = full_local(args.importance) if args.importance else None
     if args.importance and Path(args.importance).expanduser().is_file():
         settings["importance content"] = _file_digest(args.importance)[:16]
@@ -388,6 +397,7 @@ def elastic_step_losses(
     seed: int,
     step: int,
     inplace_distill: bool = False,
+    feature_kd: str = "all",
     student_blocks=None,
     autocast=None,
 ) -> dict:
@@ -420,6 +430,8 @@ def elastic_step_losses(
         dropped = plan.dropped(depth)
         kept = set(plan.local_kept(depth))
         depth_pairs = [(s, t) for s, t in pairs if s in kept]
+        if feature_kd == "largest" and role != "largest":
+            depth_pairs = []
         # The largest depth runs through the wrapper (DDP's forward); the others through the same module's blocks.
         model = student if not dropped else watched
         with capture_block_features(watched, [s for s, _ in depth_pairs], inputs=False, detach=False) as s_feat:
@@ -447,6 +459,7 @@ def distill_record(plan: ElasticPlan | None, args) -> dict | None:
         "kept_layers": {str(d): list(plan.kept[d]) for d in plan.depths},
         "schedule": SCHEDULE,
         "inplace_distill": bool(args.elastic_inplace_distill),
+        "feature_kd": args.elastic_feature_kd,
         "importance_criterion": getattr(args, "importance_record", {}).get("criterion"),
     }
 

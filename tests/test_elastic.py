@@ -197,6 +197,10 @@ TRAIN_REFUSALS = {
     "importance_of_another_family": (["--importance", "{flux}"], "measured on a flux model"),
     "importance_without_depths": (["--no-depths"], "--importance applies only with --elastic_depths"),
     "depths_without_importance": (["--no-importance"], "--elastic_depths needs --importance"),
+    "feature_kd_without_depths": (
+        ["--no-depths", "--no-importance", "--elastic_feature_kd", "largest"],
+        "--elastic_feature_kd applies only with --elastic_depths",
+    ),
     "bad_depth_text": (["--elastic_depths", "5,four"], "expected block counts"),
 }
 
@@ -219,12 +223,12 @@ def refusal_files(pixart):
 def test_train_distill_refuses_bad_elastic_input_before_writing(case, pixart, refusal_files, tmp_path, capsys):
     change, message = TRAIN_REFUSALS[case]
     argv = [str(a) for a in elastic_args(pixart, tmp_path / "out", "5,4,3")]
-    if change == ["--no-depths"]:
-        i = argv.index("--elastic_depths")
-        del argv[i : i + 2]
-    elif change == ["--no-importance"]:
-        i = argv.index("--importance")
-        del argv[i : i + 2]
+    if change[0].startswith("--no-"):
+        for removed, flag in (("--no-depths", "--elastic_depths"), ("--no-importance", "--importance")):
+            if removed in change:
+                i = argv.index(flag)
+                del argv[i : i + 2]
+        argv += [c for c in change if not c.startswith("--no-")]
     else:
         flag, value = change
         argv[argv.index(flag) + 1] = value.format(**{k: str(v) for k, v in refusal_files.items()})
