@@ -198,7 +198,7 @@ TRAIN_REFUSALS = {
     "importance_without_depths": (["--no-depths"], "--importance applies only with --elastic_depths"),
     "depths_without_importance": (["--no-importance"], "--elastic_depths needs --importance"),
     "feature_kd_without_depths": (
-        ["--no-depths", "--no-importance", "--elastic_feature_kd", "largest"],
+        ["--no-depths", "--no-importance", "--elastic_feature_kd", "all"],
         "--elastic_feature_kd applies only with --elastic_depths",
     ),
     "bad_depth_text": (["--elastic_depths", "5,four"], "expected block counts"),
