@@ -442,7 +442,7 @@ def print_report(report: dict) -> None:
         print(
             f"  depth {c['depth']}, elastic {c['elastic_steps']} steps vs separate {c['separate_steps']}: "
             f"{100 * c['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-            f"{'within noise' if c['within_noise'] else 'WORSE'}"
+            f"{'better' if lo > 0 else 'within noise' if c['within_noise'] else 'WORSE'}"
         )
     for budget, cost in report["cost"].items():
         whole = (
