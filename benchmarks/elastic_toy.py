@@ -24,10 +24,13 @@ from a paired bootstrap over (seed, caption) pairs (same caption, same noise, bo
 with a t interval over seeds. "Within noise" means the bootstrap interval contains 0 or lies above it.
 
 Each invocation does at most ``--max-trainings`` training runs (default: all) and keeps every judged cell in
-``WORK/cells.jsonl``, so the grid can be filled in pieces shorter than ten minutes:
+``WORK/cells.jsonl``, so the grid can be filled in pieces shorter than ten minutes. ``--variant`` picks the elastic
+feature KD (``''``: at every depth, ``featlargest``: at the largest only). What benchmarks/results/elastic_toy.json
+holds (repeat each line until it prints a table; about 70 CPU-minutes in all on a 2-core machine):
 
-    python benchmarks/elastic_toy.py --seeds 0,1,2 --max-trainings 1     # repeat until it reports the table
-    python benchmarks/elastic_toy.py --seeds 0,1,2 --report-only
+    python benchmarks/elastic_toy.py --max-trainings 1 --elastic-steps 200,80,400
+    python benchmarks/elastic_toy.py --max-trainings 1 --elastic-steps 200,80 --variant featlargest
+    python benchmarks/elastic_toy.py --report-variants ,featlargest --elastic-steps "200,80,400;200,80"
 """
 
 from __future__ import annotations
@@ -382,7 +385,7 @@ class Bench:
             "step_costs": steps,
             "goal": goal,
             "machine": "2-core CPU shared with other jobs",
-            "command": "python benchmarks/elastic_toy.py --seeds " + self.args.seeds,
+            "command": "python benchmarks/elastic_toy.py " + " ".join(sys.argv[1:]),
         }
 
 
