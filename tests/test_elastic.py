@@ -328,9 +328,15 @@ def test_elastic_run_on_two_processes_trains_what_one_process_trains(pixart, tmp
         )  # fmt: skip
         weights[n] = load_file(tmp_path / f"p{n}" / "transformer" / "diffusion_pytorch_model.safetensors")
     start = load_file(pixart / "student" / "transformer" / "diffusion_pytorch_model.safetensors")
-    diff = max((weights[1][k] - weights[2][k]).abs().max().item() for k in start)
     moved = max((weights[1][k] - start[k]).abs().max().item() for k in start)
-    assert diff < 5e-5 and diff < 0.02 * moved, (diff, moved)
+    # Attention key biases have a true gradient of zero (softmax ignores a shift shared by all keys): Adam turns float
+    # rounding into small steps there, more so with several depths' passes summed; every other weight must agree.
+    keys = [k for k in start if not k.endswith("to_k.bias")]
+    diff = max((weights[1][k] - weights[2][k]).abs().max().item() for k in keys)
+    key_bias = max((weights[1][k] - weights[2][k]).abs().max().item() for k in start if k.endswith("to_k.bias"))
+    print(f"1 vs 2 processes: max difference {diff:.3g} (key biases {key_bias:.3g}), max update {moved:.3g}")
+    assert diff < 1.5e-5 and diff < 0.01 * moved, (diff, moved)
+    assert key_bias < 0.05 * moved, (key_bias, moved)
 
 
 def test_extract_help_and_a_folder_that_is_not_elastic_answer_before_torch_loads(tmp_path):
