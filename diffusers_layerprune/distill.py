@@ -384,6 +384,8 @@ class DistillConfig(Record):
         objective: flow-matching families: the weighting scheme and its parameters, preconditioning, timestep shift
             and guidance trained with (``flow_objective.objective_record``); ``None`` for DDPM families.
         optimizer: ``{"name": "adamw"}`` or Prodigy with its flags.
+        elastic: for an elastic-depth run, its depths and their kept blocks; for a depth extracted from one, also
+            ``extracted_depth``.
     """
 
     KIND = "distill-config"
@@ -427,6 +429,7 @@ class DistillConfig(Record):
     objective: dict | None = None
     optimizer: dict | None = None
     lora_dropout: float | None = None
+    elastic: dict | None = None  # elastic-depth runs (elastic.py): depths, their kept blocks, extracted depth
 
     @property
     def global_batch_size(self) -> int | None:

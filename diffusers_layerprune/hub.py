@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from .config_record import expose_record
+from .elastic import card_line
 from .errors import LayerPruneError
 from .upload import (
     UPLOAD_IGNORE,
@@ -309,6 +310,7 @@ def _render_model_card(
             "teacher": public_name(distill.teacher_model),
             "data": public_name(distill.data),
             "lora_load": load,
+            "elastic_line": card_line(distill.elastic) if distill.elastic else None,  # one run, nested depths
         }
         w = distill.weights
         cites.append("bk-sdm")

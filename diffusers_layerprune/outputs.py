@@ -45,6 +45,7 @@ OWN_ENTRIES = (
     "report.md",
     "report_grid.png",
     "distill_config.json",
+    "elastic.json",  # train_distill --elastic_depths (elastic.py)
     "sparsity.json",
     "routing.json",
     "router.safetensors",

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from diffusers_layerprune.elastic import add_elastic_args, check_elastic_flags
 from diffusers_layerprune.flow_objective import add_objective_arguments, add_optimizer_arguments
 from diffusers_layerprune.launch import check_mixed_precision
 from diffusers_layerprune.validation import (
@@ -235,6 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--verbose", action="store_true", help="INFO logs of accelerate (each checkpoint's files) and loading bars"
     )
+    add_elastic_args(p)
     args = p.parse_args(argv)
 
     if args.dataset_name and args.train_data_dir:
@@ -248,6 +250,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--lora_dropout applies to a new adapter; --init_lora trains the LoRA with its own settings")
         args.use_lora = True
     check_ignored_flags(p, args)
+    check_elastic_flags(p, args)
     if args.lora_alpha is None:
         args.lora_alpha = float(args.rank)
     return args
@@ -337,6 +340,8 @@ from diffusers_layerprune.distill import (
     student_location,
     task_target,
 )
+from diffusers_layerprune.elastic import distill_record as elastic_distill_record
+from diffusers_layerprune.elastic import elastic_settings, plan_from_args, save_elastic_record
 from diffusers_layerprune.families import all_families, encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
 from diffusers_layerprune.flow_objective import (
@@ -501,6 +506,7 @@ def run_settings(args) -> dict:
     if args.lr_scheduler not in ("constant", "constant_with_warmup"):
         settings["max_train_steps"] = args.max_train_steps
         settings["num_train_epochs"] = None if args.max_train_steps else args.num_train_epochs
+    settings.update(elastic_settings(args))
     return settings
 
 
@@ -601,6 +607,7 @@ def main(argv=None) -> None:
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
     check_resolution_for(args.teacher_model, args.resolution, teacher_cfg)
+    elastic = plan_from_args(args, student_cfg, family)  # nested depths (elastic.py); None for one depth
     output_action = check_training_output_dir(
         output_dir,
         inputs=local_inputs(args.student_model, args.teacher_model),
@@ -868,7 +875,9 @@ def main(argv=None) -> None:
                     out = forward(model, x, timesteps, text, **guidance)
                     return out if precondition is None else precondition(out)
 
-                parts = kd_step_losses(
+                # elastic depth (elastic.py): the step's nested depths, each with its dropped blocks skipped
+                losses = kd_step_losses if elastic is None else elastic.step(args, global_step, accelerator.autocast)
+                parts = losses(
                     student,
                     teacher_tf,
                     noisy,
@@ -973,6 +982,8 @@ def main(argv=None) -> None:
                     extra[SPARSITY_FILE] = sparsity.remeasured(pipe, event).to_json()
                 save_pruned_pipeline(pipe, Path(tmp) / "pipeline", extra_files=extra)
                 move_into(Path(tmp) / "pipeline", output_dir)
+        if elastic is not None:  # the depths and their nested blocks, beside the largest depth's model
+            save_elastic_record(output_dir, elastic, final.config, args=args, steps=global_step)
         write_marker(output_dir, "distillation", local=_local_record(args), entries=())
         # distill_config.json is uploaded with the model: models and data by public name (full paths in the marker).
         DistillConfig(
@@ -1008,6 +1019,7 @@ def main(argv=None) -> None:
             objective=objective_record(args),
             optimizer=optimizer_record(args),
             lora_dropout=args.lora_dropout if args.use_lora and not args.init_lora else None,
+            elastic=elastic_distill_record(elastic, args),
         ).save(output_dir)
         plot_losses(log_path, output_dir / "loss_curve.png")
         if args.push_to_hub:
