@@ -1244,6 +1244,11 @@ def cli(argv=None) -> None:
         message = error if isinstance(error, LayerPruneError) else f"{error.strerror or error}: {error.filename or ''}"
         report_error("train_distill", message)
         raise SystemExit(2) from None
+    except Exception as error:  # a bug: its traceback follows; `layerprune run` tells it in one line (and logs it)
+        from diffusers_layerprune.launch import report_crash
+
+        report_crash(error)
+        raise
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     the same shape as every other error of the package. ``--help`` still shows the usage."""
 
     def error(self, message: str):  # noqa: D401 (argparse's name)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        from .launch import report_error
+
+        report_error(self.prog, message)  # launched by `layerprune run`: that process says it, once
+        self.exit(2)
 
 
 def positive_int(text: str) -> int:

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from test_bad_input import snapshot
 
 from diffusers_layerprune.cli import main as cli
-from test_bad_input import snapshot
 
 # recipe YAML (placeholders filled from the workspace), extra CLI flags, fragment of the one-line message
 CASES = {
