@@ -1126,7 +1126,10 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, *, identity: dict,
     only then are checkpoints beyond ``limit`` removed, so a kill never leaves none."""
     tmp, final = output_dir / f".checkpoint-{step}.tmp", output_dir / f"checkpoint-{step}"
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    from diffusers_layerprune.outputs import checkpoint_size, removing_partial
+
+    with removing_partial(tmp, final, needed=checkpoint_size(output_dir)):  # a full disk: one line, no half folder
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_checkpoint_record(tmp, identity, step)
