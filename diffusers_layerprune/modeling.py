@@ -293,6 +293,10 @@ def load_pipeline(
                 str(local or name), dtype=torch_dtype, revision=revision, **components
             )
         except Exception as error:  # hub / network / format errors: one line with the cause
+            if local is not None:  # a damaged file is named (the libraries' messages do not all say which)
+                from .validation import check_weight_files
+
+                check_weight_files(local)
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error, name)}") from error
         transformer = getattr(pipe, "transformer", None)
         if "transformer" not in components and find_family(transformer) is not None:

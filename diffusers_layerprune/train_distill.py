@@ -541,6 +541,19 @@ def check_prompt_file(args) -> None:
             load_prompts(spec)
 
 
+def check_local_weight_files(teacher: str, checkpoint: Path | None) -> None:
+    """Refuse a damaged or truncated weight file of a local teacher folder or of the checkpoint to resume, naming
+    it (headers and archive indexes only: nothing is loaded or unpickled)."""
+    from diffusers_layerprune.aliases import MODEL_ALIASES
+    from diffusers_layerprune.validation import check_weight_files, resolve_local_model
+
+    local = None if str(teacher) in MODEL_ALIASES else resolve_local_model(str(teacher))
+    if local is not None and local.is_dir():
+        check_weight_files(local)
+    if checkpoint is not None:
+        check_weight_files(checkpoint, (".safetensors", ".bin", ".pkl", ".pt"))
+
+
 def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names: ``latest`` in ``--output_dir`` (``None`` when there is
     none), a checkpoint folder, or a ``checkpoint-N`` name inside ``--output_dir``."""
@@ -625,6 +638,7 @@ def main(argv=None) -> None:
         settings=run_settings(args),
     )
     resume_path = find_resume_checkpoint(args, output_dir)
+    check_local_weight_files(args.teacher_model, resume_path)  # a truncated file: named before anything is written
     if resume_path is not None:
         try:
             check_checkpoint(resume_path, identity)

@@ -63,6 +63,9 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
     weights = pruned_copy("truncated") / "transformer" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     (pruned_copy("garbage") / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    for component in ("vae", "text_encoder"):  # cut short in the weights, past the header: named, never loaded
+        weights = sorted((pruned_copy(f"truncated_{component}") / component).glob("*.safetensors"))[0]
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size * 9 // 10])
     (pruned_copy("bad_config") / "transformer" / "config.json").write_text("{not json")
     (pruned_copy("routed") / "routing.json").write_text("{}")  # a prompt-routed folder: pruning would drop the router
     # pickles where safetensors belong: refused by name, never opened
@@ -179,6 +182,18 @@ CASES = {
         ["{push_bad_report}", "--repo-id", "me/x", "--dry-run"],
         "is damaged or hand-edited",
     ),
+    "push/truncated_weights": ("push", ["{truncated}", "--repo-id", "me/x", "--dry-run"], "is damaged or not a"),
+    "push/truncated_vae": (
+        "push",
+        ["{truncated_vae}", "--repo-id", "me/x", "--dry-run"],
+        "vae/diffusion_pytorch_model.safetensors is damaged",
+    ),
+    "eval/truncated_text_encoder": (
+        "eval",
+        ["{truncated_text_encoder}", "--prompts", "{prompts}"],
+        "text_encoder/model.safetensors is damaged",
+    ),
+    "prune/truncated_vae": ("prune", ["{truncated_vae}", "--drop", "0"], "vae/diffusion_pytorch_model.safetensors is"),
     "push/bad_repo_id": ("push", [P, "--repo-id", "not a repo", "--dry-run"], "invalid repo id"),
     "push/not_a_folder": ("push", ["{a_file}", "--repo-id", "me/x", "--dry-run"], "does not exist or is not a folder"),
     # -- run ---------------------------------------------------------------------------------------------------
