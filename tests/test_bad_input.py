@@ -76,6 +76,8 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
 
     imp = json.loads((root / "imp.json").read_text())
     (root / "imp_nan.json").write_text(json.dumps({**imp, "values": [float("nan")] + imp["values"][1:]}))
+    for name, cell in (("text", "0.3"), ("bool", True), ("null", None)):  # values that are not numbers
+        (root / f"imp_{name}.json").write_text(json.dumps({**imp, "values": [cell] + imp["values"][1:]}))
     (root / "imp_meta.json").write_text(json.dumps({**imp, "metadata": "oops"}))
     (root / "imp_truncated.json").write_text((root / "imp.json").read_text()[:50])
     (root / "not_importance.json").write_text(json.dumps({"hello": 1}))
@@ -108,6 +110,9 @@ CASES = {
     "prune/num_layers_negative": ("prune", [M, "--importance", "{imp}", "--num-layers", "-1"], "got -1"),
     "prune/index_out_of_range": ("prune", [M, "--drop", "7"], "7"),
     "prune/importance_nan": ("prune", [M, "--importance", "{imp_nan}", "--ratio", "0.5"], "not finite"),
+    "prune/importance_value_text": ("prune", [M, "--importance", "{imp_text}", "--ratio", "0.5"], "found '0.3'"),
+    "prune/importance_value_bool": ("prune", [M, "--importance", "{imp_bool}", "--ratio", "0.5"], "found True"),
+    "prune/importance_value_null": ("prune", [M, "--importance", "{imp_null}", "--ratio", "0.5"], "must be a list"),
     "prune/importance_metadata": ("prune", [M, "--importance", "{imp_meta}", "--ratio", "0.5"], "metadata must be"),
     "prune/importance_truncated": ("prune", [M, "--importance", "{imp_truncated}", "--ratio", "0.5"], "not valid JSON"),
     "prune/importance_foreign": (

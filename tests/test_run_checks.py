@@ -118,3 +118,13 @@ def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
     path.write_text("learning_rate: 2e-4\nratio: 5e-1\n")
     recipe = Recipe.from_yaml(path)
     assert recipe.learning_rate == 2e-4 and recipe.ratio == 0.5
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--finetune-learning-rate"])
+@pytest.mark.parametrize("value", ["0", "-1e-3", "nan"])
+def test_route_learning_rates_must_be_positive(flag, value, capsys, tmp_path):
+    capsys.readouterr()
+    assert cli(["route", f"{flag}={value}", "--output", str(tmp_path / "routed")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"argument {flag}: must be" in err, err
+    assert list(tmp_path.iterdir()) == []
