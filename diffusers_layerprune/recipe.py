@@ -274,7 +274,6 @@ def _check_cache_folders(recipe: Recipe) -> None:
     import os
 
     from .data import default_cache_dir
-    from .outputs import check_apart_from_inputs
     from .provenance import full_local, local_inputs
 
     caches = [("LAYERPRUNE_CACHE", default_cache_dir())]
@@ -288,7 +287,12 @@ def _check_cache_folders(recipe: Recipe) -> None:
         folder = folder.expanduser()
         if folder.exists() and not folder.is_dir():
             raise LayerPruneError(f"the cache folder {folder} ({what}) is a file; give a folder")
-        check_apart_from_inputs(folder, local_inputs(recipe.model), what=f"the cache folder ({what})")
+        for given in local_inputs(recipe.model):  # a cache inside a model folder would write into it (one way only:
+            source = Path(given).expanduser()  # a model kept under the cache folder, e.g. in the Hub cache, is fine)
+            if source.is_dir() and folder.resolve().is_relative_to(source.resolve()):
+                raise LayerPruneError(
+                    f"the cache folder {folder} ({what}) is inside the input {given}; give a folder outside it"
+                )
     record = Path(recipe.output).expanduser() / "run.json"
     if record.is_file():
         try:
