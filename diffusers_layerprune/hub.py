@@ -520,6 +520,9 @@ def push_pipeline(
     if base_model is not None:
         check_base_model(base_model)
     check_upload_links(folder)
+    from .validation import check_weight_files
+
+    check_weight_files(folder)  # a truncated or damaged weight file is named, never uploaded
     check_output_file(folder / "README.md", owned=is_our_card)
     token = None
     if not dry_run:

@@ -241,6 +241,43 @@ def check_resolution_for(model: str | os.PathLike, resolution: int | None, confi
     check_resolution(resolution, config, vae_scale_factor_of(pipeline_folder(model)))
 
 
+def check_not_pickles_only(error: BaseException, name: str, revision: str | None = None) -> None:
+    """After a load with ``use_safetensors=True`` failed (the libraries then never open a pickle): refuse in one line
+    naming the pickled files when the model (a Hub id, from the cache or the Hub's file list, or a folder) has
+    ``.bin`` / ``.pt`` / ``.ckpt`` weights where its ``.safetensors`` should be. Returns for any other failure."""
+    from .errors import _chain
+    from .validation import PICKLE_SUFFIXES
+
+    text = " ".join(str(e) for e in _chain(error)).lower()
+    if "safetensors" not in text:
+        return
+    files: list[str] = []
+    if Path(name).expanduser().is_dir():
+        root = Path(name).expanduser()
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            root = Path(snapshot_download(name, revision=revision, local_files_only=True))
+            files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        except Exception:  # not in the cache: the Hub's file list
+            try:
+                from huggingface_hub import list_repo_files
+
+                files = list_repo_files(name, revision=revision)
+            except Exception:
+                files = []
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        shown = ", ".join(pickles[:3]) + (" ..." if len(pickles) > 3 else "")
+        raise LayerPruneError(
+            f"{name} has pickled weights ({shown}) where .safetensors belong, which layerprune never loads (opening "
+            "a pickle can run code): use a model with .safetensors weights, or convert it where you trust its "
+            "source (from_pretrained(...).save_pretrained(...) writes safetensors)"
+        ) from error
+
+
 def _first_line(error: Exception, repo_id: str | None = None) -> str:
     """The first line of ``error``'s message, and for a failed Hub download what fixes it (:func:`hub_error_fix`)."""
     from .errors import hub_error_fix
@@ -299,9 +336,14 @@ def load_pipeline(
             if variant is not None:
                 components["variant"] = variant
             pipe = DiffusionPipeline.from_pretrained(
-                str(local or name), dtype=torch_dtype, revision=revision, **components
+                str(local or name), dtype=torch_dtype, revision=revision, use_safetensors=True, **components
             )
         except Exception as error:  # hub / network / format errors: one line with the cause
+            check_not_pickles_only(error, name, revision)
+            if local is not None:  # a damaged file is named (the libraries' messages do not all say which)
+                from .validation import check_weight_files
+
+                check_weight_files(local)
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error, name)}") from error
         transformer = getattr(pipe, "transformer", None)
         if "transformer" not in components and find_family(transformer) is not None:
@@ -367,11 +409,12 @@ def load_transformer(
         cls = getattr(diffusers, family.transformer_class)
     try:
         transformer = cls.from_pretrained(
-            str(folder or name), subfolder=subfolder, torch_dtype=torch_dtype, revision=revision
+            str(folder or name), subfolder=subfolder, torch_dtype=torch_dtype, revision=revision, use_safetensors=True
         )
     except LayerPruneError:
         raise
     except Exception as error:
+        check_not_pickles_only(error, name, revision)
         raise LayerPruneError(f"could not load the transformer of {name!r}: {_first_line(error, name)}") from error
     if config.get("source_model") is None:  # record where it came from: a Hub id, or the folder
         transformer.register_to_config(_name_or_path=name)

@@ -136,6 +136,7 @@ class PrunedTransformerMixin:
         block numbering has gaps would load as a silently broken model.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("use_safetensors", True)  # never a pickle (opening one can run code)
         model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
         if problems:

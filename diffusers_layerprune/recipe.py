@@ -87,11 +87,20 @@ class Recipe:
         unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise LayerPruneError(f"recipe {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+        data = {name: _yaml_number(cls, name, value) for name, value in data.items()}
         for name, value in data.items():
             _check_field_type(cls, name, value, f"recipe {path}")
-        return cls(**{**data, **overrides})
+        recipe = cls(**{**data, **overrides})
+        if "rank" in data and not recipe.use_lora:  # the rank of adapters that are not trained: silently ignored
+            raise LayerPruneError(f"recipe {path}: rank applies only with use_lora: true; add it or leave rank out")
+        return recipe
 
     def check(self) -> None:
+        """Refuse, before anything is read at length or written, every value that cannot run: each field's range
+        and name, the prompt sets, the model, the exports, the training arguments and the launch settings."""
+        from .recipe_checks import check_recipe_values
+
+        check_recipe_values(self)
         if sum(v is not None for v in (self.num_layers, self.remove, self.ratio)) != 1:
             raise LayerPruneError(
                 "give exactly one of num_layers (blocks to keep), remove (blocks to remove) or ratio (fraction to "
@@ -148,6 +157,20 @@ class Recipe:
             mixed_precision=self.mixed_precision,
             verbose=verbose,
         )
+
+
+def _yaml_number(cls, name: str, value):
+    """``learning_rate: 2e-4`` is text to YAML 1.1 (its floats need a dot): read it as the number it is written as,
+    for float fields only."""
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(value, str) and float in (hint, *typing.get_args(hint)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_field_type(cls, name: str, value, where: str) -> None:

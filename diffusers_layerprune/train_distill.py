@@ -547,6 +547,19 @@ def check_prompt_file(args) -> None:
             load_prompts(spec)
 
 
+def check_local_weight_files(teacher: str, checkpoint: Path | None) -> None:
+    """Refuse a damaged or truncated weight file of a local teacher folder or of the checkpoint to resume, naming
+    it (headers and archive indexes only: nothing is loaded or unpickled)."""
+    from diffusers_layerprune.aliases import MODEL_ALIASES
+    from diffusers_layerprune.validation import check_weight_files, resolve_local_model
+
+    local = None if str(teacher) in MODEL_ALIASES else resolve_local_model(str(teacher))
+    if local is not None and local.is_dir():
+        check_weight_files(local)
+    if checkpoint is not None:
+        check_weight_files(checkpoint, (".safetensors", ".bin", ".pkl", ".pt"))
+
+
 def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names: ``latest`` in ``--output_dir`` (``None`` when there is
     none), a checkpoint folder, or a ``checkpoint-N`` name inside ``--output_dir``."""
@@ -638,6 +651,7 @@ def main(argv=None) -> None:
         settings=run_settings(args),
     )
     resume_path = find_resume_checkpoint(args, output_dir)
+    check_local_weight_files(args.teacher_model, resume_path)  # a truncated file: named before anything is written
     if resume_path is not None:
         try:
             check_checkpoint(resume_path, identity)
@@ -1144,7 +1158,10 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, *, identity: dict,
     only then are checkpoints beyond ``limit`` removed, so a kill never leaves none."""
     tmp, final = output_dir / f".checkpoint-{step}.tmp", output_dir / f"checkpoint-{step}"
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    from diffusers_layerprune.outputs import checkpoint_size, removing_partial
+
+    with removing_partial(tmp, final, needed=checkpoint_size(output_dir)):  # a full disk: one line, no half folder
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_checkpoint_record(tmp, identity, step)
@@ -1262,6 +1279,11 @@ def cli(argv=None) -> None:
         message = error if isinstance(error, LayerPruneError) else f"{error.strerror or error}: {error.filename or ''}"
         report_error("train_distill", message)
         raise SystemExit(2) from None
+    except Exception as error:  # a bug: its traceback follows; `layerprune run` tells it in one line (and logs it)
+        from diffusers_layerprune.launch import report_crash
+
+        report_crash(error)
+        raise
 
 
 if __name__ == "__main__":

@@ -289,7 +289,11 @@ def test_a_failed_write_leaves_no_file(folders, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export, "_write_safetensors", broken)
-    with pytest.raises(OSError):
+    from diffusers_layerprune.errors import LayerPruneError
+
+    with pytest.raises(
+        LayerPruneError, match=f"the disk holding {root / 'files'} is full .* partial output was removed"
+    ):
         export.export_transformer(made["sd3"], root / "files" / "t.safetensors")
     assert list((root / "files").iterdir()) == []
 

@@ -129,6 +129,11 @@ class LayerImportance(Record):
 
     @classmethod
     def from_body(cls, data: dict) -> LayerImportance:
+        not_numbers = [v for v in data["values"] if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if not_numbers:  # float() would take "0.3" and true as numbers
+            raise LayerPruneError(
+                f"values must be a list of numbers, one per block; found {not_numbers[0]!r}; re-run layerprune score"
+            )
         result = cls(
             values=data["values"],
             criterion=data["criterion"],
