@@ -1,5 +1,6 @@
 """Helpers shared by test modules (pytest puts tests/ on sys.path)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,89 @@ def stock_env() -> dict:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(paths),
     }
+
+
+class _StockServer:
+    """The session's stock fork server (``tests/stock_server.py``), started on first use with ``stock_env()``."""
+
+    def __init__(self):
+        import atexit
+        import subprocess
+        import sys
+        import tempfile
+
+        self.folder = Path(tempfile.mkdtemp(prefix="layerprune-stock-"))
+        self.log = open(self.folder / "server.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "stock_server.py")],
+            cwd=self.folder,  # an empty folder: nothing importable from the working directory
+            env=stock_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,  # its jobs are its children: one signal to the group ends them all
+        )
+        self.jobs = 0
+        atexit.register(self.close)
+
+    def run(self, job: dict, timeout: float | None):
+        import select
+        import subprocess
+
+        self.jobs += 1
+        out, err = self.folder / f"{self.jobs}.out", self.folder / f"{self.jobs}.err"
+        self.process.stdin.write(json.dumps({**job, "stdout": str(out), "stderr": str(err)}) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not ready:
+            self.close()
+            raise subprocess.TimeoutExpired(job.get("path") or "-c", timeout)
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError(f"the stock server ended: {self.log.read()[-3000:]}")
+        answer = json.loads(line)
+        texts = [p.read_text(errors="replace") if p.exists() else "" for p in (out, err)]
+        for p in (out, err):
+            p.unlink(missing_ok=True)
+        return answer, texts
+
+    def close(self):
+        import os
+        import shutil
+        import signal
+
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_server: "_StockServer | None" = None
+
+
+def run_stock(code: str | None = None, *, path=None, args=(), cwd, timeout: float | None = 600):
+    """Run ``python -c CODE ARGS`` (or ``python PATH ARGS``) as a user's stock process: a process that never imports
+    this package, with ``stock_env()``, in ``cwd``. Returns a ``subprocess.CompletedProcess`` (text stdout/stderr).
+
+    The process is a fork of one stock server per test session that has imported torch, diffusers and transformers
+    and run nothing else (tests/stock_server.py): each call gets its own process without paying ~8 CPU-seconds of
+    imports. Tests about imports themselves (what a command line loads, in which order) start a real interpreter.
+    """
+    import subprocess
+
+    global _server
+    if _server is None or _server.process.poll() is not None:
+        _server = _StockServer()
+    job = {"code": code, "path": str(path) if path else None, "argv": [str(a) for a in args], "cwd": str(cwd)}
+    answer, (stdout, stderr) = _server.run(job, timeout)
+    command = [str(path)] if path else ["-c", code]
+    return subprocess.CompletedProcess([*command, *job["argv"]], answer["returncode"], stdout, stderr)
 
 
 def read_config(path) -> dict:

@@ -1,10 +1,7 @@
 """Sana, SD3 / SD3.5 and Flux.1 next to PixArt-Sigma: pruning, persistence, stock loading, block numbering."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -34,6 +31,8 @@ from diffusers_layerprune.testing import (
     build_tiny_sd3_pipeline,
     tiny_call_kwargs,
 )
+
+from helpers import run_stock
 
 PROMPT = "a small red circle at the top left"
 FAMILY_NAMES = ["sana", "sd3", "flux"]
@@ -157,8 +156,7 @@ def stock_process(tmp_path_factory):
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=env)
+    result = run_stock(script, cwd=root)
     printed = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.strip().splitlines()}
     for family, run in runs.items():
         run.update(result=result, printed=printed.get(family), stock=root / f"{family}.npy")
