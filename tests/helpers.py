@@ -17,21 +17,57 @@ def stock_env() -> dict:
     }
 
 
+_stock_folder: Path | None = None
+
+
+def _stock_home() -> Path:
+    """The session's folder for stock processes: their HOME, their Hub cache (``hub/``) and the server's files."""
+    global _stock_folder
+    if _stock_folder is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _stock_folder = Path(tempfile.mkdtemp(prefix="layerprune-stock-"))
+        (_stock_folder / "hub").mkdir()
+        atexit.register(shutil.rmtree, _stock_folder, ignore_errors=True)
+    return _stock_folder
+
+
+def stock_hub_cache() -> Path:
+    """The Hub cache (``HF_HUB_CACHE``) of the stock processes of :func:`run_stock`: lay a repo out here as
+    huggingface_hub's cache holds a download, and a stock process finds it offline."""
+    return _stock_home() / "hub"
+
+
+def bare_env() -> dict:
+    """A user's bare environment: no variable of this session (no checkout on a path, no cache folder of the tests),
+    offline, an empty HOME, an empty Hub cache (:func:`stock_hub_cache`). OpenMP threads wait passively, as the package
+    sets it for its own processes: spinning ones stall when other processes hold the cores."""
+    home = _stock_home()
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+
+
 class _StockServer:
-    """The session's stock fork server (``tests/stock_server.py``), started on first use with ``stock_env()``."""
+    """The session's stock fork server (``tests/stock_server.py``), started on first use with :func:`bare_env`."""
 
     def __init__(self):
-        import atexit
         import subprocess
         import sys
         import tempfile
 
-        self.folder = Path(tempfile.mkdtemp(prefix="layerprune-stock-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="server-", dir=_stock_home()))
         self.log = open(self.folder / "server.log", "w+")
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "stock_server.py")],
-            cwd=self.folder,  # an empty folder: nothing importable from the working directory
-            env=stock_env(),
+            cwd=self.folder,  # a folder of its own: nothing importable from the working directory
+            env=bare_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -39,6 +75,8 @@ class _StockServer:
             start_new_session=True,  # its jobs are its children: one signal to the group ends them all
         )
         self.jobs = 0
+        import atexit
+
         atexit.register(self.close)
 
     def run(self, job: dict, timeout: float | None):
@@ -64,8 +102,6 @@ class _StockServer:
         return answer, texts
 
     def close(self):
-        import os
-        import shutil
         import signal
 
         if self.process.poll() is None:
@@ -75,19 +111,20 @@ class _StockServer:
                 pass
             self.process.wait()
         self.log.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 _server: "_StockServer | None" = None
+STOCK_CPU = [0.0]  # CPU seconds of the stock jobs run so far (for measuring the suite; the server's own are apart)
 
 
 def run_stock(code: str | None = None, *, path=None, args=(), cwd, timeout: float | None = 600):
     """Run ``python -c CODE ARGS`` (or ``python PATH ARGS``) as a user's stock process: a process that never imports
-    this package, with ``stock_env()``, in ``cwd``. Returns a ``subprocess.CompletedProcess`` (text stdout/stderr).
+    this package, in a bare environment (:func:`bare_env`), in ``cwd``. Returns a ``subprocess.CompletedProcess``
+    (text stdout / stderr).
 
     The process is a fork of one stock server per test session that has imported torch, diffusers and transformers
-    and run nothing else (tests/stock_server.py): each call gets its own process without paying ~8 CPU-seconds of
-    imports. Tests about imports themselves (what a command line loads, in which order) start a real interpreter.
+    and run nothing else (tests/stock_server.py): each call gets a process of its own without paying ~8 CPU-seconds
+    of imports. Tests about imports themselves (what a command line loads, in which order) start a real interpreter.
     """
     import subprocess
 
@@ -96,6 +133,7 @@ def run_stock(code: str | None = None, *, path=None, args=(), cwd, timeout: floa
         _server = _StockServer()
     job = {"code": code, "path": str(path) if path else None, "argv": [str(a) for a in args], "cwd": str(cwd)}
     answer, (stdout, stderr) = _server.run(job, timeout)
+    STOCK_CPU[0] += answer["cpu"]
     command = [str(path)] if path else ["-c", code]
     return subprocess.CompletedProcess([*command, *job["argv"]], answer["returncode"], stdout, stderr)
 
