@@ -117,6 +117,23 @@ _server: "_StockServer | None" = None
 STOCK_CPU = [0.0]  # CPU seconds of the stock jobs run so far (for measuring the suite; the server's own are apart)
 
 
+def forks_stock_processes() -> bool:
+    """Whether :func:`run_stock` forks its processes from the stock server (Linux, unless
+    ``LAYERPRUNE_TEST_INTERPRETERS`` asks for a real interpreter per call)."""
+    import sys
+
+    return sys.platform == "linux" and not os.environ.get("LAYERPRUNE_TEST_INTERPRETERS")
+
+
+def start_stock_server() -> "_StockServer":
+    """The session's stock server, started if it is not running (it imports in the background: conftest starts it
+    once the collected tests show they will call :func:`run_stock`, so the imports overlap the first tests)."""
+    global _server
+    if _server is None or _server.process.poll() is not None:
+        _server = _StockServer()
+    return _server
+
+
 def run_stock(code: str | None = None, *, path=None, args=(), cwd, timeout: float | None = 600):
     """Run ``python -c CODE ARGS`` (or ``python PATH ARGS``) as a user's stock process: a process that never imports
     this package, in a bare environment (:func:`bare_env`), in ``cwd``. Returns a ``subprocess.CompletedProcess``
@@ -131,17 +148,14 @@ def run_stock(code: str | None = None, *, path=None, args=(), cwd, timeout: floa
 
     argv = [str(a) for a in args]
     command = [str(path)] if path else ["-c", code]
-    if sys.platform != "linux" or os.environ.get("LAYERPRUNE_TEST_INTERPRETERS"):
+    if not forks_stock_processes():
         # fork after importing torch is Linux-safe only; LAYERPRUNE_TEST_INTERPRETERS=1 starts a real interpreter
         # per call (the same checks, ~8 CPU-seconds more each)
         return subprocess.run(
             [sys.executable, *command, *argv], cwd=cwd, env=bare_env(), capture_output=True, text=True, timeout=timeout
         )
-    global _server
-    if _server is None or _server.process.poll() is not None:
-        _server = _StockServer()
     job = {"code": code, "path": str(path) if path else None, "argv": argv, "cwd": str(cwd)}
-    answer, (stdout, stderr) = _server.run(job, timeout)
+    answer, (stdout, stderr) = start_stock_server().run(job, timeout)
     STOCK_CPU[0] += answer["cpu"]
     return subprocess.CompletedProcess([sys.executable, *command, *argv], answer["returncode"], stdout, stderr)
 
