@@ -23,10 +23,16 @@ def _preload() -> None:
     import transformers
     from diffusers import DiffusionPipeline  # noqa: F401  (imports diffusers' loaders, peft, quantizers)
 
-    for name in ("PixArtSigmaPipeline", "SanaPipeline", "StableDiffusion3Pipeline", "FluxPipeline"):
-        getattr(diffusers, name)  # diffusers' lazy modules: import the pipelines the tiny folders name
-    for name in ("T5EncoderModel", "CLIPTextModelWithProjection", "Gemma2Model"):
-        getattr(transformers, name)
+    # the lazy modules of the pipelines and text encoders the tiny folders name (best effort: a job imports what is
+    # missing here itself)
+    for library, name in [
+        *((diffusers, n) for n in ("PixArtSigmaPipeline", "SanaPipeline", "StableDiffusion3Pipeline", "FluxPipeline")),
+        *((transformers, n) for n in ("T5EncoderModel", "CLIPTextModelWithProjection", "Gemma2Model")),
+    ]:
+        try:
+            getattr(library, name)
+        except (AttributeError, ImportError):
+            pass
 
 
 def _run_child(job: dict, answers_fd: int) -> None:
