@@ -6,8 +6,6 @@ pairs the table marks as failing must still fail (so the table is re-checked whe
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,7 +14,7 @@ from diffusers_layerprune.families import get_family
 from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
-from helpers import stock_env
+from helpers import run_stock
 
 HOOKS = ["first_block", "taylorseer", "mag", "faster", "pab"]
 # (family, hook) pairs that fail in diffusers 0.42.1, with the error's words (docs/stacking.md's table says why).
@@ -111,7 +109,7 @@ def cached(tmp_path_factory):
         print(json.dumps(out))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=stock_env())
+    result = run_stock(script, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

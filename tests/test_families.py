@@ -3,10 +3,7 @@
 The per-family tests are parametrised over the registry (``families.FAMILIES``): registering a family runs them."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -29,6 +26,8 @@ from diffusers_layerprune.modeling import (
     save_pruned_pipeline,
 )
 from diffusers_layerprune.testing import TINY_RESOLUTION, tiny_call_kwargs
+
+from helpers import run_stock
 
 PROMPT = "a small red circle at the top left"
 FAMILY_NAMES = [name for name in FAMILIES if name != DEFAULT_FAMILY]  # PixArt-Sigma's own tests cover the first
@@ -141,8 +140,7 @@ def stock_process(tmp_path_factory):
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=env)
+    result = run_stock(script, cwd=root)
     printed = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.strip().splitlines()}
     for family, run in runs.items():
         run.update(result=result, printed=printed.get(family), stock=root / f"{family}.npy")

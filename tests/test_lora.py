@@ -7,9 +7,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from diffusers_layerprune.families import get_family
 from diffusers_layerprune.modeling import load_pipeline, prune_pipeline
 from diffusers_layerprune.testing import tiny_call_kwargs
 
-from helpers import ROOT, distill_args, run_train_distill
+from helpers import ROOT, distill_args, run_stock, run_train_distill
 
 FAMILIES = list(REGISTERED)
 DROP = [1, 5]  # a middle block and the last (SD3: its context_pre_only block; Flux: double 1 and the last single)
@@ -237,14 +234,7 @@ def stock(ws, trained, adapted, old_format):
         job(f"{family}-converted", ws / family / "student", family, run["out"])
         job(f"{family}-converted-checkpoint", ws / family / "student", family, run["checkpoint"])
     (ws / "jobs.json").write_text(json.dumps(jobs))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "stock_lora_run.py"), str(ws / "jobs.json")],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = run_stock(path=ROOT / "tests" / "stock_lora_run.py", args=[ws / "jobs.json"], cwd=ws)
     assert result.returncode == 0, result.stderr[-3000:]
     listed = {r["name"]: r["adapters"] for r in map(json.loads, result.stdout.strip().splitlines())}
     return {name: (np.load(ws / f"{name}.npy"), listed[name]) for name in listed}

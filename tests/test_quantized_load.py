@@ -5,8 +5,6 @@ match" when transformers is installed (docs/DESIGN notes). bitsandbytes needs CU
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,7 +14,7 @@ from diffusers_layerprune.hub import render_model_card
 from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
-from helpers import stock_env
+from helpers import run_stock
 
 pytest.importorskip("torchao", reason="the [quant] extra (torchao) is not installed")
 pytest.importorskip("optimum.quanto", reason="the [quant] extra (optimum-quanto) is not installed")
@@ -75,7 +73,7 @@ def quantized(tmp_path_factory):
         print(json.dumps(out))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=stock_env())
+    result = run_stock(script, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
