@@ -11,7 +11,6 @@ import json, os, sys, diffusers
 print(json.dumps(dict(pid=os.getpid(), cwd=os.getcwd(), argv=sys.argv, env=dict(os.environ),
                       left=hasattr(diffusers, "left_by_a_job"),
                       plugin=[m for m in sys.modules if m.startswith("diffusers_layerprune")])))
-import diffusers_layerprune
 """
 
 
@@ -19,13 +18,14 @@ def test_each_job_is_a_process_of_its_own_that_never_imports_the_package(tmp_pat
     first = run_stock("import os, diffusers; diffusers.left_by_a_job = 1; print(os.getpid())", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     second = run_stock(PROBE, args=["a", 1], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
     seen = json.loads(second.stdout)
     assert seen["pid"] not in (int(first.stdout), os.getpid())
     assert seen["cwd"] == str(tmp_path) and seen["argv"] == ["-c", "a", "1"]
     assert not seen["left"] and seen["plugin"] == []  # nothing of the first job; the package not imported
     # a user's bare environment (and what Python and torch add themselves): no path to this checkout
+    # (the package may be installed, as in CI: what matters is that no job imports it, checked above)
     assert bare_env().items() <= seen["env"].items() and "PYTHONPATH" not in seen["env"]
-    assert second.returncode == 1 and "ModuleNotFoundError: No module named 'diffusers_layerprune'" in second.stderr
 
 
 def test_exit_codes_and_output_are_those_of_the_job(tmp_path):
