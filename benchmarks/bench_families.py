@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusers_layerprune.blocks import skip_blocks  # noqa: E402
-from diffusers_layerprune.families import get_family  # noqa: E402
+from diffusers_layerprune.families import DEFAULT_FAMILY, FAMILIES, get_family  # noqa: E402
 from diffusers_layerprune.families.base import to_device  # noqa: E402
 from diffusers_layerprune.testing import PUBLISHED_TRANSFORMERS  # noqa: E402
 
@@ -71,12 +71,40 @@ REDUCED = {
         pruned=[2],
     ),
 }
+
+
+def _registered_spec(name: str) -> tuple[dict, list[dict]]:
+    """REDUCED / SCENARIOS entries of a family registered with a published config and not listed above: three
+    blocks of a one-stack family, or one block of the first stack and two of the second (as Flux's); scenarios
+    remove a quarter and a half of each stack's published depth."""
+    record = get_family(name)
+    config = record.published.config
+    counts = [3] if len(record.stacks) == 1 else [1, 2]
+    kinds = {s.kind: (n, int(config[s.depth_key])) for s, n in zip(record.stacks, counts, strict=True)}
+    if len(counts) == 1:
+        skips, pruned = [[1], [1, 2]], [1]
+    else:
+        skips, pruned = [[0], [1], [1, 2]], [2]
+    spec = dict(
+        config={s.depth_key: n for s, n in zip(record.stacks, counts, strict=True)},
+        kinds=kinds,
+        skips=skips,
+        pruned=pruned,
+    )
+    scenarios = [{kind: round(real * share) for kind, (_, real) in kinds.items()} for share in (0.25, 0.5)]
+    return spec, scenarios
+
+
 # Published-depth pruning scenarios: blocks removed per kind.
 SCENARIOS = {
     "sana": [{"block": 4}, {"block": 8}],
     "sd3": [{"joint": 4}, {"dual-attention joint": 4, "joint": 4}],
     "flux": [{"single": 19}, {"double": 5, "single": 10}, {"double": 9, "single": 19}],
 }
+for _name in FAMILIES:  # every other registered family with a published config (FLUX.2, Qwen-Image, ...)
+    if _name not in REDUCED and _name != DEFAULT_FAMILY and get_family(_name).published is not None:
+        REDUCED[_name], SCENARIOS[_name] = _registered_spec(_name)
+        TITLES[_name] = get_family(_name).published.title
 
 
 def build(family: str, dtype: torch.dtype):
@@ -192,6 +220,9 @@ def measure(family: str, args) -> dict:
 
 
 def _kind_of(family: str, index: int) -> str:
+    if family not in ("sana", "sd3", "flux"):  # a registered family's spec: the kind of the stack holding the index
+        spec = REDUCED[family]
+        return get_family(family).stack_of([n for n, _ in spec["kinds"].values()])[index]
     if family == "sana":
         return "block"
     if family == "sd3":

@@ -1,9 +1,9 @@
-"""diffusers-layerprune: depth pruning and distillation of diffusion transformers (PixArt-Sigma, Sana, SD3, Flux).
+"""diffusers-layerprune: depth pruning and distillation of diffusion transformers (the families in ``families/``).
 
 Public names load lazily so that ``layerprune --help`` does not pay for importing torch and diffusers.
 
 One function per stage of the recipe (each is what the matching ``layerprune`` command calls):
-``score_blocks`` -> :class:`LayerImportance`, ``prune_to_folder`` -> :class:`PrunedPixArtTransformer`,
+``score_blocks`` -> :class:`LayerImportance`, ``prune_to_folder`` -> a pruned transformer (``Pruned<Family>Transformer``),
 ``distill_student`` -> :class:`DistillConfig`, ``evaluate_pipeline`` -> :class:`EvalReport`, ``push_pipeline``;
 ``run_recipe(Recipe(...))`` chains them.
 """
@@ -19,10 +19,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "PrunedPixArtTransformer": "modeling",
-    "PrunedSanaTransformer": "modeling",
-    "PrunedSD3Transformer": "modeling",
-    "PrunedFluxTransformer": "modeling",
     "ModelFamily": "families",
     "get_family": "families",
     "load_pipeline": "modeling",
@@ -55,4 +51,8 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name.startswith("Pruned"):  # each family's pruned class, defined by its module in families/
+        value = import_module(".families", __name__).exported(name)
+        if value is not None:
+            return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

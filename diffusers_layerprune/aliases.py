@@ -1,4 +1,5 @@
-"""Short model names (``toy``, ``toy-flux``, ``tiny-random``, ``tiny-random-flux``), resolved before Hub ids and paths.
+"""Short model names (``toy``, ``toy-flux``, ``tiny-random``, ``tiny-random-<family>``), resolved before Hub ids and
+paths.
 
 Each name maps to the function that builds its pipeline; names whose pipeline is a folder on disk also map to that
 folder (:data:`ALIAS_FOLDERS`), so its config can be read without building anything. The builders live in modules
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 
+from .families import tiny_names
+
 
 def _imported(module: str, name: str) -> Callable:
     """``module.name(**kwargs)``, importing ``module`` (relative to this package) on the first call."""
@@ -23,12 +26,22 @@ def _imported(module: str, name: str) -> Callable:
     return call
 
 
-# Short model names -> pipeline builders. ``tiny-random`` is a tiny random PixArt-Sigma; each other family has its own.
+def _tiny(family: str) -> Callable:
+    """The builder of ``family``'s tiny random pipeline, importing the family's module on the first call."""
+
+    def call(**kwargs):
+        from .families import build_tiny_pipeline
+
+        return build_tiny_pipeline(family, **kwargs)
+
+    call.__name__ = f"build_tiny_{family}_pipeline"
+    return call
+
+
+# Short model names -> pipeline builders: each registered family's ``tiny-random-<family>`` (``tiny-random`` is the
+# first family's), and the toy world.
 MODEL_ALIASES: dict[str, Callable] = {
-    "tiny-random": _imported(".testing", "build_tiny_pixart_pipeline"),
-    "tiny-random-sana": _imported(".testing", "build_tiny_sana_pipeline"),
-    "tiny-random-sd3": _imported(".testing", "build_tiny_sd3_pipeline"),
-    "tiny-random-flux": _imported(".testing", "build_tiny_flux_pipeline"),
+    **{name: _tiny(family) for name, family in tiny_names().items()},
     "toy": _imported(".toy", "load_toy_pipeline"),
     "toy-flux": _imported(".toy", "load_toy_flux_pipeline"),
 }

@@ -58,20 +58,24 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     permission) is printed as ``name: error: ...`` on one line and returns 2, Ctrl-C returns 130; with ``debug`` the
     traceback is shown instead."""
     from .errors import LayerPruneError
+    from .launch import report_crash, report_error
 
     try:
         return func(args)
     except LayerPruneError as error:
         if debug:
             raise
-        print(f"{name}: error: {error}", file=sys.stderr)
+        report_error(name, error)  # printed here, or by `layerprune run` when it launched this command
         return 2
     except OSError as error:  # the system's own words, one line
         if debug:
             raise
         where = f": {error.filename}" if getattr(error, "filename", None) else ""
-        print(f"{name}: error: {error.strerror or error}{where}", file=sys.stderr)
+        report_error(name, f"{error.strerror or error}{where}")
         return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: the traceback follows; a launching `layerprune run` tells it in one line
+        report_crash(error)
+        raise

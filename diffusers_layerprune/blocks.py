@@ -186,7 +186,10 @@ def capture_block_features(
         if inputs:
 
             def pre_hook(module, args, kwargs, index=index, layout=layout):
-                hidden = args[0] if args else kwargs[layout.hidden_input_name]
+                if layout.hidden_from_input is not None:
+                    hidden = layout.hidden_from_input(args, kwargs)
+                else:
+                    hidden = args[0] if args else kwargs[layout.hidden_input_name]
                 features.inputs[index] = keep(hidden)
 
             handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))

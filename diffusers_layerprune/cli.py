@@ -100,6 +100,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         flag = "--teacher" if args.teacher else "--no-teacher-cache"
         raise LayerPruneError(f"{flag} sets up the teacher, which --no-teacher leaves out: pass one of them")
     output = Path(args.output) if args.output else _default_report_path(args.model)
+    if (Path(args.model).expanduser() / "elastic.json").is_file():  # every trained depth of an elastic run
+        from .elastic_eval import cmd_eval_elastic
+
+        return cmd_eval_elastic(args, output)
     report = evaluate_pipeline(
         args.model,
         output=output,
@@ -249,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsify_parser(sub)
     add_route_parser(sub)
     add_export_parser(sub)
+    from .elastic import add_extract_parser
+
+    add_extract_parser(sub)
     from .adapters.cli import add_controlnet_parser, add_ip_adapter_parser, add_lora_parsers
 
     add_lora_parsers(sub)

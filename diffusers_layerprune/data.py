@@ -1,5 +1,5 @@
-"""The cached tensors built from prompt sets (text embeddings, teacher latents, image latents); the prompt sets
-themselves are read in ``prompts`` (re-exported here).
+"""The cached tensors built from prompt sets (text embeddings, teacher latents; image latents of image-caption data
+are built on the same cache in ``image_data``); the prompt sets themselves are read in ``prompts``.
 
 Data flows one way: prompts -> embeddings (cached) -> latents / generations. Everything cached is keyed by a
 fingerprint of what produced it, so a changed prompt list, model or setting never reuses stale tensors.
@@ -20,21 +20,16 @@ from pathlib import Path
 import torch
 
 from .errors import LayerPruneError
-from .prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS  # noqa: F401 (default corpora)
-from .prompts import (  # noqa: F401 (public here before the split)
-    BENCHMARK_SETS,
-    DATA_FILE_BUILDERS,
-    HPDV2_STYLES,
-    PROMPT_COLUMNS,
+from .prompts import (  # noqa: F401 (imported from here by the training script, routing and the benchmarks)
     PromptSet,
     PromptSpec,
     check_prompt_cells,
     encode_prompts,
     load_hf_dataset,
     load_prompts,
-    normalize_prompt,
     parse_prompt_spec,
 )
+from .records import Record, read_json
 from .validation import CACHE_DTYPE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -87,6 +82,12 @@ def iter_prompt_embeddings(
     tokenizer, encoder = getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)
     if tokenizer is None or encoder is None:
         raise LayerPruneError("the pipeline has no tokenizer/text encoder to encode the prompts with")
+    from .families import find_family
+
+    family = find_family(getattr(pipe, "transformer", None))
+    if family is not None and not family.encode_by_tokens:
+        yield from _encoded_embeddings(pipe, prompts, max_sequence_length, batch_size, dtype, progress)
+        return
     # The pipeline's own preprocessing (PixArt: lower-case and strip) keeps the tokens identical to encode_prompt's.
     preprocess = getattr(pipe, "_text_preprocessing", None)
     window = batch_size * 8 if sort_by_length else batch_size
@@ -131,6 +132,36 @@ def iter_prompt_embeddings(
             len(prompts),
             max_sequence_length,
         )
+
+
+def _encoded_embeddings(pipe, prompts, max_sequence_length: int, batch_size: int, dtype, progress):
+    """:func:`iter_prompt_embeddings` for families whose text encoding is more than a tokenizer and one encoder
+    output (chat templates, dropped prefixes, stacked layers): the family's own ``encode``, each prompt's embedding
+    kept where its mask is set (all of it where the transformer reads every token)."""
+    from .families import encode_text
+
+    for start in range(0, len(prompts), batch_size):
+        batch = [str(p) for p in prompts[start : start + batch_size]]
+        text = encode_text(pipe, batch, max_sequence_length=max_sequence_length, batch_size=batch_size)
+        embeds, mask = text["prompt_embeds"], text.get("prompt_attention_mask")
+        for j in range(len(batch)):
+            row = embeds[j] if mask is None else embeds[j][mask[j].bool()]
+            yield row.to(dtype or row.dtype)
+        if progress is not None:
+            progress(len(batch))
+
+
+def negative_embeddings(pipe, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The empty prompt's ``(prompt_embeds [1, L, D], prompt_attention_mask [1, L])`` as the pipeline encodes it
+    (a mask of ones where the family's transformer reads every token)."""
+    from .families import encode_text, find_family
+
+    family = find_family(getattr(pipe, "transformer", None))
+    if family is None or family.encode_by_tokens:
+        return encode_prompts(pipe, [""], max_sequence_length=max_sequence_length)
+    text = encode_text(pipe, [""], max_sequence_length=max_sequence_length)
+    embeds = text["prompt_embeds"]
+    return embeds, text.get("prompt_attention_mask", torch.ones(embeds.shape[:2], dtype=torch.long))
 
 
 def pad_embeddings(
@@ -317,11 +348,30 @@ class _ArrowSink:
         }
         (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
         (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
-        (folder / _MANIFEST).write_text(json.dumps({**manifest, "rows": self.rows}, indent=2, sort_keys=True) + "\n")
+        CacheManifest(**manifest, rows=self.rows).save(folder / _MANIFEST)
 
     def close(self) -> None:
         if self._writer is not None and self._writer.pa_writer is not None:
             self._writer.close()
+
+
+@dataclass
+class CacheManifest(Record):
+    """``layerprune_cache.json``: what a cache folder holds (``key``: the fingerprint of everything that shaped it;
+    ``settings``: those inputs in words; ``rows``: samples) -- written last, so a folder without it is incomplete."""
+
+    KIND = "cache-manifest"
+    SCHEMA_VERSION = CACHE_FORMAT_VERSION
+    WRITES_FORMAT_VERSION = True
+    SORT_KEYS = True
+    WHAT = "cache manifest"
+    FIX = "delete the cache folder to rebuild it"
+    REQUIRED = {"key": str, "cache_dtype": str, "settings": dict, "rows": int}
+
+    key: str
+    cache_dtype: str
+    settings: dict
+    rows: int
 
 
 @contextmanager
@@ -335,8 +385,7 @@ def _building(path: Path, key: str, cache_dtype: str, settings: dict) -> Iterato
             yield sink
             if sink.rows == 0:
                 raise LayerPruneError("nothing to cache: no prompts")
-            manifest = {"format_version": CACHE_FORMAT_VERSION, "key": key, "cache_dtype": cache_dtype}
-            sink.finish(tmp, {**manifest, "settings": settings})
+            sink.finish(tmp, {"key": key, "cache_dtype": cache_dtype, "settings": settings})
         finally:
             sink.close()
 
@@ -346,10 +395,13 @@ def _load_cache(path: Path, key: str):
     from datasets import load_from_disk
 
     try:
-        manifest = json.loads((path / _MANIFEST).read_text())
-    except (OSError, ValueError):
+        data = read_json(path / _MANIFEST)
+        if not isinstance(data, dict) or data.get("format_version") != CACHE_FORMAT_VERSION:
+            return None  # another layout: rebuilt
+        manifest = CacheManifest.from_dict(data, str(path / _MANIFEST))
+    except LayerPruneError:  # missing or damaged: rebuilt
         return None
-    if manifest.get("format_version") != CACHE_FORMAT_VERSION or manifest.get("key") != key:
+    if manifest.key != key:
         return None
     return with_cache_format(load_from_disk(str(path)))
 
@@ -487,7 +539,7 @@ def teacher_latents_dataset(
                 resolution=resolution, max_sequence_length=max_sequence_length,
             ),
         )  # fmt: skip
-    negative = encode_prompts(pipe, [""], max_sequence_length=max_sequence_length) if guidance_scale > 1 else None
+    negative = negative_embeddings(pipe, max_sequence_length) if guidance_scale > 1 else None
     stream = iter_prompt_embeddings(
         pipe, prompts, max_sequence_length=max_sequence_length, dtype=CACHE_DTYPES[cache_dtype]
     )
@@ -512,6 +564,7 @@ def teacher_latents_dataset(
                 batch_size=len(chunk),
                 output_type="latent",
             )
+            latents = family.unpack_latents(latents, resolution, pipe.vae_scale_factor)  # packed tokens -> grid
             sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
             bar.update(len(chunk))
     return _load_cache(path, key)
@@ -558,86 +611,5 @@ def _pooled_teacher_latents(pipe, family, prompts, path, key, settings, cache_dt
                     "latents": list(latents),
                 }
             )
-            bar.update(len(chunk))
-    return _load_cache(path, key)
-
-
-def _image_to_tensor(image, resolution: int) -> torch.Tensor:
-    """PIL image -> ``[3, R, R]`` in [-1, 1]: shortest side resized to R (bicubic), centre crop. No torchvision."""
-    import numpy as np
-    from PIL import Image
-
-    image = image.convert("RGB")
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    image = image.resize(size, Image.BICUBIC)
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-
-
-def image_latents_dataset(
-    pipe,
-    dataset,
-    *,
-    image_column: str,
-    caption_column: str,
-    cache_dir: str | os.PathLike,
-    model_id: str,
-    dataset_id: str,
-    resolution: int,
-    max_sequence_length: int,
-    batch_size: int = 8,
-    cache_dtype: str = "bfloat16",
-    progress: bool = True,
-):
-    """Image-caption KD data: VAE-encode each image (posterior mean x scaling factor) once and cache it.
-
-    ``dataset`` is a ``datasets.Dataset`` with a PIL image column and a caption column. Captions and images are
-    encoded and written ``batch_size`` rows at a time. Same output columns, storage and caching as
-    :func:`teacher_latents_dataset` (keyed by the dataset's fingerprint and size, the model, resolution, sequence
-    length and dtypes).
-    """
-    from tqdm.auto import tqdm
-
-    for column in (image_column, caption_column):
-        if column not in dataset.column_names:
-            raise LayerPruneError(
-                f"dataset has no column {column!r}; its columns are {', '.join(dataset.column_names)}"
-            )
-    if len(dataset) == 0:
-        raise LayerPruneError("the training dataset is empty")
-    cache_dtype = _check_cache_dtype(cache_dtype)
-    captions = [str(c) for c in dataset[caption_column]]
-    settings = dict(
-        kind="image-latents",
-        **_encoder_settings(pipe, model_id, captions, max_sequence_length, cache_dtype),
-        data=str(dataset_id),
-        fingerprint=getattr(dataset, "_fingerprint", None),
-        resolution=resolution,
-        vae_dtype=str(pipe.vae.dtype),
-    )
-    key = cache_key(version=CACHE_FORMAT_VERSION, **settings)
-    path = Path(cache_dir) / f"image-latents-{key}"
-    cached = _load_cache(path, key)
-    if cached is not None:
-        return cached
-
-    vae = pipe.vae
-    stream = iter_prompt_embeddings(
-        pipe, captions, max_sequence_length=max_sequence_length, dtype=CACHE_DTYPES[cache_dtype]
-    )
-    with (
-        torch.no_grad(),
-        tqdm(total=len(captions), desc="encode images", unit="image", disable=not progress) as bar,
-        _building(path, key, cache_dtype, settings) as sink,
-    ):
-        for start in range(0, len(captions), batch_size):
-            chunk = captions[start : start + batch_size]
-            rows = dataset[start : start + len(chunk)][image_column]
-            pixels = torch.stack([_image_to_tensor(im, resolution) for im in rows]).to(vae.device, vae.dtype)
-            latents = (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).float().cpu()
-            embeds = list(itertools.islice(stream, len(chunk)))
-            sink.write({"prompt": chunk, "prompt_embeds": embeds, "latents": list(latents)})
             bar.update(len(chunk))
     return _load_cache(path, key)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from .config_record import expose_record
 from .errors import LayerPruneError
+from .records import Record
 from .validation import FEATURE_LOSS_NAMES
 
 FEATURE_LOSSES = FEATURE_LOSS_NAMES
@@ -55,12 +55,12 @@ def check_student_teacher(student_config: Mapping, teacher_config: Mapping, fami
     if kept is None:
         raise LayerPruneError(
             "the student's config has no kept_layers: prune it with `layerprune prune` or "
-            "PrunedPixArtTransformer.from_transformer so each block knows its teacher block"
+            "the family's pruned class (from_transformer) so each block knows its teacher block"
         )
-    from .families import family_by_class_name, get_family
+    from .families import DEFAULT_FAMILY, family_by_class_name, get_family
 
-    if family is None:  # from the config's class name; configs without one are PixArt's (one stack, num_layers)
-        family = family_by_class_name(str(teacher_config.get("_class_name"))) or get_family("pixart")
+    if family is None:  # from the config's class name; configs without one are the first family's (one stack)
+        family = family_by_class_name(str(teacher_config.get("_class_name"))) or get_family(DEFAULT_FAMILY)
     teacher_depth = family.depth(teacher_config)  # global numbering over all stacks (Flux: double + single)
     source_depth = student_config.get("source_num_layers")
     if source_depth is not None and source_depth != teacher_depth:
@@ -169,6 +169,7 @@ def kd_losses(
     teacher_features: Mapping[int, torch.Tensor],
     pairs: Sequence[tuple[int, int]],
     weights: KDWeights,
+    sample_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted sum ``"loss"``.
 
@@ -177,12 +178,20 @@ def kd_losses(
             half is the learned variance.
         target: the task target (:func:`task_target`; the added noise for PixArt's epsilon prediction),
             ``[B, C_pred, H, W]``.
+        sample_weights: ``[B]`` weights of each sample's task and output losses (a flow-matching weighting scheme,
+            ``flow_objective``): ``mean_b(w_b * mean(diff_b ** 2))``, as diffusers' examples weight their loss.
     """
     c = target.shape[1]
     pred_s, pred_t = student_out[:, :c].float(), teacher_out[:, :c].detach().float()
+
+    def mse(a, b):
+        if sample_weights is None:
+            return F.mse_loss(a, b)
+        return (sample_weights.to(a.device, torch.float32) * (a - b).pow(2).flatten(1).mean(1)).mean()
+
     parts = {
-        "task": F.mse_loss(pred_s, target.float()),
-        "output": F.mse_loss(pred_s, pred_t),
+        "task": mse(pred_s, target.float()),
+        "output": mse(pred_s, pred_t),
     }
     if student_out.shape[1] > c:
         parts["variance"] = F.mse_loss(student_out[:, c:].float(), teacher_out[:, c:].detach().float())
@@ -204,6 +213,7 @@ def kd_step_losses(
     *,
     student_blocks: nn.Module | None = None,
     autocast=None,
+    sample_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One distillation forward: the teacher without gradients (keeping the outputs of its paired blocks), the
     student with them, and :func:`kd_losses`. What ``train_distill`` runs each step and ``bench_train`` times.
@@ -212,6 +222,7 @@ def kd_step_losses(
     watched (the unwrapped model; default ``student``); ``autocast`` a context for the student's forward (mixed
     precision). ``cond`` is the transformer's keyword arguments besides ``noisy``, or ``(model, noisy) ->
     prediction`` (a family's forward, ``ModelFamily.forward``, with the batch's timesteps and text bound).
+    ``sample_weights``: per-sample loss weights, see :func:`kd_losses`.
     """
     from contextlib import nullcontext
 
@@ -226,7 +237,7 @@ def kd_step_losses(
     with capture_block_features(watched, [s for s, _ in pairs], inputs=False, detach=False) as s_feat:
         with autocast or nullcontext():
             student_out = run(student)
-    return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights)
+    return kd_losses(student_out, teacher_out, target, s_feat.outputs, t_feat.outputs, pairs, weights, sample_weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,170 +358,6 @@ def step_noise(
     return noise[offset : offset + b], timesteps[offset : offset + b]
 
 
-def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """``checkpoint-<step>`` folders in ``output_dir``, oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def remove_old_checkpoints(output_dir: str | os.PathLike, keep: int | None, newest: Path | None = None) -> list[Path]:
-    """Delete checkpoints so that at most ``keep`` remain: ``newest`` (the one just completed) and the latest others.
-
-    Called after a checkpoint is complete, never before: a run killed while saving still has its previous
-    checkpoints.
-    """
-    if keep is None:
-        return []
-    existing = checkpoints(output_dir)
-    if newest is not None:
-        existing = [p for p in existing if p.name != Path(newest).name] + [Path(newest)]
-    doomed = existing[: max(0, len(existing) - max(1, keep))]
-    for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
-    return doomed
-
-
-def move_into(src: Path, dst: Path, *, last: str = "model_index.json") -> None:
-    """Move every entry of ``src`` into ``dst`` (replacing same-named entries), ``last`` at the very end, so that a
-    folder holding ``model_index.json`` is always a complete pipeline."""
-    dst.mkdir(parents=True, exist_ok=True)
-    entries = sorted(src.iterdir(), key=lambda p: p.name == last)
-    for entry in entries:
-        target = dst / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    src.rmdir()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: which run a checkpoint belongs to
-# ----------------------------------------------------------------------------------------------------------------
-
-CHECKPOINT_RECORD = "layerprune_checkpoint.json"
-_IDENTITY_KEYS = (
-    "kept_layers",
-    "num_layers",
-    "source_num_layers",
-    "num_attention_heads",
-    "attention_head_dim",
-    "in_channels",
-    "out_channels",
-    "caption_channels",
-    "patch_size",
-)
-
-
-def checkpoint_identity(
-    student_config: Mapping,
-    *,
-    use_lora: bool = False,
-    rank: int | None = None,
-    lora_alpha: float | None = None,
-    lora_target_modules: Sequence[str] = (),
-    use_ema: bool = False,
-    settings: Mapping | None = None,
-) -> dict:
-    """What a checkpoint must match to be resumed by a run: the student's structure (which teacher blocks it kept,
-    its widths), what is trained (all weights or which LoRA adapters), whether an EMA copy is kept, and
-    ``settings``: every option that shapes the optimizer state and the data it saw, by flag name (learning rate,
-    batch size, schedule, losses, data and its content, teacher, seed...; see ``train_distill.run_settings``)."""
-    identity = {
-        "student": {k: student_config.get(k) for k in _IDENTITY_KEYS},
-        "lora": {"rank": rank, "alpha": lora_alpha, "target_modules": list(lora_target_modules)} if use_lora else None,
-        "ema": bool(use_ema),
-    }
-    if settings is not None:  # as JSON gives it back (tuples as lists), so a record compares equal to itself
-        identity["settings"] = json.loads(json.dumps(dict(settings)))
-    return identity
-
-
-class CheckpointMismatch(LayerPruneError):
-    """A checkpoint that another run (other student, LoRA, EMA or settings) saved. ``reason`` says what differs,
-    without the fix, for a run that starts over instead (``--resume_mismatch restart``)."""
-
-    def __init__(self, reason: str, fix: str) -> None:
-        super().__init__(f"{reason}; {fix}")
-        self.reason = reason
-
-
-def _shown(value) -> str:
-    return "(not set)" if value is None else str(value)
-
-
-def write_checkpoint_record(folder: str | os.PathLike, identity: dict, step: int) -> None:
-    record = {"format": "diffusers-layerprune/distill-checkpoint", "format_version": 1, "step": step, **identity}
-    Path(folder, CHECKPOINT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def check_checkpoint(path: str | os.PathLike, identity: dict) -> None:
-    """Refuse (before anything is loaded or written) to resume from a checkpoint of another run: a different
-    student, LoRA instead of full training, or with/without EMA."""
-    path = Path(path)
-    if not path.is_dir():
-        raise LayerPruneError(f"checkpoint {path} does not exist")
-    record_file = path / CHECKPOINT_RECORD
-    if not record_file.is_file():
-        _check_legacy_checkpoint(path, identity)
-        return
-    try:
-        record = json.loads(record_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayerPruneError(f"checkpoint {path} has an unreadable {CHECKPOINT_RECORD} ({error})") from error
-    mine, theirs = identity["student"], record.get("student", {})
-    new_dir = "start a new --output_dir, or pass --resume_mismatch restart to start over in this one"
-    for key in _IDENTITY_KEYS:
-        if theirs.get(key) != mine.get(key):
-            raise CheckpointMismatch(
-                f"checkpoint {path} belongs to another run: its student has {key} {theirs.get(key)}, this student "
-                f"{mine.get(key)}",
-                f"resume with the student it was trained from, or {new_dir}",
-            )
-    if record.get("lora") != identity["lora"]:
-        what = lambda lora: f"LoRA {lora}" if lora else "full fine-tuning"  # noqa: E731
-        raise CheckpointMismatch(
-            f"checkpoint {path} belongs to another run ({what(record.get('lora'))}, this run: "
-            f"{what(identity['lora'])})",
-            f"pass the same LoRA options, or {new_dir}",
-        )
-    if bool(record.get("ema")) != identity["ema"]:
-        raise CheckpointMismatch(
-            f"checkpoint {path} was saved {'with' if record.get('ema') else 'without'} --use_ema",
-            f"resume it {'with' if record.get('ema') else 'without'} --use_ema, or {new_dir}",
-        )
-    saved, now = record.get("settings"), identity.get("settings")
-    if saved is None or now is None:
-        return  # an earlier version recorded no settings: only the checks above can be made
-    # A setting this version records and the checkpoint's did not is not a difference.
-    changed = [key for key in now if key in saved and saved[key] != now[key]]
-    if changed:
-        key = changed[0]
-        more = f" (and {', '.join('--' + k for k in changed[1:])})" if changed[1:] else ""
-        raise CheckpointMismatch(
-            f"checkpoint {path} was trained with --{key} {_shown(saved[key])}, this run has "
-            f"{_shown(now[key])}{more}: resuming would continue its optimizer state and data order under other "
-            "settings",
-            f"resume with the same value, or {new_dir}",
-        )
-
-
-def _check_legacy_checkpoint(path: Path, identity: dict) -> None:
-    """A checkpoint of an earlier version (accelerate's ``model.safetensors``, no record): its block count must be
-    the student's."""
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise LayerPruneError(f"{path} is not a checkpoint of train_distill (no {CHECKPOINT_RECORD})")
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as f:
-        blocks = {int(k.split(".")[1]) for k in f.keys() if k.startswith("transformer_blocks.")}
-    expected = identity["student"].get("num_layers")
-    if expected is not None and len(blocks) != expected:
-        raise LayerPruneError(
-            f"checkpoint {path} belongs to another run: it holds {len(blocks)} blocks, this student {expected}"
-        )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # distill_config.json: the record of a distillation run, one versioned type
 # ----------------------------------------------------------------------------------------------------------------
@@ -521,7 +368,7 @@ DISTILL_CONFIG_FORMAT_VERSION = 1
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(Record):
     """How a distilled model was trained (``distill_config.json``, uploaded with the model: models and data by
     public name only, full paths stay in the folder's hidden marker).
 
@@ -534,7 +381,21 @@ class DistillConfig:
             gradient_accumulation_steps`` (:attr:`global_batch_size`).
         use_ema / ema_decay: whether the saved weights are an exponential moving average of the trained ones.
         prompt_set: the prompt-set record (source, count, fingerprint) for prompt-only KD.
+        objective: flow-matching families: the weighting scheme and its parameters, preconditioning, timestep shift
+            and guidance trained with (``flow_objective.objective_record``); ``None`` for DDPM families.
+        optimizer: ``{"name": "adamw"}`` or Prodigy with its flags.
+        elastic: for an elastic-depth run, its depths and their kept blocks; for a depth extracted from one, also
+            ``extracted_depth``.
     """
+
+    KIND = "distill-config"
+    SCHEMA_VERSION = DISTILL_CONFIG_FORMAT_VERSION
+    FORMAT = DISTILL_CONFIG_FORMAT
+    FORMAT_REQUIRED = False  # the first configs had no format key
+    WHAT = "distillation config"
+    FIX = "re-create it by distilling again"
+    REQUIRED = {"kept_layers": list, "steps": int}
+    OPTIONAL = {"teacher_model": str, "student_model": str, "source_num_layers": int, "weights": dict}
 
     teacher_model: str | None
     student_model: str | None
@@ -565,6 +426,10 @@ class DistillConfig:
     teacher_variant: str | None = None
     student_revision: str | None = None
     sparsity_masks_kept: bool = False
+    objective: dict | None = None
+    optimizer: dict | None = None
+    lora_dropout: float | None = None
+    elastic: dict | None = None  # elastic-depth runs (elastic.py): depths, their kept blocks, extracted depth
 
     @property
     def global_batch_size(self) -> int | None:
@@ -572,60 +437,37 @@ class DistillConfig:
             return None
         return self.train_batch_size * self.num_processes * self.gradient_accumulation_steps
 
-    def to_dict(self) -> dict:
+    def body(self) -> dict:
         data = dataclasses.asdict(self)
         w = data.pop("weights")
         return {
-            "format": DISTILL_CONFIG_FORMAT,
-            "format_version": DISTILL_CONFIG_FORMAT_VERSION,
             **data,
             "feature_loss": w["feature_loss"],
             "weights": {k: w[k] for k in ("task", "output", "variance", "feature")},
         }
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "distillation config") -> DistillConfig:
-        if not isinstance(data, dict) or data.get("format", DISTILL_CONFIG_FORMAT) != DISTILL_CONFIG_FORMAT:
-            raise LayerPruneError(f"{source} is not a distillation config (written by train_distill)")
-        if data.get("format_version", 0) > DISTILL_CONFIG_FORMAT_VERSION:
-            raise LayerPruneError(f"{source} was written by a newer diffusers-layerprune; upgrade the package")
+    def from_body(cls, data: dict) -> DistillConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"weights"}
-        try:
-            w = data.get("weights") or {}
-            weights = KDWeights(
-                **{k: w[k] for k in ("task", "output", "variance", "feature") if w.get(k) is not None},
-                feature_loss=data.get("feature_loss") or "mse",
-            )
-            return cls(**{k: v for k, v in data.items() if k in known}, weights=weights)
-        except (TypeError, AttributeError, ValueError) as error:
-            if isinstance(error, LayerPruneError):
-                raise
-            raise LayerPruneError(
-                f"{source} is damaged or hand-edited (not a complete distillation config: {type(error).__name__}: "
-                f"{error}); re-create it by distilling again"
-            ) from error
+        w = data.get("weights") or {}
+        weights = KDWeights(
+            **{k: w[k] for k in ("task", "output", "variance", "feature") if w.get(k) is not None},
+            feature_loss=data.get("feature_loss") or "mse",
+        )
+        return cls(**{k: v for k, v in data.items() if k in known}, weights=weights)
+
+    def model_name(self) -> str | None:
+        return self.student_model
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/distill_config.json`` atomically."""
-        from .outputs import atomic_output_file
-
-        path = Path(folder) / DISTILL_CONFIG
-        with atomic_output_file(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return super().save(Path(folder) / DISTILL_CONFIG)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> DistillConfig:
+    def load(cls, folder: str | os.PathLike, *, model: str | None = None) -> DistillConfig:
         """Read ``folder/distill_config.json`` (or the file itself)."""
         path = Path(folder)
-        path = path / DISTILL_CONFIG if path.is_dir() else path
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as error:
-            raise LayerPruneError(f"{path} does not exist") from error
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LayerPruneError(f"{path} is damaged ({error}); re-create it by distilling again") from error
-        return cls.from_dict(data, str(path))
+        return super().load(path / DISTILL_CONFIG if path.is_dir() else path, model=model)
 
 
 # ----------------------------------------------------------------------------------------------------------------

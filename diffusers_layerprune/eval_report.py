@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from .errors import LayerPruneError
 from .latency import quartiles
+from .records import Record
 
 
 def format_count(n: int | None) -> str:
@@ -143,12 +143,21 @@ class EvalSettings:
 
 
 @dataclass
-class EvalReport:
+class EvalReport(Record):
     """``report.json``: a model evaluated against its teacher on the same prompts and seeds.
 
     ``models`` maps ``"student"`` (and ``"teacher"``) to :class:`ModelEval`. Models, prompt sets and scorers are
     recorded by public name (the report is uploaded with the model).
     """
+
+    KIND = "eval-report"
+    SCHEMA_VERSION = REPORT_FORMAT_VERSION
+    FORMAT = REPORT_FORMAT
+    FORMAT_REQUIRED = False  # the first reports had no format key
+    WHAT = "evaluation report"
+    FIX = "re-create it with `layerprune eval`"
+    REQUIRED = {"settings": dict, "models": dict}
+    OPTIONAL = {"model": str, "teacher": str, "prompts": list, "environment": dict}
 
     model: str | None
     teacher: str | None
@@ -165,10 +174,8 @@ class EvalReport:
     def teacher_entry(self) -> ModelEval | None:
         return self.models.get("teacher")
 
-    def to_dict(self) -> dict:
+    def body(self) -> dict:
         return {
-            "format": REPORT_FORMAT,
-            "format_version": REPORT_FORMAT_VERSION,
             "model": self.model,
             "teacher": self.teacher,
             "settings": dataclasses.asdict(self.settings),
@@ -178,49 +185,19 @@ class EvalReport:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "report data") -> EvalReport:
-        if not isinstance(data, dict) or not {"models", "settings"} <= set(data):
-            raise LayerPruneError(f"{source} is not an evaluation report (written by `layerprune eval`)")
-        if data.get("format", REPORT_FORMAT) != REPORT_FORMAT:
-            raise LayerPruneError(f"{source} is not an evaluation report (format {data.get('format')!r})")
-        if data.get("format_version", 0) > REPORT_FORMAT_VERSION:
-            raise LayerPruneError(f"{source} was written by a newer diffusers-layerprune; upgrade the package")
+    def from_body(cls, data: dict) -> EvalReport:
         known = {f.name for f in dataclasses.fields(EvalSettings)}
-        try:
-            return cls(
-                model=data.get("model"),
-                teacher=data.get("teacher"),
-                settings=EvalSettings(**{k: v for k, v in data["settings"].items() if k in known}),
-                models={k: ModelEval.from_dict(v) for k, v in data["models"].items()},
-                prompts=list(data.get("prompts", [])),
-                environment=dict(data.get("environment", {})),
-            )
-        except (KeyError, TypeError, AttributeError, ValueError) as error:
-            if isinstance(error, LayerPruneError):
-                raise
-            raise LayerPruneError(
-                f"{source} is damaged or hand-edited (not a complete evaluation report: {type(error).__name__}: "
-                f"{error}); re-create it with `layerprune eval`"
-            ) from error
+        return cls(
+            model=data.get("model"),
+            teacher=data.get("teacher"),
+            settings=EvalSettings(**{k: v for k, v in data["settings"].items() if k in known}),
+            models={k: ModelEval.from_dict(v) for k, v in data["models"].items()},
+            prompts=list(data.get("prompts", [])),
+            environment=dict(data.get("environment", {})),
+        )
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
-        """Write ``report.json`` atomically."""
-        from .outputs import atomic_output_file
-
-        with atomic_output_file(path, overwrite=overwrite) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> EvalReport:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as error:
-            raise LayerPruneError(f"report {path} does not exist") from error
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LayerPruneError(f"report {path} is damaged ({error}); re-create it with `layerprune eval`") from error
-        return cls.from_dict(data, str(path))
+    def model_name(self) -> str | None:
+        return self.model
 
 
 def settings_sentence(report: EvalReport) -> str:

@@ -24,36 +24,24 @@ from torch import nn
 
 from .data import PromptSet
 from .errors import LayerPruneError
-from .eval_report import (  # noqa: F401 (public here before the split)
-    REPORT_FORMAT,
-    REPORT_FORMAT_VERSION,
+from .eval_report import (
     EvalReport,
     EvalSettings,
-    Latency,
     ModelEval,
     ScoreSummary,
     check_report_output,
-    format_count,
     grid_path,
-    is_report_file,
     latency_entries,
-    metrics_table,
     render_report_md,
-    settings_sentence,
-    summarize,
-    with_latency,
 )
-from .latency import (  # noqa: F401 (public here before the split)
-    architecture_signature,
-    count_parameters,
+from .latency import (  # noqa: F401 (elapsed_seconds, latency_inputs: benchmarks/gpu_check.py imports them from here)
     elapsed_seconds,
     latency_inputs,
     pipeline_parameters,
     pipeline_seconds,
-    quartiles,
-    shared_latency,
     transformer_latency,
 )
+from .records import Record
 
 # Extra per-image checks by prompt-set name (the toy world registers its judge here):
 # fn(images [N,3,H,W] in [0,1], prompts) -> {"metric": per-image values in [0, 1]}.
@@ -183,6 +171,22 @@ def _scorer_identity(name: str, scorer) -> dict:
     }
 
 
+@dataclasses.dataclass
+class TeacherCacheEntry(Record):
+    """``record.json`` of a teacher-cache entry: the teacher's :class:`ModelEval` (``entry``, latency left out) and
+    the seconds its generation took, under the cache ``key`` and layout ``version``."""
+
+    KIND = "teacher-eval-cache"
+    WHAT = "teacher cache entry"
+    FIX = "it is generated again on the next evaluation"
+    REQUIRED = {"version": int, "key": str, "entry": dict, "seconds": float}
+
+    version: int
+    key: str
+    entry: dict
+    seconds: float
+
+
 class TeacherEvalCache:
     """The teacher's part of an evaluation (per-prompt scores, judge checks, parameters, the images of the grid),
     stored once per teacher x prompts x seeds x sampler settings x scorers, in ``folder`` (default:
@@ -210,15 +214,15 @@ class TeacherEvalCache:
         """``(record, grid images)`` of ``key``, or ``None`` (missing or unreadable: treated as a miss)."""
         entry = self.folder / key
         try:
-            record = json.loads((entry / "record.json").read_text())
+            record = TeacherCacheEntry.load(entry / "record.json")
             from safetensors.torch import load_file
 
             images = load_file(entry / "grid.safetensors")["images"].float() / 255
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):  # LayerPruneError is a ValueError
             return None
-        if record.get("version") != TEACHER_CACHE_VERSION or record.get("key") != key:
+        if record.version != TEACHER_CACHE_VERSION or record.key != key:
             return None
-        return record, images
+        return dataclasses.asdict(record), images
 
     def put(self, key: str, record: dict, images: torch.Tensor) -> None:
         """Store ``record`` and the first :data:`GRID_COLUMNS` images (as 8-bit) under ``key``, atomically; a
@@ -234,8 +238,7 @@ class TeacherEvalCache:
             try:
                 grid = (images[:GRID_COLUMNS].clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
                 save_file({"images": grid}, str(tmp / "grid.safetensors"))
-                data = {"version": TEACHER_CACHE_VERSION, "key": key, **record}
-                (tmp / "record.json").write_text(json.dumps(data, indent=2) + "\n")
+                TeacherCacheEntry(TEACHER_CACHE_VERSION, key, **record).save(tmp / "record.json")
                 target = self.folder / key
                 if target.exists():
                     shutil.rmtree(target, ignore_errors=True)

@@ -415,10 +415,11 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
         "export",
         help="write a pruned transformer as one file (original layout): safetensors or GGUF",
         description="Write the pruned transformer of FOLDER as one file in its family's original checkpoint layout "
-        "(Flux.1 double_blocks / single_blocks, SD3 joint_blocks, Sana blocks; renumbered contiguously), the file "
-        "ComfyUI, Forge and diffusers' from_single_file read. Load it with e.g. "
-        "FluxTransformer2DModel.from_single_file(FILE, config=FOLDER, subfolder='transformer'); a GGUF file with "
-        "quantization_config=GGUFQuantizationConfig(compute_dtype=...). PixArt has no single-file loader.",
+        "(the original block names, renumbered contiguously), the file ComfyUI, Forge and diffusers' "
+        "from_single_file read. Load it with the family's stock transformer class: "
+        "<Class>.from_single_file(FILE, config=FOLDER, subfolder='transformer'); a GGUF file with "
+        "quantization_config=GGUFQuantizationConfig(compute_dtype=...). Families without a layout here are refused "
+        "with the reason (docs/families.md lists them).",
     )
     parser.add_argument("folder", metavar="FOLDER", help="a pipeline (or transformer) folder `layerprune prune` wrote")
     parser.add_argument("--format", dest="fmt", required=True, choices=list(FORMATS), help="single-file or gguf")

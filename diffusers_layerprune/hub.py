@@ -8,32 +8,33 @@ the card, never invented. The token comes from huggingface_hub's usual sources a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from pathlib import Path
 
 from .config_record import expose_record
+from .elastic import card_line
 from .errors import LayerPruneError
+from .upload import (
+    UPLOAD_IGNORE,
+    check_upload_links,
+    report_extras,
+    report_uploads,
+    review_upload,
+    source_aliases,
+    upload_plan,
+)
 
 # Shipped inside the package (model_cards/ at the top of a checkout links here), so a wheel install can render it.
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "pruned_pixart.md"
 
-# Hub tag of each family's base models.
-FAMILY_TAGS = {"pixart": "pixart-sigma", "sana": "sana", "sd3": "sd3", "flux": "flux"}
 
-# Files of a run folder that are not part of the published model.
-# TensorBoard logs (logs/) are uploaded, as diffusers' training scripts do: the Hub shows them as training metrics.
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".*", "**/.*", "validation/**", "*.jsonl", "*.tmp*"]
-
+# Citations of the method and the scorers; each family's papers are in its module (``ModelFamily.citations``).
 CITATIONS = {
     "dit-pruner": "DiT-Pruner: pruning Diffusion Transformers guided by human preference (HPS), with knowledge "
     "distillation; PixArt-Sigma (ECCV 2024 workshop).",
-    "pixart-sigma": "Chen et al., PixArt-Sigma: Weak-to-Strong Training of Diffusion Transformer for 4K "
-    "Text-to-Image Generation, ECCV 2024.",
-    "sana": "Xie et al., SANA: Efficient High-Resolution Image Synthesis with Linear Diffusion Transformers, ICLR 2025.",
-    "sd3": "Esser et al., Scaling Rectified Flow Transformers for High-Resolution Image Synthesis, ICML 2024.",
-    "flux": "Black Forest Labs, FLUX.1 (2024), https://github.com/black-forest-labs/flux.",
     "hps": "Wu et al., Human Preference Score v2: A Solid Benchmark for Evaluating Human Preferences of "
     "Text-to-Image Synthesis, 2023.",
     "pickscore": "Kirstain et al., Pick-a-Pic: An Open Dataset of User Preferences for Text-to-Image Generation, 2023.",
@@ -215,7 +216,7 @@ def _render_model_card(
 
     from . import __version__
     from .distill import DISTILL_CONFIG, DistillConfig
-    from .evaluation import EvalReport, format_count, metrics_table, settings_sentence
+    from .eval_report import EvalReport, format_count, metrics_table, settings_sentence
     from .provenance import local_source, public_name
     from .routing.record import check_routing_folder
 
@@ -255,10 +256,10 @@ def _render_model_card(
     params_after, _, params_before = _transformer_parameters(folder)
 
     cites = ["dit-pruner", *family.references]
-    tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image", FAMILY_TAGS[family.name]]
+    tags = ["pruned", "layer-pruning", "diffusers-layerprune", "text-to-image", family.hub_tag]
     if routing is not None:  # a routed pipeline: shared full-depth weights + router; "pruned" only if they are
         cites = ([] if not routing.kept_layers else ["dit-pruner"]) + [*family.references, "aptp"]
-        tags = ["prompt-routing", "dynamic-depth", "diffusers-layerprune", "text-to-image", FAMILY_TAGS[family.name]]
+        tags = ["prompt-routing", "dynamic-depth", "diffusers-layerprune", "text-to-image", family.hub_tag]
         if routing.kept_layers:
             tags[2:2] = ["pruned", "layer-pruning"]
     stacks = kept_by_stack = None
@@ -289,40 +290,29 @@ def _render_model_card(
             elif key == "scorer":
                 value = public_name(value)
             if value is not None:
-                importance_lines.append(f"{label}: `{value}`")
+                importance_lines.append((label, value))
         if criterion in CITATIONS:
             cites.append(criterion)
         if meta.get("scorer", "") and str(meta.get("scorer")).startswith("hps"):
             cites.append("hps")
-    distill_lines = []
+    distillation = None
     if distill:
         tags.append("knowledge-distillation")
-        w = distill.weights
-        accumulation = distill.gradient_accumulation_steps
-        distill_lines = [
-            f"teacher: `{public_name(distill.teacher_model)}`; student block i distilled from teacher block "
-            "kept_layers[i]",
-            f"steps: {distill.steps}, batch size {distill.train_batch_size} x {distill.num_processes} processes"
-            + (f" x {accumulation} accumulation steps" if accumulation > 1 else "")
-            + f", learning rate {distill.learning_rate}",
-            f"loss: {w.task} x task MSE + {w.output} x output KD + {w.variance} x variance KD + "
-            f"{w.feature} x feature KD (`{w.feature_loss}`)",
-            "training: "
-            + (
-                f"LoRA (rank {distill.rank}, alpha {distill.lora_alpha}), merged into the weights"
-                if distill.lora
-                else "all student weights"
-            )
-            + (f"; the weights are an EMA of the trained ones (decay {distill.ema_decay})" if distill.use_ema else ""),
-            f"data: `{public_name(distill.data)}` ({distill.train_samples} samples)",
-        ]
+        load = None
         if distill.lora:  # the adapter alone, for the undistilled pruned model (these weights already hold it)
             load = (
                 f'peft.PeftModel.from_pretrained(pipe.transformer, "{repo_id}", subfolder="lora")'
                 if family.lora_format == "peft"
                 else f'pipe.load_lora_weights("{repo_id}", subfolder="lora")'
             )
-            distill_lines.append(f"the LoRA alone is in `lora/` (already merged here); on the pruned model: `{load}`")
+        distillation = {
+            **dataclasses.asdict(distill),
+            "teacher": public_name(distill.teacher_model),
+            "data": public_name(distill.data),
+            "lora_load": load,
+            "elastic_line": card_line(distill.elastic) if distill.elastic else None,  # one run, nested depths
+        }
+        w = distill.weights
         cites.append("bk-sdm")
         if w.feature_loss == "normalized":
             cites.append("output_loss")
@@ -373,11 +363,30 @@ def _render_model_card(
     routing_section = None
     if routing is not None:
         from .routing.pipeline import CUSTOM_PIPELINE
-        from .routing.record import routing_card_section, routing_summary
+        from .routing.record import routing_summary
 
         summary = routing_summary(routing)
-        custom = CUSTOM_PIPELINE if (folder / f"{CUSTOM_PIPELINE}.py").is_file() else None
-        routing_section = routing_card_section(routing, repo_id, custom_pipeline=custom)
+        routing_section = dict(
+            num_layers=routing.num_layers,
+            num_codes=routing.num_codes,
+            finetune_steps=routing.training.get("settings", {}).get("finetune_steps") or 0,
+            mean_blocks=routing.mean_blocks,
+            num_prompts=routing.training.get("num_prompts", ""),
+            budget=routing.budget,
+            codes=[
+                dict(
+                    blocks=len(c.kept_layers),
+                    skipped=routing.skipped_layers(k),
+                    share=c.share,
+                    closest=c.closest_prompts,
+                )
+                for k, c in enumerate(routing.codes)
+            ],
+            kept_layers=routing.kept_layers,
+            source_model=routing.source_model,
+            source_num_layers=routing.source_num_layers,
+            custom_pipeline=CUSTOM_PIPELINE if (folder / f"{CUSTOM_PIPELINE}.py").is_file() else None,
+        )
     from .export import exported_files
 
     exports = [
@@ -413,7 +422,7 @@ def _render_model_card(
         pipeline_params_after=format_count(report.student.parameters["total"]) if report else None,
         importance=importance_lines,
         importance_plot="importance.png" if (folder / "importance.png").is_file() else None,
-        distillation=distill_lines,
+        distillation=distillation,
         loss_plot="loss_curve.png" if (folder / "loss_curve.png").is_file() else None,
         evaluation=evaluation,
         evaluation_settings=evaluation_settings,
@@ -424,32 +433,13 @@ def _render_model_card(
         # real checkpoints run in their family's half precision; tiny ones (the toy world) in float32, as layerprune
         # runs them
         dtype=family.defaults.get("dtype", "bfloat16") if family.real_size(config) else "float32",
+        prompt_keyword="prompt=" if family.prompt_keyword else "",
         call_args="".join(f", {k}={v!r}" for k, v in family.card_call_args(config).items()),
         config_path="config.json" if transformer_only else "transformer/config.json",
-        citations=[CITATIONS[c] for c in dict.fromkeys(cites)],
+        citations=[{**CITATIONS, **family.citations}[c] for c in dict.fromkeys(cites)],
         version=__version__,
     )
     return str(card)
-
-
-def report_extras(report_file: Path) -> tuple[Path, Path]:
-    """``report.md`` and the image grid written beside ``report_file`` (``layerprune eval`` names them after it)."""
-    from .evaluation import grid_path
-
-    return report_file.with_suffix(".md"), grid_path(report_file)
-
-
-def report_uploads(folder: Path, report: str | os.PathLike) -> list[tuple[str, str, int]]:
-    """Upload rows (:func:`upload_plan`'s form, with absolute sources) for an evaluation report kept outside
-    ``folder``: its JSON, Markdown and grid go up as ``report.json``, ``report.md`` and ``report_grid.png``."""
-    report = Path(report).expanduser()
-    if not report.is_file():
-        raise LayerPruneError(f"--report {report} does not exist; pass the report.json that layerprune eval wrote")
-    if (Path(folder) / "report.json").exists():
-        raise LayerPruneError(f"{folder} holds a report.json already; push without --report, or remove that one")
-    md, grid = report_extras(report)
-    pairs = [(report, "report.json"), (md, "report.md"), (grid, "report_grid.png")]
-    return [(str(path.resolve()), target, path.stat().st_size) for path, target in pairs if path.is_file()]
 
 
 def _size_text(size: int) -> str:
@@ -474,77 +464,6 @@ def _export_kind(path: Path) -> str:
     return f"safetensors {'/'.join(dtypes)}"
 
 
-def _ignored(rel: str) -> bool:
-    from fnmatch import fnmatch
-
-    return any(fnmatch(rel, pattern) for pattern in UPLOAD_IGNORE)
-
-
-def files_to_upload(folder: Path) -> list[tuple[str, int]]:
-    """``(relative path, size in bytes)`` of every file an upload sends, in upload order.
-
-    Like ``HfApi.upload_folder``: files (a symbolic link to a file counts as its target), not following links to
-    folders, minus :data:`UPLOAD_IGNORE`.
-    """
-    folder = Path(folder)
-    out = []
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            path = Path(dirpath) / name
-            rel = path.relative_to(folder).as_posix()
-            if path.is_file() and not _ignored(rel):
-                out.append((rel, path.stat().st_size))
-    return sorted(out)
-
-
-# Pipeline parts a transformer-only upload leaves to the base model.
-BASE_PARTS = ("model_index.json", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")
-
-
-def upload_plan(folder: Path, *, transformer_only: bool = False) -> list[tuple[str, str, int]]:
-    """``(path in folder, path in the repo, bytes)`` of every file an upload sends, in upload order.
-
-    With ``transformer_only`` a pipeline folder uploads ``transformer/*`` at the top of the repo (where
-    ``PixArtTransformer2DModel.from_pretrained(repo_id)`` looks) with the card, plots, reports and the LoRA adapter,
-    and none of the other components (``BASE_PARTS``): those stay in the base model's repo.
-    """
-    files = files_to_upload(folder)
-    if not transformer_only or not (Path(folder) / "model_index.json").is_file():
-        return [(rel, rel, size) for rel, size in files]
-    plan = []
-    for rel, size in files:
-        top = rel.split("/", 1)[0]
-        if top == "transformer":
-            plan.append((rel, rel.split("/", 1)[1], size))
-        elif top not in BASE_PARTS:
-            plan.append((rel, rel, size))
-    targets = [target for _, target, _ in plan]
-    clash = sorted({t for t in targets if targets.count(t) > 1})
-    if clash:
-        raise LayerPruneError(f"{folder}: {clash[0]} exists both in transformer/ and at the top; remove one")
-    return sorted(plan, key=lambda row: row[1])
-
-
-def check_upload_links(folder: Path) -> None:
-    """Refuse to upload a folder holding a symbolic link (not ignored) whose target lies outside the folder: the
-    upload would send the target, a file from elsewhere on the machine. Links inside the folder are fine."""
-    from .outputs import link_points_outside
-
-    folder = Path(folder)
-    root = folder.resolve()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = path.relative_to(folder).as_posix()
-            if not path.is_symlink() or _ignored(rel) or _ignored(rel + "/"):
-                continue
-            if link_points_outside(path, root):
-                raise LayerPruneError(
-                    f"{path} is a symbolic link to {os.readlink(path)}, outside the folder; push uploads no files "
-                    "from outside it: replace the link with a copy of the file or remove it"
-                )
-
-
 def is_our_card(path: Path) -> bool:
     """Whether ``path`` is a model card this package rendered (its metadata carries the package's tag)."""
     import yaml
@@ -565,48 +484,6 @@ def write_model_card(folder: Path, card: str) -> Path:
     with atomic_output_file(path) as tmp:
         tmp.write_text(card)
     return path
-
-
-def _source_aliases(folder: Path, base_model: str | None) -> dict[str, str]:
-    """Public name of the recorded source -> ``base_model``: with ``--base-model`` a config's ``_name_or_path`` that
-    named the local source folder names the source's Hub id instead of a folder name."""
-    if not base_model:
-        return {}
-    from .modeling import read_transformer_config
-    from .provenance import public_name
-
-    recorded = (read_transformer_config(folder) or {}).get("source_model")
-    return {public_name(recorded): base_model} if recorded else {}
-
-
-def review_upload(
-    folder: Path, plan: list[tuple[str, str, int]], *, aliases: dict[str, str] | None = None
-) -> list[dict]:
-    """What each file of ``plan`` (:func:`upload_plan`) sends, after searching it for absolute paths of a machine
-    (:func:`~diffusers_layerprune.provenance.find_machine_paths`: every JSON key and value, nested, and every text).
-
-    Returns one dict per file, in plan order: ``rel``, ``target``, ``size``, ``verdict`` (``"as is"``,
-    ``"rewritten"``: ``data`` holds the bytes that go up, with each path replaced by its public name, or the Hub id
-    in ``aliases`` for a source key; ``"left out"``: a log or image holding a path, not sent) and ``changes``
-    (``(old, new)`` pairs). A weights or tokenizer file holding a path is refused: one :class:`LayerPruneError`
-    naming the file and the path, before anything is sent. The folder's own files are never changed.
-    """
-    from .provenance import _roots_of, clean_upload_file
-
-    roots = _roots_of(folder)
-    rows = []
-    for rel, target, size in plan:
-        verdict, data, changes = clean_upload_file(Path(folder) / rel, rel, roots, aliases or {})
-        if verdict == "refused":
-            raise LayerPruneError(
-                f"{Path(folder) / rel} holds a local path ({changes[0][0]}) that push cannot rewrite in a weights "
-                "or tokenizer file: re-save the file without it (nothing was uploaded)"
-            )
-        rows.append(
-            dict(rel=rel, target=target, size=len(data) if data is not None else size, verdict=verdict, data=data,
-                 changes=changes)
-        )  # fmt: skip
-    return rows
 
 
 def push_pipeline(
@@ -643,6 +520,9 @@ def push_pipeline(
     if base_model is not None:
         check_base_model(base_model)
     check_upload_links(folder)
+    from .validation import check_weight_files
+
+    check_weight_files(folder)  # a truncated or damaged weight file is named, never uploaded
     check_output_file(folder / "README.md", owned=is_our_card)
     token = None
     if not dry_run:
@@ -661,7 +541,7 @@ def push_pipeline(
     plan = upload_plan(folder, transformer_only=transformer_only) + extra
     if not any(rel == "README.md" for rel, _, _ in plan):
         plan = sorted([*plan, ("README.md", "README.md", len(card.encode()))], key=lambda row: row[1])
-    aliases = _source_aliases(folder, base_model)
+    aliases = source_aliases(folder, base_model)
     # Every file is reviewed before the card is written: a refusal leaves the folder as it was.
     review = review_upload(folder, [row for row in plan if row[0] != "README.md"], aliases=aliases)
     write_model_card(folder, card)

@@ -159,22 +159,35 @@ def accelerate_command(
     return cmd, env
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
+def run_child(cmd: list[str], env: dict[str, str] | None = None, on_stderr=None) -> int:
     """Run ``cmd`` (the training script, or ``accelerate launch`` of it) and return its exit code; the child never
     outlives this process.
 
     On Linux the child asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), which covers a
     parent killed with SIGKILL; processes the child starts in turn (accelerate's workers) do the same towards it in
     :func:`follow_parent`. A SIGTERM or Ctrl-C delivered to this process terminates the child, waits for it, then
-    goes on as it would have (exception or exit). ``env`` adds to this process's environment.
+    goes on as it would have (exception or exit). ``env`` adds to this process's environment. ``on_stderr``: called
+    with each chunk (bytes) the child writes to its standard error, as it arrives, instead of passing it through.
     """
     import signal
     import threading
 
     child_env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen(
-        cmd, env=child_env, preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None
+        cmd,
+        env=child_env,
+        preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+        stderr=subprocess.PIPE if on_stderr is not None else None,
     )
+    reader = None
+    if on_stderr is not None:
+
+        def copy() -> None:
+            while chunk := proc.stderr.read1(65536):
+                on_stderr(chunk)
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
     previous = None
     if threading.current_thread() is threading.main_thread():
 
@@ -183,7 +196,10 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
 
         previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        return proc.wait()
+        code = proc.wait()
+        if reader is not None:
+            reader.join(timeout=30)  # a grandchild may still hold the pipe: never wait for it for long
+        return code
     except BaseException:
         proc.terminate()
         try:
@@ -197,31 +213,116 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+TRACEBACK = b"Traceback (most recent call last):"
+
+
+class _StderrFilter:
+    """What the user sees of a launched stage's standard error: everything (progress bars, warnings) until the
+    stage fails, then nothing more: the failure is told in one line by :func:`run_launched`. The stage fails for the
+    filter when its error file appears (written before the script prints anything about it) or a traceback starts
+    (a crash before the script's own handler, or the launcher's). Every byte also goes to ``log``."""
+
+    def __init__(self, error_file: Path, log) -> None:
+        import codecs
+
+        self.error_file, self.log, self.hidden, self.tail = error_file, log, False, b""
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, chunk: bytes) -> None:
+        self.log.write(chunk)
+        self.log.flush()
+        if self.hidden:
+            return
+        text = self.tail + chunk
+        at = text.find(TRACEBACK)
+        if at >= 0 or self.error_file.exists():
+            self.hidden = True
+            chunk = chunk[: max(0, at - len(self.tail))] if at >= 0 else b""
+        else:
+            self.tail = text[-len(TRACEBACK) :]
+        if chunk:
+            sys.stderr.write(self.decoder.decode(chunk))
+            sys.stderr.flush()
+
+
 def run_launched(module: str, args: Sequence[str], launch: LaunchSettings | None, *, what: str) -> None:
     """Run ``module`` under ``accelerate launch`` (:func:`accelerate_command`, :func:`run_child`). A
-    :class:`LayerPruneError` raised in the launched script is raised here with its own message; any other failure
-    raises one naming ``what`` and the exit code."""
+    :class:`LayerPruneError` raised in the launched script is raised here with its own message (the script does not
+    print it: the user reads it once); an unexpected exception there raises one line naming ``what``, the exception
+    and the log file that keeps the launched processes' whole standard error (tracebacks included, which are not
+    shown). The log is removed when the stage succeeds."""
+    import json
     import tempfile
+    import time
 
     cmd, env = accelerate_command(module, args, launch)
-    with tempfile.TemporaryDirectory(prefix="layerprune-launch-") as folder:
-        error_file = Path(folder) / "error.txt"
-        code = run_child(cmd, {**env, ERROR_FILE_ENV: str(error_file)})
-        message = error_file.read_text().strip() if error_file.is_file() else ""
-    if code != 0:
-        raise LayerPruneError(message or f"{what} failed (exit code {code}; see the messages above)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_path = Path(tempfile.gettempdir()) / f"layerprune-{what.replace(' ', '-')}-{stamp}-{os.getpid()}.log"
+    with tempfile.TemporaryDirectory(prefix="layerprune-launch-") as folder, open(log_path, "wb") as log:
+        error_file = Path(folder) / "error.json"
+        code = run_child(cmd, {**env, ERROR_FILE_ENV: str(error_file)}, on_stderr=_StderrFilter(error_file, log))
+        try:
+            reported = json.loads(error_file.read_text(encoding="utf-8")) if error_file.is_file() else {}
+        except (OSError, ValueError):
+            reported = {}
+    if code == 0:
+        log_path.unlink(missing_ok=True)
+        return
+    message = str(reported.get("message") or "")
+    if message and not reported.get("crash"):
+        log_path.unlink(missing_ok=True)
+        raise LayerPruneError(message)
+    if message:
+        raise LayerPruneError(f"{what} crashed: {message}; the full log is in {log_path}")
+    last = _last_error_line(log_path)
+    raise LayerPruneError(
+        f"{what} failed (exit code {code}{': ' + last if last else ''}); the full log is in {log_path}"
+    )
+
+
+def _last_error_line(log_path: Path) -> str:
+    """The last line of a traceback in the log (``RuntimeError: ...``), or ``""``."""
+    try:
+        lines = log_path.read_bytes()[-65536:].decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    import re
+
+    exception = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Failure)\b")
+    return next((line.strip()[:300] for line in reversed(lines) if exception.match(line)), "")
+
+
+def _hand_over(message: str, crash: bool = False) -> bool:
+    """In a process launched by :func:`run_launched`: write the one-line ``message`` for it (the first error of any
+    of the launched processes wins). ``False`` when this process was not launched that way."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path:
+        return False
+    import json
+
+    try:
+        with open(path, "x", encoding="utf-8") as file:
+            json.dump({"message": message, "crash": crash}, file)
+    except FileExistsError:
+        pass  # another process of the stage failed first: its message is the one the user needs
+    except OSError:
+        return False
+    return True
 
 
 def report_error(prefix: str, error: BaseException | str) -> None:
-    """Print a launched script's error (a :class:`LayerPruneError`) on one line, and hand it to :func:`run_launched`."""
+    """A launched script's error (a :class:`LayerPruneError`) on one line: handed to :func:`run_launched`, which
+    raises it in the launching process, or printed when the script was started by hand."""
     message = str(error)
-    print(f"{prefix}: error: {message}", file=sys.stderr)
-    path = os.environ.get(ERROR_FILE_ENV)
-    if path:
-        try:
-            Path(path).write_text(message + "\n")
-        except OSError:
-            pass
+    if not _hand_over(message):
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+
+
+def report_crash(error: BaseException) -> None:
+    """In a process launched by :func:`run_launched`: hand over one line for an unexpected exception (its type and
+    first line); the caller re-raises it, so its traceback goes to the log that :func:`run_launched` keeps."""
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    _hand_over(f"{type(error).__name__}: {first}" if first else type(error).__name__, crash=True)
 
 
 def follow_parent() -> None:

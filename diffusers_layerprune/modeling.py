@@ -2,8 +2,8 @@
 
 A pruned transformer is its family's stock class with fewer blocks, renumbered ``0..N-1``, whose config also records
 ``kept_layers`` (the source block each block came from), ``source_num_layers`` and ``source_model`` (see
-``pruned.py``; the classes are :class:`PrunedPixArtTransformer`, :class:`PrunedSanaTransformer`,
-:class:`PrunedSD3Transformer`, :class:`PrunedFluxTransformer`). Folders it saves name the stock class, so stock
+``pruned.py``; each family module defines its pruned class, re-exported here by name: ``Pruned<Family>Transformer``).
+Folders it saves name the stock class, so stock
 diffusers loads them without this package, without a warning (the record is stored under ``_`` names: ``config_record``).
 """
 
@@ -19,20 +19,25 @@ import torch
 from .aliases import ALIAS_FOLDERS, MODEL_ALIASES
 from .config_record import expose_record, source_id  # noqa: F401 (source_id: public here before it moved)
 from .errors import LayerPruneError
-from .families import family_of, family_of_config, family_of_pipeline, find_family, supported_text
-from .families.flux import PrunedFluxTransformer
-from .families.pixart import PrunedPixArtTransformer
-from .families.sana import PrunedSanaTransformer
-from .families.sd3 import PrunedSD3Transformer
+from .families import (
+    DEFAULT_FAMILY,
+    exported,
+    family_of,
+    family_of_config,
+    family_of_pipeline,
+    find_family,
+    get_family,
+    supported_text,
+    tiny_names,
+)
 from .generation import generate_from_conditioning, generate_from_embeddings  # noqa: F401 (public here before)
 from .outputs import atomic_output_dir
-from .pruned import PrunedTransformerMixin, check_kept_layers
+from .pruned import PrunedTransformerMixin
 from .validation import is_transformer_folder  # noqa: F401 (public here before it moved)
 from .validation import resolve_local_model as _resolve_local
 
-# Kept for callers of the PixArt-only API.
-STOCK_CLASS = ("diffusers", "PixArtTransformer2DModel")
-_check_kept_layers = check_kept_layers
+# Kept for callers of the first family's API (before there were others).
+STOCK_CLASS = ("diffusers", get_family(DEFAULT_FAMILY).transformer_class)
 
 
 def expose_record_of(model) -> None:
@@ -88,10 +93,13 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         dtype="float32",
     ),
 }
-for _family, _size in (("sana", 32), ("sd3", 16), ("flux", 16)):  # testing.TINY_RESOLUTION
-    GENERATION_DEFAULTS[f"tiny-random-{_family}"] = dict(GENERATION_DEFAULTS["tiny-random"], resolution=_size)
-# Kept for callers of the PixArt-only API: the PixArt family's defaults.
-PIXART_SIGMA_DEFAULTS = dict(__import__("diffusers_layerprune.families.pixart", fromlist=["FAMILY"]).FAMILY.defaults)
+for _name, _family in tiny_names().items():  # every other tiny pipeline: the same, at its family's tiny resolution
+    if _name != "tiny-random":
+        GENERATION_DEFAULTS[_name] = dict(
+            GENERATION_DEFAULTS["tiny-random"], resolution=get_family(_family).tiny_resolution
+        )
+# Kept for callers of the first family's API: its defaults.
+PIXART_SIGMA_DEFAULTS = dict(get_family(DEFAULT_FAMILY).defaults)
 DTYPES = ("float32", "float16", "bfloat16")
 REAL_SIZE_CAPTION_CHANNELS = 4096  # T5-XXL's width: transformers conditioned on it are real-size PixArt-Sigma
 
@@ -246,6 +254,43 @@ def check_resolution_for(model: str | os.PathLike, resolution: int | None, confi
     check_resolution(resolution, config, vae_scale_factor_of(pipeline_folder(model)))
 
 
+def check_not_pickles_only(error: BaseException, name: str, revision: str | None = None) -> None:
+    """After a load with ``use_safetensors=True`` failed (the libraries then never open a pickle): refuse in one line
+    naming the pickled files when the model (a Hub id, from the cache or the Hub's file list, or a folder) has
+    ``.bin`` / ``.pt`` / ``.ckpt`` weights where its ``.safetensors`` should be. Returns for any other failure."""
+    from .errors import _chain
+    from .validation import PICKLE_SUFFIXES
+
+    text = " ".join(str(e) for e in _chain(error)).lower()
+    if "safetensors" not in text:
+        return
+    files: list[str] = []
+    if Path(name).expanduser().is_dir():
+        root = Path(name).expanduser()
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            root = Path(snapshot_download(name, revision=revision, local_files_only=True))
+            files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        except Exception:  # not in the cache: the Hub's file list
+            try:
+                from huggingface_hub import list_repo_files
+
+                files = list_repo_files(name, revision=revision)
+            except Exception:
+                files = []
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        shown = ", ".join(pickles[:3]) + (" ..." if len(pickles) > 3 else "")
+        raise LayerPruneError(
+            f"{name} has pickled weights ({shown}) where .safetensors belong, which layerprune never loads (opening "
+            "a pickle can run code): use a model with .safetensors weights, or convert it where you trust its "
+            "source (from_pretrained(...).save_pretrained(...) writes safetensors)"
+        ) from error
+
+
 def _first_line(error: Exception, repo_id: str | None = None) -> str:
     """The first line of ``error``'s message, and for a failed Hub download what fixes it (:func:`hub_error_fix`)."""
     from .errors import hub_error_fix
@@ -304,9 +349,14 @@ def load_pipeline(
             if variant is not None:
                 components["variant"] = variant
             pipe = DiffusionPipeline.from_pretrained(
-                str(local or name), dtype=torch_dtype, revision=revision, **components
+                str(local or name), dtype=torch_dtype, revision=revision, use_safetensors=True, **components
             )
         except Exception as error:  # hub / network / format errors: one line with the cause
+            check_not_pickles_only(error, name, revision)
+            if local is not None:  # a damaged file is named (the libraries' messages do not all say which)
+                from .validation import check_weight_files
+
+                check_weight_files(local)
             raise LayerPruneError(f"could not load pipeline {name!r}: {_first_line(error, name)}") from error
         transformer = getattr(pipe, "transformer", None)
         if "transformer" not in components and find_family(transformer) is not None:
@@ -372,11 +422,12 @@ def load_transformer(
         cls = getattr(diffusers, family.transformer_class)
     try:
         transformer = cls.from_pretrained(
-            str(folder or name), subfolder=subfolder, torch_dtype=torch_dtype, revision=revision
+            str(folder or name), subfolder=subfolder, torch_dtype=torch_dtype, revision=revision, use_safetensors=True
         )
     except LayerPruneError:
         raise
     except Exception as error:
+        check_not_pickles_only(error, name, revision)
         raise LayerPruneError(f"could not load the transformer of {name!r}: {_first_line(error, name)}") from error
     if config.get("source_model") is None:  # record where it came from: a Hub id, or the folder
         transformer.register_to_config(_name_or_path=name)
@@ -402,7 +453,8 @@ def save_pruned_transformer(
 
     if not isinstance(transformer, PrunedTransformerMixin):
         raise LayerPruneError(
-            f"expected a pruned transformer (e.g. PrunedPixArtTransformer), got {type(transformer).__name__}"
+            f"expected a pruned transformer (a family's pruned class, as prune_pipeline makes), got "
+            f"{type(transformer).__name__}"
         )
     source = transformer.config.get("source_model")
     local = {"source_model": source} if source else None
@@ -520,11 +572,15 @@ def save_pruned_pipeline(
     return Path(output_dir)
 
 
+def __getattr__(name: str):
+    """Each family's exported names (its pruned class: ``Pruned<Family>Transformer``), importable from here."""
+    value = exported(name)
+    if value is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return value
+
+
 __all__ = [
-    "PrunedPixArtTransformer",
-    "PrunedSanaTransformer",
-    "PrunedSD3Transformer",
-    "PrunedFluxTransformer",
     "generate_from_conditioning",
     "load_pipeline",
     "load_transformer",

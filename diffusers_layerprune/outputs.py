@@ -3,7 +3,7 @@ folders this package wrote are ever replaced, and nothing is written through a s
 
 Every folder the package creates (pruned pipelines, distillation runs, recipe runs, caches) holds a small hidden
 marker, ``.layerprune.json``: what wrote it, its top-level entries, and a ``local`` record (full local paths of the
-models it came from) that never leaves the machine (hidden files are not uploaded, see ``hub.UPLOAD_IGNORE``).
+models it came from) that never leaves the machine (hidden files are not uploaded, see ``upload.UPLOAD_IGNORE``).
 ``--overwrite`` replaces a folder only when it carries the marker and holds nothing but entries this package writes.
 
 Temporary names are ``.NAME.tmp-PID-XXXX`` (being written) and ``.NAME.old-PID`` (being replaced): the next run
@@ -45,6 +45,7 @@ OWN_ENTRIES = (
     "report.md",
     "report_grid.png",
     "distill_config.json",
+    "elastic.json",  # train_distill --elastic_depths (elastic.py)
     "sparsity.json",
     "routing.json",
     "router.safetensors",
@@ -335,8 +336,9 @@ def atomic_output_dir(
     clean_stale_temps(path.parent, path.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
-        yield tmp
-        write_marker(tmp, kind, local=local)
+        with removing_partial(tmp, path):
+            yield tmp
+            write_marker(tmp, kind, local=local)
         # Checked again: the folder may have changed while the block ran.
         if path.exists():
             check_output_dir(path, overwrite=overwrite, inputs=inputs)
@@ -384,7 +386,8 @@ def atomic_output_file(path: str | os.PathLike, *, overwrite: bool = True) -> It
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with removing_partial(tmp, path):
+            yield tmp
         _usual_permissions(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -467,3 +470,86 @@ def check_work_dir(path: str | os.PathLike, *, inputs: Iterable = (), what: str 
         )
     check_no_outside_links(path, what)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A full disk while saving
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or one it was raised from) says the disk or the user's quota is full: an ``OSError`` with
+    ``ENOSPC``/``EDQUOT``, or safetensors' own error type, which carries the OS error in its text."""
+    import errno
+
+    from .errors import _chain
+
+    for cause in _chain(error):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(cause)
+        if "No space left on device" in text or "os error 28" in text or "StorageFull" in text:
+            return True
+    return False
+
+
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Bytes of the files under ``path`` (a file or a folder; 0 if missing)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                total += (Path(dirpath) / name).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def disk_full_error(folder: str | os.PathLike, *, written: int = 0, needed: int | None = None) -> LayerPruneError:
+    """One line for a save that filled the disk: the folder, the space free there and the space needed (``needed``
+    when the caller knows it, else more than the ``written`` bytes that fit), and that the partial output is gone."""
+    folder = _absolute(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    need = f"about {human_size(needed)}" if needed else f"more than the {human_size(written)} written before it filled"
+    return LayerPruneError(
+        f"the disk holding {folder} is full ({human_size(free)} free; the save needs {need}); the partial output was "
+        "removed: free space there or write to a folder on another disk"
+    )
+
+
+@contextmanager
+def removing_partial(partial: str | os.PathLike, target: str | os.PathLike, *, needed: int | None = None):
+    """Run a save into ``partial`` (a temporary file or folder that becomes ``target``): if it fills the disk,
+    ``partial`` is removed and :func:`disk_full_error` raised instead (one line naming ``target``'s folder)."""
+    partial = Path(partial)
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        written = size_on_disk(partial)
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        raise disk_full_error(Path(target).parent, written=written, needed=needed) from error
+
+
+def checkpoint_size(output_dir: str | os.PathLike) -> int | None:
+    """Bytes of the newest ``checkpoint-N`` folder in ``output_dir`` (the next one needs as much), or ``None``."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    if not found:
+        return None
+    return size_on_disk(max(found, key=lambda p: int(p.name.split("-", 1)[1])))

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from .errors import LayerPruneError
-from .prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS  # noqa: F401 (default corpora)
 
 logger = logging.getLogger(__name__)
 

@@ -268,11 +268,33 @@ def _binary_strings(path: Path, limit: int = 64 * 2**20) -> str:
     suffix = path.suffix.lower()
     if suffix in (".bin", ".pt", ".pth", ".ckpt"):
         return ""
+    if suffix == ".gguf":
+        return _gguf_strings(path)
     with path.open("rb") as f:
         if suffix == ".safetensors":
             head = f.read(8)
             return binary_strings(head + f.read(min(int.from_bytes(head, "little"), limit)), suffix)
         return binary_strings(f.read(limit), suffix)
+
+
+def _gguf_strings(path: Path) -> str:
+    """A GGUF file's metadata (every key, every string value, tensor names), one per line: its tensor data is
+    quantized weights, whose bytes can spell a path by chance. A file the reader cannot parse is scanned whole."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        lines = []
+        for field in reader.fields.values():
+            lines.append(field.name)
+            value = field.contents()
+            values = value if isinstance(value, list) else [value]
+            lines += [v for v in values if isinstance(v, str)]
+        lines += [tensor.name for tensor in reader.tensors]
+        return "\n".join(lines)
+    except Exception:  # not GGUF after all (or an older reader): the printable runs, as for any binary file
+        with path.open("rb") as f:
+            return binary_strings(f.read(64 * 2**20), path.suffix)
 
 
 def clean_upload_file(

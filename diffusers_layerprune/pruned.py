@@ -113,6 +113,14 @@ class PrunedTransformerMixin:
                 module = student.get_submodule(module_name) if module_name else student
                 value = source_buffers[_renamed(name, family, prefixes, inverse)]
                 setattr(module, buffer_name, value.clone() if copy_weights else value)
+        # Tensors kept as plain attributes (Qwen-Image's rotary tables) are neither: take them over as well.
+        for module_name, module in student.named_modules():
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, torch.Tensor) and value.is_meta:
+                    full = f"{module_name}.{attr}" if module_name else attr
+                    owner, _, leaf = _renamed(full, family, prefixes, inverse).rpartition(".")
+                    value = getattr(transformer.get_submodule(owner) if owner else transformer, leaf)
+                    setattr(module, attr, value.clone() if copy_weights else value)
         leftover = [n for n, t in [*student.named_parameters(), *student.named_buffers()] if t.is_meta]
         if leftover:  # would mean a parameter the state dict does not cover: never ship uninitialised weights
             raise RuntimeError(f"pruned model has uninitialised tensors: {leftover[:5]}")
@@ -128,6 +136,7 @@ class PrunedTransformerMixin:
         block numbering has gaps would load as a silently broken model.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("use_safetensors", True)  # never a pickle (opening one can run code)
         model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
         if problems:

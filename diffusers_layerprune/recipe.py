@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LayerPruneError
-from .launch import TRAIN_MODULE, LaunchSettings, run_child  # noqa: F401  (run_child: imported from here before)
+from .launch import LaunchSettings
+from .run_state import RunState, RunSummary, format_stages, format_summary, summary_rows
 
 
 @dataclass
@@ -86,11 +87,20 @@ class Recipe:
         unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise LayerPruneError(f"recipe {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+        data = {name: _yaml_number(cls, name, value) for name, value in data.items()}
         for name, value in data.items():
             _check_field_type(cls, name, value, f"recipe {path}")
-        return cls(**{**data, **overrides})
+        recipe = cls(**{**data, **overrides})
+        if "rank" in data and not recipe.use_lora:  # the rank of adapters that are not trained: silently ignored
+            raise LayerPruneError(f"recipe {path}: rank applies only with use_lora: true; add it or leave rank out")
+        return recipe
 
     def check(self) -> None:
+        """Refuse, before anything is read at length or written, every value that cannot run: each field's range
+        and name, the prompt sets, the model, the exports, the training arguments and the launch settings."""
+        from .recipe_checks import check_recipe_values
+
+        check_recipe_values(self)
         if sum(v is not None for v in (self.num_layers, self.remove, self.ratio)) != 1:
             raise LayerPruneError(
                 "give exactly one of num_layers (blocks to keep), remove (blocks to remove) or ratio (fraction to "
@@ -149,6 +159,20 @@ class Recipe:
         )
 
 
+def _yaml_number(cls, name: str, value):
+    """``learning_rate: 2e-4`` is text to YAML 1.1 (its floats need a dot): read it as the number it is written as,
+    for float fields only."""
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(value, str) and float in (hint, *typing.get_args(hint)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _check_field_type(cls, name: str, value, where: str) -> None:
     """Refuse a recipe value whose type does not fit the field (``num_prompts: many``, ``use_lora: 3``)."""
     import types
@@ -176,82 +200,6 @@ def _check_field_type(cls, name: str, value, where: str) -> None:
     if not ok:
         expected = " or ".join(getattr(t, "__name__", str(t)) for t in origins)
         raise LayerPruneError(f"{where}: {name} must be {expected}, got {value!r}")
-
-
-# stage -> the stages that use its output, directly or not
-DOWNSTREAM = {
-    "score": ("prune", "distill", "eval_pruned", "eval_distilled"),
-    "prune": ("distill", "eval_pruned", "eval_distilled"),
-    "distill": ("eval_distilled",),
-    "eval_pruned": (),
-    "eval_distilled": (),
-}
-
-
-class RunState:
-    """``run.json``: settings and results of finished stages."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "run.json"
-        self.data = {"stages": {}}
-        if self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise LayerPruneError(
-                    f"{self.path} is damaged ({error}); delete it to run every stage again (outputs are replaced)"
-                ) from error
-            stages = self.data.get("stages") if isinstance(self.data, dict) else None
-            if not isinstance(stages, dict) or not all(
-                isinstance(v, dict) and isinstance(v.get("settings", {}), dict) for v in stages.values()
-            ):
-                raise LayerPruneError(f"{self.path} is not a run record; delete it to run every stage again")
-
-    def done(self, stage: str, settings: dict) -> bool:
-        entry = self.data["stages"].get(stage)
-        return entry is not None and entry["settings"] == json.loads(json.dumps(settings, default=str))
-
-    def attempt(self, stage: str) -> dict | None:
-        """Settings of the last started attempt of ``stage`` (finished or not)."""
-        return self.data.get("attempts", {}).get(stage)
-
-    def start(self, stage: str, settings: dict) -> None:
-        """Record that ``stage`` starts with ``settings``: it and the stages after it are no longer finished, so a
-        run killed after the stage replaced its output but before :meth:`mark` never reuses that output under the
-        old settings."""
-        for name in (stage, *DOWNSTREAM[stage]):
-            self.data["stages"].pop(name, None)
-        self.data.setdefault("attempts", {})[stage] = json.loads(json.dumps(settings, default=str))
-        self._save()
-
-    def mark(self, stage: str, settings: dict, seconds: float, **results) -> None:
-        self.data["stages"][stage] = {
-            "settings": json.loads(json.dumps(settings, default=str)),
-            "seconds": round(seconds, 1),
-            **results,
-        }
-        # Stages built on this one's output must run again.
-        for later in DOWNSTREAM[stage]:
-            self.data["stages"].pop(later, None)
-        self._save()
-
-    def _save(self) -> None:
-        from .outputs import atomic_output_file
-
-        with atomic_output_file(self.path) as tmp:
-            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-
-    def get(self, stage: str) -> dict:
-        return self.data["stages"][stage]
-
-
-STAGE_TITLES = {
-    "score": "score blocks",
-    "prune": "prune",
-    "distill": "distill",
-    "eval_pruned": "evaluate pruned",
-    "eval_distilled": "evaluate distilled",
-}
 
 
 def run_recipe(recipe: Recipe, *, log=print, verbose: bool = False) -> list[dict]:
@@ -409,7 +357,9 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
 
     # 4. Evaluate the pruned model before and (if distilled) after distillation, each against the teacher. The
     # teacher's images and scores are generated once: the second evaluation takes them from the teacher cache.
-    from .evaluation import EvalReport, evaluate_pipeline, shared_latency, with_latency, write_report_files
+    from .eval_report import EvalReport, with_latency
+    from .evaluation import evaluate_pipeline, write_report_files
+    from .latency import shared_latency
 
     reports: dict[str, EvalReport] = {}
     eval_settings = {"prompts": recipe.eval_prompts, "num_prompts": recipe.eval_num_prompts, "seed": recipe.seed}
@@ -470,19 +420,15 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
         write_model_card(final, render_model_card(final, repo_id, base_model=recipe.base_model))
     timings["card"] = ("ran", time.perf_counter() - start)
 
-    rows = _summary_rows(reports)
-    log(_format_summary(rows))
-    log(_format_stages(timings, saved))
-    from .outputs import atomic_output_file
-
-    summary = {
-        "final_model": str(final),
-        "rows": rows,
-        "stages": {name: {"status": status, "seconds": round(sec, 1)} for name, (status, sec) in timings.items()},
-        "teacher_seconds_saved": round(saved, 1),
-    }
-    with atomic_output_file(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    rows = summary_rows(reports)
+    log(format_summary(rows))
+    log(format_stages(timings, saved))
+    RunSummary(
+        final_model=str(final),
+        rows=rows,
+        stages={name: {"status": status, "seconds": round(sec, 1)} for name, (status, sec) in timings.items()},
+        teacher_seconds_saved=round(saved, 1),
+    ).save(out / "summary.json")
     return rows
 
 
@@ -657,71 +603,3 @@ def _copy_importance(importance_path: Path, folder: Path) -> None:
         if source.is_file():
             with atomic_output_file(folder / f"importance{suffix}") as tmp:
                 shutil.copyfile(source, tmp)
-
-
-def _summary_rows(reports: dict) -> list[dict]:
-    rows = []
-    first = next(iter(reports.values()))
-    labelled = [("teacher", first.teacher_entry)] if first.teacher_entry else []
-    labelled += [("pruned", reports["eval_pruned"].student)]
-    if "eval_distilled" in reports:
-        labelled += [("pruned + distilled", reports["eval_distilled"].student)]
-    for label, entry in labelled:
-        row = {
-            "model": label,
-            "blocks": entry.num_layers,
-            "transformer_params": entry.parameters["transformer"],
-            "speedup": entry.latency.speedup,
-            "speedup_iqr": entry.latency.speedup_iqr,
-            "latency_shared_with": entry.latency.shared_with,
-        }
-        row.update({f"score:{k}": v.mean for k, v in entry.scores.items()})
-        row.update({f"judge:{k}": v.mean for k, v in entry.checks.items()})
-        rows.append(row)
-    return rows
-
-
-def _format_stages(timings: dict[str, tuple[str, float]], saved: float) -> str:
-    """The stages' wall times of this run (reused stages cost nothing)."""
-    titles = {**STAGE_TITLES, "card": "model card", "latency": "time models"}
-    lines = [f"{'stage':<20}{'':>10}{'seconds':>10}"]
-    for name, (status, seconds) in timings.items():
-        lines.append(f"{titles.get(name, name):<20}{status:>10}{seconds:>10.1f}")
-    lines.append(f"{'total':<20}{'':>10}{sum(s for _, s in timings.values()):>10.1f}")
-    if saved:
-        lines.append(f"teacher images and scores reused from the teacher cache: {saved:.1f} s of generation saved")
-    return "\n".join(lines)
-
-
-def _format_summary(rows: list[dict]) -> str:
-    keys = [k for k in rows[0] if k not in ("model", "speedup_iqr", "latency_shared_with")]
-    labels = {"transformer_params": "params", "speedup": "speed-up"}
-    head = f"{'':<20}" + "".join(f"{labels.get(k, k.split(':')[-1].removeprefix('judge_'))[-14:]:>15}" for k in keys)
-    lines = [head]
-    for row in rows:
-        cells = []
-        for k in keys:
-            v = row.get(k)
-            if k == "transformer_params":
-                cells.append(f"{v / 1e6:>14.2f}M")
-            elif k == "speedup":
-                cells.append(f"{v:>14.2f}x")
-            elif k.startswith("judge:"):
-                cells.append(f"{100 * v:>14.1f}%")
-            elif isinstance(v, float):
-                cells.append(f"{v:>15.4f}")
-            else:
-                cells.append(f"{v!s:>15}")
-        lines.append(f"{row['model']:<20}" + "".join(cells))
-    spread = [
-        f"{r['model']} {r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}x" for r in rows if r.get("speedup_iqr")
-    ]
-    if spread:
-        lines.append(
-            "speed-up: teacher / model transformer latency, medians of interleaved repeats in one measurement; IQR "
-            "of the per-repeat ratios: " + ", ".join(spread)
-        )
-    shared = {tuple(r["latency_shared_with"]) for r in rows if r.get("latency_shared_with")}
-    for names in sorted(shared):
-        lines.append(f"{' and '.join(names)} have one architecture: one latency, pooled over both models' samples")
-    return "\n".join(lines)

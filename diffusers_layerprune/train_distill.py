@@ -22,12 +22,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from diffusers_layerprune.elastic import add_elastic_args, check_elastic_flags
+from diffusers_layerprune.flow_objective import add_objective_arguments, add_optimizer_arguments
 from diffusers_layerprune.launch import check_mixed_precision
 from diffusers_layerprune.validation import (
     CACHE_DTYPE_NAMES,
     FEATURE_LOSS_NAMES,
     OneLineArgumentParser,
     beta,
+    dropout,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -127,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--feature_loss", default="mse", choices=FEATURE_LOSS_NAMES, help="mse (BK-SDM) or normalized (LAPTOP-Diff)"
     )
 
+    add_objective_arguments(p)
+
     g = p.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=positive_int, default=8)
     g.add_argument("--num_train_epochs", type=positive_int, default=100)
@@ -144,6 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument("--lr_warmup_steps", type=non_negative_int, default=0)
     g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (pip install bitsandbytes)")
+    add_optimizer_arguments(g)
     g.add_argument(
         "--use_ema",
         action="store_true",
@@ -177,6 +183,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rank", type=positive_int, default=16)
     g.add_argument("--lora_alpha", type=positive_float, default=None, help="default: equal to --rank")
     g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+    g.add_argument("--lora_dropout", type=dropout, default=0.0, help="dropout probability of the LoRA layers")
     g.add_argument(
         "--init_lora",
         default=None,
@@ -229,6 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--verbose", action="store_true", help="INFO logs of accelerate (each checkpoint's files) and loading bars"
     )
+    add_elastic_args(p)
     args = p.parse_args(argv)
 
     if args.dataset_name and args.train_data_dir:
@@ -238,8 +246,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id user/name")
     if args.init_lora:
+        if args.lora_dropout:
+            p.error("--lora_dropout applies to a new adapter; --init_lora trains the LoRA with its own settings")
         args.use_lora = True
     check_ignored_flags(p, args)
+    check_elastic_flags(p, args)
     if args.lora_alpha is None:
         args.lora_alpha = float(args.rank)
     return args
@@ -247,7 +258,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # Flags that do something only together with another one: given without it, they would be ignored without a word.
 ONLY_WITH = {
-    "use_lora": ("rank", "lora_alpha", "lora_target_modules"),
+    "use_lora": ("rank", "lora_alpha", "lora_target_modules", "lora_dropout"),
     "use_ema": ("ema_decay",),
     "push_to_hub": ("hub_private_repo",),
     "validation_prompts": ("validation_steps", "num_validation_images", "validation_inference_steps"),
@@ -300,36 +311,51 @@ from diffusers_layerprune.adapters.lora import (
     save_trained_lora,
     start_from_lora,
 )
+from diffusers_layerprune.checkpoints import (
+    CheckpointMismatch,
+    check_checkpoint,
+    checkpoint_identity,
+    checkpoints,
+    move_into,
+    remove_old_checkpoints,
+    write_checkpoint_record,
+)
 from diffusers_layerprune.data import (
     CacheCollator,
     check_prompt_cells,
     default_cache_dir,
-    image_latents_dataset,
     load_hf_dataset,
     load_prompts,
     teacher_latents_dataset,
 )
 from diffusers_layerprune.distill import (
-    CheckpointMismatch,
     DistillConfig,
     KDWeights,
     block_pairs,
-    check_checkpoint,
     check_student_teacher,
-    checkpoint_identity,
-    checkpoints,
     flow_noising,
     kd_step_losses,
-    move_into,
     read_student_config,
-    remove_old_checkpoints,
     step_noise,
     student_location,
     task_target,
-    write_checkpoint_record,
 )
-from diffusers_layerprune.families import encode_text, family_of, family_of_config, family_of_pipeline
+from diffusers_layerprune.elastic import distill_record as elastic_distill_record
+from diffusers_layerprune.elastic import elastic_settings, plan_from_args, save_elastic_record
+from diffusers_layerprune.families import all_families, encode_text, family_of, family_of_config, family_of_pipeline
 from diffusers_layerprune.families.base import to_device
+from diffusers_layerprune.flow_objective import (
+    OBJECTIVE_FLAGS,
+    PRODIGY_FLAGS,
+    FlowSchedule,
+    build_optimizer,
+    check_optimizer_args,
+    check_resume_objective,
+    objective_record,
+    optimizer_record,
+    resolve_objective,
+)
+from diffusers_layerprune.image_data import check_image_folder, image_latents_dataset
 from diffusers_layerprune.modeling import (
     check_resolution_for,
     generation_defaults,
@@ -414,6 +440,7 @@ def check_args(args) -> None:
 
     if args.overwrite_output_dir and args.resume_from_checkpoint:
         raise LayerPruneError("--overwrite_output_dir starts over, --resume_from_checkpoint continues: pass one")
+    check_optimizer_args(args)  # Prodigy: its flags, its package
     if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise LayerPruneError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or leave the flag out)")
     if args.use_ema and args.use_lora:
@@ -443,6 +470,7 @@ SHAPING_OPTIONS = (
     "train_batch_size", "gradient_accumulation_steps", "learning_rate", "scale_lr", "lr_scheduler",
     "lr_warmup_steps", "use_8bit_adam", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
     "max_grad_norm", "mixed_precision", "seed",
+    *OBJECTIVE_FLAGS, "guidance_scale", "optimizer", *PRODIGY_FLAGS, "lora_dropout",
 )  # fmt: skip
 LOCAL_OPTIONS = ("teacher_model", "student_model", "prompts", "exclude_prompts", "train_data_dir")
 
@@ -478,6 +506,7 @@ def run_settings(args) -> dict:
     if args.lr_scheduler not in ("constant", "constant_with_warmup"):
         settings["max_train_steps"] = args.max_train_steps
         settings["num_train_epochs"] = None if args.max_train_steps else args.num_train_epochs
+    settings.update(elastic_settings(args))
     return settings
 
 
@@ -516,6 +545,19 @@ def check_prompt_file(args) -> None:
         downloads = name == "hpdv2" or ("/" in name and not local and not file_like)  # Hub datasets
         if not downloads:
             load_prompts(spec)
+
+
+def check_local_weight_files(teacher: str, checkpoint: Path | None) -> None:
+    """Refuse a damaged or truncated weight file of a local teacher folder or of the checkpoint to resume, naming
+    it (headers and archive indexes only: nothing is loaded or unpickled)."""
+    from diffusers_layerprune.aliases import MODEL_ALIASES
+    from diffusers_layerprune.validation import check_weight_files, resolve_local_model
+
+    local = None if str(teacher) in MODEL_ALIASES else resolve_local_model(str(teacher))
+    if local is not None and local.is_dir():
+        check_weight_files(local)
+    if checkpoint is not None:
+        check_weight_files(checkpoint, (".safetensors", ".bin", ".pkl", ".pt"))
 
 
 def find_resume_checkpoint(args, output_dir: Path) -> Path | None:
@@ -565,15 +607,20 @@ def main(argv=None) -> None:
         depth = student_cfg["num_layers"]
         student_cfg = {**student_cfg, "kept_layers": list(range(depth)), "source_num_layers": depth}
     family = family_of_config(student_cfg, args.student_model)
-    if family.name != "pixart" and (args.dataset_name or args.train_data_dir) and not args.prompt_column:
+    if not family.caption_images and (args.dataset_name or args.train_data_dir) and not args.prompt_column:
         raise LayerPruneError(  # before anything is loaded or written
-            f"{args.student_model} is a {family.title} model: image-caption datasets are encoded with PixArt's VAE "
-            "conventions only; distil it on prompts (--prompts, or --prompt_column of the dataset)"
+            f"{args.student_model} is a {family.title} model: image-caption datasets are encoded with the VAE "
+            f"conventions of {' and '.join(f.title for f in all_families() if f.caption_images)} only; distil it on "
+            "prompts (--prompts, or --prompt_column of the dataset)"
         )
+    resolve_objective(args, family, student_cfg)  # a flag the family does not train with is refused here
+    if args.train_data_dir and not args.prompt_column:  # captions and images readable, before anything is loaded
+        check_image_folder(args.train_data_dir, args.caption_column)
     teacher_cfg = read_transformer_config(args.teacher_model, revision=args.revision)
     if teacher_cfg is not None:
         check_student_teacher(student_cfg, teacher_cfg)
     check_resolution_for(args.teacher_model, args.resolution, teacher_cfg)
+    elastic = plan_from_args(args, student_cfg, family)  # nested depths (elastic.py); None for one depth
     output_action = check_training_output_dir(
         output_dir,
         inputs=local_inputs(args.student_model, args.teacher_model),
@@ -604,9 +651,11 @@ def main(argv=None) -> None:
         settings=run_settings(args),
     )
     resume_path = find_resume_checkpoint(args, output_dir)
+    check_local_weight_files(args.teacher_model, resume_path)  # a truncated file: named before anything is written
     if resume_path is not None:
         try:
             check_checkpoint(resume_path, identity)
+            check_resume_objective(resume_path, args)
         except CheckpointMismatch as mismatch:
             if args.resume_mismatch != "restart":
                 raise
@@ -698,6 +747,7 @@ def main(argv=None) -> None:
                 lora_alpha=args.lora_alpha,
                 init_lora_weights="gaussian",
                 target_modules=lora_targets,
+                lora_dropout=args.lora_dropout,
             )
         )
     else:
@@ -716,9 +766,11 @@ def main(argv=None) -> None:
         ema = EMAModel(student.parameters(), decay=args.ema_decay, model_cls=pruned_class, model_config=student.config)
         ema.to(accelerator.device)
 
+    flow = None
     if family_of_pipeline(teacher).objective == "flow":  # velocity target on the straight noising path
         noise_scheduler, prediction_type = None, "flow"
         num_train_timesteps = int(teacher.scheduler.config.get("num_train_timesteps", 1000))
+        flow = FlowSchedule.from_args(args, family, teacher.scheduler.config, teacher.transformer.config)
     else:
         noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
         prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
@@ -738,19 +790,9 @@ def main(argv=None) -> None:
     )
     if args.scale_lr:
         args.learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    if args.use_8bit_adam:
-        import bitsandbytes as bnb
-
-        optimizer_class = bnb.optim.AdamW8bit
-    else:
-        optimizer_class = torch.optim.AdamW
-    optimizer = optimizer_class(
-        params,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
+    optimizer = build_optimizer(args, params)  # AdamW (8-bit with --use_8bit_adam) or Prodigy
+    if args.optimizer == "prodigy" and args.learning_rate <= 0.1:
+        logger.warning(f"Prodigy is usually run with --learning_rate 1.0 (this run: {args.learning_rate})")
     updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
@@ -799,6 +841,8 @@ def main(argv=None) -> None:
         ]
         log_path.write_text("".join(line + "\n" for line in kept))
     forward = family_of(teacher_tf).forward  # the family's forward arguments (PixArt: its micro-conditions)
+    # guidance-distilled models (Flux.1-dev): the guidance value student and teacher get (resolve_objective)
+    guidance = {} if args.guidance_scale is None else {"guidance": args.guidance_scale}
     text_keys = family_of(teacher_tf).text_keys
     # Each optimisation step draws the noise of its whole global batch and every micro-batch takes its slice
     # (distill.step_noise): the split over processes and accumulation steps does not change what a sample gets.
@@ -828,7 +872,12 @@ def main(argv=None) -> None:
                     num_train_timesteps=num_train_timesteps,
                 )
                 noise, timesteps = noise.to(latents), timesteps.to(accelerator.device)
-                if noise_scheduler is None:  # rectified flow (Sana): x_t = (1 - s) x0 + s eps, s = t / T
+                sample_weights = precondition = None
+                if flow is not None and not flow.legacy:  # the examples' objective (flow_objective)
+                    noisy, target, timesteps, sample_weights, precondition = flow.batch(
+                        latents, noise, args.seed, global_step, global_batch_size=global_batch, offset=offset
+                    )
+                elif noise_scheduler is None:  # rectified flow: x_t = (1 - s) x0 + s eps, s = t / T, uniform t
                     noisy, target = flow_noising(latents, noise, timesteps, num_train_timesteps)
                 else:
                     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -836,10 +885,13 @@ def main(argv=None) -> None:
                 # the family's conditioning: embeddings with a mask (PixArt, Sana) or with pooled ones (SD3, Flux)
                 text = to_device({k: batch[k] for k in text_keys}, accelerator.device, weight_dtype)
 
-                def cond(model, x, timesteps=timesteps, text=text):
-                    return forward(model, x, timesteps, text)
+                def cond(model, x, timesteps=timesteps, text=text, precondition=precondition):
+                    out = forward(model, x, timesteps, text, **guidance)
+                    return out if precondition is None else precondition(out)
 
-                parts = kd_step_losses(
+                # elastic depth (elastic.py): the step's nested depths, each with its dropped blocks skipped
+                losses = kd_step_losses if elastic is None else elastic.step(args, global_step, accelerator.autocast)
+                parts = losses(
                     student,
                     teacher_tf,
                     noisy,
@@ -849,6 +901,7 @@ def main(argv=None) -> None:
                     weights,
                     student_blocks=unwrapped,
                     autocast=accelerator.autocast(),
+                    sample_weights=sample_weights,
                 )
                 finite = accelerator.gather(torch.isfinite(parts["loss"].detach()).reshape(1)).all()
                 if not finite:
@@ -943,6 +996,8 @@ def main(argv=None) -> None:
                     extra[SPARSITY_FILE] = sparsity.remeasured(pipe, event).to_json()
                 save_pruned_pipeline(pipe, Path(tmp) / "pipeline", extra_files=extra)
                 move_into(Path(tmp) / "pipeline", output_dir)
+        if elastic is not None:  # the depths and their nested blocks, beside the largest depth's model
+            save_elastic_record(output_dir, elastic, final.config, args=args, steps=global_step)
         write_marker(output_dir, "distillation", local=_local_record(args), entries=())
         # distill_config.json is uploaded with the model: models and data by public name (full paths in the marker).
         DistillConfig(
@@ -975,6 +1030,10 @@ def main(argv=None) -> None:
             teacher_variant=args.variant,
             student_revision=args.student_revision,
             sparsity_masks_kept=masks is not None,
+            objective=objective_record(args),
+            optimizer=optimizer_record(args),
+            lora_dropout=args.lora_dropout if args.use_lora and not args.init_lora else None,
+            elastic=elastic_distill_record(elastic, args),
         ).save(output_dir)
         plot_losses(log_path, output_dir / "loss_curve.png")
         if args.push_to_hub:
@@ -1099,7 +1158,10 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, *, identity: dict,
     only then are checkpoints beyond ``limit`` removed, so a kill never leaves none."""
     tmp, final = output_dir / f".checkpoint-{step}.tmp", output_dir / f"checkpoint-{step}"
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    from diffusers_layerprune.outputs import checkpoint_size, removing_partial
+
+    with removing_partial(tmp, final, needed=checkpoint_size(output_dir)):  # a full disk: one line, no half folder
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_checkpoint_record(tmp, identity, step)
@@ -1150,7 +1212,7 @@ def run_validation(args, teacher, student, validation, step, accelerator):
                 out = pipe(
                     **call,
                     num_inference_steps=args.validation_inference_steps,
-                    guidance_scale=args.teacher_guidance_scale,
+                    **family.guidance_args(args.teacher_guidance_scale),
                     generator=torch.Generator().manual_seed(args.seed + j),
                 ).images[0]
                 out.save(folder / f"prompt{i}-{j}.png")
@@ -1217,6 +1279,11 @@ def cli(argv=None) -> None:
         message = error if isinstance(error, LayerPruneError) else f"{error.strerror or error}: {error.filename or ''}"
         report_error("train_distill", message)
         raise SystemExit(2) from None
+    except Exception as error:  # a bug: its traceback follows; `layerprune run` tells it in one line (and logs it)
+        from diffusers_layerprune.launch import report_crash
+
+        report_crash(error)
+        raise
 
 
 if __name__ == "__main__":

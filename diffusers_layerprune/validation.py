@@ -25,7 +25,10 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     the same shape as every other error of the package. ``--help`` still shows the usage."""
 
     def error(self, message: str):  # noqa: D401 (argparse's name)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        from .launch import report_error
+
+        report_error(self.prog, message)  # launched by `layerprune run`: that process says it, once
+        self.exit(2)
 
 
 def positive_int(text: str) -> int:
@@ -104,6 +107,14 @@ def revision_name(text: str) -> str:
 
 def beta(text: str) -> float:
     """An Adam beta in [0, 1)."""
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def dropout(text: str) -> float:
+    """A dropout probability in [0, 1)."""
     value = finite_float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
@@ -254,6 +265,42 @@ def check_no_pickled_weights(folder: str | os.PathLike) -> None:
                 "use the model's .safetensors files, or convert it where you trust its source "
                 "(from_pretrained(...).save_pretrained(...) writes safetensors)"
             )
+
+
+def damaged_weight_file(file: str | os.PathLike) -> str | None:
+    """Why ``file`` cannot be read, or ``None``: a ``.safetensors`` file's header is read (safetensors refuses a
+    header that does not cover the file, so a truncated file is found without reading the weights); a file that
+    ``torch.save`` wrote (``.bin``, ``.pkl``, ``.pt`` of a training checkpoint) must be a whole zip archive (its index
+    sits at the end: a truncated file has none). Nothing is unpickled."""
+    file = Path(file)
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(file), "pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as error:
+            return (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return None
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"not a whole torch.save archive: {error}"
+    return None
+
+
+def check_weight_files(folder: str | os.PathLike, suffixes: tuple[str, ...] = (".safetensors",)) -> None:
+    """Refuse, naming the file, a damaged or truncated weight file anywhere under ``folder`` (see
+    :func:`damaged_weight_file`), before anything is loaded from it."""
+    for file in sorted(Path(folder).rglob("*")):
+        if file.suffix in suffixes and file.is_file():
+            reason = damaged_weight_file(file)
+            if reason:
+                kind = "a safetensors file" if file.suffix == ".safetensors" else "whole"
+                raise LayerPruneError(f"{file} is damaged or not {kind} ({reason}); re-create or re-download it")
 
 
 def check_weights_cover_blocks(

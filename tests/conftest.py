@@ -55,3 +55,14 @@ def _autograd_stays_on():
     if not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
         pytest.fail("the test left autograd switched off process-wide (torch.set_grad_enabled(False) without restore)")
+
+
+def pytest_collection_finish(session):
+    """Start the stock server (helpers.run_stock) now if a collected test will use it: it imports torch and diffusers
+    on the other core while the first tests run."""
+    import helpers
+
+    if helpers.forks_stock_processes() and any(
+        getattr(getattr(item, "module", None), "run_stock", None) is helpers.run_stock for item in session.items
+    ):
+        helpers.start_stock_server()

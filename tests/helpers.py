@@ -1,5 +1,6 @@
 """Helpers shared by test modules (pytest puts tests/ on sys.path)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,149 @@ def stock_env() -> dict:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(paths),
     }
+
+
+_stock_folder: Path | None = None
+
+
+def _stock_home() -> Path:
+    """The session's folder for stock processes: their HOME, their Hub cache (``hub/``) and the server's files."""
+    global _stock_folder
+    if _stock_folder is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _stock_folder = Path(tempfile.mkdtemp(prefix="layerprune-stock-"))
+        (_stock_folder / "hub").mkdir()
+        atexit.register(shutil.rmtree, _stock_folder, ignore_errors=True)
+    return _stock_folder
+
+
+def stock_hub_cache() -> Path:
+    """The Hub cache (``HF_HUB_CACHE``) of the stock processes of :func:`run_stock`: lay a repo out here as
+    huggingface_hub's cache holds a download, and a stock process finds it offline."""
+    return _stock_home() / "hub"
+
+
+def bare_env() -> dict:
+    """A user's bare environment: no variable of this session (no checkout on a path, no cache folder of the tests),
+    offline, an empty HOME, an empty Hub cache (:func:`stock_hub_cache`). OpenMP threads wait passively, as the package
+    sets it for its own processes: spinning ones stall when other processes hold the cores."""
+    home = _stock_home()
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+
+
+class _StockServer:
+    """The session's stock fork server (``tests/stock_server.py``), started on first use with :func:`bare_env`."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+        import tempfile
+
+        self.folder = Path(tempfile.mkdtemp(prefix="server-", dir=_stock_home()))
+        self.log = open(self.folder / "server.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "stock_server.py")],
+            cwd=self.folder,  # a folder of its own: nothing importable from the working directory
+            env=bare_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,  # its jobs are its children: one signal to the group ends them all
+        )
+        self.jobs = 0
+        import atexit
+
+        atexit.register(self.close)
+
+    def run(self, job: dict, timeout: float | None):
+        import select
+        import subprocess
+
+        self.jobs += 1
+        out, err = self.folder / f"{self.jobs}.out", self.folder / f"{self.jobs}.err"
+        self.process.stdin.write(json.dumps({**job, "stdout": str(out), "stderr": str(err)}) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not ready:
+            self.close()
+            raise subprocess.TimeoutExpired(job.get("path") or "-c", timeout)
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError(f"the stock server ended: {self.log.read()[-3000:]}")
+        answer = json.loads(line)
+        texts = [p.read_text(errors="replace") if p.exists() else "" for p in (out, err)]
+        for p in (out, err):
+            p.unlink(missing_ok=True)
+        return answer, texts
+
+    def close(self):
+        import signal
+
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        self.log.close()
+
+
+_server: "_StockServer | None" = None
+STOCK_CPU = [0.0]  # CPU seconds of the stock jobs run so far (for measuring the suite; the server's own are apart)
+
+
+def forks_stock_processes() -> bool:
+    """Whether :func:`run_stock` forks its processes from the stock server (Linux, unless
+    ``LAYERPRUNE_TEST_INTERPRETERS`` asks for a real interpreter per call)."""
+    import sys
+
+    return sys.platform == "linux" and not os.environ.get("LAYERPRUNE_TEST_INTERPRETERS")
+
+
+def start_stock_server() -> "_StockServer":
+    """The session's stock server, started if it is not running (it imports in the background: conftest starts it
+    once the collected tests show they will call :func:`run_stock`, so the imports overlap the first tests)."""
+    global _server
+    if _server is None or _server.process.poll() is not None:
+        _server = _StockServer()
+    return _server
+
+
+def run_stock(code: str | None = None, *, path=None, args=(), cwd, timeout: float | None = 600):
+    """Run ``python -c CODE ARGS`` (or ``python PATH ARGS``) as a user's stock process: a process that never imports
+    this package, in a bare environment (:func:`bare_env`), in ``cwd``. Returns a ``subprocess.CompletedProcess``
+    (text stdout / stderr).
+
+    The process is a fork of one stock server per test session that has imported torch, diffusers and transformers
+    and run nothing else (tests/stock_server.py): each call gets a process of its own without paying ~8 CPU-seconds
+    of imports. Tests about imports themselves (what a command line loads, in which order) start a real interpreter.
+    """
+    import subprocess
+    import sys
+
+    argv = [str(a) for a in args]
+    command = [str(path)] if path else ["-c", code]
+    if not forks_stock_processes():
+        # fork after importing torch is Linux-safe only; LAYERPRUNE_TEST_INTERPRETERS=1 starts a real interpreter
+        # per call (the same checks, ~8 CPU-seconds more each)
+        return subprocess.run(
+            [sys.executable, *command, *argv], cwd=cwd, env=bare_env(), capture_output=True, text=True, timeout=timeout
+        )
+    job = {"code": code, "path": str(path) if path else None, "argv": argv, "cwd": str(cwd)}
+    answer, (stdout, stderr) = start_stock_server().run(job, timeout)
+    STOCK_CPU[0] += answer["cpu"]
+    return subprocess.CompletedProcess([sys.executable, *command, *argv], answer["returncode"], stdout, stderr)
 
 
 def read_config(path) -> dict:

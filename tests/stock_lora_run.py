@@ -25,7 +25,9 @@ for job in json.loads(open(sys.argv[1]).read()):
     # round differently; copies are aligned as an in-memory model's are.
     for p in pipe.transformer.parameters():
         p.data = p.data.clone()
-    images = pipe(job["prompt"], generator=torch.Generator().manual_seed(0), output_type="pt", **job["call"]).images
+    images = pipe(
+        prompt=job["prompt"], generator=torch.Generator().manual_seed(0), output_type="pt", **job["call"]
+    ).images
     np.save(job["out"], images.numpy())
     print(json.dumps({"name": job["name"], "adapters": adapters}))
 assert "diffusers_layerprune" not in sys.modules, "the plugin was imported"

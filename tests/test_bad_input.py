@@ -63,6 +63,9 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
     weights = pruned_copy("truncated") / "transformer" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     (pruned_copy("garbage") / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    for component in ("vae", "text_encoder"):  # cut short in the weights, past the header: named, never loaded
+        weights = sorted((pruned_copy(f"truncated_{component}") / component).glob("*.safetensors"))[0]
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size * 9 // 10])
     (pruned_copy("bad_config") / "transformer" / "config.json").write_text("{not json")
     (pruned_copy("routed") / "routing.json").write_text("{}")  # a prompt-routed folder: pruning would drop the router
     # pickles where safetensors belong: refused by name, never opened
@@ -73,6 +76,8 @@ def ws(tmp_path_factory, tiny_pipeline_dir):
 
     imp = json.loads((root / "imp.json").read_text())
     (root / "imp_nan.json").write_text(json.dumps({**imp, "values": [float("nan")] + imp["values"][1:]}))
+    for name, cell in (("text", "0.3"), ("bool", True), ("null", None)):  # values that are not numbers
+        (root / f"imp_{name}.json").write_text(json.dumps({**imp, "values": [cell] + imp["values"][1:]}))
     (root / "imp_meta.json").write_text(json.dumps({**imp, "metadata": "oops"}))
     (root / "imp_truncated.json").write_text((root / "imp.json").read_text()[:50])
     (root / "not_importance.json").write_text(json.dumps({"hello": 1}))
@@ -105,6 +110,9 @@ CASES = {
     "prune/num_layers_negative": ("prune", [M, "--importance", "{imp}", "--num-layers", "-1"], "got -1"),
     "prune/index_out_of_range": ("prune", [M, "--drop", "7"], "7"),
     "prune/importance_nan": ("prune", [M, "--importance", "{imp_nan}", "--ratio", "0.5"], "not finite"),
+    "prune/importance_value_text": ("prune", [M, "--importance", "{imp_text}", "--ratio", "0.5"], "found '0.3'"),
+    "prune/importance_value_bool": ("prune", [M, "--importance", "{imp_bool}", "--ratio", "0.5"], "found True"),
+    "prune/importance_value_null": ("prune", [M, "--importance", "{imp_null}", "--ratio", "0.5"], "must be a list"),
     "prune/importance_metadata": ("prune", [M, "--importance", "{imp_meta}", "--ratio", "0.5"], "metadata must be"),
     "prune/importance_truncated": ("prune", [M, "--importance", "{imp_truncated}", "--ratio", "0.5"], "not valid JSON"),
     "prune/importance_foreign": (
@@ -179,6 +187,18 @@ CASES = {
         ["{push_bad_report}", "--repo-id", "me/x", "--dry-run"],
         "is damaged or hand-edited",
     ),
+    "push/truncated_weights": ("push", ["{truncated}", "--repo-id", "me/x", "--dry-run"], "is damaged or not a"),
+    "push/truncated_vae": (
+        "push",
+        ["{truncated_vae}", "--repo-id", "me/x", "--dry-run"],
+        "vae/diffusion_pytorch_model.safetensors is damaged",
+    ),
+    "eval/truncated_text_encoder": (
+        "eval",
+        ["{truncated_text_encoder}", "--prompts", "{prompts}"],
+        "text_encoder/model.safetensors is damaged",
+    ),
+    "prune/truncated_vae": ("prune", ["{truncated_vae}", "--drop", "0"], "vae/diffusion_pytorch_model.safetensors is"),
     "push/bad_repo_id": ("push", [P, "--repo-id", "not a repo", "--dry-run"], "invalid repo id"),
     "push/not_a_folder": ("push", ["{a_file}", "--repo-id", "me/x", "--dry-run"], "does not exist or is not a folder"),
     # -- run ---------------------------------------------------------------------------------------------------

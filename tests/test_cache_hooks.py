@@ -6,20 +6,26 @@ pairs the table marks as failing must still fail (so the table is re-checked whe
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+from diffusers_layerprune.families import get_family
 from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
-from helpers import stock_env
+from helpers import run_stock
 
 HOOKS = ["first_block", "taylorseer", "mag", "faster", "pab"]
 # (family, hook) pairs that fail in diffusers 0.42.1, with the error's words (docs/stacking.md's table says why).
-FAILS = {("sd3", "first_block"): "unsupported operand type(s) for -: 'NoneType' and 'Tensor'"}
+FAILS = {
+    ("sd3", "first_block"): "unsupported operand type(s) for -: 'NoneType' and 'Tensor'",
+    # Flux2Pipeline calls its transformer without naming a cache context, and FasterCache indexes a Qwen-Image
+    # block's output out of range: both fail on the unpruned tiny pipelines too (checked)
+    ("flux2", "first_block"): "No cache context is set",
+    ("flux2", "taylorseer"): "No cache context is set",
+    ("qwenimage", "faster"): "IndexError: tuple index out of range",
+}
 STEPS = 4  # enough steps for every cache to compute, then reuse
 
 
@@ -29,7 +35,7 @@ def cached(tmp_path_factory):
     folders = {
         f: save_pruned_pipeline(prune_pipeline(b(), pruned_layers=[1]), root / f) for f, b in TINY_BUILDERS.items()
     }
-    jobs = [(f, str(p), TINY_RESOLUTION[f]) for f, p in folders.items()]
+    jobs = [(f, str(p), TINY_RESOLUTION[f], dict(get_family(f).tiny_call_args)) for f, p in folders.items()]
     script = textwrap.dedent(
         f"""
         import contextlib, json, sys, torch
@@ -71,15 +77,14 @@ def cached(tmp_path_factory):
             else:
                 function(pipe.transformer, config)  # no enable_cache: the hook itself
 
-        def generate(pipe, family, size):
+        def generate(pipe, family, size, extra):
             pipe.set_progress_bar_config(disable=True)
-            extra = dict(use_resolution_binning=False, clean_caption=False) if family in ("pixart", "sana") else {{}}
             # Only CacheMixin models' pipelines (Flux) name the cache context of each denoiser call; for the others
             # one context around the whole call does (classifier-free guidance runs both halves in one batch).
             context = (contextlib.nullcontext() if isinstance(pipe.transformer, CacheMixin)
                        else CacheMixin.cache_context(pipe.transformer, "cond"))
             with context:
-                return pipe("a red circle", num_inference_steps=STEPS, height=size, width=size,
+                return pipe(prompt="a red circle", num_inference_steps=STEPS, height=size, width=size,
                             max_sequence_length=16, output_type="pt", generator=torch.Generator().manual_seed(0),
                             **extra).images
 
@@ -88,13 +93,13 @@ def cached(tmp_path_factory):
             return_hidden_states_index=0, return_encoder_hidden_states_index=None))
 
         out = {{}}
-        for family, folder, size in {jobs!r}:
-            reference = generate(DiffusionPipeline.from_pretrained(folder), family, size)
+        for family, folder, size, extra in {jobs!r}:
+            reference = generate(DiffusionPipeline.from_pretrained(folder), family, size, extra)
             for hook in {HOOKS!r}:
                 pipe = DiffusionPipeline.from_pretrained(folder)
                 try:
                     apply(pipe, hook)
-                    images = generate(pipe, family, size)
+                    images = generate(pipe, family, size, extra)
                     out[f"{{family}}/{{hook}}"] = dict(
                         finite=bool(torch.isfinite(images).all()), diff=(images - reference).abs().max().item())
                 except Exception as error:
@@ -104,7 +109,7 @@ def cached(tmp_path_factory):
         print(json.dumps(out))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=stock_env())
+    result = run_stock(script, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -127,4 +132,6 @@ def test_only_flux_transformer_is_a_cache_mixin(cached):
         "sana": False,
         "sd3": False,
         "flux": True,
+        "flux2": True,
+        "qwenimage": True,
     }

@@ -1,17 +1,16 @@
 """The model card's usage snippet runs as printed (issue 27, point 6), for every family, the toy included.
 
-Each card is rendered by `layerprune push --dry-run`; its Python block is run unchanged in one fresh interpreter that
-never imports this package, offline (`HF_HUB_OFFLINE=1`), with the repo id resolved from a Hub cache that holds
-exactly the files push would upload (as a user's machine holds them after a download). The tiny Sana and Flux test
-pipelines generate at their pipelines' default sizes (512 and 1024 px: minutes on a CPU), so their snippets run with
-a smaller size and two steps added to the call, and nothing else changed.
+Each card is rendered by `layerprune push --dry-run`; its Python block is run unchanged in one fresh stock process
+that never imports this package (helpers.run_stock), offline (`HF_HUB_OFFLINE=1`), with the repo id resolved from the
+Hub cache of that process (helpers.stock_hub_cache), which holds exactly the files push would upload (as a user's
+machine holds them after a download). The tiny Sana, Flux, FLUX.2 and Qwen-Image test pipelines generate at their
+pipelines' default sizes (256 to 1024 px: minutes on a CPU), so their snippets run with a smaller size and two steps added to the call,
+and nothing else changed.
 """
 
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,23 @@ from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.hub import push_pipeline
 from diffusers_layerprune.toy.paths import assets_dir
 
-MODELS = {"toy": "toy", "sana": "tiny-random-sana", "sd3": "tiny-random-sd3", "flux": "tiny-random-flux"}
+from helpers import run_stock, stock_hub_cache
+
+MODELS = {
+    "toy": "toy",
+    "sana": "tiny-random-sana",
+    "sd3": "tiny-random-sd3",
+    "flux": "tiny-random-flux",
+    "flux2": "tiny-random-flux2",
+    "qwenimage": "tiny-random-qwenimage",
+}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PROMPT = '"a small cactus with a happy face in the Sahara desert"'
 SMALLER = {
     "sana": ", height=32, width=32, num_inference_steps=2",
     "flux": ", height=16, width=16, num_inference_steps=2",
+    "flux2": ", height=16, width=16, num_inference_steps=2",
+    "qwenimage": ", height=16, width=16, num_inference_steps=2",
 }
 
 RUN_SNIPPETS = """
@@ -60,7 +70,7 @@ def snippet(card: str) -> str:
 def cards(tmp_path_factory):
     """(name, snippet) of each family's pruned model, and the Hub cache its snippet downloads from."""
     root = tmp_path_factory.mktemp("snippet")
-    cache, snippets = root / "hub", []
+    cache, snippets = stock_hub_cache(), []
     for name, model in MODELS.items():
         folder = root / name
         assert cli(["prune", "--model", model, "--drop", "1", "--output", str(folder)]) == 0
@@ -99,20 +109,8 @@ def test_the_card_snippet_runs_as_printed_in_a_fresh_process(cards, tmp_path):
             code = code.replace(PROMPT, PROMPT + SMALLER[name])
         runs.append((name, code))
     (tmp_path / "snippets.json").write_text(json.dumps(runs))
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_CACHE": str(cache),
-        "HOME": str(tmp_path),
-        "PATH": "/usr/bin:/bin",
-        "OMP_WAIT_POLICY": "PASSIVE",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_SNIPPETS, str(tmp_path / "snippets.json")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    # a bare environment whose Hub cache holds the pushed repos (helpers.bare_env)
+    result = run_stock(RUN_SNIPPETS, args=[tmp_path / "snippets.json"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     ran = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("[")]
     assert [name for name, _, _ in ran] == [name for name, _ in snippets]

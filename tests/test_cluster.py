@@ -466,7 +466,7 @@ def test_stage_functions_write_into_new_folders(work, tmp_path):
 def test_records_round_trip_and_refuse_what_they_cannot_read(tmp_path):
     from diffusers_layerprune import DistillConfig, EvalReport
     from diffusers_layerprune.distill import KDWeights
-    from diffusers_layerprune.evaluation import EvalSettings, Latency, ModelEval, ScoreSummary
+    from diffusers_layerprune.eval_report import EvalSettings, Latency, ModelEval, ScoreSummary
 
     config = DistillConfig("toy", "pruned", [0, 2], 4, steps=3, weights=KDWeights(feature_loss="normalized"))
     config.num_processes, config.train_batch_size, config.gradient_accumulation_steps = 2, 4, 3

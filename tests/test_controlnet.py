@@ -8,7 +8,6 @@ fp32 models, 2 steps. Where no exact remap exists the command refuses in one lin
 
 import hashlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from diffusers_layerprune.blocks import skip_blocks
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.errors import LayerPruneError
 from diffusers_layerprune.families import get_family
+
+from helpers import run_stock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,7 +187,7 @@ def world(request, tmp_path_factory):
     return dict(name=name, root=root, parent=parent, controlnet=controlnet, removed=removed)
 
 
-@pytest.mark.slow  # a fresh stock process per family, ~100 s together
+@pytest.mark.slow  # a fresh stock process per family
 def test_stock_pipeline_with_adapted_controlnet_matches_parent(world, capsys):
     import diffusers
 
@@ -218,11 +219,10 @@ def test_stock_pipeline_with_adapted_controlnet_matches_parent(world, capsys):
     assert (stock - reference).abs().max() > 1e-2  # the bug being fixed is there
 
     images = root / "images.pt"
-    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", FRESH, str(root / "pruned"), str(out), str(images), layout.model_class,
-         layout.pipeline_class, str(CALLS[world["name"]][0]), json.dumps(CALLS[world["name"]][1])],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    done = run_stock(
+        FRESH, args=[root / "pruned", out, images, layout.model_class, layout.pipeline_class,
+                     CALLS[world["name"]][0], json.dumps(CALLS[world["name"]][1])],
+        cwd=root, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     adapted = torch.load(images, weights_only=True)

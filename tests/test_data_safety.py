@@ -483,7 +483,7 @@ def test_changed_distillation_settings_start_fresh(tmp_path, capfd, monkeypatch)
 PARENT = textwrap.dedent(
     """
     import signal, sys
-    from diffusers_layerprune.recipe import run_child
+    from diffusers_layerprune.launch import run_child
 
     # Ctrl-C as a foreground process gets it: a test run started in the background (`pytest &`) inherits SIGINT
     # ignored, and the SIGINT case would then test nothing but that

@@ -3,6 +3,7 @@ import torch
 
 from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
 from diffusers_layerprune.blocks import capture_block_features
+from diffusers_layerprune.checkpoints import remove_old_checkpoints
 from diffusers_layerprune.distill import (
     KDWeights,
     block_pairs,
@@ -10,7 +11,6 @@ from diffusers_layerprune.distill import (
     feature_kd_loss,
     feature_loss,
     kd_losses,
-    remove_old_checkpoints,
     step_generator,
 )
 from diffusers_layerprune.testing import build_tiny_transformer

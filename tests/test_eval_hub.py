@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +11,12 @@ from huggingface_hub import ModelCard
 
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.evaluation import hpdv2_summary
-from diffusers_layerprune.hub import files_to_upload, render_model_card
+from diffusers_layerprune.hub import render_model_card
 from diffusers_layerprune.scorers.tiny import save_tiny_clip_folder
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
+from diffusers_layerprune.upload import files_to_upload
 
-from helpers import distill_args, run_train_distill
+from helpers import distill_args, run_stock, run_train_distill
 
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross"]
 SECRET = "hf_NotARealTokenButSecret123"
@@ -309,15 +308,7 @@ def test_dry_run_folder_loads_in_fresh_stock_process(work, tmp_path, capsys):
         " max_sequence_length=16, clean_caption=False, output_type='pt').images\n"
         "assert 'diffusers_layerprune' not in sys.modules\nprint(tuple(img.shape), pipe.transformer.config._kept_layers)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        # a bare environment, as a user's; OpenMP threads wait passively, as the package sets it for its own
-        # processes: spinning ones stall when other processes hold the cores (diffusers_layerprune/__init__.py)
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_WAIT_POLICY": "PASSIVE"},
-    )
+    result = run_stock(script, cwd=tmp_path)  # a bare environment, as a user's (helpers.bare_env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "(1, 3, 16, 16) [0, 2, 3, 5]"
     assert yaml.safe_load((folder / "README.md").read_text().split("---")[1])["library_name"] == "diffusers"

@@ -7,8 +7,6 @@ package (``from_single_file``, ``GGUFQuantizationConfig``) and generate the fold
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -29,6 +27,8 @@ from diffusers_layerprune.testing import (
     build_tiny_sana_pipeline,
     build_tiny_sd3_pipeline,
 )
+
+from helpers import run_stock
 
 PROMPT = "a small red circle at the top left"
 
@@ -151,8 +151,7 @@ def exported(tmp_path_factory):
         print(json.dumps(out))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=env)
+    result = run_stock(script, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     for name, run in runs.items():
@@ -289,7 +288,11 @@ def test_a_failed_write_leaves_no_file(folders, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export, "_write_safetensors", broken)
-    with pytest.raises(OSError):
+    from diffusers_layerprune.errors import LayerPruneError
+
+    with pytest.raises(
+        LayerPruneError, match=f"the disk holding {root / 'files'} is full .* partial output was removed"
+    ):
         export.export_transformer(made["sd3"], root / "files" / "t.safetensors")
     assert list((root / "files").iterdir()) == []
 
@@ -302,9 +305,9 @@ def test_a_failed_write_leaves_no_file(folders, monkeypatch):
 def test_run_export_stage_writes_reuses_and_replaces_files_beside_the_model(exported, tmp_path):
     import shutil
 
-    from diffusers_layerprune.hub import files_to_upload
     from diffusers_layerprune.outputs import foreign_entries
     from diffusers_layerprune.recipe import _export_files
+    from diffusers_layerprune.upload import files_to_upload
 
     final = tmp_path / "distilled"
     shutil.copytree(exported["sd3"]["folder"], final)
@@ -348,15 +351,9 @@ def test_card_lists_exported_files_and_its_snippet_loads_them_in_a_fresh_process
     script = (
         snippet + "\nprint(type(transformer).__name__, transformer.transformer_blocks[0].attn.to_q.weight.quant_type)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stock_env_for_test())
+    result = run_stock(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["SD3Transformer2DModel", "8"]  # GGMLQuantizationType.Q8_0
-
-
-def stock_env_for_test():
-    from helpers import stock_env
-
-    return stock_env()
 
 
 def test_run_refuses_an_export_the_model_cannot_take_before_any_work(capsys, tmp_path):

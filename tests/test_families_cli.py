@@ -1,5 +1,5 @@
-"""`layerprune score` (every criterion), `prune`, `eval` and the model card on the tiny Sana, SD3 and Flux pipelines,
-and the bad input of many families: one line, exit 2, nothing written."""
+"""`layerprune score` (every criterion), `prune`, `eval` and the model card on every registered family's tiny pipeline
+(PixArt-Sigma's own tests cover the first), and the bad input of many families: one line, exit 2, nothing written."""
 
 import hashlib
 import json
@@ -8,12 +8,32 @@ from pathlib import Path
 
 import pytest
 
+from diffusers_layerprune import LayerPruneError
 from diffusers_layerprune.cli import main as cli
+from diffusers_layerprune.families import DEFAULT_FAMILY, FAMILIES, get_family
+from diffusers_layerprune.importance.learnable import check_family
 from diffusers_layerprune.importance.registry import CRITERIA_MODULES
 
 from helpers import read_config
 
-FAMILY_NAMES = ["sana", "sd3", "flux"]
+FAMILY_NAMES = [name for name in FAMILIES if name != DEFAULT_FAMILY]
+
+
+def learnable_refuses(family: str) -> bool:
+    try:
+        check_family(get_family(family))
+    except LayerPruneError:
+        return True
+    return False
+
+
+def stack_names(family: str) -> list[str] | None:
+    """Each block's label in outputs of a many-stack family (``double 0``, ...), ``None`` for one stack."""
+    record = get_family(family)
+    depths = [len(getattr(record.tiny_pipeline().transformer, s.attr)) for s in record.stacks]
+    return record.block_names(depths) if len(record.stacks) > 1 else None
+
+
 PROMPTS = "a small red circle\na large blue square\n"
 
 
@@ -36,7 +56,7 @@ def prompts(tmp_path_factory):
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_score_every_criterion(family, criterion, prompts, tmp_path, capsys):
     output = tmp_path / "imp.json"
-    if criterion == "learnable" and family in ("sd3", "flux"):  # blocks that also carry the text stream
+    if criterion == "learnable" and learnable_refuses(family):  # blocks that also carry the text stream
         assert cli(quick_score(f"tiny-random-{family}", output, criterion, prompts)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "learnable supports the families" in err[0] and "pixart, sana" in err[0], err
@@ -50,9 +70,10 @@ def test_score_every_criterion(family, criterion, prompts, tmp_path, capsys):
     assert len(values) == 6 and all(isinstance(v, float) for v in values)
     assert data["metadata"]["family"] == family
     out = capsys.readouterr().out
-    if family == "flux":  # every output names each block's stack
-        assert data["metadata"]["block_names"] == ["double 0", "double 1", *(f"single {i}" for i in range(4))]
-        assert "stack    double   double   single" in out
+    names = stack_names(family)
+    if names is not None:  # every output names each block's stack
+        assert data["metadata"]["block_names"] == names
+        assert "stack    " + "   ".join(n.split()[0] for n in names[:3]) in out
     else:
         assert data["metadata"]["block_names"] is None
 
@@ -67,9 +88,9 @@ def test_prune_from_importance_then_eval_and_card(family, prompts, tmp_path, cap
     config = read_config(pruned / "transformer" / "config.json")
     ranked = sorted(range(6), key=lambda i: json.loads(imp.read_text())["values"][i])
     assert config["kept_layers"] == [i for i in range(6) if i not in ranked[:2]]
-    if family == "flux":
-        assert config["num_layers"] + config["num_single_layers"] == 4
-        assert "kept double blocks:" in capsys.readouterr().out
+    if len(get_family(family).stacks) > 1:
+        assert sum(config[s.depth_key] for s in get_family(family).stacks) == 4
+        assert f"kept {get_family(family).stacks[0].kind} blocks:" in capsys.readouterr().out
 
     report = tmp_path / "report.json"
     argv = ["eval", "--model", str(pruned), "--scorers", "toy", "--prompts", str(prompts), "--steps", "1",
@@ -80,12 +101,10 @@ def test_prune_from_importance_then_eval_and_card(family, prompts, tmp_path, cap
 
     assert cli(["push", str(pruned), "--repo-id", f"me/{family}-pruned", "--dry-run"]) == 0
     card = (pruned / "README.md").read_text()
-    from diffusers_layerprune.families import get_family
-
     record = get_family(family)
     assert "from diffusers import DiffusionPipeline" in card and record.pruned_class().__name__ in card
-    assert f"- {dict(sana='sana', sd3='sd3', flux='flux')[family]}\n" in card  # the family's Hub tag
-    if family == "flux":
+    assert f"- {record.hub_tag}\n" in card  # the family's Hub tag
+    if stack_names(family) is not None:
         assert "double blocks are global indices 0..1, single blocks are global indices 2..5" in card
 
 
@@ -171,7 +190,8 @@ def test_family_bad_input(ws, case, capsys):
     assert snapshot(ws) == before  # nothing created, changed or removed
 
 
-def test_train_distill_refuses_image_datasets_for_other_families_before_writing(ws, capsys):
+def test_train_distill_refuses_an_image_folder_without_captions_before_writing(ws, capsys):
+    """Image-caption data works for every family (test_flow_objective.py); a folder without captions is refused."""
     from accelerate.state import AcceleratorState, GradientState
 
     from diffusers_layerprune.train_distill import cli as train_cli
@@ -187,7 +207,7 @@ def test_train_distill_refuses_image_datasets_for_other_families_before_writing(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("train_distill: error:"), err
-    assert "is a Flux.1 model: image-caption datasets are encoded with PixArt's VAE conventions only" in err
+    assert "has no metadata.jsonl" in err
     assert snapshot(ws) == before
 
 
@@ -225,3 +245,17 @@ def test_distillation_trains_with_the_family_objective_and_saves_a_stock_loadabl
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert stock.config._kept_layers == [0, 2, 3, 5]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-2"]
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILIES if get_family(name).single_file is None])
+def test_export_refuses_families_without_a_single_file_layout_in_one_line(family, tmp_path, capsys):
+    """``layerprune export`` of a family with no original-layout writer: one line naming why, exit 2, no file."""
+    folder = tmp_path / "pruned"
+    assert cli(["prune", "--model", f"tiny-random-{family}", "--drop", "1", "--output", str(folder)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "model.safetensors"
+    assert cli(["export", str(folder), "--format", "single-file", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("layerprune export: error:"), err
+    assert get_family(family).single_file_refusal in err and get_family(family).title in err
+    assert not out.exists() and not list(tmp_path.glob("model*"))

@@ -284,16 +284,16 @@ def test_a_killed_scan_restarts_and_ends_with_identical_numbers(subprocess_runs,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imp.json", "imp.png"]
 
 
-def test_score_to_file_is_the_python_form_of_score(tiny_pipeline_dir, assets, tmp_path):
-    from diffusers_layerprune.importance.cli import score_to_file
+def test_score_blocks_is_the_python_form_of_score(tiny_pipeline_dir, assets, tmp_path):
+    from diffusers_layerprune.importance import score_blocks
 
     output = tmp_path / "importance.json"
     LayerImportance([0.0] * 6, "random").save(output, plot=False)  # an earlier result: replaced, as the recipe expects
-    result = score_to_file(str(tiny_pipeline_dir), "block_influence", output, prompts=str(assets["prompts"]), steps=2)
+    result = score_blocks(str(tiny_pipeline_dir), "block_influence", output, prompts=str(assets["prompts"]), steps=2)
     assert LayerImportance.load(output).values == result.values and result.criterion == "block_influence"
     assert result.metadata["num_inference_steps"] == 2 and result.metadata["prompts"]["count"] == 5
     with pytest.raises(LayerPruneError, match="already exists"):
-        score_to_file(str(tiny_pipeline_dir), "random", output, overwrite=False)
+        score_blocks(str(tiny_pipeline_dir), "random", output, overwrite=False)
 
 
 def test_prune_num_layers_is_the_pruned_depth(tiny_pipeline_dir, weight_norm_file, tmp_path):

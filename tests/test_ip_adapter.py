@@ -8,8 +8,6 @@ IP-Adapter unadapted (Flux: loads and generates something else; SD3: fails), whi
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +15,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from diffusers_layerprune.cli import main as cli
+
+from helpers import run_stock
 
 PROMPT = "a small red circle"
 
@@ -200,7 +200,7 @@ def test_adapted_ip_adapter_on_stock_pruned_pipeline_equals_parent_with_blocks_s
         [0, 2] if case != "sd3" else [0, 3]
     )
 
-    done = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, str(root)], capture_output=True, text=True, timeout=300)
+    done = run_stock(STOCK_SCRIPT, args=[root], cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["imported_layerprune"] is False

@@ -7,9 +7,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +16,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from diffusers_layerprune.cli import main as cli
+from diffusers_layerprune.families import FAMILIES as REGISTERED
 from diffusers_layerprune.families import get_family
 from diffusers_layerprune.modeling import load_pipeline, prune_pipeline
-from diffusers_layerprune.testing import save_tiny_pixart_pipeline, tiny_call_kwargs
+from diffusers_layerprune.testing import tiny_call_kwargs
 
-from helpers import ROOT, distill_args, run_train_distill
+from helpers import ROOT, distill_args, run_stock, run_train_distill
 
-FAMILIES = ["pixart", "sana", "sd3", "flux"]
+FAMILIES = list(REGISTERED)
 DROP = [1, 5]  # a middle block and the last (SD3: its context_pre_only block; Flux: double 1 and the last single)
 PROMPT = "a small red circle at the top left"
 PROMPTS = ["a small red circle", "a large blue square", "a green star at the top left", "a white cross"]
@@ -47,10 +45,7 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     for family in FAMILIES:
         work = root / family
-        if family == "pixart":
-            save_tiny_pixart_pipeline(work / "teacher", num_layers=6)
-        else:
-            load_pipeline(f"tiny-random-{family}").save_pretrained(work / "teacher")
+        load_pipeline(f"tiny-random-{family}").save_pretrained(work / "teacher")  # six blocks each
         drop = ",".join(map(str, DROP))
         assert cli(["prune", "--model", str(work / "teacher"), "--drop", drop, "--output", str(work / "student")]) == 0
         (work / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
@@ -147,7 +142,7 @@ def fused_then_pruned(work: Path, family: str, lora: Path) -> np.ndarray:
         pipe.fuse_lora()
         pipe.unload_lora_weights()
     pruned = prune_pipeline(pipe, pruned_layers=DROP)
-    return pruned(PROMPT, **tiny_call_kwargs(pruned)).images.numpy()
+    return pruned(prompt=PROMPT, **tiny_call_kwargs(pruned)).images.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +195,9 @@ def old_format(ws):
         student.unload_lora()
         pipe.transformer = student
         runs[family] = dict(
-            out=out, checkpoint=work / "converted_ckpt", expected=pipe(PROMPT, **tiny_call_kwargs(pipe)).images.numpy()
+            out=out,
+            checkpoint=work / "converted_ckpt",
+            expected=pipe(prompt=PROMPT, **tiny_call_kwargs(pipe)).images.numpy(),
         )
     return runs
 
@@ -237,14 +234,7 @@ def stock(ws, trained, adapted, old_format):
         job(f"{family}-converted", ws / family / "student", family, run["out"])
         job(f"{family}-converted-checkpoint", ws / family / "student", family, run["checkpoint"])
     (ws / "jobs.json").write_text(json.dumps(jobs))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "stock_lora_run.py"), str(ws / "jobs.json")],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = run_stock(path=ROOT / "tests" / "stock_lora_run.py", args=[ws / "jobs.json"], cwd=ws)
     assert result.returncode == 0, result.stderr[-3000:]
     listed = {r["name"]: r["adapters"] for r in map(json.loads, result.stdout.strip().splitlines())}
     return {name: (np.load(ws / f"{name}.npy"), listed[name]) for name in listed}
@@ -393,7 +383,7 @@ def test_recovery_starts_where_stock_tools_start(case, ws, adapted):
     fuse_lora_into(pipe.transformer, read_lora(get_family(family), run["lora"]))
     assert not any("lora_" in name for name, _ in pipe.transformer.named_parameters())  # plain modules again
     pruned = prune_pipeline(pipe, pruned_layers=DROP)
-    images = pruned(PROMPT, **tiny_call_kwargs(pruned)).images.numpy()
+    images = pruned(prompt=PROMPT, **tiny_call_kwargs(pruned)).images.numpy()
     assert np.abs(images - run["expected"]).max() <= 1e-4
 
     student = load_pipeline(work / "student")
@@ -403,7 +393,7 @@ def test_recovery_starts_where_stock_tools_start(case, ws, adapted):
     start_from_lora(student.transformer, read_lora(get_family(family), run["out"]))
     trainable = [n for n, p in student.transformer.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)  # only the LoRA trains
-    images = student(PROMPT, **tiny_call_kwargs(student)).images.numpy()
+    images = student(prompt=PROMPT, **tiny_call_kwargs(student)).images.numpy()
     assert np.abs(images - run["expected"]).max() <= 1e-4
 
 

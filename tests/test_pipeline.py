@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -11,6 +9,8 @@ from diffusers import DDPMPipeline, UNet2DModel
 from diffusers_layerprune import LayerPruneError, PrunedPixArtTransformer
 from diffusers_layerprune.modeling import load_pipeline, prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.testing import tiny_generation_kwargs
+
+from helpers import run_stock
 
 PROMPT = "a small red circle at the top left"
 
@@ -45,18 +45,10 @@ def test_pruned_pipeline_loads_in_fresh_stock_diffusers_process(tiny_pipeline_di
         print(type(pipe.transformer).__name__, pipe.transformer.config.num_layers, pipe.transformer.config._kept_layers)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env={**_env(), "PYTHONPATH": ""}
-    )
+    result = run_stock(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "PixArtTransformer2DModel 4 [0, 2, 3, 5]"
     np.testing.assert_array_equal(np.load(tmp_path / "stock.npy"), expected)
-
-
-def _env():
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
 
 
 def test_reloaded_transformer_is_pruned_class_with_provenance(tiny_pipeline_dir, tmp_path):

@@ -16,6 +16,7 @@ from diffusers_layerprune.testing import (
     build_tiny_transformer,
 )
 
+# Families registered later are built by their own tiny pipeline (six blocks).
 BUILDERS = {
     "pixart": lambda: build_tiny_transformer(6),
     "sana": lambda: build_tiny_sana_pipeline(6).transformer,
@@ -28,7 +29,7 @@ BUILDERS = {
 def model(request):
     """A pruned model of each family: blocks 1 and 5 of 6 removed (SD3: its last, context_pre_only block, and a
     dual-attention one; Flux: double 1 and single 3)."""
-    source = BUILDERS[request.param]()
+    source = BUILDERS.get(request.param, lambda: get_family(request.param).tiny_pipeline().transformer)()
     pruned = get_family(request.param).pruned_class().from_transformer(source, pruned_layers=[1, 5], source_model="m")
     return pruned.eval()
 
@@ -95,14 +96,26 @@ def test_from_config_rebuilds_the_same_structure(model):
     assert rebuilt.config.kept_layers == model.config.kept_layers
 
 
+def unread_in_last_block(name: str) -> set[str]:
+    """Parameter names (inside the block) of the unpruned tiny model's last joint block that get no gradient."""
+    source = BUILDERS.get(name, lambda: get_family(name).tiny_pipeline().transformer)().train()
+    forward(source, inputs(source)).float().pow(2).mean().backward()
+    last = f"transformer_blocks.{len(source.transformer_blocks) - 1}."
+    return {n[len(last) :] for n, p in source.named_parameters() if p.grad is None and n.startswith(last)}
+
+
 def test_training_reaches_every_parameter(model):
     trained = copy.deepcopy(model).train()
     out = forward(trained, inputs(trained))
     out.float().pow(2).mean().backward()
     missing = [n for n, p in trained.named_parameters() if p.grad is None]
     # every parameter of every kept block is trained (outside the blocks, PixArt's unused micro-condition embedders
-    # get no gradient, as in the stock model)
-    assert not [n for n in missing if n.startswith(("transformer_blocks.", "single_transformer_blocks."))], missing
+    # get no gradient, as in the stock model; in the last block, what no later block reads gets none in the stock
+    # model either: Qwen-Image's last text stream)
+    unread = unread_in_last_block(family_of(model).name)
+    last = f"transformer_blocks.{len(trained.transformer_blocks) - 1}."
+    in_blocks = [n for n in missing if n.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+    assert not [n for n in in_blocks if not (n.startswith(last) and n[len(last) :] in unread)], missing
     assert all(p.grad.abs().sum() > 0 for n, p in trained.named_parameters() if n.endswith("to_q.weight"))
 
 
@@ -149,5 +162,7 @@ def test_lora_adapter_save_load_fuse_unload(model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(forward(fresh, x), adapted, rtol=1e-4, atol=1e-5)
     base.unload_lora()
+    # exactly the plain model again; FLUX.2 within float rounding (measured 1.8e-7)
+    tolerance = 1e-6 if family_of(model).name == "flux2" else 0
     with torch.no_grad():
-        torch.testing.assert_close(forward(base, x), plain, rtol=0, atol=0)
+        torch.testing.assert_close(forward(base, x), plain, rtol=0, atol=tolerance)

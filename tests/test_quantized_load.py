@@ -5,17 +5,16 @@ match" when transformers is installed (docs/DESIGN notes). bitsandbytes needs CU
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+from diffusers_layerprune.families import get_family
 from diffusers_layerprune.hub import render_model_card
 from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 from diffusers_layerprune.testing import TINY_BUILDERS, TINY_RESOLUTION
 
-from helpers import stock_env
+from helpers import run_stock
 
 pytest.importorskip("torchao", reason="the [quant] extra (torchao) is not installed")
 pytest.importorskip("optimum.quanto", reason="the [quant] extra (optimum-quanto) is not installed")
@@ -35,17 +34,16 @@ def quantized(tmp_path_factory):
     card = render_model_card(folders["pixart"], "me/tiny-pruned")
     snippet = card.split("Optional, 8-bit transformer weights")[1].split("```python")[1].split("```")[0]
     snippet = snippet.replace('"me/tiny-pruned"', repr(str(folders["pixart"])))
-    jobs = [(f, str(p), TINY_RESOLUTION[f]) for f, p in folders.items()]
+    jobs = [(f, str(p), TINY_RESOLUTION[f], dict(get_family(f).tiny_call_args)) for f, p in folders.items()]
     script = textwrap.dedent(
         f"""
         import json, sys, torch
         from diffusers import DiffusionPipeline, PipelineQuantizationConfig, QuantoConfig, TorchAoConfig
         from torchao.quantization import Int8WeightOnlyConfig
 
-        def generate(pipe, family, size):
+        def generate(pipe, family, size, extra):
             pipe.set_progress_bar_config(disable=True)
-            extra = dict(use_resolution_binning=False, clean_caption=False) if family in ("pixart", "sana") else {{}}
-            return pipe("a red circle", num_inference_steps=2, height=size, width=size, max_sequence_length=16,
+            return pipe(prompt="a red circle", num_inference_steps=2, height=size, width=size, max_sequence_length=16,
                         output_type="pt", generator=torch.Generator().manual_seed(0), **extra).images.float()
 
         def int8_linears(transformer):
@@ -55,27 +53,27 @@ def quantized(tmp_path_factory):
             return len(quantized), len(linears)
 
         out = {{}}
-        for family, folder, size in {jobs!r}:
-            reference = generate(DiffusionPipeline.from_pretrained(folder), family, size)
+        for family, folder, size, extra in {jobs!r}:
+            reference = generate(DiffusionPipeline.from_pretrained(folder), family, size, extra)
             for name, config in (("torchao", TorchAoConfig(Int8WeightOnlyConfig())),
                                  ("quanto", QuantoConfig(weights_dtype="int8"))):
                 quant = PipelineQuantizationConfig(quant_mapping={{"transformer": config}})
                 pipe = DiffusionPipeline.from_pretrained(folder, quantization_config=quant, torch_dtype=torch.float32)
-                images = generate(pipe, family, size)
+                images = generate(pipe, family, size, extra)
                 out[f"{{family}}/{{name}}"] = dict(
                     finite=bool(torch.isfinite(images).all()), diff=(images - reference).abs().max().item(),
                     int8=int8_linears(pipe.transformer))
         import torch
         from diffusers import DiffusionPipeline
         {textwrap.indent(snippet, " " * 8).strip()}
-        images = generate(pipe, "pixart", {TINY_RESOLUTION["pixart"]})
+        images = generate(pipe, "pixart", {TINY_RESOLUTION["pixart"]}, {dict(get_family("pixart").tiny_call_args)!r})
         out["card"] = dict(finite=bool(torch.isfinite(images).all()), int8=int8_linears(pipe.transformer),
                            dtype=str(pipe.transformer.dtype))
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
         print(json.dumps(out))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, env=stock_env())
+    result = run_stock(script, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

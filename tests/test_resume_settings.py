@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from diffusers_layerprune.checkpoints import CHECKPOINT_RECORD
 from diffusers_layerprune.cli import main as cli
-from diffusers_layerprune.distill import CHECKPOINT_RECORD
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline
 
 from helpers import distill_args, run_train_distill, train_refused
@@ -173,3 +173,27 @@ def test_training_refuses_before_loading_the_teacher(work, tmp_path, capsys, mon
     before = snapshot(tmp_path)
     train_refused(capsys, args, named)
     assert snapshot(tmp_path) == before and not out.exists()
+
+
+@pytest.mark.parametrize("pattern", ["**/*.safetensors", "optimizer.bin", "random_states_0.pkl"])
+def test_resume_from_a_truncated_checkpoint_names_the_file(work, tmp_path, capsys, pattern):
+    """A checkpoint file cut short (a disk that filled, a copy that stopped): refused naming it, nothing unpickled."""
+    out = tmp_path / "run"
+    shutil.copytree(work / "run", out)
+    damaged = sorted((out / "checkpoint-2").glob(pattern))[0]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 9 // 10])
+    before = snapshot(tmp_path)
+    train_refused(capsys, [*base_args(work, out), "--resume_from_checkpoint", "latest"], f"{damaged} is damaged")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("role, component", [("teacher", "text_encoder"), ("student", "transformer")])
+def test_a_truncated_teacher_or_student_file_is_named(work, tmp_path, capsys, role, component):
+    folder = tmp_path / role
+    shutil.copytree(work / role, folder)
+    damaged = sorted((folder / component).glob("*.safetensors"))[0]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 9 // 10])
+    flag = "--teacher_model" if role == "teacher" else "--student_model"
+    args = with_value(base_args(work, tmp_path / "out"), flag, folder)
+    train_refused(capsys, args, f"{damaged} is damaged or not a safetensors file")
+    assert not (tmp_path / "out").exists()

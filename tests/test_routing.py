@@ -156,6 +156,7 @@ def _two_code_routing(routed):
 
 
 def test_grouped_generation_matches_per_prompt_and_keeps_order(routed):
+    from diffusers_layerprune.blocks import skip_blocks
     from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline
 
     pipe = routed.pipeline
@@ -171,6 +172,10 @@ def test_grouped_generation_matches_per_prompt_and_keeps_order(routed):
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         alone = wrapper([prompt], code=codes[i], **_gen(pipe, [seed])).images[0]
         assert torch.allclose(out.images[i], alone, atol=1e-5), i
+    # and a prompt alone is what the stock pipeline gives with the code's other blocks skipped
+    with skip_blocks(pipe.transformer, wrapper.skipped_layers(1)):
+        stock = pipe(prompts[1], **_gen(pipe, [seeds[1]])).images[0]
+    assert torch.allclose(out.images[1], stock, atol=1e-5)
     # a forced code for all prompts runs that code's depth: different images than the routed ones for code 1 rows
     forced = wrapper(prompts, code=0, **_gen(pipe, seeds)).images
     assert torch.allclose(forced[0], out.images[0], atol=1e-5)
@@ -318,8 +323,9 @@ def test_cli_route_writes_routed_folder(ws, tmp_path, capsys):
 def test_routed_card_says_what_the_folder_is_and_push_publishes_it_without_local_paths(ws, tmp_path):
     import yaml
 
-    from diffusers_layerprune.hub import push_pipeline, upload_plan
+    from diffusers_layerprune.hub import push_pipeline
     from diffusers_layerprune.routing import read_routing_record
+    from diffusers_layerprune.upload import upload_plan
 
     out = tmp_path / "routed"
     args = ["route", "--model", str(ws / "model"), "--num-codes", "2", "--budget", "4", "--prompts",

@@ -3,9 +3,6 @@ component, the N:M pattern, Wanda's score, stock loading of saved folders, depth
 distillation, and bad input."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -28,7 +25,7 @@ from diffusers_layerprune.sparsity.masks import global_masks
 from diffusers_layerprune.sparsity.wanda import wanda_scores
 from diffusers_layerprune.testing import save_tiny_pixart_pipeline, tiny_generation_kwargs
 
-from helpers import distill_args, run_train_distill
+from helpers import distill_args, run_stock, run_train_distill
 
 PROMPT = "a small red circle at the top left"
 CALIBRATION = ["a small red circle", "a large blue square at the top", "a green cross on the left", "a white star"]
@@ -182,8 +179,7 @@ def _stock_images(folders, tmp_path):
         print(json.dumps(out))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
+    result = run_stock(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     kept = json.loads(result.stdout.strip().splitlines()[-1])
     return [np.load(tmp_path / f"stock-{i}.npy") for i in range(len(folders))], [kept[str(f)] for f in folders]

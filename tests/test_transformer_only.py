@@ -148,7 +148,7 @@ def test_card_lists_datasets_and_eval_results():
     assert prompt_dataset_id("hpdv2:photo") == "zhwang/HPDv2"
     assert prompt_dataset_id("toy:train") is None and prompt_dataset_id("prompts.txt") is None
     from diffusers_layerprune import DistillConfig
-    from diffusers_layerprune.evaluation import EvalReport, EvalSettings, Latency, ModelEval, ScoreSummary
+    from diffusers_layerprune.eval_report import EvalReport, EvalSettings, Latency, ModelEval, ScoreSummary
 
     importance = {"metadata": {"prompts": {"source": "user/prompts:train@text", "count": 5}}}
     distill = DistillConfig(

@@ -200,3 +200,35 @@ def test_push_refuses_a_weights_or_tokenizer_file_holding_a_local_path(pruned, t
 )
 def test_machine_paths_are_found_and_urls_are_not(text, found):
     assert find_machine_paths(text) == found
+
+
+def test_binary_weight_files_are_checked_by_their_metadata_only(tmp_path):
+    """Quantized or raw weight bytes can spell a path by chance: a GGUF file is read by its metadata and a
+    safetensors file by its header, so only a path stored there refuses the push."""
+    import gguf
+    import numpy as np
+    import torch
+
+    from diffusers_layerprune.provenance import clean_upload_file
+
+    spelled = np.frombuffer(b"\x01/usr/lib/not/a/path\x02" + b"\0" * 11, dtype=np.uint8).copy()  # 32 weight bytes
+
+    def write_gguf(path, metadata):
+        writer = gguf.GGUFWriter(str(path), arch="flux")
+        for key, value in metadata.items():
+            writer.add_string(key, value)
+        writer.add_tensor("weights", spelled.view(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    write_gguf(tmp_path / "clean.gguf", {"general.name": "pruned"})
+    write_gguf(tmp_path / "leaky.gguf", {"general.source.url": "/root/models/teacher"})
+    save_file({"w": torch.from_numpy(spelled)}, tmp_path / "clean.safetensors")
+    save_file({"w": torch.from_numpy(spelled)}, tmp_path / "leaky.safetensors", metadata={"src": "/root/models/t"})
+    for name in ("clean.gguf", "clean.safetensors"):
+        assert b"/usr/lib/not/a/path" in (tmp_path / name).read_bytes()
+        assert clean_upload_file(tmp_path / name, name, frozenset(), {}) == ("as is", None, [])
+    for name, path in (("leaky.gguf", "/root/models/teacher"), ("leaky.safetensors", "/root/models/t")):
+        assert clean_upload_file(tmp_path / name, name, frozenset(), {}) == ("refused", None, [(path, "")])

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import LayerPruneError
+from .record import ControlNetRecord
 from .sources import file_sha256
 
 ADAPTATION_FILE = "controlnet_adaptation.json"
@@ -477,8 +478,6 @@ def adapt_controlnet(
     routing = residual_routing(record.family, record.kept_layers, record.source_depths, config)
     original = tuple(int(config.get(s.depth_key) or 0) for s in layout.stacks)
     adaptation = {
-        "format": "diffusers-layerprune/controlnet-adaptation",
-        "format_version": 1,
         "source_controlnet": str(controlnet),
         "revision": revision,
         "source_sha256": digests,
@@ -497,5 +496,5 @@ def adapt_controlnet(
     ) as tmp:
         save_file(new_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
-        (tmp / ADAPTATION_FILE).write_text(json.dumps(adaptation, indent=2) + "\n")
+        ControlNetRecord(adaptation).save(tmp / ADAPTATION_FILE)
     return AdaptedControlNet(Path(output), record.family, tuple(plans), record.source_depths, original, routing)

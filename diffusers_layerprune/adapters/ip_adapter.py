@@ -15,18 +15,17 @@ Which stack carries IP-Adapter layers, which names a layer holds and which width
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LayerPruneError
+from .record import IpAdapterRecord
 from .sources import file_sha256, local_or_hub
 
 WEIGHT_NAME = "ip-adapter.safetensors"  # SD3IPAdapterMixin.load_ip_adapter's default weight_name
 RECORD_NAME = "layerprune_ip_adapter.json"
-RECORD_FORMAT = "diffusers-layerprune/ip-adapter"
 
 # The key prefixes and renames FluxIPAdapterMixin.load_ip_adapter reads from a .safetensors file (XLabs' original
 # layout besides diffusers' own); SD3IPAdapterMixin reads the diffusers prefixes only, which is what we write.
@@ -282,8 +281,6 @@ def adapt_ip_adapter_to_folder(
     path, source_record = resolve_ip_adapter_source(source, revision=revision, weight_name=weight_name)
     adapted, report = adapt_ip_adapter(read_ip_adapter(path), family, config, f"IP-Adapter {source_record['source']}")
     record = {
-        "format": RECORD_FORMAT,
-        "format_version": 1,
         "action": "adapt-ip-adapter",
         "family": family.name,
         "source_ip_adapter": source_record,
@@ -294,7 +291,7 @@ def adapt_ip_adapter_to_folder(
     }
     with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, kind="ip-adapter") as tmp:
         write_ip_adapter(adapted, tmp / WEIGHT_NAME)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        IpAdapterRecord(record).save(tmp / RECORD_NAME)
     if log is not None:
         kind = next(s.kind for s in family.stacks if s.attr == family.ip_adapter.stack)
         log(f"IP-Adapter layers kept ({kind} blocks of the parent, in their new order): {list(report.kept)}")

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LayerPruneError
+from ..records import read_json
+from .record import LoraRecord
 from .sources import file_sha256, local_or_hub
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHT_NAME = "adapter_model.safetensors"
 RECORD_NAME = "layerprune_lora.json"  # what a LoRA folder was made from (uploaded with it: no local paths)
-RECORD_FORMAT = "diffusers-layerprune/lora"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 TRANSFORMER = "transformer"  # prefix of the transformer's keys in a pipeline LoRA file
 PEFT_PREFIX = "base_model.model."  # prefix of a PeftModel's keys in adapter_model.safetensors
@@ -564,8 +565,6 @@ def adapt_lora_to_folder(
     where = f"LoRA {record['source']}"
     adapted, report = adapt_lora(read_lora(family, path), family, config, where)
     record = {
-        "format": RECORD_FORMAT,
-        "format_version": 1,
         "action": "adapt-lora",
         "family": family.name,
         "lora_format": family.lora_format,
@@ -576,7 +575,7 @@ def adapt_lora_to_folder(
     }
     with atomic_output_dir(output, overwrite=overwrite, inputs=inputs, kind="lora") as tmp:
         write_lora(family, adapted, tmp)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        LoraRecord(record).save(tmp / RECORD_NAME)
     if log is not None:
         log(
             f"LoRA layers kept: {report.layers_kept}, dropped with the removed blocks: {report.layers_dropped}; "
@@ -617,7 +616,8 @@ def convert_old_lora(
         lora = _split_components(load_file(str(path)), _file_metadata(path))
     elif (old / OLD_CHECKPOINT_WEIGHTS).is_file() and not (old / PEFT_CONFIG_NAME).is_file():
         record_file = old.parent / OLD_CHECKPOINT_RECORD
-        settings = json.loads(record_file.read_text()).get("lora") if record_file.is_file() else None
+        # read leniently: checkpoints of that time may lack keys the current checkpoint record requires
+        settings = (read_json(record_file, "checkpoint record") or {}).get("lora") if record_file.is_file() else None
         if not settings:
             raise LayerPruneError(f"{old} has no {OLD_CHECKPOINT_RECORD} beside it with the LoRA's rank and alpha")
         state = load_file(str(old / OLD_CHECKPOINT_WEIGHTS))

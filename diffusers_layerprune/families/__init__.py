@@ -1,16 +1,23 @@
 """Registry of the supported diffusion-transformer families: one module each, imported on first use.
 
-Adding a family: write ``families/<name>.py`` defining ``FAMILY = ModelFamily(...)`` and its pruned class, then add
-one line to :data:`FAMILIES`. Nothing else in the package names a family.
+Adding a family: write ``families/<name>.py`` defining ``FAMILY = ModelFamily(...)`` (its classes, blocks, forward,
+text encoding, tiny test pipeline, published config, hub tag) and its pruned class, then add one line to
+:data:`FAMILIES` (docs/families.md shows a whole addition). Nothing else in the package names a family.
+
+This module imports nothing heavy (no torch): short model names (``tiny-random-<family>``) are recognised through it
+before any model is loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from ..errors import LayerPruneError
-from .base import BlockLayout, BlockStack, ModelFamily, TextConditioning
+
+if TYPE_CHECKING:
+    from .base import ModelFamily
 
 # name -> module (relative to this package) defining FAMILY.
 FAMILIES: dict[str, str] = {
@@ -18,9 +25,45 @@ FAMILIES: dict[str, str] = {
     "sana": ".sana",
     "sd3": ".sd3",
     "flux": ".flux",
+    "flux2": ".flux2",
+    "qwenimage": ".qwenimage",
 }
 
+# The family of ``tiny-random`` and of configs without a class name (layerprune's first family).
+DEFAULT_FAMILY = next(iter(FAMILIES))
+
 _loaded: dict[str, ModelFamily] = {}
+_BASE_NAMES = ("BlockLayout", "BlockStack", "ModelFamily", "TextConditioning")
+
+
+def __getattr__(name: str):
+    # The record types live in .base (which imports torch); imported on first use, so this module stays light.
+    if name in _BASE_NAMES:
+        return getattr(import_module(".base", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def tiny_names() -> dict[str, str]:
+    """Short name -> family of each family's tiny random pipeline: ``tiny-random-<family>``, and ``tiny-random`` for
+    :data:`DEFAULT_FAMILY`. Imports no family module."""
+    return {"tiny-random": DEFAULT_FAMILY, **{f"tiny-random-{name}": name for name in FAMILIES}}
+
+
+def build_tiny_pipeline(family: str, **kwargs):
+    """The tiny random pipeline of ``family`` (its ``ModelFamily.tiny_pipeline``)."""
+    return get_family(family).tiny_pipeline(**kwargs)
+
+
+def exported(name: str):
+    """A public name defined by a family module (``PrunedFluxTransformer``), looked up in every registered family's
+    ``__all__``; ``None`` when no family defines it. Lets modules outside ``families/`` re-export them by name."""
+    if name == "FAMILY" or name.startswith("_"):  # dunders: the import machinery probes modules for them
+        return None
+    for family in FAMILIES:
+        module = import_module(FAMILIES[family], __name__)
+        if name in getattr(module, "__all__", ()):
+            return getattr(module, name)
+    return None
 
 
 def get_family(name: str) -> ModelFamily:
@@ -105,6 +148,10 @@ def encode_text(pipe, prompts, *, max_sequence_length: int, batch_size: int = 32
 
 
 __all__ = [
+    "DEFAULT_FAMILY",
+    "build_tiny_pipeline",
+    "exported",
+    "tiny_names",
     "encode_text",
     "BlockLayout",
     "BlockStack",

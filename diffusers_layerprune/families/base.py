@@ -38,6 +38,8 @@ class BlockStack:
         kind: the block kind users see in tables and JSON (``block``, ``joint``, ``double``, ``single``).
         hidden_from_output: maps a block's return value to its image-token hidden states ``[B, N, D]``.
         hidden_input_name: keyword name of the hidden-states argument, when it is not passed positionally.
+        hidden_from_input: ``(args, kwargs) -> [B, N, D]``: a block's input hidden states when they are more than one
+            argument (FLUX.2's double blocks: the joint ``[text; image]`` sequence, as its single blocks see it).
     """
 
     attr: str
@@ -45,6 +47,7 @@ class BlockStack:
     kind: str = "block"
     hidden_from_output: Callable[[object], torch.Tensor] = field(default=first_tensor)
     hidden_input_name: str = "hidden_states"
+    hidden_from_input: Callable[[tuple, dict], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,34 @@ class ControlNetLayout:
     sample_read: Callable[[int, int, int, int, Mapping], int | None]
     identity_gates: Mapping[str, Mapping[int, tuple[int, ...]]]
     indexed_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishedConfig:
+    """The transformer of a family's reference checkpoint, for benchmarks at the real widths with random weights.
+
+    Attributes:
+        hub_id: the checkpoint the config is from.
+        title: its name in tables (``Flux.1-dev``).
+        config: its transformer ``config.json`` (diffusers), as published.
+        vae_factor: pixels per latent cell of the pipeline's VAE.
+        text_tokens: text tokens the pipeline conditions on by default.
+    """
+
+    hub_id: str
+    title: str
+    config: Mapping[str, object]
+    vae_factor: int
+    text_tokens: int
+
+
+def decode_scaled(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Final latents ``[B, C, h, w]`` -> images in [0, 1] as most pipelines decode: ``latents / scaling_factor +
+    shift_factor`` (``shift_factor`` 0 where the VAE has none), the VAE's decoder, the image processor."""
+    vae = pipe.vae
+    scaled = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+    pixels = vae.decode(scaled.to(vae.device, vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(pixels, output_type="pt").float()
 
 
 # Kept for callers of the one-stack API (``blocks.block_layout(model).attr``).
@@ -209,6 +240,32 @@ class ModelFamily:
         adapt_lora: ``(state, source_config, kept_by_stack) -> state``: :attr:`adapt_state` for LoRA weights (peft keys
             ``<module>.lora_A.weight``, already renumbered), when a block changes structure by its new position.
         controlnet: how the family's stock ControlNet adds residuals to the blocks (``None``: diffusers has none).
+        training_objective: flow families: the objective ``train_distill`` defaults to (``weighting_scheme``,
+            ``precondition_outputs``, ``timestep_shift``; missing keys: uniform, unweighted, unshifted), the family's
+            diffusers training example's (``flow_objective``; docs/families.md says why).
+        image_tokens: ``(config, h, w) -> int``: image tokens of an ``h x w`` latent grid, the sequence length a
+            resolution-dependent timestep shift reads (Flux packs 2x2 whatever its ``patch_size``).
+        hub_tag: the Hub tag of the family's base models (model cards).
+        citations: ``{reference key: citation}`` of :attr:`references` (model cards).
+        tiny_pipeline: ``(**kwargs) -> pipeline``: a tiny random pipeline of the family's real component classes,
+            built offline (short name ``tiny-random-<name>``; tests and examples run on it).
+        tiny_resolution: pixel size the tiny pipeline generates at.
+        tiny_call_args: what a call of the tiny pipeline needs beyond the common arguments (PixArt's and Sana's
+            resolution binning off and caption cleaning off).
+        published: the transformer config of the family's reference checkpoint, as published (its ``config.json``),
+            for benchmarks with random weights; ``None``: none recorded.
+        prompt_keyword: the card's snippet passes the prompt as ``prompt=`` (pipelines whose first parameter is not
+            the prompt: ``Flux2Pipeline`` takes an image first).
+        guidance_args: ``guidance_scale -> dict``: the pipeline's call arguments for layerprune's guidance scale
+            (classifier-free guidance when above 1); Qwen-Image calls it ``true_cfg_scale``.
+        decode: ``(pipe, latents [B, C, h, w]) -> images [B, 3, H, W]`` in [0, 1], as the pipeline decodes its final
+            latents (scaling, shift, batch-norm statistics, patch layout).
+        encode_by_tokens: caches may encode each prompt at its own length with the tokenizer and the text encoder's
+            first output (``data.iter_prompt_embeddings``: PixArt, Sana); ``False``: through :attr:`encode`, keeping
+            each prompt's masked tokens (chat templates, dropped prefixes, stacked layers).
+        caption_images: image-caption datasets can be encoded for distillation (``--dataset_name``,
+            ``--train_data_dir``).
+        routing: prompt routing (``layerprune route``) supports the family.
     """
 
     name: str
@@ -242,6 +299,22 @@ class ModelFamily:
     lora_format: str = "diffusers"
     adapt_lora: Callable[..., dict] | None = None
     controlnet: ControlNetLayout | None = None
+    training_objective: Mapping[str, object] = field(default_factory=dict)
+    image_tokens: Callable[[Mapping, int, int], int] = lambda config, h, w: (
+        (h // int(config.get("patch_size") or 1)) * (w // int(config.get("patch_size") or 1))
+    )
+    hub_tag: str = ""
+    citations: Mapping[str, str] = field(default_factory=dict)
+    tiny_pipeline: Callable[..., object] | None = None
+    tiny_resolution: int = 16
+    tiny_call_args: Mapping[str, object] = field(default_factory=dict)
+    published: PublishedConfig | None = None
+    prompt_keyword: bool = False
+    guidance_args: Callable[[float], dict] = lambda scale: {"guidance_scale": scale}
+    decode: Callable[[object, torch.Tensor], torch.Tensor] = decode_scaled
+    encode_by_tokens: bool = False
+    caption_images: bool = False
+    routing: bool = False
 
     # -- block numbering ------------------------------------------------------------------------------------------
 

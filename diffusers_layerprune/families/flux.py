@@ -17,6 +17,13 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
+from ..testing import (
+    build_clip_tokenizer,
+    build_flow_vae,
+    build_t5_tokenizer,
+    build_tiny_clip_text_encoder,
+    build_tiny_t5_encoder,
+)
 from .base import (
     BlockStack,
     ControlNetLayout,
@@ -24,6 +31,7 @@ from .base import (
     IPAdapterLayout,
     ModelFamily,
     Piece,
+    PublishedConfig,
     SingleFileLayout,
     block_count,
     fused,
@@ -55,14 +63,15 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
     return ids.reshape(-1, 3).to(device, dtype)
 
 
-def forward(transformer, latents, timestep, text) -> torch.Tensor:
+def forward(transformer, latents, timestep, text, guidance: float = GUIDANCE) -> torch.Tensor:
     """Flow (velocity) prediction on unpacked latents ``[B, C, h, w]``; ``timestep`` in 0..1000 (the pipeline's
-    scheduler units; the transformer takes it divided by 1000)."""
+    scheduler units; the transformer takes it divided by 1000). ``guidance``: the guidance-distilled model's guidance
+    input (Flux.1-dev; unused by models without a guidance embedding)."""
     _, _, h, w = latents.shape
     embeds = text["prompt_embeds"]
-    guidance = None
+    scale, guidance = guidance, None
     if getattr(transformer, "module", transformer).config.get("guidance_embeds"):  # DDP wraps the model
-        guidance = torch.full((latents.shape[0],), GUIDANCE, device=latents.device, dtype=torch.float32)
+        guidance = torch.full((latents.shape[0],), scale, device=latents.device, dtype=torch.float32)
     out = transformer(
         hidden_states=pack(latents),
         encoder_hidden_states=embeds,
@@ -259,6 +268,56 @@ class PrunedFluxTransformer(PrunedTransformerMixin, FluxTransformer2DModel):
         self._check_pruned(kept_layers, [num_layers, num_single_layers], source_num_layers)
 
 
+def build_tiny_flux_pipeline(num_layers: int = 2, num_single_layers: int = 4, *, seed: int = 0):
+    """A complete tiny ``FluxPipeline`` (CLIP + T5 text encoders, ``AutoencoderKL``, ``FluxTransformer2DModel`` with
+    ``num_layers`` double-stream then ``num_single_layers`` single-stream blocks), random weights. Generate at
+    ``16`` px (VAE factor 2, latents packed 2x2)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    clip_tokenizer = build_clip_tokenizer()
+    t5_tokenizer = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = build_tiny_clip_text_encoder(len(clip_tokenizer), 16)
+    text_encoder_2 = build_tiny_t5_encoder(len(t5_tokenizer), d_model=32)
+    vae = build_flow_vae(4, seed=seed + 1, sample_size=16)
+    torch.manual_seed(seed + 2)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels packed 2x2
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        guidance_embeds=True,  # Flux.1-dev
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+FLUX1_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+
+
 FAMILY = ModelFamily(
     name="flux",
     title="Flux.1",
@@ -283,6 +342,10 @@ FAMILY = ModelFamily(
     step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input
     unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
     objective="flow",
+    # train_dreambooth_lora_flux.py trains uniform and unshifted (its use_dynamic_shifting table is unshifted)
+    caption_images=True,  # train_distill encodes image-caption datasets with the family's VAE (image_data.vae_latents)
+    training_objective=dict(weighting_scheme="none", precondition_outputs=0, timestep_shift="none"),
+    image_tokens=lambda config, h, w: (h // 2) * (w // 2),  # FluxPipeline's packed sequence length
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),
@@ -305,4 +368,16 @@ FAMILY = ModelFamily(
         gguf_arch="flux",
         check=single_file_check,
     ),
+    hub_tag="flux",
+    citations={"flux": "Black Forest Labs, FLUX.1 (2024), https://github.com/black-forest-labs/flux."},
+    tiny_pipeline=build_tiny_flux_pipeline,
+    published=PublishedConfig(
+        hub_id="black-forest-labs/FLUX.1-dev",
+        title="Flux.1-dev",
+        config=FLUX1_DEV_TRANSFORMER,
+        vae_factor=8,
+        text_tokens=512,
+    ),
 )
+
+__all__ = ["FAMILY", "PrunedFluxTransformer", "build_tiny_flux_pipeline", "FLUX1_DEV_TRANSFORMER"]

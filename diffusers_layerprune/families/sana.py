@@ -11,12 +11,14 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
+from ..testing import build_gemma_tokenizer
 from .base import (
     BlockStack,
     ControlNetLayout,
     ControlNetStack,
     ModelFamily,
     Piece,
+    PublishedConfig,
     SingleFileLayout,
     binning_call_args,
     block_count,
@@ -31,12 +33,13 @@ from .base import (
 GUIDANCE = 4.5
 
 
-def forward(transformer, latents, timestep, text) -> torch.Tensor:
-    """Flow (velocity) prediction ``[B, out_channels, h, w]``; ``timestep`` in 0..1000 as the pipeline passes it."""
+def forward(transformer, latents, timestep, text, guidance: float = GUIDANCE) -> torch.Tensor:
+    """Flow (velocity) prediction ``[B, out_channels, h, w]``; ``timestep`` in 0..1000 as the pipeline passes it;
+    ``guidance``: the guidance input of guidance-distilled checkpoints (Sana-Sprint; unused by the others)."""
     config = getattr(transformer, "module", transformer).config  # DDP wraps the model
-    guidance = None
+    scale, guidance = guidance, None
     if config.get("guidance_embeds"):
-        guidance = torch.full((latents.shape[0],), GUIDANCE, device=latents.device, dtype=latents.dtype)
+        guidance = torch.full((latents.shape[0],), scale, device=latents.device, dtype=latents.dtype)
     return transformer(
         hidden_states=latents,
         encoder_hidden_states=text["prompt_embeds"],
@@ -178,6 +181,86 @@ CONTROLNET = ControlNetLayout(
 )
 
 
+def build_tiny_sana_pipeline(num_layers: int = 6, *, sample_size: int = 16, seed: int = 0):
+    """A complete tiny ``SanaPipeline`` (Gemma-2 text encoder, DC-AE, ``SanaTransformer2DModel``), random weights.
+
+    The DC-AE downsamples by 2, so images are ``2 * sample_size`` pixels square (SanaPipeline wants multiples of
+    32)."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = build_gemma_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=0,
+        )
+    ).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    ).eval()
+    torch.manual_seed(seed + 2)
+    transformer = SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=sample_size,
+        patch_size=1,
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+
+
+SANA_1600M_TRANSFORMER = dict(  # Efficient-Large-Model/Sana_1600M_1024px_diffusers
+    in_channels=32,
+    out_channels=32,
+    num_attention_heads=70,
+    attention_head_dim=32,
+    num_layers=20,
+    num_cross_attention_heads=20,
+    cross_attention_head_dim=112,
+    cross_attention_dim=2240,
+    caption_channels=2304,
+    mlp_ratio=2.5,
+    sample_size=32,
+    patch_size=1,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
+
+
 FAMILY = ModelFamily(
     name="sana",
     title="Sana",
@@ -191,6 +274,9 @@ FAMILY = ModelFamily(
     call_kwargs=masked_call_kwargs,
     card_call_args=binning_call_args((16, 32, 64, 128)),  # SanaPipeline's aspect-ratio bins
     objective="flow",
+    # train_dreambooth_lora_sana.py trains uniform and unshifted (its table ignores the DPM-Solver's flow_shift)
+    caption_images=True,  # train_distill encodes image-caption datasets with the family's VAE (image_data.vae_latents)
+    training_objective=dict(weighting_scheme="none", precondition_outputs=0, timestep_shift="none"),
     real_size=lambda config: (config.get("caption_channels") or 0) >= 2304,  # Gemma-2-2B conditioning
     defaults=dict(
         max_sequence_length=300,
@@ -208,4 +294,22 @@ FAMILY = ModelFamily(
     single_file=SingleFileLayout(
         pieces=original_pieces, converter="convert_sana_transformer_to_diffusers", gguf_arch="sana"
     ),
+    hub_tag="sana",
+    citations={
+        "sana": "Xie et al., SANA: Efficient High-Resolution Image Synthesis with Linear Diffusion Transformers, "
+        "ICLR 2025."
+    },
+    tiny_pipeline=build_tiny_sana_pipeline,
+    tiny_resolution=32,  # SanaPipeline wants multiples of 32
+    tiny_call_args=dict(use_resolution_binning=False, clean_caption=False),
+    published=PublishedConfig(
+        hub_id="Efficient-Large-Model/Sana_1600M_1024px_diffusers",
+        title="Sana 1.6B",
+        config=SANA_1600M_TRANSFORMER,
+        vae_factor=32,
+        text_tokens=300,
+    ),
+    encode_by_tokens=True,
 )
+
+__all__ = ["FAMILY", "PrunedSanaTransformer", "build_tiny_sana_pipeline", "SANA_1600M_TRANSFORMER"]

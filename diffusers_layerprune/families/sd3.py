@@ -21,6 +21,13 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
+from ..testing import (
+    build_clip_tokenizer,
+    build_flow_vae,
+    build_t5_tokenizer,
+    build_tiny_clip_text_encoder,
+    build_tiny_t5_encoder,
+)
 from .base import (
     BlockStack,
     ControlNetLayout,
@@ -28,6 +35,7 @@ from .base import (
     IPAdapterLayout,
     ModelFamily,
     Piece,
+    PublishedConfig,
     SingleFileLayout,
     block_count,
     fused,
@@ -300,6 +308,67 @@ class PrunedSD3Transformer(PrunedTransformerMixin, SD3Transformer2DModel):
         self._check_pruned(kept_layers, [num_layers], source_num_layers)
 
 
+def build_tiny_sd3_pipeline(
+    num_layers: int = 6, *, sample_size: int = 8, seed: int = 0, dual_attention_layers: tuple[int, ...] = ()
+):
+    """A complete tiny ``StableDiffusion3Pipeline`` (two CLIP text encoders with projection, a T5, ``AutoencoderKL``
+    with 4 latent channels, ``SD3Transformer2DModel``), random weights. ``dual_attention_layers`` makes
+    it SD3.5-Medium-like. Images are ``2 * sample_size`` pixels square."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    clip_tokenizer = build_clip_tokenizer()
+    t5_tokenizer = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = build_tiny_clip_text_encoder(len(clip_tokenizer), 16, with_projection=True)
+    text_encoder_2 = build_tiny_clip_text_encoder(len(clip_tokenizer), 16, with_projection=True)
+    text_encoder_3 = build_tiny_t5_encoder(len(t5_tokenizer), d_model=32)
+    vae = build_flow_vae(4, seed=seed + 1, sample_size=2 * sample_size)
+    torch.manual_seed(seed + 2)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # the T5 width; the two CLIPs' 16 + 16 are zero-padded to it
+        caption_projection_dim=16,
+        pooled_projection_dim=32,  # the two CLIPs' pooled projections, concatenated
+        out_channels=4,
+        pos_embed_max_size=sample_size,
+        dual_attention_layers=tuple(dual_attention_layers),
+        qk_norm="rms_norm" if dual_attention_layers else None,
+    ).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=build_clip_tokenizer(),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+SD35_MEDIUM_TRANSFORMER = dict(  # stabilityai/stable-diffusion-3.5-medium
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+)
+
+
 FAMILY = ModelFamily(
     name="sd3",
     title="Stable Diffusion 3 / 3.5",
@@ -318,6 +387,10 @@ FAMILY = ModelFamily(
     ip_adapter=IP_ADAPTER,
     adapt_lora=adapt_lora,
     objective="flow",
+    # train_dreambooth_lora_sd3.py's defaults: logit-normal noise levels (Esser et al.'s best), EDM preconditioning,
+    # and the scheduler's shift (3.0), which its noise-level table carries
+    caption_images=True,  # train_distill encodes image-caption datasets with the family's VAE (image_data.vae_latents)
+    training_objective=dict(weighting_scheme="logit_normal", precondition_outputs=1, timestep_shift="scheduler"),
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     defaults=dict(
@@ -336,4 +409,18 @@ FAMILY = ModelFamily(
     single_file=SingleFileLayout(
         pieces=original_pieces, converter="convert_sd3_transformer_checkpoint_to_diffusers", gguf_arch="sd3"
     ),
+    hub_tag="sd3",
+    citations={
+        "sd3": "Esser et al., Scaling Rectified Flow Transformers for High-Resolution Image Synthesis, ICML 2024."
+    },
+    tiny_pipeline=build_tiny_sd3_pipeline,
+    published=PublishedConfig(
+        hub_id="stabilityai/stable-diffusion-3.5-medium",
+        title="SD3.5 Medium",
+        config=SD35_MEDIUM_TRANSFORMER,
+        vae_factor=8,
+        text_tokens=333,  # 77 CLIP tokens + 256 T5 tokens
+    ),
 )
+
+__all__ = ["FAMILY", "PrunedSD3Transformer", "build_tiny_sd3_pipeline", "SD35_MEDIUM_TRANSFORMER"]

@@ -13,9 +13,6 @@ from ..validation import non_negative_float, non_negative_int, positive_int
 from .registry import CRITERIA_MODULES
 from .scoring import score_blocks
 
-# The name recipes and scripts used before score_blocks existed.
-score_to_file = score_blocks
-
 PLAN_NAMES = ("one_shot", "greedy", "span")  # checked against plans.PLANS in the tests
 
 

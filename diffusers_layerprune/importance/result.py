@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -10,13 +9,14 @@ from pathlib import Path
 
 from ..errors import LayerPruneError
 from ..outputs import atomic_output_file
+from ..records import Record, read_json
 
 FORMAT = "diffusers-layerprune/layer-importance"
 FORMAT_VERSION = 1
 
 
 @dataclass
-class LayerImportance:
+class LayerImportance(Record):
     """Per-block importance of one model under one criterion, with how it was measured.
 
     Attributes:
@@ -32,6 +32,21 @@ class LayerImportance:
         extra: criterion-specific results, e.g. ``span_distance`` for angular distance (``{n: [d(l, n) for l]}``),
             ``additivity`` for output loss, ``greedy_order`` when a greedy plan was scored.
     """
+
+    KIND = "layer-importance"
+    SCHEMA_VERSION = FORMAT_VERSION
+    FORMAT = FORMAT
+    WHAT = "layer-importance file"
+    FIX = "write one with `layerprune score`"
+    REQUIRED = {"values": list, "criterion": str}
+    OPTIONAL = {
+        "higher_is_more_important": bool,
+        "num_layers": int,
+        "stderr": list,
+        "per_prompt": list,
+        "metadata": dict,
+        "extra": dict,
+    }
 
     values: list[float]
     criterion: str
@@ -99,10 +114,8 @@ class LayerImportance:
     # Persistence
     # ------------------------------------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict:
+    def body(self) -> dict:
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
             "criterion": self.criterion,
             "higher_is_more_important": self.higher_is_more_important,
             "num_layers": self.num_layers,
@@ -115,55 +128,34 @@ class LayerImportance:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "importance data") -> LayerImportance:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LayerPruneError(f"{source} is not a layer-importance file (written by `layerprune score`)")
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise LayerPruneError(f"{source} was written by a newer diffusers-layerprune; upgrade the package")
-        try:
-            result = cls(
-                values=data["values"],
-                criterion=data["criterion"],
-                higher_is_more_important=data.get("higher_is_more_important", True),
-                stderr=data.get("stderr"),
-                per_prompt=data.get("per_prompt"),
-                metadata=data.get("metadata") or {},
-                extra=data.get("extra") or {},
+    def from_body(cls, data: dict) -> LayerImportance:
+        not_numbers = [v for v in data["values"] if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if not_numbers:  # float() would take "0.3" and true as numbers
+            raise LayerPruneError(
+                f"values must be a list of numbers, one per block; found {not_numbers[0]!r}; re-run layerprune score"
             )
-        except (KeyError, TypeError, ValueError) as error:
-            if isinstance(error, LayerPruneError):
-                raise
-            raise LayerPruneError(f"{source} is a damaged layer-importance file ({error!r})") from error
+        result = cls(
+            values=data["values"],
+            criterion=data["criterion"],
+            higher_is_more_important=data.get("higher_is_more_important", True),
+            stderr=data.get("stderr"),
+            per_prompt=data.get("per_prompt"),
+            metadata=data.get("metadata") or {},
+            extra=data.get("extra") or {},
+        )
         if data.get("num_layers", result.num_layers) != result.num_layers:
-            raise LayerPruneError(f"{source}: num_layers {data['num_layers']} but {result.num_layers} values")
-        for name in ("metadata", "extra"):
-            if not isinstance(getattr(result, name), dict):
-                raise LayerPruneError(f"{source} is a damaged layer-importance file ({name} must be a mapping)")
-        if not isinstance(result.criterion, str):
-            raise LayerPruneError(f"{source} is a damaged layer-importance file (criterion must be a name)")
+            raise LayerPruneError(f"num_layers {data['num_layers']} but {result.num_layers} values")
         return result
+
+    def model_name(self) -> str | None:
+        return self.model
 
     def save(self, path: str | os.PathLike, *, plot: bool = True, overwrite: bool = True) -> Path:
         """Write the JSON (atomically) and, with ``plot``, the bar chart next to it (``<path>.png`` stem)."""
-        path = Path(path)
-        with atomic_output_file(path, overwrite=overwrite) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+        path = super().save(path, overwrite=overwrite)
         if plot:
             self.plot(path.with_suffix(".png"))
         return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LayerImportance:
-        """Read a file written by :meth:`save`; raises :class:`LayerPruneError` for a missing or foreign file."""
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise LayerPruneError(f"importance file {path} does not exist; write one with `layerprune score`")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            reason = getattr(error, "msg", None) or str(error)
-            raise LayerPruneError(f"importance file {path} is not valid JSON ({reason})") from error
-        return cls.from_dict(data, source=str(path))
 
     def plot(self, path: str | os.PathLike) -> Path:
         """A PNG bar chart of the values per block (error bars = stderr), least important blocks highlighted."""
@@ -209,10 +201,10 @@ class LayerImportance:
 def is_importance_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a layer-importance JSON written by :meth:`LayerImportance.save`."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(path)
+    except LayerPruneError:
         return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+    return isinstance(data, dict) and (data.get("format") == FORMAT or data.get("kind") == LayerImportance.KIND)
 
 
 def _nan_last(value: float) -> float:

@@ -260,12 +260,8 @@ class ImportanceScan:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], as the pipeline decodes them."""
-        vae = self.pipe.vae
-        with torch.inference_mode():
-            # as the pipelines decode: latents / scaling_factor + shift_factor (SD3, Flux; 0 for PixArt and Sana)
-            scaled = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
-            pixels = vae.decode(scaled.to(vae.device, vae.dtype), return_dict=False)[0]
-            return self.pipe.image_processor.postprocess(pixels, output_type="pt").float()
+        with torch.inference_mode():  # as the family's pipeline decodes (ModelFamily.decode)
+            return self.family.decode(self.pipe, latents)
 
     def probe(self, batch: int) -> Probe:
         """The noised latents of prompt batch ``batch`` (cached for the most recent batch)."""

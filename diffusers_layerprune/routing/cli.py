@@ -23,7 +23,7 @@ def _budget(text: str) -> float:
 def add_route_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``layerprune route`` on the CLI's subparsers."""
     from ..arguments import add_device_arg, add_model_args, add_output_args
-    from ..validation import any_int, non_negative_int, positive_int
+    from ..validation import any_int, non_negative_int, positive_float, positive_int
     from . import MARGINALS
 
     parser = subparsers.add_parser(
@@ -56,7 +56,7 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--min-blocks", type=positive_int, default=1, help="blocks every code runs at least")
     parser.add_argument("--steps", type=positive_int, default=300, help="router/code training steps (default 300)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per step (default 16)")
-    parser.add_argument("--learning-rate", type=float, default=1e-2, help="router/code learning rate")
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-2, help="router/code learning rate")
     parser.add_argument(
         "--marginals",
         default="uniform",
@@ -70,7 +70,7 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
         help="then fine-tune the shared weights with hard routing for this many steps, in this process (default 0: "
         "weights kept); on several processes: accelerate launch -m diffusers_layerprune.routing.finetune",
     )
-    parser.add_argument("--finetune-learning-rate", type=float, default=2e-4, help="fine-tuning learning rate")
+    parser.add_argument("--finetune-learning-rate", type=positive_float, default=2e-4, help="fine-tuning learning rate")
     parser.add_argument("--seed", type=any_int, default=0, help="seed of every random draw (default 0)")
     add_device_arg(parser)
     add_output_args(parser, "the routed pipeline")

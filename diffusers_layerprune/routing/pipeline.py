@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..blocks import skip_blocks
 from ..errors import LayerPruneError
+from .pipeline_routed_pixart import run_routed
 from .record import Routing, load_routing
 from .router import pooled_text_embedding
 
@@ -43,19 +43,6 @@ class RoutedPipelineOutput:
 
     images: list | np.ndarray | torch.Tensor
     codes: list[int]
-
-
-def _assemble(parts: list[tuple[list[int], object]], n: int):
-    order = [None] * n
-    for index, images in parts:
-        for j, i in enumerate(index):
-            order[i] = images[j]
-    first = parts[0][1]
-    if isinstance(first, torch.Tensor):
-        return torch.stack(order)
-    if isinstance(first, np.ndarray):
-        return np.stack(order)
-    return order
 
 
 class RoutedPixArtSigmaPipeline:
@@ -101,9 +88,10 @@ class RoutedPixArtSigmaPipeline:
         ``outputs.atomic_output_dir``)."""
         import json
 
-        from ..modeling import STOCK_CLASS, PrunedPixArtTransformer
+        from ..families import family_of
         from ..outputs import atomic_output_dir
         from ..provenance import publish_configs
+        from ..pruned import PrunedTransformerMixin
 
         pipe = self.pipeline
         source = pipe.transformer.config.get("source_model")
@@ -112,8 +100,8 @@ class RoutedPixArtSigmaPipeline:
             pipe.save_pretrained(tmp, safe_serialization=True)
             index_path = tmp / "model_index.json"
             index = json.loads(index_path.read_text())
-            if isinstance(pipe.transformer, PrunedPixArtTransformer):
-                index["transformer"] = list(STOCK_CLASS)
+            if isinstance(pipe.transformer, PrunedTransformerMixin):
+                index["transformer"] = ["diffusers", family_of(pipe.transformer).transformer_class]
                 index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             self.routing.save(tmp)
             import shutil
@@ -207,8 +195,6 @@ class RoutedPixArtSigmaPipeline:
         keyword arguments (``num_inference_steps``, ``guidance_scale``, ``negative_prompt`` as one string, ...)
         go to the stock pipeline; ``num_images_per_prompt`` is not supported (repeat the prompt instead).
         """
-        from diffusers.utils.torch_utils import randn_tensor
-
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise LayerPruneError("no prompts to generate")
@@ -220,7 +206,6 @@ class RoutedPixArtSigmaPipeline:
             if name in kwargs:
                 raise LayerPruneError(f"{name} is not supported by the routed pipeline; pass prompts")
         pipe = self.pipeline
-        device = pipe.transformer.device
         embeds, mask = self.encode(prompts, max_sequence_length=max_sequence_length)
         if code is None:
             codes = self._route(pooled_text_embedding(embeds, mask), enforce_budget).tolist()
@@ -228,36 +213,24 @@ class RoutedPixArtSigmaPipeline:
             if enforce_budget is not False and enforce_budget is not None:
                 raise LayerPruneError("give either code= or enforce_budget=, not both")
             codes = [self._check_code(code)] * len(prompts)
-        height = height or pipe.transformer.config.sample_size * pipe.vae_scale_factor
-        width = width or pipe.transformer.config.sample_size * pipe.vae_scale_factor
-        if latents is None:
-            shape = (
-                len(prompts),
-                pipe.transformer.config.in_channels,
-                int(height) // pipe.vae_scale_factor,
-                int(width) // pipe.vae_scale_factor,
-            )
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)
-        elif latents.shape[0] != len(prompts):
+        if latents is not None and latents.shape[0] != len(prompts):
             raise LayerPruneError(f"latents hold {latents.shape[0]} samples for {len(prompts)} prompts")
-        parts = []
-        for k in sorted(set(codes)):
-            index = [i for i, c in enumerate(codes) if c == k]
-            group_generator = [generator[i] for i in index] if isinstance(generator, list) else generator
-            with skip_blocks(pipe.transformer, self.skipped_layers(k)):
-                images = pipe(
-                    prompt_embeds=embeds[index],
-                    prompt_attention_mask=mask[index],
-                    latents=latents[index],
-                    generator=group_generator,
-                    height=height,
-                    width=width,
-                    max_sequence_length=max_sequence_length,
-                    output_type=output_type,
-                    **kwargs,
-                ).images
-            parts.append((index, images))
-        return RoutedPipelineOutput(images=_assemble(parts, len(prompts)), codes=codes)
+        images = run_routed(
+            pipe,
+            pipe,
+            embeds,
+            mask,
+            codes,
+            [c.kept_layers for c in self.routing.record.codes],
+            generator=generator,
+            latents=latents,
+            height=height,
+            width=width,
+            max_sequence_length=max_sequence_length,
+            output_type=output_type,
+            **kwargs,
+        )
+        return RoutedPipelineOutput(images=images, codes=codes)
 
 
 def _download_routing(repo_id: str) -> Path:

@@ -15,9 +15,9 @@ diffusers-layerprune writes this file into every routed pipeline folder (beside 
 first; it imports only torch, numpy, safetensors, huggingface_hub and diffusers. Without ``custom_pipeline`` the
 same folder loads as the ordinary full-depth ``PixArtSigmaPipeline``.
 
-It must stay self-contained (one file, no import of diffusers_layerprune); it mirrors
-``diffusers_layerprune.routing.RoutedPixArtSigmaPipeline``, whose tests check that both give the same codes and
-images. It does not check the router's weight fingerprint against the transformer (diffusers-layerprune does).
+It must stay self-contained (one file, no import of diffusers_layerprune). Its :func:`run_routed` is the one routed
+generation loop: ``diffusers_layerprune.routing.RoutedPixArtSigmaPipeline`` runs through it too, adding the checks
+this file leaves out (the router's weight fingerprint against the transformer) and budget-enforced routing.
 """
 
 from __future__ import annotations
@@ -124,11 +124,10 @@ class PixArtSigmaRoutedPipeline(PixArtSigmaPipeline):
         if isinstance(generator, list) and len(generator) != len(prompts):
             raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts: give one per prompt")
         record, _ = self.routing
-        device = self.transformer.device
         embeds, mask, _, _ = self.encode_prompt(
             prompts,
             do_classifier_free_guidance=False,
-            device=device,
+            device=self.transformer.device,
             clean_caption=False,
             max_sequence_length=max_sequence_length,
         )
@@ -138,45 +137,67 @@ class PixArtSigmaRoutedPipeline(PixArtSigmaPipeline):
             codes = [code] * len(prompts)
         else:
             raise ValueError(f"code {code!r} does not exist: this router has codes 0..{len(record['codes']) - 1}")
-        height = height or self.transformer.config.sample_size * self.vae_scale_factor
-        width = width or self.transformer.config.sample_size * self.vae_scale_factor
-        if latents is None:
-            shape = (
-                len(prompts),
-                self.transformer.config.in_channels,
-                int(height) // self.vae_scale_factor,
-                int(width) // self.vae_scale_factor,
-            )
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)
-        images = [None] * len(prompts)
-        blocks = self.transformer.transformer_blocks
-        for k in sorted(set(codes)):
-            index = [i for i, c in enumerate(codes) if c == k]
-            kept = set(record["codes"][k]["kept_layers"])
-            group_generator = [generator[i] for i in index] if isinstance(generator, list) else generator
-            self.transformer.transformer_blocks = nn.ModuleList(b for i, b in enumerate(blocks) if i in kept)
-            try:
-                out = (
-                    super()
-                    .__call__(
-                        prompt_embeds=embeds[index],
-                        prompt_attention_mask=mask[index],
-                        latents=latents[index],
-                        generator=group_generator,
-                        height=height,
-                        width=width,
-                        max_sequence_length=max_sequence_length,
-                        output_type=output_type,
-                        **kwargs,
-                    )
-                    .images
-                )
-            finally:
-                self.transformer.transformer_blocks = blocks
-            for j, i in enumerate(index):
-                images[i] = out[j]
-        if isinstance(images[0], torch.Tensor):
-            images = torch.stack(images)
-        elif isinstance(images[0], np.ndarray):
-            images = np.stack(images)
+        images = run_routed(
+            self,
+            lambda **call: PixArtSigmaPipeline.__call__(self, **call),
+            embeds,
+            mask,
+            codes,
+            [c["kept_layers"] for c in record["codes"]],
+            generator=generator,
+            latents=latents,
+            height=height,
+            width=width,
+            max_sequence_length=max_sequence_length,
+            output_type=output_type,
+            **kwargs,
+        )
         return RoutedPixArtOutput(images=images, codes=codes)
+
+
+def run_routed(pipe, stock_call, embeds, mask, codes, kept, *, generator, latents, height, width, **kwargs):
+    """The routed generation of both routed pipelines (this file's, and diffusers-layerprune's
+    ``RoutedPixArtSigmaPipeline``, which calls this function): the initial noise of the whole batch is drawn first,
+    in input order, exactly as the stock pipeline draws it (``generator``: one, or one per prompt); then each group
+    of prompts sharing a code runs as one batch of ``stock_call`` (the stock pipeline's ``__call__``) with the
+    transformer's block list holding only ``kept[code]``; the images return in input order.
+
+    ``embeds`` / ``mask``: T5 embeddings ``[B, L, D]`` and masks ``[B, L]`` of the prompts; ``codes``: one code per
+    prompt; other keyword arguments go to ``stock_call``."""
+    device = pipe.transformer.device
+    height = height or pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    width = width or pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    if latents is None:
+        shape = (
+            len(codes),
+            pipe.transformer.config.in_channels,
+            int(height) // pipe.vae_scale_factor,
+            int(width) // pipe.vae_scale_factor,
+        )
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)
+    images = [None] * len(codes)
+    blocks = pipe.transformer.transformer_blocks
+    for k in sorted(set(codes)):
+        index = [i for i, c in enumerate(codes) if c == k]
+        keep = set(kept[k])
+        group_generator = [generator[i] for i in index] if isinstance(generator, list) else generator
+        pipe.transformer.transformer_blocks = nn.ModuleList(b for i, b in enumerate(blocks) if i in keep)
+        try:
+            out = stock_call(
+                prompt_embeds=embeds[index],
+                prompt_attention_mask=mask[index],
+                latents=latents[index],
+                generator=group_generator,
+                height=height,
+                width=width,
+                **kwargs,
+            ).images
+        finally:
+            pipe.transformer.transformer_blocks = blocks
+        for j, i in enumerate(index):
+            images[i] = out[j]
+    if isinstance(images[0], torch.Tensor):
+        return torch.stack(images)
+    if isinstance(images[0], np.ndarray):
+        return np.stack(images)
+    return images

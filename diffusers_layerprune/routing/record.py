@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import LayerPruneError
+from ..records import Record, read_json
 from .router import PromptRouter
 
 FORMAT = "diffusers-layerprune/routing"
@@ -70,7 +71,7 @@ class CodeStats:
 
 
 @dataclass
-class RoutingRecord:
+class RoutingRecord(Record):
     """Everything but the router's weights.
 
     Attributes:
@@ -85,6 +86,20 @@ class RoutingRecord:
         training: settings and losses of the run (public names only).
     """
 
+    KIND = "routing"
+    SCHEMA_VERSION = FORMAT_VERSION
+    FORMAT = FORMAT
+    WHAT = "layerprune routing file"
+    FIX = "write it again with layerprune route"
+    REQUIRED = {"num_layers": int, "budget": float, "codes": list, "router": dict, "transformer_sha256": str}
+    OPTIONAL = {
+        "mean_blocks": float,
+        "source_model": str,
+        "source_num_layers": int,
+        "kept_layers": list,
+        "training": dict,
+    }
+
     num_layers: int
     budget: float
     codes: list[CodeStats]
@@ -95,8 +110,6 @@ class RoutingRecord:
     source_num_layers: int | None = None
     kept_layers: list[int] | None = None
     training: dict = field(default_factory=dict)
-    format: str = FORMAT
-    format_version: int = FORMAT_VERSION
 
     @property
     def num_codes(self) -> int:
@@ -106,24 +119,16 @@ class RoutingRecord:
         kept = set(self.codes[code].kept_layers)
         return [i for i in range(self.num_layers) if i not in kept]
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
     @classmethod
-    def from_dict(cls, data: dict, where: str) -> RoutingRecord:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LayerPruneError(f"{where} is not a layerprune routing file")
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise LayerPruneError(f"{where} was written by a newer layerprune; upgrade diffusers-layerprune")
-        try:
-            codes = [CodeStats(**c) for c in data.pop("codes")]
-            record = cls(codes=codes, **data)
-        except (TypeError, KeyError) as error:
-            raise LayerPruneError(f"{where} is malformed ({error}); write it again with layerprune route") from None
+    def from_body(cls, data: dict) -> RoutingRecord:
+        record = cls(**{**data, "codes": [CodeStats(**c) for c in data["codes"]]})
         for k, c in enumerate(record.codes):
             if not c.kept_layers or any(not 0 <= i < record.num_layers for i in c.kept_layers):
-                raise LayerPruneError(f"{where}: code {k} has blocks outside 0..{record.num_layers - 1}")
+                raise LayerPruneError(f"code {k} has blocks outside 0..{record.num_layers - 1}")
         return record
+
+    def model_name(self) -> str | None:
+        return self.source_model
 
 
 @dataclass
@@ -160,7 +165,7 @@ class Routing:
         folder = Path(folder)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.router.state_dict().items()}
         save_file(state, str(folder / ROUTER_FILE), metadata={"format": FORMAT})
-        (folder / FILE_NAME).write_text(self.record.to_json())
+        self.record.save(folder / FILE_NAME)
 
 
 def has_routing(folder: str | os.PathLike) -> bool:
@@ -173,11 +178,7 @@ def read_routing_record(folder: str | os.PathLike) -> RoutingRecord:
     path = path / FILE_NAME if path.is_dir() else path
     if not path.is_file():
         raise LayerPruneError(f"{path} not found: the folder holds no router (make one with layerprune route)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayerPruneError(f"{path} is not readable JSON ({error})") from None
-    return RoutingRecord.from_dict(data, str(path))
+    return RoutingRecord.from_dict(read_json(path, "routing file", RoutingRecord.FIX), str(path))
 
 
 def load_routing(folder: str | os.PathLike, transformer=None, *, device=None) -> Routing:
@@ -282,94 +283,6 @@ def routing_summary(record: RoutingRecord) -> str:
         f"codes, sets of blocks to run ({', '.join(map(str, depths))} of {record.num_layers} blocks), "
         f"{record.mean_blocks:.2f} blocks per prompt on average over its training prompts (budget {record.budget:g})."
     )
-
-
-def routing_card_section(record: RoutingRecord, repo_id: str, custom_pipeline: str | None = None) -> str:
-    """The model card's "Prompt routing" and "Usage" sections of a routed folder (markdown). ``custom_pipeline``:
-    the name of the folder's ``custom_pipeline`` file, when it has one."""
-    finetuned = record.training.get("settings", {}).get("finetune_steps") or 0
-    weights = (
-        f"fine-tuned with hard routing for {finetuned} steps, so they are no longer the source model's"
-        if finetuned
-        else "those of the source model, unchanged (only the router and the codes were trained)"
-    )
-    lines = [
-        "## Prompt routing",
-        "",
-        f"This repository holds one full-depth pipeline ({record.num_layers} transformer blocks) whose weights all "
-        f"codes share, plus a prompt router and {record.num_codes} architecture codes (`routing.json`, "
-        "`router.safetensors`). The router reads the pooled T5 embedding the pipeline computes anyway and sends each "
-        "prompt to one code; the prompt then runs only that code's blocks, and prompts sharing a code are generated "
-        f"as one batch. The shared weights are {weights}.",
-        "",
-        f"Mean blocks run per prompt: **{record.mean_blocks:.2f} of {record.num_layers}** on the "
-        f"{record.training.get('num_prompts', '')} prompts the router was fitted on (budget {record.budget:g}). On "
-        "other prompts the mean can be a little higher; `enforce_budget=True` makes every batch meet the budget.",
-        "",
-        "| code | blocks run | skipped blocks | share of training prompts | prompts closest to its centre |",
-        "|---|---|---|---|---|",
-    ]
-    for k, code in enumerate(record.codes):
-        closest = "; ".join(code.closest_prompts).replace("|", "/")
-        lines.append(f"| {k} | {len(code.kept_layers)} | {record.skipped_layers(k)} | {code.share:.1%} | {closest} |")
-    if record.kept_layers:
-        lines += [
-            "",
-            f"The routed model was itself pruned: its block i is block `kept_layers[i]` of `{record.source_model}` "
-            f"({record.num_layers} of {record.source_num_layers} blocks kept: `{record.kept_layers}`); codes and "
-            "the budget count its blocks.",
-        ]
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "Routed, with diffusers-layerprune (`pip install diffusers-layerprune`; checks that the router belongs to "
-        "these weights):",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline",
-        "",
-        f'routed = RoutedPixArtSigmaPipeline.from_pretrained("{repo_id}")',
-        "out = routed(prompts, generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))])",
-        "out.images, out.codes  # images in prompt order, the code each prompt ran with",
-        "routed(prompts, enforce_budget=True)  # this batch's mean depth within the budget",
-        "```",
-        "",
-    ]
-    if custom_pipeline:
-        lines += [
-            f"Routed, with stock diffusers only, through its `custom_pipeline` loader and `{custom_pipeline}.py` of "
-            "this repository:",
-            "",
-            "```python",
-            "from diffusers import DiffusionPipeline",
-            "",
-            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", custom_pipeline="{custom_pipeline}", '
-            "trust_remote_code=True)",
-            "out = pipe(prompts)  # out.images, out.codes",
-            "```",
-            "",
-            f"`trust_remote_code=True` lets diffusers download and execute `{custom_pipeline}.py` from this repository "
-            "with your permissions, as any Python code: read it first (it imports only torch, numpy, safetensors, "
-            "huggingface_hub and diffusers). A later commit can change the file: pass `revision=` (the commit you "
-            "read) and read the routing files of that commit too, `pipe.load_routing(repo_id, revision=...)`. The "
-            "file does not check that the router was fitted to these weights.",
-            "",
-        ]
-    lines += [
-        "Full depth, with stock diffusers and no remote code: the routing files are ignored and every prompt runs all "
-        f"{record.num_layers} blocks of the shared weights.",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16)',
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def budget_blocks(budget: float, num_layers: int) -> float:

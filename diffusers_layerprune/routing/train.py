@@ -387,7 +387,7 @@ def train_routed(
     closest to its centre, and ``record.mean_blocks <= budget`` on ``prompts``.
     """
     from ..blocks import num_blocks
-    from ..families import family_of
+    from ..families import all_families, family_of
     from ..modeling import generation_defaults
     from ..provenance import public_name
     from .pipeline import RoutedPixArtSigmaPipeline
@@ -396,10 +396,11 @@ def train_routed(
     settings = RoutingSettings(**{**asdict(settings or RoutingSettings()), **overrides})
     transformer = pipe.transformer
     family = family_of(transformer)
-    if family.name != "pixart":
+    if not family.routing:
+        supported = " and ".join(f.title for f in all_families() if f.routing)
         raise LayerPruneError(
-            f"prompt routing supports PixArt-Sigma pipelines for now, not {family.title} "
-            f"({family.transformer_class}): its router reads PixArt's T5 embeddings and its forward"
+            f"prompt routing supports {supported} pipelines for now, not {family.title} "
+            f"({family.transformer_class}): its router reads {supported}'s text embeddings and its forward"
         )
     num_layers = num_blocks(transformer)
     budget = check_settings(settings, num_layers)

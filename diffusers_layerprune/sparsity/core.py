@@ -22,7 +22,7 @@ from ..validation import is_transformer_folder
 from ..validation import resolve_local_model as _resolve_local
 from .layers import COMPONENTS, sparsifiable_layers
 from .masks import Pattern, global_masks, layer_mask, n_m_mask, parse_pattern, row_mask
-from .record import FILE_NAME, ComponentSparsity, SparsityRecord, _module_of, measure_sparsity, read_sparsity_record  # noqa: F401
+from .record import FILE_NAME, SparsityRecord, _module_of, measure_sparsity, read_sparsity_record
 from .registry import METHOD_MODULES, get_method
 
 SCOPES = ("layer", "global")
@@ -355,6 +355,7 @@ def sparsify_to_folder(
     (:func:`~diffusers_layerprune.data.load_prompts`), the first ``num_prompts`` of it are used.
     """
     from ..data import load_prompts
+    from ..families import family_of
     from ..modeling import load_pipeline, resolve_dtype, save_pruned_pipeline
     from ..outputs import atomic_output_dir, check_output_dir
 
@@ -413,7 +414,7 @@ def sparsify_to_folder(
         local = {"source_model": source} if source else None
         with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, kind="transformer", local=local) as tmp:
             pipe.transformer.save_pretrained(tmp, safe_serialization=True)
-            _name_stock_class(tmp / "config.json")
+            _name_stock_class(tmp / "config.json", family_of(pipe.transformer).transformer_class)
             (tmp / FILE_NAME).write_text(record.to_json())
             publish_configs(tmp)
     else:
@@ -428,9 +429,9 @@ def _aliases():
     return MODEL_ALIASES
 
 
-def _name_stock_class(config_path: Path) -> None:
-    # A plain PixArtTransformer2DModel already writes the stock name; a pruned one writes it through to_json_string.
+def _name_stock_class(config_path: Path, stock_class: str) -> None:
+    # A stock transformer already writes the stock name; a pruned one writes it through to_json_string.
     config = json.loads(config_path.read_text())
-    if config.get("_class_name") != "PixArtTransformer2DModel":
-        config["_class_name"] = "PixArtTransformer2DModel"
+    if config.get("_class_name") != stock_class:
+        config["_class_name"] = stock_class
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

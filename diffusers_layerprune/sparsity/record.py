@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import LayerPruneError
-from ..outputs import atomic_output_file
+from ..records import Record
 from .layers import count_zeros, sparsifiable_layers
 
 FORMAT = "diffusers-layerprune/sparsity"
@@ -53,7 +52,7 @@ class ComponentSparsity:
 
 
 @dataclass(frozen=True)
-class SparsityRecord:
+class SparsityRecord(Record):
     """How a pipeline's weights were sparsified and how sparse they are now.
 
     Attributes:
@@ -69,6 +68,21 @@ class SparsityRecord:
         package_version: diffusers-layerprune version that wrote the record.
     """
 
+    KIND = "sparsity"
+    SCHEMA_VERSION = FORMAT_VERSION
+    FORMAT = FORMAT
+    WHAT = "sparsity record"
+    FIX = "write it again with `layerprune sparsify`"
+    INDENT = 1
+    REQUIRED = {"method": str, "pattern": str, "scope": str, "components": dict}
+    OPTIONAL = {
+        "include_final_projection": bool,
+        "calibration": dict,
+        "source_model": str,
+        "history": list,
+        "package_version": str,
+    }
+
     method: str
     pattern: str
     scope: str
@@ -79,10 +93,8 @@ class SparsityRecord:
     history: tuple[dict, ...] = ()
     package_version: str = ""
 
-    def to_dict(self) -> dict:
+    def body(self) -> dict:
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
             "method": self.method,
             "pattern": self.pattern,
             "scope": self.scope,
@@ -94,29 +106,22 @@ class SparsityRecord:
             "package_version": self.package_version,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
-
     @classmethod
-    def from_dict(cls, data: dict, source: str = "sparsity data") -> SparsityRecord:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LayerPruneError(f"{source} is not a sparsity record (written by `layerprune sparsify`)")
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise LayerPruneError(f"{source} was written by a newer diffusers-layerprune; upgrade the package")
-        try:
-            return cls(
-                method=data["method"],
-                pattern=data["pattern"],
-                scope=data["scope"],
-                components={k: ComponentSparsity.from_dict(v) for k, v in data["components"].items()},
-                include_final_projection=bool(data.get("include_final_projection", False)),
-                calibration=data.get("calibration"),
-                source_model=data.get("source_model"),
-                history=tuple(data.get("history") or ()),
-                package_version=data.get("package_version", ""),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise LayerPruneError(f"{source} is not a valid sparsity record ({error!r})") from error
+    def from_body(cls, data: dict) -> SparsityRecord:
+        return cls(
+            method=data["method"],
+            pattern=data["pattern"],
+            scope=data["scope"],
+            components={k: ComponentSparsity.from_dict(v) for k, v in data["components"].items()},
+            include_final_projection=bool(data.get("include_final_projection", False)),
+            calibration=data.get("calibration"),
+            source_model=data.get("source_model"),
+            history=tuple(data.get("history") or ()),
+            package_version=data.get("package_version", ""),
+        )
+
+    def model_name(self) -> str | None:
+        return self.source_model
 
     def summary(self) -> dict:
         """The settings as one history entry (what a later step appends when it re-measures)."""
@@ -142,10 +147,7 @@ class SparsityRecord:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/sparsity.json`` (atomically)."""
-        path = Path(folder) / FILE_NAME
-        with atomic_output_file(path) as tmp:
-            tmp.write_text(self.to_json())
-        return path
+        return super().save(Path(folder) / FILE_NAME)
 
 
 def read_sparsity_record(folder: str | os.PathLike | None) -> SparsityRecord | None:
@@ -155,11 +157,7 @@ def read_sparsity_record(folder: str | os.PathLike | None) -> SparsityRecord | N
     path = Path(folder).expanduser() / FILE_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise LayerPruneError(f"{path} is not valid JSON ({error})") from error
-    return SparsityRecord.from_dict(data, str(path))
+    return SparsityRecord.load(path)
 
 
 def _module_of(pipe_or_components, component: str):
