@@ -280,7 +280,7 @@ TEMPLATE = Path(__file__).with_name("results_flux.md.in")
 GOAL = {"0.25": 0.97}  # share of the teacher's all-four accuracy the distilled 25%-shallower model should keep
 WEIGHTING_PENDING = (
     "Pending: this run distils with `train_distill`'s defaults (uniform timesteps). The logit-normal row needs "
-    "`--weighting_scheme` (issue 30.2), which this branch does not have; with it, distil the same pruned model "
+    "`--weighting_scheme` (issue 30.2, merged while this ran) and was not run for time: distil the same pruned model "
     "(`layerprune prune --model toy-flux --drop BLOCKS --output runs/flux25`) both ways and judge each:\n\n"
     "```bash\n"
     "python training/train_distill.py --teacher_model toy-flux --student_model runs/flux25 --output_dir "
