@@ -1,4 +1,5 @@
-"""Short model names (``toy``, ``tiny-random``, ``tiny-random-<family>``), resolved before Hub ids and paths.
+"""Short model names (``toy``, ``toy-flux``, ``tiny-random``, ``tiny-random-<family>``), resolved before Hub ids and
+paths.
 
 Each name maps to the function that builds its pipeline; names whose pipeline is a folder on disk also map to that
 folder (:data:`ALIAS_FOLDERS`), so its config can be read without building anything. The builders live in modules
@@ -42,7 +43,11 @@ def _tiny(family: str) -> Callable:
 MODEL_ALIASES: dict[str, Callable] = {
     **{name: _tiny(family) for name, family in tiny_names().items()},
     "toy": _imported(".toy", "load_toy_pipeline"),
+    "toy-flux": _imported(".toy", "load_toy_flux_pipeline"),
 }
 
 # Short names whose pipeline is a folder on disk: their config can be read without building the pipeline.
-ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {"toy": _imported(".toy", "toy_pipeline_path")}
+ALIAS_FOLDERS: dict[str, Callable[[], Path]] = {
+    "toy": _imported(".toy", "toy_pipeline_path"),
+    "toy-flux": _imported(".toy", "toy_flux_pipeline_path"),
+}

@@ -69,6 +69,19 @@ GENERATION_DEFAULTS: dict[str, dict] = {
         scorers=["toy"],
         dtype="float32",
     ),
+    # toy-flux has no guidance embedding and layerprune does not run true CFG: guidance_scale 1 says so. Its
+    # resolution is given: FluxPipeline's default sample size (128 latents) is Flux.1's, not the model's.
+    "toy-flux": dict(
+        resolution=32,
+        max_sequence_length=16,
+        num_inference_steps=20,
+        guidance_scale=1.0,
+        score_prompts="toy:train",
+        train_prompts="toy:train",
+        eval_prompts="toy:heldout",
+        scorers=["toy"],
+        dtype="float32",
+    ),
     "tiny-random": dict(
         max_sequence_length=16,
         num_inference_steps=4,

@@ -42,7 +42,7 @@ def public_name(value: str | os.PathLike | None) -> str | None:
 
     Hub ids and short names are kept as they are; a Hub cache path becomes its ``org/name``; a local path becomes
     its folder (or file) name, with a pipeline component folder (``.../teacher/vae``) named after its pipeline; the
-    bundled toy pipeline is ``toy``.
+    bundled toy pipelines are ``toy`` and ``toy-flux``.
     """
     if value is None:
         return None
@@ -55,10 +55,15 @@ def public_name(value: str | os.PathLike | None) -> str | None:
     if not _is_local(text):
         return text
     parts = [p for p in re.split(r"[/\\]", os.path.expanduser(text)) if p not in ("", ".")]
+    from .aliases import ALIAS_FOLDERS
     from .toy.paths import assets_dir
 
     try:
-        if Path(text).expanduser().resolve().is_relative_to(assets_dir().resolve()):
+        resolved = Path(text).expanduser().resolve()
+        for alias, folder in ALIAS_FOLDERS.items():  # toy-flux's folder is inside the assets too
+            if alias != "toy" and resolved.is_relative_to(folder().resolve()):
+                return alias
+        if resolved.is_relative_to(assets_dir().resolve()):
             return "toy"
     except (OSError, RuntimeError):
         pass

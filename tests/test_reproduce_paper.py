@@ -292,3 +292,42 @@ def test_budget_section_compares_fewer_seeds_on_the_same_seeds(rp):
     assert "the goal (97% of the teacher) is reached after 1600 steps (98%, n=1)" in text  # vs seed 0's teacher
     assert "the goal (90% of the teacher) is not reached by 400 steps; the best budget keeps 62% (400 steps)" in text
     assert "train 58.0 (97%), held-out 49.0 (98%), n=1" in text
+
+
+def test_stack_plans_prune_each_stack_or_both_by_importance():
+    from diffusers_layerprune.importance import LayerImportance
+
+    load_benchmark("reproduce_paper")  # puts the paper package on the path
+    from paper.stacks import stack_plans, wilson
+
+    stacks = {"double": [0, 1, 2, 3], "single": list(range(4, 12))}
+    # double 2 and single 1, 5 are the least important blocks overall
+    values = [5, 4, 0.1, 6, 3, 0.2, 7, 8, 9, 0.3, 2, 1]
+    plans = stack_plans(LayerImportance(values, "preference"), 3, stacks)
+    assert plans == {"mixed": [2, 5, 9], "double only": [0, 1, 2], "single only": [5, 9, 11]}
+    # a stack that would lose every block gets no plan of its own
+    assert set(stack_plans(LayerImportance(values, "preference"), 5, stacks)) == {"mixed", "single only"}
+    low, high = wilson(54, 100)
+    assert low < 0.54 < high and high - low == pytest.approx(0.19, abs=0.01)
+
+
+@pytest.mark.slow
+def test_tiny_toy_flux_run_writes_the_stack_page(rp, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
+    trained = _train_in_this_process(monkeypatch)
+    args = [
+        "--model", "toy-flux", "--seeds", "0", "--ratios", "0.25", "--criteria", "block_influence",
+        "--distill-plans", "block_influence:single only", "--no-skip-table", "--score-prompts", "2",
+        "--eval-prompts", "2", "--num-inference-steps", "2", "--distill-steps", "1", "--distill-batch-size", "2",
+        "--distill-samples", "2", "--output", str(tmp_path / "out"), "--results", str(tmp_path / "r.json"),
+        "--doc", str(tmp_path / "results_flux.md"),
+    ]  # fmt: skip
+    rp.main(args)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["stacks"] == {"double": [0, 1, 2, 3], "single": list(range(4, 12))}
+    plans = result["table"]["0.25"]["block_influence"]
+    assert set(plans) == {"mixed", "double only", "single only"}
+    assert all(b >= 4 for b in plans["single only"]["dropped"]["0"]) and len(trained) == 1
+    assert plans["single only"]["distilled"] and not plans["double only"]["distilled"]
+    page = (tmp_path / "results_flux.md").read_text()
+    assert "double only" in page and "${" not in page and (tmp_path / "results_flux.png").is_file()

@@ -88,9 +88,23 @@ def parse_args(argv=None, description: str | None = None):
         help="what limits the distilled models: the best criterion at --budget-ratios distilled again (seeds of the "
         f'budget curve, --distill-steps) with loss terms removed or the learning rate scaled; of {", ".join(ABLATIONS)} ("" skips them)',
     )
-    p.add_argument("--output", default="runs/reproduce_paper", help="cells, importance files, distilled models")
-    p.add_argument("--results", default="benchmarks/results/reproduce_paper.json")
-    p.add_argument("--doc", default="docs/results.md", help="the generated page; its plot goes next to it (.png)")
+    p.add_argument(
+        "--distill-plans",
+        default=None,
+        help="models with two stacks (toy-flux): criterion:plan pairs to distil at every ratio, plans mixed, "
+        "'double only', 'single only' (default: preference with each plan)",
+    )
+    p.add_argument(
+        "--skip-table", action=argparse.BooleanOptionalAction, default=True,
+        help="models with two stacks: judge the teacher with each block skipped (the judge's block importance)",
+    )  # fmt: skip
+    p.add_argument("--output", default=None, help="cells, importance files, distilled models (default: by model)")
+    p.add_argument(
+        "--results", default=None, help="the JSON (default: benchmarks/results/reproduce_paper[_MODEL].json)"
+    )
+    p.add_argument(
+        "--doc", default=None, help="the generated page (default: docs/results[_MODEL].md); its plot goes next to it"
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the JSON and the doc from finished cells")
     p.add_argument("--keep-models", action="store_true", help="keep the pruned/distilled pipelines on disk")
     return p.parse_args(argv)
@@ -171,8 +185,15 @@ class Experiment:
         )
 
     # -- models and data (loaded on first use, so --report-only needs nothing) ------------------------------------
+    def encode(self, captions) -> dict:
+        """The text conditioning of ``captions`` as the model's family encodes it (``ModelFamily.encode``)."""
+        from diffusers_layerprune.families import family_of_pipeline
+
+        family = family_of_pipeline(self.pipe)
+        return family.encode(self.pipe, list(captions), self.settings.max_sequence_length, self.pipe.device)
+
     def setup(self) -> None:
-        from diffusers_layerprune.data import encode_prompts
+        from diffusers_layerprune.blocks import num_blocks
         from diffusers_layerprune.importance import ScanSettings
         from diffusers_layerprune.modeling import generation_defaults, load_pipeline
         from diffusers_layerprune.scorers import load_scorer
@@ -191,17 +212,15 @@ class Experiment:
         self.scorer = load_scorer("toy")
         self.train_captions = world.captions("train")
         self.captions = world.captions("heldout")[: self.args.eval_prompts]
-        length = self.settings.max_sequence_length
-        self.embeds = encode_prompts(self.pipe, self.captions, max_sequence_length=length)
-        self.negative = encode_prompts(self.pipe, [""], max_sequence_length=length)
-        self.depth = len(self.pipe.transformer.transformer_blocks)
+        self.embeds = self.encode(self.captions)
+        self.negative = self.encode([""])
+        self.depth = num_blocks(self.pipe.transformer)  # every stack (Flux: double then single blocks)
 
     def judge(self, pipe, dropped, seed: int, train: bool = False) -> dict:
         """Judge ``pipe`` with ``dropped`` skipped on the held-out captions, or (``train``) on as many training
         captions (the first ones; the distillation trained on them), with the same noise seeds."""
         from diffusers_layerprune.blocks import skip_blocks
-        from diffusers_layerprune.data import encode_prompts
-        from diffusers_layerprune.modeling import generate_from_embeddings
+        from diffusers_layerprune.generation import generate_from_conditioning
         from diffusers_layerprune.toy.judge import judge
 
         start = time.perf_counter()
@@ -210,13 +229,13 @@ class Experiment:
         if train:
             captions = self.train_captions[: len(self.captions)]
             if getattr(self, "train_embeds", None) is None:
-                self.train_embeds = encode_prompts(self.pipe, captions, max_sequence_length=s.max_sequence_length)
+                self.train_embeds = self.encode(captions)
             embeds = self.train_embeds
         seeds = [self.args.eval_seed + 1000 * seed + i for i in range(len(captions))]
         with skip_blocks(pipe.transformer, list(dropped)):
-            images = generate_from_embeddings(
+            images = generate_from_conditioning(
                 pipe,
-                *embeds,
+                embeds,
                 self.negative,
                 seeds=seeds,
                 num_inference_steps=s.num_inference_steps,
@@ -376,10 +395,10 @@ class Experiment:
         finally:
             diffusers_logging.set_verbosity(verbosity)
 
-    def _run(self) -> None:
+    def check_settings(self) -> None:
+        """Record the settings every cell depends on in ``OUTPUT/settings.json``; refuse a folder made with others."""
         from diffusers_layerprune.errors import LayerPruneError
 
-        self.setup()
         s = self.settings
         # Everything a scored or judged cell depends on, besides its seed, blocks and distillation settings: a
         # folder holds one such setting, so reused cells are always comparable.
@@ -404,6 +423,10 @@ class Experiment:
                     "give another --output, or the same settings"
                 )
         write_text(path, json.dumps(fingerprint, indent=2) + "\n")
+
+    def _run(self) -> None:
+        self.setup()
+        self.check_settings()
         all_plans = {}
         # Before distillation for every seed first (cheap), then the distillation runs (the long part).
         for seed in self.seeds:
@@ -630,21 +653,60 @@ class Experiment:
 
 def _non_default_args(args) -> str:
     defaults = vars(parse_args([]))
+    derived = getattr(args, "derived", {})  # what main() filled in from --model: not flags the user gave
     parts = []
     for name, value in vars(args).items():
-        if name == "report_only" or value == defaults[name]:
+        if name in ("report_only", "derived") or value == defaults[name] or derived.get(name) == value:
             continue
         flag = "--" + name.replace("_", "-")
+        if value is False:  # a --flag / --no-flag switch turned off
+            parts.append("--no-" + name.replace("_", "-"))
+            continue
         parts += [flag] if value is True else [flag, str(value)]
     return "".join(" " + shlex.quote(p) for p in parts)
+
+
+# Where each bundled model's experiment writes by default; another model gets ``results_<model>``.
+MODEL_OUTPUTS = {"toy": "", "toy-flux": "_flux"}
+
+
+def two_stacks(model: str) -> bool:
+    """Whether ``model``'s transformer has more than one block stack (Flux: double then single), read from its
+    config without loading it."""
+    from diffusers_layerprune.families import family_of_config
+    from diffusers_layerprune.modeling import read_transformer_config
+
+    config = read_transformer_config(model)
+    return config is not None and len(family_of_config(config, model).stacks) > 1
 
 
 def main(argv=None, description: str | None = None) -> None:
     args = parse_args(argv, description)
     from diffusers_layerprune.errors import LayerPruneError
 
+    suffix = MODEL_OUTPUTS.get(args.model, "_" + Path(str(args.model)).name.replace("-", "_"))
+    args.output = args.output or f"runs/reproduce_paper{suffix}"
+    args.results = args.results or f"benchmarks/results/reproduce_paper{suffix}.json"
+    args.doc = args.doc or f"docs/results{suffix}.md"
+    args.derived = {
+        "output": f"runs/reproduce_paper{suffix}",
+        "results": f"benchmarks/results/reproduce_paper{suffix}.json",
+        "doc": f"docs/results{suffix}.md",
+    }
     try:
-        experiment = Experiment(args)
+        if two_stacks(args.model):  # which stack to prune: benchmarks/paper/stacks.py
+            from .stacks import DEFAULT_DISTILL_PLANS, StackExperiment
+
+            if args.distill_plans is None:
+                args.distill_plans = DEFAULT_DISTILL_PLANS
+            # The PixArt grid's distillation criteria, budget curve and ablations do not apply here.
+            args.distill_criteria, args.budget_steps, args.ablations = "", "", ""
+            args.derived.update(distill_criteria="", budget_steps="", ablations="")
+            if args.distill_plans == DEFAULT_DISTILL_PLANS:
+                args.derived["distill_plans"] = args.distill_plans
+            experiment = StackExperiment(args)
+        else:
+            experiment = Experiment(args)
     except LayerPruneError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

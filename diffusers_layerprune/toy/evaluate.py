@@ -34,7 +34,7 @@ def generate(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         kwargs = toy_generation_kwargs(
-            [s for _, s in chunk], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+            [s for _, s in chunk], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, pipe=pipe
         )
         out.append(pipe([a.caption() for a, _ in chunk], **kwargs).images.float().cpu())
     return torch.cat(out)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from transformers import AutoTokenizer, CLIPModel
 
-    from ..blocks import skip_blocks
+    from ..blocks import num_blocks, skip_blocks
     from ..modeling import load_pipeline
     from .train_scorer import heldout_top1
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.no_skips:
         result["skip_one_block"] = []
-        for block in range(pipe.transformer.config.num_layers):
+        for block in range(num_blocks(pipe.transformer)):  # every stack (toy-flux: 4 double, then 8 single)
             with skip_blocks(pipe.transformer, [block]):
                 skipped = generate(pipe, pairs, **settings)
             row = {"block": block, **judge(skipped, attrs).to_dict()}

@@ -13,7 +13,13 @@ variance channels are left untrained (the pipeline discards them and DPM-Solver 
 Loss: min-SNR-5 weighted MSE, 10% caption dropout to the empty-prompt embedding for classifier-free guidance, and
 an EMA of the weights, which is what gets saved.
 
+``--family flux`` trains the ``toy-flux`` teacher instead (``assets/pipeline_flux``, :mod:`.teacher_flux`): a
+``FluxPipeline`` with 4 double-stream + 8 single-stream blocks on the same world, VAE and T5 encoder, trained with
+the rectified-flow objective (``x_t = (1 - t) x0 + t noise``, target ``noise - x0``). The loop, data, EMA and
+schedule are shared; only the model, the text encoding and the loss differ by family.
+
     python -m diffusers_layerprune.toy.train_teacher                    # writes assets/pipeline
+    python -m diffusers_layerprune.toy.train_teacher --family flux      # writes assets/pipeline_flux
     python -m diffusers_layerprune.toy.train_teacher --smoke --output_dir /tmp/teacher --vae /tmp/vae
 """
 
@@ -127,77 +133,213 @@ def quick_judge(pipe, transformer) -> dict:
     return {k: round(v, 3) for k, v in judge(images, [a for a, _ in pairs]).accuracy.items()}
 
 
+class PixArtRecipe:
+    """The ``toy`` teacher: ``PixArtSigmaPipeline``, DDPM-trained, x0 (or epsilon) prediction, min-SNR weighting."""
+
+    output_dir = "pipeline"
+    defaults = dict(
+        num_layers=12, num_single_layers=0, max_steps=6000, batch_size=48, learning_rate=1e-3, num_renders=12000
+    )
+
+    def __init__(self, args):
+        self.args = args
+
+    def build(self, tokenizer, text_encoder, vae):
+        from diffusers import PixArtSigmaPipeline
+
+        args = self.args
+        latent_size = world.IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+        transformer = build_transformer(
+            args.num_layers,
+            args.width,
+            args.heads,
+            text_encoder.config.d_model,
+            args.seed + 1,
+            latent_size,
+            args.patch_size,
+        )
+        scheduler = build_scheduler(args.prediction_type)
+        alphas_cumprod = scheduler.alphas_cumprod.float()
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        # min-SNR-gamma: the same objective for either parametrisation (an x0 error is an epsilon error times sqrt(snr)).
+        self.loss_weight = torch.clamp(snr, max=args.min_snr_gamma)
+        if args.prediction_type == "epsilon":
+            self.loss_weight = self.loss_weight / snr
+        self.alphas_cumprod = alphas_cumprod
+        return PixArtSigmaPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+        )
+
+    def encode(self, pipe, texts: list[str]) -> dict[str, torch.Tensor]:
+        embeds, mask = encode_captions(pipe, texts)
+        return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
+
+    def loss(self, transformer, x0, text, generator) -> torch.Tensor:
+        batch = len(x0)
+        t = torch.randint(0, len(self.alphas_cumprod), (batch,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        added = {"resolution": None, "aspect_ratio": None}
+        pred = transformer(noisy, timestep=t, added_cond_kwargs=added, **text).sample[:, :4]
+        target = noise if self.args.prediction_type == "epsilon" else x0
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * self.loss_weight[t]).mean()
+
+
+class FluxRecipe:
+    """The ``toy-flux`` teacher: ``FluxPipeline`` with both stacks, rectified flow (velocity ``noise - x0``).
+
+    Text: the toy T5 encoder (the same seeded weights as ``toy``) for the tokens and a seeded-random character-level
+    ``CLIPTextModel`` for the pooled vector, as Flux.1 uses them. VAE: the toy VAE with ``shift_factor = 0`` (Flux
+    pipelines read one). No guidance embedding (``guidance_embeds=False``, the FLUX.1-schnell layout): the model is
+    trained conditionally without a CFG-distilled guidance input, so ``guidance_scale`` does not change its images.
+    Timesteps: logit-normal (SD3's default sampling, mean 0, std 1)."""
+
+    output_dir = "pipeline_flux"
+    # The shipped toy-flux's first stage; its second continues it (--init_from, docs/toy_world.md).
+    defaults = dict(
+        num_layers=4, num_single_layers=8, max_steps=800, batch_size=32, learning_rate=2e-3, num_renders=6000
+    )
+
+    def __init__(self, args):
+        self.args = args
+
+    def build(self, tokenizer, text_encoder, vae):
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+        from ..testing import build_clip_tokenizer, build_tiny_clip_text_encoder
+
+        args = self.args
+        vae.register_to_config(shift_factor=0.0)
+        clip_tokenizer = build_clip_tokenizer()
+        torch.manual_seed(args.seed + 2)
+        clip = build_tiny_clip_text_encoder(len(clip_tokenizer), text_encoder.config.d_model)
+        head_dim = args.width // args.heads
+        rope = (head_dim - 2 * (3 * head_dim // 8), 3 * head_dim // 8, 3 * head_dim // 8)  # 16 -> (4, 6, 6)
+        torch.manual_seed(args.seed + 1)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4 * vae.config.latent_channels,  # latents packed 2x2 by the pipeline
+            num_layers=args.num_layers,
+            num_single_layers=args.num_single_layers,
+            attention_head_dim=head_dim,
+            num_attention_heads=args.heads,
+            joint_attention_dim=text_encoder.config.d_model,
+            pooled_projection_dim=clip.config.hidden_size,
+            guidance_embeds=False,
+            axes_dims_rope=rope,
+        )
+        # FLUX.1-dev's scheduler config (resolution-dependent shift).
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )
+        return FluxPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=clip,
+            tokenizer=clip_tokenizer,
+            text_encoder_2=text_encoder,
+            tokenizer_2=tokenizer,
+            transformer=transformer,
+        )
+
+    def encode(self, pipe, texts: list[str]) -> dict[str, torch.Tensor]:
+        from ..families.flux import encode
+
+        with torch.no_grad():
+            return encode(pipe, texts, MAX_SEQUENCE_LENGTH, "cpu")
+
+    def loss(self, transformer, x0, text, generator) -> torch.Tensor:
+        from ..families.flux import forward
+
+        t = torch.sigmoid(torch.randn(len(x0), generator=generator))
+        noise = torch.randn(x0.shape, generator=generator)
+        sigma = t.view(-1, 1, 1, 1)
+        noisy = (1 - sigma) * x0 + sigma * noise
+        pred = forward(transformer, noisy, t * 1000, text)
+        return F.mse_loss(pred, noise - x0)
+
+
+RECIPES = {"pixart": PixArtRecipe, "flux": FluxRecipe}
+"""Teacher recipes by family: ``toy`` is ``pixart``, ``toy-flux`` is ``flux``."""
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=str(assets_dir() / "pipeline"))
+    parser.add_argument("--family", choices=sorted(RECIPES), default="pixart", help="pixart: toy; flux: toy-flux")
+    parser.add_argument("--output_dir", default=None, help="default: assets/pipeline (pixart), assets/pipeline_flux")
     parser.add_argument("--vae", default=str(assets_dir() / "pipeline" / "vae"), help="folder from train_vae.py")
-    parser.add_argument("--num_layers", type=int, default=12)
+    parser.add_argument("--num_layers", type=int, default=None, help="pixart 12; flux 4 (double-stream)")
+    parser.add_argument("--num_single_layers", type=int, default=None, help="flux only: single-stream blocks (8)")
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--patch_size", type=int, default=4)
+    parser.add_argument("--patch_size", type=int, default=4, help="pixart only (Flux packs 2x2)")
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--max_steps", type=int, default=6000)
-    parser.add_argument("--batch_size", type=int, default=48)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--max_steps", type=int, default=None, help="pixart 6000; flux 800")
+    parser.add_argument("--batch_size", type=int, default=None, help="pixart 48; flux 32")
+    parser.add_argument("--learning_rate", type=float, default=None, help="pixart 1e-3; flux 2e-3")
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--ema_decay", type=float, default=0.998)
     parser.add_argument(
         "--prediction_type",
         choices=["epsilon", "sample"],
         default="sample",
-        help="what the first 4 output channels predict (written to the scheduler config); epsilon learned far "
-        "slower at this size (docs/toy_world.md)",
+        help="pixart only: what the first 4 output channels predict (written to the scheduler config); epsilon "
+        "learned far slower at this size (docs/toy_world.md)",
     )
-    parser.add_argument("--min_snr_gamma", type=float, default=5.0)
+    parser.add_argument("--min_snr_gamma", type=float, default=5.0, help="pixart only")
     parser.add_argument("--caption_dropout", type=float, default=0.1)
-    parser.add_argument("--num_renders", type=int, default=12000, help="training images, VAE-encoded once")
+    parser.add_argument(
+        "--num_renders", type=int, default=None, help="training images, VAE-encoded once (pixart 12000; flux 6000)"
+    )
     parser.add_argument("--eval_every", type=int, default=0, help="judge the EMA on 36 held-out captions every N steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init_from",
+        default=None,
+        help="a pipeline folder this script wrote: continue training its transformer (--seed then only picks the "
+        "new run's data and noise)",
+    )
     parser.add_argument(
         "--num_threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared 2-core box)"
     )
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few renders, for tests")
     args = parser.parse_args(argv)
+    recipe = RECIPES[args.family](args)
+    for key, value in recipe.defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.output_dir is None:
+        args.output_dir = str(assets_dir() / recipe.output_dir)
     if args.smoke:
         args.max_steps, args.batch_size, args.num_renders, args.warmup_steps = 2, 4, 8, 1
     torch.set_num_threads(args.num_threads)
     start = time.time()
 
-    from diffusers import AutoencoderKL, PixArtSigmaPipeline
+    from diffusers import AutoencoderKL
 
     tokenizer, text_encoder = build_text_encoder(args.seed)
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
-    latent_size = world.IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
-    transformer = build_transformer(
-        args.num_layers,
-        args.width,
-        args.heads,
-        text_encoder.config.d_model,
-        args.seed + 1,
-        latent_size,
-        args.patch_size,
-    )
-    scheduler = build_scheduler(args.prediction_type)
-    pipe = PixArtSigmaPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
-    )
+    pipe = recipe.build(tokenizer, text_encoder, vae)
+    transformer = pipe.transformer
+    if args.init_from:  # continue that run: its transformer and its (frozen) text encoders and VAE
+        pipe = type(pipe).from_pretrained(args.init_from, local_files_only=True)
+        transformer, vae = pipe.transformer, pipe.vae
 
     train_attrs = world.split_attributes("train")
-    embeds, masks = encode_captions(pipe, [a.caption() for a in train_attrs])
-    null_embed, null_mask = encode_captions(pipe, [""])
+    texts = recipe.encode(pipe, [a.caption() for a in train_attrs])
+    null_text = recipe.encode(pipe, [""])
     rng = np.random.default_rng(args.seed)
     picks = rng.integers(0, len(train_attrs), size=args.num_renders)
     seeds = rng.integers(0, 2**31 - 1, size=args.num_renders)
     latents = encode_renders(vae, [train_attrs[int(i)] for i in picks], [int(s) for s in seeds])
     caption_index = torch.from_numpy(picks).long()
     print(f"encoded {len(latents)} renders in {time.time() - start:.0f}s; latent std {latents.std():.3f}", flush=True)
-
-    alphas_cumprod = scheduler.alphas_cumprod.float()
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    # min-SNR-gamma: the same objective for either parametrisation (an x0 error is an epsilon error times sqrt(snr)).
-    loss_weight = torch.clamp(snr, max=args.min_snr_gamma)
-    if args.prediction_type == "epsilon":
-        loss_weight = loss_weight / snr
-    num_train_timesteps = len(alphas_cumprod)
 
     transformer.train()
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
@@ -211,26 +353,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     generator = torch.Generator().manual_seed(args.seed)
-    added = {"resolution": None, "aspect_ratio": None}
     losses = []
     train_start = time.time()
     for step in range(args.max_steps):
         index = torch.randint(0, len(latents), (args.batch_size,), generator=generator)
-        x0 = latents[index]
         cap = caption_index[index]
         drop = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
-        enc = torch.where(drop[:, None, None], null_embed, embeds[cap])
-        enc_mask = torch.where(drop[:, None], null_mask, masks[cap])
-        t = torch.randint(0, num_train_timesteps, (args.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = transformer(
-            noisy, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, timestep=t, added_cond_kwargs=added
-        ).sample[:, :4]
-        target = noise if args.prediction_type == "epsilon" else x0
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * loss_weight[t]).mean()
+        # Caption dropout to the empty prompt's encoding, for classifier-free guidance.
+        text = {
+            key: torch.where(drop.view(-1, *[1] * (value.dim() - 1)), null_text[key], value[cap])
+            for key, value in texts.items()
+        }
+        loss = recipe.loss(transformer, latents[index], text, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)

@@ -1,0 +1,126 @@
+"""``toy-flux``: the shipped toy Flux teacher (both stacks, rectified flow) on the toy world, by name and stock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from diffusers_layerprune.toy import (  # noqa: E402
+    IMAGE_SIZE,
+    toy_flux_pipeline_path,
+    toy_generation_kwargs,
+    world,
+)
+from diffusers_layerprune.toy.judge import judge  # noqa: E402
+
+from helpers import stock_env  # noqa: E402
+
+ATTRS = world.split_attributes("heldout")[::27]  # 8 held-out captions spread over the colours
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    from diffusers_layerprune.modeling import load_pipeline
+
+    pipe = load_pipeline("toy-flux")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def flux_images(flux_pipe):
+    kwargs = toy_generation_kwargs(list(range(len(ATTRS))), pipe=flux_pipe)
+    return flux_pipe([a.caption() for a in ATTRS], **kwargs).images
+
+
+def test_toy_flux_resolves_by_name_with_both_stacks(flux_pipe):
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from diffusers_layerprune.blocks import block_names, num_blocks
+    from diffusers_layerprune.modeling import model_defaults, pipeline_folder, read_transformer_config
+    from diffusers_layerprune.provenance import public_name
+
+    assert isinstance(flux_pipe, FluxPipeline) and isinstance(flux_pipe.transformer, FluxTransformer2DModel)
+    config = read_transformer_config("toy-flux")  # without loading: commands check indices against it first
+    assert (config["num_layers"], config["num_single_layers"]) == (4, 8)
+    assert num_blocks(flux_pipe.transformer) == 12
+    assert block_names(flux_pipe.transformer)[3:5] == ["double 3", "single 0"]
+    assert pipeline_folder("toy-flux") == toy_flux_pipeline_path()
+    # The same toy world: its prompt splits, scorer and judge; and what uploads record for the bundled folder.
+    defaults = model_defaults("toy-flux")
+    assert (defaults["train_prompts"], defaults["eval_prompts"], defaults["scorers"]) == (
+        "toy:train",
+        "toy:heldout",
+        ["toy"],
+    )
+    assert public_name(toy_flux_pipeline_path() / "transformer") == "toy-flux"
+
+
+def test_toy_flux_generates_the_world(flux_images):
+    assert flux_images.shape == (len(ATTRS), 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.isfinite(flux_images).all() and flux_images.min() >= 0 and flux_images.max() <= 1
+    report = judge(flux_images, ATTRS)
+    # A trained teacher, not a random one (the documented held-out numbers are in docs/toy_world.md).
+    assert report.accuracy["colour"] >= 0.75 and report.accuracy["position"] >= 0.75, report.accuracy
+
+
+def test_stock_diffusers_loads_toy_flux_in_a_fresh_process_without_warnings(flux_images, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import json, logging, sys, warnings
+        import torch
+        from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = lambda record: records.append(record.getMessage())
+        diffusers_logging.get_logger("diffusers").addHandler(handler)
+        diffusers_logging.set_verbosity_warning()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe = DiffusionPipeline.from_pretrained({str(toy_flux_pipeline_path())!r}, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        captions = {[a.caption() for a in ATTRS]!r}
+        images = pipe(captions, num_inference_steps=20, height=32, width=32, max_sequence_length=16,
+                      output_type="pt", generator=[torch.Generator().manual_seed(i) for i in range(len(captions))]).images
+        assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
+        torch.save(images, sys.argv[1])
+        print(json.dumps(dict(cls=type(pipe).__name__, logs=records,
+                              warnings=[str(w.message) for w in caught if "diffusers" in w.filename])))
+        """
+    )
+    out = tmp_path / "images.pt"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=stock_env(), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    stock = torch.load(out, weights_only=True)
+    assert report["cls"] == "FluxPipeline"
+    assert report["logs"] == [] and report["warnings"] == [], report
+    # The images the package generates through its short name are the stock pipeline's, bit for bit.
+    torch.testing.assert_close(stock, flux_images, atol=1e-5, rtol=0)
+
+
+def test_build_script_small_mode(tmp_path):
+    from diffusers import FluxPipeline
+
+    from diffusers_layerprune.toy import train_teacher
+
+    result = train_teacher.main(["--family", "flux", "--smoke", "--output_dir", str(tmp_path / "pipe")])
+    assert torch.isfinite(torch.tensor(result["final_loss"]))
+    pipe = FluxPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    config = pipe.transformer.config
+    assert (config.num_layers, config.num_single_layers, config.guidance_embeds) == (4, 8, False)
+    assert pipe.vae.config.shift_factor == 0.0
+    log = json.loads((tmp_path / "pipe" / "training_log.json").read_text())
+    assert log["family"] == "flux" and log["steps"] == 2
