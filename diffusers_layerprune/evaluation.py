@@ -454,15 +454,22 @@ def evaluate(
 def write_report(
     report: EvalReport, images: dict[str, torch.Tensor], output: str | Path, *, overwrite: bool = True
 ) -> Path:
-    """Write ``report.json``, ``report.md`` and ``report_grid.png`` (named after ``output``), each atomically."""
+    """Write ``report.json``, ``report.md`` and ``report_grid.png`` (named after ``output``) together: each is
+    written to a temporary file first and the three are renamed into place only when all were written, so a failure
+    (a full disk) leaves none of them new or half-written."""
+    from contextlib import ExitStack
+
     from .outputs import atomic_output_file
 
     output = Path(output)
-    report.save(output, overwrite=overwrite)
-    with atomic_output_file(output.with_suffix(".md"), overwrite=overwrite) as tmp:
-        tmp.write_text(render_report_md(report))
-    with atomic_output_file(grid_path(output), overwrite=overwrite) as tmp:
-        image_grid(images, report.prompts, tmp, max_columns=GRID_COLUMNS)
+    with ExitStack() as stack:
+        json_tmp, md_tmp, grid_tmp = (
+            stack.enter_context(atomic_output_file(path, overwrite=overwrite))
+            for path in (output, output.with_suffix(".md"), grid_path(output))
+        )
+        report.save(json_tmp, overwrite=True)
+        md_tmp.write_text(render_report_md(report))
+        image_grid(images, report.prompts, grid_tmp, max_columns=GRID_COLUMNS)
     return output
 
 

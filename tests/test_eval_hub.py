@@ -426,3 +426,28 @@ def test_teacher_is_evaluated_once_for_several_students(work, tmp_path, monkeypa
     assert again.teacher_entry.scores == first.teacher_entry.scores  # what the cache held is what it computes
     other_seed = evaluate_pipeline(work / "pruned", seed=1, latency_repeats=2, **settings)
     assert other_seed.settings.teacher_cache["reused"] is False
+
+
+def test_eval_on_a_full_disk_leaves_none_of_the_report_files(work, tmp_path, monkeypatch, capsys):
+    """The disk fills while the third file (the image grid) is written: one line, and neither report.json nor
+    report.md of this evaluation is left behind (the three files are renamed into place together)."""
+    import errno
+    import os
+
+    from diffusers_layerprune import evaluation
+
+    def full(rows, prompts, path, max_columns=8):
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(evaluation, "image_grid", full)
+    out = tmp_path / "reports" / "report.json"
+    args = ["eval", "--model", str(work / "distilled"), "--prompts", str(work / "prompts.txt"), "--steps", "2"]
+    args += ["--scorers", str(work / "clip")]
+    capsys.readouterr()
+    assert cli([*args, "--guidance", "1.0", "--latency-repeats", "1", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()  # progress bars, then the one line
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(
+        f"layerprune eval: error: the disk holding {out.parent} is full ("
+    ), err
+    assert not out.parent.exists() or not any(out.parent.iterdir()), list(out.parent.iterdir())
