@@ -26,6 +26,7 @@ def smoke(gpu_check, tmp_path_factory):
     return output, records
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_smoke_run_writes_every_section_with_the_machine_and_the_fallbacks_it_used(smoke):
     output, records = smoke
     assert sorted(records) == SECTION_FILES
@@ -41,6 +42,7 @@ def test_smoke_run_writes_every_section_with_the_machine_and_the_fallbacks_it_us
     assert sorted(merged["sections"]) == SECTION_FILES
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_depth_sections_time_the_full_and_both_pruned_depths_of_every_family(smoke):
     _, records = smoke
     a = records["a_pixart"]["result"]
@@ -59,6 +61,7 @@ def test_depth_sections_time_the_full_and_both_pruned_depths_of_every_family(smo
     assert families["flux"]["batch"] == 1 and a["batch"] == 2  # Flux.1-dev's guidance is an input: one forward
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_kd_section_times_the_kd_step_against_its_floor(smoke):
     _, records = smoke
     result = records["c_kd"]["result"]
@@ -67,6 +70,7 @@ def test_kd_section_times_the_kd_step_against_its_floor(smoke):
     assert len(result["kept_layers"]) == 9 and attempt["trainable_parameters"] > 0
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_sparsity_section_masks_2_4_and_says_the_kernels_were_replaced(smoke):
     _, records = smoke
     result = records["d_sparsity"]["result"]
@@ -84,6 +88,7 @@ def test_mask_two_four_leaves_two_of_every_four_weights(gpu_check):
         assert ((groups != 0).sum(-1) == 2).all()
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_stacking_section_runs_every_depth_cache_and_weight_combination(smoke):
     _, records = smoke
     families = records["e_stacking"]["result"]["families"]
@@ -119,6 +124,7 @@ def test_a_cache_is_removed_after_its_loop(gpu_check):
     assert torch.equal(before, after)
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_rerun_skips_finished_sections_and_reuses_measurements_of_a_cut_off_one(gpu_check, smoke, tmp_path):
     output = tmp_path / "results"
     shutil.copytree(smoke[0], output)
@@ -151,6 +157,7 @@ def test_a_failing_section_leaves_an_error_file_and_the_next_sections_run(gpu_ch
     assert "kernel refused" in error["error"] and not (tmp_path / "a_pixart.json").exists()
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_results_of_another_card_are_not_mixed_in(gpu_check, smoke, tmp_path):
     output = tmp_path / "results"
     shutil.copytree(smoke[0], output)
@@ -167,6 +174,7 @@ def test_unknown_section_is_refused_with_the_choices(gpu_check):
     assert [s.letter for s in gpu_check.select_sections("stacking,a")] == ["a", "e"]  # run in order
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_report_only_rebuilds_the_gpu_sections_and_nothing_else(gpu_check, smoke, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -185,6 +193,7 @@ def test_report_only_rebuilds_the_gpu_sections_and_nothing_else(gpu_check, smoke
     assert "| e stacking | Depth x cache x int8" in (docs / "gpu.md").read_text()
 
 
+@pytest.mark.slow  # reads the benchmark script's smoke run (an end-to-end run, ~16 s)
 def test_report_only_refuses_smoke_results_for_the_repository_docs(gpu_check, smoke):
     pages = {p: p.read_bytes() for p in (ROOT / "docs").glob("*.md")}
     with pytest.raises(SystemExit, match="smoke results"):
