@@ -16,9 +16,11 @@ import torch
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.export import original_state_dict, read_file_metadata
 from diffusers_layerprune.families import get_family
-from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
+from diffusers_layerprune.modeling import prune_pipeline, read_transformer_config, save_pruned_pipeline
 from diffusers_layerprune.testing import (
     FLUX1_DEV_TRANSFORMER,
+    FLUX2_DEV_TRANSFORMER,
+    QWEN_IMAGE_TRANSFORMER,
     SANA_1600M_TRANSFORMER,
     SD35_MEDIUM_TRANSFORMER,
     TINY_RESOLUTION,
@@ -34,9 +36,14 @@ PROMPT = "a small red circle at the top left"
 
 
 def converter(family: str):
-    import diffusers.loaders.single_file_utils as single_file_utils
+    """The mapping stock ``from_single_file`` applies to this family's files (the registry entry of its class), held
+    to the name the family's layout records."""
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
 
-    return getattr(single_file_utils, get_family(family).single_file.converter)
+    fn = SINGLE_FILE_LOADABLE_CLASSES[get_family(family).transformer_class]["checkpoint_mapping_fn"]
+    name = get_family(family).single_file.converter
+    assert fn.__name__ == (name if name != "identity" else "<lambda>")
+    return fn
 
 
 # Published configs at a pruned depth. Row counts are the real ones (diffusers' Flux converter splits fused rows at
@@ -45,8 +52,17 @@ PUBLISHED = {
     "flux": ("FluxTransformer2DModel", {**FLUX1_DEV_TRANSFORMER, "num_layers": 2, "num_single_layers": 3}),
     "sd3": ("SD3Transformer2DModel", {**SD35_MEDIUM_TRANSFORMER, "num_layers": 3, "dual_attention_layers": (0, 1)}),
     "sana": ("SanaTransformer2DModel", {**SANA_1600M_TRANSFORMER, "num_layers": 2}),
+    "flux2": ("Flux2Transformer2DModel", {**FLUX2_DEV_TRANSFORMER, "num_layers": 2, "num_single_layers": 3}),
+    "qwenimage": ("QwenImageTransformer2DModel", {**QWEN_IMAGE_TRANSFORMER, "num_layers": 3}),
 }
-ORIGINAL_BLOCKS = {"flux": ("double_blocks", "single_blocks"), "sd3": ("joint_blocks",), "sana": ("blocks",)}
+ORIGINAL_BLOCKS = {
+    "flux": ("double_blocks", "single_blocks"),
+    "sd3": ("joint_blocks",),
+    "sana": ("blocks",),
+    "flux2": ("double_blocks", "single_blocks"),
+    "qwenimage": ("transformer_blocks",),  # diffusers' own names: its stock single-file mapping is the identity
+}
+RENAMED_LAYOUTS = ("flux", "sd3", "sana", "flux2")
 
 
 @pytest.mark.slow  # published sizes: ~50 s for SD3.5 Medium's row counts
@@ -63,8 +79,13 @@ def test_diffusers_converter_maps_the_original_layout_back_to_the_exact_state_di
         k: torch.randn((v.shape[0], *[min(n, 2) for n in v.shape[1:]]), generator=g)
         for k, v in model.state_dict().items()
     }
-    original = dict(original_state_dict(get_family(family), model.config, state))
-    assert not set(original) & set(state) - {"context_embedder.weight", "context_embedder.bias"}  # renamed
+    assert_converter_inverts(family, model.config, state)
+
+
+def assert_converter_inverts(family: str, config, state) -> None:
+    original = dict(original_state_dict(get_family(family), config, state))
+    if family in RENAMED_LAYOUTS:
+        assert not set(original) & set(state) - {"context_embedder.weight", "context_embedder.bias"}  # renamed
     for prefix, depth in zip(ORIGINAL_BLOCKS[family], get_family(family).stack_depths(config), strict=True):
         assert {int(k.split(".")[1]) for k in original if k.startswith(prefix + ".")} == set(range(depth))
 
@@ -72,6 +93,16 @@ def test_diffusers_converter_maps_the_original_layout_back_to_the_exact_state_di
     assert set(back) == set(state)
     for key, value in state.items():
         assert torch.equal(back[key], value), key
+
+
+@pytest.mark.parametrize("family", ["flux2", "qwenimage"])
+def test_diffusers_converter_maps_the_tiny_original_layout_back_to_the_exact_state_dict(family):
+    """The same inversion at tiny size (the published-size check above is slow): FLUX.2's converter splits no row
+    at a published width, so any width reads back."""
+    pipe = get_family(family).tiny_pipeline()
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=g) for k, v in pipe.transformer.state_dict().items()}
+    assert_converter_inverts(family, pipe.transformer.config, state)
 
 
 def widened(pipe, **overrides):
@@ -89,9 +120,13 @@ TINY = {
     "sana": lambda: widened(
         build_tiny_sana_pipeline(4), attention_head_dim=32, cross_attention_head_dim=32, cross_attention_dim=64
     ),
+    "flux2": lambda: widened(get_family("flux2").tiny_pipeline(2, 2), attention_head_dim=32, axes_dims_rope=(8,) * 4),
+    "qwenimage": lambda: widened(
+        get_family("qwenimage").tiny_pipeline(4), attention_head_dim=32, axes_dims_rope=(16, 8, 8)
+    ),
 }
-STOCK_CLASS = {"sd3": "SD3Transformer2DModel", "sd35": "SD3Transformer2DModel", "sana": "SanaTransformer2DModel"}
-FAMILY_OF = {"sd3": "sd3", "sd35": "sd3", "sana": "sana"}
+STOCK_CLASS = {name: get_family(name if name != "sd35" else "sd3").transformer_class for name in TINY}
+FAMILY_OF = {name: name if name != "sd35" else "sd3" for name in TINY}
 DROPPED = [1, 3]  # a middle block and the last (SD3: the context_pre_only block)
 
 
@@ -109,9 +144,10 @@ def exported(tmp_path_factory):
         assert cli(["export", str(folder), "--format", "gguf", "--quant", "Q8_0", "--output", str(files["gguf"])]) == 0
         runs[name] = dict(folder=folder, **files)
     jobs = [
-        (n, STOCK_CLASS[n], str(r["folder"]), str(r["single"]), str(r["gguf"]), TINY_RESOLUTION[FAMILY_OF[n]])
+        (n, STOCK_CLASS[n], str(r["folder"]), str(r["single"]), str(r["gguf"]), TINY_RESOLUTION[FAMILY_OF[n]],
+         dict(get_family(FAMILY_OF[n]).tiny_call_args))
         for n, r in runs.items()
-    ]
+    ]  # fmt: skip
     script = textwrap.dedent(
         f"""
         import json, sys, torch, diffusers
@@ -124,13 +160,12 @@ def exported(tmp_path_factory):
             return transformer
 
         out = {{}}
-        for name, cls, folder, single, gguf_file, size in {jobs!r}:
+        for name, cls, folder, single, gguf_file, size, extra in {jobs!r}:
             cls = getattr(diffusers, cls)
             pipe = DiffusionPipeline.from_pretrained(folder)
             pipe.set_progress_bar_config(disable=True)
-            extra = dict(use_resolution_binning=False, clean_caption=False) if name == "sana" else {{}}
             def generate():
-                return pipe({PROMPT!r}, num_inference_steps=2, height=size, width=size, max_sequence_length=16,
+                return pipe(prompt={PROMPT!r}, num_inference_steps=2, height=size, width=size, max_sequence_length=16,
                             output_type="pt", generator=torch.Generator().manual_seed(0), **extra).images
             aligned(pipe.transformer)
             images = {{"folder": generate()}}
@@ -183,9 +218,12 @@ def test_files_hold_the_original_layout_renumbered_and_the_pruning_record(name, 
     family = FAMILY_OF[name]
     with safe_open(run["single"], framework="pt") as f:
         keys = list(f.keys())
-    (prefix,) = ORIGINAL_BLOCKS[family]
-    assert {int(k.split(".")[1]) for k in keys if k.startswith(prefix + ".")} == {0, 1}  # 4 blocks, 2 kept
-    assert not any(k.startswith("transformer_blocks.") for k in keys)
+    depths = get_family(family).stack_depths(read_transformer_config(run["folder"]))
+    for prefix, depth in zip(ORIGINAL_BLOCKS[family], depths, strict=True):  # 4 blocks, 2 kept, renumbered
+        assert {int(k.split(".")[1]) for k in keys if k.startswith(prefix + ".")} == set(range(depth))
+    assert sum(depths) == 2
+    if family in RENAMED_LAYOUTS:
+        assert not any(k.startswith("transformer_blocks.") for k in keys)
 
     reader = gguf.GGUFReader(str(run["gguf"]))
     types = {t.name: t.tensor_type.name for t in reader.tensors}

@@ -175,7 +175,8 @@ class SingleFileLayout:
         pieces: ``(config, diffusers keys) -> {original key: Piece}``; the pieces' sources must cover the diffusers
             state dict exactly (the exporter checks it, so a key the converter would drop is refused, not lost).
         converter: name of diffusers' converter in ``diffusers.loaders.single_file_utils`` that reads the layout back
-            (this layout is its inverse; tests hold it to that).
+            (this layout is its inverse; tests hold it to that), or ``"identity"`` where diffusers' single-file
+            registry maps the class's files key for key (Qwen-Image).
         gguf_arch: ``general.architecture`` of a GGUF file (the name ComfyUI-GGUF detects the model by).
         check: ``config -> None | str``: why this config cannot be read back from a single file (``None``: it can).
     """

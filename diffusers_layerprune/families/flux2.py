@@ -22,7 +22,17 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, PublishedConfig, first_tensor
+from .base import (
+    BlockStack,
+    ModelFamily,
+    Piece,
+    PublishedConfig,
+    SingleFileLayout,
+    block_count,
+    first_tensor,
+    fused,
+    renamed,
+)
 
 GUIDANCE = 4.0  # Flux2Pipeline's default guidance (distilled into the model: an input, not a second forward)
 
@@ -227,6 +237,63 @@ def build_tiny_flux2_pipeline(num_layers: int = 2, num_single_layers: int = 4, *
     )
 
 
+def original_pieces(config, keys) -> dict[str, Piece]:
+    """Black Forest Labs' FLUX.2 checkpoint layout (``double_blocks.N`` then ``single_blocks.N``, each renumbered
+    from 0), the inverse of diffusers' ``convert_flux2_transformer_checkpoint_to_diffusers``. The single blocks'
+    fused projection is one tensor in diffusers too (``to_qkv_mlp_proj``), so unlike Flux.1 no row split depends on
+    the published width: any width reads back."""
+    keys = set(keys)
+    pieces = renamed(
+        {
+            "img_in": "x_embedder",
+            "txt_in": "context_embedder",
+            "time_in.in_layer": "time_guidance_embed.timestep_embedder.linear_1",
+            "time_in.out_layer": "time_guidance_embed.timestep_embedder.linear_2",
+            "guidance_in.in_layer": "time_guidance_embed.guidance_embedder.linear_1",
+            "guidance_in.out_layer": "time_guidance_embed.guidance_embedder.linear_2",
+            "double_stream_modulation_img.lin": "double_stream_modulation_img.linear",
+            "double_stream_modulation_txt.lin": "double_stream_modulation_txt.linear",
+            "single_stream_modulation.lin": "single_stream_modulation.linear",
+            "final_layer.linear": "proj_out",
+        },
+        keys,
+    )
+    # the original final modulation is (shift, scale); diffusers' AdaLayerNormContinuous is (scale, shift)
+    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
+    for i in range(block_count(keys, "transformer_blocks")):
+        d, o = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        pieces.update(fused(f"{o}.img_attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
+        pieces.update(
+            fused(f"{o}.txt_attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
+        )
+        pieces.update(
+            renamed(
+                {
+                    f"{o}.img_attn.proj": f"{d}.attn.to_out.0",
+                    f"{o}.txt_attn.proj": f"{d}.attn.to_add_out",
+                    f"{o}.img_mlp.0": f"{d}.ff.linear_in",
+                    f"{o}.img_mlp.2": f"{d}.ff.linear_out",
+                    f"{o}.txt_mlp.0": f"{d}.ff_context.linear_in",
+                    f"{o}.txt_mlp.2": f"{d}.ff_context.linear_out",
+                },
+                keys,
+            )
+        )
+        for original, source in (
+            (f"{o}.img_attn.norm.query_norm", f"{d}.attn.norm_q"),
+            (f"{o}.img_attn.norm.key_norm", f"{d}.attn.norm_k"),
+            (f"{o}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q"),
+            (f"{o}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k"),
+        ):
+            pieces[f"{original}.scale"] = Piece((f"{source}.weight",))
+    for i in range(block_count(keys, "single_transformer_blocks")):
+        d, o = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        pieces.update(renamed({f"{o}.linear1": f"{d}.attn.to_qkv_mlp_proj", f"{o}.linear2": f"{d}.attn.to_out"}, keys))
+        pieces[f"{o}.norm.query_norm.scale"] = Piece((f"{d}.attn.norm_q.weight",))
+        pieces[f"{o}.norm.key_norm.scale"] = Piece((f"{d}.attn.norm_k.weight",))
+    return pieces
+
+
 # black-forest-labs/FLUX.2-dev transformer/config.json (equal to diffusers 0.42's class defaults).
 FLUX2_DEV_TRANSFORMER = dict(
     patch_size=1,
@@ -290,8 +357,11 @@ FAMILY = ModelFamily(
     references=("flux2",),
     citations={"flux2": "Black Forest Labs, FLUX.2 (2025), https://bfl.ai/blog/flux-2."},
     hub_tag="flux2",
-    single_file_refusal="layerprune has no FLUX.2 original-layout writer yet; share the folder "
-    "(DiffusionPipeline.from_pretrained reads it)",
+    single_file=SingleFileLayout(
+        pieces=original_pieces,
+        converter="convert_flux2_transformer_checkpoint_to_diffusers",
+        gguf_arch="flux2",  # not (yet) a ComfyUI-GGUF arch name checked against a published FLUX.2 GGUF
+    ),
     tiny_pipeline=build_tiny_flux2_pipeline,
     published=PublishedConfig(
         hub_id="black-forest-labs/FLUX.2-dev",

@@ -16,7 +16,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, PublishedConfig, second_tensor
+from .base import BlockStack, ModelFamily, Piece, PublishedConfig, SingleFileLayout, second_tensor
 from .flux import pack, unpack
 
 
@@ -215,6 +215,13 @@ def build_tiny_qwenimage_pipeline(num_layers: int = 6, *, seed: int = 0):
     )
 
 
+def original_pieces(config, keys) -> dict[str, Piece]:
+    """Qwen-Image's single-file layout is diffusers' own: diffusers 0.42 reads ``QwenImageTransformer2DModel`` files
+    with an identity mapping (no converter, no ``model.diffusion_model.`` prefix stripped), so every tensor keeps its
+    name and the blocks stay numbered from 0 as the pruned folder saved them."""
+    return {key: Piece((key,)) for key in keys}
+
+
 # Qwen/Qwen-Image transformer/config.json (equal to diffusers 0.42's class defaults).
 QWEN_IMAGE_TRANSFORMER = dict(
     patch_size=2,
@@ -262,8 +269,11 @@ FAMILY = ModelFamily(
     references=("qwenimage",),
     citations={"qwenimage": "Wu et al., Qwen-Image Technical Report, 2025."},
     hub_tag="qwen-image",
-    single_file_refusal="layerprune has no Qwen-Image original-layout writer yet; share the folder "
-    "(DiffusionPipeline.from_pretrained reads it)",
+    single_file=SingleFileLayout(
+        pieces=original_pieces,
+        converter="identity",  # SINGLE_FILE_LOADABLE_CLASSES maps QwenImageTransformer2DModel's file key for key
+        gguf_arch="qwen_image",
+    ),
     tiny_pipeline=build_tiny_qwenimage_pipeline,
     tiny_call_args=dict(true_cfg_scale=1.0),  # the pipeline's default 4.0 warns without a negative prompt
     published=PublishedConfig(
