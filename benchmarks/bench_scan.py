@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from toybench import write_result  # benchmarks/ is on sys.path when run as a script
 
 from diffusers_layerprune.blocks import get_blocks
 from diffusers_layerprune.importance import ImportanceScan, ScanSettings, compute_importance
@@ -143,10 +143,7 @@ def main() -> None:
         "max_abs_difference_of_values": max_diff,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ dropped, per criterion, next to the mean over random draws (docs/criteria.md).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from toybench import write_result  # benchmarks/ is on sys.path when run as a script
 
 from diffusers_layerprune.blocks import skip_blocks
 from diffusers_layerprune.data import PromptSet
@@ -210,10 +210,7 @@ def main() -> None:
         "scoring_seconds": timings,
         "total_seconds": time.time() - started,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out} ({result['total_seconds']:.0f} s)")
+    write_result(args.output, result, f" ({result['total_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
