@@ -22,3 +22,25 @@ def write_result(path: str | os.PathLike, result: dict, note: str = "") -> Path:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}{note}")
     return out
+
+
+# The toy judge's metrics, in the order every toy page and result JSON lists them.
+METRICS = ("overall", "colour", "position", "shape", "size")
+
+
+def judged(images, captions: list[str], scorer, correct: bool = False) -> dict:
+    """The toy judge's accuracy per metric and the toy score's mean for ``images`` of ``captions``.
+
+    ``correct`` adds the judge's per-caption all-four-right verdicts (for paired bootstraps across cells). Callers
+    add their own timing field after these keys, so each benchmark's records keep their key order.
+    """
+    from diffusers_layerprune.toy.judge import judge
+
+    report = judge(images, captions)
+    record = {
+        "accuracy": {m: float(report.accuracy[m]) for m in METRICS},
+        "toy_score": float(scorer(images, captions).mean()),
+    }
+    if correct:
+        record["correct"] = [bool(x) for x in report.correct["overall"]]
+    return record

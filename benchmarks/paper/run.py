@@ -20,7 +20,6 @@ from .claims import (
     CRITERIA,
     DISTILL_CRITERIA,
     LEARNABLE,
-    METRICS,
     RATIOS,
     SPAN,
     aggregate,
@@ -219,9 +218,10 @@ class Experiment:
     def judge(self, pipe, dropped, seed: int, train: bool = False) -> dict:
         """Judge ``pipe`` with ``dropped`` skipped on the held-out captions, or (``train``) on as many training
         captions (the first ones; the distillation trained on them), with the same noise seeds."""
+        from toybench import judged  # benchmarks/ is on sys.path wherever the paper package is imported
+
         from diffusers_layerprune.blocks import skip_blocks
         from diffusers_layerprune.generation import generate_from_conditioning
-        from diffusers_layerprune.toy.judge import judge
 
         start = time.perf_counter()
         s = self.settings
@@ -244,12 +244,7 @@ class Experiment:
                 max_sequence_length=s.max_sequence_length,
                 batch_size=self.args.batch_size,
             )
-        report = judge(images, captions)
-        return {
-            "accuracy": {m: float(report.accuracy[m]) for m in METRICS},
-            "toy_score": float(self.scorer(images, captions).mean()),
-            "seconds": time.perf_counter() - start,
-        }
+        return {**judged(images, captions, self.scorer), "seconds": time.perf_counter() - start}
 
     def cell(self, stage: str, seed: int, dropped, compute, variant: str = "") -> dict:
         key = cell_key(stage, seed, dropped, variant)
