@@ -8,6 +8,7 @@ which puts this folder on ``sys.path``; ``import toybench`` therefore needs no p
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -44,3 +45,13 @@ def judged(images, captions: list[str], scorer, correct: bool = False) -> dict:
     if correct:
         record["correct"] = [bool(x) for x in report.correct["overall"]]
     return record
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (``successes`` of ``n``); NaNs for ``n == 0``."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
