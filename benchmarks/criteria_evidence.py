@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from toybench import write_result  # benchmarks/ is on sys.path when run as a script
+from toybench import render, write_result  # benchmarks/ is on sys.path when run as a script
 
 from diffusers_layerprune.blocks import skip_blocks
 from diffusers_layerprune.data import PromptSet
@@ -58,25 +58,8 @@ def evaluate(pipe, scorer, captions: list[str], dropped: list[int], settings: Sc
     """Judge accuracy and toy preference score of the teacher with ``dropped`` blocks skipped."""
     from diffusers_layerprune.toy.judge import judge
 
-    images = []
     with skip_blocks(pipe.transformer, dropped):
-        for start in range(0, len(captions), 72):
-            batch = captions[start : start + 72]
-            generators = [torch.Generator().manual_seed(eval_seed + start + i) for i in range(len(batch))]
-            out = pipe(
-                batch,
-                num_inference_steps=settings.num_inference_steps,
-                guidance_scale=settings.guidance_scale,
-                height=settings.resolution,
-                width=settings.resolution,
-                generator=generators,
-                output_type="pt",
-                use_resolution_binning=False,
-                max_sequence_length=settings.max_sequence_length,
-                clean_caption=False,
-            )
-            images.append(out.images.float().cpu())
-    images = torch.cat(images)
+        images = render(pipe, captions, settings, [eval_seed + i for i in range(len(captions))], batch_size=72)
     report = judge(images, captions)
     return {
         "dropped": dropped,

@@ -55,3 +55,32 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (centre - half, centre + half)
+
+
+def render(pipe, captions: list[str], settings, seeds: list[int], batch_size: int | None = None):
+    """Images (float, CPU, ``output_type="pt"``) of ``captions`` from ``pipe`` at ``settings`` (a ``ScanSettings``).
+
+    Caption ``i`` is drawn with ``torch.Generator().manual_seed(seeds[i])``, so a caption's image does not depend on
+    the batch it falls in; ``batch_size`` (default: all captions at once) only bounds memory.
+    """
+    import torch
+
+    step = batch_size or len(captions)
+    images = []
+    with torch.inference_mode():
+        for start in range(0, len(captions), step):
+            batch = captions[start : start + step]
+            out = pipe(
+                batch,
+                num_inference_steps=settings.num_inference_steps,
+                guidance_scale=settings.guidance_scale,
+                height=settings.resolution,
+                width=settings.resolution,
+                generator=[torch.Generator().manual_seed(s) for s in seeds[start : start + step]],
+                output_type="pt",
+                use_resolution_binning=False,
+                max_sequence_length=settings.max_sequence_length,
+                clean_caption=False,
+            )
+            images.append(out.images.float().cpu())
+    return torch.cat(images)
