@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from toybench import render, write_result  # benchmarks/ is on sys.path when run as a script
+from toybench import load_with_settings, render, write_result  # benchmarks/ is on sys.path when run as a script
 
 from diffusers_layerprune.blocks import skip_blocks
 from diffusers_layerprune.data import PromptSet
@@ -35,7 +35,6 @@ from diffusers_layerprune.importance import (
     plan_blocks,
 )
 from diffusers_layerprune.importance.stability import spearman_rho
-from diffusers_layerprune.modeling import generation_defaults, load_pipeline
 from diffusers_layerprune.scorers import SCORERS, load_scorer
 
 
@@ -85,17 +84,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.time()
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    defaults = generation_defaults(args.model, pipe)
+    pipe, settings = load_with_settings(args.model, args.batch_size)
     captions = heldout_captions()
-    settings = ScanSettings(
-        num_inference_steps=defaults["num_inference_steps"],
-        guidance_scale=defaults["guidance_scale"],
-        resolution=defaults["resolution"],
-        max_sequence_length=defaults["max_sequence_length"],
-        batch_size=args.batch_size,
-    )
     scorer = toy_scorer()
     prompts = PromptSet(captions[: args.score_prompts], "toy:heldout", meta={"limit": args.score_prompts})
     scan = ImportanceScan(pipe, prompts, settings, model_id=args.model, scorer=scorer, scorer_name="toy")

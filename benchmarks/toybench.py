@@ -84,3 +84,24 @@ def render(pipe, captions: list[str], settings, seeds: list[int], batch_size: in
             )
             images.append(out.images.float().cpu())
     return torch.cat(images)
+
+
+def load_with_settings(model: str, batch_size: int, num_inference_steps: int | None = None):
+    """``(pipe, settings)``: ``model``'s pipeline (progress bars off) and a ``ScanSettings`` of its generation defaults.
+
+    ``num_inference_steps`` overrides the default step count when given.
+    """
+    from diffusers_layerprune.importance import ScanSettings
+    from diffusers_layerprune.modeling import generation_defaults, load_pipeline
+
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    d = generation_defaults(model, pipe)
+    settings = ScanSettings(
+        num_inference_steps=num_inference_steps or d["num_inference_steps"],
+        guidance_scale=d["guidance_scale"],
+        resolution=d["resolution"],
+        max_sequence_length=d["max_sequence_length"],
+        batch_size=batch_size,
+    )
+    return pipe, settings

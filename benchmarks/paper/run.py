@@ -192,21 +192,14 @@ class Experiment:
         return family.encode(self.pipe, list(captions), self.settings.max_sequence_length, self.pipe.device)
 
     def setup(self) -> None:
+        from toybench import load_with_settings
+
         from diffusers_layerprune.blocks import num_blocks
-        from diffusers_layerprune.importance import ScanSettings
-        from diffusers_layerprune.modeling import generation_defaults, load_pipeline
         from diffusers_layerprune.scorers import load_scorer
         from diffusers_layerprune.toy import world
 
-        self.pipe = load_pipeline(self.args.model)
-        self.pipe.set_progress_bar_config(disable=True)
-        d = generation_defaults(self.args.model, self.pipe)
-        self.settings = ScanSettings(
-            num_inference_steps=self.args.num_inference_steps or d["num_inference_steps"],
-            guidance_scale=d["guidance_scale"],
-            resolution=d["resolution"],
-            max_sequence_length=d["max_sequence_length"],
-            batch_size=self.args.batch_size,
+        self.pipe, self.settings = load_with_settings(
+            self.args.model, self.args.batch_size, self.args.num_inference_steps
         )
         self.scorer = load_scorer("toy")
         self.train_captions = world.captions("train")
