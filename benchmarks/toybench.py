@@ -13,14 +13,19 @@ import os
 from pathlib import Path
 
 
-def write_result(path: str | os.PathLike, result: dict, note: str = "") -> Path:
-    """Write ``result`` as indented JSON to ``path`` (parents created) and print where it went.
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as indented JSON to ``path``, parents created, atomically (a reader never sees half a file)."""
+    from paper.cells import write_text
 
-    ``note`` is appended to the printed line, e.g. the run's duration.
-    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out, json.dumps(data, indent=2) + "\n")
+    return out
+
+
+def write_result(path: str | os.PathLike, result: dict, note: str = "") -> Path:
+    """:func:`write_json` ``result`` to ``path`` and print where it went (``note`` appended, e.g. the duration)."""
+    out = write_json(path, result)
     print(f"wrote {out}{note}")
     return out
 

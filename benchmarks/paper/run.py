@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from toybench import write_json  # the benchmarks' shared helpers (benchmarks/ is on sys.path)
+
 from .cells import Cells, cell_key, mean_std, write_text
 from .claims import (
     ABLATIONS,
@@ -626,9 +628,7 @@ class Experiment:
 
     def report(self) -> dict:
         result = self.collect()
-        results = Path(self.args.results)
-        results.parent.mkdir(parents=True, exist_ok=True)
-        write_text(results, json.dumps(result, indent=2) + "\n")
+        results = write_json(self.args.results, result)
         doc = Path(self.args.doc)
         write_plot(result, doc.with_suffix(".png"))
         write_budget_plot(result, doc.with_name(doc.stem + "_budget.png"))

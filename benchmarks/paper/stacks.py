@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from toybench import wilson  # the benchmarks' shared interval (benchmarks/ is on sys.path)
+from toybench import wilson, write_json  # the benchmarks' shared interval (benchmarks/ is on sys.path)
 
 from .cells import cell_key, write_text
 from .claims import METRICS, blocks_to_drop
@@ -174,9 +174,7 @@ class StackExperiment(Experiment):
         if not (self.output / "stacks.json").is_file():
             raise SystemExit(f"no finished cells under {self.output}; run without --report-only first")
         result = self.collect()
-        results = Path(self.args.results)
-        results.parent.mkdir(parents=True, exist_ok=True)
-        write_text(results, json.dumps(result, indent=2) + "\n")
+        results = write_json(self.args.results, result)
         doc = Path(self.args.doc)
         write_stack_plot(result, doc.with_suffix(".png"))
         write_text(doc, render_stack_results(result, doc.with_suffix(".png").name))
