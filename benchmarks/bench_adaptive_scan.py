@@ -121,24 +121,14 @@ class Runner:
 
     def setup(self) -> None:
         import torch
+        from toybench import load_with_settings
 
         from diffusers_layerprune.data import encode_prompts
-        from diffusers_layerprune.importance import ScanSettings
-        from diffusers_layerprune.modeling import generation_defaults, load_pipeline
         from diffusers_layerprune.scorers import load_scorer
         from diffusers_layerprune.toy import world
 
         torch.set_num_threads(2)
-        self.pipe = load_pipeline("toy")
-        self.pipe.set_progress_bar_config(disable=True)
-        d = generation_defaults("toy", self.pipe)
-        self.settings = ScanSettings(
-            num_inference_steps=d["num_inference_steps"],
-            guidance_scale=d["guidance_scale"],
-            resolution=d["resolution"],
-            max_sequence_length=d["max_sequence_length"],
-            batch_size=self.args.batch_size,
-        )
+        self.pipe, self.settings = load_with_settings("toy", self.args.batch_size)
         self.scorer = load_scorer("toy")
         self.train = world.captions("train")
         self.captions = world.captions("heldout")[: self.args.eval_prompts]

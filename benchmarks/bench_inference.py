@@ -18,13 +18,13 @@ Other families (Sana 1.6B, SD3.5 Medium, Flux.1-dev; see benchmarks/bench_famili
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from toybench import write_result  # benchmarks/ is on sys.path when run as a script
 
 from diffusers_layerprune import PrunedPixArtTransformer
 
@@ -152,10 +152,7 @@ def main() -> None:
         rows=rows,
         raw_seconds={str(d): t for d, t in times.items()},
     )
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

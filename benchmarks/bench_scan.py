@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from toybench import render, write_result  # benchmarks/ is on sys.path when run as a script
 
 from diffusers_layerprune.blocks import get_blocks
 from diffusers_layerprune.importance import ImportanceScan, ScanSettings, compute_importance
@@ -49,20 +49,7 @@ def naive_scan(pipe, prompts, scorer, settings: ScanSettings) -> list[float]:
     """Preference drop per block the slow way: copy the pipeline per variant and re-encode the prompts."""
 
     def scores(model) -> torch.Tensor:
-        generators = [torch.Generator().manual_seed(settings.seed + i) for i in range(len(prompts))]
-        with torch.inference_mode():
-            images = model(
-                prompts,
-                num_inference_steps=settings.num_inference_steps,
-                guidance_scale=settings.guidance_scale,
-                height=settings.resolution,
-                width=settings.resolution,
-                generator=generators,
-                output_type="pt",
-                use_resolution_binning=False,
-                max_sequence_length=settings.max_sequence_length,
-                clean_caption=False,
-            ).images
+        images = render(model, prompts, settings, [settings.seed + i for i in range(len(prompts))])
         return scorer(images, prompts)
 
     full = scores(copy.deepcopy(pipe))
@@ -143,10 +130,7 @@ def main() -> None:
         "max_abs_difference_of_values": max_diff,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

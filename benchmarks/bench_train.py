@@ -28,13 +28,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 # As the package does (diffusers_layerprune/__init__.py), before torch loads: OpenMP threads that spin while waiting
 # made every step several times slower on a CPU shared with other jobs, and unevenly so (noise in the ratios).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from toybench import write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def build(args):
@@ -239,10 +239,7 @@ def main() -> None:
         lora_over_full_memory=mem_ratio,
         machine=dict(platform=platform.platform(), threads=torch.get_num_threads(), torch=torch.__version__),
     )
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

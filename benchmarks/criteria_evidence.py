@@ -17,12 +17,12 @@ dropped, per criterion, next to the mean over random draws (docs/criteria.md).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from toybench import load_with_settings, render, write_result  # benchmarks/ is on sys.path when run as a script
 
 from diffusers_layerprune.blocks import skip_blocks
 from diffusers_layerprune.data import PromptSet
@@ -35,7 +35,6 @@ from diffusers_layerprune.importance import (
     plan_blocks,
 )
 from diffusers_layerprune.importance.stability import spearman_rho
-from diffusers_layerprune.modeling import generation_defaults, load_pipeline
 from diffusers_layerprune.scorers import SCORERS, load_scorer
 
 
@@ -58,25 +57,8 @@ def evaluate(pipe, scorer, captions: list[str], dropped: list[int], settings: Sc
     """Judge accuracy and toy preference score of the teacher with ``dropped`` blocks skipped."""
     from diffusers_layerprune.toy.judge import judge
 
-    images = []
     with skip_blocks(pipe.transformer, dropped):
-        for start in range(0, len(captions), 72):
-            batch = captions[start : start + 72]
-            generators = [torch.Generator().manual_seed(eval_seed + start + i) for i in range(len(batch))]
-            out = pipe(
-                batch,
-                num_inference_steps=settings.num_inference_steps,
-                guidance_scale=settings.guidance_scale,
-                height=settings.resolution,
-                width=settings.resolution,
-                generator=generators,
-                output_type="pt",
-                use_resolution_binning=False,
-                max_sequence_length=settings.max_sequence_length,
-                clean_caption=False,
-            )
-            images.append(out.images.float().cpu())
-    images = torch.cat(images)
+        images = render(pipe, captions, settings, [eval_seed + i for i in range(len(captions))], batch_size=72)
     report = judge(images, captions)
     return {
         "dropped": dropped,
@@ -102,17 +84,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.time()
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    defaults = generation_defaults(args.model, pipe)
+    pipe, settings = load_with_settings(args.model, args.batch_size)
     captions = heldout_captions()
-    settings = ScanSettings(
-        num_inference_steps=defaults["num_inference_steps"],
-        guidance_scale=defaults["guidance_scale"],
-        resolution=defaults["resolution"],
-        max_sequence_length=defaults["max_sequence_length"],
-        batch_size=args.batch_size,
-    )
     scorer = toy_scorer()
     prompts = PromptSet(captions[: args.score_prompts], "toy:heldout", meta={"limit": args.score_prompts})
     scan = ImportanceScan(pipe, prompts, settings, model_id=args.model, scorer=scorer, scorer_name="toy")
@@ -210,10 +183,7 @@ def main() -> None:
         "scoring_seconds": timings,
         "total_seconds": time.time() - started,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out} ({result['total_seconds']:.0f} s)")
+    write_result(args.output, result, f" ({result['total_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -43,12 +43,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP waits sta
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from reproduce_paper import Cells  # noqa: E402  (the same append-only cell store)
+from toybench import METRICS, judged  # noqa: E402  (the toy judge's record, shared by the toy benchmarks)
 
 RESULT = ROOT / "benchmarks" / "results" / "routing_toy.json"
 STATIC = ROOT / "benchmarks" / "results" / "reproduce_paper.json"
 DOC, PLOT = ROOT / "docs" / "routing.md", ROOT / "docs" / "routing.png"
 BUDGETS = {9: "0.25", 7: "0.40"}  # mean blocks run -> reproduce_paper's ratio of the static model of that depth
-METRICS = ("overall", "colour", "position", "shape", "size")
 ATTRIBUTES = ("colour", "shape", "size", "position")
 
 
@@ -157,17 +157,9 @@ class Experiment:
         return torch.stack(images)
 
     def judge(self, codes, skipped, seed: int) -> dict:
-        from diffusers_layerprune.toy.judge import judge
-
         start = time.perf_counter()
         images = self.generate(codes, skipped, seed)
-        report = judge(images, self.heldout)
-        return {
-            "accuracy": {m: float(report.accuracy[m]) for m in METRICS},
-            "toy_score": float(self.scorer(images, self.heldout).mean()),
-            "correct": [bool(x) for x in report.correct["overall"]],
-            "seconds": time.perf_counter() - start,
-        }
+        return {**judged(images, self.heldout, self.scorer, correct=True), "seconds": time.perf_counter() - start}
 
     def cell(self, key: str, compute) -> dict:
         record = self.cells.get(key)

@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkout's package, then benchmarks/paper
 from paper.cells import Cells  # noqa: E402  (the append-only cell store of every toy-world grid)
 from paper.distil import distil  # noqa: E402  (the same distillation recipe as reproduce_paper.py)
+from toybench import METRICS, judged  # noqa: E402  (the toy judge's record, shared by the toy benchmarks)
 
 COMPONENT_SETS = ("text_encoder", "transformer", "both")
 METHODS = ("magnitude", "wanda")
 SPARSITIES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 N_M = ("3:4", "2:4", "1:4")
-METRICS = ("overall", "colour", "position", "shape", "size")
 # Rules fixed before the run (see the page): quality "kept" = at least KEEP of the dense model's all-four-right
 # accuracy at this sparsity and every lower one; "collapsed" = at most COLLAPSE of it; a collapse is sudden when
 # it comes within SUDDEN of sparsity after the last kept level. A comparison is a tie within TIE_IMAGES images.
@@ -634,7 +634,6 @@ class Benchmark:
 
         from diffusers_layerprune.data import encode_prompts
         from diffusers_layerprune.modeling import generate_from_embeddings
-        from diffusers_layerprune.toy.judge import judge
 
         start = time.perf_counter()
         g = self.gen
@@ -649,12 +648,7 @@ class Benchmark:
                 batch_size=self.args.batch_size,
                 **g,
             )
-        report = judge(images, self.captions)
-        return {
-            "accuracy": {m: float(report.accuracy[m]) for m in METRICS},
-            "toy_score": float(self.scorer(images, self.captions).mean()),
-            "seconds": time.perf_counter() - start,
-        }
+        return {**judged(images, self.captions, self.scorer), "seconds": time.perf_counter() - start}
 
     def cell(self, key: str, fields: dict, compute) -> dict:
         record = self.cells.get(key)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning wa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from paper.cells import replace_section  # noqa: E402
+from toybench import wilson  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "stack_toy.json"
 PAGE = ROOT / "docs" / "stacking.md"
@@ -45,15 +45,6 @@ DEPTHS = {"full": [], "25%": None, "40%": None}  # dropped blocks; filled from r
 CACHES = ("none", "first_block", "taylorseer")
 WEIGHTS = ("fp32", "int8")
 GOAL_FLOPS, GOAL_POINTS = 3.0, 2.0  # the goal: 3x fewer transformer FLOPs within 2 points of the teacher
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
 
 
 def plans() -> dict[str, list[int]]:

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from toybench import write_json  # the benchmarks' shared helpers (benchmarks/ is on sys.path)
+
 from .cells import Cells, cell_key, mean_std, write_text
 from .claims import (
     ABLATIONS,
@@ -20,7 +22,6 @@ from .claims import (
     CRITERIA,
     DISTILL_CRITERIA,
     LEARNABLE,
-    METRICS,
     RATIOS,
     SPAN,
     aggregate,
@@ -193,21 +194,14 @@ class Experiment:
         return family.encode(self.pipe, list(captions), self.settings.max_sequence_length, self.pipe.device)
 
     def setup(self) -> None:
+        from toybench import load_with_settings
+
         from diffusers_layerprune.blocks import num_blocks
-        from diffusers_layerprune.importance import ScanSettings
-        from diffusers_layerprune.modeling import generation_defaults, load_pipeline
         from diffusers_layerprune.scorers import load_scorer
         from diffusers_layerprune.toy import world
 
-        self.pipe = load_pipeline(self.args.model)
-        self.pipe.set_progress_bar_config(disable=True)
-        d = generation_defaults(self.args.model, self.pipe)
-        self.settings = ScanSettings(
-            num_inference_steps=self.args.num_inference_steps or d["num_inference_steps"],
-            guidance_scale=d["guidance_scale"],
-            resolution=d["resolution"],
-            max_sequence_length=d["max_sequence_length"],
-            batch_size=self.args.batch_size,
+        self.pipe, self.settings = load_with_settings(
+            self.args.model, self.args.batch_size, self.args.num_inference_steps
         )
         self.scorer = load_scorer("toy")
         self.train_captions = world.captions("train")
@@ -219,9 +213,10 @@ class Experiment:
     def judge(self, pipe, dropped, seed: int, train: bool = False) -> dict:
         """Judge ``pipe`` with ``dropped`` skipped on the held-out captions, or (``train``) on as many training
         captions (the first ones; the distillation trained on them), with the same noise seeds."""
+        from toybench import judged  # benchmarks/ is on sys.path wherever the paper package is imported
+
         from diffusers_layerprune.blocks import skip_blocks
         from diffusers_layerprune.generation import generate_from_conditioning
-        from diffusers_layerprune.toy.judge import judge
 
         start = time.perf_counter()
         s = self.settings
@@ -244,12 +239,7 @@ class Experiment:
                 max_sequence_length=s.max_sequence_length,
                 batch_size=self.args.batch_size,
             )
-        report = judge(images, captions)
-        return {
-            "accuracy": {m: float(report.accuracy[m]) for m in METRICS},
-            "toy_score": float(self.scorer(images, captions).mean()),
-            "seconds": time.perf_counter() - start,
-        }
+        return {**judged(images, captions, self.scorer), "seconds": time.perf_counter() - start}
 
     def cell(self, stage: str, seed: int, dropped, compute, variant: str = "") -> dict:
         key = cell_key(stage, seed, dropped, variant)
@@ -638,9 +628,7 @@ class Experiment:
 
     def report(self) -> dict:
         result = self.collect()
-        results = Path(self.args.results)
-        results.parent.mkdir(parents=True, exist_ok=True)
-        write_text(results, json.dumps(result, indent=2) + "\n")
+        results = write_json(self.args.results, result)
         doc = Path(self.args.doc)
         write_plot(result, doc.with_suffix(".png"))
         write_budget_plot(result, doc.with_name(doc.stem + "_budget.png"))

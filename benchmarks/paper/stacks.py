@@ -19,9 +19,10 @@ proportion (images are the unit: the seeds' noises and captions differ).
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
+
+from toybench import wilson, write_json  # the benchmarks' shared interval (benchmarks/ is on sys.path)
 
 from .cells import cell_key, write_text
 from .claims import METRICS, blocks_to_drop
@@ -29,16 +30,6 @@ from .run import Experiment, _names
 
 STACK_PLANS = ("mixed", "double only", "single only")
 DEFAULT_DISTILL_PLANS = "preference:mixed,preference:double only,preference:single only"
-
-
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (``successes`` of ``n``)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
 
 
 def stack_ranges(transformer) -> dict[str, list[int]]:
@@ -183,9 +174,7 @@ class StackExperiment(Experiment):
         if not (self.output / "stacks.json").is_file():
             raise SystemExit(f"no finished cells under {self.output}; run without --report-only first")
         result = self.collect()
-        results = Path(self.args.results)
-        results.parent.mkdir(parents=True, exist_ok=True)
-        write_text(results, json.dumps(result, indent=2) + "\n")
+        results = write_json(self.args.results, result)
         doc = Path(self.args.doc)
         write_stack_plot(result, doc.with_suffix(".png"))
         write_text(doc, render_stack_results(result, doc.with_suffix(".png").name))

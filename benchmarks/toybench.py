@@ -1,0 +1,112 @@
+"""Pieces the benchmark scripts share: writing a result, rendering captions with fixed seeds.
+
+Each benchmark stays a short script that states its question; what every one of them does the same way lives here,
+so a fix (say, to how seeds map to captions) reaches all of them at once. Scripts run as ``python benchmarks/x.py``,
+which puts this folder on ``sys.path``; ``import toybench`` therefore needs no path set-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as indented JSON to ``path``, parents created, atomically (a reader never sees half a file)."""
+    from paper.cells import write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(data, indent=2) + "\n")
+    return out
+
+
+def write_result(path: str | os.PathLike, result: dict, note: str = "") -> Path:
+    """:func:`write_json` ``result`` to ``path`` and print where it went (``note`` appended, e.g. the duration)."""
+    out = write_json(path, result)
+    print(f"wrote {out}{note}")
+    return out
+
+
+# The toy judge's metrics, in the order every toy page and result JSON lists them.
+METRICS = ("overall", "colour", "position", "shape", "size")
+
+
+def judged(images, captions: list[str], scorer, correct: bool = False) -> dict:
+    """The toy judge's accuracy per metric and the toy score's mean for ``images`` of ``captions``.
+
+    ``correct`` adds the judge's per-caption all-four-right verdicts (for paired bootstraps across cells). Callers
+    add their own timing field after these keys, so each benchmark's records keep their key order.
+    """
+    from diffusers_layerprune.toy.judge import judge
+
+    report = judge(images, captions)
+    record = {
+        "accuracy": {m: float(report.accuracy[m]) for m in METRICS},
+        "toy_score": float(scorer(images, captions).mean()),
+    }
+    if correct:
+        record["correct"] = [bool(x) for x in report.correct["overall"]]
+    return record
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (``successes`` of ``n``); NaNs for ``n == 0``."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def render(pipe, captions: list[str], settings, seeds: list[int], batch_size: int | None = None):
+    """Images (float, CPU, ``output_type="pt"``) of ``captions`` from ``pipe`` at ``settings`` (a ``ScanSettings``).
+
+    Caption ``i`` is drawn with ``torch.Generator().manual_seed(seeds[i])``, so a caption's image does not depend on
+    the batch it falls in; ``batch_size`` (default: all captions at once) only bounds memory.
+    """
+    import torch
+
+    step = batch_size or len(captions)
+    images = []
+    with torch.inference_mode():
+        for start in range(0, len(captions), step):
+            batch = captions[start : start + step]
+            out = pipe(
+                batch,
+                num_inference_steps=settings.num_inference_steps,
+                guidance_scale=settings.guidance_scale,
+                height=settings.resolution,
+                width=settings.resolution,
+                generator=[torch.Generator().manual_seed(s) for s in seeds[start : start + step]],
+                output_type="pt",
+                use_resolution_binning=False,
+                max_sequence_length=settings.max_sequence_length,
+                clean_caption=False,
+            )
+            images.append(out.images.float().cpu())
+    return torch.cat(images)
+
+
+def load_with_settings(model: str, batch_size: int, num_inference_steps: int | None = None):
+    """``(pipe, settings)``: ``model``'s pipeline (progress bars off) and a ``ScanSettings`` of its generation defaults.
+
+    ``num_inference_steps`` overrides the default step count when given.
+    """
+    from diffusers_layerprune.importance import ScanSettings
+    from diffusers_layerprune.modeling import generation_defaults, load_pipeline
+
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    d = generation_defaults(model, pipe)
+    settings = ScanSettings(
+        num_inference_steps=num_inference_steps or d["num_inference_steps"],
+        guidance_scale=d["guidance_scale"],
+        resolution=d["resolution"],
+        max_sequence_length=d["max_sequence_length"],
+        batch_size=batch_size,
+    )
+    return pipe, settings
