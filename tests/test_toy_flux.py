@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -21,7 +19,7 @@ from diffusers_layerprune.toy import (  # noqa: E402
 )
 from diffusers_layerprune.toy.judge import judge  # noqa: E402
 
-from helpers import stock_env  # noqa: E402
+from helpers import run_stock  # noqa: E402
 
 ATTRS = world.split_attributes("heldout")[::27]  # 8 held-out captions spread over the colours
 
@@ -99,9 +97,7 @@ def test_stock_diffusers_loads_toy_flux_in_a_fresh_process_without_warnings(flux
         """
     )
     out = tmp_path / "images.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=stock_env(), cwd=tmp_path
-    )
+    result = run_stock(script, args=[out], cwd=tmp_path)  # a process of its own that never imports the package
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     stock = torch.load(out, weights_only=True)
