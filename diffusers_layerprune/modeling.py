@@ -57,31 +57,22 @@ def expose_record_of(model) -> None:
 # Settings a model is meant to be used with, by short name; anything else gets its family's (ModelFamily.defaults). Prompt sets are
 # `--prompts` specs (data.load_prompts): blocks are scored on `score_prompts`, distillation trains on
 # `train_prompts`, evaluation uses `eval_prompts`; the first two never overlap the third (`layerprune run` checks).
+# The toy world's values are those its numbers are measured with (diffusers_layerprune.toy constants).
+_TOY_DEFAULTS = dict(
+    max_sequence_length=16,
+    num_inference_steps=20,
+    guidance_scale=4.5,
+    score_prompts="toy:train",
+    train_prompts="toy:train",
+    eval_prompts="toy:heldout",
+    scorers=["toy"],
+    dtype="float32",
+)
 GENERATION_DEFAULTS: dict[str, dict] = {
-    # The toy world's values are those its numbers are measured with (diffusers_layerprune.toy constants).
-    "toy": dict(
-        max_sequence_length=16,
-        num_inference_steps=20,
-        guidance_scale=4.5,
-        score_prompts="toy:train",
-        train_prompts="toy:train",
-        eval_prompts="toy:heldout",
-        scorers=["toy"],
-        dtype="float32",
-    ),
+    "toy": _TOY_DEFAULTS,
     # toy-flux has no guidance embedding and layerprune does not run true CFG: guidance_scale 1 says so. Its
     # resolution is given: FluxPipeline's default sample size (128 latents) is Flux.1's, not the model's.
-    "toy-flux": dict(
-        resolution=32,
-        max_sequence_length=16,
-        num_inference_steps=20,
-        guidance_scale=1.0,
-        score_prompts="toy:train",
-        train_prompts="toy:train",
-        eval_prompts="toy:heldout",
-        scorers=["toy"],
-        dtype="float32",
-    ),
+    "toy-flux": {**_TOY_DEFAULTS, "resolution": 32, "guidance_scale": 1.0, "scorers": ["toy"]},
     "tiny-random": dict(
         max_sequence_length=16,
         num_inference_steps=4,
