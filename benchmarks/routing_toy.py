@@ -689,6 +689,7 @@ def render_page(result: dict) -> str:
         "captions (one shape, one template) differ little in how much depth they need, which leaves a router "
         "little to exploit.",
         "",
+        *elastic_section(),
         "## Setup",
         "",
         f"- Routed: `train_routed` on the 360 training captions, {s['steps']} steps, batch 16, uniform Sinkhorn "
@@ -816,10 +817,119 @@ def render_page(result: dict) -> str:
         f"python benchmarks/routing_toy.py {s['command_args']}".rstrip(),
         "python benchmarks/routing_toy.py --report-only   # this page and the plot from the JSON",
         "python benchmarks/routing_toy.py --budget-check  # only 'Budget on unseen prompts', for the routers fitted",
+        *(
+            [
+                "python benchmarks/elastic_routing_toy.py --seeds 0 --separate   # each seed: see its docstring",
+                "python benchmarks/elastic_routing_toy.py --report-only",
+            ]
+            if ELASTIC_RESULT.is_file()
+            else []
+        ),  # fmt: skip
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+ELASTIC_RESULT = ROOT / "benchmarks" / "results" / "elastic_routing_toy.json"
+
+
+def _judged_difference(c: dict, other: str) -> str:
+    """``beats OTHER (+x points, 95% CI [lo, hi])``: beats / loses to when the interval excludes 0."""
+    lo, hi = c["bootstrap_95"]
+    word = "beats" if lo > 0 else "loses to" if hi < 0 else "is within noise of"
+    return f"{word} {other} ({100 * c['difference']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}])"
+
+
+def elastic_section(path: Path = ELASTIC_RESULT) -> list[str]:
+    """The page's section on routing over an elastic model's depths (benchmarks/elastic_routing_toy.py's JSON);
+    nothing when that benchmark has not been run."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    t, c, depths = r["table"], r["comparisons"], r["depths"]
+    budget = int(r["budget"])
+    static = f"elastic-{budget}"
+    enforced = c.get(f"routed_enforced_vs_{static}")
+    separate = c.get(f"routed_enforced_vs_separate-{budget}")
+    seeds = ", ".join(map(str, r["seeds"]))
+    lines = [
+        "## Routing over elastic depths",
+        "",
+        f"The router can also choose among the trained depths of one elastic model (docs/elastic.md): `layerprune "
+        f"route` on the folder of `train_distill --elastic_depths` keeps the run's depths as its codes (nested, so "
+        f"each is the largest depth with some blocks skipped, one set of weights) and trains only the router. Here: "
+        f"one elastic run over depths {', '.join(map(str, depths))} of the 12-block toy teacher, routed at a budget "
+        f"of {r['budget']:g} blocks, against the static student of that depth (seeds {seeds}; "
+        "`benchmarks/elastic_routing_toy.py`, `benchmarks/results/elastic_routing_toy.json`).",
+        "",
+    ]
+    if enforced:
+        blocks = t["routed_enforced"]["mean_blocks"]["mean"]
+        verdict = f"**Verdict**: routed with the budget enforced on the held-out set ({blocks:.2f} blocks per caption) "
+        verdict += _judged_difference(enforced, f"the elastic model's own depth {budget}")
+        if separate:
+            verdict += ", and " + _judged_difference(separate, f"a depth-{budget} student distilled separately")
+        lines += [verdict + ".", ""]
+    lines += [
+        "| model | blocks per held-out caption | all four right (%) | toy score | minus static depth "
+        f"{budget} (points, 95% CI) |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(label, stat, blocks, diff=None):
+        o, toy = stat["overall"], stat["toy_score"]
+        d = ""
+        if diff:
+            lo, hi = diff["bootstrap_95"]
+            d = f"{100 * diff['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        return f"| {label} | {blocks} | {100 * o['mean']:.1f} ± {100 * o['std']:.1f} | {toy['mean']:.3f} | {d} |"
+
+    for d in depths:
+        lines.append(row(f"elastic, depth {d} (static)", t[f"elastic-{d}"], d))
+    if t.get(f"separate-{budget}"):
+        lines.append(row(f"depth {budget} distilled separately", t[f"separate-{budget}"], budget))
+    for key, label in (
+        ("routed", "routed (plain)"),
+        ("routed_enforced", "routed, budget enforced on the held-out set"),
+    ):
+        lines.append(row(label, t[key], f"{t[key]['mean_blocks']['mean']:.2f}", c.get(f"{key}_vs_{static}")))
+    sh, orc = r["shuffled"], r["oracle"]
+    lines += [
+        "",
+        f"Controls from the same images: the enforced assignment shuffled over the captions (the same mix of depths, "
+        f"prompts at random; mean of 2000 shuffles) gets {100 * sh['accuracy']['mean']:.1f}% all four right; the best "
+        f"assignment of depths to captions that knows every verdict, at a mean of at most the routed one's blocks, "
+        f"{100 * orc['accuracy']['mean']:.1f}% ({orc['mean_blocks']['mean']:.2f} blocks): the headroom a router over "
+        "these depths has, which no prompt-only router reaches (it includes luck of the noise).",
+        "",
+        "| seed | train: mean blocks | held-out: mean blocks (plain / enforced) | depth penalty | held-out shares "
+        f"(depths {', '.join(map(str, depths))}) |",
+        "|---|---|---|---|---|",
+    ]
+    for seed, info in r["routers"].items():
+        shares = " / ".join(f"{100 * x:.0f}%" for x in info["heldout_shares"])
+        lines.append(
+            f"| {seed} | {info['train_mean_blocks']:.2f} | {info['heldout_mean_blocks']:.2f} / "
+            f"{info['heldout_mean_blocks_enforced']:.2f} | {info['depth_penalty']:.3g} | {shares} |"
+        )
+    s = r["settings"]
+    cpu = r.get("cpu_seconds", {})
+    lines += [
+        "",
+        f"Setup: the elastic run distils the 9-block preference-pruned student with `--elastic_depths "
+        f"{s['depths']}` for {s['steps']} steps (the recipe of docs/elastic.md: batch 16, lr 2e-4, cosine, feature KD "
+        f"at the largest depth); the router: {s['router_steps']} steps on the first {s['router_prompts']} training "
+        "captions, uniform marginals, the shared weights frozen, the budget met on its training captions by a depth "
+        f"penalty (`routing.json`'s `depth_penalty`). Judged on the {s['eval_prompts']} held-out captions with the "
+        "noise of "
+        "reproduce_paper.py; a routed caption's image is its image at the depth it is routed to, so every comparison "
+        "is image for image, and the 95% intervals are paired bootstraps over the (seed, caption) pairs. CPU time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in cpu.items())
+        + f" ({r['machine']}).",
+        "",
+    ]
+    return lines
 
 
 def budget_section(rows: list[dict]) -> list[str]:
