@@ -230,6 +230,6 @@ def check_elastic_depths(recipe, config: dict | None) -> None:
             name, value = given[0]
             raise LayerPruneError(
                 f"{name} {value} keeps {kept} blocks but elastic_depths starts with {depths[0]}: the pruned model is "
-                f"the largest elastic depth; leave {name} out (set it to null in a recipe file) or make it keep "
+                f"the largest elastic depth; leave {name} out (null in a recipe file, None in Python) or make it keep "
                 f"{depths[0]}"
             )
