@@ -384,6 +384,12 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
             start = time.perf_counter()
             state.start("extract", extract_settings)
             from .elastic import extract_depth
+            from .outputs import check_output_dir
+
+            for stale in sorted(out.glob("depth-*")):  # depths of an earlier run with other elastic_depths
+                if stale not in depth_folders.values() and stale.is_dir():
+                    check_output_dir(stale, overwrite=True, inputs=[out / "distilled"])  # ours, or refused
+                    shutil.rmtree(stale)
 
             for depth, folder in depth_folders.items():
                 log(f"[3/5] extracting depth {depth} into {folder}")

@@ -65,3 +65,8 @@ def test_run_elastic_depths_trains_once_extracts_and_evaluates_every_depth(tmp_p
     assert cli(argv) == 0
     printed = capsys.readouterr().out
     assert len(trained) == 1 and printed.count("reusing") == 6, printed
+
+    # other depths: trained again, the new smaller depth extracted, the old one's folder removed
+    assert cli([*argv[:3], "--elastic-depths", "5,4", *argv[5:]]) == 0
+    assert len(trained) == 2 and (out / "depth-4").is_dir() and not (out / "depth-3").exists()
+    assert json.loads((out / "distilled" / "elastic.json").read_text())["depths"] == [5, 4]
