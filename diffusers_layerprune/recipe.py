@@ -384,11 +384,9 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
             start = time.perf_counter()
             state.start("extract", extract_settings)
             from .elastic import extract_depth
-            from .outputs import check_output_dir
 
-            for stale in sorted(out.glob("depth-*")):  # depths of an earlier run with other elastic_depths
-                if stale not in depth_folders.values() and stale.is_dir():
-                    check_output_dir(stale, overwrite=True, inputs=[out / "distilled"])  # ours, or refused
+            for stale in sorted(out.glob("depth-*")):  # depths of an earlier run with other elastic_depths (ours:
+                if stale not in depth_folders.values() and stale.is_dir():  # checked before the first stage)
                     shutil.rmtree(stale)
 
             for depth, folder in depth_folders.items():
@@ -691,9 +689,8 @@ def _prepare_run_folder(recipe: Recipe) -> Path:
         check_output_dir(out / "pruned", overwrite=True, inputs=inputs)
     if (out / "distilled").exists():
         check_training_output_dir(out / "distilled", inputs=[*inputs, out / "pruned"], overwrite=True)
-    for folder in _depth_folders(recipe, out).values():  # replaced by the extraction: must be ours
-        if folder.exists():
-            check_output_dir(folder, overwrite=True, inputs=[*inputs, out / "distilled"])
+    for folder in sorted(out.glob("depth-*")):  # an elastic run's depths, replaced or removed: must be ours
+        check_output_dir(folder, overwrite=True, inputs=[*inputs, out / "distilled"])
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "run", local={"model": full_local(recipe.model)}, entries=())
     clean_stale_temps(out)

@@ -204,6 +204,11 @@ def check_elastic_depths(recipe, config: dict | None) -> None:
         raise LayerPruneError(
             "elastic_depths trains the depths during distillation: give distill_steps > 0, or leave elastic_depths out"
         )
+    if recipe.transformer_only:  # the evaluation of every depth loads the elastic run as a whole pipeline
+        raise LayerPruneError(
+            "elastic_depths does not support transformer_only yet: leave transformer_only out (the run's folders then "
+            "hold whole pipelines)"
+        )
     from .elastic import check_depths
     from .families import family_of_config
 

@@ -71,6 +71,11 @@ CASES = {
         "num_layers 8 keeps 8 blocks but elastic_depths starts with 9",
     ),
     "elastic_conflicting_flag": ("elastic_depths: [10, 8]\n", ["--ratio", "0.25"], "ratio 0.25 keeps 9 blocks"),
+    "elastic_transformer_only": (
+        "elastic_depths: [9, 7]\ntransformer_only: true\n",
+        [],
+        "does not support transformer_only",
+    ),
     "elastic_without_distillation": ("elastic_depths: [9, 7]\ndistill_steps: 0\n", [], "give distill_steps > 0"),
     "elastic_importance_in_extra_args": (
         "elastic_depths: [9, 7]\nextra_train_args: [--importance, x.json]\n",
