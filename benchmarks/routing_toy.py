@@ -17,6 +17,10 @@ benchmarks/results/routing_toy.json, docs/routing.md and docs/routing.png.
    training and the held-out captions, and with the budget enforced per batch (``enforce_budget``: the whole
    held-out set as one batch, and batches of 16), judged where the enforced codes differ (weights not fine-tuned).
 
+6. **Routing over elastic depths**: the page's section of that name renders benchmarks/results/elastic_routing_toy.json
+   (benchmarks/elastic_routing_toy.py: a router over the depths of one elastic model against the static student of
+   the same depth), when it exists.
+
 Cells are appended to ``OUTPUT/cells.jsonl`` as they finish; a re-run skips finished cells. ``--report-only``
 rebuilds the doc and the plot from benchmarks/results/routing_toy.json.
 
@@ -870,6 +874,12 @@ def elastic_section(path: Path = ELASTIC_RESULT) -> list[str]:
         verdict += _judged_difference(enforced, f"the elastic model's own depth {budget}")
         if separate:
             verdict += ", and " + _judged_difference(separate, f"a depth-{budget} student distilled separately")
+        chance = max(r["shuffled"]["p_shuffle_at_least_routed"]) > 0.05  # some seed's router is matched by chance
+        verdict += (
+            f"; {'and it does no better than' if chance else 'it does better than'} the same depths assigned to the "
+            f"captions at random ({100 * t['routed_enforced']['overall']['mean']:.1f}% against "
+            f"{100 * r['shuffled']['accuracy']['mean']:.1f}%)"
+        )
         lines += [verdict + ".", ""]
     lines += [
         "| model | blocks per held-out caption | all four right (%) | toy score | minus static depth "
@@ -895,7 +905,22 @@ def elastic_section(path: Path = ELASTIC_RESULT) -> list[str]:
     ):
         lines.append(row(label, t[key], f"{t[key]['mean_blocks']['mean']:.2f}", c.get(f"{key}_vs_{static}")))
     sh, orc = r["shuffled"], r["oracle"]
+    acc = {d: t[f"elastic-{d}"]["overall"]["mean"] for d in depths}
+    mixed = statistics.mean(
+        sum(share * acc[d] for share, d in zip(info["heldout_shares"], depths, strict=True))
+        for info in r["routers"].values()
+    )
+    pairs = zip(depths, depths[1:], strict=False)
+    steps = " and ".join(f"{100 * (acc[a] - acc[b]):.1f} points from {a} to {b} blocks" for a, b in pairs)
     lines += [
+        "",
+        f"Why a mix of depths is hard to win with here: accuracy falls {steps}. A mix that averages {budget} blocks "
+        f"is therefore less accurate than {budget} blocks for every prompt unless the router sends the prompts that "
+        f"need depth to the deeper codes. The router's depth shares, weighted by each depth's accuracy, give "
+        f"{100 * mixed:.1f}%; the routed model gets {100 * t['routed_enforced']['overall']['mean']:.1f}%, the same "
+        "depths shuffled over the captions "
+        f"{100 * sh['accuracy']['mean']:.1f}% (the share of shuffles doing at least as well as the router, per seed: "
+        f"{', '.join(f'{x:.2f}' for x in sh['p_shuffle_at_least_routed'])}).",
         "",
         f"Controls from the same images: the enforced assignment shuffled over the captions (the same mix of depths, "
         f"prompts at random; mean of 2000 shuffles) gets {100 * sh['accuracy']['mean']:.1f}% all four right; the best "
