@@ -289,6 +289,10 @@ class Bench:
                                                                                     [rec[s] for s in seeds])  # fmt: skip
             if all(separate):
                 comparisons[f"{name}_vs_separate-{int(self.args.budget)}"] = _paired(separate, [rec[s] for s in seeds])
+        if all(separate) and all(static[s] for s in seeds):  # the elastic depth against its separate student
+            comparisons[f"elastic-{int(self.args.budget)}_vs_separate-{int(self.args.budget)}"] = _paired(
+                separate, [static[s] for s in seeds]
+            )
         largest, smallest = self.depths[0], self.depths[-1]
         comparisons[f"elastic-{largest}_vs_elastic-{smallest}"] = _paired(
             [depth_cell(s, smallest) for s in seeds], [depth_cell(s, largest) for s in seeds]

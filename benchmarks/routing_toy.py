@@ -842,7 +842,13 @@ def _judged_difference(c: dict, other: str) -> str:
     """``beats OTHER (+x points, 95% CI [lo, hi])``: beats / loses to when the interval excludes 0."""
     lo, hi = c["bootstrap_95"]
     word = "beats" if lo > 0 else "loses to" if hi < 0 else "is within noise of"
-    return f"{word} {other} ({100 * c['difference']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}])"
+    seeds = c["per_seed_difference"]
+    below, (t_lo, t_hi) = sum(d < 0 for d in seeds), c["seed_t_95"]
+    return (
+        f"{word} {other} ({100 * c['difference']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] by a "
+        f"paired bootstrap over captions; lower on {below} of {len(seeds)} seeds, t interval over seeds "
+        f"[{100 * t_lo:+.1f}, {100 * t_hi:+.1f}])"
+    )
 
 
 def elastic_section(path: Path = ELASTIC_RESULT) -> list[str]:
