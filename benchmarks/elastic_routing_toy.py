@@ -25,10 +25,12 @@ For each seed ``s``:
 Statistics: routed - static (all four right) with a 95% interval from a paired bootstrap over the (seed, caption)
 pairs, and per-seed differences; "beats" / "loses" when the interval excludes 0, otherwise "within noise".
 
-    python benchmarks/elastic_routing_toy.py --seeds 0 &      # one process per seed (each single-threaded)
-    python benchmarks/elastic_routing_toy.py --seeds 1 &
-    python benchmarks/elastic_routing_toy.py --seeds 2; wait
-    python benchmarks/elastic_routing_toy.py --report-only    # the JSON from the cells of every seed
+    # what benchmarks/results/elastic_routing_toy.json holds (about 11 CPU-minutes of work recorded, plus start-up)
+    OMP_NUM_THREADS=1 python benchmarks/elastic_routing_toy.py --seeds 0 --separate &   # one process per seed
+    OMP_NUM_THREADS=1 python benchmarks/elastic_routing_toy.py --seeds 1 --separate &
+    OMP_NUM_THREADS=1 python benchmarks/elastic_routing_toy.py --seeds 2 --separate; wait
+    python benchmarks/elastic_routing_toy.py --report-only --separate    # the JSON from the cells of every seed
+    python benchmarks/routing_toy.py --report-only                       # docs/routing.md with its section
 """
 
 from __future__ import annotations
