@@ -5,14 +5,12 @@ and a second run reuses every stage. On the tiny random pipeline (6 blocks), the
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from diffusers_layerprune.cli import main as cli
 
-from helpers import read_config, stock_env, train_in_this_process
+from helpers import read_config, run_stock, train_in_this_process
 
 
 @pytest.mark.slow
@@ -57,7 +55,7 @@ def test_run_elastic_depths_trains_once_extracts_and_evaluates_every_depth(tmp_p
         f"p = DiffusionPipeline.from_pretrained({str(out / 'depth-3')!r}); "
         "assert 'diffusers_layerprune' not in sys.modules; print(len(p.transformer.transformer_blocks))"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stock_env())
+    done = run_stock(script, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.split()[-1] == "3", done.stderr[-1000:]
 
     # the same command again: every stage reused, nothing trained

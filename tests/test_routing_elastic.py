@@ -94,12 +94,9 @@ def test_routed_elastic_folder_loads_with_stock_diffusers_alone_and_routes_alike
     """In a fresh process without this package: the folder is the largest depth for DiffusionPipeline, and the
     custom_pipeline file routes each prompt to the code this package routes it to (the depth penalty included) and
     makes the same images."""
-    import subprocess
-    import sys
-
     from diffusers_layerprune.routing import RoutedPixArtSigmaPipeline
 
-    from helpers import stock_env
+    from helpers import run_stock
 
     routed = RoutedPixArtSigmaPipeline.from_pretrained(elastic / "routed")
     routed.set_progress_bar_config(disable=True)
@@ -107,11 +104,12 @@ def test_routed_elastic_folder_loads_with_stock_diffusers_alone_and_routes_alike
     torch.save(ours.images, tmp_path / "ours.pt")
     script = f"""
 import json, sys, torch
+import diffusers.utils.dynamic_modules_utils as dynamic
+dynamic.HF_MODULES_CACHE = {str(tmp_path / "modules")!r}  # diffusers copies the custom file there: keep it in the test
 from diffusers import DiffusionPipeline
 folder = {str(elastic / "routed")!r}
 plain = DiffusionPipeline.from_pretrained(folder)
 assert type(plain).__name__ == "PixArtSigmaPipeline" and len(plain.transformer.transformer_blocks) == 5
-assert "diffusers_layerprune" not in sys.modules
 pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_routed_pixart", trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
 size = pipe.transformer.config.sample_size * pipe.vae_scale_factor
@@ -124,8 +122,7 @@ ours = torch.load({str(tmp_path / "ours.pt")!r}, weights_only=True)
 assert "diffusers_layerprune" not in sys.modules
 print(json.dumps({{"codes": codes, "max_diff": float((out.images - ours).abs().max())}}))
 """
-    env = stock_env() | {"HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = run_stock(script, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["codes"] == routed.route(PROMPTS[:4]) == ours.codes
