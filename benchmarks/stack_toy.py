@@ -146,9 +146,9 @@ def apply_cache(transformer, cache: str, args, steps: int, mag_ratios=None) -> N
                 cache_identifiers=[r"(single_)?transformer_blocks\.\d+\.attn\d?"],
             ),
         )
-    elif cache == "magcache":
+    elif cache.startswith("magcache"):  # "magcache" at --mag-threshold, "magcache@T" at threshold T
         config = MagCacheConfig(
-            threshold=args.mag_threshold,
+            threshold=float(cache.split("@")[1]) if "@" in cache else args.mag_threshold,
             num_inference_steps=steps,
             mag_ratios=mag_ratios,
             calibrate=mag_ratios is None,
@@ -267,13 +267,28 @@ class CellStore:
             write_json(self._path(key), {"key": key, "value": value})
 
 
+def check_teacher(work: Path, folder: Path) -> None:
+    """Refuse to reuse ``work``'s students and cells when the shipped teacher changed since they were made (a
+    retrained toy): they would mix two teachers. The teacher's digest is kept in ``work/teacher.sha256``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((folder / "transformer").glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    mark = work / "teacher.sha256"
+    if mark.is_file() and mark.read_text().strip() != digest.hexdigest():
+        raise SystemExit(f"the teacher in {folder} changed since {work} was made: remove {work} or pass another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    mark.write_text(digest.hexdigest() + "\n")
+
+
 def cell_key(model: str, depth: str, plan: dict, distilled: bool, cache: str, weights: str, steps: int, args) -> str:
     """What a cell's numbers depend on (a stored cell is reused only when all of it matches)."""
     parts = [model, depth, "-".join(map(str, plan["dropped"])), "distilled" if distilled else "pruned", cache, weights,
              f"steps{steps}", f"n{args.eval_prompts}x{args.seeds_per_caption}", f"seed{args.eval_seed}"]  # fmt: skip
     if cache == "first_block":
         parts.append(f"t{args.fbc_threshold}")
-    if cache == "magcache":
+    if cache.startswith("magcache"):
         parts.append(f"t{args.mag_threshold}-c{args.calib_prompts}")
     return "|".join(parts)
 
@@ -329,6 +344,8 @@ def run(args) -> dict:
 
     work = Path(args.work) / args.model
     store = CellStore(None if args.smoke else work / "cells")
+    if not args.smoke:
+        check_teacher(work, Path(ALIAS_FOLDERS[args.model]()))
     transformers = {}  # depth -> the float transformer of that depth (distilled student, pruned model or teacher)
     distilled = {}
     for depth, plan in plans.items():
@@ -371,6 +388,8 @@ def run(args) -> dict:
         print(f"{depth} MagCache ratios: {' '.join(f'{r:.3f}' for r in mag_ratios[depth])}", flush=True)
 
     grid = [(d, c, w, gen["num_inference_steps"]) for d in plans for w in weights_axis for c in CACHES]
+    for threshold in args.mag_extra or []:  # gentler (or harsher) MagCache settings, float weights only
+        grid += [(d, f"magcache@{threshold:g}", "fp32", gen["num_inference_steps"]) for d in plans]
     if args.steps_axis:
         grid += [(d, "none", "fp32", args.steps_axis) for d in plans]
     cells = []
@@ -383,7 +402,7 @@ def run(args) -> dict:
             if weights == "int8":
                 quantize(transformer, weights=qint8)
                 freeze(transformer)
-            apply_cache(transformer, cache, args, steps, mag_ratios[depth] if cache == "magcache" else None)
+            apply_cache(transformer, cache, args, steps, mag_ratios[depth] if cache.startswith("magcache") else None)
             pipe = with_transformer(base, transformer)
             pipe.set_progress_bar_config(disable=True)
             meter = FlopMeter(transformer)
@@ -509,7 +528,7 @@ def verdict(result: dict) -> list[str]:
         f"point): {per_point(cells)}.",
     ]
     gains = []
-    for cache in CACHES[1:]:
+    for cache in caches_of(cells)[1:]:
         full = by_key(cells, "full", cache, "fp32", steps)
         if full is None:
             continue
@@ -522,7 +541,25 @@ def verdict(result: dict) -> list[str]:
         "- Do depth and caching add up? The FLOP savings multiply when a cache keeps the same share of the work "
         "after pruning: " + "; ".join(gains) + "."
     )
+    losses = []
+    for depth in (d for d in result["plans"] if d != "full"):
+        pruned = by_key(cells, depth, "none", "fp32", steps)
+        for cache in caches_of(cells)[1:]:
+            cached, both = by_key(cells, "full", cache, "fp32", steps), by_key(cells, depth, cache, "fp32", steps)
+            if pruned and cached and both:
+                losses.append(
+                    f"{depth} + {cache}: {both['points_lost']:+.1f} measured, "
+                    f"{pruned['points_lost'] + cached['points_lost']:+.1f} if the losses added"
+                )
+    if losses:
+        lines.append("- Points lost by depth and cache together (float32): " + "; ".join(losses) + ".")
     return lines
+
+
+def caches_of(cells: list[dict]) -> list[str]:
+    """The caches measured, in :data:`CACHES` order, then any MagCache variant (``magcache@T``)."""
+    seen = list(dict.fromkeys(c["cache"] for c in cells))
+    return [c for c in CACHES if c in seen] + [c for c in seen if c not in CACHES]
 
 
 def by_key(cells, depth, cache, weights, steps):
@@ -597,7 +634,8 @@ def render_model(result: dict) -> list[str]:
         f"({result['captions'] * result['seeds_per_caption']} images per cell), {s['num_inference_steps']} steps, "
         f"guidance {s['guidance_scale']}, {result['machine']}; {distillation(result)}. "
         f"FirstBlockCache threshold {s['fbc_threshold']}; TaylorSeer interval 2 from step 2; MagCache threshold "
-        f"{s['mag_threshold']} (at most 3 skips in a row, none in the first 20% of steps), ratios calibrated on "
+        f"{s['mag_threshold']} (`magcache@T`: threshold T; at most 3 skips in a row, none in the first 20% of "
+        "steps), ratios calibrated on "
         f"{s['calib_prompts']} training captions per model (int8 cells use the float model's ratios). "
         f"Measured in {result['cpu_minutes']:.0f} CPU-minutes (cells only).",
         "",
@@ -646,7 +684,8 @@ def plot(results: list[dict], path: Path) -> None:
         default = result["settings"]["num_inference_steps"]
         teacher = teacher_of(result)
         for c in result["cells"]:
-            marker = markers[c["cache"]] if c["steps"] == default else "*"
+            marker = markers.get(c["cache"].split("@")[0], "D") if c["steps"] == default else "*"
+            marker = "d" if "@" in c["cache"] else marker
             ax.scatter(
                 c["flops_saving"],
                 100 * c["accuracy"],
@@ -661,6 +700,8 @@ def plot(results: list[dict], path: Path) -> None:
             ax.scatter([], [], color=colour, label=f"depth {depth}")
         for cache, marker in markers.items():
             ax.scatter([], [], marker=marker, color="grey", label=f"cache {cache}")
+        for cache in sorted({c["cache"] for c in result["cells"] if "@" in c["cache"]}):
+            ax.scatter([], [], marker="d", color="grey", label=f"cache {cache}")
         if any(c["steps"] != default for c in result["cells"]):
             ax.scatter([], [], marker="*", color="grey", label="fewer steps, no cache")
         ax.scatter([], [], facecolors="none", edgecolors="grey", label="int8 (hollow)")
@@ -684,6 +725,10 @@ def main(argv=None) -> None:
     parser.add_argument("--steps-axis", type=int, default=None, help="also the uncached float models at N steps")
     parser.add_argument("--fbc-threshold", type=float, default=0.05)
     parser.add_argument("--mag-threshold", type=float, default=0.06)
+    parser.add_argument(
+        "--mag-extra", type=lambda t: [float(x) for x in t.split(",")], default=None,
+        help="also MagCache at these thresholds (float weights), e.g. 0.02",
+    )  # fmt: skip
     parser.add_argument("--calib-prompts", type=int, default=16, help="training captions MagCache is calibrated on")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(

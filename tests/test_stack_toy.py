@@ -79,7 +79,7 @@ def _result(cells):
 def test_verdict_and_page_from_known_cells(st):
     cells = [
         _cell("full", "none", "fp32", "1111", 12.0),
-        _cell("full", "magcache", "fp32", "1111", 8.0),
+        _cell("full", "magcache", "fp32", "1110", 8.0),
         _cell("full", "none", "int8", "1110", 0.1),  # quanto's kernels are not counted: the float count is used
         _cell("40%", "none", "fp32", "1111", 5.0),
         _cell("40%", "magcache", "fp32", "1111", 3.0),
@@ -93,6 +93,7 @@ def test_verdict_and_page_from_known_cells(st):
     assert "4.00x (40%, magcache, fp32, 20 steps" in lines[1] and "is met." in lines[1]
     assert "40%, none, fp32, 10 steps: 4.80x for 50.0 points" in lines[2]
     assert "magcache keeps 67% of the full model's work, 60% of the 40%-pruned one's" in lines[3]
+    assert lines[4].endswith("together (float32): 40% + magcache: +0.0 measured, +25.0 if the losses added.")
     page = st.render([result])
     assert page.startswith(st.BEGIN) and page.endswith(st.END)
     assert "N/A, `layerprune export` refuses the model: PixArt-Sigma cannot be exported" in page
