@@ -28,8 +28,9 @@ uncached float32 cell (a shared CPU, and cells may run in different commands: ro
 are kept in ``--work/<model>/cells.json`` (a killed or split run resumes). Writes the model's result JSON,
 docs/stacking.png and the generated section of docs/stacking.md (every model whose JSON exists).
 
-    python benchmarks/stack_toy.py --distilled                      # PixArt toy, ~35 CPU-minutes
-    python benchmarks/stack_toy.py --model toy-flux --distilled     # the toy Flux
+    python benchmarks/stack_toy.py --distilled --steps-axis 10 --mag-extra 0.02,0.01   # PixArt toy, ~12 CPU-minutes
+    python benchmarks/stack_toy.py --model toy-flux --distilled --steps-axis 10 --mag-extra 0.02,0.01
+    python benchmarks/stack_toy.py --distilled --depths 40%       # split runs (parallel commands): cells only
     python benchmarks/stack_toy.py --report-only                    # page and plot from the JSONs
     python benchmarks/stack_toy.py --smoke --results-dir /tmp/s --docs-dir /tmp/s   # seconds: 2 captions, 2 steps
 """
@@ -708,9 +709,10 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, result in zip(axes[0], results, strict=True):
         default = result["settings"]["num_inference_steps"]
         teacher = teacher_of(result)
+        variants = sorted({c["cache"] for c in result["cells"] if c["cache"] not in markers}, reverse=True)
+        extra = dict(zip(variants, "dphv<>", strict=False))  # MagCache variants: one marker each
         for c in result["cells"]:
-            marker = markers.get(c["cache"].split("@")[0], "D") if c["steps"] == default else "*"
-            marker = "d" if "@" in c["cache"] else marker
+            marker = markers.get(c["cache"], extra.get(c["cache"])) if c["steps"] == default else "*"
             ax.scatter(
                 c["flops_saving"],
                 100 * c["accuracy"],
@@ -725,8 +727,8 @@ def plot(results: list[dict], path: Path) -> None:
             ax.scatter([], [], color=colour, label=f"depth {depth}")
         for cache, marker in markers.items():
             ax.scatter([], [], marker=marker, color="grey", label=f"cache {cache}")
-        for cache in sorted({c["cache"] for c in result["cells"] if "@" in c["cache"]}):
-            ax.scatter([], [], marker="d", color="grey", label=f"cache {cache}")
+        for cache, marker in extra.items():
+            ax.scatter([], [], marker=marker, color="grey", label=f"cache {cache}")
         if any(c["steps"] != default for c in result["cells"]):
             ax.scatter([], [], marker="*", color="grey", label="fewer steps, no cache")
         ax.scatter([], [], facecolors="none", edgecolors="grey", label="int8 (hollow)")
