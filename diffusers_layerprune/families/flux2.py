@@ -360,7 +360,9 @@ FAMILY = ModelFamily(
     single_file=SingleFileLayout(
         pieces=original_pieces,
         converter="convert_flux2_transformer_checkpoint_to_diffusers",
-        gguf_arch="flux2",  # not (yet) a ComfyUI-GGUF arch name checked against a published FLUX.2 GGUF
+        # ComfyUI-GGUF's loader refuses architecture names outside its list, which has no "flux2"; its own converter
+        # names every double_blocks / single_blocks layout "flux" (checked by benchmarks/comfy_check.py)
+        gguf_arch="flux",
     ),
     tiny_pipeline=build_tiny_flux2_pipeline,
     published=PublishedConfig(
