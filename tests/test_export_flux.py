@@ -8,6 +8,7 @@ pruned (both stacks must keep a block: the converter counts them from the keys).
 
 import gc
 import json
+import shutil
 import textwrap
 
 import pytest
@@ -81,7 +82,12 @@ def test_flux1_single_file_and_gguf_load_in_fresh_stock_process_and_generate_the
                               finite=bool(torch.isfinite(gguf).all()), quantized=quantized, blocks=blocks)))
         """
     )
-    result = run_stock(script, cwd=tmp_path)
+    try:
+        result = run_stock(script, cwd=tmp_path)
+    finally:  # ~3 GB of copies: not kept in pytest's temporary folders for later sessions
+        shutil.rmtree(folder, ignore_errors=True)
+        single.unlink(missing_ok=True)
+        gguf_file.unlink(missing_ok=True)
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["blocks"] == ["double_blocks.0", "single_blocks.0"]  # the original layout, renumbered
