@@ -412,8 +412,8 @@ FAMILY = ModelFamily(
         gguf_arch="sd3",
         # ComfyUI's MMDiT takes its block count from the width (hidden size / 64), not from the keys
         comfyui="ComfyUI cannot load a depth-pruned SD3 file: it builds as many joint blocks as the width implies "
-        "(24 for SD3.5 Medium) whatever the file holds, and stops at the missing and reshaped blocks. Use the "
-        "diffusers snippet above.",
+        "(24 for SD3.5 Medium) whatever the file holds, so blocks are missing and the last kept block has the wrong "
+        "shape. Use the diffusers snippet above.",
     ),
     hub_tag="sd3",
     citations={
