@@ -491,3 +491,20 @@ def test_push_uploads_the_exported_files_beside_the_pipeline_and_the_card_lists_
         assert f"[`{name}`](https://huggingface.co/me/tiny/blob/main/{name})" in sent["README.md"].decode()
     assert "transformer/diffusion_pytorch_model.safetensors" in sent
     assert f"ComfyUI: {get_family('qwenimage').single_file.comfyui}" in sent["README.md"].decode()
+
+
+def test_comfy_check_skips_in_one_line_without_a_comfyui_checkout(tmp_path):
+    """benchmarks/comfy_check.py is no CI dependency: without a ComfyUI checkout it says so and succeeds."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    script = ROOT / "benchmarks" / "comfy_check.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_DIR", "COMFYUI_GGUF_DIR")}
+    result = subprocess.run(
+        [sys.executable, str(script), "--comfyui", str(tmp_path / "none")], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"comfy_check: skipped: no ComfyUI checkout at {tmp_path / 'none'} (give --comfyui PATH)"]  # fmt: skip
+    assert not (tmp_path / "none").exists()

@@ -295,8 +295,8 @@ FAMILY = ModelFamily(
         pieces=original_pieces,
         converter="convert_sana_transformer_to_diffusers",
         gguf_arch="sana",  # no ComfyUI-GGUF name exists for Sana
-        comfyui="ComfyUI has no Sana model (it takes the file for PixArt-Sigma and cannot build it) and ComfyUI-GGUF "
-        "refuses the architecture; use the diffusers snippet above.",
+        comfyui="ComfyUI has no Sana model: it takes the file for PixArt-Sigma, whose blocks have other keys and widths, "
+        "and ComfyUI-GGUF refuses the architecture. Use the diffusers snippet above.",
     ),
     hub_tag="sana",
     citations={
