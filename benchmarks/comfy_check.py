@@ -68,6 +68,11 @@ READER = textwrap.dedent(
             pass
 
     _Absent.names = tuple(n for n in _Absent.names if importlib.util.find_spec(n) is None)
+    if any("forward" in job for job in json.load(open(jobs_file))["files"].values()):
+        # diffusers (and transformers) read the versions of optional libraries when first imported: before the
+        # stand-ins, so that they see the libraries as absent
+        import diffusers.loaders.single_file_model  # noqa: F401
+        from diffusers import FluxTransformer2DModel  # noqa: F401
     sys.meta_path.append(_Absent())
     sys.path.insert(0, comfy_dir)
     sys.argv = [sys.argv[0], "--cpu"]
@@ -120,6 +125,45 @@ READER = textwrap.dedent(
         return dict(built=True, blocks_built=blocks, missing=len(missing), unexpected=len(unexpected),
                     mismatched=len(mismatched), examples=(missing + unexpected + mismatched)[:4])
 
+    def flux_forward(job, state):
+        # ComfyUI's own load path ("Load Diffusion Model"), then one forward of ComfyUI's Flux and of diffusers' Flux
+        # (from_single_file of the same file) on the same random inputs, in float32
+        import logging
+
+        import comfy.sd
+        import diffusers
+
+        messages = []
+        handler = logging.Handler()
+        handler.emit = lambda record: messages.append(record.getMessage())
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        patcher = comfy.sd.load_diffusion_model_state_dict(dict(state), model_options={"dtype": torch.float32})
+        comfy_model = patcher.model.diffusion_model.float().eval()
+        logging.getLogger().removeHandler(handler)
+        stock = getattr(diffusers, job["forward"]["stock_class"]).from_single_file(
+            job["single"], config=job["forward"]["folder"], subfolder="transformer", torch_dtype=torch.float32
+        ).eval()
+        g = torch.Generator().manual_seed(0)
+        b, c, h, w, tokens = 1, 16, 8, 8, 8
+        x, context = torch.randn(b, c, h, w, generator=g), torch.randn(b, tokens, 4096, generator=g)
+        pooled, t, guidance = torch.randn(b, 768, generator=g), torch.tensor([0.7]), torch.tensor([3.5])
+        with torch.no_grad():
+            theirs = comfy_model(x, t, context, y=pooled, guidance=guidance)
+            # diffusers' Flux takes 2x2 patches as tokens (channel, row, column order) with (0, row, column) ids
+            packed = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+            ids = torch.zeros(h // 2, w // 2, 3)
+            ids[..., 1], ids[..., 2] = torch.arange(h // 2)[:, None], torch.arange(w // 2)[None, :]
+            ours = stock(hidden_states=packed, encoder_hidden_states=context, pooled_projections=pooled, timestep=t,
+                         img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(tokens, 3), guidance=guidance).sample
+            ours = ours.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return dict(
+            comfy_load_messages=[m[:300] for m in messages if "missing" in m or "unexpected" in m or "left over" in m],
+            comfy_model=type(comfy_model).__name__,
+            max_abs_difference=(theirs - ours).abs().max().item(),
+            output_max_abs=ours.abs().max().item(),
+        )
+
     jobs = json.load(open(jobs_file))
     out = dict(files={}, published={})
     for name, job in jobs["files"].items():
@@ -149,6 +193,8 @@ READER = textwrap.dedent(
                 row["gguf"] = dict(read=True, arch=arch, same_keys=sorted(sd) == sorted(state),
                                    shape_mismatches=bad_shapes[:4], tensor_types=types_seen,
                                    max_relative_error=worst, detected=g_found)
+        if "forward" in job:
+            row["forward"] = flux_forward(job, state)
         out["files"][name] = row
     for name, job in jobs["published"].items():
         shapes = {k: tuple(v) for k, v in job["shapes"].items()}
@@ -259,10 +305,14 @@ def _tiny_files(work: Path, with_flux: bool) -> dict:
     }
     if with_flux:
 
-        def real_width_flux():  # Flux.1's width (diffusers' converter reads no other): 1 double + 2 single blocks
+        def real_width_flux():  # Flux.1's widths (diffusers' converter reads no other): 1 double + 2 single blocks
             pipe = build_tiny_flux_pipeline(1, 2)
             config = {**pipe.transformer.config, "num_attention_heads": 24, "attention_head_dim": 128}
-            config["axes_dims_rope"] = (16, 56, 56)
+            # the text and latent widths ComfyUI 0.3.64 assumes for Flux, so that its model takes every tensor (the
+            # tiny pipeline's encoders no longer fit: the pipeline is only saved and exported, never run)
+            config.update(
+                axes_dims_rope=(16, 56, 56), joint_attention_dim=4096, pooled_projection_dim=768, in_channels=64
+            )
             torch.manual_seed(0)
             with _default_dtype(torch.bfloat16):
                 pipe.transformer = type(pipe.transformer).from_config(config).eval()
@@ -280,6 +330,8 @@ def _tiny_files(work: Path, with_flux: bool) -> dict:
         with safe_open(single, framework="pt") as f:
             expected = _block_counts(family, list(f.keys()))
         files[name] = dict(single=str(single), gguf=str(gguf_file), prefixes=_block_prefixes(family), blocks=expected)
+        if name == "flux":  # ComfyUI's Flux model loads the file and computes what diffusers' model computes
+            files[name]["forward"] = dict(folder=str(folder), stock_class="FluxTransformer2DModel")
     return files
 
 
