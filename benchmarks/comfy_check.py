@@ -9,7 +9,9 @@ only in a separate process that never imports this package, and asks ComfyUI's o
    the single file) names a model type and block counts; ComfyUI-GGUF's loader (``loader.gguf_sd_loader``) reads the
    GGUF file: its ``general.architecture`` accepted, each tensor with the single file's shape, dequantized
    (``dequant.dequantize_tensor``) within Q8_0 precision of the single file's values; the detection is run on the GGUF
-   state dict as its "Unet Loader (GGUF)" node does.
+   state dict as its "Unet Loader (GGUF)" node does. The Flux.1 file (Flux.1's text and latent widths) also goes
+   through ComfyUI's own loader (``comfy.sd.load_diffusion_model_state_dict``) and one forward of ComfyUI's Flux
+   model is compared with diffusers' ``from_single_file`` of the same file on the same inputs.
 2. **Published widths** (FLUX.1-dev, SD3.5-Medium, Sana-1600M, FLUX.2-dev, Qwen-Image at a pruned depth; shapes
    only, so no weights are made): the exporter's own key mapping (``export.original_state_dict``) gives the file's
    keys and shapes; ComfyUI detects the model from those shapes, builds its model on the meta device, and the key
@@ -370,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfyui-ref", help="the checkout's commit, where it is not a git work tree")
     parser.add_argument("--comfyui-gguf-ref", help="the ComfyUI-GGUF checkout's commit")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that imports ComfyUI")
-    parser.add_argument("--no-flux", action="store_true", help="skip the real-width Flux.1 files (~1.6 GB, ~1 min)")
+    parser.add_argument(
+        "--no-flux", action="store_true", help="skip the real-width Flux.1 files (~1.6 GB on disk, ~8 GB of memory)"
+    )
     parser.add_argument("--output", default=str(RESULT))
     args = parser.parse_args(argv)
     comfy_dir = Path(args.comfyui).expanduser() if args.comfyui else None
