@@ -179,12 +179,23 @@ class SingleFileLayout:
             registry maps the class's files key for key (Qwen-Image).
         gguf_arch: ``general.architecture`` of a GGUF file (the name ComfyUI-GGUF detects the model by).
         check: ``config -> None | str``: why this config cannot be read back from a single file (``None``: it can).
+        comfyui: what ComfyUI does with a pruned file of the family, as the model card says it (checked with
+            ``benchmarks/comfy_check.py``; docs/stacking.md has the versions).
     """
 
     pieces: Callable[[Mapping, Sequence[str]], dict[str, Piece]]
     converter: str
     gguf_arch: str
     check: Callable[[Mapping], str | None] = lambda config: None
+    comfyui: str = ""
+
+
+# The card's ComfyUI note for families whose pruned files ComfyUI detects with their kept block counts.
+COMFYUI_LOADS = (
+    'put a `.gguf` file in `models/unet` and load it with ComfyUI-GGUF\'s "Unet Loader (GGUF)", a `.safetensors` '
+    'file in `models/diffusion_models` ("Load Diffusion Model"); text encoders and VAE are the base model\'s. ComfyUI '
+    "counts the blocks from the file's keys."
+)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ..testing import (
     build_tiny_t5_encoder,
 )
 from .base import (
+    COMFYUI_LOADS,
     BlockStack,
     ControlNetLayout,
     ControlNetStack,
@@ -367,6 +368,7 @@ FAMILY = ModelFamily(
         converter="convert_flux_transformer_checkpoint_to_diffusers",
         gguf_arch="flux",
         check=single_file_check,
+        comfyui=COMFYUI_LOADS,
     ),
     hub_tag="flux",
     citations={"flux": "Black Forest Labs, FLUX.1 (2024), https://github.com/black-forest-labs/flux."},

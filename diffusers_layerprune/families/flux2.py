@@ -360,7 +360,13 @@ FAMILY = ModelFamily(
     single_file=SingleFileLayout(
         pieces=original_pieces,
         converter="convert_flux2_transformer_checkpoint_to_diffusers",
-        gguf_arch="flux2",  # not (yet) a ComfyUI-GGUF arch name checked against a published FLUX.2 GGUF
+        # ComfyUI-GGUF's loader refuses architecture names outside its list, which has no "flux2"; its own converter
+        # names every double_blocks / single_blocks layout "flux" (checked by benchmarks/comfy_check.py)
+        gguf_arch="flux",
+        comfyui="the file has Black Forest Labs' FLUX.2 keys and its GGUF version ComfyUI-GGUF's architecture name "
+        "`flux`; ComfyUI 0.3.64, the version checked, predates FLUX.2 and takes the file for Flux.1. Put a `.gguf` "
+        'file in `models/unet` ("Unet Loader (GGUF)"), a `.safetensors` file in `models/diffusion_models`, in a '
+        "ComfyUI that reads FLUX.2.",
     ),
     tiny_pipeline=build_tiny_flux2_pipeline,
     published=PublishedConfig(

@@ -16,7 +16,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, Piece, PublishedConfig, SingleFileLayout, second_tensor
+from .base import COMFYUI_LOADS, BlockStack, ModelFamily, Piece, PublishedConfig, SingleFileLayout, second_tensor
 from .flux import pack, unpack
 
 
@@ -272,7 +272,8 @@ FAMILY = ModelFamily(
     single_file=SingleFileLayout(
         pieces=original_pieces,
         converter="identity",  # SINGLE_FILE_LOADABLE_CLASSES maps QwenImageTransformer2DModel's file key for key
-        gguf_arch="qwen_image",
+        gguf_arch="qwen_image",  # ComfyUI's Qwen-Image model uses diffusers' module names too: the same file
+        comfyui=COMFYUI_LOADS,
     ),
     tiny_pipeline=build_tiny_qwenimage_pipeline,
     tiny_call_args=dict(true_cfg_scale=1.0),  # the pipeline's default 4.0 warns without a negative prompt

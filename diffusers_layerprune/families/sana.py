@@ -292,7 +292,11 @@ FAMILY = ModelFamily(
     references=("sana",),
     controlnet=CONTROLNET,
     single_file=SingleFileLayout(
-        pieces=original_pieces, converter="convert_sana_transformer_to_diffusers", gguf_arch="sana"
+        pieces=original_pieces,
+        converter="convert_sana_transformer_to_diffusers",
+        gguf_arch="sana",  # no ComfyUI-GGUF name exists for Sana
+        comfyui="ComfyUI has no Sana model: it takes the file for PixArt-Sigma, whose blocks have other keys and widths, "
+        "and ComfyUI-GGUF refuses the architecture. Use the diffusers snippet above.",
     ),
     hub_tag="sana",
     citations={

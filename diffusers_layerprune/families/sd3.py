@@ -407,7 +407,13 @@ FAMILY = ModelFamily(
     references=("sd3",),
     controlnet=CONTROLNET,
     single_file=SingleFileLayout(
-        pieces=original_pieces, converter="convert_sd3_transformer_checkpoint_to_diffusers", gguf_arch="sd3"
+        pieces=original_pieces,
+        converter="convert_sd3_transformer_checkpoint_to_diffusers",
+        gguf_arch="sd3",
+        # ComfyUI's MMDiT takes its block count from the width (hidden size / 64), not from the keys
+        comfyui="ComfyUI cannot load a depth-pruned SD3 file: it builds as many joint blocks as the width implies "
+        "(24 for SD3.5 Medium) whatever the file holds, so blocks are missing and the last kept block has the wrong "
+        "shape. Use the diffusers snippet above.",
     ),
     hub_tag="sd3",
     citations={
