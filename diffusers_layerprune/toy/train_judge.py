@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import world
 from .judge import ShapeClassifier, centroids, crops_at, foreground_intensity
-from .training_args import parse_training_args, training_parser
+from .training import optimizer_step, parse_training_args, training_parser
 
 
 def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -69,13 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         crops = to_crops(degrade(images, generator))
         shape_logits, size_logits = model(crops)
         loss = F.cross_entropy(shape_logits, shapes) + F.cross_entropy(size_logits, sizes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == args.max_steps - 1:
-            print(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - start:.0f}s", flush=True)
+        optimizer_step(loss, optimizer, schedule, losses, step, args.max_steps, start)
 
     from safetensors.torch import save_file
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import world
 from .paths import assets_dir
 from .train_judge import degrade
-from .training_args import parse_training_args, training_parser
+from .training import optimizer_step, parse_training_args, training_parser
 
 SCORER_MAX_LENGTH = 16
 IMAGE_MEAN = [0.5, 0.5, 0.5]
@@ -170,13 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         text = F.normalize(text.pooler_output if hasattr(text, "pooler_output") else text, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image_embeddings(model, images) @ text.T
         loss = F.cross_entropy(logits, torch.from_numpy(picks).long())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == args.max_steps - 1:
-            print(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - start:.0f}s", flush=True)
+        optimizer_step(loss, optimizer, schedule, losses, step, args.max_steps, start)
 
     top1 = heldout_top1(model, tokenizer)
     out = Path(args.output_dir)

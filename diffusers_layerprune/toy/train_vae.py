@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import world
 from .paths import assets_dir
-from .training_args import parse_training_args, training_parser
+from .training import parse_training_args, training_parser
 
 
 def build_vae(seed: int = 0, block_out_channels: tuple[int, ...] = (16, 32)):

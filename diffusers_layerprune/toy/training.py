@@ -1,9 +1,11 @@
-"""The command-line options the toy world's small training scripts share (``train_judge``, ``train_scorer``,
-``train_vae``): where to write, how long, how fast, and the ``--smoke`` run the tests use."""
+"""What the toy world's small training scripts share (``train_judge``, ``train_scorer``, ``train_vae``): their
+command-line options (where to write, how long, how fast, the ``--smoke`` run the tests use) and the optimiser step
+with its progress line."""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 
 def training_parser(
@@ -34,3 +36,17 @@ def parse_training_args(
     if args.smoke:
         args.max_steps, args.batch_size = smoke
     return args
+
+
+def optimizer_step(loss, optimizer, schedule, losses: list[float], step: int, max_steps: int, start: float) -> None:
+    """Back-propagate ``loss``, step ``optimizer`` and ``schedule``, record the loss in ``losses``; print the mean of
+    the last 100 losses every 100 steps and at the last step (``start``: the run's ``time.time()``)."""
+    import numpy as np
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    losses.append(loss.item())
+    if step % 100 == 0 or step == max_steps - 1:
+        print(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - start:.0f}s", flush=True)
