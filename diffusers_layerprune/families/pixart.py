@@ -13,7 +13,14 @@ from diffusers import PixArtTransformer2DModel
 from diffusers.loaders import PeftAdapterMixin
 
 from ..pruned import PrunedTransformerMixin
-from ..testing import DEFAULT_VOCABULARY, SDXL_VAE, T5_XXL_ENCODER, build_t5_tokenizer, build_tiny_t5_encoder
+from ..testing import (
+    DEFAULT_VOCABULARY,
+    SDXL_VAE,
+    T5_XXL_ENCODER,
+    build_t5_tokenizer,
+    build_tiny_t5_encoder,
+    build_tiny_vae,
+)
 from .base import (
     BlockStack,
     ModelFamily,
@@ -100,23 +107,12 @@ def build_tiny_pixart_pipeline(
     The VAE downsamples by 2, so images are ``2 * sample_size`` pixels square. Generate with
     ``use_resolution_binning=False`` and ``height = width = 2 * sample_size``.
     """
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
 
     tokenizer = build_t5_tokenizer(words)
     torch.manual_seed(seed)
     text_encoder = build_tiny_t5_encoder(len(tokenizer), d_model=32)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=2 * sample_size,
-    ).eval()
+    vae = build_tiny_vae(4, seed=seed + 1, sample_size=2 * sample_size)
     transformer = build_tiny_transformer(
         num_layers, sample_size=sample_size, caption_channels=text_encoder.config.d_model, seed=seed + 2
     )
