@@ -30,6 +30,7 @@ from ..data import PromptSet, cache_key
 from ..errors import LayerPruneError
 from ..families import encode_text, family_of
 from ..families.base import to_device
+from .result import LayerImportance
 
 Variant = tuple[int, ...]
 """Blocks skipped in one variant of the model (``()`` is the full model), sorted."""
@@ -523,3 +524,20 @@ def mean_and_stderr(per_prompt: np.ndarray) -> tuple[list[float], list[float]]:
     mean = per_prompt.mean(axis=-1)
     stderr = per_prompt.std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
     return mean.tolist(), stderr.tolist()
+
+
+def per_prompt_importance(
+    scan: ImportanceScan, criterion: str, per_prompt: np.ndarray, skipped, extra: dict | None = None
+) -> LayerImportance:
+    """A criterion's result from its values per block and prompt ``[num_layers, prompts]`` (NaN for blocks not
+    measured): the mean and its standard error per block (:func:`mean_and_stderr`), the values themselves and the
+    scan's metadata with the blocks ``skipped`` throughout; ``extra`` as the criterion reports it."""
+    values, stderr = mean_and_stderr(per_prompt)
+    return LayerImportance(
+        values=values,
+        criterion=criterion,
+        stderr=stderr,
+        per_prompt=per_prompt.tolist(),
+        metadata=scan.metadata(criterion, skipped=list(skipped)),
+        extra=extra if extra is not None else {},
+    )
