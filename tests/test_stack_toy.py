@@ -104,17 +104,19 @@ def test_verdict_and_page_from_known_cells(st):
 
 
 @pytest.mark.slow
-def test_smoke_mode_writes_the_json_plot_and_page(tmp_path):
+@pytest.mark.parametrize("model,name", [("toy", "stack_toy.json"), ("toy-flux", "stack_toy_flux.json")])
+def test_smoke_mode_writes_the_json_plot_and_page(tmp_path, model, name):
     page = tmp_path / "stacking.md"
-    page.write_text("# head\n\n<!-- stack_toy: begin -->\nold\n<!-- stack_toy: end -->\ntail\n")
+    page.write_text("# head\n\n<!-- stack_toy: begin -->\nSTALE-SECTION\n<!-- stack_toy: end -->\ntail\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "stack_toy.py"), "--smoke", "--results-dir", str(tmp_path),
-           "--docs-dir", str(tmp_path)]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "stack_toy.py"), "--smoke", "--model", model, "--results-dir",
+           str(tmp_path), "--docs-dir", str(tmp_path)]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
-    result = json.loads((tmp_path / "stack_toy.json").read_text())
+    result = json.loads((tmp_path / name).read_text())
+    assert result["model"] == model
     assert {c["cache"] for c in result["cells"]} == {"none", "first_block", "taylorseer", "magcache"}
     assert {c["weights"] for c in result["cells"]} == {"fp32", "int8"} and not result["gguf"]["available"]
     assert len(result["mag_ratios"]["full"]) == result["settings"]["num_inference_steps"]
     text = page.read_text()
-    assert "old" not in text and text.endswith("tail\n") and "| full | 12 | magcache | fp32 |" in text
+    assert "STALE-SECTION" not in text and text.endswith("tail\n") and "| full | 12 | magcache | fp32 |" in text
     assert (tmp_path / "stacking.png").stat().st_size > 0
