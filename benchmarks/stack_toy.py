@@ -12,9 +12,12 @@ it writes:
 - cache: none, FirstBlockCache (threshold ``--fbc-threshold``), TaylorSeer (interval 2 from step 2), MagCache
   (diffusers' defaults: threshold 0.06, at most 3 skipped steps in a row, no skip in the first 20% of steps) with
   magnitude ratios calibrated per model (``MagCacheConfig(calibrate=True)`` on ``--calib-prompts`` *training*
-  captions, never the held-out ones; the int8 cells reuse their float model's ratios);
-- weights: float32 and int8 weight-only (optimum-quanto, in memory); GGUF Q8_0 when ``layerprune export`` can write
-  the model (its refusal is recorded and shown otherwise);
+  captions, never the held-out ones; the int8 cells reuse their float model's ratios); ``--mag-extra`` adds MagCache
+  at other thresholds (float weights, cells named ``magcache@T``);
+- weights: float32 and int8 weight-only (optimum-quanto, in memory); GGUF Q8_0 is checked with ``layerprune
+  export``'s own check: both toys are refused (PixArt: no single-file loader; toy-flux: 64 wide, diffusers' Flux
+  converter reads 3072 only), the refusal is recorded and shown; a model it accepts stops the script (no GGUF cells
+  are implemented);
 - steps (``--steps-axis N``): the uncached float32 models also at N denoising steps;
 - ``--eval-prompts`` held-out captions x ``--seeds-per-caption`` noise seeds (seed ``s`` of caption ``i`` is
   ``eval-seed + 1000 s + i``, reproduce_paper.py's seeds); accuracy intervals are Wilson intervals over all images,
@@ -23,16 +26,18 @@ it writes:
 
 Per cell: the judge's all-four-right accuracy, transformer FLOPs per image counted with
 ``torch.utils.flop_counter.FlopCounterMode`` around every transformer call (int8 cells: the float cell's count, the
-counter does not see quanto's kernels; the arithmetic is the same), wall time per image as a ratio to the teacher's
-uncached float32 cell (a shared CPU, and cells may run in different commands: rough) and CPU seconds. Finished cells
-are kept in ``--work/<model>/cells.json`` (a killed or split run resumes). Writes the model's result JSON,
+counter does not see quanto's kernels; the arithmetic is the same), latency as the process's CPU time per image
+against the teacher's uncached float32 cell, from a separate pass of ``--timing`` images without the FLOP counter
+(CPU time, not wall time: the cores are shared), and the cell's CPU seconds. Finished cells are kept one file each in
+``--work/<model>/cells/`` (a killed or split run resumes; ``--depths`` / ``--caches`` split a run over parallel
+commands); a retrained teacher is refused there (``teacher.sha256``). Writes the model's result JSON,
 docs/stacking.png and the generated section of docs/stacking.md (every model whose JSON exists).
 
     python benchmarks/stack_toy.py --distilled --steps-axis 10 --mag-extra 0.02,0.01   # PixArt toy, ~12 CPU-minutes
     python benchmarks/stack_toy.py --model toy-flux --distilled --steps-axis 10 --mag-extra 0.02,0.01
     python benchmarks/stack_toy.py --distilled --depths 40%       # split runs (parallel commands): cells only
     python benchmarks/stack_toy.py --report-only                    # page and plot from the JSONs
-    python benchmarks/stack_toy.py --smoke --results-dir /tmp/s --docs-dir /tmp/s   # seconds: 2 captions, 2 steps
+    python benchmarks/stack_toy.py --smoke --results-dir /tmp/s --docs-dir /tmp/s   # ~1 CPU-minute: 2 images, 4 steps
 """
 
 from __future__ import annotations
