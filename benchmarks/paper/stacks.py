@@ -124,8 +124,9 @@ class StackExperiment(Experiment):
                             jobs.append((seed, dropped, ""))
                             if f"{ratio:.2f}" in GOAL:  # the KD weighting row: the goal depth only
                                 jobs += [(seed, dropped, w) for w in self.kd_weightings]
-        # The long part last, uniform before the weighting variants; shared plans run once.
-        jobs.sort(key=lambda job: bool(job[2]))
+        # The long part last; shared plans run once. The weighting variants first: a second process started with
+        # the same command once the first is distilling then takes them (cells written by either are reused).
+        jobs.sort(key=lambda job: not job[2])
         for seed, dropped, weighting in dict.fromkeys((s, tuple(d), w) for s, d, w in jobs):
             self.cell(
                 "distilled",
@@ -440,6 +441,7 @@ def render_stack_results(result: dict, plot_name: str) -> str:
         "criteria": ", ".join(result["criteria"]),
         "score_prompts": s["score_prompts"],
         "num_inference_steps": s["num_inference_steps"],
+        "guidance_scale": f"{s.get('guidance_scale', 1.0):g}",
         "distill_steps": s["distill_steps"],
         "distill_batch_size": s["distill_batch_size"],
         "learning_rate": f"{s['learning_rate']:g}",
