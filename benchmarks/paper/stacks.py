@@ -398,7 +398,9 @@ def render_stack_results(result: dict, plot_name: str) -> str:
         if row:
             cells = " | ".join(f"{100 * row[m]['mean']:.1f}" for m in ("colour", "position", "shape", "size"))
             skip_rows.append(f"| {label(b)} | {_pct(row)} | {cells} |")
-    if len(skip_rows) - 2 < depth:
+    if len(skip_rows) == 2:
+        skip_rows = ["Not run (`--no-skip-table`): the criteria's scores below stand for it."]
+    elif len(skip_rows) - 2 < depth:
         skip_rows.append(
             f"\n{len(skip_rows) - 2} of {depth} blocks judged (the run was cut short; `--skip-table` adds the rest)."
         )
