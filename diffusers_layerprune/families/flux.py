@@ -92,11 +92,17 @@ def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.T
     return {"prompt_embeds": embeds.cpu(), "pooled_prompt_embeds": pooled.cpu()}
 
 
-# Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward); a negative
-# prompt only matters with true_cfg_scale > 1, which layerprune does not use.
-call_kwargs = cached_call_kwargs(
-    {"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled_prompt_embeds"}, negative=False
-)
+# Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward): there the
+# negative conditioning is passed but unused, since FluxPipeline runs it only with true_cfg_scale > 1, which
+# layerprune sets only for models without a guidance embedding (true_cfg below).
+call_kwargs = cached_call_kwargs({"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled_prompt_embeds"})
+
+
+def true_cfg(config) -> bool:
+    """A Flux model without a guidance embedding that was trained with caption dropout (``toy-flux``) is guided by
+    FluxPipeline's true CFG (``true_cfg_scale`` with an empty negative prompt: two forwards per step).
+    FLUX.1-schnell has no guidance embedding either and is meant to run unguided: pass ``--guidance_scale 1`` for it."""
+    return not config.get("guidance_embeds")
 
 
 def ip_adapter_widths(config, state) -> str | None:
@@ -276,6 +282,7 @@ FAMILY = ModelFamily(
     encode=encode,
     random_text=pooled_random_text,
     call_kwargs=call_kwargs,
+    true_cfg=true_cfg,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
     ip_adapter=IP_ADAPTER,
     step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input
