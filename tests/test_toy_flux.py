@@ -83,6 +83,8 @@ def test_toy_flux_is_guided_by_true_cfg_the_same_way_in_every_command(flux_pipe,
     assert flux.guidance_kwargs(4.5, flux_pipe.transformer.config) == {"true_cfg_scale": 4.5}
     # Flux.1-dev's guidance is a model input, not a second forward
     assert flux.guidance_kwargs(3.5, {"guidance_embeds": True}) == {"guidance_scale": 3.5}
+    # FLUX.1-schnell has no guidance embedding either but does not ask for true CFG: called as FluxPipeline calls it
+    assert flux.guidance_kwargs(3.5, {"guidance_embeds": False}) == {"guidance_scale": 3.5}
     length = defaults["max_sequence_length"]
     text = encode_text(flux_pipe, [a.caption() for a in ATTRS], max_sequence_length=length)
     images = generate_from_conditioning(
@@ -147,6 +149,19 @@ def test_build_script_small_mode(tmp_path):
     pipe = FluxPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
     config = pipe.transformer.config
     assert (config.num_layers, config.num_single_layers, config.guidance_embeds) == (4, 8, False)
+    assert config["_layerprune_true_cfg"] is True  # the rebuilt teacher asks for true CFG as the shipped one does
     assert pipe.vae.config.shift_factor == 0.0
     log = json.loads((tmp_path / "pipe" / "training_log.json").read_text())
     assert log["family"] == "flux" and log["steps"] == 2
+
+
+def test_a_pruned_toy_flux_keeps_asking_for_true_cfg(flux_pipe, tmp_path):
+    """The marker travels with pruning and saving, so students of toy-flux are guided as their teacher."""
+    from diffusers_layerprune.families import get_family
+
+    family = get_family("flux")
+    student = family.pruned_class().from_transformer(flux_pipe.transformer, pruned_layers=[5, 6])
+    student.save_pretrained(tmp_path / "student")
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["_layerprune_true_cfg"] is True
+    assert family.guidance_kwargs(4.5, student.config) == {"true_cfg_scale": 4.5}

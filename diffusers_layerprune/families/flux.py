@@ -94,15 +94,22 @@ def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.T
 
 # Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward): there the
 # negative conditioning is passed but unused, since FluxPipeline runs it only with true_cfg_scale > 1, which
-# layerprune sets only for models without a guidance embedding (true_cfg below).
+# layerprune sets only for models without a guidance embedding that ask for it (true_cfg below).
 call_kwargs = cached_call_kwargs({"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled_prompt_embeds"})
 
 
+# The config key (underscore: stock loading keeps it in the model's config without a warning) by which a checkpoint
+# says it was trained with caption dropout for FluxPipeline's true CFG; pruned models carry it over.
+TRUE_CFG_KEY = "_layerprune_true_cfg"
+
+
 def true_cfg(config) -> bool:
-    """A Flux model without a guidance embedding that was trained with caption dropout (``toy-flux``) is guided by
-    FluxPipeline's true CFG (``true_cfg_scale`` with an empty negative prompt: two forwards per step).
-    FLUX.1-schnell has no guidance embedding either and is meant to run unguided: pass ``--guidance_scale 1`` for it."""
-    return not config.get("guidance_embeds")
+    """A Flux model without a guidance embedding that says it was trained with caption dropout (``toy-flux``, by
+    :data:`TRUE_CFG_KEY` in its config) is guided by FluxPipeline's true CFG (``true_cfg_scale`` with an empty
+    negative prompt: two forwards per step). Other checkpoints without a guidance embedding (FLUX.1-schnell, meant to
+    run unguided) keep FluxPipeline's behaviour: the guidance scale is passed as ``guidance_scale``, which they
+    ignore, so no second forward is added behind the user's back."""
+    return bool(config.get(TRUE_CFG_KEY)) and not config.get("guidance_embeds")
 
 
 def ip_adapter_widths(config, state) -> str | None:

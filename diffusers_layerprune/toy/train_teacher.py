@@ -231,6 +231,7 @@ class FluxRecipe:
             guidance_embeds=False,
             axes_dims_rope=rope,
         )
+        transformer.register_to_config(_layerprune_true_cfg=True)  # trained with caption dropout: guided by true CFG
         # FLUX.1-dev's scheduler config (resolution-dependent shift).
         scheduler = FlowMatchEulerDiscreteScheduler(
             shift=3.0,
