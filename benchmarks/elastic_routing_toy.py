@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from elastic_toy import EVAL_SEED, _paired  # noqa: E402
+from elastic_study.claims import EVAL_SEED, _paired  # noqa: E402  (the elastic study's seeds and paired comparison)
 from paper.cells import Cells, mean_std  # noqa: E402
 from paper.distil import distil  # noqa: E402
 
