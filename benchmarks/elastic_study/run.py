@@ -4,27 +4,25 @@
 from __future__ import annotations
 
 import json
-import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from paper.cells import Cells, mean_std
-from paper.distil import distil
 
-from .claims import EVAL_SEED, _paired, _summary
+from .claims import _paired, _summary
+from .toy import ToyTeacher, score_importance, timed_distil
 
 # Elastic-training variants (--variant): extra train_distill arguments of the elastic run
 VARIANTS = {"": ["--elastic_feature_kd", "all"], "featlargest": ["--elastic_feature_kd", "largest"]}
 
 
-class Bench:
+class Bench(ToyTeacher):
     def __init__(self, args) -> None:
         self.args = args
         self.work = Path(args.work)
+        self.importance_path = self.work / "importance_preference.json"
         self.seeds = [int(s) for s in args.seeds.split(",")]
         self.depths = [int(d) for d in args.depths.split(",")]
         self.budgets = [int(m) for m in args.elastic_steps.split(",")]
@@ -34,51 +32,17 @@ class Bench:
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def importance_file(self) -> Path:
-        path = self.work / "importance_preference.json"
-        if not path.is_file():
-            cmd = [sys.executable, "-m", "diffusers_layerprune.cli", "score", "--model", "toy", "--criterion",
-                   "preference", "--num-prompts", "64", "--seed", "0", "--output", str(path), "--no-progress"]  # fmt: skip
-            subprocess.run(cmd, check=True)
-        return path
+        return score_importance(self.importance_path)
 
     def setup(self) -> None:
-        if self.pipe is not None:
-            return
-        from diffusers_layerprune.data import encode_prompts
-        from diffusers_layerprune.elastic import nested_kept_layers
-        from diffusers_layerprune.importance import LayerImportance
-        from diffusers_layerprune.modeling import generation_defaults, load_pipeline
-        from diffusers_layerprune.scorers import load_scorer
-        from diffusers_layerprune.toy import world
-
-        self.pipe = load_pipeline("toy")
-        self.pipe.set_progress_bar_config(disable=True)
-        self.defaults = generation_defaults("toy", self.pipe)
-        self.scorer = load_scorer("toy")
-        self.captions = world.captions("heldout")[: self.args.eval_prompts]
-        length = self.defaults["max_sequence_length"]
-        self.embeds = encode_prompts(self.pipe, self.captions, max_sequence_length=length)
-        self.negative = encode_prompts(self.pipe, [""], max_sequence_length=length)
-        self.importance = LayerImportance.load(self.importance_file())
-        source = len(self.pipe.transformer.transformer_blocks)
-        largest = self.importance.most_important(self.depths[0])
-        self.kept = nested_kept_layers(self.importance.ranking(), largest, self.depths, [source])
-        self.source_depth = source
+        if self.pipe is None:
+            self.load_teacher(self.importance_path, self.args.eval_prompts, self.depths)
 
     def judge(self, pipe, dropped, seed: int) -> dict:
-        from diffusers_layerprune.blocks import skip_blocks
-        from diffusers_layerprune.generation import generate_from_embeddings
         from diffusers_layerprune.toy.judge import judge
 
         start = time.perf_counter()
-        d = self.defaults
-        seeds = [EVAL_SEED + 1000 * seed + i for i in range(len(self.captions))]
-        with skip_blocks(pipe.transformer, list(dropped)):
-            images = generate_from_embeddings(
-                pipe, *self.embeds, self.negative, seeds=seeds, num_inference_steps=d["num_inference_steps"],
-                guidance_scale=d["guidance_scale"], resolution=d["resolution"],
-                max_sequence_length=d["max_sequence_length"], batch_size=16,
-            )  # fmt: skip
+        images = self.heldout_images(pipe, dropped, seed)
         report = judge(images, self.captions)
         return {
             "accuracy": {k: float(v) for k, v in report.accuracy.items()},
@@ -105,19 +69,19 @@ class Bench:
         if self.args.max_trainings is not None and self.trainings >= self.args.max_trainings:
             return None
         self.trainings += 1
-        if output.exists():  # a killed run: start it again, so that its cost is one uninterrupted run's
-            shutil.rmtree(output)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wall = distil(
-            "toy", student, output, steps=steps, batch_size=self.args.batch_size,
-            learning_rate=self.args.learning_rate, seed=seed, log=output.parent / f"{output.name}.log",
-            extra_args=tuple(str(a) for a in extra),
-        )  # fmt: skip
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        cost = {"cpu_seconds": cpu, "wall_seconds": wall, "steps": steps}
+        cost = timed_distil(
+            student,
+            output,
+            steps=steps,
+            batch_size=self.args.batch_size,
+            learning_rate=self.args.learning_rate,
+            seed=seed,
+            extra=extra,
+        )
         (output.parent / f"{output.name}.cost.json").write_text(json.dumps(cost))
-        print(f"  trained {output.name}: {cpu:.0f} CPU-s, {wall:.0f} s wall", flush=True)
+        print(
+            f"  trained {output.name}: {cost['cpu_seconds']:.0f} CPU-s, {cost['wall_seconds']:.0f} s wall", flush=True
+        )
         return cost
 
     def tag(self, budget: int) -> str:
@@ -179,14 +143,6 @@ class Bench:
                     load_check = json.loads((extracted / "distill_config.json").read_text())["kept_layers"]
                     assert load_check == self.kept[depth], (load_check, self.kept[depth])
         return complete
-
-    @staticmethod
-    def _load(folder: Path):
-        from diffusers_layerprune.modeling import load_pipeline
-
-        pipe = load_pipeline(str(folder))
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     # -- step cost ------------------------------------------------------------------------------------------------
     def step_costs(self, repeats: int = 8) -> dict:
