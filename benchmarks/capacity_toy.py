@@ -1,0 +1,660 @@
+"""Capacity control on the toy world: are the pruned + distilled students (9 and 7 of the teacher's 12 blocks) short
+of the teacher because that many blocks of width 64 cannot do better, or because the recipe does not get there?
+Writes benchmarks/results/capacity_toy.json and the "Capacity control" section of docs/results.md.
+
+Models, all judged like benchmarks/reproduce_paper.py (the 216 held-out captions, noise seeds 100000 + 1000 s + i
+for s = 0, 1, 2, 20 steps, guidance 4.5, the toy judge and scorer):
+
+- ``teacher``: the shipped 12-block toy (``toy/train_teacher.py`` defaults: 6000 steps x batch 48, lr 1e-3, EMA).
+- ``scratch-dD-full``: D blocks of the same width trained from scratch by ``train_teacher.py`` with the teacher's
+  whole recipe and budget (6000 x 48, training seed 0 as the teacher's): can D blocks reach the teacher at all?
+  Trained in resumable pieces of ``--chunk-steps`` (``--resume --stop_at_step``).
+- ``scratch-dD-kd400``: the same recipe with the KD run's budget (400 steps x batch 16, 5% warm-up): what a user gets
+  by training the shallow model instead of pruning the teacher and distilling it for 400 steps.
+- ``kd`` (read from benchmarks/results/reproduce_paper.json, same judging): the learnable-pruned students
+  distilled 400 and 4000 steps (prompt-only KD: output + feature + task loss on one teacher sample per caption).
+- ``datakd-dD``, the lever: the same pruned students (the learnable blocks of reproduce_paper.json per seed, the
+  same seed, steps, batch and learning rate) distilled on ``--renders`` renders of the training captions (the
+  teacher's kind of training data, written once as an image folder) instead of the 360 teacher samples.
+
+Cost: CPU seconds (user + system) of every training process, summed over its pieces; judging is not counted.
+Intervals: 95% Wilson intervals of all-four-right accuracy pooled over the seeds' 648 images.
+
+    python benchmarks/capacity_toy.py --minutes 9        # repeat until it prints the table (resumes every run)
+    python benchmarks/capacity_toy.py --report-only      # JSON and docs/results.md section from the cells
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paper.cells import Cells, mean_std, replace_section  # noqa: E402
+from paper.distil import distil  # noqa: E402
+from toybench import judged, wilson, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "capacity_toy.json"
+PAPER = ROOT / "benchmarks" / "results" / "reproduce_paper.json"
+PAGE = ROOT / "docs" / "results.md"
+BEGIN, END = "<!-- capacity_toy:start -->", "<!-- capacity_toy:end -->"
+EVAL_SEED = 100000
+GOALS = {9: 0.97, 7: 0.90}  # issue 31: share of the teacher's accuracy to keep at 25% and 40% shallower
+RATIO_OF_DEPTH = {9: "0.25", 7: "0.40"}
+# From-scratch budgets: train_teacher.py arguments (the teacher's recipe; only steps, batch and warm-up change).
+BUDGETS = {
+    "full": dict(steps=6000, batch=48, warmup=100, label="teacher's budget (6000 x 48)"),
+    "kd400": dict(steps=400, batch=16, warmup=20, label="KD's budget (400 x 16)"),
+}
+KD = dict(steps=400, batch=16, learning_rate=2e-4)  # reproduce_paper.py's distillation recipe
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depths", default="9,7")
+    p.add_argument("--budgets", default="full,kd400", help=f"from-scratch budgets among {', '.join(BUDGETS)}")
+    p.add_argument("--seeds", default="0,1,2", help="noise seeds of the judging (and seeds of the lever's KD runs)")
+    p.add_argument("--lever-seeds", default="0,1,2", help="seeds of the data-KD runs ('' for none)")
+    p.add_argument("--renders", type=int, default=6400, help="training renders of the data-KD lever")
+    p.add_argument("--chunk-steps", type=int, default=1000, help="from-scratch steps per training process")
+    p.add_argument(
+        "--stop-full-at",
+        type=int,
+        default=None,
+        help="judge the teacher's-schedule runs (12 blocks included, as the reference) at this step of the 6000: "
+        "their EMA there, rows named 'scratch-dD-full@N'",
+    )
+    p.add_argument("--minutes", type=float, default=None, help="start no new piece of work after this long")
+    p.add_argument("--eval-prompts", type=int, default=216)
+    p.add_argument("--work", default="runs/capacity_toy")
+    p.add_argument("--train-only", action="store_true", help="train, judge nothing (to train depths in parallel)")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--page", default=str(PAGE), help="the page whose capacity section is rewritten")
+    p.add_argument("--smoke", action="store_true", help="tiny everything, for tests (no page, JSON to --results)")
+    return p.parse_args(argv)
+
+
+def _run(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` (this checkout's package first, one thread), output appended to ``log``; its cost."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise RuntimeError(f"{cmd[2]} failed ({log}):\n" + "".join(log.read_text().splitlines(True)[-20:]))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_seconds": cpu, "wall_seconds": time.perf_counter() - start}
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.work = Path(args.work)
+        self.depths = [int(d) for d in args.depths.split(",")]
+        self.budgets = [b for b in args.budgets.split(",") if b]
+        self.seeds = [int(s) for s in args.seeds.split(",")]
+        self.lever_seeds = [int(s) for s in args.lever_seeds.split(",") if s]
+        self.cells = Cells(self.work / "cells.jsonl")
+        self.costs = Cells(self.work / "costs.jsonl")  # one line per training process
+        self.started = time.time()
+        self.pipe = None
+
+    def time_left(self) -> bool:
+        return self.args.minutes is None or time.time() - self.started < 60 * self.args.minutes
+
+    def cost(self, name: str) -> dict:
+        pieces = [r for k, r in self.costs.records.items() if k.split("#")[0] == name]
+        return {"cpu_seconds": sum(p["cpu_seconds"] for p in pieces), "processes": len(pieces)}
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def scratch_name(self, depth: int, budget: str) -> str:
+        at = self.args.stop_full_at if budget == "full" else None
+        return f"scratch-d{depth}-{budget}" + (f"@{at}" if at else "")
+
+    def scratch(self, depth: int, budget: str) -> Path | None:
+        """The from-scratch model folder once trained; ``None`` while pieces remain (and time is up)."""
+        b = BUDGETS[budget]
+        name = f"scratch-d{depth}-{budget}"
+        out = self.work / name
+        steps = 4 if self.args.smoke else b["steps"]
+        until = self.args.stop_full_at if budget == "full" and self.args.stop_full_at else steps
+        at = self.work / self.scratch_name(depth, budget)
+        if until < steps and (at / "model_index.json").is_file():
+            return at
+        while not (out / "model_index.json").is_file():
+            state = out / "resume_state.pt"
+            done = 0
+            if state.is_file():
+                import torch
+
+                done = int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+                # every piece's end is kept as a model (the EMA there): a shorter common budget can be judged later
+                self.export_ema(state, depth, self.work / f"{name}@{done}")
+            if done >= until:
+                if not (at / "model_index.json").is_file():
+                    print(f"  {name} is past step {until} and kept no model there", flush=True)
+                    return None
+                return at
+            if not self.time_left():
+                return None
+            stop = min(until, done + self.args.chunk_steps)
+            cmd = [sys.executable, "-m", "diffusers_layerprune.toy.train_teacher", "--num_layers", str(depth),
+                   "--max_steps", str(steps), "--batch_size", str(b["batch"]), "--warmup_steps", str(b["warmup"]),
+                   "--seed", "0", "--output_dir", str(out), "--resume", "--stop_at_step", str(stop)]  # fmt: skip
+            if self.args.smoke:
+                cmd += ["--num_renders", "8", "--batch_size", "4"]
+            print(f"  {name}: steps {done}-{stop} of {steps}", flush=True)
+            self.costs.put(f"{name}#{stop}", _run(cmd, self.work / "logs" / f"{name}.log"))
+        return out
+
+    def export_ema(self, state: Path, depth: int, folder: Path) -> Path:
+        """The EMA weights of a stopped run as a pipeline folder (the toy's other components: the same ones
+        train_teacher.py builds), written once."""
+        if (folder / "model_index.json").is_file():
+            return folder
+        import torch
+
+        from diffusers_layerprune.toy.train_teacher import build_transformer
+
+        saved = torch.load(state, map_location="cpu", weights_only=True)
+        transformer = build_transformer(depth)
+        transformer.load_state_dict(saved["ema"])
+        t = self.teacher()
+        pipe = type(t)(tokenizer=t.tokenizer, text_encoder=t.text_encoder, vae=t.vae, transformer=transformer,
+                       scheduler=t.scheduler)  # fmt: skip
+        tmp = folder.with_name(folder.name + ".partial")
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        # the training losses so far (every depth saw the same batches and noise: train_teacher.py's generator)
+        (tmp / "train_losses.json").write_text(json.dumps([float(x) for x in saved["losses"]]))
+        tmp.replace(folder)
+        return folder
+
+    def render_folder(self) -> Path:
+        """``--renders`` renders of the training captions as an image folder (``metadata.jsonl``), written once."""
+        import numpy as np
+        from PIL import Image
+
+        from diffusers_layerprune.toy import world
+
+        folder = self.work / f"renders-{self.args.renders}"
+        if (folder / "metadata.jsonl").is_file():
+            return folder
+        attrs = world.split_attributes("train")
+        rng = np.random.default_rng(31)
+        picks = rng.integers(0, len(attrs), size=self.args.renders)
+        seeds = rng.integers(0, 2**31 - 1, size=self.args.renders)
+        tmp = folder.with_name(folder.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, (pick, seed) in enumerate(zip(picks, seeds, strict=True)):
+            image = world.render(attrs[int(pick)], int(seed))  # [3, 32, 32] in [0, 1]
+            pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+            Image.fromarray(pixels).save(tmp / f"{i:05d}.png")
+            rows.append(json.dumps({"file_name": f"{i:05d}.png", "text": attrs[int(pick)].caption()}))
+        (tmp / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+        tmp.replace(folder)
+        return folder
+
+    def datakd(self, depth: int, seed: int) -> Path | None:
+        """The lever: the learnable-pruned student of ``seed`` distilled on renders; ``None`` when time is up."""
+        from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
+
+        name = f"datakd-d{depth}-seed{seed}"
+        folder = self.work / name
+        final = folder / "distilled"
+        if (final / "model_index.json").is_file():
+            return final
+        if not self.time_left():
+            return None
+        pruned = folder / "pruned"
+        if not (pruned / "model_index.json").is_file():
+            save_pruned_pipeline(prune_pipeline(self.teacher(), pruned_layers=self.dropped(depth, seed)), pruned)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        steps = 2 if self.args.smoke else KD["steps"]
+        wall = distil(
+            "toy", pruned, final, steps=steps, batch_size=4 if self.args.smoke else KD["batch"],
+            learning_rate=KD["learning_rate"], seed=seed, log=folder / "train.log",
+            extra_args=("--train_data_dir", str(self.render_folder().resolve())),
+        )  # fmt: skip
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        self.costs.put(f"{name}#{steps}", {"cpu_seconds": cpu, "wall_seconds": wall})
+        return final
+
+    def dropped(self, depth: int, seed: int) -> list[int]:
+        if self.args.smoke:
+            return list(range(depth, 12))
+        return json.loads(PAPER.read_text())["plans"]["learnable"][RATIO_OF_DEPTH[depth]][str(seed)]
+
+    # -- judging --------------------------------------------------------------------------------------------------
+    def teacher(self):
+        if self.pipe is None:
+            from toybench import load_with_settings
+
+            from diffusers_layerprune.families import family_of_pipeline
+            from diffusers_layerprune.scorers import load_scorer
+            from diffusers_layerprune.toy import world
+
+            self.pipe, self.settings = load_with_settings("toy", 16)
+            self.scorer = load_scorer("toy")
+            self.captions = world.captions("heldout")[: self.args.eval_prompts]
+            family = family_of_pipeline(self.pipe)
+            length = self.settings.max_sequence_length
+            self.embeds = family.encode(self.pipe, self.captions, length, "cpu")
+            self.negative = family.encode(self.pipe, [""], length, "cpu")
+        return self.pipe
+
+    def judge(self, name: str, folder: Path | None) -> None:
+        """Judge the model in ``folder`` (the teacher when ``None``) at every seed, unless its cells exist."""
+        import torch
+
+        from diffusers_layerprune.generation import generate_from_conditioning
+        from diffusers_layerprune.modeling import load_pipeline
+
+        todo = [s for s in self.seeds if self.cells.get(f"{name}|seed={s}") is None]
+        if not todo or self.args.train_only:
+            return
+        teacher = self.teacher()
+        pipe = teacher if folder is None else load_pipeline(str(folder))
+        pipe.set_progress_bar_config(disable=True)
+        s = self.settings
+        for seed in todo:
+            start = time.perf_counter()
+            with torch.no_grad():
+                images = generate_from_conditioning(
+                    pipe, self.embeds, self.negative, seeds=[EVAL_SEED + 1000 * seed + i for i in range(len(self.captions))],
+                    num_inference_steps=2 if self.args.smoke else s.num_inference_steps, guidance_scale=s.guidance_scale,
+                    resolution=s.resolution, max_sequence_length=s.max_sequence_length, batch_size=16,
+                )  # fmt: skip
+            record = {
+                **judged(images, self.captions, self.scorer, correct=True),
+                "seconds": time.perf_counter() - start,
+            }
+            self.cells.put(f"{name}|seed={seed}", record)
+            print(f"  {name} seed {seed}: all four {100 * record['accuracy']['overall']:.1f}%", flush=True)
+
+    def run(self) -> bool:
+        """Train and judge what is missing; True when everything is done."""
+        self.judge("teacher", None)
+        complete = True
+        for budget in self.budgets:
+            for depth in self.depths:
+                folder = self.scratch(depth, budget)
+                if folder is None:
+                    complete = False
+                    continue
+                self.judge(self.scratch_name(depth, budget), folder)
+        for depth in self.depths:
+            for seed in self.lever_seeds:
+                folder = self.datakd(depth, seed)
+                if folder is None:
+                    complete = False
+                    continue
+                self.seeds, all_seeds = [seed], self.seeds  # a KD student is judged at its own seed, as in the paper
+                try:
+                    self.judge(f"datakd-d{depth}", folder)
+                finally:
+                    self.seeds = all_seeds
+        return complete
+
+    # -- report ---------------------------------------------------------------------------------------------------
+    def row(self, name: str) -> dict | None:
+        records = [r for k, r in sorted(self.cells.records.items()) if k.split("|")[0] == name]
+        if not records:
+            return None
+        n = len(self.captions_count(records))
+        right = sum(sum(r["correct"]) for r in records)
+        return {
+            "overall": mean_std([r["accuracy"]["overall"] for r in records]),
+            "toy_score": mean_std([r["toy_score"] for r in records]),
+            "per_attribute": {m: mean_std([r["accuracy"][m] for r in records])["mean"] for m in records[0]["accuracy"]},
+            "pooled": right / n,
+            "wilson_95": list(wilson(right, n)),
+            "images": n,
+            "seeds": [int(k.split("seed=")[1]) for k in sorted(self.cells.records) if k.split("|")[0] == name],
+        }
+
+    def paired(self, name: str, ref: str, resamples: int = 2000) -> dict:
+        """``name`` - ``ref`` in all-four-right accuracy over the (seed, caption) pairs both were judged on, with a
+        95% paired bootstrap interval (same caption, same noise)."""
+        import random
+
+        def correct(model):
+            return {(k.split("seed=")[1], i): c for k, r in self.cells.records.items() if k.split("|")[0] == model
+                    for i, c in enumerate(r["correct"])}  # fmt: skip
+
+        a, b = correct(name), correct(ref)
+        keys = sorted(set(a) & set(b))
+        diffs = [int(a[k]) - int(b[k]) for k in keys]
+        rng = random.Random(0)
+        boot = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(resamples))
+        return {"model": name, "against": ref, "images": len(diffs), "difference": sum(diffs) / len(diffs),
+                "bootstrap_95": [boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]]}  # fmt: skip
+
+    @staticmethod
+    def captions_count(records) -> list:
+        return [c for r in records for c in r["correct"]]
+
+    def cited_kd(self) -> dict:
+        """The learnable students of reproduce_paper.json (the same judging): 400 and 4000 KD steps."""
+        paper = json.loads(PAPER.read_text()) if PAPER.is_file() else {}
+        out = {}
+        for depth in self.depths:
+            budget = paper.get("budget", {}).get(RATIO_OF_DEPTH.get(depth, ""), {})
+            for steps, cell in budget.get("steps", {}).items():
+                if steps in ("400", "4000"):
+                    values = cell["overall"]["values"]
+                    right, n = sum(values) * 216, 216 * len(values)
+                    out[f"kd-d{depth}-{steps}"] = {
+                        "overall": cell["overall"], "toy_score": cell["toy_score"], "pooled": right / n,
+                        "wilson_95": list(wilson(round(right), n)), "images": n, "seeds": cell.get("seeds"),
+                        "criterion": budget.get("criterion"),
+                    }  # fmt: skip
+        return out
+
+    def collect(self) -> dict:
+        # every model judged in this folder (a shorter common budget, --stop-full-at, may have been judged too)
+        rows = {name: self.row(name) for name in sorted({k.split("|")[0] for k in self.cells.records})}
+        rows.update(self.cited_kd())
+        shipped = json.loads((ROOT / "diffusers_layerprune/toy/assets/pipeline/training_log.json").read_text())
+        for name, row in rows.items():
+            if "@" in name:  # mean training loss of the last 500 steps, on the same batches at every depth
+                n = int(name.split("@")[1])
+                losses = json.loads((self.work / name / "train_losses.json").read_text())[:n]
+                row["train_loss_last500"] = sum(losses[-500:]) / len(losses[-500:])
+                # the shipped teacher's log (50-step means) over the same steps: the 12-block run's check
+                row["shipped_teacher_loss_last500"] = sum(shipped["losses"][n // 50 - 10 : n // 50]) / 10
+        # the teacher on each seed: judged here, else reproduce_paper.json's (the same judging: seed 0 reproduces
+        # its value exactly), so that every row is compared with the teacher on the seeds it was judged on
+        paper = json.loads(PAPER.read_text()) if PAPER.is_file() else {}
+        values = paper.get("teacher", {}).get("overall", {}).get("values", [])
+        by_seed = dict(zip(paper.get("seeds", []), values, strict=True))
+        by_seed.update({int(k.split("seed=")[1]): r["accuracy"]["overall"] for k, r in self.cells.records.items()
+                        if k.startswith("teacher|")})  # fmt: skip
+        for name, row in rows.items():
+            if by_seed and all(s in by_seed for s in row["seeds"]):
+                row["teacher_on_seeds"] = sum(by_seed[s] for s in row["seeds"]) / len(row["seeds"])
+                row["share_of_teacher"] = row["overall"]["mean"] / row["teacher_on_seeds"]
+            if name.startswith("scratch"):
+                row["train_cpu_seconds"] = self.cost(name.split("@")[0])["cpu_seconds"]
+            if name.startswith("datakd"):
+                pieces = [self.cost(f"{name}-seed{s}")["cpu_seconds"] for s in self.lever_seeds]
+                row["train_cpu_seconds"] = mean_std([p for p in pieces if p]) if any(pieces) else None
+        goals = {}
+        for depth in self.depths:
+            best = max(
+                # the goal is the pruned students'; the from-scratch rows are the control
+                ((n, r) for n, r in rows.items() if "kd-" in n and f"-d{depth}-" in n + "-"),
+                key=lambda x: x[1]["overall"]["mean"],
+                default=(None, None),
+            )
+            if best[0] and "share_of_teacher" in best[1]:
+                share = best[1]["share_of_teacher"]
+                goals[str(depth)] = {
+                    "goal": GOALS[depth],
+                    "best": best[0],
+                    "share": share,
+                    "met": share >= GOALS[depth],
+                }
+        comparisons = []
+        for name in rows:  # the capacity control: each depth against 12 blocks at the same step, same images
+            if name.startswith("scratch-d") and "@" in name and not name.startswith("scratch-d12-"):
+                ref = "scratch-d12-full@" + name.split("@")[1]
+                if ref in rows:
+                    comparisons.append(self.paired(name, ref))
+        for depth in self.depths:  # the lever against the recipe it changes (per-seed pairs: the paper kept no images)
+            lever, base = rows.get(f"datakd-d{depth}"), rows.get(f"kd-d{depth}-400")
+            if lever and base:
+                pairs = [(v, base["overall"]["values"][base["seeds"].index(s)])
+                         for v, s in zip(lever["overall"]["values"], lever["seeds"], strict=True) if s in base["seeds"]]  # fmt: skip
+                diffs = [a - b for a, b in pairs]
+                comparisons.append({"model": f"datakd-d{depth}", "against": f"kd-d{depth}-400", "seeds": len(diffs),
+                                    "difference": sum(diffs) / len(diffs), "per_seed": diffs})  # fmt: skip
+        total_cpu = sum(r["cpu_seconds"] for r in self.costs.records.values())
+        judge_seconds = sum(r.get("seconds", 0) for r in self.cells.records.values())
+        return {
+            "question": "capacity or recipe: can 9 / 7 blocks of width 64 trained from scratch reach the 12-block "
+            "toy teacher, and what closes the gap of the pruned + distilled students?",
+            "depths": self.depths,
+            "source_depth": 12,
+            "budgets": {b: BUDGETS[b] for b in self.budgets},
+            "kd_recipe": KD,
+            "renders": self.args.renders,
+            "eval_prompts": self.args.eval_prompts,
+            "seeds": self.seeds,
+            "lever_seeds": self.lever_seeds,
+            "rows": rows,
+            "goals": goals,
+            "comparisons": comparisons,
+            "teacher_by_seed": {str(k): v for k, v in sorted(by_seed.items())},
+            "train_cpu_seconds_total": total_cpu,
+            "judge_seconds_total": judge_seconds,
+            "machine": "2-core CPU shared with other jobs; one thread per training process",
+        }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def label(name: str) -> str:
+    """A table row's words for a row name (``scratch-d9-full@2000``, ``kd-d7-4000``, ``datakd-d7``, ``teacher``)."""
+    if name == "teacher":
+        return "teacher, 12 blocks (shipped: from scratch, 6000 x 48)"
+    kind, rest = name.split("-d", 1)
+    depth, _, tail = rest.partition("-")
+    tail, _, at = tail.partition("@")
+    if kind == "scratch":
+        budget = BUDGETS[tail]["label"]
+        return f"{depth} blocks from scratch, the {budget}" + (f", EMA at step {at}" if at else "")
+    if kind == "kd":
+        return f"{depth} blocks pruned (learnable) + KD {tail} x 16 (reproduce_paper)"
+    return f"{depth} blocks pruned (learnable) + KD 400 x 16 on renders (lever)"
+
+
+def _in(c: dict) -> str:
+    lo, hi = c["bootstrap_95"]
+    return f"{100 * c['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def verdict(result: dict) -> str:
+    """The reading of the numbers, from the numbers: goals, same-compute control, capacity at a common step, lever."""
+    rows, goals = result["rows"], result["goals"]
+    teacher = rows.get("teacher", {}).get("overall", {}).get("mean")
+    if not teacher:
+        return ""
+    out = []
+    missed = [d for d, g in goals.items() if not g["met"]]
+    out.append(
+        "**Verdict.** "
+        + "; ".join(
+            f"{d} blocks ({'25' if d == '9' else '40'}% shallower): best pruned student {100 * g['share']:.0f}% of "
+            f"the teacher against the goal's {100 * g['goal']:.0f}%, {'met' if g['met'] else 'missed'}"
+            for d, g in goals.items()
+        )
+        + "."
+    )
+    same = [
+        (d, rows[f"scratch-d{d}-kd400"], rows.get(f"kd-d{d}-400"))
+        for d in result["depths"]
+        if f"scratch-d{d}-kd400" in rows
+    ]
+    if same:
+        out.append(
+            "*Same compute as the KD run.* Trained from scratch on 400 x 16 samples, "
+            + ", ".join(
+                f"{d} blocks reach {_pct(r['overall']['mean'])}%"
+                + (f" (pruned + distilled with that budget: {_pct(kd['overall']['mean'])}%)" if kd else "")
+                for d, r, kd in same
+            )
+            + ": at the KD run's budget, pruning the trained teacher is what makes a shallow model usable; "
+            "training one instead is no alternative."
+        )
+    caps = [c for c in result.get("comparisons", []) if "bootstrap_95" in c]
+    if caps:
+        step = caps[0]["model"].split("@")[1]
+        ref = rows[caps[0]["against"]]
+        within = all(c["bootstrap_95"][0] <= 0 for c in caps)
+        text = (
+            f"*Capacity at a common budget.* With the teacher's recipe, stopped at step {step} of its 6000 (the "
+            f"12-block reference retrained the same way: {_pct(ref['overall']['mean'])}%), "
+            + "; ".join(
+                f"{c['model'].split('-d')[1].split('-')[0]} blocks score {_pct(rows[c['model']]['overall']['mean'])}% "
+                f"({_in(c)} against 12 blocks)"
+                for c in caps
+            )
+            + ". "
+        )
+        losses = [(n, r) for n, r in rows.items() if "train_loss_last500" in r and n.endswith("@" + step)]
+        ref_loss = next((r["train_loss_last500"] for n, r in losses if n.startswith("scratch-d12-")), None)
+        ref_loss = ref_loss or (losses[0][1]["shipped_teacher_loss_last500"] if losses else None)
+        if losses and ref_loss:
+            text += (
+                "Training loss on the same batches: "
+                + ", ".join(
+                    f"{n.split('-d')[1].split('-')[0]} blocks {r['train_loss_last500'] / ref_loss:.2f}x the 12-block "
+                    "run's"
+                    for n, r in losses
+                    if not n.startswith("scratch-d12-")
+                )
+                + ". "
+            )
+        text += (
+            "Depth does not measurably limit what is learnt by then."
+            if within
+            else "The shallower models learn measurably less by then."
+        )
+        out.append(text)
+    levers = [c for c in result.get("comparisons", []) if "per_seed" in c]
+    if levers:
+        out.append(
+            "*Lever: KD on renders instead of teacher samples* (the task loss then pulls towards true images, not "
+            "towards the teacher's mistakes). "
+            + "; ".join(
+                f"{c['model'].split('-d')[1]} blocks: {_pct(rows[c['model']]['overall']['mean'])}% "
+                f"({100 * c['difference']:+.1f} points against prompt-only KD, {c['seeds']} seed"
+                f"{'s' if c['seeds'] > 1 else ''}; {100 * rows[c['model']]['share_of_teacher']:.0f}% of the teacher)"
+                for c in levers
+            )
+            + "."
+        )
+    if missed:
+        out.append(result.get("next", ""))
+    return "\n\n".join(t for t in out if t)
+
+
+def render(result: dict) -> str:
+    rows, goals = result["rows"], result["goals"]
+    lines = [
+        BEGIN,
+        "",
+        "## Capacity control",
+        "",
+        "<!-- Generated by benchmarks/capacity_toy.py; edit that script. -->",
+        "",
+    ]
+    lines += [
+        "**Question.** Is the gap of the pruned + distilled students to the teacher a matter of capacity (9 or 7 "
+        "blocks of width 64 cannot do better) or of the recipe? Control: models of those depths trained from "
+        "scratch by `toy/train_teacher.py` with the teacher's whole recipe and budget (6000 steps x batch 48, "
+        "training seed 0 as the teacher's), and with the budget of the 400-step KD run (400 x 16: what a user "
+        "gets by training a shallow model instead). Lever: the same pruned students, seeds, steps, batch and "
+        f"learning rate, distilled on {result['renders']} renders of the training captions (image-caption KD, "
+        "`--train_data_dir`) instead of one teacher sample per caption (prompt-only KD).",
+        "",
+        f"All four attributes right on the {result['eval_prompts']} held-out captions, noise seeds of "
+        "reproduce_paper.py; mean ± std over the judged seeds, the 95% Wilson interval of the pooled images, "
+        "the share of the teacher's mean kept, and the CPU seconds of training (this run's models; one thread):",
+        "",
+        "| model | all four right (%) | 95% interval (images) | of teacher | toy score | training CPU-s |",
+        "|---|---|---|---|---|---|",
+    ]
+    kinds = ("scratch", "kd", "datakd")
+    order = ["teacher"] + sorted(
+        (n for n in rows if n != "teacher"),
+        key=lambda n: (-int(n.split("-d")[1].split("-")[0]), kinds.index(n.split("-d")[0]), n),
+    )
+    for name in order:
+        row = rows[name]
+        o = row["overall"]
+        lo, hi = row["wilson_95"]
+        cpu = row.get("train_cpu_seconds")
+        cpu = f"{cpu['mean']:.0f} / seed" if isinstance(cpu, dict) else (f"{cpu:.0f}" if cpu else "")
+        spread = f" ± {_pct(o['std'])}" if o["n"] > 1 else ""
+        lines.append(
+            f"| {label(name)} | {_pct(o['mean'])}{spread} (n={o['n']}) | {_pct(lo)}-{_pct(hi)} ({row['images']}) "
+            f"| {100 * row.get('share_of_teacher', float('nan')):.1f}% | {row['toy_score']['mean']:.3f} | {cpu} |"
+        )
+    losses = [(n, r) for n, r in rows.items() if "train_loss_last500" in r]
+    if losses:
+        lines += [
+            "",
+            "Training loss of the from-scratch runs (min-SNR-weighted x0 MSE, mean of the last 500 steps before the "
+            "step named; every depth drew the same batches, timesteps and noise from train_teacher.py's generator) "
+            "and the shipped teacher's logged loss over the same steps:",
+            "",
+            "| model | training loss | shipped 12-block teacher, same steps |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {label(n)} | {r['train_loss_last500']:.4f} | {r['shipped_teacher_loss_last500']:.4f} |"
+            for n, r in sorted(losses, key=lambda x: (x[0].split("@")[1], -int(x[0].split("-d")[1].split("-")[0])))
+        ]
+    if result.get("comparisons"):
+        lines += ["", "Differences in all four right (points):", ""]
+        for c in result["comparisons"]:
+            if "bootstrap_95" in c:
+                lo, hi = c["bootstrap_95"]
+                lines.append(
+                    f"- {label(c['model'])} - {label(c['against'])}: {100 * c['difference']:+.1f} "
+                    f"[{100 * lo:+.1f}, {100 * hi:+.1f}] (paired bootstrap over {c['images']} images)"
+                )
+            else:
+                per_seed = ", ".join(f"{100 * d:+.1f}" for d in c["per_seed"])
+                lines.append(
+                    f"- {label(c['model'])} - {label(c['against'])}: {100 * c['difference']:+.1f} "
+                    f"(per seed: {per_seed})"
+                )
+    lines += ["", "Goals (issue 31): " + "; ".join(
+        f"{d} blocks keep ≥ {g['goal']:.0%}: best {g['best']} keeps {g['share']:.1%}, **{'met' if g['met'] else 'missed'}**"
+        for d, g in goals.items()
+    ) + ".", ""]  # fmt: skip
+    lines += [verdict(result), "", END]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if not args.report_only and not args.smoke and os.nice(0) < 10:
+        os.nice(10 - os.nice(0))  # a shared machine: this process and its training children yield to others
+    if args.smoke:
+        args.renders = min(args.renders, 16)
+    bench = Bench(args)
+    if not args.report_only and not bench.run():
+        print("not finished: run the same command again")
+        return {}
+    result = bench.collect()
+    write_json(args.results, result)
+    if not args.smoke:
+        replace_section(args.page, BEGIN, END, render(result))
+    print(render(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 3)  # 3: pieces remain, run it again
