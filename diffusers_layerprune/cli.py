@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, run_command
+from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, model_options, run_command
 from .arguments import add_model_args as _add_model_args
 from .validation import non_negative_float, non_negative_int, positive_int, revision_name
 
@@ -72,9 +72,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         kept_layers=args.keep,
         pruned_layers=args.drop,
         transformer_only=args.transformer_only,
-        dtype=args.dtype,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         overwrite=args.overwrite,
         inputs=inputs,
     )
@@ -121,9 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         latency_repeats=args.latency_repeats,
         device=args.device,
-        dtype=args.dtype,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         teacher_cache=not args.no_teacher_cache,
     )
     print(render_report_md(report))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..arguments import model_options
+
 
 def _budget(text: str) -> float:
     """A budget as written: ``1.0`` (or ``1e0``) is refused, since it reads as the whole depth (a fraction) as much
@@ -100,10 +102,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         prompt_column=args.prompt_column,
         num_prompts=args.num_prompts,
         settings=settings,
-        dtype=args.dtype,
         device=args.device,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         overwrite=args.overwrite,
         log=print,
     )
