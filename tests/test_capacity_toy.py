@@ -47,3 +47,16 @@ def test_lever_render_folder_is_an_image_dataset(tmp_path):
 
     assert {r["text"] for r in rows} <= set(world.captions("train"))  # training captions only, never held-out
     assert bench.render_folder() == folder  # written once
+
+
+def test_reproduce_paper_keeps_the_capacity_section(tmp_path):
+    # reproduce_paper.py rewrites docs/results.md whole; the section this benchmark wrote there must survive
+    load_benchmark("reproduce_paper")  # puts the paper package on the path
+    from paper.run import CAPACITY_END, CAPACITY_START, keep_capacity_section
+
+    doc = tmp_path / "results.md"
+    doc.write_text(f"old page\n{CAPACITY_START}\n| capacity table |\n{CAPACITY_END}\nold tail\n")
+    page = keep_capacity_section(f"new page\n{CAPACITY_START}\n(placeholder)\n{CAPACITY_END}\nnew tail\n", doc)
+    assert page == f"new page\n{CAPACITY_START}\n| capacity table |\n{CAPACITY_END}\nnew tail\n"
+    doc.unlink()  # no page yet: the template's placeholder stays
+    assert "(placeholder)" in keep_capacity_section(f"{CAPACITY_START}\n(placeholder)\n{CAPACITY_END}\n", doc)

@@ -35,6 +35,14 @@ from .report import render_results, write_budget_plot, write_plot
 CAPACITY_START, CAPACITY_END = "<!-- capacity_toy:start -->", "<!-- capacity_toy:end -->"
 
 
+def keep_capacity_section(page: str, doc: Path) -> str:
+    """``page`` with the section benchmarks/capacity_toy.py wrote into ``doc`` (if any) in place of its markers."""
+    kept = generated_section(doc, CAPACITY_START, CAPACITY_END)
+    if kept and CAPACITY_START in page and CAPACITY_END in page:
+        page = page.split(CAPACITY_START)[0] + kept + page.split(CAPACITY_END, 1)[1]
+    return page
+
+
 def plans_for(importances: dict, ratios, depth: int, learned: dict | None = None) -> dict:
     """``{ratio: {criterion: sorted blocks to drop}}`` with plan ``one_shot``; angular distance also with ``span``.
     ``learned`` maps a removal count ``k`` to the learnable selection trained for exactly that ``k``."""
@@ -635,11 +643,7 @@ class Experiment:
         doc = Path(self.args.doc)
         write_plot(result, doc.with_suffix(".png"))
         write_budget_plot(result, doc.with_name(doc.stem + "_budget.png"))
-        # benchmarks/capacity_toy.py writes a section of this page: carry it over
-        page, kept = render_results(result), generated_section(doc, CAPACITY_START, CAPACITY_END)
-        if kept and CAPACITY_START in page and CAPACITY_END in page:
-            page = page.split(CAPACITY_START)[0] + kept + page.split(CAPACITY_END, 1)[1]
-        write_text(doc, page)
+        write_text(doc, keep_capacity_section(render_results(result), doc))
         print(f"wrote {results}, {doc} and {doc.with_suffix('.png')}")
         for claim in result["claims"]:
             print(f"  {claim['verdict']:>13}: {claim['claim']}")
