@@ -402,8 +402,11 @@ class Bench:
             if by_seed and all(s in by_seed for s in row["seeds"]):
                 row["teacher_on_seeds"] = sum(by_seed[s] for s in row["seeds"]) / len(row["seeds"])
                 row["share_of_teacher"] = row["overall"]["mean"] / row["teacher_on_seeds"]
-            if name.startswith("scratch"):
-                row["train_cpu_seconds"] = self.cost(name.split("@")[0])["cpu_seconds"]
+            if name.startswith("scratch"):  # a row stopped at step N: the pieces up to N
+                base, _, at = name.partition("@")
+                pieces = [r for k, r in self.costs.records.items()
+                          if k.split("#")[0] == base and (not at or int(k.split("#")[1]) <= int(at))]  # fmt: skip
+                row["train_cpu_seconds"] = sum(r["cpu_seconds"] for r in pieces)
             if name.startswith("datakd"):
                 pieces = [self.cost(f"{name}-seed{s}")["cpu_seconds"] for s in self.lever_seeds]
                 row["train_cpu_seconds"] = mean_std([p for p in pieces if p]) if any(pieces) else None
@@ -517,11 +520,15 @@ def closing(result: dict) -> str:
     if scratch:
         step = scratch[-1][0].split("@")[1]
         last = [(n, r) for n, r in scratch if n.endswith("@" + step)]
-        gap = max(abs(r["train_loss_last500"] / r["shipped_teacher_loss_last500"] - 1) for _, r in last)
         text += (
             "Whether 7 or 9 blocks of width 64 can hold what the teacher knows is what this session could not "
-            f"measure to the end: trained from scratch they track the 12-block teacher's training loss step for "
-            f"step (within {100 * gap:.0f}% at step {step}, same batches), but at step {step} their captions are "
+            "measure to the end: trained from scratch, their training loss on the same batches is "
+            + ", ".join(
+                f"{100 * (r['train_loss_last500'] / r['shipped_teacher_loss_last500'] - 1):+.0f}% against the "
+                f"12-block teacher's at step {n.split('@')[1]} ({n.split('-d')[1].split('-')[0]} blocks)"
+                for n, r in scratch
+            )
+            + f", but at step {step} their captions are "
             + ", ".join(
                 f"{_pct(r['overall']['mean'])}% all four right ({n.split('-d')[1].split('-')[0]} blocks)"
                 for n, r in last
@@ -585,7 +592,14 @@ def verdict(result: dict) -> str:
                 + (f" (pruned + distilled with that budget: {_pct(kd['overall']['mean'])}%)" if kd else "")
                 for d, r, kd in same
             )
-            + ": at the KD run's budget, pruning the trained teacher is what makes a shallow model usable; "
+            + "; "
+            + "; ".join(
+                f"with the teacher's recipe for {int(n.split('@')[1]) * 48 / 6400:g} times those samples "
+                f"({n.split('@')[1]} x 48), {n.split('-d')[1].split('-')[0]} blocks reach {_pct(r['overall']['mean'])}%"
+                for n, r in rows.items()
+                if n.startswith("scratch-") and "@" in n
+            )
+            + ". At the KD run's budget, pruning the trained teacher is what makes a shallow model usable; "
             "training one instead is no alternative."
         )
     caps = [c for c in result.get("comparisons", []) if "bootstrap_95" in c]
