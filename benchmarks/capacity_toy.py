@@ -453,6 +453,9 @@ class Bench:
                                     "difference": sum(diffs) / len(diffs), "per_seed": diffs})  # fmt: skip
         total_cpu = sum(r["cpu_seconds"] for r in self.costs.records.values())
         judge_seconds = sum(r.get("seconds", 0) for r in self.cells.records.values())
+        # judging's CPU seconds (cells judged before this was recorded have none: counted in judged_without_cpu)
+        judge_cpu = sum(r.get("cpu_seconds") or 0 for r in self.cells.records.values())
+        without_cpu = sum(1 for r in self.cells.records.values() if not r.get("cpu_seconds"))
         return {
             "question": "capacity or recipe: can 9 / 7 blocks of width 64 trained from scratch reach the 12-block "
             "toy teacher, and what closes the gap of the pruned + distilled students?",
@@ -470,6 +473,8 @@ class Bench:
             "teacher_by_seed": {str(k): v for k, v in sorted(by_seed.items())},
             "train_cpu_seconds_total": total_cpu,
             "judge_seconds_total": judge_seconds,
+            "judge_cpu_seconds_total": judge_cpu,
+            "judged_without_cpu": without_cpu,
             "machine": "2-core CPU shared with other jobs; one thread per training process",
         }
 

@@ -83,7 +83,7 @@ def closing(result: dict) -> str:
             + " (the teacher's first run read 94% colour and 78% position on a 36-caption check at step 2000, "
             "docs/toy_world.md). The run "
             "that settles it is the rest of the teacher's budget for the 12-, 9- and 7-block models: "
-            "`python benchmarks/capacity_toy.py --depths 12,9,7 --budgets full` (repeat until it prints the table; "
+            "`python benchmarks/capacity_toy.py --depths 12,9,7 --budgets full --lever-seeds ''` (repeat until it prints the table; "
             "about 10-20 CPU-minutes per model on an idle core, resumable). If 7 blocks reach 90% of the teacher "
             "there, the KD recipe is the limit and the next lever is the teacher's own recipe continued from the "
             "pruned weights (renders, 6000 x 48, lr 1e-3); if they do not, the toy cannot meet the 40% goal at "
