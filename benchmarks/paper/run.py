@@ -107,6 +107,12 @@ def parse_args(argv=None, description: str | None = None):
         "'double only', 'single only' (default: preference with each plan)",
     )
     p.add_argument(
+        "--kd-weightings",
+        default="logit_normal",
+        help="models with two stacks: timestep weightings (train_distill --weighting_scheme) each distilled plan at "
+        'the goal depth (25%%) is distilled with again, against the default uniform sampling ("" skips them)',
+    )
+    p.add_argument(
         "--skip-table", action=argparse.BooleanOptionalAction, default=True,
         help="models with two stacks: judge the teacher with each block skipped (the judge's block importance)",
     )  # fmt: skip
@@ -356,7 +362,7 @@ class Experiment:
 
         tag = "drop-" + "-".join(map(str, dropped))
         steps = steps or self.args.distill_steps
-        changed = ABLATIONS[ablation] if ablation else {}
+        changed = self.variant(ablation)
         folder = self.output / f"seed-{seed}" / "models" / self.tag(steps, ablation) / tag
         pruned, final = folder / "pruned", folder / "distilled"
         if not (pruned / "model_index.json").is_file():
@@ -381,6 +387,10 @@ class Experiment:
         if not self.args.keep_models:
             shutil.rmtree(folder, ignore_errors=True)
         return result
+
+    def variant(self, name: str) -> dict:
+        """What distillation variant ``name`` changes (``args`` for train_distill, ``lr_scale``); ``""``: nothing."""
+        return ABLATIONS[name] if name else {}
 
     def run(self) -> None:
         import torch

@@ -36,10 +36,17 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
         "that the mean number of blocks run meets --budget on the training prompts. Saves a folder that stock "
         "DiffusionPipeline.from_pretrained loads as the full-depth model, plus routing.json and router.safetensors "
         "that RoutedPixArtSigmaPipeline.from_pretrained adds (docs/routing.md). On an already pruned model the "
-        "budget counts blocks of the pruned model.",
+        "budget counts blocks of the pruned model. On an elastic run's folder (train_distill --elastic_depths) the "
+        "codes are its trained depths and only the router is trained: each prompt runs one of those depths.",
     )
     add_model_args(parser)
-    parser.add_argument("--num-codes", type=any_int, required=True, metavar="K", help="number of codes (>= 1)")
+    parser.add_argument(
+        "--num-codes",
+        type=any_int,
+        default=None,
+        metavar="K",
+        help="number of codes (>= 1); required, except for an elastic run's folder (one code per trained depth)",
+    )
     parser.add_argument(
         "--budget",
         type=_budget,

@@ -199,12 +199,13 @@ class FluxRecipe:
 
     Text: the toy T5 encoder (the same seeded weights as ``toy``) for the tokens and a seeded-random character-level
     ``CLIPTextModel`` for the pooled vector, as Flux.1 uses them. VAE: the toy VAE with ``shift_factor = 0`` (Flux
-    pipelines read one). No guidance embedding (``guidance_embeds=False``, the FLUX.1-schnell layout): the model is
-    trained conditionally without a CFG-distilled guidance input, so ``guidance_scale`` does not change its images.
-    Timesteps: logit-normal (SD3's default sampling, mean 0, std 1)."""
+    pipelines read one). No guidance embedding (``guidance_embeds=False``, the FLUX.1-schnell layout): the caption
+    dropout trains the unconditional model too, and it is sampled with FluxPipeline's true classifier-free guidance
+    (``true_cfg_scale`` 4.5 with ``negative_prompt=""``: ``families.flux.true_cfg``); ``guidance_scale`` alone does
+    not change its images. Timesteps: logit-normal (SD3's default sampling, mean 0, std 1)."""
 
     output_dir = "pipeline_flux"
-    # The shipped toy-flux's first stage; its second continues it (--init_from, docs/toy_world.md).
+    # The shipped toy-flux's first stage; the later ones continue it (--init_from, docs/toy_world.md).
     defaults = dict(
         num_layers=4, num_single_layers=8, max_steps=800, batch_size=32, learning_rate=2e-3, num_renders=6000
     )
@@ -237,6 +238,7 @@ class FluxRecipe:
             guidance_embeds=False,
             axes_dims_rope=rope,
         )
+        transformer.register_to_config(_layerprune_true_cfg=True)  # trained with caption dropout: guided by true CFG
         # FLUX.1-dev's scheduler config (resolution-dependent shift).
         scheduler = FlowMatchEulerDiscreteScheduler(
             shift=3.0,
