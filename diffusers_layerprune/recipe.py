@@ -532,7 +532,7 @@ def _measure_latency(folders: dict[str, Path], recipe: Recipe, log) -> dict[str,
         resolution=defaults["resolution"],
         vae_scale_factor=student.vae_scale_factor,
         text_tokens=msl,
-        batch_size=family_of(student.transformer).denoising_batch(guidance),
+        batch_size=family_of(student.transformer).denoising_batch(guidance, student.transformer.config),
         repeats=LATENCY_REPEATS,
     )
     prompt = load_prompts(recipe.eval_prompts or model_defaults(str(first))["eval_prompts"], limit=1).prompts

@@ -195,6 +195,11 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     (tmp_path / "docs" / "results.md").unlink()
     rp.main([*args, "--report-only"])
     assert (tmp_path / "docs" / "results.md").read_text() == doc
+    # the section benchmarks/capacity_toy.py writes into the page survives this script's rewrite of it
+    start = "<!-- capacity_toy:start -->\n"
+    (tmp_path / "docs" / "results.md").write_text(doc.replace(start, start + "kept capacity table\n"))
+    rp.main([*args, "--report-only"])
+    assert "kept capacity table" in (tmp_path / "docs" / "results.md").read_text()
 
     # another distillation budget in the same folder uses its own slot: the 2-step cells the budget curve made are
     # what a --distill-steps 2 run reads, so nothing is computed again

@@ -85,6 +85,13 @@ def test_toy_flux_is_guided_by_true_cfg_the_same_way_in_every_command(flux_pipe,
     assert flux.guidance_kwargs(3.5, {"guidance_embeds": True}) == {"guidance_scale": 3.5}
     # FLUX.1-schnell has no guidance embedding either but does not ask for true CFG: called as FluxPipeline calls it
     assert flux.guidance_kwargs(3.5, {"guidance_embeds": False}) == {"guidance_scale": 3.5}
+    # latency is timed on the batch one step runs: the negative forward counts where true CFG adds it
+    assert flux.denoising_batch(4.5, flux_pipe.transformer.config) == 2
+    assert (
+        flux.denoising_batch(3.5, {"guidance_embeds": True})
+        == flux.denoising_batch(1.0, flux_pipe.transformer.config)
+        == 1
+    )
     length = defaults["max_sequence_length"]
     text = encode_text(flux_pipe, [a.caption() for a in ATTRS], max_sequence_length=length)
     images = generate_from_conditioning(

@@ -337,10 +337,14 @@ class ModelFamily:
 
     # -- block numbering ------------------------------------------------------------------------------------------
 
-    def denoising_batch(self, guidance_scale: float) -> int:
+    def denoising_batch(self, guidance_scale: float, config: Mapping | None = None) -> int:
         """The transformer's batch for one image's denoising step at ``guidance_scale``: ``step_batch`` with
-        classifier-free guidance (``guidance_scale > 1``), else 1. Latency measurements time this batch."""
-        return self.step_batch if guidance_scale > 1 else 1
+        classifier-free guidance (``guidance_scale > 1``), else 1; 2 where the checkpoint of ``config`` is guided by
+        true CFG (:attr:`true_cfg`: the pipeline runs a second, negative forward). Latency measurements time this
+        batch."""
+        if guidance_scale <= 1:
+            return 1
+        return 2 if config is not None and self.true_cfg(config) else self.step_batch
 
     def guidance_kwargs(self, guidance_scale: float, config: Mapping) -> dict:
         """The pipeline's call arguments for layerprune's ``guidance_scale`` on a transformer of ``config``:
