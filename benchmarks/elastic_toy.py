@@ -40,14 +40,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from elastic_study.claims import EVAL_SEED, T_975, _paired, _summary  # noqa: E402,F401  (read from here too)
+RESULTS = Path(__file__).resolve().parent / "results" / "elastic_toy.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the elastic study and the paper package
 from elastic_study.report import markdown_table, print_report  # noqa: E402
 from elastic_study.run import VARIANTS, Bench  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "elastic_toy.json"
 
 
 def parse_args(argv=None):

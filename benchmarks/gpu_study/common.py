@@ -227,6 +227,10 @@ class ModelSpec:
     text_tokens: int
     resolution: int
 
+    def latency_shape(self) -> dict:
+        """The image and text sizes ``latency_inputs`` and ``transformer_latency`` take (batch size aside)."""
+        return dict(resolution=self.resolution, vae_scale_factor=self.vae_scale_factor, text_tokens=self.text_tokens)
+
     def jsonable(self) -> dict:
         out = asdict(self)
         out["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}

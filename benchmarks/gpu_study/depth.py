@@ -31,7 +31,7 @@ def depth_figures(name: str, settings: Settings) -> dict:
         label = f"pruned {round(100 * fraction)}%"
         models[label], kept_of[label] = pruned_view(full, fraction)
     batch = family.step_batch
-    measure = dict(resolution=spec.resolution, vae_scale_factor=spec.vae_scale_factor, text_tokens=spec.text_tokens)
+    measure = spec.latency_shape()
     latency = transformer_latency(
         models,
         **measure,

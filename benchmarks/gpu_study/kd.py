@@ -22,13 +22,7 @@ def kd_setup(settings: Settings, batch: int):
     teacher = build_transformer(spec, settings)
     total = family.depth(teacher.config)
     kept = spread(total, total - int(total * PRUNE_FRACTIONS[0] + 0.5))
-    latents, timestep, text = latency_inputs(
-        teacher,
-        resolution=spec.resolution,
-        vae_scale_factor=spec.vae_scale_factor,
-        text_tokens=spec.text_tokens,
-        batch_size=batch,
-    )
+    latents, timestep, text = latency_inputs(teacher, **spec.latency_shape(), batch_size=batch)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(latents.shape, generator=g).to(latents.device, latents.dtype)
     timestep = torch.randint(0, 1000, (batch,), generator=g).to(latents.device)

@@ -109,13 +109,7 @@ def section_sparsity(settings: Settings, progress: Progress) -> dict:
         progress.check_time()
         family = get_family("pixart")
         model = build_transformer(spec, settings)
-        inputs = latency_inputs(
-            model,
-            resolution=spec.resolution,
-            vae_scale_factor=spec.vae_scale_factor,
-            text_tokens=spec.text_tokens,
-            batch_size=batch,
-        )
+        inputs = latency_inputs(model, **spec.latency_shape(), batch_size=batch)
         result = sparse_component(model, lambda: family.forward(model, *inputs), "transformer", settings)
         result.update(parameters=sum(p.numel() for p in model.parameters()), batch=batch)
         progress.put("transformer", result)

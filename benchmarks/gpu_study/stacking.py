@@ -121,13 +121,7 @@ def section_stacking(settings: Settings, progress: Progress) -> dict:
         progress.check_time()
         full = build_transformer(spec, settings)
         batch = family.step_batch
-        latents, _, text = latency_inputs(
-            full,
-            resolution=spec.resolution,
-            vae_scale_factor=spec.vae_scale_factor,
-            text_tokens=spec.text_tokens,
-            batch_size=batch,
-        )
+        latents, _, text = latency_inputs(full, **spec.latency_shape(), batch_size=batch)
         # the pruned view first: it has its own modules over the full model's tensors, so quantizing it leaves the
         # full model alone; the full model is quantized in place last
         for fraction in (STACK_FRACTION, 0.0):
