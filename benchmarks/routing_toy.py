@@ -17,6 +17,10 @@ benchmarks/results/routing_toy.json, docs/routing.md and docs/routing.png.
    training and the held-out captions, and with the budget enforced per batch (``enforce_budget``: the whole
    held-out set as one batch, and batches of 16), judged where the enforced codes differ (weights not fine-tuned).
 
+6. **Routing over elastic depths**: the page's section of that name renders benchmarks/results/elastic_routing_toy.json
+   (benchmarks/elastic_routing_toy.py: a router over the depths of one elastic model against the static student of
+   the same depth), when it exists.
+
 Cells are appended to ``OUTPUT/cells.jsonl`` as they finish; a re-run skips finished cells. ``--report-only``
 rebuilds the doc and the plot from benchmarks/results/routing_toy.json.
 
@@ -689,6 +693,7 @@ def render_page(result: dict) -> str:
         "captions (one shape, one template) differ little in how much depth they need, which leaves a router "
         "little to exploit.",
         "",
+        *elastic_section(),
         "## Setup",
         "",
         f"- Routed: `train_routed` on the 360 training captions, {s['steps']} steps, batch 16, uniform Sinkhorn "
@@ -816,10 +821,146 @@ def render_page(result: dict) -> str:
         f"python benchmarks/routing_toy.py {s['command_args']}".rstrip(),
         "python benchmarks/routing_toy.py --report-only   # this page and the plot from the JSON",
         "python benchmarks/routing_toy.py --budget-check  # only 'Budget on unseen prompts', for the routers fitted",
+        *(
+            [
+                "python benchmarks/elastic_routing_toy.py --seeds 0 --separate   # each seed: see its docstring",
+                "python benchmarks/elastic_routing_toy.py --report-only",
+            ]
+            if ELASTIC_RESULT.is_file()
+            else []
+        ),  # fmt: skip
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+ELASTIC_RESULT = ROOT / "benchmarks" / "results" / "elastic_routing_toy.json"
+
+
+def _judged_difference(c: dict, other: str) -> str:
+    """``beats OTHER (+x points, 95% CI [lo, hi])``: beats / loses to when the interval excludes 0."""
+    lo, hi = c["bootstrap_95"]
+    word = "beats" if lo > 0 else "loses to" if hi < 0 else "is within noise of"
+    seeds = c["per_seed_difference"]
+    below, (t_lo, t_hi) = sum(d < 0 for d in seeds), c["seed_t_95"]
+    return (
+        f"{word} {other} ({100 * c['difference']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] by a "
+        f"paired bootstrap over captions; lower on {below} of {len(seeds)} seeds, t interval over seeds "
+        f"[{100 * t_lo:+.1f}, {100 * t_hi:+.1f}])"
+    )
+
+
+def elastic_section(path: Path = ELASTIC_RESULT) -> list[str]:
+    """The page's section on routing over an elastic model's depths (benchmarks/elastic_routing_toy.py's JSON);
+    nothing when that benchmark has not been run."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    t, c, depths = r["table"], r["comparisons"], r["depths"]
+    budget = int(r["budget"])
+    static = f"elastic-{budget}"
+    enforced = c.get(f"routed_enforced_vs_{static}")
+    separate = c.get(f"routed_enforced_vs_separate-{budget}")
+    seeds = ", ".join(map(str, r["seeds"]))
+    lines = [
+        "## Routing over elastic depths",
+        "",
+        f"The router can also choose among the trained depths of one elastic model (docs/elastic.md): `layerprune "
+        f"route` on the folder of `train_distill --elastic_depths` keeps the run's depths as its codes (nested, so "
+        f"each is the largest depth with some blocks skipped, one set of weights) and trains only the router. Here: "
+        f"one elastic run over depths {', '.join(map(str, depths))} of the 12-block toy teacher, routed at a budget "
+        f"of {r['budget']:g} blocks, against the static student of that depth (seeds {seeds}; "
+        "`benchmarks/elastic_routing_toy.py`, `benchmarks/results/elastic_routing_toy.json`).",
+        "",
+    ]
+    if enforced:
+        blocks = t["routed_enforced"]["mean_blocks"]["mean"]
+        verdict = f"**Verdict**: routed with the budget enforced on the held-out set ({blocks:.2f} blocks per caption) "
+        verdict += _judged_difference(enforced, f"the elastic model's own depth {budget}")
+        if separate:
+            verdict += ", and " + _judged_difference(separate, f"a depth-{budget} student distilled separately")
+        chance = max(r["shuffled"]["p_shuffle_at_least_routed"]) > 0.05  # some seed's router is matched by chance
+        verdict += (
+            f"; {'and it does no better than' if chance else 'it does better than'} the same depths assigned to the "
+            f"captions at random ({100 * t['routed_enforced']['overall']['mean']:.1f}% against "
+            f"{100 * r['shuffled']['accuracy']['mean']:.1f}%)"
+        )
+        lines += [verdict + ".", ""]
+    lines += [
+        "| model | blocks per held-out caption | all four right (%) | toy score | minus static depth "
+        f"{budget} (points, 95% CI) |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(label, stat, blocks, diff=None):
+        o, toy = stat["overall"], stat["toy_score"]
+        d = ""
+        if diff:
+            lo, hi = diff["bootstrap_95"]
+            d = f"{100 * diff['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        return f"| {label} | {blocks} | {100 * o['mean']:.1f} ± {100 * o['std']:.1f} | {toy['mean']:.3f} | {d} |"
+
+    for d in depths:
+        lines.append(row(f"elastic, depth {d} (static)", t[f"elastic-{d}"], d))
+    if t.get(f"separate-{budget}"):
+        lines.append(row(f"depth {budget} distilled separately", t[f"separate-{budget}"], budget))
+    for key, label in (
+        ("routed", "routed (plain)"),
+        ("routed_enforced", "routed, budget enforced on the held-out set"),
+    ):
+        lines.append(row(label, t[key], f"{t[key]['mean_blocks']['mean']:.2f}", c.get(f"{key}_vs_{static}")))
+    sh, orc = r["shuffled"], r["oracle"]
+    acc = {d: t[f"elastic-{d}"]["overall"]["mean"] for d in depths}
+    mixed = statistics.mean(
+        sum(share * acc[d] for share, d in zip(info["heldout_shares"], depths, strict=True))
+        for info in r["routers"].values()
+    )
+    pairs = zip(depths, depths[1:], strict=False)
+    steps = " and ".join(f"{100 * (acc[a] - acc[b]):.1f} points from {a} to {b} blocks" for a, b in pairs)
+    lines += [
+        "",
+        f"Why a mix of depths is hard to win with here: accuracy falls {steps}. A mix that averages {budget} blocks "
+        f"is therefore less accurate than {budget} blocks for every prompt unless the router sends the prompts that "
+        f"need depth to the deeper codes. The router's depth shares, weighted by each depth's accuracy, give "
+        f"{100 * mixed:.1f}%; the routed model gets {100 * t['routed_enforced']['overall']['mean']:.1f}%, the same "
+        "depths shuffled over the captions "
+        f"{100 * sh['accuracy']['mean']:.1f}% (the share of shuffles doing at least as well as the router, per seed: "
+        f"{', '.join(f'{x:.2f}' for x in sh['p_shuffle_at_least_routed'])}).",
+        "",
+        f"Controls from the same images: the enforced assignment shuffled over the captions (the same mix of depths, "
+        f"prompts at random; mean of 2000 shuffles) gets {100 * sh['accuracy']['mean']:.1f}% all four right; the best "
+        f"assignment of depths to captions that knows every verdict, at a mean of at most the routed one's blocks, "
+        f"{100 * orc['accuracy']['mean']:.1f}% ({orc['mean_blocks']['mean']:.2f} blocks): the headroom a router over "
+        "these depths has, which no prompt-only router reaches (it includes luck of the noise).",
+        "",
+        "| seed | train: mean blocks | held-out: mean blocks (plain / enforced) | depth penalty | held-out shares "
+        f"(depths {', '.join(map(str, depths))}) |",
+        "|---|---|---|---|---|",
+    ]
+    for seed, info in r["routers"].items():
+        shares = " / ".join(f"{100 * x:.0f}%" for x in info["heldout_shares"])
+        lines.append(
+            f"| {seed} | {info['train_mean_blocks']:.2f} | {info['heldout_mean_blocks']:.2f} / "
+            f"{info['heldout_mean_blocks_enforced']:.2f} | {info['depth_penalty']:.3g} | {shares} |"
+        )
+    s = r["settings"]
+    cpu = r.get("cpu_seconds", {})
+    lines += [
+        "",
+        f"Setup: the elastic run distils the 9-block preference-pruned student with `--elastic_depths "
+        f"{s['depths']}` for {s['steps']} steps (the recipe of docs/elastic.md: batch 16, lr 2e-4, cosine, feature KD "
+        f"at the largest depth); the router: {s['router_steps']} steps on the first {s['router_prompts']} training "
+        "captions, uniform marginals, the shared weights frozen, the budget met on its training captions by a depth "
+        f"penalty (`routing.json`'s `depth_penalty`). Judged on the {s['eval_prompts']} held-out captions with the "
+        "noise of "
+        "reproduce_paper.py; a routed caption's image is its image at the depth it is routed to, so every comparison "
+        "is image for image, and the 95% intervals are paired bootstraps over the (seed, caption) pairs. CPU time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in cpu.items())
+        + f" ({r['machine']}).",
+        "",
+    ]
+    return lines
 
 
 def budget_section(rows: list[dict]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Pieces the benchmark scripts share: writing a result, rendering captions with fixed seeds.
+"""Pieces the benchmark scripts share: writing a result, rendering captions with fixed seeds, judging, summaries.
 
 Each benchmark stays a short script that states its question; what every one of them does the same way lives here,
 so a fix (say, to how seeds map to captions) reaches all of them at once. Scripts run as ``python benchmarks/x.py``,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 
@@ -50,6 +51,19 @@ def judged(images, captions: list[str], scorer, correct: bool = False) -> dict:
     if correct:
         record["correct"] = [bool(x) for x in report.correct["overall"]]
     return record
+
+
+def mean_std(values, *, spread: bool = True) -> dict:
+    """``mean``, ``std`` (the sample standard deviation; 0 for one value) and ``n`` of ``values``; with ``spread``
+    also ``min`` and ``max`` (after ``std``) and the ``values`` themselves (last), as the paper's tables read them."""
+    values = [float(v) for v in values]
+    out = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    if spread:
+        out.update(min=min(values), max=max(values))
+    out["n"] = len(values)
+    if spread:
+        out["values"] = values
+    return out
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -42,6 +42,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def model_options(args: argparse.Namespace) -> dict:
+    """What :func:`add_model_args` registered beyond ``--model``, as the library functions' keyword arguments
+    (``dtype``, ``revision``, ``base_model``)."""
+    return dict(dtype=args.dtype, revision=args.revision, base_model=args.base_model)
+
+
 def add_device_arg(parser: argparse.ArgumentParser, help: str = "torch device (default: cpu)") -> None:
     """``--device`` (default ``None``: the CPU)."""
     parser.add_argument("--device", default=None, help=help)

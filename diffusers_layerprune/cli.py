@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, run_command
+from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, model_options, run_command
 from .arguments import add_model_args as _add_model_args
 from .validation import non_negative_float, non_negative_int, positive_int, revision_name
 
@@ -72,9 +72,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         kept_layers=args.keep,
         pruned_layers=args.drop,
         transformer_only=args.transformer_only,
-        dtype=args.dtype,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         overwrite=args.overwrite,
         inputs=inputs,
     )
@@ -121,9 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         latency_repeats=args.latency_repeats,
         device=args.device,
-        dtype=args.dtype,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         teacher_cache=not args.no_teacher_cache,
     )
     print(render_report_md(report))
@@ -200,6 +196,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         given["export"] = args.export
     if any(v is not None for v in (args.num_layers, args.remove, args.ratio)):  # a depth flag replaces all three
         given.update(num_layers=args.num_layers, remove=args.remove, ratio=args.ratio)
+    if args.elastic_depths is not None:
+        given["elastic_depths"] = args.elastic_depths
+        if not args.recipe and not {"num_layers", "remove", "ratio"} & set(given):
+            given["ratio"] = None  # the pruned depth is the largest elastic depth (a recipe file: from_yaml decides)
     recipe = Recipe.from_yaml(args.recipe, **given) if args.recipe else Recipe(**given)
     run_recipe(recipe, verbose=args.verbose)
     return 0
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsify_parser(sub)
     add_route_parser(sub)
     add_export_parser(sub)
-    from .elastic import add_extract_parser
+    from .elastic import add_extract_parser, depth_list
 
     add_extract_parser(sub)
     from .adapters.cli import add_controlnet_parser, add_ip_adapter_parser, add_lora_parsers
@@ -371,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--remove", type=int, default=None, metavar="N", help="blocks to remove")
     depth.add_argument(
         "--ratio", type=float, default=None, metavar="R", help="fraction of blocks to remove (default: 0.25)"
+    )
+    run.add_argument(
+        "--elastic-depths",
+        type=depth_list,
+        default=None,
+        metavar="D1,D2,...",
+        help="distil these nested depths in one run, largest first (e.g. 9,7; docs/elastic.md): the pruned model is "
+        "the largest, every smaller depth is extracted into OUTPUT/depth-N, and every depth is evaluated",
     )
     run.add_argument("--plan", default=None, help="one_shot (default), greedy or span")
     run.add_argument(

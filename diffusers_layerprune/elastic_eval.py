@@ -49,7 +49,6 @@ def evaluate_elastic(
     settings as ``layerprune eval``); write a report per depth, the summary and the plot (:func:`output_paths`).
     Returns the summary. Every output is checked before anything is loaded."""
     from .elastic import check_elastic_folder
-    from .errors import LayerPruneError
     from .eval_report import check_report_output
     from .outputs import check_output_file
 
@@ -59,45 +58,33 @@ def evaluate_elastic(
         check_report_output(path, overwrite=overwrite)
     for path in (summary_path, plot_path):
         check_output_file(path, overwrite=overwrite)
-    if isinstance(scorers, str):
-        scorers = [s.strip() for s in scorers.split(",") if s.strip()]
-        if not scorers:
-            raise LayerPruneError("--scorers names no scorer; give e.g. hpsv2.1,clip, or leave it out for the defaults")
 
-    from .data import load_prompts
-    from .evaluation import TeacherEvalCache, evaluate, write_report
+    from .evaluation import EvalSetup, TeacherEvalCache, scorer_names, write_report
     from .families import family_of
-    from .modeling import (
-        check_device,
-        generation_defaults,
-        load_pipeline,
-        model_defaults,
-        resolve_dtype,
-        with_transformer,
-    )
+    from .modeling import with_transformer
     from .provenance import public_name
-    from .scorers import load_scorer
 
+    scorers = scorer_names(scorers)
     model = str(folder)
-    torch_dtype = resolve_dtype(dtype, model)
-    check_device(device, torch_dtype)
-    prompt_set = load_prompts(prompts or model_defaults(model)["eval_prompts"], column=prompt_column, limit=num_prompts)
-    pipe = load_pipeline(model, torch_dtype=torch_dtype, device=device)
-    defaults = generation_defaults(model, pipe)
-    loaded = {name: load_scorer(name, device=device or "cpu") for name in (scorers or defaults["scorers"])}
-    teacher_name = None if no_teacher else (teacher or pipe.transformer.config.get("source_model"))
-    teacher_pipe = None
-    if teacher_name:
-        teacher_pipe = load_pipeline(
-            teacher_name, torch_dtype=torch_dtype, device=device, text_encoder=None, tokenizer=None
-        )
+    setup = EvalSetup.load(
+        model,
+        teacher=teacher,
+        no_teacher=no_teacher,
+        prompts=prompts,
+        prompt_column=prompt_column,
+        num_prompts=num_prompts,
+        scorers=scorers,
+        device=device,
+        dtype=dtype,
+    )
+    pipe, teacher_name = setup.pipe, setup.teacher_name
     # The teacher's images are generated for the first depth and reused by the others (same prompts and seeds);
     # without the shared cache, a cache of this run only.
     import tempfile
 
     scratch = tempfile.TemporaryDirectory(prefix="layerprune-elastic-eval-")
     cache = None
-    if teacher_pipe is not None:
+    if setup.teacher_pipe is not None:
         cache = TeacherEvalCache(scratch.name if teacher_cache is False else None)
 
     largest = record.kept(record.depths[0])
@@ -112,17 +99,12 @@ def evaluate_elastic(
                 .pruned_class()
                 .from_transformer(transformer, kept_layers=local, copy_weights=False)
             )
-        report, images = evaluate(
+        report, images = setup.evaluate(
             with_transformer(pipe, transformer),
-            teacher_pipe,
             model_name=f"{model}@depth{depth}",
-            teacher_name=teacher_name,
-            prompt_set=prompt_set,
-            scorers=loaded,
-            num_inference_steps=steps or defaults["num_inference_steps"],
-            guidance_scale=guidance if guidance is not None else defaults["guidance_scale"],
-            resolution=resolution or defaults["resolution"],
-            max_sequence_length=defaults["max_sequence_length"],
+            steps=steps,
+            guidance=guidance,
+            resolution=resolution,
             seed=seed,
             batch_size=batch_size,
             latency_repeats=latency_repeats,

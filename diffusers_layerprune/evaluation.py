@@ -484,6 +484,92 @@ def write_report_files(report: EvalReport, output: str | Path) -> Path:
     return output
 
 
+def scorer_names(scorers: Sequence[str] | str | None) -> list[str] | None:
+    """``--scorers`` as a list of names: a comma-separated string is split; ``None`` (the model's defaults) stays."""
+    if isinstance(scorers, str):
+        scorers = [s.strip() for s in scorers.split(",") if s.strip()]
+        if not scorers:  # "" or "," would otherwise fall back to the default scorers without a word
+            raise LayerPruneError("--scorers names no scorer; give e.g. hpsv2.1,clip, or leave it out for the defaults")
+    return None if scorers is None else list(scorers)
+
+
+@dataclasses.dataclass
+class EvalSetup:
+    """What ``layerprune eval`` loads once: the pipeline, its teacher (or ``None``), the prompts, the loaded scorers
+    and the model's generation defaults (:func:`~diffusers_layerprune.modeling.generation_defaults`)."""
+
+    pipe: object
+    teacher_pipe: object | None
+    teacher_name: str | None
+    prompt_set: PromptSet
+    scorers: dict[str, Callable]
+    defaults: dict
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike,
+        *,
+        teacher: str | None,
+        no_teacher: bool,
+        prompts: str | None,
+        prompt_column: str | None,
+        num_prompts: int | None,
+        scorers: Sequence[str] | None,
+        device: str | None,
+        dtype: str,
+        revision: str | None = None,
+        base_model: str | None = None,
+    ) -> EvalSetup:
+        """Load ``model`` and its teacher (``teacher``, else the ``source_model`` it records; none with
+        ``no_teacher``), the prompts and the scorers (``None``: the model's defaults)."""
+        from .data import load_prompts
+        from .modeling import check_device, generation_defaults, load_pipeline, model_defaults, resolve_dtype
+        from .scorers import load_scorer
+
+        torch_dtype = resolve_dtype(dtype, model)
+        check_device(device, torch_dtype)
+        eval_prompts = prompts or model_defaults(model)["eval_prompts"]
+        prompt_set = load_prompts(eval_prompts, column=prompt_column, limit=num_prompts)
+        pipe = load_pipeline(model, torch_dtype=torch_dtype, revision=revision, device=device, base_model=base_model)
+        defaults = generation_defaults(model, pipe)
+        loaded = {name: load_scorer(name, device=device or "cpu") for name in (scorers or defaults["scorers"])}
+        teacher_name = None if no_teacher else (teacher or pipe.transformer.config.get("source_model"))
+        teacher_pipe = None
+        if teacher_name:
+            # The student's text encoder encodes the prompts for both models; the teacher does not load its own.
+            teacher_pipe = load_pipeline(
+                teacher_name, torch_dtype=torch_dtype, device=device, text_encoder=None, tokenizer=None
+            )
+        return cls(pipe, teacher_pipe, teacher_name, prompt_set, loaded, defaults)
+
+    def evaluate(
+        self,
+        pipe=None,
+        *,
+        model_name: str,
+        steps: int | None,
+        guidance: float | None,
+        resolution: int | None,
+        **kwargs,
+    ) -> tuple[EvalReport, dict[str, torch.Tensor]]:
+        """:func:`evaluate` of ``pipe`` (default: the loaded one) against the teacher; ``steps``, ``guidance`` and
+        ``resolution`` left ``None`` take the model's defaults; ``kwargs`` go to :func:`evaluate` as they are."""
+        return evaluate(
+            self.pipe if pipe is None else pipe,
+            self.teacher_pipe,
+            model_name=model_name,
+            teacher_name=self.teacher_name,
+            prompt_set=self.prompt_set,
+            scorers=self.scorers,
+            num_inference_steps=steps or self.defaults["num_inference_steps"],
+            guidance_scale=guidance if guidance is not None else self.defaults["guidance_scale"],
+            resolution=resolution or self.defaults["resolution"],
+            max_sequence_length=self.defaults["max_sequence_length"],
+            **kwargs,
+        )
+
+
 def evaluate_pipeline(
     model: str | os.PathLike,
     *,
@@ -526,17 +612,7 @@ def evaluate_pipeline(
     Everything a user can get wrong (output, path, model family, device, prompts, scorers) raises
     :class:`LayerPruneError` before the pipeline is loaded.
     """
-    from .data import load_prompts
-    from .modeling import (
-        check_device,
-        check_resolution_for,
-        generation_defaults,
-        load_pipeline,
-        model_defaults,
-        read_transformer_config,
-        resolve_dtype,
-    )
-    from .scorers import load_scorer
+    from .modeling import check_resolution_for, read_transformer_config
 
     if output is not None:
         output = Path(output).expanduser()
@@ -546,42 +622,31 @@ def evaluate_pipeline(
     for name, value in (("num-prompts", num_prompts), ("steps", steps), ("resolution", resolution)):
         if value is not None and value < 1:
             raise LayerPruneError(f"--{name} must be at least 1, got {value}")
-    if isinstance(scorers, str):
-        scorers = [s.strip() for s in scorers.split(",") if s.strip()]
-        if not scorers:  # "" or "," would otherwise fall back to the default scorers without a word
-            raise LayerPruneError("--scorers names no scorer; give e.g. hpsv2.1,clip, or leave it out for the defaults")
+    scorers = scorer_names(scorers)
 
     # Everything that can be wrong is checked before the (large) pipeline is loaded: path, family, device, prompts.
     check_resolution_for(model, resolution, read_transformer_config(model, revision=revision))
-    torch_dtype = resolve_dtype(dtype, model)
-    check_device(device, torch_dtype)
-    prompt_set = load_prompts(prompts or model_defaults(model)["eval_prompts"], column=prompt_column, limit=num_prompts)
-    pipe = load_pipeline(model, torch_dtype=torch_dtype, revision=revision, device=device, base_model=base_model)
-    defaults = generation_defaults(model, pipe)
-    scorer_names = list(scorers) if scorers else defaults["scorers"]
-    loaded_scorers = {name: load_scorer(name, device=device or "cpu") for name in scorer_names}
-
-    teacher_name = None if no_teacher else (teacher or pipe.transformer.config.get("source_model"))
-    teacher_pipe = None
-    if teacher_name:
-        # The student's text encoder encodes the prompts for both models; the teacher does not load its own.
-        teacher_pipe = load_pipeline(
-            teacher_name, torch_dtype=torch_dtype, device=device, text_encoder=None, tokenizer=None
-        )
+    setup = EvalSetup.load(
+        model,
+        teacher=teacher,
+        no_teacher=no_teacher,
+        prompts=prompts,
+        prompt_column=prompt_column,
+        num_prompts=num_prompts,
+        scorers=scorers,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        base_model=base_model,
+    )
     cache = None
-    if teacher_cache is not False and teacher_pipe is not None:
+    if teacher_cache is not False and setup.teacher_pipe is not None:
         cache = TeacherEvalCache(None if teacher_cache is True else teacher_cache)
-    report, images = evaluate(
-        pipe,
-        teacher_pipe,
+    report, images = setup.evaluate(
         model_name=str(model),
-        teacher_name=teacher_name,
-        prompt_set=prompt_set,
-        scorers=loaded_scorers,
-        num_inference_steps=steps or defaults["num_inference_steps"],
-        guidance_scale=guidance if guidance is not None else defaults["guidance_scale"],
-        resolution=resolution or defaults["resolution"],
-        max_sequence_length=defaults["max_sequence_length"],
+        steps=steps,
+        guidance=guidance,
+        resolution=resolution,
         seed=seed,
         batch_size=batch_size,
         latency_repeats=latency_repeats,

@@ -399,6 +399,7 @@ def _render_model_card(
         exports=exports,
         export_example=next((e for e in exports if e["name"].endswith(".gguf")), exports[0] if exports else None),
         family_title=family.title,
+        comfyui_note=family.single_file.comfyui if family.single_file else "",
         title=f"{name}",
         summary=summary,
         show_removed=routing is None or bool(routing.kept_layers),

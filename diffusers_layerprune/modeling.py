@@ -73,16 +73,8 @@ GENERATION_DEFAULTS: dict[str, dict] = {
     # toy-flux has no guidance embedding and layerprune does not run true CFG: guidance_scale 1 says so. Its
     # resolution is given: FluxPipeline's default sample size (128 latents) is Flux.1's, not the model's.
     "toy-flux": {**_TOY_DEFAULTS, "resolution": 32, "guidance_scale": 1.0, "scorers": ["toy"]},
-    "tiny-random": dict(
-        max_sequence_length=16,
-        num_inference_steps=4,
-        guidance_scale=1.0,
-        score_prompts="toy:train",
-        train_prompts="toy:train",
-        eval_prompts="toy:heldout",
-        scorers=["toy"],
-        dtype="float32",
-    ),
+    # the tiny random pipelines: the toy's prompts and scorer, few steps, no guidance
+    "tiny-random": {**_TOY_DEFAULTS, "num_inference_steps": 4, "guidance_scale": 1.0, "scorers": ["toy"]},
 }
 for _name, _family in tiny_names().items():  # every other tiny pipeline: the same, at its family's tiny resolution
     if _name != "tiny-random":

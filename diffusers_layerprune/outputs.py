@@ -44,6 +44,7 @@ OWN_ENTRIES = (
     "report.json",
     "report.md",
     "report_grid.png",
+    "report-depth*",  # layerprune eval of an elastic run: a report per depth and quality against depth
     "distill_config.json",
     "elastic.json",  # train_distill --elastic_depths (elastic.py)
     "sparsity.json",
@@ -64,6 +65,7 @@ OWN_ENTRIES = (
     "summary.json",
     "pruned",
     "distilled",
+    "depth-*",  # layerprune run --elastic-depths: the extracted smaller depths
     "transformer*.gguf",  # layerprune export beside the pipeline
     "transformer*.safetensors",
     ".*.tmp-*",

@@ -3,12 +3,14 @@
 A pruned transformer is its family's stock class with fewer blocks, renumbered ``0..N-1`` in each stack, whose config
 also records ``kept_layers`` (the source block each block came from, in the source's global numbering: Flux's double
 blocks first, then its single blocks), ``source_num_layers`` (the source's global depth) and ``source_model``. Each
-family's pruned class is ``class PrunedX(PrunedTransformerMixin, XTransformer2DModel)`` with every stock ``__init__``
-parameter redeclared (diffusers' config round trip needs them) plus those three.
+family's pruned class is ``class PrunedX(PrunedTransformerMixin, XTransformer2DModel)``; its ``__init__`` takes every
+stock ``__init__`` parameter (diffusers' config round trip needs them explicit) plus those three
+(:meth:`PrunedTransformerMixin.__init_subclass__` writes it).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterable, Sequence
 
@@ -19,11 +21,24 @@ from .config_record import expose_record, hide_record, source_id
 from .errors import LayerPruneError
 from .families import family_of, get_family
 
+# The pruned record's config keys, after the stock class's own; ``source_stack_depths`` on many-stack classes only.
+RECORD_PARAMETERS = ("kept_layers", "source_num_layers", "source_model")
+
 
 class PrunedTransformerMixin:
-    """Mixin of the pruned classes; ``family`` names the :class:`~diffusers_layerprune.families.ModelFamily`."""
+    """Mixin of the pruned classes; ``family`` names the :class:`~diffusers_layerprune.families.ModelFamily`,
+    ``depth_keys`` the config keys of its stacks' depths (its ``BlockStack.depth_key`` values, in order)."""
 
     family: str = ""
+    depth_keys: tuple[str, ...] = ("num_layers",)
+
+    def __init_subclass__(cls, **kwargs):
+        # ``class PrunedX(PrunedTransformerMixin, XTransformer2DModel)`` gets the stock ``__init__`` with the record's
+        # parameters added: diffusers' config round trip reads the parameters off the signature, so they must be
+        # explicit; taking them from the stock class keeps them in step with the installed diffusers.
+        super().__init_subclass__(**kwargs)
+        if PrunedTransformerMixin in cls.__bases__ and "__init__" not in vars(cls):
+            cls.__init__ = _pruned_init(cls)
 
     @classmethod
     def family_record(cls):
@@ -158,6 +173,34 @@ class PrunedTransformerMixin:
         config = hide_record(json.loads(super().to_json_string()))
         config["_class_name"] = self.family_record().transformer_class
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _pruned_init(cls):
+    """The ``__init__`` of pruned class ``cls``: its stock base's parameters, then :data:`RECORD_PARAMETERS` (and
+    ``source_stack_depths`` for many-stack families), all recorded by ``register_to_config``."""
+    from diffusers.configuration_utils import register_to_config
+
+    stock = next(base for base in cls.__mro__[1:] if base is not PrunedTransformerMixin and "__init__" in vars(base))
+    stock_signature = inspect.signature(stock.__init__)
+    names = RECORD_PARAMETERS + (("source_stack_depths",) if len(cls.depth_keys) > 1 else ())
+    added = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for n in names]
+    signature = stock_signature.replace(parameters=[*stock_signature.parameters.values(), *added])
+    # A config.json gives lists where the stock defaults are tuples (rotary axes, SD3.5's dual-attention layers).
+    tuples = {n for n, p in stock_signature.parameters.items() if isinstance(p.default, tuple)}
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        del values["self"]
+        record = {n: values.pop(n) for n in names}
+        stock.__init__(self, **{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
+        self._check_pruned(record["kept_layers"], [values[k] for k in cls.depth_keys], record["source_num_layers"])
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = f"``{stock.__name__}``'s parameters, then ``{'``, ``'.join(names)}``."
+    return register_to_config(__init__)
 
 
 def _renamed(key: str, family, prefixes: dict[str, int], positions: list[dict[int, int]]) -> str | None:

@@ -60,6 +60,9 @@ class Recipe:
     mixed_precision: str | None = None  # no, fp16, bf16 for distillation; None: the accelerate config's (no)
     use_ema: bool = False  # distil with an EMA of the student's weights (the EMA is saved and evaluated)
     export: list[str] = field(default_factory=list)  # one-file exports beside the final model: gguf:Q8_0, single-file
+    # Nested depths distilled in one run, largest first (docs/elastic.md): the pruned model is the largest; every
+    # smaller depth is extracted into OUTPUT/depth-N and every depth is evaluated. None: one depth.
+    elastic_depths: list[int] | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Recipe:
@@ -90,7 +93,10 @@ class Recipe:
         data = {name: _yaml_number(cls, name, value) for name, value in data.items()}
         for name, value in data.items():
             _check_field_type(cls, name, value, f"recipe {path}")
-        recipe = cls(**{**data, **overrides})
+        merged = {**data, **overrides}
+        if merged.get("elastic_depths") and not {"num_layers", "remove", "ratio"} & set(merged):
+            merged["ratio"] = None  # the pruned depth is the largest elastic depth, not the default ratio's
+        recipe = cls(**merged)
         if "rank" in data and not recipe.use_lora:  # the rank of adapters that are not trained: silently ignored
             raise LayerPruneError(f"recipe {path}: rank applies only with use_lora: true; add it or leave rank out")
         return recipe
@@ -101,7 +107,10 @@ class Recipe:
         from .recipe_checks import check_recipe_values
 
         check_recipe_values(self)
-        if sum(v is not None for v in (self.num_layers, self.remove, self.ratio)) != 1:
+        from .recipe_checks import check_elastic_depths, depth_request
+
+        num_layers, ratio, remove = depth_request(self)
+        if sum(v is not None for v in (num_layers, remove, ratio)) != 1:
             raise LayerPruneError(
                 "give exactly one of num_layers (blocks to keep), remove (blocks to remove) or ratio (fraction to "
                 "remove)"
@@ -109,12 +118,13 @@ class Recipe:
         from .modeling import read_transformer_config
 
         config = read_transformer_config(self.model)  # a wrong model or depth fails before anything is written
+        check_elastic_depths(self, config)
         if config is not None:
             from .families import family_of_config
             from .importance import num_to_remove
 
             family = family_of_config(config, str(self.model))
-            num_to_remove(family.depth(config), self.num_layers, self.ratio, remove=self.remove)
+            num_to_remove(family.depth(config), num_layers, ratio, remove=remove)
         if self.export:
             from .export import check_exportable, parse_export_spec
 
@@ -258,9 +268,11 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
 
     # 2. Prune.
     from .importance import LayerImportance, num_to_remove, plan_blocks
+    from .recipe_checks import depth_request
 
     importance = LayerImportance.load(importance_path)
-    k = num_to_remove(importance.num_layers, recipe.num_layers, recipe.ratio, remove=recipe.remove)
+    num_layers, ratio, remove = depth_request(recipe)
+    k = num_to_remove(importance.num_layers, num_layers, ratio, remove=remove)
     drop = sorted(plan_blocks(importance, k, recipe.plan))
     pruned = out / "pruned"
     prune_settings = {"model": recipe.model, "drop": drop, "dtype": recipe.dtype, "only": recipe.transformer_only}
@@ -310,6 +322,11 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
             )
         }
         distill_settings.update(model=recipe.model, drop=drop, exclude=eval_prompts)
+        elastic_args = []
+        if recipe.elastic_depths:  # one run trains every depth; smaller depths drop blocks in the scored order
+            distill_settings["elastic_depths"] = list(recipe.elastic_depths)
+            elastic_args = ["--elastic_depths", ",".join(map(str, recipe.elastic_depths))]
+            elastic_args += ["--importance", str(importance_path.resolve())]
         if not (state.done("distill", distill_settings) and _is_model_folder(final)):
             n = launch.resolved_num_processes()
             log(
@@ -347,13 +364,36 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
                 resume_from_checkpoint="latest" if resume else None,
                 overwrite_output_dir=not resume and final.exists() and any(final.iterdir()),
                 launch=launch,
-                extra_args=recipe.extra_train_args,
+                extra_args=[*recipe.extra_train_args, *elastic_args],
             )
             _copy_importance(importance_path, final)
             ran("distill", distill_settings, start)
         else:
             log(f"[3/5] reusing {final}")
             timings["distill"] = ("reused", 0.0)
+
+    # 3b. Elastic: every smaller trained depth as an ordinary pruned folder, OUTPUT/depth-N (the largest depth is the
+    # distilled folder itself, with elastic.json beside its model).
+    depth_folders = _depth_folders(recipe, out)
+    if depth_folders:
+        extract_settings = {"depths": list(recipe.elastic_depths)}
+        if state.done("extract", extract_settings) and all(_is_model_folder(f) for f in depth_folders.values()):
+            log(f"[3/5] reusing {', '.join(str(f) for f in depth_folders.values())}")
+            timings["extract"] = ("reused", 0.0)
+        else:
+            start = time.perf_counter()
+            state.start("extract", extract_settings)
+            from .elastic import extract_depth
+
+            for stale in sorted(out.glob("depth-*")):  # depths of an earlier run with other elastic_depths (ours:
+                if stale not in depth_folders.values() and stale.is_dir():  # checked before the first stage)
+                    shutil.rmtree(stale)
+
+            for depth, folder in depth_folders.items():
+                log(f"[3/5] extracting depth {depth} into {folder}")
+                extract_depth(final, depth, folder, overwrite=True)
+                _copy_importance(importance_path, folder)
+            ran("extract", extract_settings, start)
 
     # 4. Evaluate the pruned model before and (if distilled) after distillation, each against the teacher. The
     # teacher's images and scores are generated once: the second evaluation takes them from the teacher cache.
@@ -366,17 +406,45 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     saved = 0.0
     stages = {"eval_pruned": pruned, "eval_distilled": final if final != pruned else None}
     stages = {stage: folder for stage, folder in stages.items() if folder is not None}
-    to_run = [s for s, f in stages.items() if not (state.done(s, eval_settings) and (f / "report.json").is_file())]
+    elastic = bool(depth_folders)
+
+    def reported(stage: str, folder: Path) -> bool:
+        if elastic and stage == "eval_distilled":
+            return all((f / "report.json").is_file() for f in [folder, *depth_folders.values()])
+        return (folder / "report.json").is_file()
+
+    to_run = [s for s, f in stages.items() if not (state.done(s, eval_settings) and reported(s, f))]
     # One interleaved latency measurement of the teacher, the pruned and the distilled model, shared by both
     # reports: timed in two evaluations, two models of one architecture read 1.06x and 1.34x on a shared CPU.
     measured = None
-    if to_run:
+    # (an elastic run's depths are timed by their own evaluation, each depth against the teacher)
+    timed = {s: f for s, f in stages.items() if not (elastic and s == "eval_distilled")}
+    if to_run and [s for s in to_run if s in timed]:
         start = time.perf_counter()
-        measured = _measure_latency(stages, recipe, log)
+        measured = _measure_latency(timed, recipe, log)
         timings["latency"] = ("ran", time.perf_counter() - start)
     names = {"eval_pruned": "pruned", "eval_distilled": "distilled"}
     for stage, folder in stages.items():
         report_path = folder / "report.json"
+        if elastic and stage == "eval_distilled":
+            if stage in to_run:
+                log(f"[4/5] evaluating every depth of {folder} ({', '.join(map(str, recipe.elastic_depths))} blocks)")
+                start = time.perf_counter()
+                state.start(stage, eval_settings)
+                from .elastic_eval import evaluate_elastic
+
+                evaluate_elastic(
+                    folder, output=report_path, overwrite=True, prompts=recipe.eval_prompts,
+                    num_prompts=recipe.eval_num_prompts, seed=recipe.seed, latency_repeats=3,
+                )  # fmt: skip
+                _place_depth_reports(folder, depth_folders, recipe.elastic_depths)
+                ran(stage, eval_settings, start)
+            else:
+                log(f"[4/5] reusing the reports of every depth of {folder}")
+                timings[stage] = ("reused", 0.0)
+            for depth in recipe.elastic_depths:
+                reports[f"eval_depth{depth}"] = EvalReport.load(depth_folders.get(depth, folder) / "report.json")
+            continue
         if stage in to_run:
             log(f"[4/5] evaluating {folder}")
             start = time.perf_counter()
@@ -406,7 +474,8 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
 
     # 5. One-file exports beside the final model (listed in its card, uploaded with it).
     if recipe.export:
-        _export_files(final, recipe.export, log)
+        for folder in (final, *depth_folders.values()):
+            _export_files(folder, recipe.export, log)
 
     # 6. Model card (and push).
     from .hub import push_pipeline, render_model_card, write_model_card
@@ -418,6 +487,9 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
         push_pipeline(final, repo_id, private=recipe.private, base_model=recipe.base_model)
     else:
         write_model_card(final, render_model_card(final, repo_id, base_model=recipe.base_model))
+    for depth, folder in depth_folders.items():  # cards only: push uploads the run's final model
+        card = render_model_card(folder, f"{repo_id}-depth{depth}", base_model=recipe.base_model)
+        write_model_card(folder, card)
     timings["card"] = ("ran", time.perf_counter() - start)
 
     rows = summary_rows(reports)
@@ -428,6 +500,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
         rows=rows,
         stages={name: {"status": status, "seconds": round(sec, 1)} for name, (status, sec) in timings.items()},
         teacher_seconds_saved=round(saved, 1),
+        depth_models={str(d): str(depth_folders.get(d, final)) for d in recipe.elastic_depths or ()} or None,
     ).save(out / "summary.json")
     return rows
 
@@ -502,8 +575,11 @@ def _removal_count(recipe: Recipe) -> int | None:
     config = read_transformer_config(recipe.model)
     if config is None:
         return None
+    from .recipe_checks import depth_request
+
     depth = family_of_config(config, str(recipe.model)).depth(config)
-    return num_to_remove(depth, recipe.num_layers, recipe.ratio, remove=recipe.remove)
+    num_layers, ratio, remove = depth_request(recipe)
+    return num_to_remove(depth, num_layers, ratio, remove=remove)
 
 
 def _score(
@@ -572,6 +648,30 @@ def _export_files(final: Path, specs: list[str], log) -> None:
         export_transformer(final, final / name, fmt=fmt, quant=quant)
 
 
+def _depth_folders(recipe: Recipe, out: Path) -> dict[int, Path]:
+    """An elastic recipe's extracted depths: ``OUTPUT/depth-N`` for every trained depth but the largest (which is
+    ``OUTPUT/distilled`` itself); empty for a one-depth recipe."""
+    if not recipe.elastic_depths or recipe.distill_steps <= 0:
+        return {}
+    return {depth: out / f"depth-{depth}" for depth in recipe.elastic_depths[1:]}
+
+
+def _place_depth_reports(final: Path, depth_folders: dict[int, Path], depths) -> None:
+    """Each depth's report (``report-depthN.*``, written by the elastic evaluation beside the run's model) also as
+    ``report.*`` of the folder holding that depth, where its card and ``layerprune push`` read it."""
+    from .eval_report import grid_path
+    from .outputs import atomic_output_file
+
+    for depth in depths:
+        source = final / f"report-depth{depth}.json"
+        target = depth_folders.get(depth, final) / "report.json"
+        for a, b in ((source, target), (source.with_suffix(".md"), target.with_suffix(".md")),
+                     (grid_path(source), grid_path(target))):  # fmt: skip
+            if a.is_file():
+                with atomic_output_file(b, overwrite=True) as tmp:
+                    shutil.copyfile(a, tmp)
+
+
 def _is_model_folder(folder: Path) -> bool:
     # a finished pipeline (model_index.json is written last) or transformer-only folder
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
@@ -589,6 +689,8 @@ def _prepare_run_folder(recipe: Recipe) -> Path:
         check_output_dir(out / "pruned", overwrite=True, inputs=inputs)
     if (out / "distilled").exists():
         check_training_output_dir(out / "distilled", inputs=[*inputs, out / "pruned"], overwrite=True)
+    for folder in sorted(out.glob("depth-*")):  # an elastic run's depths, replaced or removed: must be ours
+        check_output_dir(folder, overwrite=True, inputs=[*inputs, out / "distilled"])
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "run", local={"model": full_local(recipe.model)}, entries=())
     clean_stale_temps(out)

@@ -30,6 +30,8 @@ RECIPE_TRAIN_FLAGS = {
     "resume_from_checkpoint": "(re-run the recipe: finished stages are reused)",
     "overwrite_output_dir": "(the run folder)",
     "mixed_precision": "mixed_precision",
+    "elastic_depths": "elastic_depths",
+    "importance": "elastic_depths (the score stage's importance file orders the depths)",
 }
 SEED_MAX = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy too)
 
@@ -156,6 +158,8 @@ def _check_extra_train_args(recipe) -> None:
     from . import train_distill
 
     base = ["--teacher_model", str(recipe.model), "--student_model", "student", "--output_dir", "out"]
+    if recipe.elastic_depths:  # so that --elastic_feature_kd / --elastic_inplace_distill parse as they will run
+        base += ["--elastic_depths", ",".join(map(str, recipe.elastic_depths)), "--importance", "importance.json"]
     base += ["--use_lora"] if recipe.use_lora else []
     base += ["--use_ema"] if recipe.use_ema else []
     extra = [str(a) for a in recipe.extra_train_args]
@@ -173,4 +177,64 @@ def _check_extra_train_args(recipe) -> None:
         if plain.get(dest) != given.get(dest):
             raise LayerPruneError(
                 f"extra_train_args sets --{dest}, which the recipe sets itself from {field_name}: set it there"
+            )
+
+
+def depth_request(recipe) -> tuple[int | None, float | None, int | None]:
+    """``(num_layers, ratio, remove)`` of the prune stage: the recipe's, or with ``elastic_depths`` and none of the
+    three given, the largest elastic depth (the student the elastic distillation starts from)."""
+    if recipe.elastic_depths and recipe.num_layers is None and recipe.ratio is None and recipe.remove is None:
+        return recipe.elastic_depths[0], None, None
+    return recipe.num_layers, recipe.ratio, recipe.remove
+
+
+def check_elastic_depths(recipe, config: dict | None) -> None:
+    """``elastic_depths`` of a recipe, before the first stage: two or more depths, descending, not repeated, each
+    within the model's depth (one block per stack kept), distillation on, and a ``num_layers`` / ``remove`` /
+    ``ratio`` that, when given, prunes to the largest depth (the elastic student). ``config``: the model's
+    transformer config (``None``: built from the short name)."""
+    depths = recipe.elastic_depths
+    if depths is None:
+        return
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, (list, tuple)):
+        raise LayerPruneError(f"elastic_depths must be a list of block counts such as [9, 7], got {depths!r}")
+    if any(isinstance(d, bool) or not isinstance(d, int) for d in depths):
+        raise LayerPruneError(f"elastic_depths must be whole block counts such as [9, 7], got {list(depths)}")
+    if recipe.distill_steps <= 0:
+        raise LayerPruneError(
+            "elastic_depths trains the depths during distillation: give distill_steps > 0, or leave elastic_depths out"
+        )
+    if recipe.transformer_only:  # the evaluation of every depth loads the elastic run as a whole pipeline
+        raise LayerPruneError(
+            "elastic_depths does not support transformer_only yet: leave transformer_only out (the run's folders then "
+            "hold whole pipelines)"
+        )
+    from .elastic import check_depths
+    from .families import family_of_config
+
+    if config is None:
+        from .modeling import load_transformer
+
+        transformer = load_transformer(recipe.model)  # short names are built in code (cheap for those)
+        config = dict(transformer.config, _class_name=type(transformer).__name__)
+    family = family_of_config(config, str(recipe.model))
+    source_depth = family.depth(config)
+    try:
+        check_depths(depths, source_depth, min_depth=len(family.stacks))
+    except LayerPruneError as error:  # the message names train_distill's flag; the recipe's field is meant here
+        raise LayerPruneError(str(error).replace("--elastic_depths", "elastic_depths")) from None
+    num_layers, ratio, remove = depth_request(recipe)
+    given = [
+        (name, v) for name, v in (("num_layers", num_layers), ("remove", remove), ("ratio", ratio)) if v is not None
+    ]
+    if len(given) == 1:
+        from .importance import num_to_remove
+
+        kept = source_depth - num_to_remove(source_depth, num_layers, ratio, remove=remove)
+        if kept != depths[0]:
+            name, value = given[0]
+            raise LayerPruneError(
+                f"{name} {value} keeps {kept} blocks but elastic_depths starts with {depths[0]}: the pruned model is "
+                f"the largest elastic depth; leave {name} out (null in a recipe file, None in Python) or make it keep "
+                f"{depths[0]}"
             )

@@ -12,9 +12,10 @@ from .records import Record
 
 # stage -> the stages that use its output, directly or not
 DOWNSTREAM = {
-    "score": ("prune", "distill", "eval_pruned", "eval_distilled"),
-    "prune": ("distill", "eval_pruned", "eval_distilled"),
-    "distill": ("eval_distilled",),
+    "score": ("prune", "distill", "extract", "eval_pruned", "eval_distilled"),
+    "prune": ("distill", "extract", "eval_pruned", "eval_distilled"),
+    "distill": ("extract", "eval_distilled"),
+    "extract": (),  # an elastic run's smaller depths (their reports are written by eval_distilled)
     "eval_pruned": (),
     "eval_distilled": (),
 }
@@ -54,12 +55,13 @@ class RunSummary(Record):
     WHAT = "run summary"
     FIX = "run `layerprune run` again to write it"
     REQUIRED = {"final_model": str, "rows": list, "stages": dict}
-    OPTIONAL = {"teacher_seconds_saved": float}
+    OPTIONAL = {"teacher_seconds_saved": float, "depth_models": dict}
 
     final_model: str
     rows: list
     stages: dict
     teacher_seconds_saved: float = 0.0
+    depth_models: dict | None = None  # an elastic run: the folder of each trained depth
 
 
 class RunState:
@@ -110,6 +112,7 @@ STAGE_TITLES = {
     "score": "score blocks",
     "prune": "prune",
     "distill": "distill",
+    "extract": "extract depths",
     "eval_pruned": "evaluate pruned",
     "eval_distilled": "evaluate distilled",
 }
@@ -122,6 +125,12 @@ def summary_rows(reports: dict) -> list[dict]:
     labelled += [("pruned", reports["eval_pruned"].student)]
     if "eval_distilled" in reports:
         labelled += [("pruned + distilled", reports["eval_distilled"].student)]
+    # an elastic run: each trained depth of the one distillation, largest first
+    labelled += [
+        (f"elastic, {k[len('eval_depth') :]} blocks", r.student)
+        for k, r in reports.items()
+        if k.startswith("eval_depth")
+    ]
     for label, entry in labelled:
         row = {
             "model": label,

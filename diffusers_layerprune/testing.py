@@ -145,8 +145,9 @@ def build_tiny_clip_text_encoder(vocab_size: int, hidden_size: int = 16, *, with
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
-def build_flow_vae(latent_channels: int, *, seed: int, sample_size: int):
-    """A tiny ``AutoencoderKL`` (factor 2) with SD3/Flux-style shift and scale."""
+def build_tiny_vae(latent_channels: int, *, seed: int, sample_size: int, **config):
+    """A tiny ``AutoencoderKL`` (factor 2: two blocks of 8 and 16 channels) with weights of ``seed``; ``config``
+    adds stock config keys (quant convs, shift and scale)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -160,11 +161,21 @@ def build_flow_vae(latent_channels: int, *, seed: int, sample_size: int):
         latent_channels=latent_channels,
         norm_num_groups=4,
         sample_size=sample_size,
+        **config,
+    ).eval()
+
+
+def build_flow_vae(latent_channels: int, *, seed: int, sample_size: int):
+    """A tiny ``AutoencoderKL`` (factor 2) with SD3/Flux-style shift and scale."""
+    return build_tiny_vae(
+        latent_channels,
+        seed=seed,
+        sample_size=sample_size,
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=0.0609,
         scaling_factor=1.5035,
-    ).eval()
+    )
 
 
 def tiny_call_kwargs(pipe, *, steps: int = 2, seed: int = 0) -> dict:

@@ -381,7 +381,8 @@ def test_card_lists_exported_files_and_its_snippet_loads_them_in_a_fresh_process
         f"| [`transformer-Q8_0.gguf`](https://huggingface.co/me/tiny/blob/main/transformer-Q8_0.gguf) | GGUF Q8_0 | {size / 1e3:.1f} kB |"
         in card
     )
-    assert "ComfyUI" in card and "models/unet" in card
+    # the family's ComfyUI fact (benchmarks/comfy_check.py): ComfyUI cannot build a depth-pruned SD3
+    assert f"ComfyUI: {get_family('sd3').single_file.comfyui}" in card and "models/unet" not in card
     snippet = card.split("## One-file versions")[1].split("```python")[1].split("```")[0]
     snippet = snippet.replace("https://huggingface.co/me/tiny/blob/main/", f"{folder}/").replace(
         '"me/tiny"', repr(str(folder))
@@ -446,3 +447,64 @@ def test_single_file_bf16_casts_every_weight(folders, tmp_path):
     path = export_transformer(made["sd3"], tmp_path / "t.safetensors", quant="BF16")
     with safe_open(path, framework="pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+def test_push_uploads_the_exported_files_beside_the_pipeline_and_the_card_lists_them(exported, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    calls = []
+
+    class Hub:  # records what HfApi would be asked; nothing leaves the machine
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, **kwargs):
+            calls.append(kwargs)
+            return type("Info", (), {"commit_url": "https://huggingface.co/me/tiny/commit/abc"})()
+
+        create_commit = upload_folder
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test_token_not_real")
+    folder = tmp_path / "pruned"
+    shutil.copytree(exported["qwenimage"]["folder"], folder)
+    for key, name in (("gguf", "transformer-Q8_0.gguf"), ("single", "transformer.safetensors")):
+        shutil.copyfile(exported["qwenimage"][key], folder / name)
+    assert cli(["push", str(folder), "--repo-id", "me/tiny"]) == 0
+    upload = calls[-1]
+    if "operations" in upload:  # one commit of explicit additions (files rewritten on the way)
+        sent = {op.path_in_repo: op.path_or_fileobj for op in upload["operations"]}
+        sent = {k: v if isinstance(v, bytes) else open(v, "rb").read() for k, v in sent.items()}
+    else:  # the folder as is: what upload_folder's own filter keeps
+        from huggingface_hub.utils import filter_repo_objects
+
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        kept = filter_repo_objects(files, ignore_patterns=upload["ignore_patterns"])
+        sent = {rel: (folder / rel).read_bytes() for rel in kept}
+    for name in ("transformer-Q8_0.gguf", "transformer.safetensors"):
+        assert sent[name] == (folder / name).read_bytes()  # beside the pipeline, unchanged
+        assert f"[`{name}`](https://huggingface.co/me/tiny/blob/main/{name})" in sent["README.md"].decode()
+    assert "transformer/diffusion_pytorch_model.safetensors" in sent
+    assert f"ComfyUI: {get_family('qwenimage').single_file.comfyui}" in sent["README.md"].decode()
+
+
+def test_comfy_check_skips_in_one_line_without_a_comfyui_checkout(tmp_path):
+    """benchmarks/comfy_check.py is no CI dependency: without a ComfyUI checkout it says so and succeeds."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    script = ROOT / "benchmarks" / "comfy_check.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_DIR", "COMFYUI_GGUF_DIR")}
+    result = subprocess.run(
+        [sys.executable, str(script), "--comfyui", str(tmp_path / "none")], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"comfy_check: skipped: no ComfyUI checkout at {tmp_path / 'none'} (give --comfyui PATH)"]  # fmt: skip
+    assert not (tmp_path / "none").exists()

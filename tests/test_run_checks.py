@@ -59,6 +59,34 @@ CASES = {
         "extra_train_args sets --learning_rate, which the recipe sets itself from learning_rate",
     ),
     "extra_train_args_ignored_flag": ("extra_train_args: [--ema_decay, '0.9']\n", [], "--ema_decay applies only"),
+    # elastic depths (the toy teacher has 12 blocks)
+    "elastic_out_of_range": ("elastic_depths: [13, 9]\n", [], "elastic_depths [13] out of range"),
+    "elastic_not_descending": ("", ["--elastic-depths", "7,9"], "must be in descending order"),
+    "elastic_duplicated": ("elastic_depths: [9, 9, 7]\n", [], "lists depth 9 more than once"),
+    "elastic_one_depth": ("elastic_depths: [9]\n", [], "needs two or more depths"),
+    "elastic_not_a_list": ("elastic_depths: 9\n", [], "elastic_depths must be list"),
+    "elastic_conflicting_num_layers": (
+        "elastic_depths: [9, 7]\nnum_layers: 8\nratio: null\n",
+        [],
+        "num_layers 8 keeps 8 blocks but elastic_depths starts with 9",
+    ),
+    "elastic_conflicting_flag": ("elastic_depths: [10, 8]\n", ["--ratio", "0.25"], "ratio 0.25 keeps 9 blocks"),
+    "elastic_transformer_only": (
+        "elastic_depths: [9, 7]\ntransformer_only: true\n",
+        [],
+        "does not support transformer_only",
+    ),
+    "elastic_without_distillation": ("elastic_depths: [9, 7]\ndistill_steps: 0\n", [], "give distill_steps > 0"),
+    "elastic_importance_in_extra_args": (
+        "elastic_depths: [9, 7]\nextra_train_args: [--importance, x.json]\n",
+        [],
+        "extra_train_args sets --importance",
+    ),
+    "elastic_flag_without_depths": (
+        "extra_train_args: [--elastic_feature_kd, all]\n",
+        [],
+        "--elastic_feature_kd applies only with --elastic_depths",
+    ),
     # cache folders and outputs
     "cache_dir_is_a_file": ("extra_train_args: [--cache_dir, '{ws}/a_file']\n", [], "is a file; give a folder"),
     "cache_dir_inside_the_model": (

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from pathlib import Path
+
+from toybench import mean_std  # noqa: F401  (paper's modules and older scripts import it from here)
 
 
 def cell_key(stage: str, seed: int, dropped, variant: str = "") -> str:
@@ -44,18 +45,6 @@ class Cells:
         self.records[key] = record
         self.computed += 1
         return record
-
-
-def mean_std(values: list[float]) -> dict:
-    values = [float(v) for v in values]
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-        "values": values,
-    }
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

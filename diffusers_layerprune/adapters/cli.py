@@ -21,6 +21,14 @@ def add_adapt_args(parser: argparse.ArgumentParser, source: str, what: str, *, w
     add_output_args(parser, what)
 
 
+def adapt_options(args: argparse.Namespace) -> dict:
+    """The shared options :func:`add_adapt_args` registered, as keyword arguments of the ``adapt_*`` functions."""
+    options = dict(revision=args.revision, overwrite=args.overwrite)
+    if "weight_name" in args:
+        options["weight_name"] = args.weight_name
+    return options
+
+
 def add_lora_parsers(subparsers) -> None:
     """Register ``adapt-lora`` and ``convert-lora`` on the CLI's subparsers."""
     adapt = subparsers.add_parser(
@@ -64,15 +72,7 @@ def add_lora_parsers(subparsers) -> None:
 def cmd_adapt_lora(args: argparse.Namespace) -> int:
     from .lora import adapt_lora_to_folder
 
-    adapt_lora_to_folder(
-        args.lora,
-        args.pruned,
-        args.output,
-        revision=args.revision,
-        weight_name=args.weight_name,
-        overwrite=args.overwrite,
-        log=print,
-    )
+    adapt_lora_to_folder(args.lora, args.pruned, args.output, **adapt_options(args), log=print)
     print(f"saved: {args.output}")
     return 0
 
@@ -105,9 +105,7 @@ def add_controlnet_parser(subparsers) -> None:
 def cmd_adapt_controlnet(args: argparse.Namespace) -> int:
     from .controlnet import adapt_controlnet
 
-    result = adapt_controlnet(
-        args.controlnet, args.pruned, args.output, revision=args.revision, overwrite=args.overwrite
-    )
+    result = adapt_controlnet(args.controlnet, args.pruned, args.output, **adapt_options(args))
     for line in result.summary():
         print(line)
     print(f"saved: {args.output} (load it with {result.family.controlnet.model_class}.from_pretrained)")
@@ -141,14 +139,6 @@ def add_ip_adapter_parser(subparsers) -> None:
 def cmd_adapt_ip_adapter(args: argparse.Namespace) -> int:
     from .ip_adapter import WEIGHT_NAME, adapt_ip_adapter_to_folder
 
-    adapt_ip_adapter_to_folder(
-        args.ip_adapter,
-        args.pruned,
-        args.output,
-        revision=args.revision,
-        weight_name=args.weight_name,
-        overwrite=args.overwrite,
-        log=print,
-    )
+    adapt_ip_adapter_to_folder(args.ip_adapter, args.pruned, args.output, **adapt_options(args), log=print)
     print(f"saved: {args.output}/{WEIGHT_NAME} (pipe.load_ip_adapter({args.output!r}, weight_name={WEIGHT_NAME!r}))")
     return 0

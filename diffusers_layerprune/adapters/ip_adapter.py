@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import LayerPruneError
 from .record import IpAdapterRecord
-from .sources import file_sha256, local_or_hub
+from .sources import file_sha256, local_or_hub, pruned_target
 
 WEIGHT_NAME = "ip-adapter.safetensors"  # SD3IPAdapterMixin.load_ip_adapter's default weight_name
 RECORD_NAME = "layerprune_ip_adapter.json"
@@ -264,19 +264,10 @@ def adapt_ip_adapter_to_folder(
     ``pruned`` kept, renumbered, and write ``output/ip-adapter.safetensors`` (what ``pipe.load_ip_adapter(output,
     weight_name="ip-adapter.safetensors")`` reads) and ``output/layerprune_ip_adapter.json`` (the source's public
     name, Hub revision and sha256, and the layers kept). Nothing is written on error."""
-    from ..families import family_of_config
-    from ..modeling import read_transformer_config
-    from ..outputs import atomic_output_dir, check_output_dir
-    from ..provenance import local_inputs, public_name
+    from ..outputs import atomic_output_dir
+    from ..provenance import public_name
 
-    inputs = local_inputs(source, pruned)
-    check_output_dir(output, overwrite=overwrite, inputs=inputs)
-    config = read_transformer_config(pruned)
-    if config is None or config.get("kept_layers") is None:
-        raise LayerPruneError(
-            f"{pruned} records no kept blocks (kept_layers): give a folder written by layerprune prune"
-        )
-    family = family_of_config(config, str(pruned))
+    inputs, config, family = pruned_target(source, pruned, output, overwrite=overwrite)
     ip_adapter_layout(family, config)  # before reading a possibly large file
     path, source_record = resolve_ip_adapter_source(source, revision=revision, weight_name=weight_name)
     adapted, report = adapt_ip_adapter(read_ip_adapter(path), family, config, f"IP-Adapter {source_record['source']}")

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import LayerPruneError
 from ..records import read_json
 from .record import LoraRecord
-from .sources import file_sha256, local_or_hub
+from .sources import file_sha256, local_or_hub, pruned_target
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -548,19 +548,10 @@ def adapt_lora_to_folder(
     """``layerprune adapt-lora``: read the parent's LoRA ``source``, renumber it to the blocks ``pruned`` kept and
     write it to the new folder ``output`` in the format the family's stock tools read, with ``layerprune_lora.json``
     recording the source (public name, Hub revision, sha256) and what was kept. Nothing is written on error."""
-    from ..families import family_of_config
-    from ..modeling import read_transformer_config
-    from ..outputs import atomic_output_dir, check_output_dir
-    from ..provenance import local_inputs, public_name
+    from ..outputs import atomic_output_dir
+    from ..provenance import public_name
 
-    inputs = local_inputs(source, pruned)
-    check_output_dir(output, overwrite=overwrite, inputs=inputs)
-    config = read_transformer_config(pruned)
-    if config is None or config.get("kept_layers") is None:
-        raise LayerPruneError(
-            f"{pruned} records no kept blocks (kept_layers): give a folder written by layerprune prune"
-        )
-    family = family_of_config(config, str(pruned))
+    inputs, config, family = pruned_target(source, pruned, output, overwrite=overwrite)
     path, record = resolve_lora_source(source, revision=revision, weight_name=weight_name)
     where = f"LoRA {record['source']}"
     adapted, report = adapt_lora(read_lora(family, path), family, config, where)

@@ -36,3 +36,22 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def pruned_target(source: str, pruned, output, *, overwrite: bool) -> tuple[list[str], dict, object]:
+    """What an ``adapt-*`` command checks before reading the adapter ``source``: ``output`` may be written (not one
+    of the inputs; an existing folder only with ``overwrite``) and ``pruned`` is a pruned model's folder. Returns
+    ``(local inputs, the pruned transformer's config, its family)``."""
+    from ..families import family_of_config
+    from ..modeling import read_transformer_config
+    from ..outputs import check_output_dir
+    from ..provenance import local_inputs
+
+    inputs = local_inputs(source, pruned)
+    check_output_dir(output, overwrite=overwrite, inputs=inputs)
+    config = read_transformer_config(pruned)
+    if config is None or config.get("kept_layers") is None:
+        raise LayerPruneError(
+            f"{pruned} records no kept blocks (kept_layers): give a folder written by layerprune prune"
+        )
+    return inputs, config, family_of_config(config, str(pruned))

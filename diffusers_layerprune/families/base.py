@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
+
 # Text conditioning of a batch of prompts, keyed by the pipeline's own call-argument names: ``prompt_embeds``
 # ``[B, L, D]`` always, plus ``prompt_attention_mask`` ``[B, L]`` (PixArt, Sana) or ``pooled_prompt_embeds``
 # ``[B, P]`` (SD3, Flux).
@@ -179,12 +181,23 @@ class SingleFileLayout:
             registry maps the class's files key for key (Qwen-Image).
         gguf_arch: ``general.architecture`` of a GGUF file (the name ComfyUI-GGUF detects the model by).
         check: ``config -> None | str``: why this config cannot be read back from a single file (``None``: it can).
+        comfyui: what ComfyUI does with a pruned file of the family, as the model card says it (checked with
+            ``benchmarks/comfy_check.py``; docs/stacking.md has the versions).
     """
 
     pieces: Callable[[Mapping, Sequence[str]], dict[str, Piece]]
     converter: str
     gguf_arch: str
     check: Callable[[Mapping], str | None] = lambda config: None
+    comfyui: str = ""
+
+
+# The card's ComfyUI note for families whose pruned files ComfyUI detects with their kept block counts.
+COMFYUI_LOADS = (
+    'put a `.gguf` file in `models/unet` and load it with ComfyUI-GGUF\'s "Unet Loader (GGUF)", a `.safetensors` '
+    'file in `models/diffusion_models` ("Load Diffusion Model"); text encoders and VAE are the base model\'s. ComfyUI '
+    "counts the blocks from the file's keys."
+)
 
 
 @dataclass(frozen=True)
@@ -389,23 +402,52 @@ def binning_call_args(sample_sizes: tuple[int, ...]) -> Callable[[Mapping], dict
     return lambda config: {} if config.get("sample_size") in sample_sizes else {"use_resolution_binning": False}
 
 
-def masked_call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:
-    """PixArt / Sana pipeline arguments that generate from cached embeddings and masks."""
-    kwargs = dict(
-        prompt_embeds=text["prompt_embeds"],
-        prompt_attention_mask=text["prompt_attention_mask"],
-        negative_prompt=None,  # the pipelines' default "" would clash with negative_prompt_embeds
-        height=resolution,
-        width=resolution,
-        use_resolution_binning=False,
+def cached_call_kwargs(names: Mapping[str, str], *, negative: bool = True, **fixed) -> Callable[..., dict]:
+    """A ``call_kwargs`` for a pipeline that takes cached conditioning as call arguments: ``names`` maps each
+    conditioning key to the pipeline's argument (Qwen-Image: ``prompt_attention_mask`` -> ``prompt_embeds_mask``),
+    the negative prompt's go to the same names prefixed ``negative_`` (``negative=False``: the pipeline takes none),
+    then ``height``, ``width``, ``max_sequence_length`` and ``fixed`` as they are."""
+
+    def call_kwargs(text, negative_text, resolution: int, max_sequence_length: int) -> dict:
+        kwargs = {argument: text[key] for key, argument in names.items()}
+        kwargs.update(fixed, height=resolution, width=resolution, max_sequence_length=max_sequence_length)
+        if negative and negative_text is not None:
+            kwargs.update({f"negative_{argument}": negative_text[key] for key, argument in names.items()})
+        return kwargs
+
+    return call_kwargs
+
+
+# PixArt / Sana pipeline arguments that generate from cached embeddings and masks.
+masked_call_kwargs = cached_call_kwargs(
+    {"prompt_embeds": "prompt_embeds", "prompt_attention_mask": "prompt_attention_mask"},
+    negative_prompt=None,  # the pipelines' default "" would clash with negative_prompt_embeds
+    use_resolution_binning=False,
+)
+
+
+def real_defaults(*, max_sequence_length: int, num_inference_steps: int, guidance_scale: float) -> dict:
+    """``ModelFamily.defaults`` of a real checkpoint: its sampler settings; blocks scored and distilled on
+    Pick-a-Pic prompts, evaluated on HPDv2's with HPSv2.1, PickScore and CLIP; bfloat16 (a real checkpoint's text
+    encoder alone is many GB in float32: PixArt-Sigma's T5-XXL ~19 GB, ~9.5 GB in bfloat16)."""
+    return dict(
         max_sequence_length=max_sequence_length,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        score_prompts=PICKAPIC_SCORING_PROMPTS,
+        train_prompts=PICKAPIC_TRAINING_PROMPTS,
+        eval_prompts="hpdv2",
+        scorers=["hpsv2.1", "pickscore", "clip"],
+        dtype="bfloat16",
     )
-    if negative is not None:
-        kwargs.update(
-            negative_prompt_embeds=negative["prompt_embeds"],
-            negative_prompt_attention_mask=negative["prompt_attention_mask"],
-        )
-    return kwargs
+
+
+def guidance_input(transformer, batch: int, scale: float, device) -> torch.Tensor | None:
+    """A guidance-distilled transformer's guidance input ``[batch]`` (float32); ``None`` for a model without a
+    guidance embedding."""
+    if getattr(transformer, "module", transformer).config.get("guidance_embeds"):  # DDP wraps the model
+        return torch.full((batch,), scale, device=device, dtype=torch.float32)
+    return None
 
 
 def masked_random_text(width_key: str):
@@ -436,6 +478,44 @@ def fused(original: str, sources: Sequence[str], keys, *, swap_halves: bool = Fa
         if f"{sources[0]}.{suffix}" in keys:
             out[f"{original}.{suffix}"] = Piece(tuple(f"{s}.{suffix}" for s in sources), swap_halves=swap_halves)
     return out
+
+
+def bfl_pieces(
+    keys,
+    top: Mapping[str, str],
+    double: Callable[[str, str], Mapping[str, str]],
+    single: Callable[[str, str, set], dict[str, Piece]],
+) -> dict[str, Piece]:
+    """Black Forest Labs' checkpoint layout (Flux.1, FLUX.2) from diffusers' ``keys``: the plain renames ``top``
+    (original -> diffusers module), the final modulation (the original's ``shift, scale`` is diffusers'
+    ``scale, shift``), then ``double_blocks.N`` and ``single_blocks.N``, each renumbered from 0.
+
+    A double block ``o`` from diffusers' ``d`` is its image and text ``qkv`` fused from diffusers' separate
+    projections, the family's renames ``double(o, d)``, then the four query/key RMS-norm scales; a single block is
+    the family's ``single(o, d, keys)``, then its two query/key norm scales."""
+    keys = set(keys)
+    pieces = renamed(top, keys)
+    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
+    for i in range(block_count(keys, "transformer_blocks")):
+        d, o = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        pieces.update(fused(f"{o}.img_attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
+        pieces.update(
+            fused(f"{o}.txt_attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
+        )
+        pieces.update(renamed(double(o, d), keys))
+        for original, source in (
+            (f"{o}.img_attn.norm.query_norm", f"{d}.attn.norm_q"),
+            (f"{o}.img_attn.norm.key_norm", f"{d}.attn.norm_k"),
+            (f"{o}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q"),
+            (f"{o}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k"),
+        ):
+            pieces[f"{original}.scale"] = Piece((f"{source}.weight",))
+    for i in range(block_count(keys, "single_transformer_blocks")):
+        d, o = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        pieces.update(single(o, d, keys))
+        pieces[f"{o}.norm.query_norm.scale"] = Piece((f"{d}.attn.norm_q.weight",))
+        pieces[f"{o}.norm.key_norm.scale"] = Piece((f"{d}.attn.norm_k.weight",))
+    return pieces
 
 
 def renamed(mapping: Mapping[str, str], keys) -> dict[str, Piece]:

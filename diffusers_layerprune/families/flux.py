@@ -13,9 +13,7 @@ import math
 
 import torch
 from diffusers import FluxTransformer2DModel
-from diffusers.configuration_utils import register_to_config
 
-from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
 from ..testing import (
     build_clip_tokenizer,
@@ -25,6 +23,7 @@ from ..testing import (
     build_tiny_t5_encoder,
 )
 from .base import (
+    COMFYUI_LOADS,
     BlockStack,
     ControlNetLayout,
     ControlNetStack,
@@ -33,9 +32,12 @@ from .base import (
     Piece,
     PublishedConfig,
     SingleFileLayout,
-    block_count,
+    bfl_pieces,
+    cached_call_kwargs,
     fused,
+    guidance_input,
     pooled_random_text,
+    real_defaults,
     renamed,
     second_tensor,
 )
@@ -69,9 +71,6 @@ def forward(transformer, latents, timestep, text, guidance: float = GUIDANCE) ->
     input (Flux.1-dev; unused by models without a guidance embedding)."""
     _, _, h, w = latents.shape
     embeds = text["prompt_embeds"]
-    scale, guidance = guidance, None
-    if getattr(transformer, "module", transformer).config.get("guidance_embeds"):  # DDP wraps the model
-        guidance = torch.full((latents.shape[0],), scale, device=latents.device, dtype=torch.float32)
     out = transformer(
         hidden_states=pack(latents),
         encoder_hidden_states=embeds,
@@ -79,7 +78,7 @@ def forward(transformer, latents, timestep, text, guidance: float = GUIDANCE) ->
         timestep=timestep.to(latents.dtype) / 1000,
         img_ids=image_ids(h, w, latents.device, latents.dtype),
         txt_ids=torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype),
-        guidance=guidance,
+        guidance=guidance_input(transformer, latents.shape[0], guidance, latents.device),
         return_dict=False,
     )[0]
     return unpack(out, h, w)
@@ -93,16 +92,11 @@ def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.T
     return {"prompt_embeds": embeds.cpu(), "pooled_prompt_embeds": pooled.cpu()}
 
 
-def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:
-    # Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward); a
-    # negative prompt only matters with true_cfg_scale > 1, which layerprune does not use.
-    return dict(
-        prompt_embeds=text["prompt_embeds"],
-        pooled_prompt_embeds=text["pooled_prompt_embeds"],
-        height=resolution,
-        width=resolution,
-        max_sequence_length=max_sequence_length,
-    )
+# Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward); a negative
+# prompt only matters with true_cfg_scale > 1, which layerprune does not use.
+call_kwargs = cached_call_kwargs(
+    {"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled_prompt_embeds"}, negative=False
+)
 
 
 def ip_adapter_widths(config, state) -> str | None:
@@ -161,59 +155,36 @@ SINGLE_FILE_WIDTH = 3072
 def original_pieces(config, keys) -> dict[str, Piece]:
     """Black Forest Labs' Flux.1 checkpoint layout (``double_blocks.N`` then ``single_blocks.N``, each renumbered
     from 0), the inverse of diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``."""
-    keys = set(keys)
-    pieces = renamed(
-        {
-            "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
-            "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
-            "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
-            "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
-            "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",  # Flux.1-dev only
-            "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-            "txt_in": "context_embedder",
-            "img_in": "x_embedder",
-            "final_layer.linear": "proj_out",
-        },
-        keys,
-    )
-    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
-    for i in range(block_count(keys, "transformer_blocks")):
-        d, o = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        pieces.update(fused(f"{o}.img_attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
-        pieces.update(
-            fused(f"{o}.txt_attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
-        )
-        pieces.update(
-            renamed(
-                {
-                    f"{o}.img_mod.lin": f"{d}.norm1.linear",
-                    f"{o}.txt_mod.lin": f"{d}.norm1_context.linear",
-                    f"{o}.img_attn.proj": f"{d}.attn.to_out.0",
-                    f"{o}.txt_attn.proj": f"{d}.attn.to_add_out",
-                    f"{o}.img_mlp.0": f"{d}.ff.net.0.proj",
-                    f"{o}.img_mlp.2": f"{d}.ff.net.2",
-                    f"{o}.txt_mlp.0": f"{d}.ff_context.net.0.proj",
-                    f"{o}.txt_mlp.2": f"{d}.ff_context.net.2",
-                },
-                keys,
-            )
-        )
-        for original, source in (
-            (f"{o}.img_attn.norm.query_norm", f"{d}.attn.norm_q"),
-            (f"{o}.img_attn.norm.key_norm", f"{d}.attn.norm_k"),
-            (f"{o}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q"),
-            (f"{o}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k"),
-        ):
-            pieces[f"{original}.scale"] = Piece((f"{source}.weight",))
-    for i in range(block_count(keys, "single_transformer_blocks")):
-        d, o = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
-        pieces.update(
-            fused(f"{o}.linear1", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp"], keys)
-        )
+    top = {
+        "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+        "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+        "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+        "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+        "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",  # Flux.1-dev only
+        "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+        "txt_in": "context_embedder",
+        "img_in": "x_embedder",
+        "final_layer.linear": "proj_out",
+    }
+
+    def double(o, d):  # each block has its own modulation
+        return {
+            f"{o}.img_mod.lin": f"{d}.norm1.linear",
+            f"{o}.txt_mod.lin": f"{d}.norm1_context.linear",
+            f"{o}.img_attn.proj": f"{d}.attn.to_out.0",
+            f"{o}.txt_attn.proj": f"{d}.attn.to_add_out",
+            f"{o}.img_mlp.0": f"{d}.ff.net.0.proj",
+            f"{o}.img_mlp.2": f"{d}.ff.net.2",
+            f"{o}.txt_mlp.0": f"{d}.ff_context.net.0.proj",
+            f"{o}.txt_mlp.2": f"{d}.ff_context.net.2",
+        }
+
+    def single(o, d, keys):  # the original fuses q, k, v and the MLP input into one projection
+        pieces = fused(f"{o}.linear1", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp"], keys)
         pieces.update(renamed({f"{o}.modulation.lin": f"{d}.norm.linear", f"{o}.linear2": f"{d}.proj_out"}, keys))
-        pieces[f"{o}.norm.query_norm.scale"] = Piece((f"{d}.attn.norm_q.weight",))
-        pieces[f"{o}.norm.key_norm.scale"] = Piece((f"{d}.attn.norm_k.weight",))
-    return pieces
+        return pieces
+
+    return bfl_pieces(keys, top, double, single)
 
 
 def single_file_check(config) -> str | None:
@@ -233,39 +204,7 @@ class PrunedFluxTransformer(PrunedTransformerMixin, FluxTransformer2DModel):
 
     family = "flux"
 
-    @register_to_config
-    def __init__(
-        self,
-        patch_size: int = 1,
-        in_channels: int = 64,
-        out_channels: int | None = None,
-        num_layers: int = 19,
-        num_single_layers: int = 38,
-        attention_head_dim: int = 128,
-        num_attention_heads: int = 24,
-        joint_attention_dim: int = 4096,
-        pooled_projection_dim: int = 768,
-        guidance_embeds: bool = False,
-        axes_dims_rope: tuple[int, int, int] = (16, 56, 56),
-        kept_layers: list[int] | None = None,
-        source_num_layers: int | None = None,
-        source_model: str | None = None,
-        source_stack_depths: list[int] | None = None,
-    ):
-        super().__init__(
-            patch_size=patch_size,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            num_layers=num_layers,
-            num_single_layers=num_single_layers,
-            attention_head_dim=attention_head_dim,
-            num_attention_heads=num_attention_heads,
-            joint_attention_dim=joint_attention_dim,
-            pooled_projection_dim=pooled_projection_dim,
-            guidance_embeds=guidance_embeds,
-            axes_dims_rope=tuple(axes_dims_rope),
-        )
-        self._check_pruned(kept_layers, [num_layers, num_single_layers], source_num_layers)
+    depth_keys = ("num_layers", "num_single_layers")
 
 
 def build_tiny_flux_pipeline(num_layers: int = 2, num_single_layers: int = 4, *, seed: int = 0):
@@ -349,16 +288,7 @@ FAMILY = ModelFamily(
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
     native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),
-    defaults=dict(
-        max_sequence_length=512,
-        num_inference_steps=28,
-        guidance_scale=3.5,
-        score_prompts=PICKAPIC_SCORING_PROMPTS,
-        train_prompts=PICKAPIC_TRAINING_PROMPTS,
-        eval_prompts="hpdv2",
-        scorers=["hpsv2.1", "pickscore", "clip"],
-        dtype="bfloat16",
-    ),
+    defaults=real_defaults(max_sequence_length=512, num_inference_steps=28, guidance_scale=3.5),
     hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
     references=("flux",),
     controlnet=CONTROLNET,
@@ -367,6 +297,7 @@ FAMILY = ModelFamily(
         converter="convert_flux_transformer_checkpoint_to_diffusers",
         gguf_arch="flux",
         check=single_file_check,
+        comfyui=COMFYUI_LOADS,
     ),
     hub_tag="flux",
     citations={"flux": "Black Forest Labs, FLUX.1 (2024), https://github.com/black-forest-labs/flux."},

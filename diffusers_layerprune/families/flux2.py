@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import Flux2Transformer2DModel
-from diffusers.configuration_utils import register_to_config
 
-from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
 from .base import (
     BlockStack,
@@ -28,9 +26,10 @@ from .base import (
     Piece,
     PublishedConfig,
     SingleFileLayout,
-    block_count,
+    bfl_pieces,
     first_tensor,
-    fused,
+    guidance_input,
+    real_defaults,
     renamed,
 )
 
@@ -64,16 +63,13 @@ def forward(transformer, latents, timestep, text) -> torch.Tensor:
     scheduler units; the transformer takes it divided by 1000)."""
     b, c, h, w = latents.shape
     embeds = text["prompt_embeds"]
-    guidance = None
-    if getattr(transformer, "module", transformer).config.get("guidance_embeds"):  # DDP wraps the model
-        guidance = torch.full((b,), GUIDANCE, device=latents.device, dtype=torch.float32)
     out = transformer(
         hidden_states=latents.reshape(b, c, h * w).permute(0, 2, 1),
         encoder_hidden_states=embeds,
         timestep=timestep.to(latents.dtype) / 1000,
         img_ids=grid_ids(h, w, latents.device),
         txt_ids=text_ids(embeds.shape[1], latents.device),
-        guidance=guidance,
+        guidance=guidance_input(transformer, b, GUIDANCE, latents.device),
         return_dict=False,
     )[0]
     return out.permute(0, 2, 1).reshape(b, -1, h, w)
@@ -118,45 +114,7 @@ class PrunedFlux2Transformer(PrunedTransformerMixin, Flux2Transformer2DModel):
 
     family = "flux2"
 
-    @register_to_config
-    def __init__(
-        self,
-        patch_size: int = 1,
-        in_channels: int = 128,
-        out_channels: int | None = None,
-        num_layers: int = 8,
-        num_single_layers: int = 48,
-        attention_head_dim: int = 128,
-        num_attention_heads: int = 48,
-        joint_attention_dim: int = 15360,
-        timestep_guidance_channels: int = 256,
-        mlp_ratio: float = 3.0,
-        axes_dims_rope: tuple[int, ...] = (32, 32, 32, 32),
-        rope_theta: int = 2000,
-        eps: float = 1e-6,
-        guidance_embeds: bool = True,
-        kept_layers: list[int] | None = None,
-        source_num_layers: int | None = None,
-        source_model: str | None = None,
-        source_stack_depths: list[int] | None = None,
-    ):
-        super().__init__(
-            patch_size=patch_size,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            num_layers=num_layers,
-            num_single_layers=num_single_layers,
-            attention_head_dim=attention_head_dim,
-            num_attention_heads=num_attention_heads,
-            joint_attention_dim=joint_attention_dim,
-            timestep_guidance_channels=timestep_guidance_channels,
-            mlp_ratio=mlp_ratio,
-            axes_dims_rope=tuple(axes_dims_rope),
-            rope_theta=rope_theta,
-            eps=eps,
-            guidance_embeds=guidance_embeds,
-        )
-        self._check_pruned(kept_layers, [num_layers, num_single_layers], source_num_layers)
+    depth_keys = ("num_layers", "num_single_layers")
 
 
 # Mistral's chat format, reduced to what the pipeline's encoding reads: the fixed system message renders as its
@@ -242,56 +200,33 @@ def original_pieces(config, keys) -> dict[str, Piece]:
     from 0), the inverse of diffusers' ``convert_flux2_transformer_checkpoint_to_diffusers``. The single blocks'
     fused projection is one tensor in diffusers too (``to_qkv_mlp_proj``), so unlike Flux.1 no row split depends on
     the published width: any width reads back."""
-    keys = set(keys)
-    pieces = renamed(
-        {
-            "img_in": "x_embedder",
-            "txt_in": "context_embedder",
-            "time_in.in_layer": "time_guidance_embed.timestep_embedder.linear_1",
-            "time_in.out_layer": "time_guidance_embed.timestep_embedder.linear_2",
-            "guidance_in.in_layer": "time_guidance_embed.guidance_embedder.linear_1",
-            "guidance_in.out_layer": "time_guidance_embed.guidance_embedder.linear_2",
-            "double_stream_modulation_img.lin": "double_stream_modulation_img.linear",
-            "double_stream_modulation_txt.lin": "double_stream_modulation_txt.linear",
-            "single_stream_modulation.lin": "single_stream_modulation.linear",
-            "final_layer.linear": "proj_out",
-        },
-        keys,
-    )
-    # the original final modulation is (shift, scale); diffusers' AdaLayerNormContinuous is (scale, shift)
-    pieces.update(fused("final_layer.adaLN_modulation.1", ["norm_out.linear"], keys, swap_halves=True))
-    for i in range(block_count(keys, "transformer_blocks")):
-        d, o = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        pieces.update(fused(f"{o}.img_attn.qkv", [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], keys))
-        pieces.update(
-            fused(f"{o}.txt_attn.qkv", [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], keys)
-        )
-        pieces.update(
-            renamed(
-                {
-                    f"{o}.img_attn.proj": f"{d}.attn.to_out.0",
-                    f"{o}.txt_attn.proj": f"{d}.attn.to_add_out",
-                    f"{o}.img_mlp.0": f"{d}.ff.linear_in",
-                    f"{o}.img_mlp.2": f"{d}.ff.linear_out",
-                    f"{o}.txt_mlp.0": f"{d}.ff_context.linear_in",
-                    f"{o}.txt_mlp.2": f"{d}.ff_context.linear_out",
-                },
-                keys,
-            )
-        )
-        for original, source in (
-            (f"{o}.img_attn.norm.query_norm", f"{d}.attn.norm_q"),
-            (f"{o}.img_attn.norm.key_norm", f"{d}.attn.norm_k"),
-            (f"{o}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q"),
-            (f"{o}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k"),
-        ):
-            pieces[f"{original}.scale"] = Piece((f"{source}.weight",))
-    for i in range(block_count(keys, "single_transformer_blocks")):
-        d, o = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
-        pieces.update(renamed({f"{o}.linear1": f"{d}.attn.to_qkv_mlp_proj", f"{o}.linear2": f"{d}.attn.to_out"}, keys))
-        pieces[f"{o}.norm.query_norm.scale"] = Piece((f"{d}.attn.norm_q.weight",))
-        pieces[f"{o}.norm.key_norm.scale"] = Piece((f"{d}.attn.norm_k.weight",))
-    return pieces
+    top = {
+        "img_in": "x_embedder",
+        "txt_in": "context_embedder",
+        "time_in.in_layer": "time_guidance_embed.timestep_embedder.linear_1",
+        "time_in.out_layer": "time_guidance_embed.timestep_embedder.linear_2",
+        "guidance_in.in_layer": "time_guidance_embed.guidance_embedder.linear_1",
+        "guidance_in.out_layer": "time_guidance_embed.guidance_embedder.linear_2",
+        "double_stream_modulation_img.lin": "double_stream_modulation_img.linear",
+        "double_stream_modulation_txt.lin": "double_stream_modulation_txt.linear",
+        "single_stream_modulation.lin": "single_stream_modulation.linear",
+        "final_layer.linear": "proj_out",
+    }
+
+    def double(o, d):  # the modulation is the model's, shared by all blocks
+        return {
+            f"{o}.img_attn.proj": f"{d}.attn.to_out.0",
+            f"{o}.txt_attn.proj": f"{d}.attn.to_add_out",
+            f"{o}.img_mlp.0": f"{d}.ff.linear_in",
+            f"{o}.img_mlp.2": f"{d}.ff.linear_out",
+            f"{o}.txt_mlp.0": f"{d}.ff_context.linear_in",
+            f"{o}.txt_mlp.2": f"{d}.ff_context.linear_out",
+        }
+
+    def single(o, d, keys):
+        return renamed({f"{o}.linear1": f"{d}.attn.to_qkv_mlp_proj", f"{o}.linear2": f"{d}.attn.to_out"}, keys)
+
+    return bfl_pieces(keys, top, double, single)
 
 
 # black-forest-labs/FLUX.2-dev transformer/config.json (equal to diffusers 0.42's class defaults).
@@ -343,16 +278,7 @@ FAMILY = ModelFamily(
     text_keys=("prompt_embeds",),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 15360,  # Mistral Small 3 x 3 layers
     native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),
-    defaults=dict(
-        max_sequence_length=512,
-        num_inference_steps=50,
-        guidance_scale=GUIDANCE,
-        score_prompts=PICKAPIC_SCORING_PROMPTS,
-        train_prompts=PICKAPIC_TRAINING_PROMPTS,
-        eval_prompts="hpdv2",
-        scorers=["hpsv2.1", "pickscore", "clip"],
-        dtype="bfloat16",
-    ),
+    defaults=real_defaults(max_sequence_length=512, num_inference_steps=50, guidance_scale=GUIDANCE),
     hub_ids=("black-forest-labs/FLUX.2-dev",),
     references=("flux2",),
     citations={"flux2": "Black Forest Labs, FLUX.2 (2025), https://bfl.ai/blog/flux-2."},
@@ -360,7 +286,13 @@ FAMILY = ModelFamily(
     single_file=SingleFileLayout(
         pieces=original_pieces,
         converter="convert_flux2_transformer_checkpoint_to_diffusers",
-        gguf_arch="flux2",  # not (yet) a ComfyUI-GGUF arch name checked against a published FLUX.2 GGUF
+        # ComfyUI-GGUF's loader refuses architecture names outside its list, which has no "flux2"; its own converter
+        # names every double_blocks / single_blocks layout "flux" (checked by benchmarks/comfy_check.py)
+        gguf_arch="flux",
+        comfyui="the file has Black Forest Labs' FLUX.2 keys and its GGUF version ComfyUI-GGUF's architecture name "
+        "`flux`; ComfyUI 0.3.64, the version checked, predates FLUX.2 and takes the file for Flux.1. Put a `.gguf` "
+        'file in `models/unet` ("Unet Loader (GGUF)"), a `.safetensors` file in `models/diffusion_models`, in a '
+        "ComfyUI that reads FLUX.2.",
     ),
     tiny_pipeline=build_tiny_flux2_pipeline,
     published=PublishedConfig(

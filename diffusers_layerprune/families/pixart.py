@@ -10,12 +10,17 @@ from pathlib import Path
 
 import torch
 from diffusers import PixArtTransformer2DModel
-from diffusers.configuration_utils import register_to_config
 from diffusers.loaders import PeftAdapterMixin
 
-from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from ..testing import DEFAULT_VOCABULARY, SDXL_VAE, T5_XXL_ENCODER, build_t5_tokenizer, build_tiny_t5_encoder
+from ..testing import (
+    DEFAULT_VOCABULARY,
+    SDXL_VAE,
+    T5_XXL_ENCODER,
+    build_t5_tokenizer,
+    build_tiny_t5_encoder,
+    build_tiny_vae,
+)
 from .base import (
     BlockStack,
     ModelFamily,
@@ -24,6 +29,7 @@ from .base import (
     encode_masked,
     masked_call_kwargs,
     masked_random_text,
+    real_defaults,
 )
 
 # PixArt's forward needs these unless sample_size == 128 (the 1024 px model's micro-conditions are unused).
@@ -56,60 +62,6 @@ class PrunedPixArtTransformer(PrunedTransformerMixin, PixArtTransformer2DModel, 
     """
 
     family = "pixart"
-
-    # Every parent __init__ parameter is redeclared: diffusers' config round trip needs explicit parameters.
-    @register_to_config
-    def __init__(
-        self,
-        num_attention_heads: int = 16,
-        attention_head_dim: int = 72,
-        in_channels: int = 4,
-        out_channels: int | None = 8,
-        num_layers: int = 28,
-        dropout: float = 0.0,
-        norm_num_groups: int = 32,
-        cross_attention_dim: int | None = 1152,
-        attention_bias: bool = True,
-        sample_size: int = 128,
-        patch_size: int = 2,
-        activation_fn: str = "gelu-approximate",
-        num_embeds_ada_norm: int | None = 1000,
-        upcast_attention: bool = False,
-        norm_type: str = "ada_norm_single",
-        norm_elementwise_affine: bool = False,
-        norm_eps: float = 1e-6,
-        interpolation_scale: int | None = None,
-        use_additional_conditions: bool | None = None,
-        caption_channels: int | None = None,
-        attention_type: str | None = "default",
-        kept_layers: list[int] | None = None,
-        source_num_layers: int | None = None,
-        source_model: str | None = None,
-    ):
-        super().__init__(
-            num_attention_heads=num_attention_heads,
-            attention_head_dim=attention_head_dim,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            num_layers=num_layers,
-            dropout=dropout,
-            norm_num_groups=norm_num_groups,
-            cross_attention_dim=cross_attention_dim,
-            attention_bias=attention_bias,
-            sample_size=sample_size,
-            patch_size=patch_size,
-            activation_fn=activation_fn,
-            num_embeds_ada_norm=num_embeds_ada_norm,
-            upcast_attention=upcast_attention,
-            norm_type=norm_type,
-            norm_elementwise_affine=norm_elementwise_affine,
-            norm_eps=norm_eps,
-            interpolation_scale=interpolation_scale,
-            use_additional_conditions=use_additional_conditions,
-            caption_channels=caption_channels,
-            attention_type=attention_type,
-        )
-        self._check_pruned(kept_layers, [num_layers], source_num_layers)
 
 
 def build_tiny_transformer(
@@ -155,23 +107,12 @@ def build_tiny_pixart_pipeline(
     The VAE downsamples by 2, so images are ``2 * sample_size`` pixels square. Generate with
     ``use_resolution_binning=False`` and ``height = width = 2 * sample_size``.
     """
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
 
     tokenizer = build_t5_tokenizer(words)
     torch.manual_seed(seed)
     text_encoder = build_tiny_t5_encoder(len(tokenizer), d_model=32)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=2 * sample_size,
-    ).eval()
+    vae = build_tiny_vae(4, seed=seed + 1, sample_size=2 * sample_size)
     transformer = build_tiny_transformer(
         num_layers, sample_size=sample_size, caption_channels=text_encoder.config.d_model, seed=seed + 2
     )
@@ -250,17 +191,7 @@ FAMILY = ModelFamily(
     call_kwargs=masked_call_kwargs,
     card_call_args=binning_call_args((32, 64, 128, 256)),  # PixArtSigmaPipeline's aspect-ratio bins
     real_size=lambda config: (config.get("caption_channels") or 0) >= 4096,  # T5-XXL conditioning
-    defaults=dict(
-        max_sequence_length=300,
-        num_inference_steps=20,
-        guidance_scale=4.5,
-        score_prompts=PICKAPIC_SCORING_PROMPTS,
-        train_prompts=PICKAPIC_TRAINING_PROMPTS,
-        eval_prompts="hpdv2",
-        scorers=["hpsv2.1", "pickscore", "clip"],
-        # PixArt-Sigma is run in half precision (its T5-XXL alone is ~19 GB in float32, ~9.5 GB in bfloat16)
-        dtype="bfloat16",
-    ),
+    defaults=real_defaults(max_sequence_length=300, num_inference_steps=20, guidance_scale=4.5),
     hub_ids=("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",),
     references=("pixart-sigma",),
     single_file_refusal="PixArtTransformer2DModel has no from_single_file in diffusers 0.42 (no FromOriginalModelMixin), "

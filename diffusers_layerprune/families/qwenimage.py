@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import torch
 from diffusers import QwenImageTransformer2DModel
-from diffusers.configuration_utils import register_to_config
 
-from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
-from .base import BlockStack, ModelFamily, Piece, PublishedConfig, SingleFileLayout, second_tensor
+from .base import (
+    COMFYUI_LOADS,
+    BlockStack,
+    ModelFamily,
+    Piece,
+    PublishedConfig,
+    SingleFileLayout,
+    cached_call_kwargs,
+    guidance_input,
+    masked_random_text,
+    real_defaults,
+    second_tensor,
+)
 from .flux import pack, unpack
 
 
@@ -24,16 +34,13 @@ def forward(transformer, latents, timestep, text) -> torch.Tensor:
     """Flow (velocity) prediction on unpacked latents ``[B, C, h, w]``; ``timestep`` in 0..1000 (the pipeline's
     scheduler units; the transformer takes it divided by 1000)."""
     b, _, h, w = latents.shape
-    guidance = None
-    if getattr(transformer, "module", transformer).config.get("guidance_embeds"):  # DDP wraps the model
-        guidance = torch.full((b,), 1.0, device=latents.device, dtype=torch.float32)
     out = transformer(
         hidden_states=pack(latents),
         encoder_hidden_states=text["prompt_embeds"],
         encoder_hidden_states_mask=text.get("prompt_attention_mask"),
         timestep=timestep.to(latents.dtype) / 1000,
         img_shapes=[[(1, h // 2, w // 2)]] * b,
-        guidance=guidance,
+        guidance=guidance_input(transformer, b, 1.0, latents.device),
         return_dict=False,
     )[0]
     return unpack(out, h, w)
@@ -52,27 +59,7 @@ def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.T
     return {"prompt_embeds": embeds.cpu(), "prompt_attention_mask": mask.cpu()}
 
 
-def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:
-    kwargs = dict(
-        prompt_embeds=text["prompt_embeds"],
-        prompt_embeds_mask=text["prompt_attention_mask"],
-        height=resolution,
-        width=resolution,
-        max_sequence_length=max_sequence_length,
-    )
-    if negative is not None:
-        kwargs.update(
-            negative_prompt_embeds=negative["prompt_embeds"],
-            negative_prompt_embeds_mask=negative["prompt_attention_mask"],
-        )
-    return kwargs
-
-
-def random_text(config, batch: int, tokens: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {
-        "prompt_embeds": torch.randn(batch, tokens, int(config["joint_attention_dim"]), generator=generator),
-        "prompt_attention_mask": torch.ones(batch, tokens, dtype=torch.long),
-    }
+call_kwargs = cached_call_kwargs({"prompt_embeds": "prompt_embeds", "prompt_attention_mask": "prompt_embeds_mask"})
 
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
@@ -91,41 +78,6 @@ class PrunedQwenImageTransformer(PrunedTransformerMixin, QwenImageTransformer2DM
     class's ``PeftAdapterMixin``."""
 
     family = "qwenimage"
-
-    @register_to_config
-    def __init__(
-        self,
-        patch_size: int = 2,
-        in_channels: int = 64,
-        out_channels: int | None = 16,
-        num_layers: int = 60,
-        attention_head_dim: int = 128,
-        num_attention_heads: int = 24,
-        joint_attention_dim: int = 3584,
-        guidance_embeds: bool = False,
-        axes_dims_rope: tuple[int, int, int] = (16, 56, 56),
-        zero_cond_t: bool = False,
-        use_additional_t_cond: bool = False,
-        use_layer3d_rope: bool = False,
-        kept_layers: list[int] | None = None,
-        source_num_layers: int | None = None,
-        source_model: str | None = None,
-    ):
-        super().__init__(
-            patch_size=patch_size,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            num_layers=num_layers,
-            attention_head_dim=attention_head_dim,
-            num_attention_heads=num_attention_heads,
-            joint_attention_dim=joint_attention_dim,
-            guidance_embeds=guidance_embeds,
-            axes_dims_rope=tuple(axes_dims_rope),
-            zero_cond_t=zero_cond_t,
-            use_additional_t_cond=use_additional_t_cond,
-            use_layer3d_rope=use_layer3d_rope,
-        )
-        self._check_pruned(kept_layers, [num_layers], source_num_layers)
 
 
 # The words of QwenImagePipeline's prompt template, each one token in the tiny tokenizer as in Qwen's, so that the
@@ -246,7 +198,7 @@ FAMILY = ModelFamily(
     pruned_class=lambda: PrunedQwenImageTransformer,
     forward=forward,
     encode=encode,
-    random_text=random_text,
+    random_text=masked_random_text("joint_attention_dim"),
     call_kwargs=call_kwargs,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
     unpack_latents=lambda latents, resolution, factor: unpack(latents, resolution // factor, resolution // factor),
@@ -255,16 +207,8 @@ FAMILY = ModelFamily(
     objective="flow",
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 3584,  # Qwen2.5-VL-7B conditioning
     native_resolution=lambda pipe: int(pipe.default_sample_size * pipe.vae_scale_factor),
-    defaults=dict(
-        max_sequence_length=512,
-        num_inference_steps=50,
-        guidance_scale=4.0,  # QwenImagePipeline's true_cfg_scale
-        score_prompts=PICKAPIC_SCORING_PROMPTS,
-        train_prompts=PICKAPIC_TRAINING_PROMPTS,
-        eval_prompts="hpdv2",
-        scorers=["hpsv2.1", "pickscore", "clip"],
-        dtype="bfloat16",
-    ),
+    # guidance_scale: QwenImagePipeline's true_cfg_scale
+    defaults=real_defaults(max_sequence_length=512, num_inference_steps=50, guidance_scale=4.0),
     hub_ids=("Qwen/Qwen-Image",),
     references=("qwenimage",),
     citations={"qwenimage": "Wu et al., Qwen-Image Technical Report, 2025."},
@@ -272,7 +216,8 @@ FAMILY = ModelFamily(
     single_file=SingleFileLayout(
         pieces=original_pieces,
         converter="identity",  # SINGLE_FILE_LOADABLE_CLASSES maps QwenImageTransformer2DModel's file key for key
-        gguf_arch="qwen_image",
+        gguf_arch="qwen_image",  # ComfyUI's Qwen-Image model uses diffusers' module names too: the same file
+        comfyui=COMFYUI_LOADS,
     ),
     tiny_pipeline=build_tiny_qwenimage_pipeline,
     tiny_call_args=dict(true_cfg_scale=1.0),  # the pipeline's default 4.0 warns without a negative prompt

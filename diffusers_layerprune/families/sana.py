@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import SanaTransformer2DModel
-from diffusers.configuration_utils import register_to_config
 
-from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
 from ..testing import build_gemma_tokenizer
 from .base import (
@@ -26,6 +24,7 @@ from .base import (
     fused,
     masked_call_kwargs,
     masked_random_text,
+    real_defaults,
     renamed,
 )
 
@@ -109,59 +108,6 @@ class PrunedSanaTransformer(PrunedTransformerMixin, SanaTransformer2DModel):
     stock class's ``PeftAdapterMixin``."""
 
     family = "sana"
-
-    @register_to_config
-    def __init__(
-        self,
-        in_channels: int = 32,
-        out_channels: int | None = 32,
-        num_attention_heads: int = 70,
-        attention_head_dim: int = 32,
-        num_layers: int = 20,
-        num_cross_attention_heads: int | None = 20,
-        cross_attention_head_dim: int | None = 112,
-        cross_attention_dim: int | None = 2240,
-        caption_channels: int = 2304,
-        mlp_ratio: float = 2.5,
-        dropout: float = 0.0,
-        attention_bias: bool = False,
-        sample_size: int = 32,
-        patch_size: int = 1,
-        norm_elementwise_affine: bool = False,
-        norm_eps: float = 1e-6,
-        interpolation_scale: int | None = None,
-        guidance_embeds: bool = False,
-        guidance_embeds_scale: float = 0.1,
-        qk_norm: str | None = None,
-        timestep_scale: float = 1.0,
-        kept_layers: list[int] | None = None,
-        source_num_layers: int | None = None,
-        source_model: str | None = None,
-    ) -> None:
-        super().__init__(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            num_attention_heads=num_attention_heads,
-            attention_head_dim=attention_head_dim,
-            num_layers=num_layers,
-            num_cross_attention_heads=num_cross_attention_heads,
-            cross_attention_head_dim=cross_attention_head_dim,
-            cross_attention_dim=cross_attention_dim,
-            caption_channels=caption_channels,
-            mlp_ratio=mlp_ratio,
-            dropout=dropout,
-            attention_bias=attention_bias,
-            sample_size=sample_size,
-            patch_size=patch_size,
-            norm_elementwise_affine=norm_elementwise_affine,
-            norm_eps=norm_eps,
-            interpolation_scale=interpolation_scale,
-            guidance_embeds=guidance_embeds,
-            guidance_embeds_scale=guidance_embeds_scale,
-            qk_norm=qk_norm,
-            timestep_scale=timestep_scale,
-        )
-        self._check_pruned(kept_layers, [num_layers], source_num_layers)
 
 
 def controlnet_sample(stack: int, block: int, blocks: int, samples: int, controlnet_config) -> int | None:
@@ -278,21 +224,16 @@ FAMILY = ModelFamily(
     caption_images=True,  # train_distill encodes image-caption datasets with the family's VAE (image_data.vae_latents)
     training_objective=dict(weighting_scheme="none", precondition_outputs=0, timestep_shift="none"),
     real_size=lambda config: (config.get("caption_channels") or 0) >= 2304,  # Gemma-2-2B conditioning
-    defaults=dict(
-        max_sequence_length=300,
-        num_inference_steps=20,
-        guidance_scale=4.5,
-        score_prompts=PICKAPIC_SCORING_PROMPTS,
-        train_prompts=PICKAPIC_TRAINING_PROMPTS,
-        eval_prompts="hpdv2",
-        scorers=["hpsv2.1", "pickscore", "clip"],
-        dtype="bfloat16",
-    ),
+    defaults=real_defaults(max_sequence_length=300, num_inference_steps=20, guidance_scale=4.5),
     hub_ids=("Efficient-Large-Model/Sana_1600M_1024px_diffusers",),
     references=("sana",),
     controlnet=CONTROLNET,
     single_file=SingleFileLayout(
-        pieces=original_pieces, converter="convert_sana_transformer_to_diffusers", gguf_arch="sana"
+        pieces=original_pieces,
+        converter="convert_sana_transformer_to_diffusers",
+        gguf_arch="sana",  # no ComfyUI-GGUF name exists for Sana
+        comfyui="ComfyUI has no Sana model: it takes the file for PixArt-Sigma, whose blocks have other keys and widths, "
+        "and ComfyUI-GGUF refuses the architecture. Use the diffusers snippet above.",
     ),
     hub_tag="sana",
     citations={

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import SD3Transformer2DModel
-from diffusers.configuration_utils import register_to_config
 
-from ..prompt_sets import PICKAPIC_SCORING_PROMPTS, PICKAPIC_TRAINING_PROMPTS
 from ..pruned import PrunedTransformerMixin
 from ..testing import (
     build_clip_tokenizer,
@@ -38,8 +36,10 @@ from .base import (
     PublishedConfig,
     SingleFileLayout,
     block_count,
+    cached_call_kwargs,
     fused,
     pooled_random_text,
+    real_defaults,
     renamed,
     second_tensor,
 )
@@ -69,20 +69,7 @@ def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.T
     return {"prompt_embeds": embeds.cpu(), "pooled_prompt_embeds": pooled.cpu()}
 
 
-def call_kwargs(text, negative, resolution: int, max_sequence_length: int) -> dict:
-    kwargs = dict(
-        prompt_embeds=text["prompt_embeds"],
-        pooled_prompt_embeds=text["pooled_prompt_embeds"],
-        height=resolution,
-        width=resolution,
-        max_sequence_length=max_sequence_length,
-    )
-    if negative is not None:
-        kwargs.update(
-            negative_prompt_embeds=negative["prompt_embeds"],
-            negative_pooled_prompt_embeds=negative["pooled_prompt_embeds"],
-        )
-    return kwargs
+call_kwargs = cached_call_kwargs({"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled_prompt_embeds"})
 
 
 def prune_config(config, kept_by_stack) -> dict:
@@ -270,43 +257,6 @@ class PrunedSD3Transformer(PrunedTransformerMixin, SD3Transformer2DModel):
 
     family = "sd3"
 
-    @register_to_config
-    def __init__(
-        self,
-        sample_size: int = 128,
-        patch_size: int = 2,
-        in_channels: int = 16,
-        num_layers: int = 18,
-        attention_head_dim: int = 64,
-        num_attention_heads: int = 18,
-        joint_attention_dim: int = 4096,
-        caption_projection_dim: int = 1152,
-        pooled_projection_dim: int = 2048,
-        out_channels: int = 16,
-        pos_embed_max_size: int = 96,
-        dual_attention_layers: tuple[int, ...] = (),
-        qk_norm: str | None = None,
-        kept_layers: list[int] | None = None,
-        source_num_layers: int | None = None,
-        source_model: str | None = None,
-    ):
-        super().__init__(
-            sample_size=sample_size,
-            patch_size=patch_size,
-            in_channels=in_channels,
-            num_layers=num_layers,
-            attention_head_dim=attention_head_dim,
-            num_attention_heads=num_attention_heads,
-            joint_attention_dim=joint_attention_dim,
-            caption_projection_dim=caption_projection_dim,
-            pooled_projection_dim=pooled_projection_dim,
-            out_channels=out_channels,
-            pos_embed_max_size=pos_embed_max_size,
-            dual_attention_layers=tuple(dual_attention_layers),
-            qk_norm=qk_norm,
-        )
-        self._check_pruned(kept_layers, [num_layers], source_num_layers)
-
 
 def build_tiny_sd3_pipeline(
     num_layers: int = 6, *, sample_size: int = 8, seed: int = 0, dual_attention_layers: tuple[int, ...] = ()
@@ -393,21 +343,18 @@ FAMILY = ModelFamily(
     training_objective=dict(weighting_scheme="logit_normal", precondition_outputs=1, timestep_shift="scheduler"),
     text_keys=("prompt_embeds", "pooled_prompt_embeds"),
     real_size=lambda config: (config.get("joint_attention_dim") or 0) >= 4096,  # T5-XXL conditioning
-    defaults=dict(
-        max_sequence_length=256,
-        num_inference_steps=40,
-        guidance_scale=4.5,
-        score_prompts=PICKAPIC_SCORING_PROMPTS,
-        train_prompts=PICKAPIC_TRAINING_PROMPTS,
-        eval_prompts="hpdv2",
-        scorers=["hpsv2.1", "pickscore", "clip"],
-        dtype="bfloat16",
-    ),
+    defaults=real_defaults(max_sequence_length=256, num_inference_steps=40, guidance_scale=4.5),
     hub_ids=("stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-3-medium-diffusers"),
     references=("sd3",),
     controlnet=CONTROLNET,
     single_file=SingleFileLayout(
-        pieces=original_pieces, converter="convert_sd3_transformer_checkpoint_to_diffusers", gguf_arch="sd3"
+        pieces=original_pieces,
+        converter="convert_sd3_transformer_checkpoint_to_diffusers",
+        gguf_arch="sd3",
+        # ComfyUI's MMDiT takes its block count from the width (hidden size / 64), not from the keys
+        comfyui="ComfyUI cannot load a depth-pruned SD3 file: it builds as many joint blocks as the width implies "
+        "(24 for SD3.5 Medium) whatever the file holds, so blocks are missing and the last kept block has the wrong "
+        "shape. Use the diffusers snippet above.",
     ),
     hub_tag="sd3",
     citations={

@@ -11,7 +11,7 @@ import torch
 
 from .base import Criterion, single_block_variants
 from .result import LayerImportance
-from .runner import ImportanceScan, Unit, Variant, mean_and_stderr
+from .runner import ImportanceScan, Unit, Variant, per_prompt_importance
 
 
 def _influence(scan: ImportanceScan, unit: Unit) -> dict:
@@ -36,14 +36,7 @@ def block_influence(scan: ImportanceScan, *, skipped: Variant = ()) -> LayerImpo
     for b, rows in enumerate(scan.batches):
         record = records[(base, b)]
         per_prompt[record["blocks"], rows.start : rows.stop] = np.asarray(record["values"]).T
-    values, stderr = mean_and_stderr(per_prompt)
-    return LayerImportance(
-        values=values,
-        criterion="block_influence",
-        stderr=stderr,
-        per_prompt=per_prompt.tolist(),
-        metadata=scan.metadata("block_influence", skipped=list(base)),
-    )
+    return per_prompt_importance(scan, "block_influence", per_prompt, base)
 
 
 CRITERION = Criterion(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..arguments import model_options
 from ..errors import LayerPruneError
 from ..validation import non_negative_float, non_negative_int, positive_int
 from .registry import CRITERIA_MODULES
@@ -176,9 +177,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         group_size=args.group_size,
         learn_steps=args.learn_steps,
         learn_micro_batch=args.learn_micro_batch,
-        dtype=args.dtype,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         overwrite=args.overwrite,
         show_progress=not args.no_progress,
         log=print,

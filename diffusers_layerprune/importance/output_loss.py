@@ -15,7 +15,7 @@ import numpy as np
 
 from .base import Criterion, single_block_variants
 from .result import LayerImportance
-from .runner import ImportanceScan, Unit, Variant, mean_and_stderr
+from .runner import ImportanceScan, Unit, Variant, per_prompt_importance
 
 
 def _loss(scan: ImportanceScan, unit: Unit) -> dict:
@@ -58,14 +58,7 @@ def output_loss(scan: ImportanceScan, *, skipped: Variant = (), additivity_k: in
     per_prompt = np.full((scan.num_layers, len(scan.prompts)), np.nan)
     for block, variant in zip(candidates, variants, strict=True):
         per_prompt[block] = losses[variant]
-    values, stderr = mean_and_stderr(per_prompt)
-    result = LayerImportance(
-        values=values,
-        criterion="output_loss",
-        stderr=stderr,
-        per_prompt=per_prompt.tolist(),
-        metadata=scan.metadata("output_loss", skipped=list(base)),
-    )
+    result = per_prompt_importance(scan, "output_loss", per_prompt, base)
     if not base and scan.num_layers > 2:
         k = additivity_k if additivity_k is not None else max(2, round(0.25 * scan.num_layers))
         k = min(k, scan.num_layers - 1)

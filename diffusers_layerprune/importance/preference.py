@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import LayerPruneError
 from .base import Criterion, single_block_variants
 from .result import LayerImportance
-from .runner import ImportanceScan, Unit, Variant, mean_and_stderr
+from .runner import ImportanceScan, Unit, Variant, per_prompt_importance
 
 
 def _scores(scan: ImportanceScan, unit: Unit) -> dict:
@@ -41,18 +41,11 @@ def preference(scan: ImportanceScan, *, skipped: Variant = ()) -> LayerImportanc
     drops = np.full((scan.num_layers, len(full)), np.nan)
     for block, variant in zip(candidates, variants, strict=True):
         drops[block] = full - scores[variant]
-    values, stderr = mean_and_stderr(drops)
-    return LayerImportance(
-        values=values,
-        criterion="preference",
-        stderr=stderr,
-        per_prompt=drops.tolist(),
-        metadata=scan.metadata("preference", skipped=list(base)),
-        extra={
-            "full_model_score": float(full.mean()),
-            "variant_scores": {str(b): float(scores[v].mean()) for b, v in zip(candidates, variants, strict=True)},
-        },
-    )
+    extra = {
+        "full_model_score": float(full.mean()),
+        "variant_scores": {str(b): float(scores[v].mean()) for b, v in zip(candidates, variants, strict=True)},
+    }
+    return per_prompt_importance(scan, "preference", drops, base, extra)
 
 
 CRITERION = Criterion(

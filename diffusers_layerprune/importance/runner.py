@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from ..data import PromptSet, cache_key
 from ..errors import LayerPruneError
 from ..families import encode_text, family_of
 from ..families.base import to_device
+from .result import LayerImportance
 
 Variant = tuple[int, ...]
 """Blocks skipped in one variant of the model (``()`` is the full model), sorted."""
@@ -115,6 +116,14 @@ def decode_floats(text: str, shape: Sequence[int] | None = None) -> np.ndarray:
 def check_progress_files(output: str | os.PathLike) -> None:
     """Refuse progress files of ``output`` holding a readable line that is not a scan record (a hand-edited or
     foreign file), before any model is loaded. Lines cut short by a kill are left to the scan, which skips them."""
+    for _ in read_progress(output):
+        pass
+
+
+def read_progress(output: str | os.PathLike) -> Iterator[tuple[Path, int, dict | None, str]]:
+    """Each line of the progress files of a scan writing ``output``: ``(file, line number, entry, start_over)``, with
+    ``entry`` ``None`` for a line cut short by a kill. A readable line that is not a scan record is refused with
+    ``start_over`` (how to start the scan over)."""
     for path in progress_files(output):
         start_over = f"delete {path} (and the other {Path(output).name}.progress* files) to start the scan over"
         try:
@@ -125,9 +134,11 @@ def check_progress_files(output: str | os.PathLike) -> None:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
+                yield path, number, None, start_over
                 continue
             if not isinstance(entry, dict) or not {"key", "variant", "batch", "record"} <= set(entry):
                 raise LayerPruneError(f"progress file {path} line {number} is not a scan record; {start_over}")
+            yield path, number, entry, start_over
 
 
 def progress_files(output: str | os.PathLike) -> list[Path]:
@@ -379,35 +390,21 @@ class ImportanceScan:
         done: dict[Unit, dict] = {}
         if self.progress_path is None:
             return done
-        for path in progress_files(self.progress_path):
-            start_over = (
-                f"delete {path} (and the other {self.progress_path.name}.progress* files) to start the scan over"
-            )
+        for path, number, entry, start_over in read_progress(self.progress_path):
+            if entry is None:
+                # A line cut short by a kill (later runs append after it): that unit simply runs again.
+                if self.state.is_main_process:
+                    print(f"warning: skipped an incomplete line {number} of {path} (a killed run); it runs again")
+                continue
+            if entry["key"] != key:
+                continue  # another criterion or other settings: not this scan's work
             try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except UnicodeDecodeError as error:
-                raise LayerPruneError(f"progress file {path} is not a scan's progress file; {start_over}") from error
-            for number, line in enumerate(lines, 1):
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    # A line cut short by a kill (later runs append after it): that unit simply runs again.
-                    if self.state.is_main_process:
-                        print(f"warning: skipped an incomplete line {number} of {path} (a killed run); it runs again")
-                    continue
-                if not isinstance(entry, dict) or not {"key", "variant", "batch", "record"} <= set(entry):
-                    raise LayerPruneError(f"progress file {path} line {number} is not a scan record; {start_over}")
-                if entry["key"] != key:
-                    continue  # another criterion or other settings: not this scan's work
-                try:
-                    unit = (tuple(int(b) for b in entry["variant"]), int(entry["batch"]))
-                except (TypeError, ValueError):
-                    raise LayerPruneError(
-                        f"progress file {path} line {number} has a damaged unit; {start_over}"
-                    ) from None
-                if not isinstance(entry["record"], dict) or not 0 <= unit[1] < len(self.batches):
-                    raise LayerPruneError(f"progress file {path} line {number} does not fit this scan; {start_over}")
-                done[unit] = entry["record"]
+                unit = (tuple(int(b) for b in entry["variant"]), int(entry["batch"]))
+            except (TypeError, ValueError):
+                raise LayerPruneError(f"progress file {path} line {number} has a damaged unit; {start_over}") from None
+            if not isinstance(entry["record"], dict) or not 0 <= unit[1] < len(self.batches):
+                raise LayerPruneError(f"progress file {path} line {number} does not fit this scan; {start_over}")
+            done[unit] = entry["record"]
         return done
 
     def _append_progress(self, key: str, unit: Unit, record: dict) -> None:
@@ -527,3 +524,20 @@ def mean_and_stderr(per_prompt: np.ndarray) -> tuple[list[float], list[float]]:
     mean = per_prompt.mean(axis=-1)
     stderr = per_prompt.std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
     return mean.tolist(), stderr.tolist()
+
+
+def per_prompt_importance(
+    scan: ImportanceScan, criterion: str, per_prompt: np.ndarray, skipped, extra: dict | None = None
+) -> LayerImportance:
+    """A criterion's result from its values per block and prompt ``[num_layers, prompts]`` (NaN for blocks not
+    measured): the mean and its standard error per block (:func:`mean_and_stderr`), the values themselves and the
+    scan's metadata with the blocks ``skipped`` throughout; ``extra`` as the criterion reports it."""
+    values, stderr = mean_and_stderr(per_prompt)
+    return LayerImportance(
+        values=values,
+        criterion=criterion,
+        stderr=stderr,
+        per_prompt=per_prompt.tolist(),
+        metadata=scan.metadata(criterion, skipped=list(skipped)),
+        extra=extra if extra is not None else {},
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..arguments import model_options
+
 
 def _budget(text: str) -> float:
     """A budget as written: ``1.0`` (or ``1e0``) is refused, since it reads as the whole depth (a fraction) as much
@@ -34,10 +36,17 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
         "that the mean number of blocks run meets --budget on the training prompts. Saves a folder that stock "
         "DiffusionPipeline.from_pretrained loads as the full-depth model, plus routing.json and router.safetensors "
         "that RoutedPixArtSigmaPipeline.from_pretrained adds (docs/routing.md). On an already pruned model the "
-        "budget counts blocks of the pruned model.",
+        "budget counts blocks of the pruned model. On an elastic run's folder (train_distill --elastic_depths) the "
+        "codes are its trained depths and only the router is trained: each prompt runs one of those depths.",
     )
     add_model_args(parser)
-    parser.add_argument("--num-codes", type=any_int, required=True, metavar="K", help="number of codes (>= 1)")
+    parser.add_argument(
+        "--num-codes",
+        type=any_int,
+        default=None,
+        metavar="K",
+        help="number of codes (>= 1); required, except for an elastic run's folder (one code per trained depth)",
+    )
     parser.add_argument(
         "--budget",
         type=_budget,
@@ -100,10 +109,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         prompt_column=args.prompt_column,
         num_prompts=args.num_prompts,
         settings=settings,
-        dtype=args.dtype,
         device=args.device,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         overwrite=args.overwrite,
         log=print,
     )

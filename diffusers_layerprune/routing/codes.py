@@ -75,3 +75,34 @@ class RoutingCodes(nn.Module):
                 on |= set(row.argsort(descending=True)[:min_blocks].tolist())
             kept.append(sorted(on))
         return kept
+
+
+class FixedCodes(nn.Module):
+    """Codes that are given, not learned: ``kept[k]`` lists the blocks code ``k`` runs (e.g. the nested depths of an
+    elastic run, whose weights were trained for exactly those sets). Same interface as :class:`RoutingCodes`, with
+    no parameters: only the router learns which prompt takes which code."""
+
+    def __init__(self, kept: list[list[int]], num_layers: int):
+        super().__init__()
+        mask = torch.zeros(len(kept), num_layers)
+        for k, blocks in enumerate(kept):
+            mask[k, list(blocks)] = 1.0
+        self.register_buffer("mask", mask)
+        self.kept = [sorted(blocks) for blocks in kept]
+
+    @property
+    def num_codes(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return self.mask.shape[1]
+
+    def expected_depths(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+    def sample(self, temperature: float, *, generator=None) -> torch.Tensor:
+        return self.mask
+
+    def binary(self, min_blocks: int = 1) -> list[list[int]]:
+        return [list(blocks) for blocks in self.kept]

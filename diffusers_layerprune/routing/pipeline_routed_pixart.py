@@ -95,12 +95,17 @@ class PixArtSigmaRoutedPipeline(PixArtSigmaPipeline):
     @torch.no_grad()
     def route(self, prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor) -> list:
         """The code of each prompt from its T5 embeddings ``[B, L, D]`` and mask ``[B, L]`` (masked mean, then the
-        nearest code centre)."""
-        _, router = self.routing
+        nearest code centre, less the record's depth penalty per block a code runs)."""
+        record, router = self.routing
         mask = prompt_attention_mask.to(prompt_embeds.device, torch.float32).unsqueeze(-1)
         pooled = (prompt_embeds.float() * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         router.to(self.transformer.device)  # the pipeline may have moved since the router was read
-        return router(pooled.to(self.transformer.device)).argmax(-1).cpu().tolist()
+        scores = router(pooled.to(self.transformer.device)).cpu()
+        penalty = float(record.get("depth_penalty") or 0.0)  # routers over given codes (elastic depths) have one
+        if penalty:
+            depths = torch.tensor([float(len(code["kept_layers"])) for code in record["codes"]], dtype=torch.float64)
+            scores = scores.double() - penalty * depths
+        return scores.argmax(-1).tolist()
 
     @torch.no_grad()
     def __call__(

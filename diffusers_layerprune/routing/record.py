@@ -84,6 +84,13 @@ class RoutingRecord(Record):
         source_model: public name of the model routed; ``source_num_layers`` / ``kept_layers`` when that model was
             itself pruned (the budget then counts blocks of the pruned model).
         training: settings and losses of the run (public names only).
+        depth_penalty: ``lam >= 0`` subtracted from each code's router score per block it runs before the argmax
+            (``score - lam * blocks``): what makes a router over given codes (an elastic run's depths) meet the
+            budget on its training prompts (:func:`~diffusers_layerprune.routing.transport.budgeted_assignment`);
+            0 for learned codes, which are trimmed to the budget instead.
+        elastic: for a router over an elastic run's depths: ``depths`` (largest first, code ``k`` is
+            ``depths[k]``) and ``kept_layers`` (each depth's blocks in the source's numbering), from its
+            ``elastic.json``.
     """
 
     KIND = "routing"
@@ -98,6 +105,8 @@ class RoutingRecord(Record):
         "source_num_layers": int,
         "kept_layers": list,
         "training": dict,
+        "depth_penalty": float,
+        "elastic": dict,
     }
 
     num_layers: int
@@ -110,6 +119,8 @@ class RoutingRecord(Record):
     source_num_layers: int | None = None
     kept_layers: list[int] | None = None
     training: dict = field(default_factory=dict)
+    depth_penalty: float = 0.0
+    elastic: dict | None = None
 
     @property
     def num_codes(self) -> int:
@@ -148,16 +159,24 @@ class Routing:
         routed as usual, otherwise the prompts the router is least sure about move to shallower codes. Each image
         then depends on the other prompts of its batch, and a batch of one prompt can only run codes within budget.
         """
-        device = next(self.router.parameters()).device
         if enforce_budget is False or enforce_budget is None:
-            return self.router.route(pooled.to(device)).cpu()
+            return self.scores(pooled).argmax(-1)
         from .transport import budgeted_assignment
 
         budget = self.record.budget if enforce_budget is True else budget_blocks(enforce_budget, self.record.num_layers)
-        with torch.no_grad():
-            scores = self.router(pooled.to(device)).cpu()
         depths = [len(c.kept_layers) for c in self.record.codes]
-        return budgeted_assignment(scores, depths, budget)[0]
+        return budgeted_assignment(self.scores(pooled), depths, budget)[0]
+
+    @torch.no_grad()
+    def scores(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Routing scores ``[B, K]`` (on the CPU): the router's logits less ``record.depth_penalty`` per block each
+        code runs; a prompt goes to the code of the highest."""
+        device = next(self.router.parameters()).device
+        scores = self.router(pooled.to(device)).cpu()
+        if self.record.depth_penalty:  # in float64, as train_routed chose the penalty (the same argmax)
+            depths = torch.tensor([float(len(c.kept_layers)) for c in self.record.codes], dtype=torch.float64)
+            scores = scores.double() - self.record.depth_penalty * depths
+        return scores
 
     def save(self, folder: str | os.PathLike) -> None:
         from safetensors.torch import save_file
@@ -272,6 +291,14 @@ def check_routing_folder(folder: str | os.PathLike) -> RoutingRecord | None:
 def routing_summary(record: RoutingRecord) -> str:
     """The card's one-line summary of a routed model."""
     depths = sorted({len(c.kept_layers) for c in record.codes})
+    if record.elastic:
+        return (
+            f"A prompt-routed elastic model of `{record.source_model or 'its source model'}`: one set of weights "
+            f"distilled at the nested depths {', '.join(map(str, record.elastic['depths']))} together (the folder's "
+            f"model is the largest, {record.num_layers} blocks) plus a router that sends each prompt to one of those "
+            f"depths, {record.mean_blocks:.2f} blocks per prompt on average over its training prompts (budget "
+            f"{record.budget:g})."
+        )
     pruned = (
         f", itself depth-pruned to {record.num_layers} of {record.source_num_layers} blocks"
         if record.kept_layers

@@ -24,18 +24,20 @@ import copy
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..elastic import RECORD_FILE as ELASTIC_RECORD
 from ..errors import LayerPruneError
 from . import MARGINALS
-from .codes import RoutingCodes, straight_through_one_hot
+from .codes import FixedCodes, RoutingCodes, straight_through_one_hot
 from .gating import gated_blocks
 from .record import CodeStats, Routing, RoutingRecord, budget_blocks, transformer_fingerprint
 from .router import PromptRouter, pooled_text_embedding
-from .transport import code_marginals, sinkhorn
+from .transport import budgeted_assignment, code_marginals, sinkhorn
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,13 @@ class RoutingSettings:
         teacher_steps / guidance_scale: sampler of the teacher latents the training noise is added to.
         num_closest: prompts reported per code.
         seed: every random draw (initialisation, batches, noise, relaxations).
+        fixed_codes: the codes as given, not learned: the blocks each code runs (e.g. an elastic run's nested
+            depths, :func:`elastic_codes`); only the router is trained, and the routing meets the budget on the
+            training prompts through a depth penalty (``RoutingRecord.depth_penalty``) instead of trimming codes.
+            ``num_codes`` must then be their number.
     """
 
-    num_codes: int = 4
+    num_codes: int | None = 4
     budget: float = 0.75
     min_blocks: int = 1
     steps: int = 300
@@ -79,6 +85,7 @@ class RoutingSettings:
     guidance_scale: float | None = None
     num_closest: int = 3
     seed: int = 0
+    fixed_codes: tuple[tuple[int, ...], ...] | None = None
 
 
 def check_settings(settings: RoutingSettings, num_layers: int) -> float:
@@ -89,7 +96,9 @@ def check_settings(settings: RoutingSettings, num_layers: int) -> float:
     if not isinstance(settings.min_blocks, int) or not 1 <= settings.min_blocks <= num_layers:
         raise LayerPruneError(f"--min-blocks must be in 1..{num_layers}, got {settings.min_blocks!r}")
     budget = budget_blocks(settings.budget, num_layers)
-    if budget < settings.min_blocks:
+    if settings.fixed_codes is not None:
+        _check_fixed_codes(settings.fixed_codes, k, num_layers, budget)
+    elif budget < settings.min_blocks:
         raise LayerPruneError(
             f"--budget {budget:g} blocks is below the smallest code ({settings.min_blocks} block"
             f"{'s' if settings.min_blocks > 1 else ''}, --min-blocks): no routing can meet it; raise the budget"
@@ -102,6 +111,36 @@ def check_settings(settings: RoutingSettings, num_layers: int) -> float:
     if settings.finetune_steps < 0:
         raise LayerPruneError(f"finetune_steps must be >= 0, got {settings.finetune_steps}")
     return budget
+
+
+def _check_fixed_codes(codes, num_codes: int, num_layers: int, budget: float) -> None:
+    if len(codes) != num_codes:
+        raise LayerPruneError(f"--num-codes {num_codes} but {len(codes)} codes are given: leave --num-codes out")
+    for k, blocks in enumerate(codes):
+        if not blocks or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers for i in blocks):
+            raise LayerPruneError(f"code {k} must list blocks in 0..{num_layers - 1}, got {list(blocks)}")
+    shallowest = min(len(set(blocks)) for blocks in codes)
+    if budget < shallowest:
+        raise LayerPruneError(
+            f"--budget {budget:g} blocks is below the shallowest code ({shallowest} blocks): no routing can meet it; "
+            f"give a budget of at least {shallowest}"
+        )
+
+
+def elastic_codes(folder: str | os.PathLike) -> tuple[tuple[tuple[int, ...], ...], dict]:
+    """The codes of a router over the trained depths of an elastic run's ``folder`` (``train_distill
+    --elastic_depths``): one code per depth, largest first, each the blocks of the folder's (largest-depth) model
+    that the depth keeps; since the depths are nested, every code is a subset of the largest. Also the record's
+    ``elastic`` entry (depths and each depth's blocks in the source's numbering). Loads no weights."""
+    from ..elastic import check_elastic_folder
+
+    record, _ = check_elastic_folder(folder)
+    largest = record.kept(record.depths[0])
+    codes = []
+    for depth in record.depths:
+        keep = set(record.kept(depth))
+        codes.append(tuple(i for i, source in enumerate(largest) if source in keep))
+    return tuple(codes), {"depths": list(record.depths), "kept_layers": dict(record.kept_layers)}
 
 
 def _anneal(pair: tuple[float, float], step: int, total: int) -> float:
@@ -417,15 +456,29 @@ def train_routed(
     torch.manual_seed(settings.seed)  # the router's initialisation
     router = PromptRouter(pooled.shape[-1], settings.num_codes)
     init = torch.Generator().manual_seed(settings.seed)
-    codes = RoutingCodes(settings.num_codes, num_layers, budget, generator=init)
+    if settings.fixed_codes is not None:
+        codes = FixedCodes([list(c) for c in settings.fixed_codes], num_layers)
+    else:
+        codes = RoutingCodes(settings.num_codes, num_layers, budget, generator=init)
     router.to(transformer.device)
     codes.to(transformer.device)
     started = time.perf_counter()
     history = fit_router_and_codes(transformer, router, codes, data, settings, budget, pipe, log)
     fit_seconds = time.perf_counter() - started
     router.eval()
-    assignment = router.route(pooled.to(transformer.device)).cpu()
-    kept, mean_blocks = binarize(codes, assignment, budget, settings.min_blocks)
+    depth_penalty = 0.0
+    if settings.fixed_codes is not None:
+        # the codes cannot lose blocks (their weights were trained for exactly these sets): meet the budget by
+        # moving the prompts the router is least sure about to shallower codes, a penalty per block the router keeps
+        with torch.no_grad():
+            scores = router(pooled.to(transformer.device)).cpu()
+        depths = codes.expected_depths().cpu()
+        assignment, depth_penalty = budgeted_assignment(scores, depths, budget)
+        kept = codes.binary()
+        mean_blocks = float(depths[assignment].mean())
+    else:
+        assignment = router.route(pooled.to(transformer.device)).cpu()
+        kept, mean_blocks = binarize(codes, assignment, budget, settings.min_blocks)
     finetune_history, finetune_seconds = [], 0.0
     if settings.finetune_steps:
         started = time.perf_counter()
@@ -459,6 +512,7 @@ def train_routed(
         source_model=public_name(config.get("source_model") or model_name),
         source_num_layers=config.get("source_num_layers"),
         kept_layers=list(config["kept_layers"]) if config.get("kept_layers") else None,
+        depth_penalty=float(depth_penalty),
         training={
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
             "teacher": {
@@ -497,7 +551,11 @@ def route_to_folder(
 ):
     """``layerprune route``: check everything before loading weights, load ``model``, :func:`train_routed` on the
     prompts of ``prompts`` (a ``--prompts`` spec; default: the model's training prompts), and save the routed
-    pipeline to ``output_dir`` (complete or not at all). Returns the routed pipeline."""
+    pipeline to ``output_dir`` (complete or not at all). Returns the routed pipeline.
+
+    ``model`` may be an elastic run's folder (``train_distill --elastic_depths``): the codes are then its trained
+    depths (:func:`elastic_codes`; ``settings.num_codes`` ``None`` or their number), the router alone is trained,
+    and the routed pipeline is the run's largest-depth model whose blocks each prompt's depth skips."""
     from ..data import load_prompts
     from ..modeling import check_device, generation_defaults, load_pipeline, read_transformer_config, resolve_dtype
     from ..outputs import check_output_dir
@@ -506,6 +564,20 @@ def route_to_folder(
     log = log or (lambda *a: None)
     settings = RoutingSettings(**{**asdict(settings or RoutingSettings()), **overrides})
     inputs = local_inputs(model, base_model)
+    elastic = None
+    if (Path(model).expanduser() / ELASTIC_RECORD).is_file():
+        if base_model or revision:
+            flag = "--base-model" if base_model else "--revision"
+            raise LayerPruneError(f"{flag} does not apply to an elastic run's folder (a local pipeline): leave it out")
+        codes, elastic = elastic_codes(model)
+        if settings.fixed_codes is not None:
+            raise LayerPruneError("an elastic run's folder brings its own codes (its depths): give no other codes")
+        settings = replace(settings, fixed_codes=codes, num_codes=settings.num_codes or len(codes))
+        log(f"{model} is an elastic run: routing among its trained depths {elastic['depths']} (one code each)")
+    elif settings.num_codes is None:
+        raise LayerPruneError(
+            "--num-codes K is required (only an elastic run's folder brings its own codes, one per trained depth)"
+        )
     check_output_dir(output_dir, overwrite=overwrite, inputs=inputs)
     config = read_transformer_config(model, revision=revision)
     if config is not None:
@@ -531,5 +603,6 @@ def route_to_folder(
     prompt_record = prompt_set.record()
     prompt_record["source"] = public_name(prompt_record.get("source"))
     routed.routing.record.training["prompts"] = prompt_record
+    routed.routing.record.elastic = elastic
     routed.save_pretrained(output_dir, overwrite=overwrite, inputs=inputs)
     return routed

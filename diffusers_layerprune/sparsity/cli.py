@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..arguments import model_options
 from .registry import METHOD_MODULES
 
 
@@ -95,10 +96,8 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         num_inference_steps=args.calibration_steps,
         seed=args.seed,
         batch_size=args.batch_size,
-        dtype=args.dtype,
         device=args.device,
-        revision=args.revision,
-        base_model=args.base_model,
+        **model_options(args),
         overwrite=args.overwrite,
         log=print,
     )

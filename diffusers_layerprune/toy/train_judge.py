@@ -7,7 +7,6 @@ may see every caption). Writes ``model.safetensors`` into ``--output_dir``.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from . import world
 from .judge import ShapeClassifier, centroids, crops_at, foreground_intensity
+from .training import optimizer_step, parse_training_args, training_parser
 
 
 def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -53,18 +53,9 @@ def to_crops(images: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=str(Path(__file__).parent / "assets" / "judge"))
-    parser.add_argument("--max_steps", type=int, default=1500)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--smoke", action="store_true", help="a few steps, for tests")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.num_threads)
-    if args.smoke:
-        args.max_steps, args.batch_size = 3, 16
+    output_dir = str(Path(__file__).parent / "assets" / "judge")
+    parser = training_parser(__doc__, output_dir=output_dir, max_steps=1500, batch_size=128)
+    args = parse_training_args(parser, argv, smoke=(3, 16))
 
     torch.manual_seed(args.seed)
     model = ShapeClassifier()
@@ -78,13 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         crops = to_crops(degrade(images, generator))
         shape_logits, size_logits = model(crops)
         loss = F.cross_entropy(shape_logits, shapes) + F.cross_entropy(size_logits, sizes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == args.max_steps - 1:
-            print(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - start:.0f}s", flush=True)
+        optimizer_step(loss, optimizer, schedule, losses, step, args.max_steps, start)
 
     from safetensors.torch import save_file
 

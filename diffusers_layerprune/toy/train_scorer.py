@@ -13,7 +13,6 @@ Images are augmented (dimming, blur, noise) so that imperfect generations are sc
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from . import world
 from .paths import assets_dir
 from .train_judge import degrade
+from .training import optimizer_step, parse_training_args, training_parser
 
 SCORER_MAX_LENGTH = 16
 IMAGE_MEAN = [0.5, 0.5, 0.5]
@@ -147,18 +147,8 @@ def heldout_top1(model, tokenizer, n_seeds: int = 1) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=str(assets_dir() / "scorer"))
-    parser.add_argument("--max_steps", type=int, default=1500)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--smoke", action="store_true", help="a few steps, for tests")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.max_steps, args.batch_size = 2, 8
-    torch.set_num_threads(args.num_threads)
+    parser = training_parser(__doc__, output_dir=str(assets_dir() / "scorer"), max_steps=1500, batch_size=128)
+    args = parse_training_args(parser, argv, smoke=(2, 8))
 
     tokenizer = build_tokenizer()
     model = build_clip(tokenizer, args.seed).train()
@@ -180,13 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         text = F.normalize(text.pooler_output if hasattr(text, "pooler_output") else text, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image_embeddings(model, images) @ text.T
         loss = F.cross_entropy(logits, torch.from_numpy(picks).long())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == args.max_steps - 1:
-            print(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - start:.0f}s", flush=True)
+        optimizer_step(loss, optimizer, schedule, losses, step, args.max_steps, start)
 
     top1 = heldout_top1(model, tokenizer)
     out = Path(args.output_dir)

@@ -9,7 +9,6 @@ latents of fresh renders, as Stable Diffusion does, so the diffusion model sees 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from . import world
 from .paths import assets_dir
+from .training import parse_training_args, training_parser
 
 
 def build_vae(seed: int = 0, block_out_channels: tuple[int, ...] = (16, 32)):
@@ -48,21 +48,12 @@ def render_step(step: int, size: int, seed: int) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=str(assets_dir() / "pipeline" / "vae"))
-    parser.add_argument("--max_steps", type=int, default=300)
-    parser.add_argument("--batch_size", type=int, default=24)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    output_dir = str(assets_dir() / "pipeline" / "vae")
+    parser = training_parser(__doc__, output_dir=output_dir, max_steps=300, batch_size=24)
     parser.add_argument("--foreground_weight", type=float, default=10.0)
     parser.add_argument("--block_out_channels", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--kl_weight", type=float, default=1e-6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--smoke", action="store_true", help="a few steps, for tests")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.num_threads)
-    if args.smoke:
-        args.max_steps, args.batch_size = 2, 4
+    args = parse_training_args(parser, argv, smoke=(2, 4))
 
     vae = build_vae(args.seed, tuple(args.block_out_channels)).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, weight_decay=0.0)
