@@ -372,7 +372,7 @@ def evaluate(
             resolution=resolution,
             vae_scale_factor=pipe.vae_scale_factor,
             text_tokens=max_sequence_length,
-            batch_size=family_of(pipe.transformer).denoising_batch(guidance_scale),
+            batch_size=family_of(pipe.transformer).denoising_batch(guidance_scale, pipe.transformer.config),
             repeats=latency_repeats,
         )
     else:

@@ -82,7 +82,7 @@ def generate_from_conditioning(
         result = pipe(
             **family.call_kwargs(batch, neg, resolution, max_sequence_length),
             num_inference_steps=num_inference_steps,
-            **family.guidance_args(guidance_scale),
+            **family.guidance_kwargs(guidance_scale, pipe.transformer.config),
             generator=[torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]],
             output_type=output_type,
         ).images

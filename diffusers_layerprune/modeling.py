@@ -70,9 +70,10 @@ _TOY_DEFAULTS = dict(
 )
 GENERATION_DEFAULTS: dict[str, dict] = {
     "toy": _TOY_DEFAULTS,
-    # toy-flux has no guidance embedding and layerprune does not run true CFG: guidance_scale 1 says so. Its
-    # resolution is given: FluxPipeline's default sample size (128 latents) is Flux.1's, not the model's.
-    "toy-flux": {**_TOY_DEFAULTS, "resolution": 32, "guidance_scale": 1.0, "scorers": ["toy"]},
+    # toy-flux has no guidance embedding: its guidance scale (the toy's 4.5) is FluxPipeline's true_cfg_scale against
+    # the empty prompt it saw in training (families.flux.true_cfg). Its resolution is given: FluxPipeline's default
+    # sample size (128 latents) is Flux.1's, not the model's.
+    "toy-flux": {**_TOY_DEFAULTS, "resolution": 32},
     # the tiny random pipelines: the toy's prompts and scorer, few steps, no guidance
     "tiny-random": {**_TOY_DEFAULTS, "num_inference_steps": 4, "guidance_scale": 1.0, "scorers": ["toy"]},
 }

@@ -141,6 +141,8 @@ class PrunedTransformerMixin:
             raise RuntimeError(f"pruned model has uninitialised tensors: {leftover[:5]}")
         if source_model is not None:
             student.register_to_config(_name_or_path=str(source_model))
+        # The source's own layerprune markers (e.g. families.flux.TRUE_CFG_KEY): how the model is to be run
+        student.register_to_config(**{k: v for k, v in transformer.config.items() if k.startswith("_layerprune_")})
         return student.train(transformer.training)
 
     @classmethod

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LayerPruneError
 from .launch import LaunchSettings
+from .run_folders import copy_importance, depth_folders_of, extract_depths, is_model_folder, place_depth_reports
 from .run_state import RunState, RunSummary, format_stages, format_summary, summary_rows
 
 
@@ -276,7 +276,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
     drop = sorted(plan_blocks(importance, k, recipe.plan))
     pruned = out / "pruned"
     prune_settings = {"model": recipe.model, "drop": drop, "dtype": recipe.dtype, "only": recipe.transformer_only}
-    if not (state.done("prune", prune_settings) and _is_model_folder(pruned)):
+    if not (state.done("prune", prune_settings) and is_model_folder(pruned)):
         log(f"[2/5] removing blocks {drop} ({k} of {importance.num_layers}, plan {recipe.plan})")
         start = time.perf_counter()
         state.start("prune", prune_settings)
@@ -292,7 +292,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
             overwrite=True,
             inputs=local_inputs(recipe.model),
         )
-        _copy_importance(importance_path, pruned)
+        copy_importance(importance_path, pruned)
         ran("prune", prune_settings, start)
     else:
         log(f"[2/5] reusing {pruned}")
@@ -327,7 +327,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
             distill_settings["elastic_depths"] = list(recipe.elastic_depths)
             elastic_args = ["--elastic_depths", ",".join(map(str, recipe.elastic_depths))]
             elastic_args += ["--importance", str(importance_path.resolve())]
-        if not (state.done("distill", distill_settings) and _is_model_folder(final)):
+        if not (state.done("distill", distill_settings) and is_model_folder(final)):
             n = launch.resolved_num_processes()
             log(
                 f"[3/5] distilling for {recipe.distill_steps} steps"
@@ -366,7 +366,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
                 launch=launch,
                 extra_args=[*recipe.extra_train_args, *elastic_args],
             )
-            _copy_importance(importance_path, final)
+            copy_importance(importance_path, final)
             ran("distill", distill_settings, start)
         else:
             log(f"[3/5] reusing {final}")
@@ -374,25 +374,16 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
 
     # 3b. Elastic: every smaller trained depth as an ordinary pruned folder, OUTPUT/depth-N (the largest depth is the
     # distilled folder itself, with elastic.json beside its model).
-    depth_folders = _depth_folders(recipe, out)
+    depth_folders = depth_folders_of(recipe, out)
     if depth_folders:
         extract_settings = {"depths": list(recipe.elastic_depths)}
-        if state.done("extract", extract_settings) and all(_is_model_folder(f) for f in depth_folders.values()):
+        if state.done("extract", extract_settings) and all(is_model_folder(f) for f in depth_folders.values()):
             log(f"[3/5] reusing {', '.join(str(f) for f in depth_folders.values())}")
             timings["extract"] = ("reused", 0.0)
         else:
             start = time.perf_counter()
             state.start("extract", extract_settings)
-            from .elastic import extract_depth
-
-            for stale in sorted(out.glob("depth-*")):  # depths of an earlier run with other elastic_depths (ours:
-                if stale not in depth_folders.values() and stale.is_dir():  # checked before the first stage)
-                    shutil.rmtree(stale)
-
-            for depth, folder in depth_folders.items():
-                log(f"[3/5] extracting depth {depth} into {folder}")
-                extract_depth(final, depth, folder, overwrite=True)
-                _copy_importance(importance_path, folder)
+            extract_depths(final, depth_folders, out, importance_path, log)
             ran("extract", extract_settings, start)
 
     # 4. Evaluate the pruned model before and (if distilled) after distillation, each against the teacher. The
@@ -437,7 +428,7 @@ def _run_recipe(recipe: Recipe, log, verbose: bool) -> list[dict]:
                     folder, output=report_path, overwrite=True, prompts=recipe.eval_prompts,
                     num_prompts=recipe.eval_num_prompts, seed=recipe.seed, latency_repeats=3,
                 )  # fmt: skip
-                _place_depth_reports(folder, depth_folders, recipe.elastic_depths)
+                place_depth_reports(folder, depth_folders, recipe.elastic_depths)
                 ran(stage, eval_settings, start)
             else:
                 log(f"[4/5] reusing the reports of every depth of {folder}")
@@ -541,7 +532,7 @@ def _measure_latency(folders: dict[str, Path], recipe: Recipe, log) -> dict[str,
         resolution=defaults["resolution"],
         vae_scale_factor=student.vae_scale_factor,
         text_tokens=msl,
-        batch_size=family_of(student.transformer).denoising_batch(guidance),
+        batch_size=family_of(student.transformer).denoising_batch(guidance, student.transformer.config),
         repeats=LATENCY_REPEATS,
     )
     prompt = load_prompts(recipe.eval_prompts or model_defaults(str(first))["eval_prompts"], limit=1).prompts
@@ -648,35 +639,6 @@ def _export_files(final: Path, specs: list[str], log) -> None:
         export_transformer(final, final / name, fmt=fmt, quant=quant)
 
 
-def _depth_folders(recipe: Recipe, out: Path) -> dict[int, Path]:
-    """An elastic recipe's extracted depths: ``OUTPUT/depth-N`` for every trained depth but the largest (which is
-    ``OUTPUT/distilled`` itself); empty for a one-depth recipe."""
-    if not recipe.elastic_depths or recipe.distill_steps <= 0:
-        return {}
-    return {depth: out / f"depth-{depth}" for depth in recipe.elastic_depths[1:]}
-
-
-def _place_depth_reports(final: Path, depth_folders: dict[int, Path], depths) -> None:
-    """Each depth's report (``report-depthN.*``, written by the elastic evaluation beside the run's model) also as
-    ``report.*`` of the folder holding that depth, where its card and ``layerprune push`` read it."""
-    from .eval_report import grid_path
-    from .outputs import atomic_output_file
-
-    for depth in depths:
-        source = final / f"report-depth{depth}.json"
-        target = depth_folders.get(depth, final) / "report.json"
-        for a, b in ((source, target), (source.with_suffix(".md"), target.with_suffix(".md")),
-                     (grid_path(source), grid_path(target))):  # fmt: skip
-            if a.is_file():
-                with atomic_output_file(b, overwrite=True) as tmp:
-                    shutil.copyfile(a, tmp)
-
-
-def _is_model_folder(folder: Path) -> bool:
-    # a finished pipeline (model_index.json is written last) or transformer-only folder
-    return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
-
-
 def _prepare_run_folder(recipe: Recipe) -> Path:
     """Check the run folder and the stage folders in it before any work (a refusal changes nothing), then create
     it with the package's marker and remove temporaries that killed runs left in it."""
@@ -695,13 +657,3 @@ def _prepare_run_folder(recipe: Recipe) -> Path:
     write_marker(out, "run", local={"model": full_local(recipe.model)}, entries=())
     clean_stale_temps(out)
     return out
-
-
-def _copy_importance(importance_path: Path, folder: Path) -> None:
-    from .outputs import atomic_output_file
-
-    for suffix in (".json", ".png"):
-        source = importance_path.with_suffix(suffix)
-        if source.is_file():
-            with atomic_output_file(folder / f"importance{suffix}") as tmp:
-                shutil.copyfile(source, tmp)

@@ -1212,7 +1212,7 @@ def run_validation(args, teacher, student, validation, step, accelerator):
                 out = pipe(
                     **call,
                     num_inference_steps=args.validation_inference_steps,
-                    **family.guidance_args(args.teacher_guidance_scale),
+                    **family.guidance_kwargs(args.teacher_guidance_scale, pipe.transformer.config),
                     generator=torch.Generator().manual_seed(args.seed + j),
                 ).images[0]
                 out.save(folder / f"prompt{i}-{j}.png")

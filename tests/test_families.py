@@ -298,7 +298,7 @@ def test_generation_from_cached_conditioning_equals_the_pipelines_own_call(famil
         max_sequence_length=16,
     )  # fmt: skip
     extra = {"sana": dict(complex_human_instruction=None, use_resolution_binning=False)}.get(family, {})
-    guidance_args = get_family(family).guidance_args(guidance)
+    guidance_args = get_family(family).guidance_kwargs(guidance, pipe.transformer.config)
     if "true_cfg_scale" in guidance_args:  # classifier-free guidance only with a negative prompt given
         extra["negative_prompt"] = ""
     stock = pipe(

@@ -195,6 +195,11 @@ def test_tiny_run_writes_doc_json_plot_and_reuses_cells(rp, tmp_path, capsys, mo
     (tmp_path / "docs" / "results.md").unlink()
     rp.main([*args, "--report-only"])
     assert (tmp_path / "docs" / "results.md").read_text() == doc
+    # the section benchmarks/capacity_toy.py writes into the page survives this script's rewrite of it
+    start = "<!-- capacity_toy:start -->\n"
+    (tmp_path / "docs" / "results.md").write_text(doc.replace(start, start + "kept capacity table\n"))
+    rp.main([*args, "--report-only"])
+    assert "kept capacity table" in (tmp_path / "docs" / "results.md").read_text()
 
     # another distillation budget in the same folder uses its own slot: the 2-step cells the budget curve made are
     # what a --distill-steps 2 run reads, so nothing is computed again
@@ -327,7 +332,31 @@ def test_tiny_toy_flux_run_writes_the_stack_page(rp, tmp_path, monkeypatch):
     assert result["stacks"] == {"double": [0, 1, 2, 3], "single": list(range(4, 12))}
     plans = result["table"]["0.25"]["block_influence"]
     assert set(plans) == {"mixed", "double only", "single only"}
-    assert all(b >= 4 for b in plans["single only"]["dropped"]["0"]) and len(trained) == 1
+    assert all(b >= 4 for b in plans["single only"]["dropped"]["0"])
     assert plans["single only"]["distilled"] and not plans["double only"]["distilled"]
+    # the KD weighting row: the same student distilled again with logit-normal timesteps (the default
+    # --kd-weightings), everything else equal
+    uniform, weighted = sorted(trained, key=lambda cmd: "--weighting_scheme" in cmd)
+    assert len(trained) == 2 and "--weighting_scheme" not in uniform
+    assert weighted[weighted.index("--weighting_scheme") :][:6] == [
+        "--weighting_scheme", "logit_normal", "--logit_mean", "0", "--logit_std", "1"
+    ]  # fmt: skip
+    # everything else equal (the output folder is the variant's own)
+    same = [
+        a
+        for a in weighted[: weighted.index("--weighting_scheme")] + weighted[weighted.index("--weighting_scheme") + 6 :]
+    ]
+    assert [a for a in same if "logit_normal" not in a] == [a for a in uniform if "steps1-" not in a]
+    assert set(plans["single only"]["distilled_by_weighting"]) == {"logit_normal"}
     page = (tmp_path / "results_flux.md").read_text()
     assert "double only" in page and "${" not in page and (tmp_path / "results_flux.png").is_file()
+    assert "| logit-normal (mean 0, std 1) |" in page and "| uniform (default) |" in page
+
+
+def test_unknown_kd_weighting_is_refused_before_anything_is_written(rp, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        rp.main(["--model", "toy-flux", "--kd-weightings", "sigmoid", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "error: unknown --kd-weightings sigmoid; choose among logit_normal"
+    assert not (tmp_path / "out").exists()

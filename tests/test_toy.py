@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
@@ -165,3 +166,30 @@ def test_training_scripts_smoke(tmp_path):
     )
     assert result["teacher"]["n"] == 2 and len(result["skip_one_block"]) == 2
     assert _digest(assets_dir()) == before  # smoke runs never touch the shipped artifacts
+
+
+def test_teacher_training_resumes_exactly(tmp_path):
+    # A long teacher run (benchmarks/capacity_toy.py trains 6000-step models in pieces) must end where one
+    # uninterrupted run ends: same weights, to the bit; and a piece with other settings is refused.
+    from safetensors.torch import load_file
+
+    from diffusers_layerprune.errors import LayerPruneError
+    from diffusers_layerprune.toy import train_teacher
+
+    common = ["--smoke", "--num_layers", "2", "--max_steps", "4", "--num_renders", "8"]
+    whole = tmp_path / "whole"
+    train_teacher.main([*common, "--output_dir", str(whole)])
+    pieces = tmp_path / "pieces"
+    stopped = train_teacher.main([*common, "--output_dir", str(pieces), "--resume", "--stop_at_step", "2"])
+    assert stopped["stopped_at"] == 2 and (pieces / train_teacher.RESUME_STATE).is_file()
+    assert not (pieces / "model_index.json").exists()
+    with pytest.raises(LayerPruneError, match="--num_layers 2"):
+        train_teacher.main([*common[:2], "3", *common[3:], "--output_dir", str(pieces), "--resume"])
+    train_teacher.main([*common, "--output_dir", str(pieces), "--resume"])
+    assert not (pieces / train_teacher.RESUME_STATE).exists()
+    a = load_file(whole / "transformer" / "diffusion_pytorch_model.safetensors")
+    b = load_file(pieces / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_a = json.loads((whole / "training_log.json").read_text())
+    log_b = json.loads((pieces / "training_log.json").read_text())
+    assert log_a["final_loss"] == log_b["final_loss"]

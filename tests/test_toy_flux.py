@@ -70,6 +70,43 @@ def test_toy_flux_generates_the_world(flux_images):
     assert report.accuracy["colour"] >= 0.75 and report.accuracy["position"] >= 0.75, report.accuracy
 
 
+def test_toy_flux_is_guided_by_true_cfg_the_same_way_in_every_command(flux_pipe, flux_images):
+    """score / eval / prune scans / the paper's judge generate from cached conditioning with the model's defaults;
+    the toy's own helpers (evaluate, train_teacher's judge) call the pipeline with prompts: one set of images."""
+    from diffusers_layerprune.families import encode_text, get_family
+    from diffusers_layerprune.generation import generate_from_conditioning
+    from diffusers_layerprune.modeling import model_defaults
+
+    defaults = model_defaults("toy-flux")
+    assert defaults["guidance_scale"] == 4.5 and defaults["resolution"] == IMAGE_SIZE  # the toy's, as measured
+    flux = get_family("flux")
+    assert flux.guidance_kwargs(4.5, flux_pipe.transformer.config) == {"true_cfg_scale": 4.5}
+    # Flux.1-dev's guidance is a model input, not a second forward
+    assert flux.guidance_kwargs(3.5, {"guidance_embeds": True}) == {"guidance_scale": 3.5}
+    # FLUX.1-schnell has no guidance embedding either but does not ask for true CFG: called as FluxPipeline calls it
+    assert flux.guidance_kwargs(3.5, {"guidance_embeds": False}) == {"guidance_scale": 3.5}
+    # latency is timed on the batch one step runs: the negative forward counts where true CFG adds it
+    assert flux.denoising_batch(4.5, flux_pipe.transformer.config) == 2
+    assert (
+        flux.denoising_batch(3.5, {"guidance_embeds": True})
+        == flux.denoising_batch(1.0, flux_pipe.transformer.config)
+        == 1
+    )
+    length = defaults["max_sequence_length"]
+    text = encode_text(flux_pipe, [a.caption() for a in ATTRS], max_sequence_length=length)
+    images = generate_from_conditioning(
+        flux_pipe, text, encode_text(flux_pipe, [""], max_sequence_length=length),
+        seeds=list(range(len(ATTRS))), num_inference_steps=defaults["num_inference_steps"],
+        guidance_scale=defaults["guidance_scale"], resolution=defaults["resolution"], max_sequence_length=length,
+    )  # fmt: skip
+    torch.testing.assert_close(images, flux_images.clamp(0, 1), atol=1e-5, rtol=0)
+    unguided = flux_pipe(
+        [a.caption() for a in ATTRS],
+        **toy_generation_kwargs(list(range(len(ATTRS))), guidance_scale=1.0, pipe=flux_pipe),
+    ).images
+    assert (unguided - flux_images).abs().max() > 0.05  # the guidance changes the images
+
+
 def test_stock_diffusers_loads_toy_flux_in_a_fresh_process_without_warnings(flux_images, tmp_path):
     script = textwrap.dedent(
         f"""
@@ -88,8 +125,10 @@ def test_stock_diffusers_loads_toy_flux_in_a_fresh_process_without_warnings(flux
             pipe = DiffusionPipeline.from_pretrained({str(toy_flux_pipeline_path())!r}, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         captions = {[a.caption() for a in ATTRS]!r}
+        # true CFG against the empty prompt, as docs/toy_world.md tells users to call it
         images = pipe(captions, num_inference_steps=20, height=32, width=32, max_sequence_length=16,
-                      output_type="pt", generator=[torch.Generator().manual_seed(i) for i in range(len(captions))]).images
+                      true_cfg_scale=4.5, negative_prompt="", output_type="pt",
+                      generator=[torch.Generator().manual_seed(i) for i in range(len(captions))]).images
         assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
         torch.save(images, sys.argv[1])
         print(json.dumps(dict(cls=type(pipe).__name__, logs=records,
@@ -117,6 +156,19 @@ def test_build_script_small_mode(tmp_path):
     pipe = FluxPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
     config = pipe.transformer.config
     assert (config.num_layers, config.num_single_layers, config.guidance_embeds) == (4, 8, False)
+    assert config["_layerprune_true_cfg"] is True  # the rebuilt teacher asks for true CFG as the shipped one does
     assert pipe.vae.config.shift_factor == 0.0
     log = json.loads((tmp_path / "pipe" / "training_log.json").read_text())
     assert log["family"] == "flux" and log["steps"] == 2
+
+
+def test_a_pruned_toy_flux_keeps_asking_for_true_cfg(flux_pipe, tmp_path):
+    """The marker travels with pruning and saving, so students of toy-flux are guided as their teacher."""
+    from diffusers_layerprune.families import get_family
+
+    family = get_family("flux")
+    student = family.pruned_class().from_transformer(flux_pipe.transformer, pruned_layers=[5, 6])
+    student.save_pretrained(tmp_path / "student")
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["_layerprune_true_cfg"] is True
+    assert family.guidance_kwargs(4.5, student.config) == {"true_cfg_scale": 4.5}

@@ -23,8 +23,11 @@ class Cells:
         self.path = path
         self.records: dict[str, dict] = {}
         self.computed = 0
-        if path.is_file():
-            for line in path.read_text().splitlines():
+        self._read()
+
+    def _read(self) -> None:
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
                 if line.strip():
                     try:
                         record = json.loads(line)
@@ -33,6 +36,8 @@ class Cells:
                     self.records[record["key"]] = record
 
     def get(self, key: str) -> dict | None:
+        if key not in self.records:  # a second run of the same command (another process) may have finished it
+            self._read()
         return self.records.get(key)
 
     def put(self, key: str, record: dict) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from toybench import write_json  # the benchmarks' shared helpers (benchmarks/ is on sys.path)
 
-from .cells import Cells, cell_key, mean_std, write_text
+from .cells import Cells, cell_key, generated_section, mean_std, write_text
 from .claims import (
     ABLATIONS,
     BUDGET_RATIOS,
@@ -30,6 +30,17 @@ from .claims import (
 )
 from .distil import distil
 from .report import render_results, write_budget_plot, write_plot
+
+# The section benchmarks/capacity_toy.py writes into docs/results.md (kept when this script rewrites the page).
+CAPACITY_START, CAPACITY_END = "<!-- capacity_toy:start -->", "<!-- capacity_toy:end -->"
+
+
+def keep_capacity_section(page: str, doc: Path) -> str:
+    """``page`` with the section benchmarks/capacity_toy.py wrote into ``doc`` (if any) in place of its markers."""
+    kept = generated_section(doc, CAPACITY_START, CAPACITY_END)
+    if kept and CAPACITY_START in page and CAPACITY_END in page:
+        page = page.split(CAPACITY_START)[0] + kept + page.split(CAPACITY_END, 1)[1]
+    return page
 
 
 def plans_for(importances: dict, ratios, depth: int, learned: dict | None = None) -> dict:
@@ -94,6 +105,12 @@ def parse_args(argv=None, description: str | None = None):
         default=None,
         help="models with two stacks (toy-flux): criterion:plan pairs to distil at every ratio, plans mixed, "
         "'double only', 'single only' (default: preference with each plan)",
+    )
+    p.add_argument(
+        "--kd-weightings",
+        default="logit_normal",
+        help="models with two stacks: timestep weightings (train_distill --weighting_scheme) each distilled plan at "
+        'the goal depth (25%%) is distilled with again, against the default uniform sampling ("" skips them)',
     )
     p.add_argument(
         "--skip-table", action=argparse.BooleanOptionalAction, default=True,
@@ -345,7 +362,7 @@ class Experiment:
 
         tag = "drop-" + "-".join(map(str, dropped))
         steps = steps or self.args.distill_steps
-        changed = ABLATIONS[ablation] if ablation else {}
+        changed = self.variant(ablation)
         folder = self.output / f"seed-{seed}" / "models" / self.tag(steps, ablation) / tag
         pruned, final = folder / "pruned", folder / "distilled"
         if not (pruned / "model_index.json").is_file():
@@ -370,6 +387,10 @@ class Experiment:
         if not self.args.keep_models:
             shutil.rmtree(folder, ignore_errors=True)
         return result
+
+    def variant(self, name: str) -> dict:
+        """What distillation variant ``name`` changes (``args`` for train_distill, ``lr_scale``); ``""``: nothing."""
+        return ABLATIONS[name] if name else {}
 
     def run(self) -> None:
         import torch
@@ -632,7 +653,7 @@ class Experiment:
         doc = Path(self.args.doc)
         write_plot(result, doc.with_suffix(".png"))
         write_budget_plot(result, doc.with_name(doc.stem + "_budget.png"))
-        write_text(doc, render_results(result))
+        write_text(doc, keep_capacity_section(render_results(result), doc))
         print(f"wrote {results}, {doc} and {doc.with_suffix('.png')}")
         for claim in result["claims"]:
             print(f"  {claim['verdict']:>13}: {claim['claim']}")

@@ -30,6 +30,14 @@ from .run import Experiment, _names
 
 STACK_PLANS = ("mixed", "double only", "single only")
 DEFAULT_DISTILL_PLANS = "preference:mixed,preference:double only,preference:single only"
+# Timestep weightings of the KD compared with train_distill's flow default (uniform, the Flux example's): the
+# diffusers examples' flags (issue 30.2), SD3's logit-normal sampling with its default mean and spread.
+KD_WEIGHTINGS = {
+    "logit_normal": {
+        "args": ("--weighting_scheme", "logit_normal", "--logit_mean", "0", "--logit_std", "1"),
+        "label": "logit-normal (mean 0, std 1)",
+    },
+}
 
 
 def stack_ranges(transformer) -> dict[str, list[int]]:
@@ -83,6 +91,17 @@ class StackExperiment(Experiment):
                     f"{', '.join(STACK_PLANS)}"
                 )
             self.distill_plans.append((criterion, plan))
+        self.kd_weightings = _names(args.kd_weightings)
+        unknown = [w for w in self.kd_weightings if w not in KD_WEIGHTINGS]
+        if unknown:
+            from diffusers_layerprune.errors import LayerPruneError
+
+            raise LayerPruneError(
+                f"unknown --kd-weightings {', '.join(unknown)}; choose among {', '.join(KD_WEIGHTINGS)}"
+            )
+
+    def variant(self, name: str) -> dict:
+        return KD_WEIGHTINGS[name] if name in KD_WEIGHTINGS else super().variant(name)
 
     def _run(self) -> None:
         self.setup()
@@ -102,10 +121,19 @@ class StackExperiment(Experiment):
                     for plan, dropped in stack_plans(importances[criterion], k, self.stacks).items():
                         self.cell("pruned", seed, dropped, lambda d=dropped, s=seed: self.judge(self.pipe, d, s))
                         if (criterion, plan) in self.distill_plans:
-                            jobs.append((seed, dropped))
-        for seed, dropped in dict.fromkeys((s, tuple(d)) for s, d in jobs):  # the long part last; shared plans run once
+                            jobs.append((seed, dropped, ""))
+                            if f"{ratio:.2f}" in GOAL:  # the KD weighting row: the goal depth only
+                                jobs += [(seed, dropped, w) for w in self.kd_weightings]
+        # The long part last; shared plans run once. The weighting variants first: a second process started with
+        # the same command once the first is distilling then takes them (cells written by either are reused).
+        jobs.sort(key=lambda job: not job[2])
+        for seed, dropped, weighting in dict.fromkeys((s, tuple(d), w) for s, d, w in jobs):
             self.cell(
-                "distilled", seed, list(dropped), lambda d=list(dropped), s=seed: self.distilled(s, d), self.distill_tag
+                "distilled",
+                seed,
+                list(dropped),
+                lambda d=list(dropped), s=seed, w=weighting: self.distilled(s, d, None, w),
+                self.tag(self.args.distill_steps, weighting),
             )
 
     def collect(self) -> dict:
@@ -149,6 +177,10 @@ class StackExperiment(Experiment):
                     entry = {"dropped": {str(s): d for s, d in dropped_by_seed.items()}}
                     entry["pruned"] = pooled("pruned", dropped_by_seed)
                     entry["distilled"] = pooled("distilled", dropped_by_seed, self.distill_tag)
+                    for w in self.kd_weightings:
+                        row = pooled("distilled", dropped_by_seed, self.tag(self.args.distill_steps, w))
+                        if row:
+                            entry.setdefault("distilled_by_weighting", {})[w] = row
                     table.setdefault(r, {}).setdefault(criterion, {})[plan] = entry
         seconds = sum(r.get("seconds", 0) for r in self.cells.records.values() if r.get("seed") in seeds)
         return {
@@ -166,6 +198,7 @@ class StackExperiment(Experiment):
             "importance": importances,
             "table": table,
             "distill_plans": [f"{c}:{p}" for c, p in self.distill_plans],
+            "kd_weightings": self.kd_weightings,
             "total_minutes": seconds / 60,
             "command": "python benchmarks/reproduce_paper.py" + _command_args(self.args),
         }  # fmt: skip
@@ -268,8 +301,7 @@ def write_stack_plot(result: dict, path: Path) -> None:
 TEMPLATE = Path(__file__).with_name("results_flux.md.in")
 GOAL = {"0.25": 0.97}  # share of the teacher's all-four accuracy the distilled 25%-shallower model should keep
 WEIGHTING_PENDING = (
-    "Pending: this run distils with `train_distill`'s defaults (uniform timesteps). The logit-normal row needs "
-    "`--weighting_scheme` (issue 30.2, merged while this ran) and was not run for time: distil the same pruned model "
+    'Not run (`--kd-weightings ""`, or no plan distilled at 25%): distil the same pruned model '
     "(`layerprune prune --model toy-flux --drop BLOCKS --output runs/flux25`) both ways and judge each:\n\n"
     "```bash\n"
     "python training/train_distill.py --teacher_model toy-flux --student_model runs/flux25 --output_dir "
@@ -278,6 +310,43 @@ WEIGHTING_PENDING = (
     "layerprune eval --model runs/flux25-logitnormal\n"
     "```"
 )
+
+
+def _weighting_section(result: dict, label) -> str:
+    """The uniform vs weighted KD table (distilled plans at the goal depth), or how to run it when it is missing."""
+    teacher = result["teacher"]["overall"]["mean"]
+    rows = [
+        "| removed | plan | blocks removed (per seed) | KD timesteps | distilled | colour | position | shape | size "
+        "| distilled / teacher |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    seen = set()
+    for r in sorted(result["table"], key=float):
+        for criterion, by_plan in result["table"][r].items():
+            for plan in STACK_PLANS:
+                entry = by_plan.get(plan) or {}
+                weighted = entry.get("distilled_by_weighting") or {}
+                key = json.dumps(entry.get("dropped"))
+                if not weighted or not entry.get("distilled") or key in seen:
+                    continue
+                seen.add(key)  # plans that remove the same blocks are one model
+                same = [p for p in STACK_PLANS if json.dumps((by_plan.get(p) or {}).get("dropped")) == key]
+                dropped = " / ".join(", ".join(label(b) for b in d) for d in entry["dropped"].values())
+                variants = [("uniform (default)", entry["distilled"])]
+                variants += [(KD_WEIGHTINGS[w]["label"], row) for w, row in weighted.items()]
+                for name, row in variants:
+                    cells = " | ".join(f"{100 * row[m]['mean']:.1f}" for m in ("colour", "position", "shape", "size"))
+                    rows.append(
+                        f"| {float(r):.0%} | {criterion} {' = '.join(same)} | {dropped} | {name} | {_pct(row)} "
+                        f"| {cells} | {100 * row['overall']['mean'] / teacher:.0f}% |"
+                    )
+    if len(rows) == 2:
+        return WEIGHTING_PENDING
+    return (
+        "The same pruned students distilled again with the KD's timesteps drawn logit-normally (SD3's sampling, "
+        "`train_distill --weighting_scheme logit_normal --logit_mean 0 --logit_std 1`), everything else equal:\n\n"
+        + "\n".join(rows)
+    )
 
 
 def _verdict_lines(result: dict) -> list[str]:
@@ -329,7 +398,9 @@ def render_stack_results(result: dict, plot_name: str) -> str:
         if row:
             cells = " | ".join(f"{100 * row[m]['mean']:.1f}" for m in ("colour", "position", "shape", "size"))
             skip_rows.append(f"| {label(b)} | {_pct(row)} | {cells} |")
-    if len(skip_rows) - 2 < depth:
+    if len(skip_rows) == 2:
+        skip_rows = ["Not run (`--no-skip-table`): the criteria's scores below stand for it."]
+    elif len(skip_rows) - 2 < depth:
         skip_rows.append(
             f"\n{len(skip_rows) - 2} of {depth} blocks judged (the run was cut short; `--skip-table` adds the rest)."
         )
@@ -363,7 +434,7 @@ def render_stack_results(result: dict, plot_name: str) -> str:
     s = result["settings"]
     fields = {
         "verdict": "\n".join(_verdict_lines(result)),
-        "weighting": WEIGHTING_PENDING,
+        "weighting": _weighting_section(result, label),
         "command": result["command"],
         "minutes": f"{result['total_minutes']:.0f}",
         "seeds": ", ".join(map(str, result["seeds"])),
@@ -372,6 +443,7 @@ def render_stack_results(result: dict, plot_name: str) -> str:
         "criteria": ", ".join(result["criteria"]),
         "score_prompts": s["score_prompts"],
         "num_inference_steps": s["num_inference_steps"],
+        "guidance_scale": f"{s.get('guidance_scale', 1.0):g}",
         "distill_steps": s["distill_steps"],
         "distill_batch_size": s["distill_batch_size"],
         "learning_rate": f"{s['learning_rate']:g}",

@@ -272,6 +272,10 @@ class ModelFamily:
             the prompt: ``Flux2Pipeline`` takes an image first).
         guidance_args: ``guidance_scale -> dict``: the pipeline's call arguments for layerprune's guidance scale
             (classifier-free guidance when above 1); Qwen-Image calls it ``true_cfg_scale``.
+        true_cfg: ``config -> bool``: this checkpoint takes layerprune's guidance scale as the pipeline's
+            ``true_cfg_scale`` (two forwards, the negative conditioning passed by :attr:`call_kwargs`) rather than
+            as :attr:`guidance_args` says: Flux models without a guidance embedding (``toy-flux``); see
+            :meth:`guidance_kwargs`.
         decode: ``(pipe, latents [B, C, h, w]) -> images [B, 3, H, W]`` in [0, 1], as the pipeline decodes its final
             latents (scaling, shift, batch-norm statistics, patch layout).
         encode_by_tokens: caches may encode each prompt at its own length with the tokenizer and the text encoder's
@@ -325,6 +329,7 @@ class ModelFamily:
     published: PublishedConfig | None = None
     prompt_keyword: bool = False
     guidance_args: Callable[[float], dict] = lambda scale: {"guidance_scale": scale}
+    true_cfg: Callable[[Mapping], bool] = lambda config: False
     decode: Callable[[object, torch.Tensor], torch.Tensor] = decode_scaled
     encode_by_tokens: bool = False
     caption_images: bool = False
@@ -332,10 +337,21 @@ class ModelFamily:
 
     # -- block numbering ------------------------------------------------------------------------------------------
 
-    def denoising_batch(self, guidance_scale: float) -> int:
+    def denoising_batch(self, guidance_scale: float, config: Mapping | None = None) -> int:
         """The transformer's batch for one image's denoising step at ``guidance_scale``: ``step_batch`` with
-        classifier-free guidance (``guidance_scale > 1``), else 1. Latency measurements time this batch."""
-        return self.step_batch if guidance_scale > 1 else 1
+        classifier-free guidance (``guidance_scale > 1``), else 1; 2 where the checkpoint of ``config`` is guided by
+        true CFG (:attr:`true_cfg`: the pipeline runs a second, negative forward). Latency measurements time this
+        batch."""
+        if guidance_scale <= 1:
+            return 1
+        return 2 if config is not None and self.true_cfg(config) else self.step_batch
+
+    def guidance_kwargs(self, guidance_scale: float, config: Mapping) -> dict:
+        """The pipeline's call arguments for layerprune's ``guidance_scale`` on a transformer of ``config``:
+        :attr:`guidance_args`, or ``true_cfg_scale`` where :attr:`true_cfg` says the checkpoint is guided that way."""
+        if self.true_cfg(config):
+            return {"true_cfg_scale": guidance_scale}
+        return self.guidance_args(guidance_scale)
 
     def stack_depths(self, config: Mapping) -> list[int]:
         """Depth of each stack according to ``config``."""

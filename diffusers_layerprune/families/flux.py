@@ -92,11 +92,24 @@ def encode(pipe, prompts, max_sequence_length: int, device) -> dict[str, torch.T
     return {"prompt_embeds": embeds.cpu(), "pooled_prompt_embeds": pooled.cpu()}
 
 
-# Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward); a negative
-# prompt only matters with true_cfg_scale > 1, which layerprune does not use.
-call_kwargs = cached_call_kwargs(
-    {"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled_prompt_embeds"}, negative=False
-)
+# Flux.1-dev's guidance is distilled into the model (guidance_scale is an input, not a second forward): there the
+# negative conditioning is passed but unused, since FluxPipeline runs it only with true_cfg_scale > 1, which
+# layerprune sets only for models without a guidance embedding that ask for it (true_cfg below).
+call_kwargs = cached_call_kwargs({"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "pooled_prompt_embeds"})
+
+
+# The config key (underscore: stock loading keeps it in the model's config without a warning) by which a checkpoint
+# says it was trained with caption dropout for FluxPipeline's true CFG; pruned models carry it over.
+TRUE_CFG_KEY = "_layerprune_true_cfg"
+
+
+def true_cfg(config) -> bool:
+    """A Flux model without a guidance embedding that says it was trained with caption dropout (``toy-flux``, by
+    :data:`TRUE_CFG_KEY` in its config) is guided by FluxPipeline's true CFG (``true_cfg_scale`` with an empty
+    negative prompt: two forwards per step). Other checkpoints without a guidance embedding (FLUX.1-schnell, meant to
+    run unguided) keep FluxPipeline's behaviour: the guidance scale is passed as ``guidance_scale``, which they
+    ignore, so no second forward is added behind the user's back."""
+    return bool(config.get(TRUE_CFG_KEY)) and not config.get("guidance_embeds")
 
 
 def ip_adapter_widths(config, state) -> str | None:
@@ -276,6 +289,7 @@ FAMILY = ModelFamily(
     encode=encode,
     random_text=pooled_random_text,
     call_kwargs=call_kwargs,
+    true_cfg=true_cfg,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
     ip_adapter=IP_ADAPTER,
     step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input

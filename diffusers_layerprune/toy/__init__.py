@@ -79,7 +79,8 @@ def toy_generation_kwargs(
     ``seeds``: one seed, or one per prompt of the batch (each image's initial noise then depends on its own seed
     only, so results do not change with the batch size). ``output_type="pt"`` gives ``[B, 3, 32, 32]`` in [0, 1].
     ``pipe``: drop the arguments its ``__call__`` does not take (``FluxPipeline`` of ``toy-flux`` has no
-    resolution binning or caption cleaning).
+    resolution binning or caption cleaning), and pass ``guidance_scale`` as the pipeline's family takes it
+    (``toy-flux``: ``true_cfg_scale`` with ``negative_prompt=""``, FluxPipeline's classifier-free guidance).
     """
     import inspect
 
@@ -101,8 +102,14 @@ def toy_generation_kwargs(
         generator=generator,
     )
     if pipe is not None:
+        from ..families import family_of_pipeline
+
         accepted = inspect.signature(pipe.__call__).parameters
         kwargs = {key: value for key, value in kwargs.items() if key in accepted}
+        guidance = family_of_pipeline(pipe).guidance_kwargs(guidance_scale, pipe.transformer.config)
+        if "true_cfg_scale" in guidance:  # toy-flux: true CFG against the empty prompt it was trained to know
+            kwargs.pop("guidance_scale", None)
+            kwargs.update(guidance, negative_prompt="")
     return kwargs
 
 

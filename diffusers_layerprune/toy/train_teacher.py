@@ -21,6 +21,13 @@ schedule are shared; only the model, the text encoding and the loss differ by fa
     python -m diffusers_layerprune.toy.train_teacher                    # writes assets/pipeline
     python -m diffusers_layerprune.toy.train_teacher --family flux      # writes assets/pipeline_flux
     python -m diffusers_layerprune.toy.train_teacher --smoke --output_dir /tmp/teacher --vae /tmp/vae
+
+A long run can be trained in pieces: ``--stop_at_step N`` saves the whole training state (weights, EMA, optimiser,
+schedule, random generator, the encoded renders) to ``OUTPUT/resume_state.pt`` at step N and exits; the same command
+with ``--resume`` continues it there, and the finished run equals one uninterrupted run (tests/test_toy.py).
+
+    python -m diffusers_layerprune.toy.train_teacher --num_layers 9 --output_dir runs/d9 --resume --stop_at_step 2000
+    python -m diffusers_layerprune.toy.train_teacher --num_layers 9 --output_dir runs/d9 --resume  # steps 2000-6000
 """
 
 from __future__ import annotations
@@ -192,12 +199,13 @@ class FluxRecipe:
 
     Text: the toy T5 encoder (the same seeded weights as ``toy``) for the tokens and a seeded-random character-level
     ``CLIPTextModel`` for the pooled vector, as Flux.1 uses them. VAE: the toy VAE with ``shift_factor = 0`` (Flux
-    pipelines read one). No guidance embedding (``guidance_embeds=False``, the FLUX.1-schnell layout): the model is
-    trained conditionally without a CFG-distilled guidance input, so ``guidance_scale`` does not change its images.
-    Timesteps: logit-normal (SD3's default sampling, mean 0, std 1)."""
+    pipelines read one). No guidance embedding (``guidance_embeds=False``, the FLUX.1-schnell layout): the caption
+    dropout trains the unconditional model too, and it is sampled with FluxPipeline's true classifier-free guidance
+    (``true_cfg_scale`` 4.5 with ``negative_prompt=""``: ``families.flux.true_cfg``); ``guidance_scale`` alone does
+    not change its images. Timesteps: logit-normal (SD3's default sampling, mean 0, std 1)."""
 
     output_dir = "pipeline_flux"
-    # The shipped toy-flux's first stage; its second continues it (--init_from, docs/toy_world.md).
+    # The shipped toy-flux's first stage; the later ones continue it (--init_from, docs/toy_world.md).
     defaults = dict(
         num_layers=4, num_single_layers=8, max_steps=800, batch_size=32, learning_rate=2e-3, num_renders=6000
     )
@@ -230,6 +238,7 @@ class FluxRecipe:
             guidance_embeds=False,
             axes_dims_rope=rope,
         )
+        transformer.register_to_config(_layerprune_true_cfg=True)  # trained with caption dropout: guided by true CFG
         # FLUX.1-dev's scheduler config (resolution-dependent shift).
         scheduler = FlowMatchEulerDiscreteScheduler(
             shift=3.0,
@@ -268,6 +277,33 @@ class FluxRecipe:
 
 RECIPES = {"pixart": PixArtRecipe, "flux": FluxRecipe}
 """Teacher recipes by family: ``toy`` is ``pixart``, ``toy-flux`` is ``flux``."""
+
+RESUME_STATE = "resume_state.pt"
+"""File in ``--output_dir`` holding a stopped run's training state (``--stop_at_step``, ``--resume``)."""
+
+# Settings a resumed run must share with the run it continues (the others, e.g. threads or eval_every, may change).
+RESUME_SETTINGS = (
+    "family", "vae", "num_layers", "num_single_layers", "width", "patch_size", "heads", "max_steps", "batch_size",
+    "learning_rate", "warmup_steps", "ema_decay", "prediction_type", "min_snr_gamma", "caption_dropout",
+    "num_renders", "seed", "init_from",
+)  # fmt: skip
+
+
+def load_resume_state(folder: Path, args) -> dict | None:
+    """The stopped run's state in ``folder`` (``None`` when there is none); refused when its settings differ."""
+    from ..errors import LayerPruneError
+
+    path = folder / RESUME_STATE
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    changed = [k for k in RESUME_SETTINGS if state["settings"].get(k) != getattr(args, k)]
+    if changed:
+        was = ", ".join(f"--{k} {state['settings'].get(k)}" for k in changed)
+        raise LayerPruneError(
+            f"{path} was written by a run with {was}: resume with the same settings, or use another --output_dir"
+        )
+    return state
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -308,16 +344,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--num_threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared 2-core box)"
     )
-    parser.add_argument("--smoke", action="store_true", help="a few steps on a few renders, for tests")
+    parser.add_argument(
+        "--stop_at_step",
+        type=int,
+        default=None,
+        help=f"save the training state to OUTPUT/{RESUME_STATE} at this step and exit (continue with --resume)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the stopped run in --output_dir from its {RESUME_STATE} (start one when there is none)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few steps on a few renders, for tests (explicit sizes still win)"
+    )
     args = parser.parse_args(argv)
     recipe = RECIPES[args.family](args)
+    if args.smoke:
+        for key, value in dict(max_steps=2, batch_size=4, num_renders=8).items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        args.warmup_steps = 1
     for key, value in recipe.defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.output_dir is None:
         args.output_dir = str(assets_dir() / recipe.output_dir)
-    if args.smoke:
-        args.max_steps, args.batch_size, args.num_renders, args.warmup_steps = 2, 4, 8, 1
+    out = Path(args.output_dir)
+    resumed = load_resume_state(out, args) if args.resume else None
     torch.set_num_threads(args.num_threads)
     start = time.time()
 
@@ -334,11 +388,14 @@ def main(argv: list[str] | None = None) -> dict:
     train_attrs = world.split_attributes("train")
     texts = recipe.encode(pipe, [a.caption() for a in train_attrs])
     null_text = recipe.encode(pipe, [""])
-    rng = np.random.default_rng(args.seed)
-    picks = rng.integers(0, len(train_attrs), size=args.num_renders)
-    seeds = rng.integers(0, 2**31 - 1, size=args.num_renders)
-    latents = encode_renders(vae, [train_attrs[int(i)] for i in picks], [int(s) for s in seeds])
-    caption_index = torch.from_numpy(picks).long()
+    if resumed is not None:  # the renders were encoded by the first piece; encoding them is most of the set-up
+        latents, caption_index = resumed["latents"], resumed["caption_index"]
+    else:
+        rng = np.random.default_rng(args.seed)
+        picks = rng.integers(0, len(train_attrs), size=args.num_renders)
+        seeds = rng.integers(0, 2**31 - 1, size=args.num_renders)
+        latents = encode_renders(vae, [train_attrs[int(i)] for i in picks], [int(s) for s in seeds])
+        caption_index = torch.from_numpy(picks).long()
     print(f"encoded {len(latents)} renders in {time.time() - start:.0f}s; latent std {latents.std():.3f}", flush=True)
 
     transformer.train()
@@ -353,9 +410,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     generator = torch.Generator().manual_seed(args.seed)
-    losses = []
-    train_start = time.time()
-    for step in range(args.max_steps):
+    losses, first_step, earlier_seconds, earlier_cpu = [], 0, 0.0, 0.0
+    if resumed is not None:
+        transformer.load_state_dict(resumed["transformer"])
+        ema.load_state_dict(resumed["ema"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        lr_schedule.load_state_dict(resumed["lr_schedule"])
+        generator.set_state(resumed["generator"])
+        losses, first_step = [float(x) for x in resumed["losses"]], int(resumed["step"])
+        earlier_seconds, earlier_cpu = float(resumed["train_seconds"]), float(resumed["train_cpu_seconds"])
+        print(f"resumed {out / RESUME_STATE} at step {first_step}", flush=True)
+    last_step = args.max_steps if args.stop_at_step is None else min(args.stop_at_step, args.max_steps)
+    train_start, cpu_start = time.time(), time.process_time()
+    for step in range(first_step, last_step):
         index = torch.randint(0, len(latents), (args.batch_size,), generator=generator)
         cap = caption_index[index]
         drop = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
@@ -379,20 +446,46 @@ def main(argv: list[str] | None = None) -> dict:
             elapsed = time.time() - train_start
             print(
                 f"step {step} loss {np.mean(losses[-100:]):.4f} lr {lr_schedule.get_last_lr()[0]:.2e} "
-                f"{elapsed:.0f}s ({(step + 1) / elapsed:.2f} steps/s)",
+                f"{elapsed:.0f}s ({(step + 1 - first_step) / elapsed:.2f} steps/s)",
                 flush=True,
             )
         if args.eval_every and (step + 1) % args.eval_every == 0:
             print(f"step {step + 1} judge {quick_judge(pipe, ema)}", flush=True)
 
+    train_seconds = earlier_seconds + time.time() - train_start
+    # CPU seconds of the training loop, summed over pieces: on a shared machine wall time says little about cost
+    train_cpu_seconds = earlier_cpu + time.process_time() - cpu_start
+    if last_step < args.max_steps:  # a piece of a longer run: keep everything the next piece needs
+        out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "settings": {k: getattr(args, k) for k in RESUME_SETTINGS},
+            "step": last_step,
+            "transformer": transformer.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_schedule": lr_schedule.state_dict(),
+            "generator": generator.get_state(),
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "train_seconds": train_seconds,
+            "train_cpu_seconds": train_cpu_seconds,
+            "latents": latents,
+            "caption_index": caption_index,
+        }
+        partial = out / (RESUME_STATE + ".partial")
+        torch.save(state, partial)
+        partial.replace(out / RESUME_STATE)  # a killed save leaves the previous state readable
+        print(f"stopped at step {last_step}: {out / RESUME_STATE}", flush=True)
+        return {"stopped_at": last_step, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds}
+
     pipe.register_modules(transformer=ema)
-    out = Path(args.output_dir)
     pipe.save_pretrained(out, safe_serialization=True)
+    (out / RESUME_STATE).unlink(missing_ok=True)
     result = {
         "steps": args.max_steps,
         "final_loss": float(np.mean(losses[-100:])),
         "seconds": time.time() - start,
-        "train_seconds": time.time() - train_start,
+        "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
         "parameters": sum(p.numel() for p in ema.parameters()),
         "losses": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
     }

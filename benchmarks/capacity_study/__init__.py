@@ -1,0 +1,1 @@
+"""benchmarks/capacity_toy.py's report (the page section it writes)."""
