@@ -45,13 +45,19 @@ def bare_env() -> dict:
     offline, an empty HOME, an empty Hub cache (:func:`stock_hub_cache`). OpenMP threads wait passively, as the package
     sets it for its own processes: spinning ones stall when other processes hold the cores."""
     home = _stock_home()
-    return {
+    env = {
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_CACHE": str(home / "hub"),
         "HOME": str(home),
         "PATH": "/usr/bin:/bin",
         "OMP_WAIT_POLICY": "PASSIVE",
     }
+    # The thread count stays the test process's: CPU kernels split work by thread, and images compared for equality
+    # with the stock process differ in the last bits (3.6e-7 measured) when one side runs on another number of threads.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
 
 
 class _StockServer:
