@@ -45,13 +45,19 @@ def bare_env() -> dict:
     offline, an empty HOME, an empty Hub cache (:func:`stock_hub_cache`). OpenMP threads wait passively, as the package
     sets it for its own processes: spinning ones stall when other processes hold the cores."""
     home = _stock_home()
-    return {
+    env = {
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_CACHE": str(home / "hub"),
         "HOME": str(home),
         "PATH": "/usr/bin:/bin",
         "OMP_WAIT_POLICY": "PASSIVE",
     }
+    # The thread count stays the test process's: CPU kernels split work by thread, and images compared for equality
+    # with the stock process differ in the last bits (3.6e-7 measured) when one side runs on another number of threads.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
 
 
 class _StockServer:
@@ -188,13 +194,21 @@ def load_benchmark(name: str):
 def run_train_distill(args) -> None:
     """Run training/train_distill.py's main() in this process; accelerate keeps global state between
     Accelerators, so reset it first."""
+    import gc
+
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     from diffusers_layerprune.train_distill import main
 
-    main([str(a) for a in args])
+    # The training's own full collections (gc.collect after the teacher's work) then scan what it made, not every
+    # object of the test session (~0.3 CPU-seconds each); unfrozen after, so nothing escapes collection.
+    gc.freeze()
+    try:
+        main([str(a) for a in args])
+    finally:
+        gc.unfreeze()
 
 
 def distill_args(work: Path, out: Path, *, student: str = "student", steps: int = 3, checkpointing_steps: int = 2):

@@ -14,7 +14,7 @@ import torch
 
 from diffusers_layerprune.cli import main as cli
 
-from helpers import distill_args, run_train_distill, stock_env, train_refused
+from helpers import distill_args, run_stock, run_train_distill, train_refused
 
 PROMPTS = "a red circle\na blue square\na green triangle\na white cross\n"
 # Least important first: 1, 3, 5, 2, 0, 4
@@ -132,7 +132,7 @@ def test_extracted_depth_loads_in_a_fresh_stock_process_with_the_elastic_student
         "assert 'diffusers_layerprune' not in sys.modules\n"
         "print(type(pipe.transformer).__name__, pipe.transformer.config.num_layers)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], env=stock_env(), cwd=tmp_path, capture_output=True, text=True)
+    done = run_stock(script, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["PixArtTransformer2DModel", "3"]
     np.testing.assert_array_equal(np.load(tmp_path / "stock.npy"), expected)

@@ -13,6 +13,7 @@ from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.families import DEFAULT_FAMILY, FAMILIES, get_family
 from diffusers_layerprune.importance.learnable import check_family
 from diffusers_layerprune.importance.registry import CRITERIA_MODULES
+from diffusers_layerprune.testing import TINY_RESOLUTION
 
 from helpers import read_config
 
@@ -93,8 +94,10 @@ def test_prune_from_importance_then_eval_and_card(family, prompts, tmp_path, cap
         assert f"kept {get_family(family).stacks[0].kind} blocks:" in capsys.readouterr().out
 
     report = tmp_path / "report.json"
+    # at the tiny size (a saved tiny Flux-like folder's default is its pipeline's, 256 pixels: 4096 image tokens)
+    size = str(TINY_RESOLUTION[family])
     argv = ["eval", "--model", str(pruned), "--scorers", "toy", "--prompts", str(prompts), "--steps", "1",
-            "--batch-size", "2", "--latency-repeats", "1", "--output", str(report)]  # fmt: skip
+            "--batch-size", "2", "--latency-repeats", "1", "--resolution", size, "--output", str(report)]  # fmt: skip
     assert cli(argv) == 0
     data = json.loads(report.read_text())
     assert data["models"]["student"]["num_layers"] == 4 and data["models"]["teacher"]["num_layers"] == 6

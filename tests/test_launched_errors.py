@@ -39,8 +39,9 @@ def test_a_launched_commands_mistake_is_its_own_one_line(args, fragment, capfd, 
 
 @pytest.fixture
 def crashing_modules(tmp_path, monkeypatch):
-    """Two scripts that fail in ways no check foresees: the training script's entry point with a ``main`` that
-    raises, and a module that raises while it is imported (before any handler of ours)."""
+    """Scripts that fail in ways no check foresees: the training script's entry point with a ``main`` that raises, a
+    light script that hands its crash over the same way, and a module that raises while it is imported (before any
+    handler of ours)."""
     (tmp_path / "crash_in_training.py").write_text(
         "from diffusers_layerprune import train_distill\n"
         "def main(argv=None):\n"
@@ -48,13 +49,24 @@ def crashing_modules(tmp_path, monkeypatch):
         "train_distill.main = main\n"
         "train_distill.cli()\n"
     )
+    # the training script's crash hand-over (train_distill.cli: report_crash, then re-raise) without importing the
+    # training script (11 CPU-seconds): test_train_distill_cli_hands_a_crash_over checks that cli does exactly this
+    (tmp_path / "crash_handed_over.py").write_text(
+        "from diffusers_layerprune.launch import follow_parent, report_crash\n"
+        "follow_parent()\n"
+        "try:\n"
+        "    raise RuntimeError('forced failure in the child\\nits second line')\n"
+        "except Exception as error:\n"
+        "    report_crash(error)\n"
+        "    raise\n"
+    )
     (tmp_path / "crash_on_import.py").write_text("raise ImportError('forced failure while importing')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     return tmp_path
 
 
-def test_a_crash_in_a_launched_script_is_one_line_with_the_log(crashing_modules, capfd):
-    message = _launch_fails("crash_in_training", [], capfd, what="distillation")
+def _crash_is_one_line_with_the_log(module: str, capfd) -> None:
+    message = _launch_fails(module, [], capfd, what="distillation")
     assert message.startswith("distillation crashed: RuntimeError: forced failure in the child;"), message
     log = Path(message.rsplit("the full log is in ", 1)[1])
     try:
@@ -62,6 +74,37 @@ def test_a_crash_in_a_launched_script_is_one_line_with_the_log(crashing_modules,
         assert "Traceback (most recent call last)" in text and "its second line" in text
     finally:
         log.unlink()
+
+
+def test_a_crash_in_a_launched_script_is_one_line_with_the_log(crashing_modules, capfd):
+    """A launched script that hands its crash over as the training script does (a light script: the real one is
+    test_a_crash_in_the_launched_training_script_is_one_line_with_the_log, -m slow)."""
+    _crash_is_one_line_with_the_log("crash_handed_over", capfd)
+
+
+@pytest.mark.slow  # the launched training script's imports alone are ~11 CPU-seconds
+def test_a_crash_in_the_launched_training_script_is_one_line_with_the_log(crashing_modules, capfd):
+    _crash_is_one_line_with_the_log("crash_in_training", capfd)
+
+
+def test_train_distill_cli_hands_a_crash_over(tmp_path, monkeypatch):
+    """What the light launched script above stands in for: the training script's entry point hands an unexpected
+    exception over to the launching process (its type and first line, marked as a crash) and re-raises it, so its
+    traceback reaches the log."""
+    import json
+
+    from diffusers_layerprune import train_distill
+    from diffusers_layerprune.launch import ERROR_FILE_ENV
+
+    def main(argv=None):
+        raise RuntimeError("forced failure in the child\nits second line")
+
+    monkeypatch.setattr(train_distill, "main", main)
+    monkeypatch.setenv(ERROR_FILE_ENV, str(tmp_path / "error.json"))
+    with pytest.raises(RuntimeError, match="its second line"):
+        train_distill.cli([])
+    reported = json.loads((tmp_path / "error.json").read_text())
+    assert reported == {"message": "RuntimeError: forced failure in the child", "crash": True}
 
 
 def test_a_crash_before_any_handler_is_one_line_with_the_log(crashing_modules, capfd):

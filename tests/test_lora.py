@@ -54,12 +54,17 @@ def ws(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(ws):
-    """train_distill --use_lora (2 steps, rank 4, alpha 8) per family."""
+    """train_distill --use_lora (2 steps, rank 4, alpha 8) per family, at the tiny pipeline's size (a saved tiny
+    Flux-like folder's default is its pipeline's, 256 pixels: 4096 image tokens, most of this file's time)."""
+    from diffusers_layerprune.testing import TINY_RESOLUTION
+
     for family in FAMILIES:
         work = ws / family
         args = distill_args(work, work / "kd", steps=2, checkpointing_steps=2)
         run_train_distill(
-            args + ["--use_lora", "--rank", 4, "--lora_alpha", 8, "--learning_rate", 1e-2, "--report_to", "none"]
+            args
+            + ["--use_lora", "--rank", 4, "--lora_alpha", 8, "--learning_rate", 1e-2, "--report_to", "none"]
+            + ["--resolution", TINY_RESOLUTION[family]]
         )
     return ws
 
