@@ -229,7 +229,8 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from bench_adaptive_scan import write_atomic
+    from paper.cells import write_text  # atomic (bench_adaptive_scan's write_atomic became these two)
+    from toybench import write_json
 
     args = parse_args(argv)
     started = time.time()
@@ -242,13 +243,13 @@ def main(argv=None) -> None:
         previous = json.loads(args.json.read_text())
         if "run" in previous:
             result["run"] = previous["run"]
-    write_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     text = args.doc.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{args.doc} has no generated section markers:\n{BEGIN}\n{END}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    write_atomic(args.doc, head + render(result).rstrip("\n") + tail)
+    write_text(args.doc, head + render(result).rstrip("\n") + tail)
     print(render(result))
 
 

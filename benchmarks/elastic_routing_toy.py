@@ -38,19 +38,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from elastic_toy import EVAL_SEED, _paired  # noqa: E402
+from elastic_study.claims import _paired  # noqa: E402  (the elastic study's paired comparison)
+from elastic_study.toy import ToyTeacher, score_importance, timed_distil  # noqa: E402  (as elastic_toy.py does)
 from paper.cells import Cells, mean_std  # noqa: E402
-from paper.distil import distil  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "elastic_routing_toy.json"
@@ -73,7 +71,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class Bench:
+class Bench(ToyTeacher):
     def __init__(self, args) -> None:
         self.args = args
         self.work = Path(args.work)
@@ -85,49 +83,17 @@ class Bench:
         return Cells(self.work / f"cells-seed{seed}.jsonl")
 
     def importance_file(self) -> Path:
-        path = Path(self.args.importance)
-        if not path.is_file():
-            cmd = [sys.executable, "-m", "diffusers_layerprune.cli", "score", "--model", "toy", "--criterion",
-                   "preference", "--num-prompts", "64", "--seed", "0", "--output", str(path), "--no-progress"]  # fmt: skip
-            subprocess.run(cmd, check=True)
-        return path
+        return score_importance(Path(self.args.importance))
 
     def setup(self) -> None:
-        from diffusers_layerprune.data import encode_prompts
-        from diffusers_layerprune.elastic import nested_kept_layers
-        from diffusers_layerprune.importance import LayerImportance
-        from diffusers_layerprune.modeling import generation_defaults, load_pipeline
-        from diffusers_layerprune.scorers import load_scorer
-        from diffusers_layerprune.toy import world
-
-        self.pipe = load_pipeline("toy")
-        self.pipe.set_progress_bar_config(disable=True)
-        self.defaults = generation_defaults("toy", self.pipe)
-        self.scorer = load_scorer("toy")
-        self.captions = world.captions("heldout")[: self.args.eval_prompts]
-        length = self.defaults["max_sequence_length"]
-        self.embeds = encode_prompts(self.pipe, self.captions, max_sequence_length=length)
-        self.negative = encode_prompts(self.pipe, [""], max_sequence_length=length)
-        self.importance = LayerImportance.load(self.importance_file())
-        self.source_depth = len(self.pipe.transformer.transformer_blocks)
-        largest = self.importance.most_important(self.depths[0])
-        self.kept = nested_kept_layers(self.importance.ranking(), largest, self.depths, [self.source_depth])
+        self.load_teacher(Path(self.args.importance), self.args.eval_prompts, self.depths)
 
     def judge(self, pipe, dropped, seed: int) -> dict:
         """Verdicts and toy score of every held-out caption (``dropped``: blocks of ``pipe`` skipped)."""
-        from diffusers_layerprune.blocks import skip_blocks
-        from diffusers_layerprune.generation import generate_from_embeddings
         from diffusers_layerprune.toy.judge import judge
 
         start = time.process_time()
-        d = self.defaults
-        seeds = [EVAL_SEED + 1000 * seed + i for i in range(len(self.captions))]
-        with skip_blocks(pipe.transformer, list(dropped)):
-            images = generate_from_embeddings(
-                pipe, *self.embeds, self.negative, seeds=seeds, num_inference_steps=d["num_inference_steps"],
-                guidance_scale=d["guidance_scale"], resolution=d["resolution"],
-                max_sequence_length=d["max_sequence_length"], batch_size=16,
-            )  # fmt: skip
+        images = self.heldout_images(pipe, dropped, seed)
         report = judge(images, self.captions)
         scores = self.scorer(images, self.captions)
         return {
@@ -138,28 +104,12 @@ class Bench:
             "cpu_seconds": time.process_time() - start,
         }
 
-    @staticmethod
-    def _load(folder: Path):
-        from diffusers_layerprune.modeling import load_pipeline
-
-        pipe = load_pipeline(str(folder))
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def train(self, student: Path, output: Path, seed: int, extra=()) -> dict:
         cost_file = output.parent / f"{output.name}.cost.json"
         if (output / "model_index.json").is_file() and cost_file.is_file():
             return json.loads(cost_file.read_text())
-        if output.exists():
-            shutil.rmtree(output)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wall = distil(
-            "toy", student, output, steps=self.args.steps, batch_size=16, learning_rate=2e-4, seed=seed,
-            log=output.parent / f"{output.name}.log", extra_args=tuple(str(a) for a in extra),
-        )  # fmt: skip
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cost = {"cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-                "wall_seconds": wall, "steps": self.args.steps}  # fmt: skip
+        cost = timed_distil(student, output, steps=self.args.steps, batch_size=16, learning_rate=2e-4, seed=seed,
+                            extra=extra)  # fmt: skip
         cost_file.write_text(json.dumps(cost))
         print(f"  trained {output.name}: {cost['cpu_seconds']:.0f} CPU-s", flush=True)
         return cost
