@@ -12,8 +12,9 @@ it writes:
 - cache: none, FirstBlockCache (threshold ``--fbc-threshold``), TaylorSeer (interval 2 from step 2), MagCache
   (diffusers' defaults: threshold 0.06, at most 3 skipped steps in a row, no skip in the first 20% of steps) with
   magnitude ratios calibrated per model (``MagCacheConfig(calibrate=True)`` on ``--calib-prompts`` *training*
-  captions, never the held-out ones; the int8 cells reuse their float model's ratios); ``--mag-extra`` adds MagCache
-  at other thresholds (float weights, cells named ``magcache@T``);
+  captions, never the held-out ones; with true CFG the mean of the cond and uncond contexts' ratios; the int8 cells
+  reuse their float model's ratios); ``--mag-extra`` adds MagCache at other thresholds (float weights, cells named
+  ``magcache@T``); a depth the paper grid has no distilled plan for is left out (toy-flux: 40%);
 - weights: float32 and int8 weight-only (optimum-quanto, in memory); GGUF Q8_0 is checked with ``layerprune
   export``'s own check: both toys are refused (PixArt: no single-file loader; toy-flux: 64 wide, diffusers' Flux
   converter reads 3072 only), the refusal is recorded and shown; a model it accepts stops the script (no GGUF cells

@@ -27,6 +27,9 @@ def best_plans(paper: dict) -> dict[str, dict]:
             for name, cell in paper["table"]["distilled"][ratio].items():
                 options.append((cell["overall"]["mean"], name, paper["plans"][name][ratio]["0"]))
         else:  # reproduce_paper_flux.json: table[ratio][criterion][stack plan] with its distilled judge
+            if ratio not in paper["table"]:  # a ratio the Flux page did not run: that depth is left out
+                print(f"the paper grid has no {depth} row: {depth} is left out", flush=True)
+                continue
             for criterion, by_plan in paper["table"][ratio].items():
                 for plan, cell in by_plan.items():
                     if cell.get("distilled"):

@@ -146,9 +146,12 @@ def calibrate_mag_ratios(pipe, text, negative, seeds, gen: dict, args) -> list[f
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    if len(handler.runs) != 1 or len(handler.runs[0]) != gen["num_inference_steps"]:
-        raise RuntimeError(f"MagCache calibration gave {handler.runs}: expected one run of ratios")
-    return handler.runs[0]
+    # one run per cache context: one, or two where the pipeline runs true CFG (FluxPipeline's "cond" and "uncond"
+    # contexts share the config's ratios, so they get the mean of the two)
+    steps = gen["num_inference_steps"]
+    if len(handler.runs) not in (1, 2) or any(len(run) != steps for run in handler.runs):
+        raise RuntimeError(f"MagCache calibration gave {handler.runs}: expected one run of ratios per context")
+    return [sum(values) / len(values) for values in zip(*handler.runs, strict=True)]
 
 
 def gguf_status(folder: Path) -> dict:
