@@ -156,7 +156,7 @@ def test_build_script_small_mode(tmp_path):
     pipe = FluxPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
     config = pipe.transformer.config
     assert (config.num_layers, config.num_single_layers, config.guidance_embeds) == (4, 8, False)
-    assert config["_layerprune_true_cfg"] is True  # the rebuilt teacher asks for true CFG as the shipped one does
+    assert config["_layerprune_true_cfg"] == 4.5  # the rebuilt teacher asks for true CFG as the shipped one does
     assert pipe.vae.config.shift_factor == 0.0
     log = json.loads((tmp_path / "pipe" / "training_log.json").read_text())
     assert log["family"] == "flux" and log["steps"] == 2
@@ -170,5 +170,8 @@ def test_a_pruned_toy_flux_keeps_asking_for_true_cfg(flux_pipe, tmp_path):
     student = family.pruned_class().from_transformer(flux_pipe.transformer, pruned_layers=[5, 6])
     student.save_pretrained(tmp_path / "student")
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
-    assert saved["_layerprune_true_cfg"] is True
+    assert saved["_layerprune_true_cfg"] == 4.5
     assert family.guidance_kwargs(4.5, student.config) == {"true_cfg_scale": 4.5}
+    # and the card's stock snippet runs it guided as layerprune evaluates it
+    assert family.card_call_args(student.config) == {"negative_prompt": "", "true_cfg_scale": 4.5}
+    assert family.card_call_args({"guidance_embeds": True}) == {}

@@ -99,7 +99,8 @@ call_kwargs = cached_call_kwargs({"prompt_embeds": "prompt_embeds", "pooled_prom
 
 
 # The config key (underscore: stock loading keeps it in the model's config without a warning) by which a checkpoint
-# says it was trained with caption dropout for FluxPipeline's true CFG; pruned models carry it over.
+# says it was trained with caption dropout for FluxPipeline's true CFG, holding the scale it is meant to run at;
+# pruned models carry it over.
 TRUE_CFG_KEY = "_layerprune_true_cfg"
 
 
@@ -110,6 +111,15 @@ def true_cfg(config) -> bool:
     run unguided) keep FluxPipeline's behaviour: the guidance scale is passed as ``guidance_scale``, which they
     ignore, so no second forward is added behind the user's back."""
     return bool(config.get(TRUE_CFG_KEY)) and not config.get("guidance_embeds")
+
+
+def card_call_args(config) -> dict:
+    """What the card's stock snippet passes for a true-CFG checkpoint: its scale against the empty prompt (a stock
+    FluxPipeline call otherwise runs it unguided)."""
+    scale = config.get(TRUE_CFG_KEY)
+    if not true_cfg(config) or isinstance(scale, bool):
+        return {}
+    return {"negative_prompt": "", "true_cfg_scale": float(scale)}
 
 
 def ip_adapter_widths(config, state) -> str | None:
@@ -290,6 +300,7 @@ FAMILY = ModelFamily(
     random_text=pooled_random_text,
     call_kwargs=call_kwargs,
     true_cfg=true_cfg,
+    card_call_args=card_call_args,
     latent_channels=lambda config: int(config["in_channels"]) // 4,
     ip_adapter=IP_ADAPTER,
     step_batch=1,  # guidance-distilled: FluxPipeline runs one forward per step, guidance is an input

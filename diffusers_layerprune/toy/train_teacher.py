@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import world
+from . import DEFAULT_GUIDANCE_SCALE, world
 from .paths import assets_dir
 
 MAX_SEQUENCE_LENGTH = 16
@@ -238,7 +238,8 @@ class FluxRecipe:
             guidance_embeds=False,
             axes_dims_rope=rope,
         )
-        transformer.register_to_config(_layerprune_true_cfg=True)  # trained with caption dropout: guided by true CFG
+        # trained with caption dropout: guided by true CFG at the toy's scale (families.flux.TRUE_CFG_KEY)
+        transformer.register_to_config(_layerprune_true_cfg=DEFAULT_GUIDANCE_SCALE)
         # FLUX.1-dev's scheduler config (resolution-dependent shift).
         scheduler = FlowMatchEulerDiscreteScheduler(
             shift=3.0,
