@@ -34,6 +34,17 @@ def snapshot(root: Path) -> dict:
     return tree
 
 
+def cli_refused_leaving_unchanged(capsys, args, message: str, *roots: Path) -> None:
+    """``layerprune ARGS`` exits 2 with one line holding ``message``, and nothing under ``roots`` changes."""
+    from diffusers_layerprune.cli import main as cli
+
+    before = [snapshot(root) for root in roots]
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert [snapshot(root) for root in roots] == before
+
+
 def _edit_json(path: Path, **changes) -> None:
     data = json.loads(path.read_text())
     data.update(changes)

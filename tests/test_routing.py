@@ -383,15 +383,11 @@ def test_cli_route_on_pruned_model_counts_pruned_blocks(ws, tmp_path, capsys):
     ],
 )
 def test_cli_route_bad_input(ws, tmp_path, capsys, extra, message):
-    from test_bad_input import snapshot
+    from test_bad_input import cli_refused_leaving_unchanged
 
-    before = snapshot(ws), snapshot(tmp_path)
     args = ["route", "--model", str(ws / "model"), "--prompts", str(ws / "prompts.txt"), *extra,
             "--output", str(tmp_path / "out")]  # fmt: skip
-    assert cli(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err, err
-    assert (snapshot(ws), snapshot(tmp_path)) == before
+    cli_refused_leaving_unchanged(capsys, args, message, ws, tmp_path)
 
 
 def test_cli_push_refuses_router_from_another_model(ws, tmp_path, capsys):
