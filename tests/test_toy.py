@@ -45,6 +45,17 @@ def test_world_splits_and_captions():
         world.parse_caption("a photo of a cat")
 
 
+def test_partial_captions_leave_out_attributes_but_never_the_shape():
+    a = world.Attributes("red", "triangle", "large", 0, 2)
+    assert a.caption(()) == a.caption() == "a large red triangle at the top right on a black background"
+    assert a.caption(("size", "position")) == "a red triangle on a black background"
+    assert a.caption(world.OMITTABLE) == "a triangle on a black background"
+    # every word a partial caption uses is in the tokenizers' vocabulary (no unknown token)
+    assert set(a.caption(("colour",)).split()) <= set(world.vocabulary())
+    with pytest.raises(ValueError, match="shape"):
+        a.caption(("shape",))
+
+
 def test_renderer_is_deterministic():
     a = world.Attributes("red", "triangle", "large", 0, 2)
     first, again, other = world.render(a, seed=3), world.render(a, seed=3), world.render(a, seed=4)

@@ -162,6 +162,28 @@ def test_build_script_small_mode(tmp_path):
     assert log["family"] == "flux" and log["steps"] == 2
 
 
+def test_build_script_partial_captions(tmp_path, capsys):
+    # --partial_captions trains on captions that leave attributes out: a share outside [0, 1] is refused before any
+    # work, and a run with it differs from one without (the partial variants are really fed).
+    from safetensors.torch import load_file
+
+    from diffusers_layerprune.toy import train_teacher
+
+    with pytest.raises(SystemExit) as refused:
+        train_teacher.main(["--family", "flux", "--smoke", "--partial_captions", "1.5", "--output_dir", str(tmp_path)])
+    assert refused.value.code == 2 and "--partial_captions" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    weights = {}
+    for name, share in (("plain", "0"), ("partial", "1")):
+        args = ["--family", "flux", "--smoke", "--partial_captions", share, "--output_dir", str(tmp_path / name)]
+        train_teacher.main(args)
+        weights[name] = load_file(tmp_path / name / "transformer" / "diffusion_pytorch_model.safetensors")
+        log = json.loads((tmp_path / name / "training_log.json").read_text())
+        assert log["partial_captions"] == float(share)
+    key = "proj_out.weight"
+    assert not torch.equal(weights["plain"][key], weights["partial"][key])
+
+
 def test_a_pruned_toy_flux_keeps_asking_for_true_cfg(flux_pipe, tmp_path):
     """The marker travels with pruning and saving, so students of toy-flux are guided as their teacher."""
     from diffusers_layerprune.families import get_family

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import time
@@ -286,7 +287,7 @@ RESUME_STATE = "resume_state.pt"
 RESUME_SETTINGS = (
     "family", "vae", "num_layers", "num_single_layers", "width", "patch_size", "heads", "max_steps", "batch_size",
     "learning_rate", "warmup_steps", "ema_decay", "prediction_type", "min_snr_gamma", "caption_dropout",
-    "num_renders", "seed", "init_from",
+    "partial_captions", "num_renders", "seed", "init_from",
 )  # fmt: skip
 
 
@@ -332,6 +333,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--min_snr_gamma", type=float, default=5.0, help="pixart only")
     parser.add_argument("--caption_dropout", type=float, default=0.1)
     parser.add_argument(
+        "--partial_captions",
+        type=float,
+        default=0.0,
+        help="share of training samples whose caption leaves out a random non-empty subset of size, colour and "
+        "position (still true of the render), so that each word, the shape's above all, must work on its own",
+    )
+    parser.add_argument(
         "--num_renders", type=int, default=None, help="training images, VAE-encoded once (pixart 12000; flux 6000)"
     )
     parser.add_argument("--eval_every", type=int, default=0, help="judge the EMA on 36 held-out captions every N steps")
@@ -360,6 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--smoke", action="store_true", help="a few steps on a few renders, for tests (explicit sizes still win)"
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.partial_captions <= 1:
+        parser.error(f"--partial_captions is a share of samples in [0, 1], not {args.partial_captions}")
     recipe = RECIPES[args.family](args)
     if args.smoke:
         for key, value in dict(max_steps=2, batch_size=4, num_renders=8).items():
@@ -387,7 +397,12 @@ def main(argv: list[str] | None = None) -> dict:
         transformer, vae = pipe.transformer, pipe.vae
 
     train_attrs = world.split_attributes("train")
-    texts = recipe.encode(pipe, [a.caption() for a in train_attrs])
+    # Row 0 of each caption's variants is the caption itself; rows 1.. leave out a non-empty subset of attributes.
+    variants = [()] + [o for k in range(1, 4) for o in itertools.combinations(world.OMITTABLE, k)]
+    if args.partial_captions:
+        texts = recipe.encode(pipe, [a.caption(o) for a in train_attrs for o in variants])
+    else:
+        texts = recipe.encode(pipe, [a.caption() for a in train_attrs])
     null_text = recipe.encode(pipe, [""])
     if resumed is not None:  # the renders were encoded by the first piece; encoding them is most of the set-up
         latents, caption_index = resumed["latents"], resumed["caption_index"]
@@ -426,6 +441,10 @@ def main(argv: list[str] | None = None) -> dict:
     for step in range(first_step, last_step):
         index = torch.randint(0, len(latents), (args.batch_size,), generator=generator)
         cap = caption_index[index]
+        if args.partial_captions:  # the row of each caption's variant: the caption itself or a partial one
+            partial = torch.rand(args.batch_size, generator=generator) < args.partial_captions
+            pick = torch.randint(1, len(variants), (args.batch_size,), generator=generator)
+            cap = cap * len(variants) + torch.where(partial, pick, torch.zeros_like(pick))
         drop = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
         # Caption dropout to the empty prompt's encoding, for classifier-free guidance.
         text = {

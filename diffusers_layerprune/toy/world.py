@@ -58,6 +58,9 @@ BACKGROUND = "black"
 
 _SUPERSAMPLE = 4
 
+OMITTABLE: tuple[str, ...] = ("size", "colour", "position")
+"""Attributes a partial caption may leave out (the shape, the noun, always stays)."""
+
 
 @dataclass(frozen=True)
 class Attributes:
@@ -74,8 +77,21 @@ class Attributes:
         """Position words, e.g. ``"top left"``; ``"center"`` for the middle cell."""
         return POSITIONS[(self.row, self.column)].split(" ", 2)[2]
 
-    def caption(self) -> str:
-        return f"a {self.size} {self.colour} {self.shape} {POSITIONS[(self.row, self.column)]} on a {BACKGROUND} background"
+    def caption(self, omit: tuple[str, ...] = ()) -> str:
+        """The caption; ``omit`` leaves out any of ``"size"``, ``"colour"``, ``"position"`` (a partial caption, still
+        true of the image: what training with ``--partial_captions`` pairs renders with)."""
+        unknown = set(omit) - set(OMITTABLE)
+        if unknown:
+            raise ValueError(f"cannot omit {sorted(unknown)} from a caption; omittable: {', '.join(OMITTABLE)}")
+        words = [
+            "a",
+            "" if "size" in omit else self.size,
+            "" if "colour" in omit else self.colour,
+            self.shape,
+            "" if "position" in omit else POSITIONS[(self.row, self.column)],
+            f"on a {BACKGROUND} background",
+        ]
+        return " ".join(w for w in words if w)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "position": self.position}
