@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import LayerPruneError
+from .errors import LayerPruneError, first_line
 
 # ----------------------------------------------------------------------------------------------------------------
 # argparse: one-line errors and range types
@@ -266,7 +266,7 @@ def damaged_weight_file(file: str | os.PathLike) -> str | None:
             with safe_open(str(file), "pt") as f:
                 f.keys()
         except (SafetensorError, OSError, ValueError) as error:
-            return (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return first_line(error)
         return None
     import zipfile
 
@@ -307,9 +307,8 @@ def check_weights_cover_blocks(
             with safe_open(str(file), "pt") as f:
                 keys = list(f.keys())
         except (SafetensorError, OSError, ValueError) as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise LayerPruneError(
-                f"{file} is damaged or not a safetensors file ({first}); re-create or re-download it"
+                f"{file} is damaged or not a safetensors file ({first_line(error)}); re-create or re-download it"
             ) from error
         for key in keys:
             if key.startswith(block_attr + "."):
