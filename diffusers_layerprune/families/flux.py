@@ -337,14 +337,17 @@ FAMILY = ModelFamily(
 )
 
 
-def build_real_width_flux_pipeline(*, init_dtype: torch.dtype = torch.bfloat16):
+def build_real_width_flux_pipeline(*, init_dtype: torch.dtype = torch.bfloat16, **config_overrides):
     """The tiny Flux pipeline (tiny text encoders and VAE) with a transformer of Flux.1's block widths (24 heads x
     128; 1 double + 2 single blocks), bfloat16: the smallest Flux that diffusers' single-file converter reads back
     (it splits single blocks at Flux.1's widths whatever the config says). Weights are drawn from seed 0 in
-    ``init_dtype`` (bfloat16: no float32 copy of the 0.5 B parameters; float32: drawn in float32, then cast)."""
+    ``init_dtype`` (bfloat16: no float32 copy of the 0.5 B parameters; float32: drawn in float32, then cast).
+    ``config_overrides``: further transformer config values (e.g. Flux.1's text widths, for a file that is only
+    exported: the tiny encoders then no longer fit)."""
     pipe = build_tiny_flux_pipeline(1, 2)
     config = {**pipe.transformer.config, "num_attention_heads": 24, "attention_head_dim": 128}
     config["axes_dims_rope"] = (16, 56, 56)  # sums to the head width, as Flux.1's
+    config.update(config_overrides)
     torch.manual_seed(0)
     before = torch.get_default_dtype()
     torch.set_default_dtype(init_dtype)
