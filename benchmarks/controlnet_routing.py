@@ -41,6 +41,7 @@ from diffusers_layerprune.testing import (  # noqa: E402
     build_tiny_flux_pipeline,
     build_tiny_sana_pipeline,
     build_tiny_sd3_pipeline,
+    tiny_controlnet_images,
 )
 
 # name, pipeline builder + arguments, ControlNet depths, ControlNet config, removed blocks (global numbering)
@@ -94,26 +95,6 @@ CASES = [
     ("sana: drop 0", build_tiny_sana_pipeline, (6,), (3,), {}, [0]),
 ]
 
-# Pixel size and extra call arguments of the tiny pipelines.
-CALLS = {"flux": (16, {}), "sd3": (16, {}), "sana": (32, {"use_resolution_binning": False, "clean_caption": False})}
-
-
-def generate(pipe, family: str) -> torch.Tensor:
-    size, extra = CALLS[family]
-    control = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)  # SD3's pipeline samples the control latents from the global generator
-    return pipe(
-        "a red circle",
-        control_image=control,
-        num_inference_steps=2,
-        height=size,
-        width=size,
-        max_sequence_length=16,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-        **extra,
-    ).images
-
 
 def run_case(work: Path, name, builder, args, cn_depths, cn_config, removed) -> dict:
     import diffusers
@@ -139,12 +120,12 @@ def run_case(work: Path, name, builder, args, cn_depths, cn_config, removed) -> 
         try:
             with skip_blocks(reference_pipe.transformer, removed):
                 with residuals_as_in_parent(controlnet, family, kept, depths):
-                    reference = generate(reference_pipe, family.name)
+                    reference = tiny_controlnet_images(reference_pipe)
         except LayerPruneError as error:  # a kept block takes a place no residual reaches (Sana's block 0)
             reference, row["reference"] = None, str(error)
         pruned_pipe = pipe_class.from_pretrained(case / "pruned", controlnet=controlnet)
         try:
-            stock = generate(pruned_pipe, family.name)
+            stock = tiny_controlnet_images(pruned_pipe)
             row["stock_runs"] = True
             if reference is not None:
                 row["stock_max_abs_diff"] = float((stock - reference).abs().max())
@@ -158,7 +139,7 @@ def run_case(work: Path, name, builder, args, cn_depths, cn_config, removed) -> 
             row["refused"] = str(error)
             return row
         adapted_cn = getattr(diffusers, layout.model_class).from_pretrained(case / "adapted")
-        adapted = generate(pipe_class.from_pretrained(case / "pruned", controlnet=adapted_cn), family.name)
+        adapted = tiny_controlnet_images(pipe_class.from_pretrained(case / "pruned", controlnet=adapted_cn))
     row["adapted"] = {
         "controlnet_blocks": [[o, p.length] for o, p in zip(result.original_depths, result.plans, strict=True)],
         "identity_blocks": [sum(p.identity) for p in result.plans],

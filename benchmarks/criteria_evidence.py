@@ -19,10 +19,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from toybench import load_with_settings, render, write_result  # benchmarks/ is on sys.path when run as a script
+from toybench import (  # benchmarks/ is on sys.path when run as a script
+    load_with_settings,
+    render,
+    saved_or_computed,
+    write_result,
+)
 
 from diffusers_layerprune.blocks import skip_blocks
 from diffusers_layerprune.data import PromptSet
@@ -96,15 +102,10 @@ def main() -> None:
     importances: dict[str, LayerImportance] = {}
     timings: dict[str, float] = {}
     for name in args.criteria.split(","):
-        path = folder / f"{name}.json"
-        if path.is_file():
-            importances[name] = LayerImportance.load(path)
-            continue
-        start = time.time()
-        importances[name] = compute_importance(name, scan)
-        timings[name] = time.time() - start
-        importances[name].save(path)
-        print(f"{name}: {timings[name]:.0f} s, least important {k}: {importances[name].least_important(k)}")
+        importances[name], seconds = saved_or_computed(folder / f"{name}.json", partial(compute_importance, name, scan))
+        if seconds is not None:
+            timings[name] = seconds
+            print(f"{name}: {seconds:.0f} s, least important {k}: {importances[name].least_important(k)}")
 
     plans = {name: plan_blocks(imp, k, "one_shot") for name, imp in importances.items()}
     if "angular_distance" in importances:

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -34,58 +33,19 @@ def main() -> None:
 
     from diffusers_layerprune.cli import main as cli
     from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
-    from diffusers_layerprune.testing import build_tiny_flux_pipeline
+    from diffusers_layerprune.testing import FLUX_FILE_LOAD_SCRIPT, build_real_width_flux_pipeline
 
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="flux-real-width-"))
-    pipe = build_tiny_flux_pipeline(1, 2)
-    config = dict(pipe.transformer.config)
-    config.update(num_attention_heads=24, attention_head_dim=128, axes_dims_rope=(16, 56, 56))
-    torch.manual_seed(0)
-    pipe.transformer = FluxTransformer2DModel.from_config(config).to(torch.bfloat16).eval()
-    pipe.to(torch.bfloat16)
+    pipe = build_real_width_flux_pipeline(init_dtype=torch.float32)  # the weights this result was measured with
     folder = save_pruned_pipeline(prune_pipeline(pipe, pruned_layers=[1]), work / "pruned")
     del pipe
     files = {"single": work / "transformer.safetensors", "gguf": work / "transformer-Q8_0.gguf"}
     assert cli(["export", str(folder), "--format", "single-file", "--output", str(files["single"])]) == 0
     assert cli(["export", str(folder), "--format", "gguf", "--output", str(files["gguf"])]) == 0
-    script = textwrap.dedent(
-        f"""
-        import json, sys, torch
-        from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
-        from safetensors import safe_open
-
-        folder = {str(folder)!r}
-        pipe = FluxPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
-        pipe.set_progress_bar_config(disable=True)
-        def generate():
-            for p in pipe.transformer.parameters():  # aligned copies, as in the tests
-                p.data = p.data.clone()
-            return pipe("a red circle", num_inference_steps=2, height=16, width=16, max_sequence_length=16,
-                        output_type="pt", generator=torch.Generator().manual_seed(0)).images.float()
-        folder_images = generate()
-        with safe_open({str(files["single"])!r}, framework="pt") as f:
-            keys = sorted(f.keys())
-        pipe.transformer = FluxTransformer2DModel.from_single_file(
-            {str(files["single"])!r}, config=folder, subfolder="transformer", torch_dtype=torch.bfloat16)
-        single = generate()
-        pipe.transformer = FluxTransformer2DModel.from_single_file(
-            {str(files["gguf"])!r}, config=folder, subfolder="transformer",
-            quantization_config=GGUFQuantizationConfig(compute_dtype=torch.bfloat16))
-        quant = sorted({{int(getattr(p, "quant_type", -1)) for p in pipe.transformer.parameters()}} - {{-1}})
-        gguf_images = (pipe("a red circle", num_inference_steps=2, height=16, width=16, max_sequence_length=16,
-                            output_type="pt", generator=torch.Generator().manual_seed(0)).images.float())
-        assert "diffusers_layerprune" not in sys.modules
-        print(json.dumps(dict(
-            single_file_max_diff=(single - folder_images).abs().max().item(),
-            gguf_q8_0_max_diff=(gguf_images - folder_images).abs().max().item(),
-            gguf_quant_types_loaded=quant,
-            original_block_keys=sorted({{k.split(".")[0] + "." + k.split(".")[1] for k in keys if "blocks." in k}}),
-        )))
-        """
-    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    command = [sys.executable, "-c", FLUX_FILE_LOAD_SCRIPT, str(folder), str(files["single"]), str(files["gguf"])]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     sizes = {name: round(path.stat().st_size / 1e6, 1) for name, path in files.items()}
     with torch.device("meta"):  # the pruned transformer's parameters, without reading its weights
         pruned_config = FluxTransformer2DModel.load_config(folder, subfolder="transformer")
@@ -93,8 +53,12 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)  # ~3 GB of copies
     if result.returncode != 0:
         sys.exit(result.stderr[-3000:])
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
-    measured.update(
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    measured = dict(
+        single_file_max_diff=loaded["single"],
+        gguf_q8_0_max_diff=loaded["gguf"],
+        gguf_quant_types_loaded=loaded["quantized"],
+        original_block_keys=loaded["blocks"],
         transformer_parameters=parameters,
         file_mb=sizes,
         dtype="bfloat16",

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import statistics
+import time
 from pathlib import Path
 
 
@@ -124,3 +125,18 @@ def load_with_settings(model: str, batch_size: int, num_inference_steps: int | N
         batch_size=batch_size,
     )
     return pipe, settings
+
+
+def saved_or_computed(path: str | os.PathLike, compute, *, plot: bool = True):
+    """``(importance, seconds)``: the ``LayerImportance`` an earlier run saved at ``path`` (``seconds`` is ``None``),
+    or else ``compute()``'s, saved there (``plot``: its plot beside it), with the seconds ``compute`` took."""
+    from diffusers_layerprune.importance import LayerImportance
+
+    path = Path(path)
+    if path.is_file():
+        return LayerImportance.load(path), None
+    start = time.perf_counter()
+    importance = compute()
+    seconds = time.perf_counter() - start
+    importance.save(path, plot=plot)
+    return importance, seconds

@@ -59,6 +59,26 @@ def add_output_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
+PROMPT_SPEC_FORMS = "a .txt/.jsonl/.csv file, a dataset folder, or a Hub dataset as user/name[:config][:split][@column]"
+"""The ``--prompts`` forms the commands accept besides built-in names (``data.load_prompts``), for their help."""
+
+
+def add_prompt_args(
+    parser: argparse.ArgumentParser,
+    prompts_help: str,
+    *,
+    num_prompts_default: int | None = None,
+    num_prompts_help: str = "use the first N prompts",
+) -> None:
+    """``--prompts`` (a prompt-set spec; default ``None``: the command's own), ``--prompt-column`` and
+    ``--num-prompts``."""
+    from .validation import positive_int
+
+    parser.add_argument("--prompts", default=None, help=prompts_help)
+    parser.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
+    parser.add_argument("--num-prompts", type=positive_int, default=num_prompts_default, help=num_prompts_help)
+
+
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, name: str, debug: bool) -> int:
     """Run a parsed command: a :class:`LayerPruneError` or an ``OSError`` (a full disk, a folder without write
     permission) is printed as ``name: error: ...`` on one line and returns 2, Ctrl-C returns 130; with ``debug`` the

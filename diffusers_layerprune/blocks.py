@@ -153,6 +153,17 @@ class BlockFeatures:
 
 
 @contextmanager
+def removing(handles: list) -> Iterator[None]:
+    """Remove the hook ``handles`` (``register_forward_hook``'s and the like; the list may grow inside) on exit, also
+    on exception."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def capture_block_features(
     model: nn.Module,
     indices: Sequence[int] | None = None,
@@ -199,8 +210,5 @@ def capture_block_features(
                 features.outputs[index] = keep(layout.hidden_from_output(output))
 
             handles.append(block.register_forward_hook(post_hook))
-    try:
+    with removing(handles):
         yield features
-    finally:
-        for handle in handles:
-            handle.remove()

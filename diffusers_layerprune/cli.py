@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, model_options, run_command
+from .arguments import DEFAULT_MODEL, add_device_arg, add_output_args, add_prompt_args, model_options, run_command
 from .arguments import add_model_args as _add_model_args
 from .validation import non_negative_float, non_negative_int, positive_int, revision_name
 
@@ -273,9 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(evaluate, "torch device, e.g. cuda (default: cpu)")
     evaluate.add_argument("--teacher", default=None, help="teacher pipeline (default: the model's source_model)")
     evaluate.add_argument("--no-teacher", action="store_true", help="evaluate the model alone")
-    evaluate.add_argument("--prompts", default=None, help="prompt set: toy:heldout, hpdv2[:style], a file or a dataset")
-    evaluate.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
-    evaluate.add_argument("--num-prompts", type=positive_int, default=None, help="use the first N prompts")
+    add_prompt_args(evaluate, "prompt set: toy:heldout, hpdv2[:style], a file or a dataset")
     evaluate.add_argument("--scorers", default=None, help="comma-separated: hpsv2.1,hpsv2,pickscore,clip,toy or paths")
     evaluate.add_argument("--steps", type=positive_int, default=None, help="inference steps (default: the model's)")
     evaluate.add_argument(

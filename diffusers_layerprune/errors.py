@@ -3,9 +3,31 @@
 The CLI prints it on one line and exits 2; Python callers can catch it as a ``ValueError``.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 
 class LayerPruneError(ValueError):
     """A user-correctable error. The message says what is wrong and how to fix it."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): what a one-line error shows."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@contextmanager
+def user_errors(what: str, describe: Callable[[BaseException], str] = first_line) -> Iterator[None]:
+    """Inside, an exception other than a :class:`LayerPruneError` (which passes unchanged) leaves as a
+    ``LayerPruneError`` "WHAT: DESCRIBE(error)", chained to it: a library's failure on one line."""
+    try:
+        yield
+    except LayerPruneError:
+        raise
+    except Exception as error:
+        raise LayerPruneError(f"{what}: {describe(error)}") from error
 
 
 def _chain(error: BaseException):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LayerPruneError
+from .errors import LayerPruneError, first_line
 
 TRAIN_MODULE = "diffusers_layerprune.train_distill"
 CLI_MODULE = "diffusers_layerprune.cli"
@@ -109,8 +109,7 @@ def read_accelerate_config(path: str | os.PathLike):
     try:
         return load_config_from_file(str(path))
     except Exception as error:  # YAML/JSON syntax, unknown keys: accelerate's message, on one line
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise LayerPruneError(f"accelerate config file {path} cannot be read: {first}") from error
+        raise LayerPruneError(f"accelerate config file {path} cannot be read: {first_line(error)}") from error
 
 
 def accelerate_command(

@@ -18,7 +18,7 @@ import torch
 
 from .aliases import ALIAS_FOLDERS, MODEL_ALIASES
 from .config_record import expose_record, source_id  # noqa: F401 (source_id: public here before it moved)
-from .errors import LayerPruneError
+from .errors import LayerPruneError, first_line, user_errors
 from .families import (
     DEFAULT_FAMILY,
     exported,
@@ -193,7 +193,7 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
         )
     if path is None and name in MODEL_ALIASES:
         return None
-    try:
+    with user_errors(f"could not read the transformer config of {name!r}", lambda error: _first_line(error, name)):
         if path is not None:
             config_file = path / "config.json" if is_transformer_folder(path) else path / "transformer" / "config.json"
             if not config_file.is_file():
@@ -205,12 +205,6 @@ def read_transformer_config(model: str | os.PathLike, *, revision: str | None = 
 
             config_file = hf_hub_download(name, "config.json", subfolder="transformer", revision=revision)
         config = expose_record(json.loads(Path(config_file).read_text()))
-    except LayerPruneError:
-        raise
-    except Exception as error:
-        raise LayerPruneError(
-            f"could not read the transformer config of {name!r}: {_first_line(error, name)}"
-        ) from error
     family = family_of_config(config, name)
     from .validation import check_transformer_config, check_weights_cover_blocks
 
@@ -280,7 +274,7 @@ def _first_line(error: Exception, repo_id: str | None = None) -> str:
     from .errors import hub_error_fix
 
     # We print no stack trace, so drop the library's pointer to one.
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first_line(error)
     first = first.replace(" Please check out the root cause in the stacktrace above.", "")
     fix = hub_error_fix(error, repo_id)
     return fix.replace("REPO", repo_id or "ORG/NAME") if fix else first  # the fix also says what happened

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import LayerPruneError
+from .errors import LayerPruneError, first_line, user_errors
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _first_line(error: BaseException, dataset: str | None = None) -> str:
     """The first line of ``error``'s message, or for a failed Hub download what happened and what fixes it."""
     from .errors import hub_error_fix
 
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first_line(error)
     fix = hub_error_fix(error, dataset and f"datasets/{dataset}")
     if fix is None:
         return first + _offline_hint()
@@ -228,7 +228,7 @@ def load_hf_dataset(name: str | os.PathLike, config: str | None = None, split: s
 
     text = str(name)
     path = Path(text).expanduser()
-    try:
+    with user_errors(f"could not load dataset {text!r}", lambda error: _first_line(error, text)):
         if path.is_file():
             builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
@@ -247,10 +247,6 @@ def load_hf_dataset(name: str | os.PathLike, config: str | None = None, split: s
         if text.startswith((".", "/", "~")) or path.suffix.lower() in DATA_FILE_BUILDERS:
             raise LayerPruneError(f"dataset {text} does not exist")
         return load_dataset(text, config, split=split or "train")
-    except LayerPruneError:
-        raise
-    except Exception as error:
-        raise LayerPruneError(f"could not load dataset {text!r}: {_first_line(error, text)}") from error
 
 
 @dataclass(frozen=True)

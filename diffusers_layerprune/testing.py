@@ -195,6 +195,18 @@ def tiny_call_kwargs(pipe, *, steps: int = 2, seed: int = 0) -> dict:
     )
 
 
+def tiny_controlnet_images(pipe) -> torch.Tensor:
+    """One "a red circle" image of a tiny ControlNet pipeline (any family's) as :func:`tiny_call_kwargs` calls it,
+    with a fixed random control image (seed 1) and the global seed set to 0 (SD3's pipeline samples the control
+    latents from the global generator)."""
+    from .families import family_of_pipeline
+
+    size = family_of_pipeline(pipe).tiny_resolution
+    control = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    return pipe("a red circle", control_image=control, **tiny_call_kwargs(pipe)).images
+
+
 def __getattr__(name: str):
     """The registry's views (``TINY_BUILDERS``, ``TINY_RESOLUTION``, ``PUBLISHED_TRANSFORMERS``, family ->
     value) and each family module's exported names, computed on first use (they import every family module)."""

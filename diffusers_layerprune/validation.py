@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import LayerPruneError
+from .errors import LayerPruneError, first_line
 
 # ----------------------------------------------------------------------------------------------------------------
 # argparse: one-line errors and range types
@@ -33,18 +33,12 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (steps, batch sizes, prompt counts)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    return _in_range(_int(text), lambda v: v >= 1, "must be a positive integer", text)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (e.g. a step count where 0 means "skip")."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+    return _in_range(_int(text), lambda v: v >= 0, "must be 0 or more", text)
 
 
 def any_int(text: str) -> int:
@@ -65,26 +59,17 @@ def finite_float(text: str) -> float:
 
 def non_negative_float(text: str) -> float:
     """A finite float >= 0 (loss weights, guidance, weight decay)."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+    return _in_range(finite_float(text), lambda v: v >= 0, "must be 0 or more", text)
 
 
 def positive_float(text: str) -> float:
     """A finite float > 0 (learning rates, epsilons)."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+    return _in_range(finite_float(text), lambda v: v > 0, "must be greater than 0", text)
 
 
 def open_fraction(text: str) -> float:
     """A fraction strictly between 0 and 1 (the share of blocks to remove)."""
-    value = finite_float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
+    return _in_range(finite_float(text), lambda v: 0.0 < v < 1.0, "must be between 0 and 1 (exclusive)", text)
 
 
 def revision_name(text: str) -> str:
@@ -107,17 +92,18 @@ def revision_name(text: str) -> str:
 
 def beta(text: str) -> float:
     """An Adam beta in [0, 1)."""
-    value = finite_float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+    return _in_range(finite_float(text), lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", text)
 
 
 def dropout(text: str) -> float:
     """A dropout probability in [0, 1)."""
-    value = finite_float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return _in_range(finite_float(text), lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", text)
+
+
+def _in_range(value, accept, must: str, text: str):
+    """``value`` (parsed from ``text``) when ``accept(value)``, else the one-line argparse error "MUST, got TEXT"."""
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"{must}, got {text}")
     return value
 
 
@@ -280,7 +266,7 @@ def damaged_weight_file(file: str | os.PathLike) -> str | None:
             with safe_open(str(file), "pt") as f:
                 f.keys()
         except (SafetensorError, OSError, ValueError) as error:
-            return (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return first_line(error)
         return None
     import zipfile
 
@@ -321,9 +307,8 @@ def check_weights_cover_blocks(
             with safe_open(str(file), "pt") as f:
                 keys = list(f.keys())
         except (SafetensorError, OSError, ValueError) as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise LayerPruneError(
-                f"{file} is damaged or not a safetensors file ({first}); re-create or re-download it"
+                f"{file} is damaged or not a safetensors file ({first_line(error)}); re-create or re-download it"
             ) from error
         for key in keys:
             if key.startswith(block_attr + "."):

@@ -22,6 +22,7 @@ from diffusers_layerprune.blocks import skip_blocks
 from diffusers_layerprune.cli import main as cli
 from diffusers_layerprune.errors import LayerPruneError
 from diffusers_layerprune.families import get_family
+from diffusers_layerprune.testing import tiny_controlnet_images
 
 from helpers import run_stock
 
@@ -154,22 +155,6 @@ FRESH = textwrap.dedent(
 )
 
 
-def _generate(pipe, size, extra):
-    control = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)  # SD3's pipeline samples the control latents from the global generator
-    return pipe(
-        "a red circle",
-        control_image=control,
-        num_inference_steps=2,
-        height=size,
-        width=size,
-        max_sequence_length=16,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-        **extra,
-    ).images
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
 def world(request, tmp_path_factory):
     """A saved tiny parent pipeline, its ControlNet and the pruned folder `layerprune prune` wrote."""
@@ -212,10 +197,8 @@ def test_stock_pipeline_with_adapted_controlnet_matches_parent(world, capsys):
         reference_pipe = pipe_class(**parent.components, controlnet=controlnet)
         with skip_blocks(reference_pipe.transformer, world["removed"]):
             with residuals_as_in_parent(controlnet, family, kept, depths):
-                reference = _generate(reference_pipe, *CALLS[world["name"]])
-            stock = _generate(
-                pipe_class(**parent.components, controlnet=controlnet), *CALLS[world["name"]]
-            )  # today's silent misrouting
+                reference = tiny_controlnet_images(reference_pipe)
+            stock = tiny_controlnet_images(pipe_class(**parent.components, controlnet=controlnet))  # today's misrouting
     assert (stock - reference).abs().max() > 1e-2  # the bug being fixed is there
 
     images = root / "images.pt"

@@ -10,9 +10,10 @@ import random
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
-from toybench import write_json  # the benchmarks' shared helpers (benchmarks/ is on sys.path)
+from toybench import saved_or_computed, write_json  # the benchmarks' shared helpers (benchmarks/ is on sys.path)
 
 from .cells import Cells, cell_key, generated_section, mean_std, write_text
 from .claims import (
@@ -280,7 +281,7 @@ class Experiment:
     # -- step 1: importance -------------------------------------------------------------------------------------
     def importances(self, seed: int) -> dict:
         from diffusers_layerprune.data import PromptSet
-        from diffusers_layerprune.importance import ImportanceScan, LayerImportance, compute_importance
+        from diffusers_layerprune.importance import ImportanceScan, compute_importance
 
         folder = self.output / f"seed-{seed}" / "importance"
         prompts = random.Random(seed).sample(self.train_captions, self.args.score_prompts)
@@ -296,14 +297,9 @@ class Experiment:
         for name in self.criteria:
             if name == LEARNABLE:  # trained per removal count: see learned()
                 continue
-            path = folder / f"{name}.json"
-            if path.is_file():
-                result[name] = LayerImportance.load(path)
+            result[name], seconds = saved_or_computed(folder / f"{name}.json", partial(compute_importance, name, scan))
+            if seconds is None:
                 continue
-            start = time.perf_counter()
-            result[name] = compute_importance(name, scan)
-            result[name].save(path)
-            seconds = time.perf_counter() - start
             self.cells.put(f"score|seed={seed}|{name}", {"stage": "score", "seed": seed, "seconds": seconds})
             print(f"  seed {seed}: {name} scored in {seconds:.0f} s", flush=True)
         return result

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LayerPruneError
+from ..errors import LayerPruneError, first_line, user_errors
 from .record import IpAdapterRecord
 from .sources import file_sha256, local_or_hub, pruned_target
 
@@ -36,11 +36,6 @@ _LAYER_RENAMES = (
     ("ip_adapter_double_stream_v_proj", "to_v_ip"),
     ("processor.", ""),
 )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def read_ip_adapter(path: str | os.PathLike) -> dict:
@@ -70,7 +65,7 @@ def read_ip_adapter(path: str | os.PathLike) -> dict:
 
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:
-        raise LayerPruneError(f"cannot read the IP-Adapter {path.name}: {_first_line(error)}") from error
+        raise LayerPruneError(f"cannot read the IP-Adapter {path.name}: {first_line(error)}") from error
     if not isinstance(state, Mapping) or not state.get("image_proj") or not state.get("ip_adapter"):
         raise LayerPruneError(
             f"{path.name} is not an IP-Adapter: it holds no image_proj and ip_adapter weights "
@@ -110,17 +105,13 @@ def resolve_ip_adapter_source(
 def _download(repo_id: str, revision: str | None, weight_name: str | None) -> Path:
     from huggingface_hub import hf_hub_download, list_repo_files
 
-    try:
+    with user_errors(f"cannot fetch the IP-Adapter {repo_id} from the Hub"):
         if weight_name is None:
             files = [f for f in list_repo_files(repo_id, revision=revision) if f.endswith((".safetensors", ".bin"))]
             if len(files) != 1:
                 raise LayerPruneError(f"{repo_id} holds {len(files)} weight files; pass --weight-name NAME")
             weight_name = files[0]
         return Path(hf_hub_download(repo_id, weight_name, revision=revision))
-    except LayerPruneError:
-        raise
-    except Exception as error:
-        raise LayerPruneError(f"cannot fetch the IP-Adapter {repo_id} from the Hub: {_first_line(error)}") from error
 
 
 @dataclass(frozen=True)

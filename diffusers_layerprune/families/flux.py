@@ -336,4 +336,76 @@ FAMILY = ModelFamily(
     ),
 )
 
-__all__ = ["FAMILY", "PrunedFluxTransformer", "build_tiny_flux_pipeline", "FLUX1_DEV_TRANSFORMER"]
+
+def build_real_width_flux_pipeline(*, init_dtype: torch.dtype = torch.bfloat16, **config_overrides):
+    """The tiny Flux pipeline (tiny text encoders and VAE) with a transformer of Flux.1's block widths (24 heads x
+    128; 1 double + 2 single blocks), bfloat16: the smallest Flux that diffusers' single-file converter reads back
+    (it splits single blocks at Flux.1's widths whatever the config says). Weights are drawn from seed 0 in
+    ``init_dtype`` (bfloat16: no float32 copy of the 0.5 B parameters; float32: drawn in float32, then cast).
+    ``config_overrides``: further transformer config values (e.g. Flux.1's text widths, for a file that is only
+    exported: the tiny encoders then no longer fit)."""
+    pipe = build_tiny_flux_pipeline(1, 2)
+    config = {**pipe.transformer.config, "num_attention_heads": 24, "attention_head_dim": 128}
+    config["axes_dims_rope"] = (16, 56, 56)  # sums to the head width, as Flux.1's
+    config.update(config_overrides)
+    torch.manual_seed(0)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(init_dtype)
+    try:
+        transformer = type(pipe.transformer).from_config(config).eval()
+    finally:
+        torch.set_default_dtype(before)
+    pipe.transformer = transformer.to(torch.bfloat16)
+    return pipe.to(torch.bfloat16)
+
+
+# Run by a stock process (``python -c SCRIPT FOLDER SINGLE_FILE GGUF_FILE``, without this package): generate with a
+# pruned Flux folder, then with its transformer read from the single file and from the GGUF file that
+# ``layerprune export`` wrote; print the max |difference| of each to the folder's images and what was loaded.
+FLUX_FILE_LOAD_SCRIPT = """
+import json, sys, torch
+from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+from safetensors import safe_open
+
+folder, single_file, gguf_file = sys.argv[1:4]
+pipe = FluxPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+pipe.set_progress_bar_config(disable=True)
+
+def generate():
+    return pipe("a red circle", num_inference_steps=2, height=16, width=16, max_sequence_length=16,
+                output_type="pt", generator=torch.Generator().manual_seed(0)).images.float()
+
+def aligned(transformer):
+    # memory-mapped safetensors weights can sit at unaligned addresses where CPU matmuls round differently
+    for p in transformer.parameters():
+        p.data = p.data.clone()
+    return transformer
+
+aligned(pipe.transformer)
+reference = generate()
+with safe_open(single_file, framework="pt") as f:
+    blocks = sorted({".".join(k.split(".")[:2]) for k in f.keys() if "blocks." in k})
+pipe.transformer = None
+pipe.transformer = aligned(FluxTransformer2DModel.from_single_file(
+    single_file, config=folder, subfolder="transformer", torch_dtype=torch.bfloat16))
+single = generate()
+pipe.transformer = None
+pipe.transformer = FluxTransformer2DModel.from_single_file(
+    gguf_file, config=folder, subfolder="transformer",
+    quantization_config=GGUFQuantizationConfig(compute_dtype=torch.bfloat16))
+quantized = sorted({int(getattr(p, "quant_type", -1)) for p in pipe.transformer.parameters()} - {-1})
+gguf = generate()
+assert "diffusers_layerprune" not in sys.modules, "plugin was imported"
+print(json.dumps(dict(single=(single - reference).abs().max().item(), gguf=(gguf - reference).abs().max().item(),
+                      finite=bool(torch.isfinite(gguf).all()), quantized=quantized, blocks=blocks)))
+"""
+
+
+__all__ = [
+    "FAMILY",
+    "PrunedFluxTransformer",
+    "build_tiny_flux_pipeline",
+    "FLUX1_DEV_TRANSFORMER",
+    "build_real_width_flux_pipeline",
+    "FLUX_FILE_LOAD_SCRIPT",
+]

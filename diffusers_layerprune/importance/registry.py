@@ -5,9 +5,7 @@ Modules load on first use, so building the ``layerprune`` parser (which lists th
 
 from __future__ import annotations
 
-from importlib import import_module
-
-from ..errors import LayerPruneError
+from ..registry import load_registered
 
 CRITERIA_MODULES: dict[str, str] = {
     "preference": "preference",
@@ -24,9 +22,7 @@ CRITERIA_MODULES: dict[str, str] = {
 def get_criterion(name: str):
     """The registered :class:`~diffusers_layerprune.importance.base.Criterion` ``name``; raises
     :class:`LayerPruneError` listing the known names."""
-    if name not in CRITERIA_MODULES:
-        raise LayerPruneError(f"unknown criterion {name!r}; known criteria: {', '.join(CRITERIA_MODULES)}")
-    return import_module(f".{CRITERIA_MODULES[name]}", __package__).CRITERION
+    return load_registered(CRITERIA_MODULES, name, __package__, "CRITERION", "criterion", "criteria")
 
 
 def all_criteria() -> dict:

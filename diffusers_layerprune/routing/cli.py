@@ -24,7 +24,7 @@ def _budget(text: str) -> float:
 
 def add_route_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``layerprune route`` on the CLI's subparsers."""
-    from ..arguments import add_device_arg, add_model_args, add_output_args
+    from ..arguments import PROMPT_SPEC_FORMS, add_device_arg, add_model_args, add_output_args, add_prompt_args
     from ..validation import any_int, non_negative_int, positive_float, positive_int
     from . import MARGINALS
 
@@ -54,14 +54,7 @@ def add_route_parser(subparsers) -> argparse.ArgumentParser:
         metavar="B",
         help="mean blocks run per prompt: a fraction of the depth in (0, 1), e.g. 0.75, or a block count, e.g. 9",
     )
-    parser.add_argument(
-        "--prompts",
-        default=None,
-        help="training prompts: toy:train, a .txt/.jsonl/.csv file, a dataset folder, or a Hub dataset as "
-        "user/name[:config][:split][@column] (default: the model's training prompts)",
-    )
-    parser.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
-    parser.add_argument("--num-prompts", type=positive_int, default=None, help="use the first N prompts")
+    add_prompt_args(parser, f"training prompts: toy:train, {PROMPT_SPEC_FORMS} (default: the model's training prompts)")
     parser.add_argument("--min-blocks", type=positive_int, default=1, help="blocks every code runs at least")
     parser.add_argument("--steps", type=positive_int, default=300, help="router/code training steps (default 300)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per step (default 16)")

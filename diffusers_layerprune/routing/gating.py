@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..blocks import block_layout, get_blocks
+from ..blocks import block_layout, get_blocks, removing
 
 
 class BlockGates:
@@ -49,8 +49,5 @@ def gated_blocks(model: nn.Module) -> Iterator[BlockGates]:
 
         handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(block.register_forward_hook(post))
-    try:
+    with removing(handles):
         yield gates
-    finally:
-        for handle in handles:
-            handle.remove()

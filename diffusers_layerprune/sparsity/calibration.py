@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..blocks import removing
 from .layers import sparsifiable_layers
 
 
@@ -78,11 +79,8 @@ def record_input_norms(
 
         handles.append(mask_source.register_forward_pre_hook(set_mask, with_kwargs=True))
         handles.append(mask_source.register_forward_hook(clear_mask, with_kwargs=True))
-    try:
+    with removing(handles):
         yield recorder
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @dataclass

@@ -11,7 +11,7 @@ from .registry import METHOD_MODULES
 
 def add_sparsify_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``layerprune sparsify`` on the CLI's subparsers."""
-    from ..arguments import add_device_arg, add_model_args, add_output_args
+    from ..arguments import PROMPT_SPEC_FORMS, add_device_arg, add_model_args, add_output_args, add_prompt_args
     from ..validation import any_int, positive_int
 
     parser = subparsers.add_parser(
@@ -54,14 +54,12 @@ def add_sparsify_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--include-final-projection", action="store_true", help="prune the transformer's proj_out too (default: dense)"
     )
-    parser.add_argument(
-        "--prompts",
-        default=None,
-        help="calibration prompts for wanda (required with it): toy:train, a .txt/.jsonl/.csv file, a dataset "
-        "folder, or a Hub dataset as user/name[:config][:split][@column]",
+    add_prompt_args(
+        parser,
+        f"calibration prompts for wanda (required with it): toy:train, {PROMPT_SPEC_FORMS}",
+        num_prompts_default=128,
+        num_prompts_help="calibration prompts used (default: 128)",
     )
-    parser.add_argument("--prompt-column", default=None, help="column of --prompts holding the text")
-    parser.add_argument("--num-prompts", type=positive_int, default=128, help="calibration prompts used (default: 128)")
     parser.add_argument(
         "--calibration-steps",
         type=positive_int,

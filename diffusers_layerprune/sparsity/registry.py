@@ -5,9 +5,7 @@ Modules load on first use, so building the ``layerprune`` parser (which lists th
 
 from __future__ import annotations
 
-from importlib import import_module
-
-from ..errors import LayerPruneError
+from ..registry import load_registered
 
 METHOD_MODULES: dict[str, str] = {
     "magnitude": "magnitude",
@@ -18,6 +16,4 @@ METHOD_MODULES: dict[str, str] = {
 def get_method(name: str):
     """The registered :class:`~diffusers_layerprune.sparsity.base.SparsityMethod` ``name``; raises
     :class:`LayerPruneError` listing the known names."""
-    if name not in METHOD_MODULES:
-        raise LayerPruneError(f"unknown sparsity method {name!r}; known methods: {', '.join(METHOD_MODULES)}")
-    return import_module(f".{METHOD_MODULES[name]}", __package__).METHOD
+    return load_registered(METHOD_MODULES, name, __package__, "METHOD", "sparsity method", "methods")
