@@ -350,7 +350,39 @@ def test_tiny_toy_flux_run_writes_the_stack_page(rp, tmp_path, monkeypatch):
     assert set(plans["single only"]["distilled_by_weighting"]) == {"logit_normal"}
     page = (tmp_path / "results_flux.md").read_text()
     assert "double only" in page and "${" not in page and (tmp_path / "results_flux.png").is_file()
-    assert "| logit-normal (mean 0, std 1) |" in page and "| uniform (default) |" in page
+    assert "| logit-normal timesteps (mean 0, std 1) |" in page
+    assert "| the recipe (uniform timesteps, lr as above, teacher samples) |" in page
+
+
+def test_kd_variants_change_one_thing_each(rp, tmp_path, monkeypatch):
+    # lr5x scales the learning rate only; renders points train_distill at an image folder of true renders whose
+    # captions are the image's (full or partial: never a wrong attribute), written once
+    from paper.stacks import KD_WEIGHTINGS, StackExperiment
+    from PIL import Image
+
+    from diffusers_layerprune.toy import world
+
+    assert KD_WEIGHTINGS["lr5x"] == {"args": (), "lr_scale": 5.0, "label": "learning rate x5"}
+    exp = StackExperiment.__new__(StackExperiment)
+    exp.output = tmp_path
+    assert "{renders}" in KD_WEIGHTINGS["renders"]["args"][1]
+    monkeypatch.setitem(KD_WEIGHTINGS["renders"], "renders", 12)
+    spec = exp.variant("renders")
+    folder = tmp_path / "renders-partial-12"
+    assert spec["args"] == ("--train_data_dir", str(folder))
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and not folder.with_name(folder.name + ".partial").exists()
+    by_caption = {a.caption(): a for a in world.split_attributes("train")}
+    partial = 0
+    for row in rows:
+        words = row["text"].split()
+        assert Image.open(folder / row["file_name"]).size == (world.IMAGE_SIZE, world.IMAGE_SIZE)
+        # a partial caption is a full training caption with words left out, the shape always kept
+        assert any(w in world.SHAPES for w in words) and set(words) <= set(world.vocabulary())
+        partial += row["text"] not in by_caption
+    assert 0 < partial < 12  # about half
+    (folder / "00000.png").unlink()  # a finished folder is reused, not written again
+    assert exp.variant("renders")["args"] == spec["args"] and not (folder / "00000.png").exists()
 
 
 def test_unknown_kd_weighting_is_refused_before_anything_is_written(rp, tmp_path, capsys):
@@ -358,5 +390,7 @@ def test_unknown_kd_weighting_is_refused_before_anything_is_written(rp, tmp_path
         rp.main(["--model", "toy-flux", "--kd-weightings", "sigmoid", "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == "error: unknown --kd-weightings sigmoid; choose among logit_normal"
+    assert err.strip().splitlines()[-1] == (
+        "error: unknown --kd-weightings sigmoid; choose among logit_normal, lr5x, renders"
+    )
     assert not (tmp_path / "out").exists()

@@ -110,8 +110,9 @@ def parse_args(argv=None, description: str | None = None):
     p.add_argument(
         "--kd-weightings",
         default="logit_normal",
-        help="models with two stacks: timestep weightings (train_distill --weighting_scheme) each distilled plan at "
-        'the goal depth (25%%) is distilled with again, against the default uniform sampling ("" skips them)',
+        help="models with two stacks: KD variants each distilled plan at the goal depth (25%%) is distilled with "
+        "again, against the recipe: logit_normal (train_distill --weighting_scheme), lr5x (5x the learning rate), "
+        'renders (image-caption KD on renders, half with partial captions); "" skips them',
     )
     p.add_argument(
         "--skip-table", action=argparse.BooleanOptionalAction, default=True,

@@ -30,12 +30,21 @@ from .run import Experiment, _names
 
 STACK_PLANS = ("mixed", "double only", "single only")
 DEFAULT_DISTILL_PLANS = "preference:mixed,preference:double only,preference:single only"
-# Timestep weightings of the KD compared with train_distill's flow default (uniform, the Flux example's): the
-# diffusers examples' flags (issue 30.2), SD3's logit-normal sampling with its default mean and spread.
+# KD variants compared with train_distill's defaults at the goal depth (--kd-weightings): the timestep weighting of
+# the diffusers examples' flags (issue 30.2, SD3's logit-normal sampling with its default mean and spread), and two
+# levers for what the student lacks: a 5x learning rate, and image-caption KD on renders of the training captions
+# (half of them with partial captions, the data the toy-flux teacher's last stages learnt from) instead of one
+# teacher sample per full caption.
 KD_WEIGHTINGS = {
     "logit_normal": {
         "args": ("--weighting_scheme", "logit_normal", "--logit_mean", "0", "--logit_std", "1"),
-        "label": "logit-normal (mean 0, std 1)",
+        "label": "logit-normal timesteps (mean 0, std 1)",
+    },
+    "lr5x": {"args": (), "lr_scale": 5.0, "label": "learning rate x5"},
+    "renders": {
+        "args": ("--train_data_dir", "{renders}"),
+        "renders": 3200,
+        "label": "on 3200 renders, half with partial captions",
     },
 }
 
@@ -101,7 +110,42 @@ class StackExperiment(Experiment):
             )
 
     def variant(self, name: str) -> dict:
-        return KD_WEIGHTINGS[name] if name in KD_WEIGHTINGS else super().variant(name)
+        spec = KD_WEIGHTINGS.get(name)
+        if spec is None:
+            return super().variant(name)
+        if "renders" in spec:  # the image folder, written once under the run's output
+            folder = str(self.render_folder(spec["renders"]))
+            return {**spec, "args": tuple(a.replace("{renders}", folder) for a in spec["args"])}
+        return spec
+
+    def render_folder(self, n: int) -> Path:
+        """``n`` renders of the training captions as an image folder (``metadata.jsonl``), half of them captioned
+        with a random non-empty subset of size, colour and position left out (toy/train_teacher's partial captions)."""
+        import itertools
+
+        import numpy as np
+        from PIL import Image
+
+        from diffusers_layerprune.toy import world
+
+        folder = self.output / f"renders-partial-{n}"
+        if (folder / "metadata.jsonl").is_file():
+            return folder
+        attrs = world.split_attributes("train")
+        omits = [o for k in range(1, 4) for o in itertools.combinations(world.OMITTABLE, k)]
+        rng = np.random.default_rng(30)
+        tmp = folder.with_name(folder.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(n):
+            a = attrs[int(rng.integers(len(attrs)))]
+            omit = omits[int(rng.integers(len(omits)))] if rng.random() < 0.5 else ()
+            pixels = (world.render(a, int(rng.integers(2**31 - 1))).permute(1, 2, 0).numpy() * 255).round()
+            Image.fromarray(pixels.astype("uint8")).save(tmp / f"{i:05d}.png")
+            rows.append(json.dumps({"file_name": f"{i:05d}.png", "text": a.caption(omit)}))
+        (tmp / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+        tmp.replace(folder)
+        return folder
 
     def _run(self) -> None:
         self.setup()
@@ -316,7 +360,7 @@ def _weighting_section(result: dict, label) -> str:
     """The uniform vs weighted KD table (distilled plans at the goal depth), or how to run it when it is missing."""
     teacher = result["teacher"]["overall"]["mean"]
     rows = [
-        "| removed | plan | blocks removed (per seed) | KD timesteps | distilled | colour | position | shape | size "
+        "| removed | plan | blocks removed (per seed) | KD | distilled | colour | position | shape | size "
         "| distilled / teacher |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -332,7 +376,7 @@ def _weighting_section(result: dict, label) -> str:
                 seen.add(key)  # plans that remove the same blocks are one model
                 same = [p for p in STACK_PLANS if json.dumps((by_plan.get(p) or {}).get("dropped")) == key]
                 dropped = " / ".join(", ".join(label(b) for b in d) for d in entry["dropped"].values())
-                variants = [("uniform (default)", entry["distilled"])]
+                variants = [("the recipe (uniform timesteps, lr as above, teacher samples)", entry["distilled"])]
                 variants += [(KD_WEIGHTINGS[w]["label"], row) for w, row in weighted.items()]
                 for name, row in variants:
                     cells = " | ".join(f"{100 * row[m]['mean']:.1f}" for m in ("colour", "position", "shape", "size"))
@@ -343,8 +387,11 @@ def _weighting_section(result: dict, label) -> str:
     if len(rows) == 2:
         return WEIGHTING_PENDING
     return (
-        "The same pruned students distilled again with the KD's timesteps drawn logit-normally (SD3's sampling, "
-        "`train_distill --weighting_scheme logit_normal --logit_mean 0 --logit_std 1`), everything else equal:\n\n"
+        "The same pruned students distilled again with one thing changed each (everything else equal): the KD's "
+        "timesteps drawn logit-normally (SD3's sampling, `train_distill --weighting_scheme logit_normal --logit_mean 0 "
+        "--logit_std 1`), the learning rate five times the recipe's, or image-caption KD on renders of the training "
+        "captions, half of them with partial captions (`--train_data_dir`: the task loss pulls towards true images and "
+        "the captions are the teacher's last stages' data) instead of one teacher sample per full caption:\n\n"
         + "\n".join(rows)
     )
 
