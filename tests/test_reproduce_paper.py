@@ -321,8 +321,8 @@ def test_tiny_toy_flux_run_writes_the_stack_page(rp, tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
     trained = _train_in_this_process(monkeypatch)
     args = [
-        "--model", "toy-flux", "--seeds", "0", "--ratios", "0.25", "--criteria", "block_influence",
-        "--distill-plans", "block_influence:single only", "--no-skip-table", "--score-prompts", "2",
+        "--model", "toy-flux", "--seeds", "0", "--ratios", "0.25", "--criteria", "block_influence,judge",
+        "--distill-plans", "block_influence:single only", "--skip-table", "--score-prompts", "2",
         "--eval-prompts", "2", "--num-inference-steps", "2", "--distill-steps", "1", "--distill-batch-size", "2",
         "--distill-samples", "2", "--output", str(tmp_path / "out"), "--results", str(tmp_path / "r.json"),
         "--doc", str(tmp_path / "results_flux.md"),
@@ -332,6 +332,11 @@ def test_tiny_toy_flux_run_writes_the_stack_page(rp, tmp_path, monkeypatch):
     assert result["stacks"] == {"double": [0, 1, 2, 3], "single": list(range(4, 12))}
     plans = result["table"]["0.25"]["block_influence"]
     assert set(plans) == {"mixed", "double only", "single only"}
+    # the judge's oracle ranking is the skip table: the teacher's accuracy minus each block's skipped accuracy
+    teacher = result["teacher"]["overall"]["mean"]
+    skip = [result["skip_one_block"][str(b)]["overall"]["mean"] for b in range(12)]
+    assert result["importance"]["judge"]["0"] == pytest.approx([teacher - a for a in skip])
+    assert set(result["table"]["0.25"]["judge"]) == {"mixed", "double only", "single only"}
     assert all(b >= 4 for b in plans["single only"]["dropped"]["0"])
     assert plans["single only"]["distilled"] and not plans["double only"]["distilled"]
     # the KD weighting row: the same student distilled again with logit-normal timesteps (the default
@@ -383,6 +388,14 @@ def test_kd_variants_change_one_thing_each(rp, tmp_path, monkeypatch):
     assert 0 < partial < 12  # about half
     (folder / "00000.png").unlink()  # a finished folder is reused, not written again
     assert exp.variant("renders")["args"] == spec["args"] and not (folder / "00000.png").exists()
+
+
+def test_judge_ranking_needs_the_skip_table(rp, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        rp.main(["--model", "toy-flux", "--criteria", "judge", "--no-skip-table", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--criteria judge ranks the blocks by the skip table" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_kd_weighting_is_refused_before_anything_is_written(rp, tmp_path, capsys):

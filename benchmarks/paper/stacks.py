@@ -29,6 +29,8 @@ from .claims import METRICS, blocks_to_drop
 from .run import Experiment, _names
 
 STACK_PLANS = ("mixed", "double only", "single only")
+JUDGE = "judge"
+"""``--criteria judge``: the blocks ranked by the skip table (each block skipped alone, judged), an oracle."""
 DEFAULT_DISTILL_PLANS = "preference:mixed,preference:double only,preference:single only"
 # KD variants compared with train_distill's defaults at the goal depth (--kd-weightings): the timestep weighting of
 # the diffusers examples' flags (issue 30.2, SD3's logit-normal sampling with its default mean and spread), and two
@@ -88,7 +90,19 @@ class StackExperiment(Experiment):
     """``run.Experiment`` with per-stack plans and the single-block skip table."""
 
     def __init__(self, args) -> None:
+        import copy
+
+        names = _names(args.criteria)
+        if JUDGE in names:  # not a registered criterion: the skip table, computed here
+            if not args.skip_table:
+                from diffusers_layerprune.errors import LayerPruneError
+
+                raise LayerPruneError(f"--criteria {JUDGE} ranks the blocks by the skip table: drop --no-skip-table")
+            args = copy.copy(args)
+            args.criteria = ",".join(n for n in names if n != JUDGE)
         super().__init__(args)
+        if JUDGE in names:
+            self.criteria.append(JUDGE)
         self.distill_plans = []
         for item in _names(args.distill_plans):
             criterion, _, plan = item.partition(":")
@@ -108,6 +122,26 @@ class StackExperiment(Experiment):
             raise LayerPruneError(
                 f"unknown --kd-weightings {', '.join(unknown)}; choose among {', '.join(KD_WEIGHTINGS)}"
             )
+
+    def importances(self, seed: int) -> dict:
+        """The criteria's importances; ``judge``'s from the skip table (the teacher's all-four accuracy minus the
+        accuracy with the block skipped, on the judged captions: the oracle the criteria approximate)."""
+        from diffusers_layerprune.importance import LayerImportance
+
+        criteria = self.criteria
+        self.criteria = [c for c in criteria if c != JUDGE]
+        try:
+            result = super().importances(seed)
+        finally:
+            self.criteria = criteria
+        if JUDGE in criteria:
+            path = self.output / f"seed-{seed}" / "importance" / f"{JUDGE}.json"
+            teacher = self.cells.get(cell_key("teacher", seed, []))["accuracy"]["overall"]
+            values = [teacher - self.cells.get(cell_key("pruned", seed, [b]))["accuracy"]["overall"]
+                      for b in range(self.depth)]  # fmt: skip
+            result[JUDGE] = LayerImportance(values, JUDGE, metadata={"model": self.args.model, "source": "skip table"})
+            result[JUDGE].save(path, plot=False)
+        return result
 
     def variant(self, name: str) -> dict:
         spec = KD_WEIGHTINGS.get(name)
@@ -356,6 +390,11 @@ WEIGHTING_PENDING = (
 )
 
 
+def _share(value: float, teacher: float) -> str:
+    """``value`` as a share of the teacher's accuracy; ``n/a`` when the teacher got nothing right (smoke runs)."""
+    return f"{100 * value / teacher:.0f}%" if teacher else "n/a"
+
+
 def _weighting_section(result: dict, label) -> str:
     """The uniform vs weighted KD table (distilled plans at the goal depth), or how to run it when it is missing."""
     teacher = result["teacher"]["overall"]["mean"]
@@ -382,7 +421,7 @@ def _weighting_section(result: dict, label) -> str:
                     cells = " | ".join(f"{100 * row[m]['mean']:.1f}" for m in ("colour", "position", "shape", "size"))
                     rows.append(
                         f"| {float(r):.0%} | {criterion} {' = '.join(same)} | {dropped} | {name} | {_pct(row)} "
-                        f"| {cells} | {100 * row['overall']['mean'] / teacher:.0f}% |"
+                        f"| {cells} | {_share(row['overall']['mean'], teacher)} |"
                     )
     if len(rows) == 2:
         return WEIGHTING_PENDING
@@ -416,10 +455,10 @@ def _verdict_lines(result: dict) -> list[str]:
                 ranked = ", ".join(f"{plan} {100 * rows[plan]['overall']['mean']:.1f}%" for plan in order)
                 line = f"- {k} of {result['num_layers']} removed, {criterion}, {stage} (best first): {ranked}"
                 if stage == "distilled":
-                    best = rows[order[0]]["overall"]["mean"] / teacher
+                    best = rows[order[0]]["overall"]["mean"] / teacher if teacher else float("nan")
                     goal = GOAL.get(r)
-                    line += f"; the best keeps {100 * best:.0f}% of the teacher"
-                    if goal:
+                    line += f"; the best keeps {_share(rows[order[0]]['overall']['mean'], teacher)} of the teacher"
+                    if goal and teacher:
                         line += f" (goal {100 * goal:.0f}%: {'met' if best >= goal else 'not met'})"
                 lines.append(line + ".")
     return lines or ["- No cells yet."]
@@ -473,7 +512,7 @@ def render_stack_results(result: dict, plot_name: str) -> str:
                 dropped = " / ".join(", ".join(label(b) for b in d) for d in entry["dropped"].values())
                 kept = "-"
                 if entry["distilled"]:
-                    kept = f"{100 * entry['distilled']['overall']['mean'] / teacher['overall']['mean']:.0f}%"
+                    kept = _share(entry["distilled"]["overall"]["mean"], teacher["overall"]["mean"])
                 plan_rows.append(
                     f"| {k} of {depth} ({float(r):.0%}) | {criterion} | {plan} | {dropped} | {_pct(entry['pruned'])} "
                     f"| {_pct(entry['distilled'])} | {kept} |"
