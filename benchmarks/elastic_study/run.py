@@ -18,6 +18,32 @@ from .toy import ToyTeacher, score_importance, timed_distil
 VARIANTS = {"": ["--elastic_feature_kd", "all"], "featlargest": ["--elastic_feature_kd", "largest"]}
 
 
+def elastic_step_draws(plan) -> dict[str, int]:
+    """The elastic steps :meth:`Bench.step_costs` times, name -> step index (seed 0): with two depths every step trains
+    both, ``{"elastic": 0}``; with three or more a step trains the largest, the smallest and one middle depth drawn at
+    random (:meth:`ElasticPlan.depths_for_step`), so each middle depth ``m`` is timed on the first step that draws it,
+    ``{"elastic-middle{m}": step}``."""
+    middle = list(plan.depths[1:-1])
+    if not middle:
+        return {"elastic": 0}
+    draws: dict[str, int] = {}
+    step = 0
+    while len(draws) < len(middle):
+        m = plan.depths_for_step(0, step)[1]
+        draws.setdefault(f"elastic-middle{m}", step)
+        step += 1
+    return {f"elastic-middle{m}": draws[f"elastic-middle{m}"] for m in middle}
+
+
+def expected_elastic_seconds(medians: dict, depths) -> float:
+    """The expected CPU seconds of one elastic step from the timed steps (:func:`elastic_step_draws`): the two-depth
+    step's, or the mean over the middle depths (each step draws one uniformly)."""
+    middle = list(depths[1:-1])
+    if not middle:
+        return medians["elastic"]
+    return statistics.mean(medians[f"elastic-middle{m}"] for m in middle)
+
+
 class Bench(ToyTeacher):
     def __init__(self, args) -> None:
         self.args = args
@@ -147,7 +173,9 @@ class Bench(ToyTeacher):
     # -- step cost ------------------------------------------------------------------------------------------------
     def step_costs(self, repeats: int = 8) -> dict:
         """CPU seconds of one optimisation step (forward, backward, AdamW update) of each separate student and of the
-        elastic student (one teacher pass, both depths), measured interleaved in this one process on the same batch
+        elastic student (one teacher pass, then the depths the step trains: with three or more depths, one step per
+        middle depth, and ``elastic`` is their mean, see :func:`elastic_step_draws`), measured interleaved in this one
+        process on the same batch
         of ``--batch-size`` toy captions: a ratio that the other jobs on the machine cannot bias towards either."""
         import torch
 
@@ -185,8 +213,10 @@ class Bench(ToyTeacher):
         )
         runs = {f"separate-{d}": (s, lambda s=s: kd_step_losses(s, teacher, latents + noise, cond, noise, block_pairs(s, teacher), weights))
                 for d, s in students.items()}  # fmt: skip
-        runs["elastic"] = (elastic, lambda: elastic_step_losses(
-            elastic, teacher, latents + noise, cond, noise, block_pairs(elastic, teacher), weights, plan, seed=0, step=0))  # fmt: skip
+        for name, at in elastic_step_draws(plan).items():  # one elastic model: the timed steps differ in their depths
+            runs[name] = (elastic, lambda at=at: elastic_step_losses(
+                elastic, teacher, latents + noise, cond, noise, block_pairs(elastic, teacher), weights, plan, seed=0,
+                step=at))  # fmt: skip
         optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-6) for name, (model, _) in runs.items()}
         seconds = {name: [] for name in runs}
         for repeat in range(repeats + 1):  # the first round warms up
@@ -198,6 +228,7 @@ class Bench(ToyTeacher):
                 if repeat:
                     seconds[name].append(time.process_time() - start)
         medians = {name: statistics.median(v) for name, v in seconds.items()}
+        medians["elastic"] = expected_elastic_seconds(medians, self.depths)
         separate = sum(medians[f"separate-{d}"] for d in self.depths)
         result = {
             "cpu_seconds_per_step": medians,
