@@ -57,6 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--eval-prompts", type=int, default=216)
     p.add_argument("--max-trainings", type=int, default=None, help="stop after this many training runs")
     p.add_argument("--work", default="runs/elastic_toy", help="cells, importance file, models")
+    p.add_argument(
+        "--elastic-own-cache",
+        action="store_true",
+        help="the elastic run builds its own text-embedding and teacher-latent cache (its whole-process cost then "
+        "includes the build that the seed's first separate run pays; without it, it reuses theirs)",
+    )
     p.add_argument("--variant", default="", choices=list(VARIANTS), help="elastic-training variant")
     p.add_argument(
         "--report-variants",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -76,3 +77,28 @@ def test_report_over_five_depths(study, tmp_path):
     assert cost["loop_ratio"] == pytest.approx(150 * 0.4 / 200)
     goal = report["goal"]["150"]
     assert goal["at_most_one_third"] and not goal["every_depth_within_noise"] and goal["reached"] is False
+
+
+def test_own_cache_run_builds_its_cache_in_a_fresh_folder_and_removes_it(study, tmp_path, monkeypatch):
+    el = load_benchmark("elastic_toy")
+    bench = study.Bench(el.parse_args(["--work", str(tmp_path)]))
+    seen = []
+
+    def fake_distil(student, output, *, extra, **kw):
+        cache = extra[extra.index("--cache_dir") + 1] if "--cache_dir" in extra else None
+        seen.append(cache)
+        if cache:
+            assert not list(Path(cache).glob("*"))  # fresh: nothing left from an earlier run
+            (Path(cache) / "latents").mkdir(parents=True)
+        (output / "model_index.json").parent.mkdir(parents=True)
+        (output / "model_index.json").write_text("{}")
+        return {"cpu_seconds": 1.0, "wall_seconds": 1.0, "steps": kw["steps"]}
+
+    monkeypatch.setattr(study, "timed_distil", fake_distil)
+    (tmp_path / "elastic.cache" / "stale").mkdir(parents=True)  # left by a killed run
+    cost = bench.train(tmp_path / "student", tmp_path / "elastic", 5, 0, ["--elastic_depths", "9,7"], own_cache=True)
+    assert seen == [str(tmp_path / "elastic.cache")] and cost["own_cache"] is True
+    assert not (tmp_path / "elastic.cache").exists()
+    assert json.loads((tmp_path / "elastic.cost.json").read_text())["own_cache"] is True
+    cost = bench.train(tmp_path / "student", tmp_path / "separate", 5, 0)
+    assert seen[-1] is None and "own_cache" not in cost  # the shared cache, as before

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -87,14 +88,21 @@ class Bench(ToyTeacher):
             print(f"  {key}: all four {100 * record['accuracy']['overall']:.1f}%", flush=True)
         return record
 
-    def train(self, student: Path, output: Path, steps: int, seed: int, extra=()) -> dict | None:
-        """Distil (unless finished); ``None`` when the --max-trainings budget of this invocation is spent."""
+    def train(self, student: Path, output: Path, steps: int, seed: int, extra=(), own_cache=False) -> dict | None:
+        """Distil (unless finished); ``None`` when the --max-trainings budget of this invocation is spent.
+        ``own_cache``: the run builds its text embeddings and teacher latents in a fresh cache folder (removed
+        afterwards), so its cost includes that build, which otherwise the seed's first separate run pays and every
+        later run of the seed reuses from the shared cache."""
         if (output / "model_index.json").is_file():
             cost = json.loads((output.parent / f"{output.name}.cost.json").read_text())
             return cost
         if self.args.max_trainings is not None and self.trainings >= self.args.max_trainings:
             return None
         self.trainings += 1
+        cache = output.parent / f"{output.name}.cache"
+        if own_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+            extra = [*extra, "--cache_dir", str(cache)]
         cost = timed_distil(
             student,
             output,
@@ -104,6 +112,9 @@ class Bench(ToyTeacher):
             seed=seed,
             extra=extra,
         )
+        if own_cache:
+            shutil.rmtree(cache)
+            cost["own_cache"] = True
         (output.parent / f"{output.name}.cost.json").write_text(json.dumps(cost))
         print(
             f"  trained {output.name}: {cost['cpu_seconds']:.0f} CPU-s, {cost['wall_seconds']:.0f} s wall", flush=True
@@ -156,7 +167,9 @@ class Bench(ToyTeacher):
                     continue
                 extra = ["--elastic_depths", ",".join(map(str, self.depths)), "--importance", imp]
                 extra += VARIANTS[self.args.variant]
-                cost = self.train(pruned[self.depths[0]], out, budget, seed, extra)
+                cost = self.train(
+                    pruned[self.depths[0]], out, budget, seed, extra, own_cache=self.args.elastic_own_cache
+                )
                 if cost is None:
                     complete = False
                     continue
@@ -301,8 +314,10 @@ class Bench(ToyTeacher):
             "depths": self.depths,
             "kept_layers": {str(d): self.kept[d] for d in self.depths},
             "importance": {"criterion": self.importance.criterion, "ranking": self.importance.ranking()},
-            "settings": {
-                k: v for k, v in vars(self.args).items() if k not in ("report_only", "max_trainings", "work", "results")
+            "settings": {  # --elastic-own-cache only where set (the reports written before it stay as they were)
+                k: v
+                for k, v in vars(self.args).items()
+                if k not in ("report_only", "max_trainings", "work", "results") and (k != "elastic_own_cache" or v)
             },
             "seeds": seeds,
             "table": table,
