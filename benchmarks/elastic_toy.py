@@ -31,6 +31,14 @@ holds (repeat each line until it prints a table; about 70 CPU-minutes in all on 
     python benchmarks/elastic_toy.py --max-trainings 1 --elastic-steps 200,80,400
     python benchmarks/elastic_toy.py --max-trainings 1 --elastic-steps 200,80 --variant featlargest
     python benchmarks/elastic_toy.py --report-variants ,featlargest --elastic-steps "200,80,400;200,80"
+
+Five depths (docs/elastic.md, "Five depths"; benchmarks/results/elastic_toy_depths5.json; about 35 CPU-minutes; with
+three or more depths an elastic step trains the largest, the smallest and one middle depth drawn at random, and its
+measured cost is the mean over the middle depths; repeat it until it prints the table):
+
+    python benchmarks/elastic_toy.py --depths 11,10,9,8,7 --elastic-steps 140,200,100,400 --elastic-own-cache \\
+        --variant featlargest --work runs/elastic5 --max-trainings 3 \\
+        --results benchmarks/results/elastic_toy_depths5.json
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ def parse_args(argv=None):
     p.add_argument("--eval-prompts", type=int, default=216)
     p.add_argument("--max-trainings", type=int, default=None, help="stop after this many training runs")
     p.add_argument("--work", default="runs/elastic_toy", help="cells, importance file, models")
+    p.add_argument(
+        "--elastic-own-cache",
+        action="store_true",
+        help="the elastic run builds its own text-embedding and teacher-latent cache (its whole-process cost then "
+        "includes the build that the seed's first separate run pays; without it, it reuses theirs)",
+    )
     p.add_argument("--variant", default="", choices=list(VARIANTS), help="elastic-training variant")
     p.add_argument(
         "--report-variants",

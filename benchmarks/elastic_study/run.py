@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -16,6 +17,32 @@ from .toy import ToyTeacher, score_importance, timed_distil
 
 # Elastic-training variants (--variant): extra train_distill arguments of the elastic run
 VARIANTS = {"": ["--elastic_feature_kd", "all"], "featlargest": ["--elastic_feature_kd", "largest"]}
+
+
+def elastic_step_draws(plan) -> dict[str, int]:
+    """The elastic steps :meth:`Bench.step_costs` times, name -> step index (seed 0): with two depths every step trains
+    both, ``{"elastic": 0}``; with three or more a step trains the largest, the smallest and one middle depth drawn at
+    random (:meth:`ElasticPlan.depths_for_step`), so each middle depth ``m`` is timed on the first step that draws it,
+    ``{"elastic-middle{m}": step}``."""
+    middle = list(plan.depths[1:-1])
+    if not middle:
+        return {"elastic": 0}
+    draws: dict[str, int] = {}
+    step = 0
+    while len(draws) < len(middle):
+        m = plan.depths_for_step(0, step)[1]
+        draws.setdefault(f"elastic-middle{m}", step)
+        step += 1
+    return {f"elastic-middle{m}": draws[f"elastic-middle{m}"] for m in middle}
+
+
+def expected_elastic_seconds(medians: dict, depths) -> float:
+    """The expected CPU seconds of one elastic step from the timed steps (:func:`elastic_step_draws`): the two-depth
+    step's, or the mean over the middle depths (each step draws one uniformly)."""
+    middle = list(depths[1:-1])
+    if not middle:
+        return medians["elastic"]
+    return statistics.mean(medians[f"elastic-middle{m}"] for m in middle)
 
 
 class Bench(ToyTeacher):
@@ -61,14 +88,21 @@ class Bench(ToyTeacher):
             print(f"  {key}: all four {100 * record['accuracy']['overall']:.1f}%", flush=True)
         return record
 
-    def train(self, student: Path, output: Path, steps: int, seed: int, extra=()) -> dict | None:
-        """Distil (unless finished); ``None`` when the --max-trainings budget of this invocation is spent."""
+    def train(self, student: Path, output: Path, steps: int, seed: int, extra=(), own_cache=False) -> dict | None:
+        """Distil (unless finished); ``None`` when the --max-trainings budget of this invocation is spent.
+        ``own_cache``: the run builds its text embeddings and teacher latents in a fresh cache folder (removed
+        afterwards), so its cost includes that build, which otherwise the seed's first separate run pays and every
+        later run of the seed reuses from the shared cache."""
         if (output / "model_index.json").is_file():
             cost = json.loads((output.parent / f"{output.name}.cost.json").read_text())
             return cost
         if self.args.max_trainings is not None and self.trainings >= self.args.max_trainings:
             return None
         self.trainings += 1
+        cache = output.parent / f"{output.name}.cache"
+        if own_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+            extra = [*extra, "--cache_dir", str(cache)]
         cost = timed_distil(
             student,
             output,
@@ -78,6 +112,9 @@ class Bench(ToyTeacher):
             seed=seed,
             extra=extra,
         )
+        if own_cache:
+            shutil.rmtree(cache)
+            cost["own_cache"] = True
         (output.parent / f"{output.name}.cost.json").write_text(json.dumps(cost))
         print(
             f"  trained {output.name}: {cost['cpu_seconds']:.0f} CPU-s, {cost['wall_seconds']:.0f} s wall", flush=True
@@ -130,7 +167,9 @@ class Bench(ToyTeacher):
                     continue
                 extra = ["--elastic_depths", ",".join(map(str, self.depths)), "--importance", imp]
                 extra += VARIANTS[self.args.variant]
-                cost = self.train(pruned[self.depths[0]], out, budget, seed, extra)
+                cost = self.train(
+                    pruned[self.depths[0]], out, budget, seed, extra, own_cache=self.args.elastic_own_cache
+                )
                 if cost is None:
                     complete = False
                     continue
@@ -147,7 +186,9 @@ class Bench(ToyTeacher):
     # -- step cost ------------------------------------------------------------------------------------------------
     def step_costs(self, repeats: int = 8) -> dict:
         """CPU seconds of one optimisation step (forward, backward, AdamW update) of each separate student and of the
-        elastic student (one teacher pass, both depths), measured interleaved in this one process on the same batch
+        elastic student (one teacher pass, then the depths the step trains: with three or more depths, one step per
+        middle depth, and ``elastic`` is their mean, see :func:`elastic_step_draws`), measured interleaved in this one
+        process on the same batch
         of ``--batch-size`` toy captions: a ratio that the other jobs on the machine cannot bias towards either."""
         import torch
 
@@ -185,8 +226,10 @@ class Bench(ToyTeacher):
         )
         runs = {f"separate-{d}": (s, lambda s=s: kd_step_losses(s, teacher, latents + noise, cond, noise, block_pairs(s, teacher), weights))
                 for d, s in students.items()}  # fmt: skip
-        runs["elastic"] = (elastic, lambda: elastic_step_losses(
-            elastic, teacher, latents + noise, cond, noise, block_pairs(elastic, teacher), weights, plan, seed=0, step=0))  # fmt: skip
+        for name, at in elastic_step_draws(plan).items():  # one elastic model: the timed steps differ in their depths
+            runs[name] = (elastic, lambda at=at: elastic_step_losses(
+                elastic, teacher, latents + noise, cond, noise, block_pairs(elastic, teacher), weights, plan, seed=0,
+                step=at))  # fmt: skip
         optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-6) for name, (model, _) in runs.items()}
         seconds = {name: [] for name in runs}
         for repeat in range(repeats + 1):  # the first round warms up
@@ -198,6 +241,7 @@ class Bench(ToyTeacher):
                 if repeat:
                     seconds[name].append(time.process_time() - start)
         medians = {name: statistics.median(v) for name, v in seconds.items()}
+        medians["elastic"] = expected_elastic_seconds(medians, self.depths)
         separate = sum(medians[f"separate-{d}"] for d in self.depths)
         result = {
             "cpu_seconds_per_step": medians,
@@ -270,8 +314,10 @@ class Bench(ToyTeacher):
             "depths": self.depths,
             "kept_layers": {str(d): self.kept[d] for d in self.depths},
             "importance": {"criterion": self.importance.criterion, "ranking": self.importance.ranking()},
-            "settings": {
-                k: v for k, v in vars(self.args).items() if k not in ("report_only", "max_trainings", "work", "results")
+            "settings": {  # --elastic-own-cache only where set (the reports written before it stay as they were)
+                k: v
+                for k, v in vars(self.args).items()
+                if k not in ("report_only", "max_trainings", "work", "results") and (k != "elastic_own_cache" or v)
             },
             "seeds": seeds,
             "table": table,
