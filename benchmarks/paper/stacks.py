@@ -103,6 +103,7 @@ class StackExperiment(Experiment):
         super().__init__(args)
         if JUDGE in names:
             self.criteria.append(JUDGE)
+            self.args.criteria = ",".join(names)  # as given: the page's command and the JSON say what ran
         self.distill_plans = []
         for item in _names(args.distill_plans):
             criterion, _, plan = item.partition(":")
