@@ -13,6 +13,9 @@ def test_capacity_smoke_and_report_only(tmp_path, capsys):
     args = ["--smoke", "--depths", "2", "--budgets", "kd400", "--lever-seeds", "", "--seeds", "0",
             "--eval-prompts", "4", "--chunk-steps", "2", "--work", str(tmp_path / "work"),
             "--results", str(tmp_path / "capacity.json")]  # fmt: skip
+    # --train-only trains the pieces and writes no report (nothing judged yet: no teacher row to report against)
+    assert cap.main([*args, "--train-only"]) == {"trained": True}
+    assert not (tmp_path / "capacity.json").exists()
     result = cap.main(args)
     rows = result["rows"]
     assert set(rows) >= {"teacher", "scratch-d2-kd400"}
