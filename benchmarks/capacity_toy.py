@@ -439,8 +439,8 @@ class Bench:
                                      "goal_in_interval": r["wilson_95"][0] <= target <= r["wilson_95"][1]}  # fmt: skip
         comparisons = []
         for name in rows:  # the capacity control: each depth against 12 blocks at the same step, same images
-            if name.startswith("scratch-d") and "@" in name and not name.startswith("scratch-d12-"):
-                ref = "scratch-d12-full@" + name.split("@")[1]
+            if name.startswith("scratch-d") and "-full" in name and not name.startswith("scratch-d12-"):
+                ref = "scratch-d12-" + name.split("-", 2)[2]  # the whole budget, or the same stopping step
                 if ref in rows:
                     comparisons.append(self.paired(name, ref))
         for depth in self.depths:  # the lever against the recipe it changes (per-seed pairs: the paper kept no images)
