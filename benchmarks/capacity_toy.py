@@ -74,6 +74,15 @@ def parse_args(argv=None):
     p.add_argument("--budgets", default="full,kd400", help=f"from-scratch budgets among {', '.join(BUDGETS)}")
     p.add_argument("--seeds", default="0,1,2", help="noise seeds of the judging (and seeds of the lever's KD runs)")
     p.add_argument("--lever-seeds", default="0,1,2", help="seeds of the data-KD runs ('' for none)")
+    p.add_argument(
+        "--retrain-seeds",
+        default="",
+        help="seeds of the second lever: each seed's learnable-pruned student trained on with the teacher's own "
+        "recipe (train_teacher.py --init_from; '' for none)",
+    )
+    p.add_argument(
+        "--retrain-steps", type=int, default=1300, help="steps x 48 of that lever (1300: the samples of KD 4000 x 16)"
+    )
     p.add_argument("--renders", type=int, default=6400, help="training renders of the data-KD lever")
     p.add_argument("--chunk-steps", type=int, default=1000, help="from-scratch steps per training process")
     p.add_argument(
@@ -132,6 +141,7 @@ class Bench:
         self.budgets = [b for b in args.budgets.split(",") if b]
         self.seeds = [int(s) for s in args.seeds.split(",")]
         self.lever_seeds = [int(s) for s in args.lever_seeds.split(",") if s]
+        self.retrain_seeds = [int(s) for s in args.retrain_seeds.split(",") if s]
         self.cells = Cells(self.work / "cells.jsonl")
         self.costs = Cells(self.work / "costs.jsonl")  # one line per training process
         self.started = time.time()
@@ -260,6 +270,31 @@ class Bench:
         self.costs.put(f"{name}#{steps}", {"cpu_seconds": cpu, "wall_seconds": wall})
         return final
 
+    def retrain(self, depth: int, seed: int) -> Path | None:
+        """The second lever: the learnable-pruned student of ``seed`` trained on with the teacher's own recipe
+        (renders, batch 48, min-SNR x0 loss, EMA; ``--retrain-steps`` steps, lr 5e-4 cosine, seed ``seed``) instead of
+        distilled; ``None`` when time is up."""
+        from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
+
+        name = f"retrain-d{depth}-seed{seed}"
+        folder = self.work / name
+        final = folder / "trained"
+        if (final / "model_index.json").is_file():
+            return final
+        if not self.time_left():
+            return None
+        pruned = folder / "pruned"
+        if not (pruned / "model_index.json").is_file():
+            save_pruned_pipeline(prune_pipeline(self.teacher(), pruned_layers=self.dropped(depth, seed)), pruned)
+        steps = 2 if self.args.smoke else self.args.retrain_steps
+        cmd = [sys.executable, "-m", "diffusers_layerprune.toy.train_teacher", "--init_from", str(pruned),
+               "--num_layers", str(depth), "--max_steps", str(steps), "--batch_size", "4" if self.args.smoke else "48",
+               "--learning_rate", "5e-4", "--warmup_steps", "1" if self.args.smoke else "50", "--seed", str(seed),
+               "--num_renders", "8" if self.args.smoke else "4800", "--output_dir", str(final)]  # fmt: skip
+        print(f"  {name}: {steps} steps", flush=True)
+        self.costs.put(f"{name}#{steps}", _run(cmd, folder / "train.log", in_process=self.args.smoke))
+        return final
+
     def dropped(self, depth: int, seed: int) -> list[int]:
         if self.args.smoke:
             return list(range(depth, 12))
@@ -324,6 +359,17 @@ class Bench:
                     complete = False
                     continue
                 self.judge(self.scratch_name(depth, budget), folder)
+        for depth in self.depths:
+            for seed in self.retrain_seeds:
+                folder = self.retrain(depth, seed)
+                if folder is None:
+                    complete = False
+                    continue
+                self.seeds, all_seeds = [seed], self.seeds  # judged at its own seed, like the KD students
+                try:
+                    self.judge(f"retrain-d{depth}", folder)
+                finally:
+                    self.seeds = all_seeds
         for depth in self.depths:
             for seed in self.lever_seeds:
                 folder = self.datakd(depth, seed)
@@ -420,18 +466,23 @@ class Bench:
                 pieces = [r for k, r in self.costs.records.items()
                           if k.split("#")[0] == base and (not at or int(k.split("#")[1]) <= int(at))]  # fmt: skip
                 row["train_cpu_seconds"] = sum(r["cpu_seconds"] for r in pieces)
-            if name.startswith("datakd"):
-                pieces = [self.cost(f"{name}-seed{s}")["cpu_seconds"] for s in self.lever_seeds]
+            if name.startswith(("datakd", "retrain")):
+                seeds = self.lever_seeds if name.startswith("datakd") else self.retrain_seeds
+                pieces = [self.cost(f"{name}-seed{s}")["cpu_seconds"] for s in seeds]
                 row["train_cpu_seconds"] = mean_std([p for p in pieces if p]) if any(pieces) else None
         goals = {}
         for depth in self.depths:
             best = max(
                 # the goal is the pruned students'; the from-scratch rows are the control
-                ((n, r) for n, r in rows.items() if "kd-" in n and f"-d{depth}-" in n + "-"),
+                (
+                    (n, r)
+                    for n, r in rows.items()
+                    if n.startswith(("kd-", "datakd-", "retrain-")) and f"-d{depth}-" in n + "-"
+                ),
                 key=lambda x: x[1]["overall"]["mean"],
                 default=(None, None),
             )
-            if best[0] and "share_of_teacher" in best[1]:
+            if best[0] and "share_of_teacher" in best[1] and depth in GOALS:
                 share, r = best[1]["share_of_teacher"], best[1]
                 target = GOALS[depth] * r["teacher_on_seeds"]  # the accuracy the goal asks for on those seeds
                 goals[str(depth)] = {"goal": GOALS[depth], "best": best[0], "share": share, "met": share >= GOALS[depth],
@@ -444,12 +495,14 @@ class Bench:
                 if ref in rows:
                     comparisons.append(self.paired(name, ref))
         for depth in self.depths:  # the lever against the recipe it changes (per-seed pairs: the paper kept no images)
-            lever, base = rows.get(f"datakd-d{depth}"), rows.get(f"kd-d{depth}-400")
-            if lever and base:
+            for kind, against in (("datakd", "400"), ("retrain", "4000")):  # retrain: the samples of KD 4000
+                lever, base = rows.get(f"{kind}-d{depth}"), rows.get(f"kd-d{depth}-{against}")
+                if not (lever and base):
+                    continue
                 pairs = [(v, base["overall"]["values"][base["seeds"].index(s)])
                          for v, s in zip(lever["overall"]["values"], lever["seeds"], strict=True) if s in base["seeds"]]  # fmt: skip
                 diffs = [a - b for a, b in pairs]
-                comparisons.append({"model": f"datakd-d{depth}", "against": f"kd-d{depth}-400", "seeds": len(diffs),
+                comparisons.append({"model": f"{kind}-d{depth}", "against": f"kd-d{depth}-{against}", "seeds": len(diffs),
                                     "difference": sum(diffs) / len(diffs), "per_seed": diffs})  # fmt: skip
         total_cpu = sum(r["cpu_seconds"] for r in self.costs.records.values())
         judge_seconds = sum(r.get("seconds", 0) for r in self.cells.records.values())

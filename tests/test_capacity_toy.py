@@ -38,6 +38,22 @@ def test_capacity_smoke_and_report_only(tmp_path, capsys):
     assert ": steps " not in capsys.readouterr().out  # no training piece started
 
 
+def test_retrain_lever_continues_the_pruned_student_with_the_teachers_recipe(tmp_path, capsys):
+    cap = load_benchmark("capacity_toy")
+    args = ["--smoke", "--depths", "2", "--budgets", "", "--lever-seeds", "", "--retrain-seeds", "0", "--seeds", "0",
+            "--eval-prompts", "4", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "capacity.json")]  # fmt: skip
+    result = cap.main(args)
+    row = result["rows"]["retrain-d2"]
+    assert row["images"] == 4 and row["seeds"] == [0] and row["train_cpu_seconds"]["mean"] > 0
+    trained = tmp_path / "work" / "retrain-d2-seed0" / "trained"
+    config = json.loads((trained / "transformer" / "config.json").read_text())
+    assert config["num_layers"] == 2  # the pruned student's depth, trained on (not a fresh model)
+    log = json.loads((trained / "training_log.json").read_text())
+    assert log["init_from"].endswith("pruned") and log["steps"] == 2
+    assert "| 2 blocks pruned (learnable) + the teacher's recipe continued" in cap.render(result)
+    capsys.readouterr()
+
+
 def test_lever_render_folder_is_an_image_dataset(tmp_path):
     from diffusers_layerprune.image_data import check_image_folder
 
