@@ -19,20 +19,25 @@ for s = 0, 1, 2, 20 steps, guidance 4.5, the toy judge and scorer):
   same seed, steps, batch and learning rate) distilled on ``--renders`` renders of the training captions (the
   teacher's kind of training data, written once as an image folder) instead of the 360 teacher samples.
 
+- ``retrain-dD``, the second lever: the same pruned students trained on with the teacher's own recipe
+  (``train_teacher.py --init_from``: renders, batch 48, min-SNR x0 loss, EMA) for ``--retrain-steps`` x 48 samples
+  (1300: those of the 4000-step KD run), lr 5e-4 cosine, seed s.
+
 Cost: CPU seconds (user + system) of every training process, summed over its pieces; judging is counted apart.
 Intervals: 95% Wilson intervals of all-four-right accuracy pooled over the judged images; differences between two
 from-scratch depths: paired bootstrap over (seed, caption) pairs.
 
     python benchmarks/capacity_toy.py --minutes 9        # repeat until it prints the table (resumes every run)
     python benchmarks/capacity_toy.py --report-only      # JSON and docs/results.md section from the cells
-    # what benchmarks/results/capacity_toy.json holds (a 2-core machine shared with ~20 processes; each line in a loop
-    # until it exits 0, depths in parallel):
-    python benchmarks/capacity_toy.py --depths 7 --budgets full --stop-full-at 2000 --lever-seeds '' --seeds 0
-    python benchmarks/capacity_toy.py --depths 9 --budgets full --stop-full-at 1000 --lever-seeds '' --seeds 0
-    python benchmarks/capacity_toy.py --depths 7,9 --budgets kd400 --lever-seeds '' --seeds 0
-    python benchmarks/capacity_toy.py --depths 7 --budgets '' --lever-seeds 0 --seeds 0   # and seeds 1, 2
-    python benchmarks/capacity_toy.py --depths 9 --budgets '' --lever-seeds 0 --seeds 0
-    python benchmarks/capacity_toy.py --report-only --depths 9,7 --stop-full-at 2000
+    # what benchmarks/results/capacity_toy.json holds (a 2-core machine; each line in a loop until it exits 0; the
+    # three trainings in parallel, about 13 CPU-minutes each for 12 blocks at one thread on a free core):
+    python benchmarks/capacity_toy.py --depths 12 --budgets full --lever-seeds '' --seeds 0 --train-only  # and 9, 7
+    python benchmarks/capacity_toy.py --depths 12,7 --budgets full --lever-seeds '' --seeds 0,1,2
+    python benchmarks/capacity_toy.py --depths 9 --budgets full --lever-seeds '' --seeds 0,1,2
+    python benchmarks/capacity_toy.py --depths 9,7 --budgets kd400 --lever-seeds 0,1,2 --seeds 0
+    python benchmarks/capacity_toy.py --depths 9 --budgets '' --lever-seeds '' --retrain-seeds 0,1,2 --seeds 0  # and 7
+    python benchmarks/capacity_toy.py --report-only --depths 9,7 --budgets full,kd400 --lever-seeds 0,1,2 \
+        --retrain-seeds 0,1,2 --seeds 0,1,2
 """
 
 from __future__ import annotations

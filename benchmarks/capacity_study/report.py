@@ -212,10 +212,17 @@ def verdict(result: dict) -> str:
                 )
                 + ". "
             )
+        less = [c["model"].split("-d")[1].split("-")[0] for c in caps if c["bootstrap_95"][1] < 0]
         text += (
             "Depth does not measurably limit what is learnt by then."
             if within
-            else "The shallower models learn measurably less by then."
+            else f"{' and '.join(less)} blocks learn measurably less by then"
+            + (
+                f"; {' and '.join(c['model'].split('-d')[1].split('-')[0] for c in caps if c['bootstrap_95'][1] >= 0)}"
+                " blocks do not."
+                if len(less) < len(caps)
+                else "."
+            )
         )
         if not step:  # the whole budget: what depth alone allows, against the goals and the pruned students
             text += " " + _whole_budget(rows, goals, caps)
