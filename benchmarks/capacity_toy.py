@@ -249,20 +249,29 @@ class Bench:
         tmp.replace(folder)
         return folder
 
-    def datakd(self, depth: int, seed: int) -> Path | None:
-        """The lever: the learnable-pruned student of ``seed`` distilled on renders; ``None`` when time is up."""
+    def lever_student(self, kind: str, depth: int, seed: int, result: str) -> tuple[Path, Path, Path | None] | None:
+        """``(folder, final, pruned)`` of a lever run on the learnable-pruned student of ``seed``: ``pruned`` is
+        ``None`` when ``final`` is already trained; ``None`` when time is up before it starts."""
         from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
 
-        name = f"datakd-d{depth}-seed{seed}"
-        folder = self.work / name
-        final = folder / "distilled"
+        folder = self.work / f"{kind}-d{depth}-seed{seed}"
+        final = folder / result
         if (final / "model_index.json").is_file():
-            return final
+            return folder, final, None
         if not self.time_left():
             return None
         pruned = folder / "pruned"
         if not (pruned / "model_index.json").is_file():
             save_pruned_pipeline(prune_pipeline(self.teacher(), pruned_layers=self.dropped(depth, seed)), pruned)
+        return folder, final, pruned
+
+    def datakd(self, depth: int, seed: int) -> Path | None:
+        """The lever: the learnable-pruned student of ``seed`` distilled on renders; ``None`` when time is up."""
+        started = self.lever_student("datakd", depth, seed, "distilled")
+        if started is None or started[2] is None:
+            return started and started[1]
+        folder, final, pruned = started
+        name = folder.name
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         steps = 2 if self.args.smoke else KD["steps"]
         wall = distil(
@@ -279,18 +288,11 @@ class Bench:
         """The second lever: the learnable-pruned student of ``seed`` trained on with the teacher's own recipe
         (renders, batch 48, min-SNR x0 loss, EMA; ``--retrain-steps`` steps, lr 5e-4 cosine, seed ``seed``) instead of
         distilled; ``None`` when time is up."""
-        from diffusers_layerprune.modeling import prune_pipeline, save_pruned_pipeline
-
-        name = f"retrain-d{depth}-seed{seed}"
-        folder = self.work / name
-        final = folder / "trained"
-        if (final / "model_index.json").is_file():
-            return final
-        if not self.time_left():
-            return None
-        pruned = folder / "pruned"
-        if not (pruned / "model_index.json").is_file():
-            save_pruned_pipeline(prune_pipeline(self.teacher(), pruned_layers=self.dropped(depth, seed)), pruned)
+        started = self.lever_student("retrain", depth, seed, "trained")
+        if started is None or started[2] is None:
+            return started and started[1]
+        folder, final, pruned = started
+        name = folder.name
         steps = 2 if self.args.smoke else self.args.retrain_steps
         cmd = [sys.executable, "-m", "diffusers_layerprune.toy.train_teacher", "--init_from", str(pruned),
                "--num_layers", str(depth), "--max_steps", str(steps), "--batch_size", "4" if self.args.smoke else "48",
@@ -364,28 +366,24 @@ class Bench:
                     complete = False
                     continue
                 self.judge(self.scratch_name(depth, budget), folder)
-        for depth in self.depths:
-            for seed in self.retrain_seeds:
-                folder = self.retrain(depth, seed)
-                if folder is None:
-                    complete = False
-                    continue
-                self.seeds, all_seeds = [seed], self.seeds  # judged at its own seed, like the KD students
-                try:
-                    self.judge(f"retrain-d{depth}", folder)
-                finally:
-                    self.seeds = all_seeds
-        for depth in self.depths:
-            for seed in self.lever_seeds:
-                folder = self.datakd(depth, seed)
-                if folder is None:
-                    complete = False
-                    continue
-                self.seeds, all_seeds = [seed], self.seeds  # a KD student is judged at its own seed, as in the paper
-                try:
-                    self.judge(f"datakd-d{depth}", folder)
-                finally:
-                    self.seeds = all_seeds
+        for kind, seeds, train in (
+            ("retrain", self.retrain_seeds, self.retrain),
+            ("datakd", self.lever_seeds, self.datakd),
+        ):
+            for depth in self.depths:
+                for seed in seeds:
+                    folder = train(depth, seed)
+                    if folder is None:
+                        complete = False
+                        continue
+                    self.seeds, all_seeds = (
+                        [seed],
+                        self.seeds,
+                    )  # a lever's student is judged at its own seed, as in the paper
+                    try:
+                        self.judge(f"{kind}-d{depth}", folder)
+                    finally:
+                        self.seeds = all_seeds
         return complete
 
     # -- report ---------------------------------------------------------------------------------------------------
