@@ -358,6 +358,48 @@ def step_noise(
     return noise[offset : offset + b], timesteps[offset : offset + b]
 
 
+def empty_prompt_rows(
+    seed: int, step: int, share: float, *, global_batch_size: int, offset: int, batch: int
+) -> torch.Tensor:
+    """Which samples ``offset .. offset + batch`` of an optimisation step's global batch are trained on the empty
+    prompt (``--proportion_empty_prompts``: caption dropout, so the unconditional prediction that classifier-free
+    guidance uses is distilled too): a bool ``[batch]``, drawn for the whole global batch from its own RNG, so the
+    split over processes does not change it and the noise and timesteps stay what they are without it."""
+    total = max(global_batch_size, offset + batch)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + 104_729)
+    return (torch.rand(total, generator=g) < share)[offset : offset + batch]
+
+
+def with_empty_prompts(text: dict[str, torch.Tensor], empty: dict[str, torch.Tensor], rows: torch.Tensor) -> dict:
+    """``text`` (a batch's conditioning, the family's keys) with the rows where ``rows`` is true replaced by the empty
+    prompt's (``empty``: the family's encoding of ``""``, one row). Masked conditioning (PixArt, Sana) holds trimmed
+    embeddings padded to the batch's length: the empty prompt's attended tokens go first, the rest is masked, and the
+    batch is padded further if it is shorter than those tokens."""
+    if not bool(rows.any()):
+        return text
+    rows = rows.to(next(iter(text.values())).device)
+    out = {k: v.clone() for k, v in text.items()}
+    if "prompt_attention_mask" in text:
+        n = int(empty["prompt_attention_mask"][0].sum())
+        embeds, mask = out["prompt_embeds"], out["prompt_attention_mask"]
+        if n > embeds.shape[1]:
+            embeds = F.pad(embeds, (0, 0, 0, n - embeds.shape[1]))
+            mask = F.pad(mask, (0, n - mask.shape[1]))
+        embeds[rows] = 0
+        embeds[rows, :n] = empty["prompt_embeds"][0, :n].to(embeds)
+        mask[rows] = 0
+        mask[rows, :n] = 1
+        out["prompt_embeds"], out["prompt_attention_mask"] = embeds, mask
+        return out
+    for key, value in out.items():
+        if empty[key].shape[1:] != value.shape[1:]:
+            raise ValueError(
+                f"the empty prompt's {key} is {tuple(empty[key].shape[1:])}, the batch's {tuple(value.shape[1:])}"
+            )
+        value[rows] = empty[key][0].to(value)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # distill_config.json: the record of a distillation run, one versioned type
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,6 +426,7 @@ class DistillConfig(Record):
         objective: flow-matching families: the weighting scheme and its parameters, preconditioning, timestep shift
             and guidance trained with (``flow_objective.objective_record``); ``None`` for DDPM families.
         optimizer: ``{"name": "adamw"}`` or Prodigy with its flags.
+        proportion_empty_prompts: the share of samples trained on the empty prompt (caption dropout); ``None``: none.
         elastic: for an elastic-depth run, its depths and their kept blocks; for a depth extracted from one, also
             ``extracted_depth``.
     """
@@ -429,6 +472,7 @@ class DistillConfig(Record):
     objective: dict | None = None
     optimizer: dict | None = None
     lora_dropout: float | None = None
+    proportion_empty_prompts: float | None = None  # caption dropout share (None: none)
     elastic: dict | None = None  # elastic-depth runs (elastic.py): depths, their kept blocks, extracted depth
 
     @property

@@ -104,6 +104,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument("--max_sequence_length", type=positive_int, default=None, help="text tokens (default: the model's)")
     g.add_argument(
+        "--proportion_empty_prompts",
+        type=dropout,
+        default=0.0,
+        help="share of training samples whose caption is replaced by the empty prompt (caption dropout, as in "
+        "diffusers' train_text_to_image): the unconditional prediction that classifier-free guidance uses is "
+        "distilled too (default 0: every sample keeps its caption)",
+    )
+    g.add_argument(
         "--teacher_inference_steps", type=positive_int, default=None, help="prompt-only mode: teacher sampling steps"
     )
     g.add_argument(
@@ -333,12 +341,14 @@ from diffusers_layerprune.distill import (
     KDWeights,
     block_pairs,
     check_student_teacher,
+    empty_prompt_rows,
     flow_noising,
     kd_step_losses,
     read_student_config,
     step_noise,
     student_location,
     task_target,
+    with_empty_prompts,
 )
 from diffusers_layerprune.elastic import distill_record as elastic_distill_record
 from diffusers_layerprune.elastic import elastic_settings, plan_from_args, save_elastic_record
@@ -503,6 +513,8 @@ def run_settings(args) -> dict:
     settings["num_processes"] = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch for each process
     if args.use_ema:
         settings["ema_decay"] = args.ema_decay
+    if args.proportion_empty_prompts:  # absent at 0, so checkpoints of earlier versions resume
+        settings["proportion_empty_prompts"] = args.proportion_empty_prompts
     if args.lr_scheduler not in ("constant", "constant_with_warmup"):
         settings["max_train_steps"] = args.max_train_steps
         settings["num_train_epochs"] = None if args.max_train_steps else args.num_train_epochs
@@ -714,6 +726,9 @@ def main(argv=None) -> None:
             encode_text(teacher, args.validation_prompts, max_sequence_length=length),
             encode_text(teacher, [""], max_sequence_length=length),
         )
+    empty_prompt = None  # caption dropout: the empty prompt's conditioning, encoded as the pipeline encodes it
+    if args.proportion_empty_prompts:
+        empty_prompt = encode_text(teacher, [""], max_sequence_length=args.max_sequence_length)
     # The text encoders (4.7B parameters for PixArt-Sigma's T5) are not needed any more: embeddings are cached.
     for name in list(teacher.components):
         if name.startswith(("text_encoder", "tokenizer")):
@@ -884,6 +899,12 @@ def main(argv=None) -> None:
                     target = task_target(prediction_type, latents, noise, noise_scheduler, timesteps)
                 # the family's conditioning: embeddings with a mask (PixArt, Sana) or with pooled ones (SD3, Flux)
                 text = to_device({k: batch[k] for k in text_keys}, accelerator.device, weight_dtype)
+                if empty_prompt is not None:
+                    rows = empty_prompt_rows(
+                        args.seed, global_step, args.proportion_empty_prompts, global_batch_size=global_batch,
+                        offset=offset, batch=latents.shape[0],
+                    )  # fmt: skip
+                    text = with_empty_prompts(text, empty_prompt, rows)
 
                 def cond(model, x, timesteps=timesteps, text=text, precondition=precondition):
                     out = forward(model, x, timesteps, text, **guidance)
@@ -1033,6 +1054,7 @@ def main(argv=None) -> None:
             objective=objective_record(args),
             optimizer=optimizer_record(args),
             lora_dropout=args.lora_dropout if args.use_lora and not args.init_lora else None,
+            proportion_empty_prompts=args.proportion_empty_prompts or None,
             elastic=elastic_distill_record(elastic, args),
         ).save(output_dir)
         plot_losses(log_path, output_dir / "loss_curve.png")

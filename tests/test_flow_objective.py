@@ -10,8 +10,8 @@ import torch
 
 from diffusers_layerprune.checkpoints import CHECKPOINT_RECORD
 from diffusers_layerprune.cli import main as cli
-from diffusers_layerprune.distill import DistillConfig
-from diffusers_layerprune.families import get_family
+from diffusers_layerprune.distill import DistillConfig, empty_prompt_rows
+from diffusers_layerprune.families import encode_text, get_family
 from diffusers_layerprune.flow_objective import FlowSchedule, resolve_objective
 
 from helpers import distill_args, run_train_distill, train_refused
@@ -353,6 +353,51 @@ def test_out_of_range_values_are_refused_by_the_parser(flag, value, message, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Caption dropout (--proportion_empty_prompts; its helpers: test_caption_dropout.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+SHARE = 0.5
+BATCH = 4
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_teacher_and_student_get_the_empty_prompt_on_the_dropped_rows(work, family, monkeypatch):
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    from diffusers_layerprune.testing import TINY_RESOLUTION
+
+    rows = empty_prompt_rows(0, 0, SHARE, global_batch_size=BATCH, offset=0, batch=BATCH)
+    assert rows.any() and not rows.all()  # the step tested drops some rows and keeps others
+    stock = getattr(diffusers, get_family(family).transformer_class)
+    real, calls = stock.forward, []
+
+    def spy(self, *args, **kwargs):
+        calls.append({k: v for k, v in kwargs.items() if k in ("encoder_hidden_states", "pooled_projections")})
+        return real(self, *args, **kwargs)
+
+    out = work / family / "dropout"
+    args = distill_args(work / family, out, steps=1, checkpointing_steps=1)
+    args = [*args, "--resolution", TINY_RESOLUTION[family], "--report_to", "none", "--train_batch_size", BATCH]
+    monkeypatch.setattr(stock, "forward", spy)
+    run_train_distill([*args, "--proportion_empty_prompts", SHARE])
+    monkeypatch.setattr(stock, "forward", real)
+    empty = encode_text(DiffusionPipeline.from_pretrained(work / family / "teacher"), [""], max_sequence_length=16)
+    n = int(empty["prompt_attention_mask"][0].sum()) if "prompt_attention_mask" in empty else None
+    trained = calls[-2:]  # teacher then student (earlier calls: the teacher generating the cached latents)
+    for call in trained:
+        states = call["encoder_hidden_states"]
+        dropped, kept = states[rows], states[~rows]
+        expected = empty["prompt_embeds"][0, :n] if n else empty["prompt_embeds"][0]
+        assert all(torch.allclose(d[: len(expected)], expected, atol=1e-6) for d in dropped)
+        assert not any(torch.allclose(k[: len(expected)], expected, atol=1e-6) for k in kept)
+        if family == "flux":
+            assert all(torch.allclose(p, empty["pooled_prompt_embeds"][0]) for p in call["pooled_projections"][rows])
+    settings = json.loads((out / "checkpoint-1" / CHECKPOINT_RECORD).read_text())["settings"]
+    assert settings["proportion_empty_prompts"] == DistillConfig.load(out).proportion_empty_prompts == SHARE
 
 
 # ----------------------------------------------------------------------------------------------------------------
