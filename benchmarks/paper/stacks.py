@@ -156,8 +156,6 @@ class StackExperiment(Experiment):
     def render_folder(self, n: int) -> Path:
         """``n`` renders of the training captions as an image folder (``metadata.jsonl``), half of them captioned
         with a random non-empty subset of size, colour and position left out (toy/train_teacher's partial captions)."""
-        import itertools
-
         import numpy as np
         from PIL import Image
 
@@ -167,7 +165,7 @@ class StackExperiment(Experiment):
         if (folder / "metadata.jsonl").is_file():
             return folder
         attrs = world.split_attributes("train")
-        omits = [o for k in range(1, 4) for o in itertools.combinations(world.OMITTABLE, k)]
+        omits = world.omissions()
         rng = np.random.default_rng(30)
         tmp = folder.with_name(folder.name + ".partial")
         tmp.mkdir(parents=True, exist_ok=True)

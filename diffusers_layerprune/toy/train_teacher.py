@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import math
 import time
@@ -398,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_attrs = world.split_attributes("train")
     # Row 0 of each caption's variants is the caption itself; rows 1.. leave out a non-empty subset of attributes.
-    variants = [()] + [o for k in range(1, 4) for o in itertools.combinations(world.OMITTABLE, k)]
+    variants = [(), *world.omissions()]
     if args.partial_captions:
         texts = recipe.encode(pipe, [a.caption(o) for a in train_attrs for o in variants])
     else:

@@ -15,6 +15,7 @@ cell and the radius a little, so one caption has many images. Edges are anti-ali
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from functools import cache, lru_cache
 
@@ -60,6 +61,11 @@ _SUPERSAMPLE = 4
 
 OMITTABLE: tuple[str, ...] = ("size", "colour", "position")
 """Attributes a partial caption may leave out (the shape, the noun, always stays)."""
+
+
+def omissions() -> list[tuple[str, ...]]:
+    """Every non-empty subset of :data:`OMITTABLE`, smallest first: what a partial caption may leave out."""
+    return [o for k in range(1, len(OMITTABLE) + 1) for o in itertools.combinations(OMITTABLE, k)]
 
 
 @dataclass(frozen=True)
