@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capacity_study.report import BEGIN, BUDGET_LABELS, END, render  # noqa: E402,F401  (the page section)
 from paper.cells import Cells, mean_std, replace_section  # noqa: E402
 from paper.distil import distil  # noqa: E402
-from toybench import judged, wilson, write_json  # noqa: E402
+from toybench import judged, wilson, write_json, write_render_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "capacity_toy.json"
@@ -226,7 +226,6 @@ class Bench:
     def render_folder(self) -> Path:
         """``--renders`` renders of the training captions as an image folder (``metadata.jsonl``), written once."""
         import numpy as np
-        from PIL import Image
 
         from diffusers_layerprune.toy import world
 
@@ -237,17 +236,10 @@ class Bench:
         rng = np.random.default_rng(31)
         picks = rng.integers(0, len(attrs), size=self.args.renders)
         seeds = rng.integers(0, 2**31 - 1, size=self.args.renders)
-        tmp = folder.with_name(folder.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i, (pick, seed) in enumerate(zip(picks, seeds, strict=True)):
-            image = world.render(attrs[int(pick)], int(seed))  # [3, 32, 32] in [0, 1]
-            pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-            Image.fromarray(pixels).save(tmp / f"{i:05d}.png")
-            rows.append(json.dumps({"file_name": f"{i:05d}.png", "text": attrs[int(pick)].caption()}))
-        (tmp / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-        tmp.replace(folder)
-        return folder
+        items = (
+            (world.render(attrs[int(p)], int(s)), attrs[int(p)].caption()) for p, s in zip(picks, seeds, strict=True)
+        )
+        return write_render_folder(folder, items)
 
     def lever_student(self, kind: str, depth: int, seed: int, result: str) -> tuple[Path, Path, Path | None] | None:
         """``(folder, final, pruned)`` of a lever run on the learnable-pruned student of ``seed``: ``pruned`` is

@@ -106,6 +106,25 @@ def render(pipe, captions: list[str], settings, seeds: list[int], batch_size: in
     return torch.cat(images)
 
 
+def write_render_folder(folder: str | os.PathLike, items) -> Path:
+    """An image folder (``00000.png``.., ``metadata.jsonl`` with ``file_name`` and ``text``) of ``items``, pairs of
+    an image ``[3, H, W]`` in [0, 1] and its caption, in order; written under ``FOLDER.partial`` and renamed when
+    complete, so a stopped run leaves no folder that looks whole."""
+    from PIL import Image
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (image, caption) in enumerate(items):
+        pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(pixels).save(tmp / f"{i:05d}.png")
+        rows.append(json.dumps({"file_name": f"{i:05d}.png", "text": caption}))
+    (tmp / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    tmp.replace(folder)
+    return folder
+
+
 def load_with_settings(model: str, batch_size: int, num_inference_steps: int | None = None):
     """``(pipe, settings)``: ``model``'s pipeline (progress bars off) and a ``ScanSettings`` of its generation defaults.
 

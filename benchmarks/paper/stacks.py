@@ -22,7 +22,11 @@ import json
 import time
 from pathlib import Path
 
-from toybench import wilson, write_json  # the benchmarks' shared interval (benchmarks/ is on sys.path)
+from toybench import (
+    wilson,
+    write_json,
+    write_render_folder,
+)  # the benchmarks' shared interval (benchmarks/ is on sys.path)
 
 from .cells import cell_key, write_text
 from .claims import METRICS, blocks_to_drop
@@ -157,7 +161,6 @@ class StackExperiment(Experiment):
         """``n`` renders of the training captions as an image folder (``metadata.jsonl``), half of them captioned
         with a random non-empty subset of size, colour and position left out (toy/train_teacher's partial captions)."""
         import numpy as np
-        from PIL import Image
 
         from diffusers_layerprune.toy import world
 
@@ -167,18 +170,14 @@ class StackExperiment(Experiment):
         attrs = world.split_attributes("train")
         omits = world.omissions()
         rng = np.random.default_rng(30)
-        tmp = folder.with_name(folder.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in range(n):
-            a = attrs[int(rng.integers(len(attrs)))]
-            omit = omits[int(rng.integers(len(omits)))] if rng.random() < 0.5 else ()
-            pixels = (world.render(a, int(rng.integers(2**31 - 1))).permute(1, 2, 0).numpy() * 255).round()
-            Image.fromarray(pixels.astype("uint8")).save(tmp / f"{i:05d}.png")
-            rows.append(json.dumps({"file_name": f"{i:05d}.png", "text": a.caption(omit)}))
-        (tmp / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-        tmp.replace(folder)
-        return folder
+
+        def items():
+            for _ in range(n):  # the draws in this order: attributes, omission, render seed
+                a = attrs[int(rng.integers(len(attrs)))]
+                omit = omits[int(rng.integers(len(omits)))] if rng.random() < 0.5 else ()
+                yield world.render(a, int(rng.integers(2**31 - 1))), a.caption(omit)
+
+        return write_render_folder(folder, items())
 
     def _run(self) -> None:
         self.setup()
