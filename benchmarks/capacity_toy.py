@@ -46,7 +46,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capacity_study.report import BEGIN, BUDGET_LABELS, END, render  # noqa: E402,F401  (the page section)
 from paper.cells import Cells, mean_std, replace_section  # noqa: E402
 from paper.distil import distil  # noqa: E402
-from toybench import judged, wilson, write_json, write_render_folder  # noqa: E402
+from toybench import judged, run_logged, wilson, write_json, write_render_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "capacity_toy.json"
@@ -106,36 +105,6 @@ def parse_args(argv=None):
     p.add_argument("--page", default=str(PAGE), help="the page whose capacity section is rewritten")
     p.add_argument("--smoke", action="store_true", help="tiny everything, for tests (no page, JSON to --results)")
     return p.parse_args(argv)
-
-
-def _run(cmd: list[str], log: Path, in_process: bool = False) -> dict:
-    """Run ``cmd`` (this checkout's package first, one thread), output appended to ``log``; its cost.
-    ``in_process`` (the smoke test) calls the module's ``main`` here instead: the same pieces without the start-up
-    of a new interpreter."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    if in_process:
-        import contextlib
-        import importlib
-
-        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        with log.open("a") as f, contextlib.redirect_stdout(f):
-            importlib.import_module(cmd[2]).main(cmd[3:])
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        return {"cpu_seconds": cpu, "wall_seconds": time.perf_counter() - start}
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    with log.open("a") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    if code != 0:
-        raise RuntimeError(f"{cmd[2]} failed ({log}):\n" + "".join(log.read_text().splitlines(True)[-20:]))
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu_seconds": cpu, "wall_seconds": time.perf_counter() - start}
 
 
 class Bench:
@@ -198,7 +167,7 @@ class Bench:
                 cmd += ["--num_renders", "8", "--batch_size", "4"]
             print(f"  {name}: steps {done}-{stop} of {steps}", flush=True)
             log = self.work / "logs" / f"{name}.log"
-            self.costs.put(f"{name}#{stop}", _run(cmd, log, in_process=self.args.smoke))
+            self.costs.put(f"{name}#{stop}", run_logged(cmd, log, in_process=self.args.smoke))
         return out
 
     def export_ema(self, state: Path, depth: int, folder: Path) -> Path:
@@ -291,7 +260,7 @@ class Bench:
                "--learning_rate", "5e-4", "--warmup_steps", "1" if self.args.smoke else "50", "--seed", str(seed),
                "--num_renders", "8" if self.args.smoke else "4800", "--output_dir", str(final)]  # fmt: skip
         print(f"  {name}: {steps} steps", flush=True)
-        self.costs.put(f"{name}#{steps}", _run(cmd, folder / "train.log", in_process=self.args.smoke))
+        self.costs.put(f"{name}#{steps}", run_logged(cmd, folder / "train.log", in_process=self.args.smoke))
         return final
 
     def dropped(self, depth: int, seed: int) -> list[int]:

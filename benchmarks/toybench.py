@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -123,6 +125,36 @@ def write_render_folder(folder: str | os.PathLike, items) -> Path:
     (tmp / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     tmp.replace(folder)
     return folder
+
+
+def run_logged(cmd: list[str], log: Path, in_process: bool = False) -> dict:
+    """Run ``cmd`` (this checkout's package first, one thread), output appended to ``log``; its cost.
+    ``in_process`` (the smoke test) calls the module's ``main`` here instead: the same pieces without the start-up
+    of a new interpreter."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if in_process:
+        import contextlib
+        import importlib
+
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        with log.open("a") as f, contextlib.redirect_stdout(f):
+            importlib.import_module(cmd[2]).main(cmd[3:])
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return {"cpu_seconds": cpu, "wall_seconds": time.perf_counter() - start}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    with log.open("a") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise RuntimeError(f"{cmd[2]} failed ({log}):\n" + "".join(log.read_text().splitlines(True)[-20:]))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_seconds": cpu, "wall_seconds": time.perf_counter() - start}
 
 
 def load_with_settings(model: str, batch_size: int, num_inference_steps: int | None = None):
