@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "task": ("task loss only, uniform timesteps", TASK_ONLY, 3200),
     "task_logit": ("task loss only, logit-normal timesteps", TASK_ONLY + LOGIT, 3200),
     "task_logit_drop": ("task loss only, logit-normal, 10% caption dropout", TASK_ONLY + LOGIT + DROPOUT, 3200),
+    "task_logit_r9600": ("task loss only, logit-normal, on 9600 renders", TASK_ONLY + LOGIT, 9600),
     "task_logit_drop_r9600": ("as task_logit_drop on 9600 renders", TASK_ONLY + LOGIT + DROPOUT, 9600),
     "kd_logit_drop": ("output + feature KD + task loss, logit-normal, 10% caption dropout", LOGIT + DROPOUT, 3200),
     "kd_logit_drop_r9600": ("as kd_logit_drop on 9600 renders", LOGIT + DROPOUT, 9600),
