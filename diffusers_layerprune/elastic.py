@@ -15,8 +15,10 @@ distilled from the teacher: task loss and output KD at every depth; feature KD (
 block) at the largest depth only by default (``feature_kd="largest"``): with feature KD at every depth, the smaller
 depths' larger feature errors pulled the shared blocks and cost the largest depth 8 points of accuracy on the toy
 world (docs/elastic.md); ``"all"`` restores it. With ``inplace_distill`` the smaller depths also learn the largest
-depth's prediction (Yu & Huang's inplace distillation). The teacher runs once per step; the depths' losses are summed and
-back-propagated once, so the accelerate / DDP step is the ordinary one (the largest depth uses every weight).
+depth's prediction (Yu & Huang's inplace distillation). The teacher runs once per step; the depths' losses are summed
+(``loss_balance="sum"``) or each divided by its own detached value first (``"normalized"``: every depth's gradient
+then has the same relative weight, that of its log-loss) and back-propagated once, so the accelerate / DDP step is
+the ordinary one (the largest depth uses every weight).
 
 Output. The run's folder is an ordinary pruned pipeline of the largest depth (stock diffusers loads it) plus
 ``elastic.json`` (:class:`ElasticRecord`: the depths and each depth's kept blocks in the source's numbering).
@@ -40,6 +42,7 @@ RECORD_FILE = "elastic.json"
 RECORD_FORMAT = "diffusers-layerprune/elastic-depths"
 RECORD_FORMAT_VERSION = 1
 SCHEDULE = "sandwich"
+LOSS_BALANCES = ("sum", "normalized")
 
 __all__ = [
     "RECORD_FILE",
@@ -192,6 +195,7 @@ class ElasticPlan:
                 student, teacher, noisy, cond, target, pairs, weights, self, seed=args.seed, step=step,
                 inplace_distill=args.elastic_inplace_distill, student_blocks=student_blocks, autocast=factory,
                 feature_kd=args.elastic_feature_kd, sample_weights=sample_weights,
+                loss_balance=args.elastic_loss_balance,
             )  # fmt: skip
 
         return losses
@@ -219,7 +223,7 @@ class ElasticRecord:
         source_model / source_num_layers: the teacher the depths are pruned from (public name) and its depth.
         depths: trained depths, largest first; ``kept_layers[str(d)]``: depth ``d``'s blocks, source numbering.
         importance: the importance file that ordered the removals (criterion, model, sha256 of the file).
-        schedule / inplace_distill / steps: how the depths were trained.
+        schedule / inplace_distill / loss_balance / steps: how the depths were trained.
     """
 
     source_model: str | None
@@ -230,6 +234,7 @@ class ElasticRecord:
     schedule: str = SCHEDULE
     inplace_distill: bool = False
     steps: int | None = None
+    loss_balance: str = "sum"
 
     @classmethod
     def from_plan(cls, plan: ElasticPlan, *, source_model, source_num_layers: int, importance: dict, **kw):
@@ -247,6 +252,7 @@ class ElasticRecord:
             "importance": self.importance,
             "schedule": self.schedule,
             "inplace_distill": self.inplace_distill,
+            "loss_balance": self.loss_balance,
             "steps": self.steps,
         }
 
@@ -285,6 +291,7 @@ class ElasticRecord:
             schedule=str(data.get("schedule", SCHEDULE)),
             inplace_distill=bool(data.get("inplace_distill", False)),
             steps=data.get("steps"),
+            loss_balance=str(data.get("loss_balance", "sum")),
         )
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -347,12 +354,20 @@ def add_elastic_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --elastic_depths: the smaller depths also learn the largest depth's prediction",
     )
+    g.add_argument(
+        "--elastic_loss_balance",
+        default="sum",
+        choices=list(LOSS_BALANCES),
+        help="with --elastic_depths: how the step's depths' losses are combined: summed (default) or normalized (each "
+        "depth's total divided by its own detached value, so every depth has the same relative weight; "
+        "docs/elastic.md)",
+    )
 
 
 def check_elastic_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line refusals of flags that need each other (before anything loads)."""
     if args.elastic_depths is None:
-        for flag in ("importance", "elastic_inplace_distill", "elastic_feature_kd"):
+        for flag in ("importance", "elastic_inplace_distill", "elastic_feature_kd", "elastic_loss_balance"):
             if getattr(args, flag) != parser.get_default(flag):
                 parser.error(f"--{flag} applies only with --elastic_depths: add --elastic_depths or leave it out")
     elif not args.importance:
@@ -365,11 +380,12 @@ def _file_digest(path: str | os.PathLike) -> str:
 
 def elastic_settings(args: argparse.Namespace) -> dict:
     """What a checkpoint records of the elastic options, so that a resume with other depths, another importance
-    file (by content) or another inplace setting is refused. Recorded (as ``None``) also when off."""
+    file (by content), another inplace setting or loss balance is refused. Recorded (as ``None``) also when off."""
     from .provenance import full_local
 
     settings = {"elastic_depths": args.elastic_depths, "elastic_inplace_distill": bool(args.elastic_inplace_distill)}
     settings["elastic_feature_kd"] = args.elastic_feature_kd
+    settings["elastic_loss_balance"] = args.elastic_loss_balance
     settings["importance"] = full_local(args.importance) if args.importance else None
     if args.importance and Path(args.importance).expanduser().is_file():
         settings["importance content"] = _file_digest(args.importance)[:16]
@@ -413,14 +429,16 @@ def elastic_step_losses(
     step: int,
     inplace_distill: bool = False,
     feature_kd: str = "largest",
+    loss_balance: str = "sum",
     student_blocks=None,
     autocast=None,
     sample_weights=None,
 ) -> dict:
     """One elastic step's losses: the teacher once, then each depth of :meth:`ElasticPlan.depths_for_step` (largest
     first) with its dropped blocks skipped, each scored by :func:`~diffusers_layerprune.distill.kd_losses` on its own
-    block pairs. Returns the summed terms (``loss`` is what is back-propagated) and ``loss_largest`` /
-    ``loss_middle`` / ``loss_smallest`` (each depth's own total). The arguments are those of
+    block pairs. Returns the summed terms, ``loss_largest`` / ``loss_middle`` / ``loss_smallest`` (each depth's own
+    total) and ``loss``, what is back-propagated: the depths' totals summed, or with ``loss_balance="normalized"``
+    each divided by its detached value (``loss`` is then the number of depths; ``loss_sum`` holds their sum). The arguments are those of
     :func:`~diffusers_layerprune.distill.kd_step_losses`, except ``autocast``: a function returning a fresh context
     per forward (``accelerator.autocast``), since one context cannot be entered twice. ``sample_weights``: the flow
     objective's per-sample loss weights (``flow_objective``), applied at every depth as in a one-depth run."""
@@ -463,9 +481,13 @@ def elastic_step_losses(
         elif inplace_distill:
             parts["inplace"] = F.mse_loss(out[:, :c].float(), largest_pred)
             parts["loss"] = parts["loss"] + weights.output * parts["inplace"]
+        total = parts["loss"]
+        if loss_balance == "normalized":  # gradient of log(total): the same relative weight for every depth
+            parts["loss"] = total / total.detach().clamp_min(1e-12)
+            parts["loss_sum"] = total.detach()
         for name, value in parts.items():
             totals[name] = totals[name] + value if name in totals else value
-        totals[f"loss_{role}"] = parts["loss"].detach()
+        totals[f"loss_{role}"] = total.detach()
     return totals
 
 
@@ -479,6 +501,7 @@ def distill_record(plan: ElasticPlan | None, args) -> dict | None:
         "schedule": SCHEDULE,
         "inplace_distill": bool(args.elastic_inplace_distill),
         "feature_kd": args.elastic_feature_kd,
+        "loss_balance": args.elastic_loss_balance,
         "importance_criterion": getattr(args, "importance_record", {}).get("criterion"),
     }
 
@@ -496,6 +519,7 @@ def save_elastic_record(
         importance={**getattr(args, "importance_record", {}), "file": public_name(args.importance)},
         inplace_distill=bool(args.elastic_inplace_distill),
         steps=steps,
+        loss_balance=args.elastic_loss_balance,
     )
     return record.save(folder)
 

@@ -142,6 +142,64 @@ def test_extracted_depth_loads_in_a_fresh_stock_process_with_the_elastic_student
     assert "extracted at depth 3 from an elastic run that distilled the nested depths 5, 4, 3" in card
 
 
+def test_normalized_balance_gives_each_depth_the_gradient_of_its_log_loss():
+    """``loss_balance="normalized"`` back-propagates sum_d L_d / sg(L_d): on the blocks only the largest depth runs,
+    its gradient is the summed run's divided by the largest depth's own loss; the totals logged are the same."""
+    from diffusers_layerprune.distill import KDWeights, block_pairs
+    from diffusers_layerprune.elastic import ElasticPlan, elastic_step_losses
+    from diffusers_layerprune.families import encode_text, family_of
+    from diffusers_layerprune.modeling import prune_pipeline
+    from diffusers_layerprune.testing import TINY_BUILDERS
+
+    pipe = TINY_BUILDERS["pixart"]()  # 6 blocks; the student keeps 5, depth 3 skips student blocks 1 and 3
+    teacher = pipe.transformer.eval().requires_grad_(False)
+    text = encode_text(pipe, PROMPTS.split("\n")[:2], max_sequence_length=16)
+    g = torch.Generator().manual_seed(0)
+    noisy, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    timesteps = torch.tensor([10, 500])
+    plan = ElasticPlan((5, 3), {5: (0, 2, 3, 4, 5), 3: (0, 3, 5)}, (0, 2, 3, 4, 5))
+
+    def cond(model, x):
+        return family_of(model).forward(model, x, timesteps, text)
+
+    grads, totals = {}, {}
+    for balance in ("sum", "normalized"):
+        torch.manual_seed(0)
+        student = prune_pipeline(pipe, kept_layers=[0, 2, 3, 4, 5]).transformer.train().requires_grad_(True)
+        parts = elastic_step_losses(student, teacher, noisy, cond, target, block_pairs(student, teacher),
+                                    KDWeights(), plan, seed=0, step=0, loss_balance=balance)  # fmt: skip
+        parts["loss"].backward()
+        totals[balance] = parts
+        only_largest = [p for b in (1, 3) for p in student.transformer_blocks[b].parameters()]
+        grads[balance] = torch.cat([p.grad.flatten() for p in only_largest])
+    summed, normalized = totals["sum"], totals["normalized"]
+    assert normalized["loss"].item() == pytest.approx(2.0)  # each depth's total over itself
+    for key in ("loss_largest", "loss_smallest"):
+        assert normalized[key].item() == pytest.approx(summed[key].item(), rel=1e-6)
+    assert normalized["loss_sum"].item() == pytest.approx(summed["loss"].item(), rel=1e-6)
+    assert grads["sum"].abs().max() > 0
+    torch.testing.assert_close(grads["normalized"], grads["sum"] / summed["loss_largest"], rtol=1e-4, atol=1e-8)
+
+
+def test_normalized_balance_is_recorded_and_a_resume_with_another_balance_is_refused(pixart, tmp_path, capsys):
+    out = tmp_path / "norm"
+    run_train_distill(elastic_args(pixart, out, "5,4,3", "--elastic_loss_balance", "normalized"))
+    assert json.loads((out / "elastic.json").read_text())["loss_balance"] == "normalized"
+    assert json.loads((out / "distill_config.json").read_text())["elastic"]["loss_balance"] == "normalized"
+    settings = json.loads((out / "checkpoint-2" / "layerprune_checkpoint.json").read_text())["settings"]
+    assert settings["elastic_loss_balance"] == "normalized"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == pytest.approx(3.0) and r["loss_sum"] > 0 for r in log)  # three depths a step
+    from diffusers_layerprune.elastic import read_elastic_record
+
+    assert read_elastic_record(out).loss_balance == "normalized"
+    assert read_elastic_record(pixart / "out").loss_balance == "sum"  # the default, recorded
+    before = snapshot(out)
+    argv = elastic_args(pixart, out, "5,4,3") + ["--resume_from_checkpoint", "latest"]  # the default: sum
+    train_refused(capsys, argv, "elastic_loss_balance")
+    assert snapshot(out) == before
+
+
 def test_resuming_with_other_elastic_depths_is_refused(pixart, capsys):
     argv = elastic_args(pixart, pixart / "out", "5,3") + ["--resume_from_checkpoint", "latest"]
     before = snapshot(pixart / "out")
@@ -201,6 +259,11 @@ TRAIN_REFUSALS = {
         ["--no-depths", "--no-importance", "--elastic_feature_kd", "all"],
         "--elastic_feature_kd applies only with --elastic_depths",
     ),
+    "loss_balance_without_depths": (
+        ["--no-depths", "--no-importance", "--elastic_loss_balance", "normalized"],
+        "--elastic_loss_balance applies only with --elastic_depths",
+    ),
+    "unknown_loss_balance": (["--elastic_loss_balance", "mean"], "invalid choice: 'mean'"),
     "bad_depth_text": (["--elastic_depths", "5,four"], "expected block counts"),
 }
 
@@ -231,7 +294,11 @@ def test_train_distill_refuses_bad_elastic_input_before_writing(case, pixart, re
         argv += [c for c in change if not c.startswith("--no-")]
     else:
         flag, value = change
-        argv[argv.index(flag) + 1] = value.format(**{k: str(v) for k, v in refusal_files.items()})
+        value = value.format(**{k: str(v) for k, v in refusal_files.items()})
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
     before = snapshot(pixart)
     train_refused(capsys, argv, message)
     assert not (tmp_path / "out").exists() and snapshot(pixart) == before

@@ -16,7 +16,11 @@ from .claims import _paired, _summary
 from .toy import ToyTeacher, score_importance, timed_distil
 
 # Elastic-training variants (--variant): extra train_distill arguments of the elastic run
-VARIANTS = {"": ["--elastic_feature_kd", "all"], "featlargest": ["--elastic_feature_kd", "largest"]}
+VARIANTS = {
+    "": ["--elastic_feature_kd", "all"],
+    "featlargest": ["--elastic_feature_kd", "largest"],
+    "normalized": ["--elastic_feature_kd", "largest", "--elastic_loss_balance", "normalized"],
+}
 
 
 def elastic_step_draws(plan) -> dict[str, int]:
