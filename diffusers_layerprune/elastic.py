@@ -16,8 +16,9 @@ block) at the largest depth only by default (``feature_kd="largest"``): with fea
 depths' larger feature errors pulled the shared blocks and cost the largest depth 8 points of accuracy on the toy
 world (docs/elastic.md); ``"all"`` restores it. With ``inplace_distill`` the smaller depths also learn the largest
 depth's prediction (Yu & Huang's inplace distillation). The teacher runs once per step; the depths' losses are summed
-(``loss_balance="sum"``) or each divided by its own detached value first (``"normalized"``: every depth's gradient
-then has the same relative weight, that of its log-loss) and back-propagated once, so the accelerate / DDP step is
+(``loss_balance="sum"``) or each divided by a detached value first: its own total (``"normalized"``: every depth's
+gradient is that of its log-loss) or its output-level loss, the total less feature KD (``"normalized_output"``: the
+loss every depth has) and back-propagated once, so the accelerate / DDP step is
 the ordinary one (the largest depth uses every weight).
 
 Output. The run's folder is an ordinary pruned pipeline of the largest depth (stock diffusers loads it) plus
@@ -42,7 +43,7 @@ RECORD_FILE = "elastic.json"
 RECORD_FORMAT = "diffusers-layerprune/elastic-depths"
 RECORD_FORMAT_VERSION = 1
 SCHEDULE = "sandwich"
-LOSS_BALANCES = ("sum", "normalized")
+LOSS_BALANCES = ("sum", "normalized", "normalized_output")
 
 __all__ = [
     "RECORD_FILE",
@@ -358,9 +359,9 @@ def add_elastic_args(parser: argparse.ArgumentParser) -> None:
         "--elastic_loss_balance",
         default="sum",
         choices=list(LOSS_BALANCES),
-        help="with --elastic_depths: how the step's depths' losses are combined: summed (default) or normalized (each "
-        "depth's total divided by its own detached value, so every depth has the same relative weight; "
-        "docs/elastic.md)",
+        help="with --elastic_depths: how the step's depths' losses are combined: summed (default), normalized (each "
+        "depth's total divided by its own detached value: the same relative weight for every depth) or "
+        "normalized_output (divided by its detached output-level loss, the total less feature KD); docs/elastic.md",
     )
 
 
@@ -437,8 +438,9 @@ def elastic_step_losses(
     """One elastic step's losses: the teacher once, then each depth of :meth:`ElasticPlan.depths_for_step` (largest
     first) with its dropped blocks skipped, each scored by :func:`~diffusers_layerprune.distill.kd_losses` on its own
     block pairs. Returns the summed terms, ``loss_largest`` / ``loss_middle`` / ``loss_smallest`` (each depth's own
-    total) and ``loss``, what is back-propagated: the depths' totals summed, or with ``loss_balance="normalized"``
-    each divided by its detached value (``loss`` is then the number of depths; ``loss_sum`` holds their sum). The arguments are those of
+    total) and ``loss``, what is back-propagated: the depths' totals summed, or each divided first by its detached
+    value (``loss_balance="normalized"``: ``loss`` is then the number of depths) or by its detached output-level loss
+    (``"normalized_output"``: the total less the weighted feature KD); ``loss_sum`` then holds the plain sum. The arguments are those of
     :func:`~diffusers_layerprune.distill.kd_step_losses`, except ``autocast``: a function returning a fresh context
     per forward (``accelerator.autocast``), since one context cannot be entered twice. ``sample_weights``: the flow
     objective's per-sample loss weights (``flow_objective``), applied at every depth as in a one-depth run."""
@@ -482,8 +484,11 @@ def elastic_step_losses(
             parts["inplace"] = F.mse_loss(out[:, :c].float(), largest_pred)
             parts["loss"] = parts["loss"] + weights.output * parts["inplace"]
         total = parts["loss"]
-        if loss_balance == "normalized":  # gradient of log(total): the same relative weight for every depth
-            parts["loss"] = total / total.detach().clamp_min(1e-12)
+        if loss_balance != "sum":  # normalized: the gradient of log(total), the same relative weight for every depth
+            scale = total.detach()
+            if loss_balance == "normalized_output":  # the output-level loss: what every depth is scored on
+                scale = scale - weights.feature * parts.get("feature", torch.zeros(())).detach()
+            parts["loss"] = total / scale.clamp_min(1e-12)
             parts["loss_sum"] = total.detach()
         for name, value in parts.items():
             totals[name] = totals[name] + value if name in totals else value

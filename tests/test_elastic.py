@@ -142,9 +142,12 @@ def test_extracted_depth_loads_in_a_fresh_stock_process_with_the_elastic_student
     assert "extracted at depth 3 from an elastic run that distilled the nested depths 5, 4, 3" in card
 
 
-def test_normalized_balance_gives_each_depth_the_gradient_of_its_log_loss():
-    """``loss_balance="normalized"`` back-propagates sum_d L_d / sg(L_d): on the blocks only the largest depth runs,
-    its gradient is the summed run's divided by the largest depth's own loss; the totals logged are the same."""
+@pytest.mark.parametrize("balance", ["normalized", "normalized_output"])
+def test_normalized_balance_divides_each_depths_gradient_by_its_detached_loss(balance):
+    """``loss_balance="normalized"`` back-propagates sum_d L_d / sg(L_d), ``"normalized_output"`` sum_d L_d /
+    sg(L_d - feature KD): on the blocks only the largest depth runs, the gradient is the summed run's divided by the
+    largest depth's total (or its total less its feature KD, which only the largest depth has); the totals logged are
+    the same."""
     from diffusers_layerprune.distill import KDWeights, block_pairs
     from diffusers_layerprune.elastic import ElasticPlan, elastic_step_losses
     from diffusers_layerprune.families import encode_text, family_of
@@ -163,22 +166,25 @@ def test_normalized_balance_gives_each_depth_the_gradient_of_its_log_loss():
         return family_of(model).forward(model, x, timesteps, text)
 
     grads, totals = {}, {}
-    for balance in ("sum", "normalized"):
+    for mode in ("sum", balance):
         torch.manual_seed(0)
         student = prune_pipeline(pipe, kept_layers=[0, 2, 3, 4, 5]).transformer.train().requires_grad_(True)
         parts = elastic_step_losses(student, teacher, noisy, cond, target, block_pairs(student, teacher),
-                                    KDWeights(), plan, seed=0, step=0, loss_balance=balance)  # fmt: skip
+                                    KDWeights(), plan, seed=0, step=0, loss_balance=mode)  # fmt: skip
         parts["loss"].backward()
-        totals[balance] = parts
+        totals[mode] = parts
         only_largest = [p for b in (1, 3) for p in student.transformer_blocks[b].parameters()]
-        grads[balance] = torch.cat([p.grad.flatten() for p in only_largest])
-    summed, normalized = totals["sum"], totals["normalized"]
-    assert normalized["loss"].item() == pytest.approx(2.0)  # each depth's total over itself
+        grads[mode] = torch.cat([p.grad.flatten() for p in only_largest])
+    summed, normalized = totals["sum"], totals[balance]
+    scale = summed["loss_largest"] - (summed["feature"] if balance == "normalized_output" else 0)
+    assert summed["feature"] > 0.01 * summed["loss_largest"]  # the two balances differ here
+    if balance == "normalized":
+        assert normalized["loss"].item() == pytest.approx(2.0)  # each depth's total over itself
     for key in ("loss_largest", "loss_smallest"):
         assert normalized[key].item() == pytest.approx(summed[key].item(), rel=1e-6)
     assert normalized["loss_sum"].item() == pytest.approx(summed["loss"].item(), rel=1e-6)
     assert grads["sum"].abs().max() > 0
-    torch.testing.assert_close(grads["normalized"], grads["sum"] / summed["loss_largest"], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(grads[balance], grads["sum"] / scale, rtol=1e-4, atol=1e-8)
 
 
 def test_normalized_balance_is_recorded_and_a_resume_with_another_balance_is_refused(pixart, tmp_path, capsys):

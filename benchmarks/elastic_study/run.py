@@ -20,6 +20,7 @@ VARIANTS = {
     "": ["--elastic_feature_kd", "all"],
     "featlargest": ["--elastic_feature_kd", "largest"],
     "normalized": ["--elastic_feature_kd", "largest", "--elastic_loss_balance", "normalized"],
+    "normout": ["--elastic_feature_kd", "largest", "--elastic_loss_balance", "normalized_output"],
 }
 
 
