@@ -8,7 +8,7 @@ is the last one left in its stack (Flux: its double-stream or its single-stream 
 model keeps at least one block of each stack. Indices are global across stacks (Flux: double blocks first).
 
 Training. Each optimisation step runs the largest depth, the smallest and one middle depth drawn from
-``(seed, step)`` (the "sandwich rule" of Yu & Huang, *Universally Slimmable Networks and Improved Training
+``(seed, step)``, uniformly or with ``middle_weights`` (the "sandwich rule" of Yu & Huang, *Universally Slimmable Networks and Improved Training
 Techniques*, ICCV 2019; nested sub-networks sharing weights as in Cai et al., *Once-for-All*, ICLR 2020). A depth
 runs the student with its other blocks skipped (:func:`~diffusers_layerprune.blocks.skip_blocks`: no copy), and is
 distilled from the teacher: task loss and output KD at every depth; feature KD (each kept block against its teacher
@@ -45,17 +45,8 @@ RECORD_FORMAT_VERSION = 1
 SCHEDULE = "sandwich"
 LOSS_BALANCES = ("sum", "normalized", "normalized_output")
 
-__all__ = [
-    "RECORD_FILE",
-    "ElasticPlan",
-    "ElasticRecord",
-    "depth_list",
-    "check_depths",
-    "nested_kept_layers",
-    "elastic_step_losses",
-    "extract_depth",
-    "read_elastic_record",
-]
+__all__ = ["RECORD_FILE", "ElasticPlan", "ElasticRecord", "depth_list", "check_depths", "nested_kept_layers",
+           "elastic_step_losses", "extract_depth", "read_elastic_record"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,11 +146,13 @@ def _stack_index(stack_depths: Sequence[int]) -> Callable[[int], int]:
 @dataclass(frozen=True)
 class ElasticPlan:
     """The nested depths of one run: ``kept[d]`` lists depth ``d``'s blocks in the source's numbering;
-    ``student_kept`` the student's (= ``kept[depths[0]]``)."""
+    ``student_kept`` the student's (= ``kept[depths[0]]``); ``middle_weights`` the relative probabilities of the
+    middle depths (``depths[1:-1]``) a step draws, ``None``: uniform."""
 
     depths: tuple[int, ...]
     kept: Mapping[int, tuple[int, ...]]
     student_kept: tuple[int, ...]
+    middle_weights: tuple[float, ...] | None = None
 
     def dropped(self, depth: int) -> list[int]:
         """Student block indices (global) that depth ``depth`` skips."""
@@ -203,11 +196,14 @@ class ElasticPlan:
 
     def depths_for_step(self, seed: int, step: int) -> list[int]:
         """The depths trained at optimisation step ``step``: largest, smallest and (with three or more depths) one
-        middle depth drawn from ``(seed, step)``, so a resumed run draws what an uninterrupted one does."""
+        middle depth drawn from ``(seed, step)`` (with ``middle_weights``' probabilities), so a resumed run draws what
+        an uninterrupted one does."""
         chosen = [self.depths[0], self.depths[-1]]
         middle = list(self.depths[1:-1])
         if middle:
-            chosen.insert(1, random.Random(seed * 1_000_003 + step).choice(middle))
+            rng = random.Random(seed * 1_000_003 + step)
+            draw = rng.choice(middle) if self.middle_weights is None else rng.choices(middle, self.middle_weights)[0]
+            chosen.insert(1, draw)
         return chosen
 
 
@@ -224,7 +220,7 @@ class ElasticRecord:
         source_model / source_num_layers: the teacher the depths are pruned from (public name) and its depth.
         depths: trained depths, largest first; ``kept_layers[str(d)]``: depth ``d``'s blocks, source numbering.
         importance: the importance file that ordered the removals (criterion, model, sha256 of the file).
-        schedule / inplace_distill / loss_balance / steps: how the depths were trained.
+        schedule / middle_weights / inplace_distill / loss_balance / steps: how the depths were trained.
     """
 
     source_model: str | None
@@ -236,6 +232,7 @@ class ElasticRecord:
     inplace_distill: bool = False
     steps: int | None = None
     loss_balance: str = "sum"
+    middle_weights: list[float] | None = None
 
     @classmethod
     def from_plan(cls, plan: ElasticPlan, *, source_model, source_num_layers: int, importance: dict, **kw):
@@ -252,6 +249,7 @@ class ElasticRecord:
             "kept_layers": self.kept_layers,
             "importance": self.importance,
             "schedule": self.schedule,
+            "middle_weights": self.middle_weights,
             "inplace_distill": self.inplace_distill,
             "loss_balance": self.loss_balance,
             "steps": self.steps,
@@ -293,6 +291,7 @@ class ElasticRecord:
             inplace_distill=bool(data.get("inplace_distill", False)),
             steps=data.get("steps"),
             loss_balance=str(data.get("loss_balance", "sum")),
+            middle_weights=data.get("middle_weights"),
         )
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -326,6 +325,8 @@ def read_elastic_record(folder: str | os.PathLike) -> ElasticRecord | None:
 
 def add_elastic_args(parser: argparse.ArgumentParser) -> None:
     """``train_distill``'s elastic-depth flags."""
+    from .validation import weight_list
+
     g = parser.add_argument_group("elastic depth (one run trains nested students of several depths)")
     g.add_argument(
         "--elastic_depths",
@@ -356,6 +357,14 @@ def add_elastic_args(parser: argparse.ArgumentParser) -> None:
         help="with --elastic_depths: the smaller depths also learn the largest depth's prediction",
     )
     g.add_argument(
+        "--elastic_middle_weights",
+        type=weight_list,
+        default=None,
+        metavar="W1,W2,...",
+        help="with --elastic_depths: one weight per middle depth (all but the largest and the smallest), largest "
+        "first: the relative probability that a step draws it (default: uniform), e.g. 2,1,1",
+    )
+    g.add_argument(
         "--elastic_loss_balance",
         default="sum",
         choices=list(LOSS_BALANCES),
@@ -368,11 +377,14 @@ def add_elastic_args(parser: argparse.ArgumentParser) -> None:
 def check_elastic_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line refusals of flags that need each other (before anything loads)."""
     if args.elastic_depths is None:
-        for flag in ("importance", "elastic_inplace_distill", "elastic_feature_kd", "elastic_loss_balance"):
+        for flag in ("importance", "elastic_inplace_distill", "elastic_feature_kd", "elastic_loss_balance",
+                     "elastic_middle_weights"):  # fmt: skip
             if getattr(args, flag) != parser.get_default(flag):
                 parser.error(f"--{flag} applies only with --elastic_depths: add --elastic_depths or leave it out")
     elif not args.importance:
         parser.error("--elastic_depths needs --importance FILE (the order in which smaller depths drop blocks)")
+    elif args.elastic_middle_weights is not None and len(args.elastic_middle_weights) != len(args.elastic_depths) - 2:
+        parser.error(f"--elastic_middle_weights needs one weight per middle depth {args.elastic_depths[1:-1]}")
 
 
 def _file_digest(path: str | os.PathLike) -> str:
@@ -387,6 +399,7 @@ def elastic_settings(args: argparse.Namespace) -> dict:
     settings = {"elastic_depths": args.elastic_depths, "elastic_inplace_distill": bool(args.elastic_inplace_distill)}
     settings["elastic_feature_kd"] = args.elastic_feature_kd
     settings["elastic_loss_balance"] = args.elastic_loss_balance
+    settings["elastic_middle_weights"] = args.elastic_middle_weights
     settings["importance"] = full_local(args.importance) if args.importance else None
     if args.importance and Path(args.importance).expanduser().is_file():
         settings["importance content"] = _file_digest(args.importance)[:16]
@@ -413,7 +426,8 @@ def plan_from_args(args: argparse.Namespace, student_config: Mapping, family) ->
         "model": importance.model,
         "sha256": _file_digest(args.importance),
     }
-    return ElasticPlan(tuple(depths), {d: tuple(v) for d, v in kept.items()}, tuple(kept[depths[0]]))
+    weights = tuple(args.elastic_middle_weights) if args.elastic_middle_weights is not None else None
+    return ElasticPlan(tuple(depths), {d: tuple(v) for d, v in kept.items()}, tuple(kept[depths[0]]), weights)
 
 
 def elastic_step_losses(
@@ -504,6 +518,7 @@ def distill_record(plan: ElasticPlan | None, args) -> dict | None:
         "depths": list(plan.depths),
         "kept_layers": {str(d): list(plan.kept[d]) for d in plan.depths},
         "schedule": SCHEDULE,
+        "middle_weights": args.elastic_middle_weights,
         "inplace_distill": bool(args.elastic_inplace_distill),
         "feature_kd": args.elastic_feature_kd,
         "loss_balance": args.elastic_loss_balance,
@@ -525,6 +540,7 @@ def save_elastic_record(
         inplace_distill=bool(args.elastic_inplace_distill),
         steps=steps,
         loss_balance=args.elastic_loss_balance,
+        middle_weights=args.elastic_middle_weights,
     )
     return record.save(folder)
 
@@ -675,14 +691,3 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     print(f"extracted depth {args.num_layers} of {args.folder} (trained depths {record.depths}): {args.output}")
     print(f"kept blocks: {record.kept(args.num_layers)}")
     return 0
-
-
-def card_line(elastic: Mapping) -> str:
-    """The model card's line for a model of an elastic run (``distill_config.json``'s ``elastic`` entry)."""
-    depths = ", ".join(map(str, elastic.get("depths") or []))
-    if elastic.get("extracted_depth") is not None:
-        return (
-            f"extracted at depth {elastic['extracted_depth']} from an elastic run that distilled the nested depths "
-            f"{depths} together (weight-shared, sandwich rule); `layerprune extract` wrote it"
-        )
-    return f"elastic run: the nested depths {depths} were distilled together (weight-shared, sandwich rule)"

@@ -106,6 +106,18 @@ def test_each_step_trains_largest_smallest_and_a_seeded_middle_depth():
     assert steps == [plan.depths_for_step(0, step) for step in range(40)]  # a resumed run draws the same
 
 
+def test_middle_weights_set_how_often_a_step_draws_each_middle_depth():
+    from diffusers_layerprune.elastic import ElasticPlan
+
+    weighted = ElasticPlan((8, 7, 6, 5), {}, (), (3.0, 1.0))
+    steps = [weighted.depths_for_step(0, step) for step in range(2000)]
+    assert all(s[0] == 8 and s[-1] == 5 for s in steps)
+    assert 0.72 < sum(s[1] == 7 for s in steps) / len(steps) < 0.78  # 3:1
+    assert steps[:50] == [weighted.depths_for_step(0, step) for step in range(50)]  # a resumed run draws the same
+    only = ElasticPlan((8, 7, 6, 5), {}, (), (0.0, 1.0))
+    assert {only.depths_for_step(1, step)[1] for step in range(200)} == {6}
+
+
 def test_extracted_depth_loads_in_a_fresh_stock_process_with_the_elastic_students_images(pixart, tmp_path):
     """What a user ships: depth 3 extracted, loaded by stock diffusers without this package, gives the images of
     the elastic student run at depth 3 (its other blocks skipped)."""
@@ -189,11 +201,14 @@ def test_normalized_balance_divides_each_depths_gradient_by_its_detached_loss(ba
 
 def test_normalized_balance_is_recorded_and_a_resume_with_another_balance_is_refused(pixart, tmp_path, capsys):
     out = tmp_path / "norm"
-    run_train_distill(elastic_args(pixart, out, "5,4,3", "--elastic_loss_balance", "normalized"))
-    assert json.loads((out / "elastic.json").read_text())["loss_balance"] == "normalized"
-    assert json.loads((out / "distill_config.json").read_text())["elastic"]["loss_balance"] == "normalized"
+    balance = ["--elastic_loss_balance", "normalized", "--elastic_middle_weights", "2"]  # one middle depth: 4
+    run_train_distill(elastic_args(pixart, out, "5,4,3", *balance))
+    record = json.loads((out / "elastic.json").read_text())
+    assert record["loss_balance"] == "normalized" and record["middle_weights"] == [2.0]
+    elastic = json.loads((out / "distill_config.json").read_text())["elastic"]
+    assert elastic["loss_balance"] == "normalized" and elastic["middle_weights"] == [2.0]
     settings = json.loads((out / "checkpoint-2" / "layerprune_checkpoint.json").read_text())["settings"]
-    assert settings["elastic_loss_balance"] == "normalized"
+    assert settings["elastic_loss_balance"] == "normalized" and settings["elastic_middle_weights"] == [2.0]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(r["loss"] == pytest.approx(3.0) and r["loss_sum"] > 0 for r in log)  # three depths a step
     from diffusers_layerprune.elastic import read_elastic_record
@@ -203,6 +218,9 @@ def test_normalized_balance_is_recorded_and_a_resume_with_another_balance_is_ref
     before = snapshot(out)
     argv = elastic_args(pixart, out, "5,4,3") + ["--resume_from_checkpoint", "latest"]  # the default: sum
     train_refused(capsys, argv, "elastic_loss_balance")
+    argv = elastic_args(pixart, out, "5,4,3", "--elastic_loss_balance", "normalized", "--resume_from_checkpoint",
+                        "latest")  # fmt: skip
+    train_refused(capsys, argv, "elastic_middle_weights")  # uniform now, [2.0] then
     assert snapshot(out) == before
 
 
@@ -270,6 +288,13 @@ TRAIN_REFUSALS = {
         "--elastic_loss_balance applies only with --elastic_depths",
     ),
     "unknown_loss_balance": (["--elastic_loss_balance", "mean"], "invalid choice: 'mean'"),
+    "middle_weights_without_depths": (
+        ["--no-depths", "--no-importance", "--elastic_middle_weights", "1"],
+        "--elastic_middle_weights applies only with --elastic_depths",
+    ),
+    "middle_weights_count": (["--elastic_middle_weights", "2,1"], "needs one weight per middle depth [4]"),
+    "middle_weights_negative": (["--elastic_middle_weights", "-1"], "expected finite weights >= 0"),
+    "middle_weights_all_zero": (["--elastic_middle_weights", "0"], "not all 0"),
     "bad_depth_text": (["--elastic_depths", "5,four"], "expected block counts"),
 }
 
