@@ -48,7 +48,8 @@ reused by every later variant; about 10 CPU-minutes per variant and budget after
     python benchmarks/elastic_toy.py --depths 11,10,9,8,7 --elastic-steps 140 --elastic-own-cache \\
         --variant normalized --work runs/elastic6 --max-trainings 3 \\
         --results benchmarks/results/elastic_toy_depths5_normalized.json
-    # likewise --variant normout, normalized-mw211, normalized-featall-mw211 (VARIANTS in elastic_study/run.py)
+    # likewise --variant normout and mw211 (--elastic-steps 140), normalized-mw211 (--elastic-steps 140,100,200);
+    # VARIANTS in elastic_study/run.py
 """
 
 from __future__ import annotations

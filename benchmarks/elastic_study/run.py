@@ -26,10 +26,6 @@ VARIANTS = {
         *["--elastic_middle_weights", "2,1,1"],
     ],
     "mw211": ["--elastic_feature_kd", "largest", "--elastic_middle_weights", "2,1,1"],
-    "normalized-featall-mw211": [
-        *["--elastic_feature_kd", "all", "--elastic_loss_balance", "normalized"],
-        *["--elastic_middle_weights", "2,1,1"],
-    ],
 }
 
 
