@@ -25,7 +25,8 @@ with a t interval over seeds. "Within noise" means the bootstrap interval contai
 
 Each invocation does at most ``--max-trainings`` training runs (default: all) and keeps every judged cell in
 ``WORK/cells.jsonl``, so the grid can be filled in pieces shorter than ten minutes. ``--variant`` picks the elastic
-feature KD (``''``: at every depth, ``featlargest``: at the largest only). What benchmarks/results/elastic_toy.json
+feature KD (``''``: at every depth, ``featlargest``: at the largest only) and the other elastic flags
+(``VARIANTS`` in elastic_study/run.py). What benchmarks/results/elastic_toy.json
 holds (repeat each line until it prints a table; about 70 CPU-minutes in all on a 2-core machine):
 
     python benchmarks/elastic_toy.py --max-trainings 1 --elastic-steps 200,80,400
@@ -39,6 +40,16 @@ measured cost is the mean over the middle depths; repeat it until it prints the 
     python benchmarks/elastic_toy.py --depths 11,10,9,8,7 --elastic-steps 140,200,100,400 --elastic-own-cache \\
         --variant featlargest --work runs/elastic5 --max-trainings 3 \\
         --results benchmarks/results/elastic_toy_depths5.json
+
+Balancing the depths' losses (docs/elastic.md, "Balancing the depths' losses"; one JSON per variant,
+benchmarks/results/elastic_toy_depths5_VARIANT.json; the separate students are trained once in the --work folder and
+reused by every later variant; about 10 CPU-minutes per variant and budget after them):
+
+    python benchmarks/elastic_toy.py --depths 11,10,9,8,7 --elastic-steps 140 --elastic-own-cache \\
+        --variant normalized --work runs/elastic6 --max-trainings 3 \\
+        --results benchmarks/results/elastic_toy_depths5_normalized.json
+    # likewise --variant normout and mw211 (--elastic-steps 140), normalized-mw211 (--elastic-steps 140,100,200);
+    # VARIANTS in elastic_study/run.py
 """
 
 from __future__ import annotations

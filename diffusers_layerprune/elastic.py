@@ -8,15 +8,18 @@ is the last one left in its stack (Flux: its double-stream or its single-stream 
 model keeps at least one block of each stack. Indices are global across stacks (Flux: double blocks first).
 
 Training. Each optimisation step runs the largest depth, the smallest and one middle depth drawn from
-``(seed, step)`` (the "sandwich rule" of Yu & Huang, *Universally Slimmable Networks and Improved Training
+``(seed, step)``, uniformly or with ``middle_weights`` (the "sandwich rule" of Yu & Huang, *Universally Slimmable Networks and Improved Training
 Techniques*, ICCV 2019; nested sub-networks sharing weights as in Cai et al., *Once-for-All*, ICLR 2020). A depth
 runs the student with its other blocks skipped (:func:`~diffusers_layerprune.blocks.skip_blocks`: no copy), and is
 distilled from the teacher: task loss and output KD at every depth; feature KD (each kept block against its teacher
 block) at the largest depth only by default (``feature_kd="largest"``): with feature KD at every depth, the smaller
 depths' larger feature errors pulled the shared blocks and cost the largest depth 8 points of accuracy on the toy
 world (docs/elastic.md); ``"all"`` restores it. With ``inplace_distill`` the smaller depths also learn the largest
-depth's prediction (Yu & Huang's inplace distillation). The teacher runs once per step; the depths' losses are summed and
-back-propagated once, so the accelerate / DDP step is the ordinary one (the largest depth uses every weight).
+depth's prediction (Yu & Huang's inplace distillation). The teacher runs once per step; the depths' losses are summed
+(``loss_balance="sum"``) or each divided by a detached value first: its own total (``"normalized"``: every depth's
+gradient is that of its log-loss) or its output-level loss, the total less feature KD (``"normalized_output"``: the
+loss every depth has) and back-propagated once, so the accelerate / DDP step is
+the ordinary one (the largest depth uses every weight).
 
 Output. The run's folder is an ordinary pruned pipeline of the largest depth (stock diffusers loads it) plus
 ``elastic.json`` (:class:`ElasticRecord`: the depths and each depth's kept blocks in the source's numbering).
@@ -40,18 +43,10 @@ RECORD_FILE = "elastic.json"
 RECORD_FORMAT = "diffusers-layerprune/elastic-depths"
 RECORD_FORMAT_VERSION = 1
 SCHEDULE = "sandwich"
+LOSS_BALANCES = ("sum", "normalized", "normalized_output")
 
-__all__ = [
-    "RECORD_FILE",
-    "ElasticPlan",
-    "ElasticRecord",
-    "depth_list",
-    "check_depths",
-    "nested_kept_layers",
-    "elastic_step_losses",
-    "extract_depth",
-    "read_elastic_record",
-]
+__all__ = ["RECORD_FILE", "ElasticPlan", "ElasticRecord", "depth_list", "check_depths", "nested_kept_layers",
+           "elastic_step_losses", "extract_depth", "read_elastic_record"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -151,11 +146,13 @@ def _stack_index(stack_depths: Sequence[int]) -> Callable[[int], int]:
 @dataclass(frozen=True)
 class ElasticPlan:
     """The nested depths of one run: ``kept[d]`` lists depth ``d``'s blocks in the source's numbering;
-    ``student_kept`` the student's (= ``kept[depths[0]]``)."""
+    ``student_kept`` the student's (= ``kept[depths[0]]``); ``middle_weights`` the relative probabilities of the
+    middle depths (``depths[1:-1]``) a step draws, ``None``: uniform."""
 
     depths: tuple[int, ...]
     kept: Mapping[int, tuple[int, ...]]
     student_kept: tuple[int, ...]
+    middle_weights: tuple[float, ...] | None = None
 
     def dropped(self, depth: int) -> list[int]:
         """Student block indices (global) that depth ``depth`` skips."""
@@ -192,17 +189,21 @@ class ElasticPlan:
                 student, teacher, noisy, cond, target, pairs, weights, self, seed=args.seed, step=step,
                 inplace_distill=args.elastic_inplace_distill, student_blocks=student_blocks, autocast=factory,
                 feature_kd=args.elastic_feature_kd, sample_weights=sample_weights,
+                loss_balance=args.elastic_loss_balance,
             )  # fmt: skip
 
         return losses
 
     def depths_for_step(self, seed: int, step: int) -> list[int]:
         """The depths trained at optimisation step ``step``: largest, smallest and (with three or more depths) one
-        middle depth drawn from ``(seed, step)``, so a resumed run draws what an uninterrupted one does."""
+        middle depth drawn from ``(seed, step)`` (with ``middle_weights``' probabilities), so a resumed run draws what
+        an uninterrupted one does."""
         chosen = [self.depths[0], self.depths[-1]]
         middle = list(self.depths[1:-1])
         if middle:
-            chosen.insert(1, random.Random(seed * 1_000_003 + step).choice(middle))
+            rng = random.Random(seed * 1_000_003 + step)
+            draw = rng.choice(middle) if self.middle_weights is None else rng.choices(middle, self.middle_weights)[0]
+            chosen.insert(1, draw)
         return chosen
 
 
@@ -219,7 +220,7 @@ class ElasticRecord:
         source_model / source_num_layers: the teacher the depths are pruned from (public name) and its depth.
         depths: trained depths, largest first; ``kept_layers[str(d)]``: depth ``d``'s blocks, source numbering.
         importance: the importance file that ordered the removals (criterion, model, sha256 of the file).
-        schedule / inplace_distill / steps: how the depths were trained.
+        schedule / middle_weights / inplace_distill / loss_balance / steps: how the depths were trained.
     """
 
     source_model: str | None
@@ -230,6 +231,8 @@ class ElasticRecord:
     schedule: str = SCHEDULE
     inplace_distill: bool = False
     steps: int | None = None
+    loss_balance: str = "sum"
+    middle_weights: list[float] | None = None
 
     @classmethod
     def from_plan(cls, plan: ElasticPlan, *, source_model, source_num_layers: int, importance: dict, **kw):
@@ -246,7 +249,9 @@ class ElasticRecord:
             "kept_layers": self.kept_layers,
             "importance": self.importance,
             "schedule": self.schedule,
+            "middle_weights": self.middle_weights,
             "inplace_distill": self.inplace_distill,
+            "loss_balance": self.loss_balance,
             "steps": self.steps,
         }
 
@@ -285,6 +290,8 @@ class ElasticRecord:
             schedule=str(data.get("schedule", SCHEDULE)),
             inplace_distill=bool(data.get("inplace_distill", False)),
             steps=data.get("steps"),
+            loss_balance=str(data.get("loss_balance", "sum")),
+            middle_weights=data.get("middle_weights"),
         )
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -318,6 +325,8 @@ def read_elastic_record(folder: str | os.PathLike) -> ElasticRecord | None:
 
 def add_elastic_args(parser: argparse.ArgumentParser) -> None:
     """``train_distill``'s elastic-depth flags."""
+    from .validation import weight_list
+
     g = parser.add_argument_group("elastic depth (one run trains nested students of several depths)")
     g.add_argument(
         "--elastic_depths",
@@ -347,16 +356,35 @@ def add_elastic_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --elastic_depths: the smaller depths also learn the largest depth's prediction",
     )
+    g.add_argument(
+        "--elastic_middle_weights",
+        type=weight_list,
+        default=None,
+        metavar="W1,W2,...",
+        help="with --elastic_depths: one weight per middle depth (all but the largest and the smallest), largest "
+        "first: the relative probability that a step draws it (default: uniform), e.g. 2,1,1",
+    )
+    g.add_argument(
+        "--elastic_loss_balance",
+        default="sum",
+        choices=list(LOSS_BALANCES),
+        help="with --elastic_depths: how the step's depths' losses are combined: summed (default), normalized (each "
+        "depth's total divided by its own detached value: the same relative weight for every depth) or "
+        "normalized_output (divided by its detached output-level loss, the total less feature KD); docs/elastic.md",
+    )
 
 
 def check_elastic_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line refusals of flags that need each other (before anything loads)."""
     if args.elastic_depths is None:
-        for flag in ("importance", "elastic_inplace_distill", "elastic_feature_kd"):
+        for flag in ("importance", "elastic_inplace_distill", "elastic_feature_kd", "elastic_loss_balance",
+                     "elastic_middle_weights"):  # fmt: skip
             if getattr(args, flag) != parser.get_default(flag):
                 parser.error(f"--{flag} applies only with --elastic_depths: add --elastic_depths or leave it out")
     elif not args.importance:
         parser.error("--elastic_depths needs --importance FILE (the order in which smaller depths drop blocks)")
+    elif args.elastic_middle_weights is not None and len(args.elastic_middle_weights) != len(args.elastic_depths) - 2:
+        parser.error(f"--elastic_middle_weights needs one weight per middle depth {args.elastic_depths[1:-1]}")
 
 
 def _file_digest(path: str | os.PathLike) -> str:
@@ -365,11 +393,13 @@ def _file_digest(path: str | os.PathLike) -> str:
 
 def elastic_settings(args: argparse.Namespace) -> dict:
     """What a checkpoint records of the elastic options, so that a resume with other depths, another importance
-    file (by content) or another inplace setting is refused. Recorded (as ``None``) also when off."""
+    file (by content), another inplace setting or loss balance is refused. Recorded (as ``None``) also when off."""
     from .provenance import full_local
 
     settings = {"elastic_depths": args.elastic_depths, "elastic_inplace_distill": bool(args.elastic_inplace_distill)}
     settings["elastic_feature_kd"] = args.elastic_feature_kd
+    settings["elastic_loss_balance"] = args.elastic_loss_balance
+    settings["elastic_middle_weights"] = args.elastic_middle_weights
     settings["importance"] = full_local(args.importance) if args.importance else None
     if args.importance and Path(args.importance).expanduser().is_file():
         settings["importance content"] = _file_digest(args.importance)[:16]
@@ -396,7 +426,8 @@ def plan_from_args(args: argparse.Namespace, student_config: Mapping, family) ->
         "model": importance.model,
         "sha256": _file_digest(args.importance),
     }
-    return ElasticPlan(tuple(depths), {d: tuple(v) for d, v in kept.items()}, tuple(kept[depths[0]]))
+    weights = tuple(args.elastic_middle_weights) if args.elastic_middle_weights is not None else None
+    return ElasticPlan(tuple(depths), {d: tuple(v) for d, v in kept.items()}, tuple(kept[depths[0]]), weights)
 
 
 def elastic_step_losses(
@@ -413,14 +444,17 @@ def elastic_step_losses(
     step: int,
     inplace_distill: bool = False,
     feature_kd: str = "largest",
+    loss_balance: str = "sum",
     student_blocks=None,
     autocast=None,
     sample_weights=None,
 ) -> dict:
     """One elastic step's losses: the teacher once, then each depth of :meth:`ElasticPlan.depths_for_step` (largest
     first) with its dropped blocks skipped, each scored by :func:`~diffusers_layerprune.distill.kd_losses` on its own
-    block pairs. Returns the summed terms (``loss`` is what is back-propagated) and ``loss_largest`` /
-    ``loss_middle`` / ``loss_smallest`` (each depth's own total). The arguments are those of
+    block pairs. Returns the summed terms, ``loss_largest`` / ``loss_middle`` / ``loss_smallest`` (each depth's own
+    total) and ``loss``, what is back-propagated: the depths' totals summed, or each divided first by its detached
+    value (``loss_balance="normalized"``: ``loss`` is then the number of depths) or by its detached output-level loss
+    (``"normalized_output"``: the total less the weighted feature KD); ``loss_sum`` then holds the plain sum. The arguments are those of
     :func:`~diffusers_layerprune.distill.kd_step_losses`, except ``autocast``: a function returning a fresh context
     per forward (``accelerator.autocast``), since one context cannot be entered twice. ``sample_weights``: the flow
     objective's per-sample loss weights (``flow_objective``), applied at every depth as in a one-depth run."""
@@ -463,9 +497,16 @@ def elastic_step_losses(
         elif inplace_distill:
             parts["inplace"] = F.mse_loss(out[:, :c].float(), largest_pred)
             parts["loss"] = parts["loss"] + weights.output * parts["inplace"]
+        total = parts["loss"]
+        if loss_balance != "sum":  # normalized: the gradient of log(total), the same relative weight for every depth
+            scale = total.detach()
+            if loss_balance == "normalized_output":  # the output-level loss: what every depth is scored on
+                scale = scale - weights.feature * parts.get("feature", torch.zeros(())).detach()
+            parts["loss"] = total / scale.clamp_min(1e-12)
+            parts["loss_sum"] = total.detach()
         for name, value in parts.items():
             totals[name] = totals[name] + value if name in totals else value
-        totals[f"loss_{role}"] = parts["loss"].detach()
+        totals[f"loss_{role}"] = total.detach()
     return totals
 
 
@@ -477,8 +518,10 @@ def distill_record(plan: ElasticPlan | None, args) -> dict | None:
         "depths": list(plan.depths),
         "kept_layers": {str(d): list(plan.kept[d]) for d in plan.depths},
         "schedule": SCHEDULE,
+        "middle_weights": args.elastic_middle_weights,
         "inplace_distill": bool(args.elastic_inplace_distill),
         "feature_kd": args.elastic_feature_kd,
+        "loss_balance": args.elastic_loss_balance,
         "importance_criterion": getattr(args, "importance_record", {}).get("criterion"),
     }
 
@@ -496,6 +539,8 @@ def save_elastic_record(
         importance={**getattr(args, "importance_record", {}), "file": public_name(args.importance)},
         inplace_distill=bool(args.elastic_inplace_distill),
         steps=steps,
+        loss_balance=args.elastic_loss_balance,
+        middle_weights=args.elastic_middle_weights,
     )
     return record.save(folder)
 
@@ -646,14 +691,3 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     print(f"extracted depth {args.num_layers} of {args.folder} (trained depths {record.depths}): {args.output}")
     print(f"kept blocks: {record.kept(args.num_layers)}")
     return 0
-
-
-def card_line(elastic: Mapping) -> str:
-    """The model card's line for a model of an elastic run (``distill_config.json``'s ``elastic`` entry)."""
-    depths = ", ".join(map(str, elastic.get("depths") or []))
-    if elastic.get("extracted_depth") is not None:
-        return (
-            f"extracted at depth {elastic['extracted_depth']} from an elastic run that distilled the nested depths "
-            f"{depths} together (weight-shared, sandwich rule); `layerprune extract` wrote it"
-        )
-    return f"elastic run: the nested depths {depths} were distilled together (weight-shared, sandwich rule)"

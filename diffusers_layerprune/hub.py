@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 from .config_record import expose_record
-from .elastic import card_line
 from .errors import LayerPruneError
 from .upload import (
     UPLOAD_IGNORE,
@@ -658,3 +657,14 @@ def card_eval_results(report) -> list:
         )
     )
     return results
+
+
+def card_line(elastic: dict) -> str:
+    """The model card's line for a model of an elastic run (``distill_config.json``'s ``elastic`` entry)."""
+    depths = ", ".join(map(str, elastic.get("depths") or []))
+    if elastic.get("extracted_depth") is not None:
+        return (
+            f"extracted at depth {elastic['extracted_depth']} from an elastic run that distilled the nested depths "
+            f"{depths} together (weight-shared, sandwich rule); `layerprune extract` wrote it"
+        )
+    return f"elastic run: the nested depths {depths} were distilled together (weight-shared, sandwich rule)"

@@ -57,6 +57,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def weight_list(text: str) -> list[float]:
+    """Comma-separated finite numbers >= 0, not all 0, such as ``2,1,1`` (relative weights)."""
+    try:
+        weights = [float(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected weights such as 2,1,1, got {text!r}") from None
+    if not weights or min(weights) < 0 or sum(weights) <= 0 or not all(math.isfinite(w) for w in weights):
+        raise argparse.ArgumentTypeError(f"expected finite weights >= 0, not all 0, such as 2,1,1, got {text!r}")
+    return weights
+
+
 def non_negative_float(text: str) -> float:
     """A finite float >= 0 (loss weights, guidance, weight decay)."""
     return _in_range(finite_float(text), lambda v: v >= 0, "must be 0 or more", text)

@@ -106,6 +106,18 @@ def test_each_step_trains_largest_smallest_and_a_seeded_middle_depth():
     assert steps == [plan.depths_for_step(0, step) for step in range(40)]  # a resumed run draws the same
 
 
+def test_middle_weights_set_how_often_a_step_draws_each_middle_depth():
+    from diffusers_layerprune.elastic import ElasticPlan
+
+    weighted = ElasticPlan((8, 7, 6, 5), {}, (), (3.0, 1.0))
+    steps = [weighted.depths_for_step(0, step) for step in range(2000)]
+    assert all(s[0] == 8 and s[-1] == 5 for s in steps)
+    assert 0.72 < sum(s[1] == 7 for s in steps) / len(steps) < 0.78  # 3:1
+    assert steps[:50] == [weighted.depths_for_step(0, step) for step in range(50)]  # a resumed run draws the same
+    only = ElasticPlan((8, 7, 6, 5), {}, (), (0.0, 1.0))
+    assert {only.depths_for_step(1, step)[1] for step in range(200)} == {6}
+
+
 def test_extracted_depth_loads_in_a_fresh_stock_process_with_the_elastic_students_images(pixart, tmp_path):
     """What a user ships: depth 3 extracted, loaded by stock diffusers without this package, gives the images of
     the elastic student run at depth 3 (its other blocks skipped)."""
@@ -140,6 +152,76 @@ def test_extracted_depth_loads_in_a_fresh_stock_process_with_the_elastic_student
     assert config["_kept_layers"] == [0, 2, 4] and config["_source_num_layers"] == 6
     card = render_model_card(tmp_path / "d3", "user/d3")
     assert "extracted at depth 3 from an elastic run that distilled the nested depths 5, 4, 3" in card
+
+
+@pytest.mark.parametrize("balance", ["normalized", "normalized_output"])
+def test_normalized_balance_divides_each_depths_gradient_by_its_detached_loss(balance):
+    """``loss_balance="normalized"`` back-propagates sum_d L_d / sg(L_d), ``"normalized_output"`` sum_d L_d /
+    sg(L_d - feature KD): on the blocks only the largest depth runs, the gradient is the summed run's divided by the
+    largest depth's total (or its total less its feature KD, which only the largest depth has); the totals logged are
+    the same."""
+    from diffusers_layerprune.distill import KDWeights, block_pairs
+    from diffusers_layerprune.elastic import ElasticPlan, elastic_step_losses
+    from diffusers_layerprune.families import encode_text, family_of
+    from diffusers_layerprune.modeling import prune_pipeline
+    from diffusers_layerprune.testing import TINY_BUILDERS
+
+    pipe = TINY_BUILDERS["pixart"]()  # 6 blocks; the student keeps 5, depth 3 skips student blocks 1 and 3
+    teacher = pipe.transformer.eval().requires_grad_(False)
+    text = encode_text(pipe, PROMPTS.split("\n")[:2], max_sequence_length=16)
+    g = torch.Generator().manual_seed(0)
+    noisy, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    timesteps = torch.tensor([10, 500])
+    plan = ElasticPlan((5, 3), {5: (0, 2, 3, 4, 5), 3: (0, 3, 5)}, (0, 2, 3, 4, 5))
+
+    def cond(model, x):
+        return family_of(model).forward(model, x, timesteps, text)
+
+    grads, totals = {}, {}
+    for mode in ("sum", balance):
+        torch.manual_seed(0)
+        student = prune_pipeline(pipe, kept_layers=[0, 2, 3, 4, 5]).transformer.train().requires_grad_(True)
+        parts = elastic_step_losses(student, teacher, noisy, cond, target, block_pairs(student, teacher),
+                                    KDWeights(), plan, seed=0, step=0, loss_balance=mode)  # fmt: skip
+        parts["loss"].backward()
+        totals[mode] = parts
+        only_largest = [p for b in (1, 3) for p in student.transformer_blocks[b].parameters()]
+        grads[mode] = torch.cat([p.grad.flatten() for p in only_largest])
+    summed, normalized = totals["sum"], totals[balance]
+    scale = summed["loss_largest"] - (summed["feature"] if balance == "normalized_output" else 0)
+    assert summed["feature"] > 0.01 * summed["loss_largest"]  # the two balances differ here
+    if balance == "normalized":
+        assert normalized["loss"].item() == pytest.approx(2.0)  # each depth's total over itself
+    for key in ("loss_largest", "loss_smallest"):
+        assert normalized[key].item() == pytest.approx(summed[key].item(), rel=1e-6)
+    assert normalized["loss_sum"].item() == pytest.approx(summed["loss"].item(), rel=1e-6)
+    assert grads["sum"].abs().max() > 0
+    torch.testing.assert_close(grads[balance], grads["sum"] / scale, rtol=1e-4, atol=1e-8)
+
+
+def test_normalized_balance_is_recorded_and_a_resume_with_another_balance_is_refused(pixart, tmp_path, capsys):
+    out = tmp_path / "norm"
+    balance = ["--elastic_loss_balance", "normalized", "--elastic_middle_weights", "2"]  # one middle depth: 4
+    run_train_distill(elastic_args(pixart, out, "5,4,3", *balance))
+    record = json.loads((out / "elastic.json").read_text())
+    assert record["loss_balance"] == "normalized" and record["middle_weights"] == [2.0]
+    elastic = json.loads((out / "distill_config.json").read_text())["elastic"]
+    assert elastic["loss_balance"] == "normalized" and elastic["middle_weights"] == [2.0]
+    settings = json.loads((out / "checkpoint-2" / "layerprune_checkpoint.json").read_text())["settings"]
+    assert settings["elastic_loss_balance"] == "normalized" and settings["elastic_middle_weights"] == [2.0]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == pytest.approx(3.0) and r["loss_sum"] > 0 for r in log)  # three depths a step
+    from diffusers_layerprune.elastic import read_elastic_record
+
+    assert read_elastic_record(out).loss_balance == "normalized"
+    assert read_elastic_record(pixart / "out").loss_balance == "sum"  # the default, recorded
+    before = snapshot(out)
+    argv = elastic_args(pixart, out, "5,4,3") + ["--resume_from_checkpoint", "latest"]  # the default: sum
+    train_refused(capsys, argv, "elastic_loss_balance")
+    argv = elastic_args(pixart, out, "5,4,3", "--elastic_loss_balance", "normalized", "--resume_from_checkpoint",
+                        "latest")  # fmt: skip
+    train_refused(capsys, argv, "elastic_middle_weights")  # uniform now, [2.0] then
+    assert snapshot(out) == before
 
 
 def test_resuming_with_other_elastic_depths_is_refused(pixart, capsys):
@@ -201,6 +283,18 @@ TRAIN_REFUSALS = {
         ["--no-depths", "--no-importance", "--elastic_feature_kd", "all"],
         "--elastic_feature_kd applies only with --elastic_depths",
     ),
+    "loss_balance_without_depths": (
+        ["--no-depths", "--no-importance", "--elastic_loss_balance", "normalized"],
+        "--elastic_loss_balance applies only with --elastic_depths",
+    ),
+    "unknown_loss_balance": (["--elastic_loss_balance", "mean"], "invalid choice: 'mean'"),
+    "middle_weights_without_depths": (
+        ["--no-depths", "--no-importance", "--elastic_middle_weights", "1"],
+        "--elastic_middle_weights applies only with --elastic_depths",
+    ),
+    "middle_weights_count": (["--elastic_middle_weights", "2,1"], "needs one weight per middle depth [4]"),
+    "middle_weights_negative": (["--elastic_middle_weights", "-1"], "expected finite weights >= 0"),
+    "middle_weights_all_zero": (["--elastic_middle_weights", "0"], "not all 0"),
     "bad_depth_text": (["--elastic_depths", "5,four"], "expected block counts"),
 }
 
@@ -231,7 +325,11 @@ def test_train_distill_refuses_bad_elastic_input_before_writing(case, pixart, re
         argv += [c for c in change if not c.startswith("--no-")]
     else:
         flag, value = change
-        argv[argv.index(flag) + 1] = value.format(**{k: str(v) for k, v in refusal_files.items()})
+        value = value.format(**{k: str(v) for k, v in refusal_files.items()})
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
     before = snapshot(pixart)
     train_refused(capsys, argv, message)
     assert not (tmp_path / "out").exists() and snapshot(pixart) == before

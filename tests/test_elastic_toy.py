@@ -40,6 +40,8 @@ def test_each_middle_depth_is_timed_on_a_step_that_draws_it(study):
     medians = {"elastic-middle10": 0.30, "elastic-middle9": 0.27, "elastic-middle8": 0.24, "elastic": 9.9}
     assert study.expected_elastic_seconds(medians, DEPTHS) == pytest.approx(0.27)
     assert study.expected_elastic_seconds({"elastic": 0.165}, [9, 7]) == 0.165
+    weighted = study.expected_elastic_seconds(medians, DEPTHS, [2, 1, 1])  # the first middle depth on half the steps
+    assert weighted == pytest.approx((2 * 0.30 + 0.27 + 0.24) / 4)
 
 
 def _record(correct, cpu=None):

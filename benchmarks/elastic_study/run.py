@@ -16,7 +16,17 @@ from .claims import _paired, _summary
 from .toy import ToyTeacher, score_importance, timed_distil
 
 # Elastic-training variants (--variant): extra train_distill arguments of the elastic run
-VARIANTS = {"": ["--elastic_feature_kd", "all"], "featlargest": ["--elastic_feature_kd", "largest"]}
+VARIANTS = {
+    "": ["--elastic_feature_kd", "all"],
+    "featlargest": ["--elastic_feature_kd", "largest"],
+    "normalized": ["--elastic_feature_kd", "largest", "--elastic_loss_balance", "normalized"],
+    "normout": ["--elastic_feature_kd", "largest", "--elastic_loss_balance", "normalized_output"],
+    "normalized-mw211": [
+        *["--elastic_feature_kd", "largest", "--elastic_loss_balance", "normalized"],
+        *["--elastic_middle_weights", "2,1,1"],
+    ],
+    "mw211": ["--elastic_feature_kd", "largest", "--elastic_middle_weights", "2,1,1"],
+}
 
 
 def elastic_step_draws(plan) -> dict[str, int]:
@@ -36,13 +46,23 @@ def elastic_step_draws(plan) -> dict[str, int]:
     return {f"elastic-middle{m}": draws[f"elastic-middle{m}"] for m in middle}
 
 
-def expected_elastic_seconds(medians: dict, depths) -> float:
+def middle_weights(variant: str) -> list[float] | None:
+    """The ``--elastic_middle_weights`` of an elastic-training variant (``None``: uniform)."""
+    extra = VARIANTS[variant]
+    if "--elastic_middle_weights" not in extra:
+        return None
+    return [float(w) for w in extra[extra.index("--elastic_middle_weights") + 1].split(",")]
+
+
+def expected_elastic_seconds(medians: dict, depths, weights=None) -> float:
     """The expected CPU seconds of one elastic step from the timed steps (:func:`elastic_step_draws`): the two-depth
-    step's, or the mean over the middle depths (each step draws one uniformly)."""
+    step's, or the mean over the middle depths, weighted by the probability that a step draws each (``weights``:
+    ``--elastic_middle_weights``; ``None``: uniform)."""
     middle = list(depths[1:-1])
     if not middle:
         return medians["elastic"]
-    return statistics.mean(medians[f"elastic-middle{m}"] for m in middle)
+    weights = weights or [1.0] * len(middle)
+    return sum(w * medians[f"elastic-middle{m}"] for w, m in zip(weights, middle, strict=True)) / sum(weights)
 
 
 class Bench(ToyTeacher):
@@ -291,6 +311,12 @@ class Bench(ToyTeacher):
             if ratios_cpu:
                 costs[str(budget)] = {"cpu_ratio": mean_std(ratios_cpu), "wall_ratio": mean_std(ratios_wall)}
         steps = self.step_costs()
+        weights = middle_weights(self.args.variant)
+        if weights is not None:  # this variant draws the middle depths with other probabilities than the timed mean
+            medians = steps["cpu_seconds_per_step"]
+            elastic = expected_elastic_seconds(medians, self.depths, weights)
+            separate = sum(medians[f"separate-{d}"] for d in self.depths)
+            steps = {**steps, "elastic_middle_weights": weights, "elastic_over_separate_per_step": elastic / separate}
         for budget in self.budgets:  # the training loop's cost alone: steps x the cost of one step
             costs.setdefault(str(budget), {})["loop_ratio"] = (
                 budget * steps["elastic_over_separate_per_step"] / (self.args.steps * 1.0)
