@@ -53,6 +53,11 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "task_logit_drop_r9600": ("as task_logit_drop on 9600 renders", TASK_ONLY + LOGIT + DROPOUT, 9600),
     "kd_logit_drop": ("output + feature KD + task loss, logit-normal, 10% caption dropout", LOGIT + DROPOUT, 3200),
     "kd_logit_drop_r9600": ("as kd_logit_drop on 9600 renders", LOGIT + DROPOUT, 9600),
+    "kdout_logit_drop_r9600": (
+        "as kd_logit_drop_r9600 without feature KD",
+        LOGIT + DROPOUT + ["--lambda_feat", "0"],
+        9600,
+    ),
 }
 
 
